@@ -1,0 +1,87 @@
+use super::*;
+use cairn_store::WalOptions;
+
+fn store() -> (tempfile::TempDir, MetricsStore) {
+    let d = tempfile::tempdir().unwrap();
+    let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+    let mk = |name: &str, job: &str, pts: &[(i64, f64)]| SeriesSamples {
+        labels: Labels::from_pairs([("__name__", name), ("job", job)]).unwrap(),
+        samples: pts.to_vec(),
+    };
+    let stale = f64::from_bits(cairn_wire::STALE_NAN_BITS);
+    s.append(
+        "t",
+        vec![
+            mk("up", "a", &[(0, 1.0), (60_000, 1.0), (120_000, 0.0)]),
+            mk("up", "b", &[(0, 1.0), (60_000, stale)]),
+            mk("other", "a", &[(0, 7.0)]),
+        ],
+    )
+    .unwrap();
+    (d, s)
+}
+
+fn inst(s: &MetricsStore, q: &str, t: i64) -> Result<Value, QueryError> {
+    instant_query(s, "t", &parse(q)?, t, DEFAULT_LOOKBACK_MS)
+}
+
+fn vec_of(v: Value) -> Vec<(String, f64)> {
+    match v {
+        Value::Vector(vs) => vs.into_iter().map(|s| (s.labels.to_string(), s.v)).collect(),
+        other => panic!("not a vector: {other:?}"),
+    }
+}
+
+#[test]
+fn selectors_lookback_and_staleness() {
+    let (_d, s) = store();
+    assert_eq!(
+        vec_of(inst(&s, "up", 30_000).unwrap()),
+        vec![(r#"{__name__="up", job="a"}"#.into(), 1.0), (r#"{__name__="up", job="b"}"#.into(), 1.0)]
+    );
+    // b went stale at 60s
+    assert_eq!(vec_of(inst(&s, "up", 90_000).unwrap()).len(), 1);
+    // lookback of 5 minutes: at 420s the 120s sample is out (left-open window)
+    assert_eq!(vec_of(inst(&s, r#"up{job="a"}"#, 419_999).unwrap()), vec![(r#"{__name__="up", job="a"}"#.into(), 0.0)]);
+    assert!(vec_of(inst(&s, r#"up{job="a"}"#, 420_000).unwrap()).is_empty());
+    assert_eq!(vec_of(inst(&s, r#"{__name__=~"up|other", job!="b"}"#, 1000).unwrap()).len(), 2);
+    assert_eq!(vec_of(inst(&s, r#"{job!~"a", job=~".+"}"#, 1000).unwrap()).len(), 1);
+    // offset and @
+    assert_eq!(vec_of(inst(&s, r#"up{job="a"} offset 2m"#, 120_000).unwrap())[0].1, 1.0);
+    assert_eq!(vec_of(inst(&s, r#"up{job="a"} @ 120"#, 0).unwrap())[0].1, 0.0);
+}
+
+#[test]
+fn scalar_and_vector_arithmetic() {
+    let (_d, s) = store();
+    assert_eq!(inst(&s, "1+1", 5).unwrap(), Value::Scalar(5, 2.0));
+    assert_eq!(inst(&s, "2 ^ 3 * -1", 5).unwrap(), Value::Scalar(5, -8.0));
+    assert_eq!(inst(&s, "1 < bool 2", 5).unwrap(), Value::Scalar(5, 1.0));
+    assert!(inst(&s, "1 < 2", 5).is_err());
+    assert_eq!(vec_of(inst(&s, r#"other * 2"#, 0).unwrap()), vec![(r#"{job="a"}"#.into(), 14.0)]);
+    assert_eq!(vec_of(inst(&s, r#"up > 0"#, 120_000).unwrap()), vec![]);
+    assert_eq!(vec_of(inst(&s, r#"up == bool 0"#, 120_000).unwrap()), vec![(r#"{job="a"}"#.into(), 1.0)]);
+    assert!(matches!(inst(&s, r#"{job="a"} + 1"#, 0), Err(QueryError::Execution(_))));
+    assert!(matches!(inst(&s, "sum(up)", 0), Err(QueryError::Unsupported(_))));
+    assert!(matches!(inst(&s, "up{", 0), Err(QueryError::Parse(_))));
+}
+
+#[test]
+fn matrix_and_range_queries() {
+    let (_d, s) = store();
+    match inst(&s, r#"up{job="a"}[2m]"#, 120_000).unwrap() {
+        Value::Matrix(m) => assert_eq!(m[0].points, vec![(60_000, 1.0), (120_000, 0.0)]),
+        other => panic!("{other:?}"),
+    }
+    let e = parse(r#"up"#).unwrap();
+    let m = range_query(&s, "t", &e, 0, 120_000, 60_000, DEFAULT_LOOKBACK_MS).unwrap();
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0].points, vec![(0, 1.0), (60_000, 1.0), (120_000, 0.0)]);
+    assert_eq!(m[1].points, vec![(0, 1.0)]);
+    let m = range_query(&s, "t", &parse("1+1").unwrap(), 0, 10_000, 5_000, DEFAULT_LOOKBACK_MS).unwrap();
+    assert_eq!(m[0].labels, Labels::empty());
+    assert_eq!(m[0].points.len(), 3);
+    assert!(range_query(&s, "t", &parse("up[1m]").unwrap(), 0, 1, 1, DEFAULT_LOOKBACK_MS).is_err());
+    assert!(range_query(&s, "t", &e, 0, 1_000_000_000, 1, DEFAULT_LOOKBACK_MS).is_err());
+    assert!(range_query(&s, "t", &e, 0, 10, 0, DEFAULT_LOOKBACK_MS).is_err());
+}

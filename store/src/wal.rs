@@ -1,0 +1,468 @@
+//! The write-ahead log shared by the metrics and the log engine.
+//!
+//! Layout (full description in `docs/format/wal.md`): a directory of segment
+//! files `00000001.wal`, `00000002.wal`, …; each starts with a 16-byte header
+//! (`CAIRNWAL`, version byte, 7 reserved zero bytes) followed by records:
+//!
+//! ```text
+//! ┌──────────────┬──────────────┬─────────┬─────────────────┐
+//! │ len u32 LE   │ crc32c u32 LE│ type u8 │ payload (len B) │
+//! └──────────────┴──────────────┴─────────┴─────────────────┘
+//! crc32c covers the type byte and the payload.
+//! ```
+//!
+//! Guarantees:
+//! - [`Wal::append`] returns after the record is written to the segment
+//!   file, and, with [`FsyncPolicy::Always`], after `fdatasync`.
+//! - A process restarted after a crash replays every complete record. A
+//!   record cut short or failing its checksum at the end of the newest
+//!   segment is a torn tail: the segment is truncated there and replay
+//!   succeeds. The same in an older segment is corruption: the rest of that
+//!   segment is skipped, counted in [`ReplayStats::corrupt_segments`], and
+//!   logged with path and offset.
+//! - After replay, appends go to a fresh segment; old segments are never
+//!   rewritten, only deleted whole once their data is persisted elsewhere.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::{StoreError, layout};
+
+/// Segment magic.
+pub const MAGIC: &[u8; 8] = b"CAIRNWAL";
+/// Current segment format version.
+pub const VERSION: u8 = 1;
+/// Size of the segment header.
+pub const HEADER_LEN: u64 = 16;
+/// Size of a record header (len + crc + type).
+pub const RECORD_HEADER_LEN: usize = 9;
+/// Largest record payload accepted (a larger length in a file is corruption).
+pub const MAX_RECORD_LEN: usize = 256 << 20;
+
+/// When appended records reach stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// `fdatasync` before every write is acknowledged: nothing acknowledged
+    /// is lost, even on power failure. Costs one disk flush per write request.
+    Always,
+    /// Flush every `fsync_interval`: a `kill -9` loses nothing (the data is in
+    /// the OS page cache), a power failure can lose the last interval.
+    Interval,
+    /// Leave flushing to the OS: a power failure can lose up to the kernel's
+    /// writeback delay (about 30 s on Linux).
+    Never,
+}
+
+/// WAL settings.
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    /// When records are flushed to disk.
+    pub fsync: FsyncPolicy,
+    /// Segment size after which a new segment is started.
+    pub segment_bytes: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions { fsync: FsyncPolicy::Always, segment_bytes: 128 << 20 }
+    }
+}
+
+/// What replay found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Segments read.
+    pub segments: usize,
+    /// Records handed to the callback.
+    pub records: u64,
+    /// Bytes truncated off the newest segment's torn tail.
+    pub torn_tail_bytes: u64,
+    /// Older segments whose rest was skipped because of corruption.
+    pub corrupt_segments: usize,
+}
+
+struct Writer {
+    file: File,
+    path: PathBuf,
+    seq: u64,
+    len: u64,
+    dirty: bool,
+    /// Bytes in all older segments still on disk.
+    sealed_bytes: u64,
+    scratch: Vec<u8>,
+}
+
+/// An open write-ahead log.
+pub struct Wal {
+    dir: PathBuf,
+    opts: WalOptions,
+    w: Mutex<Writer>,
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut segs = Vec::new();
+    for e in fs::read_dir(dir).map_err(StoreError::io("read directory", dir))? {
+        let e = e.map_err(StoreError::io("read directory", dir))?;
+        if let Some(n) = e.file_name().to_str().and_then(layout::parse_wal_segment_name) {
+            segs.push((n, e.path()));
+        }
+    }
+    segs.sort();
+    Ok(segs)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(StoreError::io("fsync directory", dir))
+}
+
+enum SegmentEnd {
+    Clean,
+    /// Bad or short record starting at this offset.
+    Bad {
+        offset: u64,
+        reason: String,
+    },
+}
+
+/// Callback receiving (record type, payload) during replay.
+type RecordFn<'a> = dyn FnMut(u8, &[u8]) -> Result<(), StoreError> + 'a;
+
+/// Reads one segment, calling `f` for each good record; stops at the first
+/// bad one.
+fn read_segment(
+    path: &Path,
+    f: &mut RecordFn<'_>,
+    records: &mut u64,
+) -> Result<SegmentEnd, StoreError> {
+    let file = File::open(path).map_err(StoreError::io("open", path))?;
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut header = [0u8; HEADER_LEN as usize];
+    if let Err(e) = r.read_exact(&mut header) {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            return Ok(SegmentEnd::Bad { offset: 0, reason: "segment shorter than its header".into() });
+        }
+        return Err(StoreError::io("read", path)(e));
+    }
+    if &header[..8] != MAGIC {
+        return Err(StoreError::Corrupt {
+            path: path.into(),
+            offset: 0,
+            reason: format!("bad magic {:?}, want {:?}", &header[..8], MAGIC),
+        });
+    }
+    if header[8] != VERSION {
+        return Err(StoreError::UnsupportedVersion { path: path.into(), version: header[8], supported: VERSION });
+    }
+    let mut offset = HEADER_LEN;
+    let mut payload = Vec::new();
+    loop {
+        let mut rh = [0u8; RECORD_HEADER_LEN];
+        match read_full(&mut r, &mut rh).map_err(StoreError::io("read", path))? {
+            0 => return Ok(SegmentEnd::Clean),
+            n if n < RECORD_HEADER_LEN => {
+                return Ok(SegmentEnd::Bad {
+                    offset,
+                    reason: format!("record header cut short ({n} of {RECORD_HEADER_LEN} bytes)"),
+                });
+            }
+            _ => {}
+        }
+        let len = u32::from_le_bytes([rh[0], rh[1], rh[2], rh[3]]) as usize;
+        let want_crc = u32::from_le_bytes([rh[4], rh[5], rh[6], rh[7]]);
+        let typ = rh[8];
+        if len > MAX_RECORD_LEN {
+            return Ok(SegmentEnd::Bad {
+                offset,
+                reason: format!("record length {len} exceeds the maximum {MAX_RECORD_LEN}"),
+            });
+        }
+        payload.resize(len, 0);
+        let got = read_full(&mut r, &mut payload).map_err(StoreError::io("read", path))?;
+        if got < len {
+            return Ok(SegmentEnd::Bad { offset, reason: format!("record payload cut short ({got} of {len} bytes)") });
+        }
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&[typ]), &payload);
+        if crc != want_crc {
+            return Ok(SegmentEnd::Bad {
+                offset,
+                reason: format!("checksum mismatch: got {crc:#010x}, want {want_crc:#010x}"),
+            });
+        }
+        f(typ, &payload)?;
+        *records += 1;
+        offset += (RECORD_HEADER_LEN + len) as u64;
+    }
+}
+
+/// Like `read_exact` but returns how many bytes were read before EOF.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+impl Wal {
+    /// Opens (creating if needed) the WAL in `dir`, replays every record into
+    /// `f(record_type, payload)`, repairs a torn tail, and starts a new
+    /// segment for appends.
+    pub fn open(
+        dir: &Path,
+        opts: WalOptions,
+        mut f: impl FnMut(u8, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(Wal, ReplayStats), StoreError> {
+        fs::create_dir_all(dir).map_err(StoreError::io("create directory", dir))?;
+        let segs = list_segments(dir)?;
+        let mut stats = ReplayStats::default();
+        let mut sealed_bytes = 0;
+        for (i, (_, path)) in segs.iter().enumerate() {
+            stats.segments += 1;
+            let end = read_segment(path, &mut f, &mut stats.records)?;
+            let newest = i + 1 == segs.len();
+            if let SegmentEnd::Bad { offset, reason } = end {
+                let size = fs::metadata(path).map_err(StoreError::io("stat", path))?.len();
+                if newest {
+                    tracing::warn!(path = %path.display(), offset, reason, "WAL torn tail truncated");
+                    stats.torn_tail_bytes = size - offset;
+                    let file = OpenOptions::new().write(true).open(path).map_err(StoreError::io("open", path))?;
+                    if offset < HEADER_LEN {
+                        drop(file);
+                        fs::remove_file(path).map_err(StoreError::io("remove", path))?;
+                        continue;
+                    }
+                    file.set_len(offset).map_err(StoreError::io("truncate", path))?;
+                    file.sync_all().map_err(StoreError::io("fsync", path))?;
+                } else {
+                    tracing::error!(path = %path.display(), offset, reason, "corrupt WAL segment; rest of segment skipped");
+                    stats.corrupt_segments += 1;
+                }
+            }
+            sealed_bytes += fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        }
+        let seq = segs.last().map(|(n, _)| n + 1).unwrap_or(1);
+        let w = Self::create_segment(dir, seq, sealed_bytes)?;
+        Ok((Wal { dir: dir.to_path_buf(), opts, w: Mutex::new(w) }, stats))
+    }
+
+    fn create_segment(dir: &Path, seq: u64, sealed_bytes: u64) -> Result<Writer, StoreError> {
+        let path = dir.join(layout::wal_segment_name(seq));
+        let mut file =
+            OpenOptions::new().create_new(true).write(true).open(&path).map_err(StoreError::io("create", &path))?;
+        let mut header = [0u8; HEADER_LEN as usize];
+        header[..8].copy_from_slice(MAGIC);
+        header[8] = VERSION;
+        file.write_all(&header).map_err(StoreError::io("write", &path))?;
+        file.sync_all().map_err(StoreError::io("fsync", &path))?;
+        sync_dir(dir)?;
+        Ok(Writer { file, path, seq, len: HEADER_LEN, dirty: false, sealed_bytes, scratch: Vec::new() })
+    }
+
+    /// Appends one record; returns once it is durable per the fsync policy.
+    pub fn append(&self, typ: u8, payload: &[u8]) -> Result<(), StoreError> {
+        if payload.len() > MAX_RECORD_LEN {
+            return Err(StoreError::Corrupt {
+                path: self.dir.clone(),
+                offset: 0,
+                reason: format!("record of {} bytes exceeds the maximum {MAX_RECORD_LEN}", payload.len()),
+            });
+        }
+        let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len >= self.opts.segment_bytes {
+            // Seal the current segment durably before starting the next one.
+            w.file.sync_data().map_err(StoreError::io("fsync", &w.path))?;
+            let sealed = w.sealed_bytes + w.len;
+            let next = Self::create_segment(&self.dir, w.seq + 1, sealed)?;
+            *w = next;
+        }
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&[typ]), payload);
+        let mut rec = std::mem::take(&mut w.scratch);
+        rec.clear();
+        rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        rec.extend_from_slice(&crc.to_le_bytes());
+        rec.push(typ);
+        rec.extend_from_slice(payload);
+        let res = w.file.write_all(&rec);
+        let written = rec.len() as u64;
+        w.scratch = rec;
+        if let Err(e) = res {
+            // A partial write leaves a torn record; put the file back to the
+            // last good length so later records stay readable.
+            let good = w.len;
+            let _ = w.file.set_len(good);
+            return Err(StoreError::io("write", &w.path)(e));
+        }
+        w.len += written;
+        w.dirty = true;
+        if self.opts.fsync == FsyncPolicy::Always {
+            w.file.sync_data().map_err(StoreError::io("fsync", &w.path))?;
+            w.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Flushes written records to stable storage if any are pending.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
+        if w.dirty {
+            w.file.sync_data().map_err(StoreError::io("fsync", &w.path))?;
+            w.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Bytes in all segments on disk.
+    pub fn size_bytes(&self) -> u64 {
+        let w = self.w.lock().unwrap_or_else(|p| p.into_inner());
+        w.sealed_bytes + w.len
+    }
+
+    /// The fsync policy in force.
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        self.opts.fsync
+    }
+}
+
+/// How often [`FsyncPolicy::Interval`] flushes when no interval is given.
+pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(dir: &Path, opts: WalOptions) -> (Wal, Vec<(u8, Vec<u8>)>, ReplayStats) {
+        let mut got = Vec::new();
+        let (wal, stats) = Wal::open(dir, opts, |t, p| {
+            got.push((t, p.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        (wal, got, stats)
+    }
+
+    #[test]
+    fn append_and_replay() {
+        let d = tempfile::tempdir().unwrap();
+        let (wal, got, _) = collect(d.path(), WalOptions::default());
+        assert!(got.is_empty());
+        wal.append(1, b"one").unwrap();
+        wal.append(2, b"").unwrap();
+        wal.append(3, &vec![7u8; 100_000]).unwrap();
+        drop(wal);
+        let (wal, got, stats) = collect(d.path(), WalOptions::default());
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], (1, b"one".to_vec()));
+        assert_eq!(got[2].1.len(), 100_000);
+        assert_eq!(stats.torn_tail_bytes, 0);
+        wal.append(4, b"four").unwrap();
+        drop(wal);
+        let (_, got, stats) = collect(d.path(), WalOptions::default());
+        assert_eq!(got.len(), 4);
+        assert_eq!(stats.segments, 2);
+    }
+
+    #[test]
+    fn segments_rotate() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = WalOptions { fsync: FsyncPolicy::Never, segment_bytes: 100 };
+        let (wal, _, _) = collect(d.path(), opts.clone());
+        for i in 0..10u8 {
+            wal.append(1, &[i; 50]).unwrap();
+        }
+        assert!(wal.size_bytes() > 500);
+        drop(wal);
+        let (_, got, stats) = collect(d.path(), opts);
+        assert_eq!(got.len(), 10);
+        assert!(stats.segments >= 5);
+        assert_eq!(got[9].1, vec![9u8; 50]);
+    }
+
+    /// Cut the newest segment at every possible length: replay must always
+    /// succeed with exactly the records that were complete.
+    #[test]
+    fn torn_tail_at_every_offset() {
+        let d = tempfile::tempdir().unwrap();
+        let (wal, _, _) = collect(d.path(), WalOptions::default());
+        let recs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + i as usize]).collect();
+        for r in &recs {
+            wal.append(9, r).unwrap();
+        }
+        drop(wal);
+        let seg = d.path().join(layout::wal_segment_name(1));
+        let full = fs::read(&seg).unwrap();
+        // record boundaries
+        let mut ends = vec![HEADER_LEN as usize];
+        for r in &recs {
+            let last = *ends.last().unwrap();
+            ends.push(last + RECORD_HEADER_LEN + r.len());
+        }
+        for cut in 0..=full.len() {
+            let d2 = tempfile::tempdir().unwrap();
+            fs::write(d2.path().join(layout::wal_segment_name(1)), &full[..cut]).unwrap();
+            let (_, got, stats) = collect(d2.path(), WalOptions::default());
+            let complete = ends.iter().skip(1).filter(|&&e| e <= cut).count();
+            assert_eq!(got.len(), complete, "cut at {cut}");
+            if cut >= HEADER_LEN as usize {
+                assert_eq!(stats.torn_tail_bytes as usize, cut - ends[complete], "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_bit_in_newest_segment_truncates_from_there() {
+        let d = tempfile::tempdir().unwrap();
+        let (wal, _, _) = collect(d.path(), WalOptions::default());
+        wal.append(1, b"aaaa").unwrap();
+        wal.append(1, b"bbbb").unwrap();
+        wal.append(1, b"cccc").unwrap();
+        drop(wal);
+        let seg = d.path().join(layout::wal_segment_name(1));
+        let mut bytes = fs::read(&seg).unwrap();
+        let second_payload = HEADER_LEN as usize + (RECORD_HEADER_LEN + 4) + RECORD_HEADER_LEN;
+        bytes[second_payload] ^= 1;
+        fs::write(&seg, &bytes).unwrap();
+        let (_, got, stats) = collect(d.path(), WalOptions::default());
+        assert_eq!(got, vec![(1, b"aaaa".to_vec())]);
+        assert_eq!(stats.torn_tail_bytes, 2 * (RECORD_HEADER_LEN as u64 + 4));
+    }
+
+    #[test]
+    fn corrupt_older_segment_is_skipped_and_counted() {
+        let d = tempfile::tempdir().unwrap();
+        let (wal, _, _) = collect(d.path(), WalOptions::default());
+        wal.append(1, b"aaaa").unwrap();
+        wal.append(1, b"bbbb").unwrap();
+        drop(wal);
+        let (wal, _, _) = collect(d.path(), WalOptions::default());
+        wal.append(1, b"cccc").unwrap();
+        drop(wal);
+        let seg = d.path().join(layout::wal_segment_name(1));
+        let mut bytes = fs::read(&seg).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 0xff;
+        fs::write(&seg, &bytes).unwrap();
+        let (_, got, stats) = collect(d.path(), WalOptions::default());
+        assert_eq!(got.iter().map(|g| g.1.clone()).collect::<Vec<_>>(), vec![b"aaaa".to_vec(), b"cccc".to_vec()]);
+        assert_eq!(stats.corrupt_segments, 1);
+    }
+
+    #[test]
+    fn unknown_version_is_a_typed_error() {
+        let d = tempfile::tempdir().unwrap();
+        let mut h = [0u8; 16];
+        h[..8].copy_from_slice(MAGIC);
+        h[8] = 99;
+        fs::write(d.path().join(layout::wal_segment_name(1)), h).unwrap();
+        let r = Wal::open(d.path(), WalOptions::default(), |_, _| Ok(()));
+        assert!(matches!(r, Err(StoreError::UnsupportedVersion { version: 99, .. })));
+    }
+}
