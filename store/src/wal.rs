@@ -133,11 +133,7 @@ type RecordFn<'a> = dyn FnMut(u8, &[u8]) -> Result<(), StoreError> + 'a;
 
 /// Reads one segment, calling `f` for each good record; stops at the first
 /// bad one.
-fn read_segment(
-    path: &Path,
-    f: &mut RecordFn<'_>,
-    records: &mut u64,
-) -> Result<SegmentEnd, StoreError> {
+fn read_segment(path: &Path, f: &mut RecordFn<'_>, records: &mut u64) -> Result<SegmentEnd, StoreError> {
     let file = File::open(path).map_err(StoreError::io("open", path))?;
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut header = [0u8; HEADER_LEN as usize];

@@ -1,1 +1,12 @@
+//! End-to-end tests: each starts the real `cairn` binary on a free loopback
+//! port with a temporary data directory and talks HTTP to it.
 
+mod harness;
+
+mod bad_input;
+mod cli;
+mod logs;
+mod metrics;
+mod ops;
+mod restart;
+mod up;

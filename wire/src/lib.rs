@@ -17,6 +17,7 @@
 //! else in the workspace: `wire → store → query → aggregator`, and
 //! `collector → wire`.
 
+pub mod config;
 pub mod labels;
 pub mod loki_json;
 pub mod matcher;
@@ -87,5 +88,56 @@ mod tests {
         assert_eq!(format_float(0.0), "0");
         assert!(is_stale_nan(f64::from_bits(STALE_NAN_BITS)));
         assert!(!is_stale_nan(f64::NAN));
+    }
+
+    /// Deterministic garbage (and mutations of valid inputs) through every
+    /// decoder that takes network input: errors are fine, panics are not.
+    #[test]
+    fn garbage_never_panics() {
+        use prost::Message;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seeds: [&[u8]; 4] = [
+            br#"{"streams":[{"stream":{"job":"x"},"values":[["1","a",{"k":"v"}]]}]}"#,
+            br#"{job="a", b="c\"d"}"#,
+            b"\x0a\x1e\x0a\x0e\x0a\x08__name__\x12\x02up",
+            b"2015-07-01T20:10:51.781Z",
+        ];
+        for round in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut buf: Vec<u8> = if round % 2 == 0 {
+                (0..len).map(|_| next() as u8).collect()
+            } else {
+                let mut s = seeds[round % seeds.len()].to_vec();
+                for _ in 0..1 + next() % 4 {
+                    if s.is_empty() {
+                        break;
+                    }
+                    let i = (next() as usize) % s.len();
+                    s[i] = next() as u8;
+                }
+                s
+            };
+            if round % 7 == 0 {
+                buf = proto::snappy_compress(&buf);
+            }
+            let _ = loki_json::parse(&buf);
+            let _ = proto::PushRequest::decode(buf.as_slice());
+            let _ = proto::WriteRequest::decode(buf.as_slice());
+            if let Ok(raw) = proto::snappy_decompress(&buf, 1 << 16) {
+                let _ = proto::WriteRequest::decode(raw.as_slice());
+            }
+            let s = String::from_utf8_lossy(&buf);
+            let _ = Labels::parse(&s);
+            let _ = time::parse_loki_time_ns(&s);
+            let _ = time::parse_prom_time_ms(&s);
+            let _ = time::parse_prom_duration_ms(&s);
+            let _ = time::parse_rfc3339_ns(&s);
+        }
     }
 }

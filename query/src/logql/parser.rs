@@ -243,4 +243,33 @@ mod tests {
             assert!(parse(junk).is_err(), "{junk:?}");
         }
     }
+
+    /// Deterministic garbage and mutations of valid queries: errors, never panics.
+    #[test]
+    fn garbage_never_panics() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet: Vec<char> = "{}()[],=!~|\"`\\ abcé0123456789.#\n".chars().collect();
+        let seed = r#"{job="x", a=~"b.*"} |= "err" != `d` |~ "(?i)t" !~ "u""#;
+        for round in 0..20_000 {
+            let q: String = if round % 2 == 0 {
+                (0..next() % 40).map(|_| alphabet[(next() as usize) % alphabet.len()]).collect()
+            } else {
+                let mut c: Vec<char> = seed.chars().collect();
+                for _ in 0..1 + next() % 3 {
+                    let i = (next() as usize) % c.len();
+                    c[i] = alphabet[(next() as usize) % alphabet.len()];
+                }
+                c.into_iter().collect()
+            };
+            if let Err(e) = parse(&q) {
+                let _ = e.to_string();
+            }
+        }
+    }
 }

@@ -1,0 +1,132 @@
+//! The aggregator's configuration sections: `[server]`, `[storage]`,
+//! `[limits]`, `[query]`. Field doc comments are the user documentation
+//! (mirrored in `docs/configuration.md`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cairn_store::FsyncPolicy;
+use cairn_wire::config::{ByteSize, ConfigDuration};
+use serde::{Deserialize, Serialize};
+
+/// `[server]`: the HTTP listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port of the HTTP API (Prometheus and Loki APIs, ingest,
+    /// `/metrics`, `/ready`).
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 3100)) }
+    }
+}
+
+/// `[storage]`: where and how data is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory holding all data (WAL, blocks, collector state).
+    pub data_dir: PathBuf,
+    /// `[storage.wal]`: write-ahead log settings.
+    pub wal: WalConfig,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { data_dir: PathBuf::from("./cairn-data"), wal: WalConfig::default() }
+    }
+}
+
+/// `[storage.wal]`: write-ahead log settings, shared by metrics and logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalConfig {
+    /// When writes reach the disk before they are acknowledged:
+    /// `always` (fsync per write; nothing acknowledged is ever lost),
+    /// `interval` (fsync every `fsync_interval`; a power cut loses up to that
+    /// much, a process crash loses nothing), or `never` (the OS decides; a
+    /// power cut can lose ~30 s).
+    pub fsync: FsyncPolicy,
+    /// Flush period for `fsync = "interval"`.
+    pub fsync_interval: ConfigDuration,
+    /// Size at which a WAL segment file is closed and a new one started.
+    pub segment_size: ByteSize,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            fsync: FsyncPolicy::Always,
+            fsync_interval: ConfigDuration::from_secs(1),
+            segment_size: ByteSize::mib(128),
+        }
+    }
+}
+
+/// `[limits]`: what a write may contain. Violations are refused with HTTP
+/// 400/413 and a message naming the limit, and counted in
+/// `cairn_ingest_rejected_total`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body accepted, as sent (compressed). Larger: HTTP 413.
+    pub max_request_size: ByteSize,
+    /// Largest request body after decompression. Larger: HTTP 413.
+    pub max_decompressed_size: ByteSize,
+    /// Longest log line accepted; longer entries are refused (the rest of the
+    /// push is stored).
+    pub max_line_size: ByteSize,
+    /// Most labels on one series or stream, including `__name__`.
+    pub max_labels_per_series: usize,
+    /// Longest label name.
+    pub max_label_name_length: usize,
+    /// Longest label value.
+    pub max_label_value_length: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_request_size: ByteSize::mib(64),
+            max_decompressed_size: ByteSize::mib(256),
+            max_line_size: ByteSize::kib(256),
+            max_labels_per_series: 30,
+            max_label_name_length: 1024,
+            max_label_value_length: 2048,
+        }
+    }
+}
+
+/// `[query]`: query engine settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// PromQL lookback delta: how far back an instant vector selector looks
+    /// for the latest sample.
+    pub lookback_delta: ConfigDuration,
+    /// Largest `limit` a log query may ask for (Loki's
+    /// `max_entries_limit_per_query`).
+    pub max_entries_limit: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig { lookback_delta: ConfigDuration::from_secs(300), max_entries_limit: 5000 }
+    }
+}
+
+/// Everything the aggregator needs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AggregatorConfig {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[storage]`
+    pub storage: StorageConfig,
+    /// `[limits]`
+    pub limits: LimitsConfig,
+    /// `[query]`
+    pub query: QueryConfig,
+}

@@ -1,0 +1,101 @@
+//! Cairn's own metrics, served on `/metrics` in Prometheus text format.
+//! Names follow `cairn_<subsystem>_<name>_<unit>[_total]`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type L = Vec<(&'static str, String)>;
+
+fn query_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Counters, gauges and histograms of the aggregator.
+pub struct SelfMetrics {
+    registry: Registry,
+    /// Samples stored.
+    pub samples_ingested: Counter,
+    /// Log lines stored.
+    pub lines_ingested: Counter,
+    /// Bytes of log lines stored.
+    pub line_bytes_ingested: Counter,
+    /// Request body bytes received, by API.
+    pub request_bytes: Family<L, Counter>,
+    /// Refused samples/entries/requests, by kind and reason.
+    pub rejected: Family<L, Counter>,
+    /// Queries answered, by API.
+    pub queries: Family<L, Counter>,
+    /// Query latency, by API.
+    pub query_duration: Family<L, Histogram, fn() -> Histogram>,
+    /// WAL bytes on disk, by engine.
+    pub wal_size: Family<L, Gauge>,
+    /// Series and streams in memory.
+    pub head_series: Family<L, Gauge>,
+}
+
+impl Default for SelfMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SelfMetrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = SelfMetrics {
+            samples_ingested: Counter::default(),
+            lines_ingested: Counter::default(),
+            line_bytes_ingested: Counter::default(),
+            request_bytes: Family::default(),
+            rejected: Family::default(),
+            queries: Family::default(),
+            query_duration: Family::new_with_constructor(query_histogram as fn() -> Histogram),
+            wal_size: Family::default(),
+            head_series: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("cairn_ingest_samples", "Metric samples stored", m.samples_ingested.clone());
+        registry.register("cairn_ingest_lines", "Log lines stored", m.lines_ingested.clone());
+        registry.register("cairn_ingest_line_bytes", "Bytes of log lines stored", m.line_bytes_ingested.clone());
+        registry.register(
+            "cairn_ingest_request_bytes",
+            "Request body bytes received, as sent, by API",
+            m.request_bytes.clone(),
+        );
+        registry.register(
+            "cairn_ingest_rejected",
+            "Samples, entries or whole requests refused, by kind and reason",
+            m.rejected.clone(),
+        );
+        registry.register("cairn_query_requests", "Queries answered, by API", m.queries.clone());
+        registry.register("cairn_query_duration_seconds", "Query latency, by API", m.query_duration.clone());
+        registry.register("cairn_wal_size_bytes", "Write-ahead log bytes on disk, by engine", m.wal_size.clone());
+        registry.register("cairn_head_series", "Series (metrics) and streams (logs) in memory", m.head_series.clone());
+        SelfMetrics { registry, ..m }
+    }
+
+    /// Counts `n` refusals of `kind` ("samples", "entries", "requests") for `reason`.
+    pub fn reject(&self, kind: &'static str, reason: &str, n: u64) {
+        self.rejected.get_or_create(&vec![("kind", kind.to_string()), ("reason", reason.to_string())]).inc_by(n);
+    }
+
+    /// Records one query of `api` that took `secs`.
+    pub fn observe_query(&self, api: &'static str, secs: f64) {
+        let l = vec![("api", api.to_string())];
+        self.queries.get_or_create(&l).inc();
+        self.query_duration.get_or_create(&l).observe(secs);
+    }
+
+    /// Renders the text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

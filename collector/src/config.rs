@@ -1,0 +1,379 @@
+//! The `[collector]` configuration section. Field doc comments are the user
+//! documentation (mirrored in `docs/configuration.md`).
+//!
+//! Durations are Prometheus durations (`"15s"`, `"500ms"`, `"1h30m"`) and
+//! sizes are bytes or strings with a unit (`262144`, `"256KiB"`, `"1MiB"`),
+//! the same value types as the rest of Cairn's config
+//! ([`cairn_wire::config`]).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use cairn_wire::Labels;
+pub use cairn_wire::config::{ByteSize, ConfigDuration};
+use serde::{Deserialize, Serialize};
+
+/// The config file's name for a duration such as `"15s"`: milliseconds
+/// inside, a Prometheus duration string in TOML.
+pub type DurationStr = ConfigDuration;
+
+/// `[collector]`: what this node collects and where it sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// Name of this machine: the `instance` label of node metrics and the
+    /// `host` label of log streams. Empty means this machine's hostname
+    /// (from `/proc/sys/kernel/hostname`).
+    pub host: String,
+    /// `[collector.node]`: node metrics (CPU, memory, load, …) with
+    /// node_exporter's names.
+    pub node: NodeConfig,
+    /// `[[collector.files]]`: log files to tail, in groups sharing labels.
+    /// Each line becomes a log entry in the stream `labels` + `filename` +
+    /// `host`. An empty list tails nothing.
+    pub files: Vec<FileTarget>,
+    /// How often the file globs are expanded and files are checked for new
+    /// lines, rotation and truncation.
+    pub poll_interval: ConfigDuration,
+    /// Longest log line kept, in bytes; longer lines are truncated to this
+    /// size (at a character boundary) and counted in the collector's
+    /// `lines_truncated` counter.
+    pub max_line_bytes: ByteSize,
+    /// Longest time a read line waits before its batch is sent.
+    pub batch_wait: ConfigDuration,
+    /// A batch of log lines is sent as soon as it holds this many bytes of
+    /// lines. This is also the most log data held in memory while the
+    /// receiver is unreachable.
+    pub batch_max_bytes: ByteSize,
+    /// `[collector.push]`: where `cairn collect` sends metrics and logs.
+    /// Ignored by `cairn up`, whose collector writes into its own aggregator.
+    pub push: PushConfig,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            host: String::new(),
+            node: NodeConfig::default(),
+            files: vec![FileTarget::default()],
+            poll_interval: ConfigDuration::from_millis(500),
+            max_line_bytes: ByteSize::kib(256),
+            batch_wait: ConfigDuration::from_secs(1),
+            batch_max_bytes: ByteSize::mib(1),
+            push: PushConfig::default(),
+        }
+    }
+}
+
+/// `[collector.node]`: node metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Collect node metrics at all.
+    pub enabled: bool,
+    /// Time between two collections; every sample of one collection carries
+    /// the same timestamp.
+    pub interval: ConfigDuration,
+    /// Where the proc filesystem is mounted. In a container, mount the
+    /// host's `/proc` (e.g. at `/host/proc`) and point this at it.
+    pub proc_path: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { enabled: true, interval: ConfigDuration::from_secs(15), proc_path: PathBuf::from("/proc") }
+    }
+}
+
+/// `[[collector.files]]`: a group of log files sharing stream labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileTarget {
+    /// Glob patterns of files to tail (`*`, `?`, `[abc]`, `**`), expanded
+    /// again at every poll so new files are picked up. A file seen for the
+    /// first time is read from its beginning.
+    pub paths: Vec<String>,
+    /// Labels added to every stream of this group, e.g. `{ job = "varlogs" }`.
+    /// `filename` is set by the collector and cannot be given here; `host`
+    /// defaults to the collector's `host` unless set here.
+    pub labels: BTreeMap<String, String>,
+    /// Glob patterns of files not to tail even if `paths` matches them
+    /// (e.g. `"/var/log/*.gz"`).
+    pub exclude: Vec<String>,
+}
+
+impl Default for FileTarget {
+    fn default() -> Self {
+        FileTarget {
+            paths: vec!["/var/log/*.log".into(), "/var/log/syslog".into(), "/var/log/messages".into()],
+            labels: BTreeMap::from([("job".to_string(), "varlogs".to_string())]),
+            exclude: Vec::new(),
+        }
+    }
+}
+
+/// `[collector.push]`: where `cairn collect` sends its data, over the public
+/// protocols (Prometheus remote_write 1.0 and Loki push), so the receiver
+/// can be a Cairn aggregator, Prometheus, VictoriaMetrics, Mimir or Loki.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Base URL of a Cairn aggregator, e.g. `http://127.0.0.1:3100`;
+    /// metrics go to `<url>/api/v1/write` and logs to
+    /// `<url>/loki/api/v1/push`. Only plain `http://` is supported.
+    pub url: String,
+    /// Full remote_write URL for metrics, overriding `url`, e.g.
+    /// `http://prometheus:9090/api/v1/write`.
+    pub metrics_url: String,
+    /// Full Loki push URL for logs, overriding `url`, e.g.
+    /// `http://loki:3100/loki/api/v1/push`.
+    pub logs_url: String,
+    /// Tenant sent as the `X-Scope-OrgID` header; empty sends no header
+    /// (a Cairn aggregator then uses the tenant `fake`, as Loki does).
+    pub tenant: String,
+    /// Time limit of one push request, connection included; a request that
+    /// times out is retried.
+    pub timeout: ConfigDuration,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            url: String::new(),
+            metrics_url: String::new(),
+            logs_url: String::new(),
+            tenant: String::new(),
+            timeout: ConfigDuration::from_secs(10),
+        }
+    }
+}
+
+impl PushConfig {
+    /// The remote_write URL: `metrics_url`, else `<url>/api/v1/write`;
+    /// `None` when neither is set.
+    pub fn resolved_metrics_url(&self) -> Option<String> {
+        resolve(&self.metrics_url, &self.url, "/api/v1/write")
+    }
+
+    /// The Loki push URL: `logs_url`, else `<url>/loki/api/v1/push`;
+    /// `None` when neither is set.
+    pub fn resolved_logs_url(&self) -> Option<String> {
+        resolve(&self.logs_url, &self.url, "/loki/api/v1/push")
+    }
+}
+
+fn resolve(full: &str, base: &str, suffix: &str) -> Option<String> {
+    if !full.trim().is_empty() {
+        return Some(full.trim().to_string());
+    }
+    let base = base.trim().trim_end_matches('/');
+    (!base.is_empty()).then(|| format!("{base}{suffix}"))
+}
+
+/// A configuration value that parses but makes no sense; the message names
+/// the key (relative to `[collector]`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    /// The offending key, e.g. `files[0].paths[1]`.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn cerr(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), reason: reason.into() }
+}
+
+/// Label names the collector sets itself on log streams.
+pub(crate) const FILENAME_LABEL: &str = "filename";
+/// Label holding the collector's host on log streams.
+pub(crate) const HOST_LABEL: &str = "host";
+
+impl CollectorConfig {
+    /// Checks values that parse but make no sense: zero intervals, empty or
+    /// malformed globs, invalid label names, unusable push URLs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node.enabled && self.node.interval.0.is_zero() {
+            return Err(cerr("node.interval", "must be greater than 0"));
+        }
+        if self.poll_interval.0.is_zero() {
+            return Err(cerr("poll_interval", "must be greater than 0"));
+        }
+        if self.max_line_bytes.0 < 16 {
+            return Err(cerr("max_line_bytes", "must be at least 16 bytes"));
+        }
+        if self.batch_max_bytes.0 == 0 {
+            return Err(cerr("batch_max_bytes", "must be greater than 0"));
+        }
+        if usize::try_from(self.max_line_bytes.0).is_err() || usize::try_from(self.batch_max_bytes.0).is_err() {
+            return Err(cerr("batch_max_bytes", "too large for this machine"));
+        }
+        if self.push.timeout.0.is_zero() {
+            return Err(cerr("push.timeout", "must be greater than 0"));
+        }
+        for (i, t) in self.files.iter().enumerate() {
+            if t.paths.is_empty() {
+                return Err(cerr(format!("files[{i}].paths"), "must list at least one glob"));
+            }
+            for (kind, list) in [("paths", &t.paths), ("exclude", &t.exclude)] {
+                for (j, p) in list.iter().enumerate() {
+                    let key = format!("files[{i}].{kind}[{j}]");
+                    if p.trim().is_empty() {
+                        return Err(cerr(key, "empty glob"));
+                    }
+                    glob::Pattern::new(p).map_err(|e| cerr(key, format!("invalid glob {p:?}: {e}")))?;
+                }
+            }
+            if t.labels.contains_key(FILENAME_LABEL) {
+                return Err(cerr(
+                    format!("files[{i}].labels.{FILENAME_LABEL}"),
+                    "is set by the collector to each file's path and cannot be configured",
+                ));
+            }
+            Labels::from_pairs(t.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .map_err(|e| cerr(format!("files[{i}].labels"), e.to_string()))?;
+        }
+        for (key, url) in [
+            ("push.url", &self.push.url),
+            ("push.metrics_url", &self.push.metrics_url),
+            ("push.logs_url", &self.push.logs_url),
+        ] {
+            if !url.trim().is_empty() {
+                check_url(url.trim()).map_err(|reason| cerr(key, reason))?;
+            }
+        }
+        if self.push.tenant.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+            return Err(cerr("push.tenant", "must be printable ASCII (it is sent as an HTTP header)"));
+        }
+        Ok(())
+    }
+
+    /// The host name used for labels: `host`, or this machine's hostname.
+    pub fn resolved_host(&self) -> String {
+        if !self.host.trim().is_empty() {
+            return self.host.trim().to_string();
+        }
+        hostname(&self.node.proc_path)
+    }
+}
+
+/// Checks that a push URL is an absolute `http://` URL.
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    let u = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    match u.scheme() {
+        "http" => Ok(()),
+        "https" => {
+            Err(format!("{url:?}: https is not supported by this build; use http:// (e.g. behind a TLS tunnel)"))
+        }
+        s => Err(format!("{url:?}: unsupported scheme {s:?}, expected http://")),
+    }
+}
+
+/// This machine's hostname, from `<proc>/sys/kernel/hostname`, else the
+/// `HOSTNAME` environment variable, else `localhost`.
+pub fn hostname(proc_path: &std::path::Path) -> String {
+    let from_proc = std::fs::read(proc_path.join("sys/kernel/hostname"))
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .filter(|s| !s.is_empty());
+    from_proc
+        .or_else(|| std::env::var("HOSTNAME").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let d = CollectorConfig::default();
+        d.validate().unwrap();
+        let text = toml::to_string(&d).unwrap();
+        let back: CollectorConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, d);
+        let empty: CollectorConfig = toml::from_str("").unwrap();
+        assert_eq!(empty, d);
+        assert_eq!(d.files[0].labels.get("job").map(String::as_str), Some("varlogs"));
+        assert_eq!(d.max_line_bytes.0, 262_144);
+        assert_eq!(d.batch_max_bytes.0, 1_048_576);
+    }
+
+    #[test]
+    fn parses_a_full_section() {
+        let c: CollectorConfig = toml::from_str(
+            r#"
+            host = "nas"
+            poll_interval = "250ms"
+            max_line_bytes = 1024
+            batch_max_bytes = "2MiB"
+            [node]
+            interval = "30s"
+            proc_path = "/host/proc"
+            [[files]]
+            paths = ["/srv/app/*.log"]
+            exclude = ["/srv/app/debug.log"]
+            labels = { job = "app", env = "prod" }
+            [push]
+            url = "http://agg:3100/"
+            tenant = "team-a"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.node.interval.as_millis(), 30_000);
+        assert_eq!(c.poll_interval.as_millis(), 250);
+        assert_eq!(c.max_line_bytes.0, 1024);
+        assert_eq!(c.files.len(), 1);
+        assert_eq!(c.resolved_host(), "nas");
+        assert_eq!(c.push.resolved_metrics_url().as_deref(), Some("http://agg:3100/api/v1/write"));
+        assert_eq!(c.push.resolved_logs_url().as_deref(), Some("http://agg:3100/loki/api/v1/push"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = toml::from_str::<CollectorConfig>("[node]\ninterval = \"15\"\n").unwrap_err().to_string();
+        assert!(e.contains("interval") && e.contains("missing unit"), "{e}");
+        let e = toml::from_str::<CollectorConfig>("polling = \"1s\"\n").unwrap_err().to_string();
+        assert!(e.contains("polling"), "{e}");
+
+        let mut c = CollectorConfig::default();
+        c.node.interval = ConfigDuration::from_millis(0);
+        assert_eq!(c.validate().unwrap_err().key, "node.interval");
+
+        let mut c = CollectorConfig::default();
+        c.files[0].paths.push(" ".into());
+        assert_eq!(c.validate().unwrap_err().key, "files[0].paths[3]");
+
+        let mut c = CollectorConfig::default();
+        c.files[0].exclude.push("[".into());
+        assert_eq!(c.validate().unwrap_err().key, "files[0].exclude[0]");
+
+        let mut c = CollectorConfig::default();
+        c.files[0].labels.insert("bad-name".into(), "x".into());
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("bad-name"), "{e}");
+
+        let mut c = CollectorConfig::default();
+        c.files[0].labels.insert("filename".into(), "x".into());
+        assert!(c.validate().is_err());
+
+        let mut c = CollectorConfig::default();
+        c.push.url = "https://x".into();
+        assert!(c.validate().unwrap_err().reason.contains("https"));
+
+        let mut c = CollectorConfig::default();
+        c.push.logs_url = "not a url".into();
+        assert_eq!(c.validate().unwrap_err().key, "push.logs_url");
+    }
+
+    #[test]
+    fn hostname_falls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sys/kernel")).unwrap();
+        std::fs::write(dir.path().join("sys/kernel/hostname"), "box1\n").unwrap();
+        assert_eq!(hostname(dir.path()), "box1");
+        assert!(!hostname(&dir.path().join("missing")).is_empty());
+    }
+}

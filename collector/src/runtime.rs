@@ -1,0 +1,767 @@
+//! The collector's main loop: node metrics every `node.interval`, files
+//! every `poll_interval`, both pushed to a [`Sink`] with retries.
+//!
+//! - **Logs**: lines are gathered into one batch until it holds
+//!   `batch_max_bytes` or its first line is `batch_wait` old, then pushed.
+//!   While a batch is being delivered (and retried) no more lines are read,
+//!   so memory stays bounded by one batch. Positions are committed only
+//!   after the sink acknowledged the batch. A batch the receiver refuses
+//!   permanently is dropped, counted and its positions committed, so one bad
+//!   batch cannot stall the files forever.
+//! - **Metrics**: each collection is queued; the queue (at most
+//!   [`MAX_PENDING_COLLECTIONS`] collections, oldest dropped first and
+//!   counted) is pushed as one request per attempt.
+//! - **Retries**: exponential backoff from 250 ms doubling to 30 s, for as
+//!   long as the receiver keeps failing.
+//! - **Shutdown**: when the watch flips to `true` (or its sender is
+//!   dropped), in-flight pushes are abandoned, the pending log batch gets a
+//!   last chance of about [`FINAL_FLUSH`], and `run` returns. Lines not
+//!   delivered by then are read again at the next start.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use cairn_wire::{Labels, SeriesSamples};
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::config::{CollectorConfig, ConfigError};
+use crate::node::NodeCollector;
+use crate::sink::{Sink, SinkError};
+use crate::tail::{LogBatch, TailError, Tailer, count_files};
+
+/// First retry delay.
+pub const BACKOFF_START: Duration = Duration::from_millis(250);
+/// Longest retry delay.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Time allowed at shutdown to deliver the pending log batch.
+pub const FINAL_FLUSH: Duration = Duration::from_secs(2);
+/// Node metric collections kept while the receiver is unreachable
+/// (40 × 15 s = 10 minutes at the default interval).
+pub const MAX_PENDING_COLLECTIONS: usize = 40;
+
+/// Counters of the collector's work, readable while it runs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Log lines read from files.
+    pub lines_read: AtomicU64,
+    /// Bytes read from log files (newlines included).
+    pub bytes_read: AtomicU64,
+    /// Log lines cut to `max_line_bytes`.
+    pub lines_truncated: AtomicU64,
+    /// Batches (logs or metrics) the sink acknowledged.
+    pub batches_sent: AtomicU64,
+    /// Push attempts that failed and were retried.
+    pub send_failures: AtomicU64,
+    /// Batches dropped: refused by the receiver, or metric collections
+    /// pushed out of a full queue.
+    pub batches_dropped: AtomicU64,
+    /// Log lines in acknowledged batches.
+    pub lines_sent: AtomicU64,
+    /// Log files open right now.
+    pub files_open: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// See [`Stats::lines_read`].
+    pub lines_read: u64,
+    /// See [`Stats::bytes_read`].
+    pub bytes_read: u64,
+    /// See [`Stats::lines_truncated`].
+    pub lines_truncated: u64,
+    /// See [`Stats::batches_sent`].
+    pub batches_sent: u64,
+    /// See [`Stats::send_failures`].
+    pub send_failures: u64,
+    /// See [`Stats::batches_dropped`].
+    pub batches_dropped: u64,
+    /// See [`Stats::lines_sent`].
+    pub lines_sent: u64,
+    /// See [`Stats::files_open`].
+    pub files_open: u64,
+}
+
+impl Stats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            lines_read: self.lines_read.load(Relaxed),
+            bytes_read: self.bytes_read.load(Relaxed),
+            lines_truncated: self.lines_truncated.load(Relaxed),
+            batches_sent: self.batches_sent.load(Relaxed),
+            send_failures: self.send_failures.load(Relaxed),
+            batches_dropped: self.batches_dropped.load(Relaxed),
+            lines_sent: self.lines_sent.load(Relaxed),
+            files_open: self.files_open.load(Relaxed),
+        }
+    }
+}
+
+/// Why the collector could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    /// The configuration makes no sense.
+    #[error("invalid collector configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The state directory could not be created.
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The tailer could not start (positions file unreadable, …).
+    #[error(transparent)]
+    Tail(#[from] TailError),
+    /// A blocking task panicked (a bug).
+    #[error("collector task failed (this is a bug): {0}")]
+    Task(String),
+}
+
+/// Runs the collector until `shutdown` becomes `true` (see the module doc).
+/// `state_dir` holds `positions.json` and is created if missing.
+pub async fn run<S: Sink>(
+    cfg: CollectorConfig,
+    sink: Arc<S>,
+    state_dir: PathBuf,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), CollectorError> {
+    run_with_stats(cfg, sink, state_dir, shutdown, Arc::new(Stats::default())).await
+}
+
+/// [`run`], updating `stats` as it goes.
+pub async fn run_with_stats<S: Sink>(
+    cfg: CollectorConfig,
+    sink: Arc<S>,
+    state_dir: PathBuf,
+    shutdown: watch::Receiver<bool>,
+    stats: Arc<Stats>,
+) -> Result<(), CollectorError> {
+    cfg.validate()?;
+    let cfg = Arc::new(cfg);
+    let c = cfg.clone();
+    let host = blocking(move || c.resolved_host()).await?;
+    tokio::fs::create_dir_all(&state_dir)
+        .await
+        .map_err(|source| CollectorError::StateDir { path: state_dir.clone(), source })?;
+
+    let tailer = if cfg.files.is_empty() {
+        None
+    } else {
+        let (c, h, s, d) = (cfg.clone(), host.clone(), stats.clone(), state_dir.clone());
+        // Sizes were checked to fit in usize by `validate`.
+        Some(blocking(move || Tailer::new(&c.files, &h, c.max_line_bytes.0 as usize, &d, s)).await??)
+    };
+    tracing::info!(
+        host = %host,
+        state_dir = %state_dir.display(),
+        what = %describe(&cfg),
+        "collector started"
+    );
+
+    let node = async {
+        if cfg.node.enabled {
+            let nc = NodeCollector::new(cfg.node.proc_path.clone(), host.clone());
+            node_loop(nc, cfg.node.interval.0, &*sink, shutdown.clone(), &stats).await
+        } else {
+            Ok(())
+        }
+    };
+    let files = async {
+        match tailer {
+            Some(t) => tail_loop(t, &cfg, &*sink, shutdown.clone(), &stats).await,
+            None => Ok(()),
+        }
+    };
+    let (a, b) = tokio::join!(node, files);
+    tracing::info!("collector stopped");
+    a.and(b)
+}
+
+/// One short line of what is collected, for start-up banners: e.g.
+/// `node metrics every 15s from /proc; files: /var/log/*.log, /var/log/syslog (3 files now)`.
+/// Expands the globs (blocking, briefly).
+pub fn describe(cfg: &CollectorConfig) -> String {
+    let node = if cfg.node.enabled {
+        format!("node metrics every {} from {}", cfg.node.interval, cfg.node.proc_path.display())
+    } else {
+        "no node metrics".to_string()
+    };
+    let globs: Vec<&str> = cfg.files.iter().flat_map(|t| t.paths.iter().map(String::as_str)).collect();
+    let files = if globs.is_empty() {
+        "no log files".to_string()
+    } else {
+        let n = count_files(&cfg.files);
+        format!("files: {} ({n} file{} now)", globs.join(", "), if n == 1 { "" } else { "s" })
+    };
+    format!("{node}; {files}")
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, CollectorError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| CollectorError::Task(e.to_string()))
+}
+
+/// Resolves when shutdown is requested (or the sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn is_stopped(rx: &watch::Receiver<bool>) -> bool {
+    *rx.borrow() || rx.has_changed().is_err()
+}
+
+/// Exponential backoff, [`BACKOFF_START`] doubling to [`BACKOFF_CAP`].
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+    attempts: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { next: BACKOFF_START, attempts: 0 }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (d * 2).min(BACKOFF_CAP);
+        self.attempts += 1;
+        d
+    }
+}
+
+enum Delivery {
+    /// Acknowledged.
+    Sent,
+    /// Refused for good: dropped and counted.
+    Dropped,
+    /// Shutdown came first.
+    Interrupted,
+}
+
+/// Pushes with `attempt` until it succeeds, is refused for good, or
+/// `shutdown` (if given) fires.
+async fn deliver<F, Fut>(
+    what: &'static str,
+    mut attempt: F,
+    mut shutdown: Option<&mut watch::Receiver<bool>>,
+    stats: &Stats,
+) -> Delivery
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), SinkError>>,
+{
+    let mut backoff = Backoff::new();
+    loop {
+        let res = match shutdown.as_deref_mut() {
+            Some(rx) => tokio::select! {
+                r = attempt() => r,
+                _ = stopped(rx) => return Delivery::Interrupted,
+            },
+            None => attempt().await,
+        };
+        match res {
+            Ok(()) => {
+                stats.batches_sent.fetch_add(1, Relaxed);
+                if backoff.attempts > 0 {
+                    tracing::info!(what, failures = backoff.attempts, "push succeeded after retries");
+                }
+                return Delivery::Sent;
+            }
+            Err(SinkError::Permanent(msg)) => {
+                stats.batches_dropped.fetch_add(1, Relaxed);
+                tracing::error!(what, error = %msg, "receiver refused the batch; dropped");
+                return Delivery::Dropped;
+            }
+            Err(SinkError::Retryable(msg)) => {
+                stats.send_failures.fetch_add(1, Relaxed);
+                let delay = backoff.next_delay();
+                if backoff.attempts == 1 || backoff.attempts.is_multiple_of(10) {
+                    tracing::warn!(what, error = %msg, attempt = backoff.attempts, retry_in = ?delay, "push failed; retrying");
+                } else {
+                    tracing::debug!(what, error = %msg, attempt = backoff.attempts, retry_in = ?delay, "push failed; retrying");
+                }
+                match shutdown.as_deref_mut() {
+                    Some(rx) => tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stopped(rx) => return Delivery::Interrupted,
+                    },
+                    None => tokio::time::sleep(delay).await,
+                }
+            }
+        }
+    }
+}
+
+async fn tail_loop<S: Sink>(
+    mut tailer: Tailer,
+    cfg: &CollectorConfig,
+    sink: &S,
+    mut shutdown: watch::Receiver<bool>,
+    stats: &Arc<Stats>,
+) -> Result<(), CollectorError> {
+    let max_bytes = cfg.batch_max_bytes.0 as usize;
+    let batch_wait = cfg.batch_wait.0;
+    let mut tick = tokio::time::interval(cfg.poll_interval.0);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut batch = LogBatch::new();
+    let mut more = false;
+    loop {
+        if more {
+            if is_stopped(&shutdown) {
+                break;
+            }
+        } else {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped(&mut shutdown) => break,
+            }
+        }
+        let budget = max_bytes.saturating_sub(batch.bytes());
+        more = false;
+        if budget > 0 {
+            let (t, b, outcome) = blocking(move || {
+                let o = tailer.poll(&mut batch, budget);
+                (tailer, batch, o)
+            })
+            .await?;
+            (tailer, batch) = (t, b);
+            more = outcome.more;
+            stats.files_open.store(tailer.open_files() as u64, Relaxed);
+        }
+        if batch.is_empty() || !(more || batch.bytes() >= max_bytes || batch.age() >= batch_wait) {
+            continue;
+        }
+        match deliver("logs", || sink.push_logs(batch.streams().to_vec()), Some(&mut shutdown), stats).await {
+            d @ (Delivery::Sent | Delivery::Dropped) => {
+                if matches!(d, Delivery::Sent) {
+                    stats.lines_sent.fetch_add(batch.lines() as u64, Relaxed);
+                }
+                tailer = commit(tailer, std::mem::take(&mut batch)).await?;
+            }
+            Delivery::Interrupted => break,
+        }
+    }
+
+    if !batch.is_empty() {
+        let lines = batch.lines();
+        let last = deliver("logs", || sink.push_logs(batch.streams().to_vec()), None, stats);
+        match tokio::time::timeout(FINAL_FLUSH, last).await {
+            Ok(d) => {
+                if matches!(d, Delivery::Sent) {
+                    stats.lines_sent.fetch_add(lines as u64, Relaxed);
+                }
+                commit(tailer, batch).await?;
+            }
+            Err(_) => tracing::warn!(
+                lines,
+                "could not deliver the last lines before stopping; they will be sent at the next start"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Commits a delivered batch's positions. A failure to write them is logged,
+/// not fatal: it can only cause lines to be sent again after a restart.
+async fn commit(mut tailer: Tailer, batch: LogBatch) -> Result<Tailer, CollectorError> {
+    blocking(move || {
+        if let Err(e) = tailer.commit(batch.checkpoint()) {
+            tracing::error!(error = %e, "cannot checkpoint file positions; lines may be sent again after a restart");
+        }
+        tailer
+    })
+    .await
+}
+
+async fn node_loop<S: Sink>(
+    mut nc: NodeCollector,
+    interval: Duration,
+    sink: &S,
+    mut shutdown: watch::Receiver<bool>,
+    stats: &Stats,
+) -> Result<(), CollectorError> {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut queue: VecDeque<Vec<SeriesSamples>> = VecDeque::new();
+    let mut backoff = Backoff::new();
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let ts = cairn_wire::time::now_ms();
+                let (n, res) = blocking(move || {
+                    let r = nc.collect(ts);
+                    (nc, r)
+                })
+                .await?;
+                nc = n;
+                match res {
+                    Ok(series) => {
+                        queue.push_back(series);
+                        if queue.len() > MAX_PENDING_COLLECTIONS {
+                            queue.pop_front();
+                            stats.batches_dropped.fetch_add(1, Relaxed);
+                            tracing::warn!(kept = MAX_PENDING_COLLECTIONS, "metrics receiver unreachable for long; dropped the oldest node metrics");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "no node metrics this time"),
+                }
+            }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                retry_at = None;
+            }
+            _ = stopped(&mut shutdown) => break,
+        }
+        if queue.is_empty() || retry_at.is_some() {
+            continue;
+        }
+        let batch = merge(&queue);
+        let res = tokio::select! {
+            r = sink.push_metrics(batch) => r,
+            _ = stopped(&mut shutdown) => break,
+        };
+        match res {
+            Ok(()) => {
+                stats.batches_sent.fetch_add(1, Relaxed);
+                if backoff.attempts > 0 {
+                    tracing::info!(failures = backoff.attempts, "metrics push succeeded after retries");
+                }
+                queue.clear();
+                backoff = Backoff::new();
+            }
+            Err(SinkError::Permanent(msg)) => {
+                stats.batches_dropped.fetch_add(1, Relaxed);
+                tracing::error!(error = %msg, "receiver refused node metrics; dropped");
+                queue.clear();
+                backoff = Backoff::new();
+            }
+            Err(SinkError::Retryable(msg)) => {
+                stats.send_failures.fetch_add(1, Relaxed);
+                let delay = backoff.next_delay();
+                if backoff.attempts == 1 || backoff.attempts.is_multiple_of(10) {
+                    tracing::warn!(error = %msg, attempt = backoff.attempts, retry_in = ?delay, queued = queue.len(), "metrics push failed; retrying");
+                }
+                retry_at = Some(Instant::now() + delay);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Merges queued collections into one series list, samples of a series in
+/// time order.
+fn merge(queue: &VecDeque<Vec<SeriesSamples>>) -> Vec<SeriesSamples> {
+    if queue.len() == 1 {
+        return queue[0].clone();
+    }
+    let mut by: BTreeMap<&Labels, Vec<(i64, f64)>> = BTreeMap::new();
+    for s in queue.iter().flatten() {
+        by.entry(&s.labels).or_default().extend_from_slice(&s.samples);
+    }
+    by.into_iter()
+        .map(|(l, mut samples)| {
+            samples.sort_by_key(|s| s.0);
+            SeriesSamples { labels: l.clone(), samples }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileTarget;
+    use cairn_wire::StreamEntries;
+    use std::io::Write;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    /// An in-memory sink that fails the first `fail_first` calls of each kind.
+    #[derive(Default)]
+    struct MemSink {
+        logs: Mutex<Vec<StreamEntries>>,
+        metrics: Mutex<Vec<SeriesSamples>>,
+        fail_first: usize,
+        log_calls: AtomicUsize,
+        refuse: bool,
+    }
+
+    impl MemSink {
+        fn lines(&self) -> Vec<String> {
+            let mut all: Vec<(i64, String)> = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(|s| s.entries.iter().map(|e| (e.ts, e.line.clone())))
+                .collect();
+            all.sort();
+            all.into_iter().map(|(_, l)| l).collect()
+        }
+    }
+
+    impl Sink for MemSink {
+        async fn push_metrics(&self, batch: Vec<SeriesSamples>) -> Result<(), SinkError> {
+            self.metrics.lock().unwrap().extend(batch);
+            Ok(())
+        }
+
+        async fn push_logs(&self, batch: Vec<StreamEntries>) -> Result<(), SinkError> {
+            let n = self.log_calls.fetch_add(1, Relaxed);
+            if self.refuse {
+                return Err(SinkError::Permanent("HTTP 400: stream has too many labels".into()));
+            }
+            if n < self.fail_first {
+                return Err(SinkError::Retryable("connection refused".into()));
+            }
+            self.logs.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    fn config(dir: &std::path::Path) -> CollectorConfig {
+        CollectorConfig {
+            host: "testhost".into(),
+            node: crate::config::NodeConfig { enabled: false, ..Default::default() },
+            files: vec![FileTarget {
+                paths: vec![format!("{}/*.log", dir.display())],
+                labels: BTreeMap::from([("job".to_string(), "t".to_string())]),
+                exclude: vec![],
+            }],
+            poll_interval: crate::config::ConfigDuration::from_millis(20),
+            batch_wait: crate::config::ConfigDuration::from_millis(50),
+            ..CollectorConfig::default()
+        }
+    }
+
+    fn append(path: &std::path::Path, lines: std::ops::Range<usize>) {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        for i in lines {
+            writeln!(f, "line {i}").unwrap();
+        }
+    }
+
+    fn expected(r: std::ops::Range<usize>) -> Vec<String> {
+        r.map(|i| format!("line {i}")).collect()
+    }
+
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn start<S: Sink>(
+        cfg: CollectorConfig,
+        sink: Arc<S>,
+        state: PathBuf,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<Result<(), CollectorError>>, Arc<Stats>) {
+        let (tx, rx) = watch::channel(false);
+        let stats = Arc::new(Stats::default());
+        let h = tokio::spawn(run_with_stats(cfg, sink, state, rx, stats.clone()));
+        (tx, h, stats)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lines_arrive_exactly_once_across_restarts() {
+        let logs = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let file = logs.path().join("app.log");
+        let sink = Arc::new(MemSink::default());
+        append(&file, 0..100);
+
+        let (tx, h, stats) = start(config(logs.path()), sink.clone(), state.path().into()).await;
+        wait_for("first lines", || sink.lines().len() >= 100).await;
+        append(&file, 100..150);
+        wait_for("more lines", || sink.lines().len() >= 150).await;
+        tx.send(true).unwrap();
+        h.await.unwrap().unwrap();
+        assert_eq!(stats.snapshot().lines_sent, 150);
+
+        // Written while stopped, including a rotation.
+        append(&file, 150..170);
+        std::fs::rename(&file, logs.path().join("app.log.1")).unwrap();
+        append(&file, 170..200);
+        let (tx, h, _) = start(config(logs.path()), sink.clone(), state.path().into()).await;
+        wait_for("lines after restart", || sink.lines().len() >= 200).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tx.send(true).unwrap();
+        h.await.unwrap().unwrap();
+        // 150..170 went to the rotated file while stopped: found and read first.
+        let want = expected(0..200);
+        assert_eq!(sink.lines(), want);
+
+        // A third run with nothing new sends nothing.
+        let (tx, h, _) = start(config(logs.path()), sink.clone(), state.path().into()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tx.send(true).unwrap();
+        h.await.unwrap().unwrap();
+        assert_eq!(sink.lines(), want);
+        let s = &sink.logs.lock().unwrap()[0];
+        assert_eq!(s.labels.get("host"), Some("testhost"));
+        assert_eq!(s.labels.get("job"), Some("t"));
+    }
+
+    /// A writer appends and rotates (by rename) while the collector runs,
+    /// stops and restarts: every line arrives exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_rotations_and_a_restart() {
+        let logs = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let dir = logs.path().to_path_buf();
+        let total = 5000;
+        let writer = std::thread::spawn(move || {
+            let file = dir.join("app.log");
+            for i in 0..total {
+                // A generation takes ≥ 300 ms, longer than the collector's
+                // downtime: a file created and rotated away entirely while
+                // the collector is stopped could not be seen by anyone.
+                if i > 0 && i % 1500 == 0 {
+                    std::fs::rename(&file, dir.join(format!("app.log.{i}"))).unwrap();
+                }
+                append(&file, i..i + 1);
+                if i % 10 == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        });
+        let sink = Arc::new(MemSink::default());
+        let (tx, h, _) = start(config(logs.path()), sink.clone(), state.path().into()).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        tx.send(true).unwrap();
+        h.await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (tx, h, _) = start(config(logs.path()), sink.clone(), state.path().into()).await;
+        tokio::task::spawn_blocking(move || writer.join().unwrap()).await.unwrap();
+        wait_for("all lines", || sink.lines().len() >= total).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tx.send(true).unwrap();
+        h.await.unwrap().unwrap();
+        let mut got = sink.lines();
+        got.sort_by_key(|l| l[5..].parse::<usize>().unwrap());
+        assert_eq!(got, expected(0..total));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retries_until_the_sink_recovers() {
+        let logs = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        append(&logs.path().join("a.log"), 0..50);
+        let sink = Arc::new(MemSink { fail_first: 3, ..MemSink::default() });
+        let (tx, h, stats) = start(config(logs.path()), sink.clone(), state.path().into()).await;
+        wait_for("lines after retries", || sink.lines().len() >= 50).await;
+        append(&logs.path().join("a.log"), 50..60);
+        wait_for("later lines", || sink.lines().len() >= 60).await;
+        tx.send(true).unwrap();
+        h.await.unwrap().unwrap();
+        assert_eq!(sink.lines(), expected(0..60));
+        let s = stats.snapshot();
+        assert_eq!(s.send_failures, 3);
+        assert_eq!(s.batches_dropped, 0);
+        assert!(s.batches_sent >= 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unacknowledged_lines_are_sent_after_restart() {
+        let logs = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        append(&logs.path().join("a.log"), 0..10);
+        // Down for the whole first run.
+        let down = Arc::new(MemSink { fail_first: usize::MAX, ..MemSink::default() });
+        let (tx, h, stats) = start(config(logs.path()), down.clone(), state.path().into()).await;
+        wait_for("a failed push", || stats.snapshot().send_failures >= 1).await;
+        tx.send(true).unwrap();
+        // Shutdown is bounded even though the sink never recovers.
+        tokio::time::timeout(Duration::from_secs(4), h).await.unwrap().unwrap().unwrap();
+        assert!(down.lines().is_empty());
+
+        let up = Arc::new(MemSink::default());
+        let (tx, h, _) = start(config(logs.path()), up.clone(), state.path().into()).await;
+        wait_for("lines", || up.lines().len() >= 10).await;
+        tx.send(true).unwrap();
+        h.await.unwrap().unwrap();
+        assert_eq!(up.lines(), expected(0..10));
+    }
+
+    #[tokio::test]
+    async fn refused_batches_are_dropped_and_counted() {
+        let logs = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        append(&logs.path().join("a.log"), 0..5);
+        let sink = Arc::new(MemSink { refuse: true, ..MemSink::default() });
+        let (tx, h, stats) = start(config(logs.path()), sink.clone(), state.path().into()).await;
+        wait_for("a refusal", || stats.snapshot().batches_dropped >= 1).await;
+        tx.send(true).unwrap();
+        h.await.unwrap().unwrap();
+        // Positions moved past the refused lines: they are not retried forever.
+        let ok = Arc::new(MemSink::default());
+        append(&logs.path().join("a.log"), 5..6);
+        let (tx, h, _) = start(config(logs.path()), ok.clone(), state.path().into()).await;
+        wait_for("new line", || !ok.lines().is_empty()).await;
+        tx.send(true).unwrap();
+        h.await.unwrap().unwrap();
+        assert_eq!(ok.lines(), expected(5..6));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn node_metrics_from_real_proc() {
+        if !std::path::Path::new("/proc/stat").exists() {
+            return;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let mut cfg = CollectorConfig { host: "h1".into(), files: vec![], ..CollectorConfig::default() };
+        cfg.node.interval = crate::config::ConfigDuration::from_millis(100);
+        let sink = Arc::new(MemSink::default());
+        let (tx, h, _) = start(cfg, sink.clone(), state.path().into()).await;
+        wait_for("two collections", || {
+            sink.metrics.lock().unwrap().iter().filter(|s| s.labels.get("__name__") == Some("node_load1")).count() >= 2
+        })
+        .await;
+        tx.send(true).unwrap();
+        h.await.unwrap().unwrap();
+        let m = sink.metrics.lock().unwrap();
+        let cpu = m.iter().find(|s| s.labels.get("__name__") == Some("node_cpu_seconds_total")).unwrap();
+        assert_eq!(cpu.labels.get("instance"), Some("h1"));
+        assert_eq!(cpu.labels.get("job"), Some("node"));
+    }
+
+    #[test]
+    fn merge_groups_samples_by_series() {
+        let l = Labels::from_pairs([("__name__", "x")]).unwrap();
+        let q: VecDeque<_> = [
+            vec![SeriesSamples { labels: l.clone(), samples: vec![(2, 2.0)] }],
+            vec![SeriesSamples { labels: l.clone(), samples: vec![(1, 1.0)] }],
+        ]
+        .into();
+        assert_eq!(merge(&q), vec![SeriesSamples { labels: l, samples: vec![(1, 1.0), (2, 2.0)] }]);
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let mut b = Backoff::new();
+        let d: Vec<_> = (0..10).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(d, [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+    }
+
+    #[test]
+    fn describe_is_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.log"), "x\n").unwrap();
+        let d = describe(&config(dir.path()));
+        assert!(d.starts_with("no node metrics; files: "), "{d}");
+        assert!(d.ends_with("(1 file now)"), "{d}");
+        let d = describe(&CollectorConfig::default());
+        assert!(d.starts_with("node metrics every 15s from /proc; files: /var/log/*.log, /var/log/syslog"), "{d}");
+        assert!(!d.contains('\n'));
+    }
+}

@@ -1,0 +1,1151 @@
+//! File tailing with checkpoints: turns growing, rotating log files into
+//! log entries, and remembers how far it got only once those entries were
+//! delivered.
+//!
+//! # How files are followed
+//! - Every poll expands the globs of each target; a file matched for the
+//!   first time is read from offset 0 (or from its checkpoint, see below).
+//!   A path matched by several targets belongs to the first one.
+//! - A file is read through an open handle, identified by (device, inode).
+//!   Only complete lines (ending in `\n`) become entries; a trailing `\r` is
+//!   removed; a partial last line stays in memory until its `\n` arrives.
+//!   Lines longer than `max_line_bytes` are cut at a character boundary and
+//!   counted; invalid UTF-8 becomes U+FFFD.
+//! - **Rename rotation**: when the path names a different inode (or no file),
+//!   the old handle is read to its end first, then kept open and read for a
+//!   grace period ([`ROTATION_GRACE`]) in case the writer has not yet
+//!   reopened; the new file is read from offset 0.
+//! - **Copytruncate**: when a file is shorter than the offset already read,
+//!   it was truncated, and reading restarts at 0.
+//! - Each entry is stamped with the time it was read, in nanoseconds,
+//!   strictly increasing across all files of one [`Tailer`].
+//!
+//! # Checkpoints: `positions.json`
+//! The entries of a poll go into a [`LogBatch`] together with, for each
+//! path, the position just after its last complete line in the batch. The
+//! caller sends the batch and, only once the receiver acknowledged it,
+//! calls [`Tailer::commit`], which merges those positions and persists them
+//! atomically (temp file, fsync, rename, fsync of the directory). After a
+//! crash or restart, reading resumes at the last committed position: lines
+//! sent but not acknowledged are sent again (at-least-once), none is
+//! skipped.
+//!
+//! The file, `<state_dir>/positions.json`, is UTF-8 JSON:
+//! ```json
+//! {"version": 1,
+//!  "positions": {"/var/log/syslog": {"dev": 2049, "ino": 1311, "offset": 52344,
+//!                                    "head_len": 256, "head_hash": 1234567890}}}
+//! ```
+//! - `version`: format version, `1`; another value is refused with
+//!   [`TailError::UnknownPositionsVersion`].
+//! - `positions`: by path (lossy UTF-8 for non-UTF-8 paths):
+//!   - `dev`, `ino`: the file's device and inode numbers when checkpointed.
+//!   - `offset`: byte offset just after the last delivered line.
+//!   - `head_len`, `head_hash`: length (≤ 256) and 64-bit FNV-1a hash of
+//!     the file's first bytes, so that a different file that reused the
+//!     inode number is read from 0 instead of from `offset`. Optional
+//!     (defaults 0, which matches any file).
+//!
+//! A checkpoint is used only if device, inode and head hash still match
+//! and the file is at least `offset` long; otherwise the file starts at 0.
+//! A `positions.json` that is not valid JSON is moved aside to
+//! `positions.json.corrupt` and reading starts over (duplicates, no loss).
+//!
+//! At start-up, a checkpointed path that now names another file (or none)
+//! was rotated while the collector was stopped: the directory of the path is
+//! searched for the checkpointed file (same device, inode and head hash,
+//! e.g. `app.log.1`), whose rest is read before the new file.
+//!
+//! # Limits
+//! - A file rotated while the collector was stopped is found again only if
+//!   it stayed, uncompressed, in the same directory.
+//! - A file created and rotated away between two polls, or entirely while
+//!   the collector was stopped, is never seen.
+//! - A file truncated and regrown past the old offset between two polls
+//!   looks unchanged, as in every offset-based tailer.
+//!
+//! All methods do blocking file I/O: call them from a blocking thread.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use cairn_wire::{Entry, Labels, StreamEntries};
+use serde::{Deserialize, Serialize};
+
+use crate::Stats;
+use crate::config::{FILENAME_LABEL, FileTarget, HOST_LABEL};
+
+/// Name of the checkpoint file inside the state directory.
+pub const POSITIONS_FILE: &str = "positions.json";
+/// Temporary name used while writing [`POSITIONS_FILE`].
+pub const POSITIONS_TMP_FILE: &str = "positions.json.tmp";
+/// Where an unreadable [`POSITIONS_FILE`] is moved.
+pub const POSITIONS_CORRUPT_FILE: &str = "positions.json.corrupt";
+/// Current version of [`POSITIONS_FILE`].
+pub const POSITIONS_VERSION: u32 = 1;
+
+/// How long a rotated-away file is still read after its path moved on.
+pub const ROTATION_GRACE: Duration = Duration::from_secs(5);
+
+/// Bytes at the start of a file hashed to recognise it (see the module doc).
+const HEAD_BYTES: usize = 256;
+/// Size of one read.
+const READ_CHUNK: usize = 64 << 10;
+
+/// Errors of the tailer.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// The positions file could not be read.
+    #[error("cannot read positions file {path}: {source}")]
+    ReadPositions {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The positions file could not be written.
+    #[error("cannot write positions file {path}: {source}")]
+    WritePositions {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The positions file has a version this build does not know.
+    #[error(
+        "positions file {path} has version {version}, this build reads version {POSITIONS_VERSION} (written by a newer Cairn?); move it away to read all files from the start"
+    )]
+    UnknownPositionsVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        version: u32,
+    },
+    /// A file target could not be compiled.
+    #[error("files[{index}]: {reason}")]
+    Target {
+        /// Index in `files`.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A checkpoint of one path: which file it was and how far it was delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Device number of the file.
+    pub dev: u64,
+    /// Inode number of the file.
+    pub ino: u64,
+    /// Byte offset just after the last delivered line.
+    pub offset: u64,
+    /// Number of leading bytes hashed into `head_hash` (≤ 256).
+    #[serde(default)]
+    pub head_len: u32,
+    /// FNV-1a 64 hash of the first `head_len` bytes.
+    #[serde(default)]
+    pub head_hash: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PositionsFile {
+    version: u32,
+    positions: BTreeMap<String, Position>,
+}
+
+/// Lines read but not yet delivered, grouped by stream, with the positions
+/// to checkpoint once they are.
+#[derive(Debug, Default)]
+pub struct LogBatch {
+    streams: Vec<StreamEntries>,
+    index: HashMap<Labels, usize>,
+    bytes: usize,
+    lines: usize,
+    checkpoint: BTreeMap<PathBuf, Position>,
+    started: Option<Instant>,
+}
+
+impl LogBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True when the batch holds no line.
+    pub fn is_empty(&self) -> bool {
+        self.lines == 0
+    }
+
+    /// Bytes of lines held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Number of lines held.
+    pub fn lines(&self) -> usize {
+        self.lines
+    }
+
+    /// Time since the first line was added (zero when empty).
+    pub fn age(&self) -> Duration {
+        self.started.map(|s| s.elapsed()).unwrap_or_default()
+    }
+
+    /// The entries, by stream.
+    pub fn streams(&self) -> &[StreamEntries] {
+        &self.streams
+    }
+
+    /// Positions to commit once the batch is delivered.
+    pub fn checkpoint(&self) -> &BTreeMap<PathBuf, Position> {
+        &self.checkpoint
+    }
+
+    fn push(&mut self, labels: &Labels, entry: Entry) {
+        self.bytes += entry.line.len();
+        self.lines += 1;
+        self.started.get_or_insert_with(Instant::now);
+        match self.index.get(labels) {
+            Some(&i) => self.streams[i].entries.push(entry),
+            None => {
+                self.index.insert(labels.clone(), self.streams.len());
+                self.streams.push(StreamEntries { labels: labels.clone(), entries: vec![entry] });
+            }
+        }
+    }
+}
+
+/// What a poll found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PollOutcome {
+    /// The byte budget ran out before every file was read to its end: poll
+    /// again soon.
+    pub more: bool,
+}
+
+/// A compiled [`FileTarget`].
+#[derive(Debug)]
+struct Target {
+    patterns: Vec<String>,
+    /// `patterns` compiled, to find the target of a checkpointed path.
+    matchers: Vec<glob::Pattern>,
+    exclude: Vec<glob::Pattern>,
+    /// Configured labels plus `host` (unless configured).
+    labels: Vec<(String, String)>,
+}
+
+impl Target {
+    fn compile(index: usize, t: &FileTarget, host: &str) -> Result<Target, TailError> {
+        let exclude = t
+            .exclude
+            .iter()
+            .map(|p| {
+                glob::Pattern::new(p).map_err(|e| TailError::Target { index, reason: format!("exclude {p:?}: {e}") })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if t.labels.contains_key(FILENAME_LABEL) {
+            return Err(TailError::Target {
+                index,
+                reason: format!("label {FILENAME_LABEL:?} is set by the collector"),
+            });
+        }
+        let mut labels: Vec<(String, String)> = t.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if !t.labels.contains_key(HOST_LABEL) {
+            labels.push((HOST_LABEL.to_string(), host.to_string()));
+        }
+        Labels::from_pairs(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| TailError::Target { index, reason: e.to_string() })?;
+        let matchers = t
+            .paths
+            .iter()
+            .map(|p| glob::Pattern::new(p).map_err(|e| TailError::Target { index, reason: format!("path {p:?}: {e}") }))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Target { patterns: t.paths.clone(), matchers, exclude, labels })
+    }
+
+    fn matches(&self, path: &Path) -> bool {
+        self.matchers.iter().any(|m| m.matches_path(path)) && !self.exclude.iter().any(|e| e.matches_path(path))
+    }
+
+    fn stream_labels(&self, path: &Path) -> Labels {
+        let name = path.to_string_lossy();
+        let pairs = self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain([(FILENAME_LABEL, name.as_ref())]);
+        // Names were validated in `compile`, which also refuses `filename`.
+        Labels::from_pairs(pairs).unwrap_or_default()
+    }
+}
+
+/// Expands the targets' globs: every regular file matched, with the index of
+/// the first target matching it.
+fn expand(targets: &[Target], errors: &mut HashSet<String>) -> BTreeMap<PathBuf, usize> {
+    let mut out = BTreeMap::new();
+    for (ti, t) in targets.iter().enumerate() {
+        for pat in &t.patterns {
+            let paths = match glob::glob(pat) {
+                Ok(p) => p,
+                Err(e) => {
+                    if errors.insert(pat.clone()) {
+                        tracing::warn!(pattern = %pat, error = %e, "invalid glob");
+                    }
+                    continue;
+                }
+            };
+            for entry in paths {
+                match entry {
+                    Ok(p) => {
+                        if out.contains_key(&p) || t.exclude.iter().any(|e| e.matches_path(&p)) || !p.is_file() {
+                            continue;
+                        }
+                        out.insert(p, ti);
+                    }
+                    Err(e) => tracing::debug!(pattern = %pat, error = %e, "glob: cannot read a directory"),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Number of files the targets match right now (for start-up messages).
+pub fn count_files(targets: &[FileTarget]) -> usize {
+    let compiled: Vec<Target> =
+        targets.iter().enumerate().filter_map(|(i, t)| Target::compile(i, t, "").ok()).collect();
+    expand(&compiled, &mut HashSet::new()).len()
+}
+
+/// One open file.
+#[derive(Debug)]
+struct Tracked {
+    path: PathBuf,
+    file: File,
+    dev: u64,
+    ino: u64,
+    /// Next byte to read.
+    read_pos: u64,
+    /// Start of the line being assembled: the position to checkpoint.
+    line_start: u64,
+    /// Bytes of the line being assembled (at most `max_line_bytes`).
+    pending: Vec<u8>,
+    /// The line being assembled was longer than `max_line_bytes`.
+    overflow: bool,
+    labels: Labels,
+    head_len: u32,
+    head_hash: u64,
+    /// When the path stopped naming this file (rotation), if it did.
+    rotated_at: Option<Instant>,
+    /// The last read failed (logged once until it succeeds).
+    failing: bool,
+}
+
+impl Tracked {
+    fn position(&self) -> Position {
+        Position {
+            dev: self.dev,
+            ino: self.ino,
+            offset: self.line_start,
+            head_len: self.head_len,
+            head_hash: self.head_hash,
+        }
+    }
+
+    /// Hashes the first bytes again if the file grew since last time and
+    /// the hash does not yet cover [`HEAD_BYTES`].
+    fn refresh_head(&mut self, len: u64) -> io::Result<()> {
+        if (self.head_len as usize) < HEAD_BYTES && len > u64::from(self.head_len) {
+            let (n, h) = head_hash(&self.file, HEAD_BYTES)?;
+            self.head_len = n as u32;
+            self.head_hash = h;
+        }
+        Ok(())
+    }
+}
+
+/// Length and FNV-1a 64 hash of up to `max` leading bytes of `file`.
+fn head_hash(file: &File, max: usize) -> io::Result<(usize, u64)> {
+    let mut buf = [0u8; HEAD_BYTES];
+    let max = max.min(HEAD_BYTES);
+    let mut n = 0;
+    while n < max {
+        match file.read_at(&mut buf[n..max], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((n, fnv1a(&buf[..n])))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Follows the files of a set of targets. See the module doc.
+#[derive(Debug)]
+pub struct Tailer {
+    targets: Vec<Target>,
+    max_line: usize,
+    current: BTreeMap<PathBuf, Tracked>,
+    draining: Vec<Tracked>,
+    /// Committed positions (what `positions.json` holds).
+    positions: BTreeMap<PathBuf, Position>,
+    /// Paths opened before in this process: they start at 0 when they reappear.
+    opened: HashSet<PathBuf>,
+    state_dir: PathBuf,
+    buf: Vec<u8>,
+    last_ts: i64,
+    rr: usize,
+    /// The start-up search for files rotated while stopped was done.
+    recovered: bool,
+    glob_errors: HashSet<String>,
+    open_failures: HashSet<PathBuf>,
+    stats: Arc<Stats>,
+}
+
+/// Per-poll reading context, split from [`Tailer`] for the borrow checker.
+struct Reader<'a> {
+    buf: &'a mut Vec<u8>,
+    max_line: usize,
+    budget: usize,
+    last_ts: &'a mut i64,
+    stats: &'a Stats,
+}
+
+impl Tailer {
+    /// A tailer for `targets`, labelling streams with `host`, keeping its
+    /// checkpoint in `state_dir/positions.json` (the directory must exist).
+    pub fn new(
+        targets: &[FileTarget],
+        host: &str,
+        max_line_bytes: usize,
+        state_dir: &Path,
+        stats: Arc<Stats>,
+    ) -> Result<Tailer, TailError> {
+        let targets =
+            targets.iter().enumerate().map(|(i, t)| Target::compile(i, t, host)).collect::<Result<Vec<_>, _>>()?;
+        let positions = load_positions(state_dir)?;
+        Ok(Tailer {
+            targets,
+            max_line: max_line_bytes.max(1),
+            current: BTreeMap::new(),
+            draining: Vec::new(),
+            positions,
+            opened: HashSet::new(),
+            state_dir: state_dir.to_path_buf(),
+            buf: vec![0; READ_CHUNK],
+            last_ts: 0,
+            rr: 0,
+            recovered: false,
+            glob_errors: HashSet::new(),
+            open_failures: HashSet::new(),
+            stats,
+        })
+    }
+
+    /// Number of files open (followed or draining after rotation).
+    pub fn open_files(&self) -> usize {
+        self.current.len() + self.draining.len()
+    }
+
+    /// Committed positions.
+    pub fn positions(&self) -> &BTreeMap<PathBuf, Position> {
+        &self.positions
+    }
+
+    /// Reads new complete lines of every file into `batch`, stopping once
+    /// about `budget` bytes of lines were added.
+    pub fn poll(&mut self, batch: &mut LogBatch, budget: usize) -> PollOutcome {
+        let found = expand(&self.targets, &mut self.glob_errors);
+        let mut rd = Reader {
+            buf: &mut self.buf,
+            max_line: self.max_line,
+            budget: budget.max(1),
+            last_ts: &mut self.last_ts,
+            stats: &self.stats,
+        };
+
+        // Once: files rotated while the collector was stopped.
+        if !self.recovered {
+            self.recovered = true;
+            for (path, pos) in &self.positions {
+                let now_id = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+                if now_id == Some((pos.dev, pos.ino)) {
+                    continue;
+                }
+                let Some(target) = self.targets.iter().find(|t| t.matches(path)) else { continue };
+                if let Some(mut t) = find_rotated(path, pos, target.stream_labels(path)) {
+                    rd.read(&mut t, batch, false);
+                    self.draining.push(t);
+                }
+            }
+        }
+
+        // Files already followed, in a rotating order so that one busy file
+        // cannot starve the others when the budget is small.
+        let mut keys: Vec<PathBuf> = self.current.keys().cloned().collect();
+        if !keys.is_empty() {
+            let k = self.rr % keys.len();
+            keys.rotate_left(k);
+        }
+        self.rr = self.rr.wrapping_add(1);
+        for path in keys {
+            if rd.budget == 0 {
+                return PollOutcome { more: true };
+            }
+            let Some(mut t) = self.current.remove(&path) else { continue };
+            let now_id = std::fs::metadata(&path).ok().filter(|m| m.is_file()).map(|m| (m.dev(), m.ino()));
+            if found.contains_key(&path) && now_id == Some((t.dev, t.ino)) {
+                rd.read(&mut t, batch, true);
+                self.current.insert(path, t);
+                continue;
+            }
+            // Rotated, removed or no longer matched: finish the old file first.
+            if !rd.read(&mut t, batch, true) {
+                self.current.insert(path, t);
+                return PollOutcome { more: true };
+            }
+            tracing::info!(path = %path.display(), "file rotated or removed; following the new file, if any");
+            t.rotated_at = Some(Instant::now());
+            self.draining.push(t);
+            if let Some(&ti) = found.get(&path)
+                && let Some(mut nt) = open(&path, &self.targets[ti], None, &mut self.open_failures)
+            {
+                rd.read(&mut nt, batch, true);
+                self.current.insert(path, nt);
+            }
+        }
+
+        // Files seen for the first time.
+        for (path, ti) in &found {
+            if rd.budget == 0 {
+                return PollOutcome { more: true };
+            }
+            if self.current.contains_key(path) {
+                continue;
+            }
+            // A checkpoint applies only to the first opening in this process.
+            let resume = if self.opened.contains(path) { None } else { self.positions.get(path) };
+            let Some(mut t) = open(path, &self.targets[*ti], resume, &mut self.open_failures) else { continue };
+            self.opened.insert(path.clone());
+            rd.read(&mut t, batch, true);
+            self.current.insert(path.clone(), t);
+        }
+
+        // Rotated-away files: read what the writer still appends, then close.
+        let mut i = 0;
+        while i < self.draining.len() {
+            if rd.budget == 0 {
+                return PollOutcome { more: true };
+            }
+            let t = &mut self.draining[i];
+            let before = t.read_pos;
+            let done = rd.read(t, batch, false);
+            let idle = done && t.read_pos == before;
+            if idle && t.rotated_at.is_some_and(|r| r.elapsed() >= ROTATION_GRACE) {
+                let mut t = self.draining.swap_remove(i);
+                // The writer has moved on: a last line without '\n' is complete.
+                if !t.pending.is_empty() {
+                    rd.emit(&mut t, batch);
+                }
+                tracing::debug!(path = %t.path.display(), "closed rotated file");
+                continue;
+            }
+            i += 1;
+        }
+        PollOutcome { more: rd.budget == 0 }
+    }
+
+    /// Records `checkpoint` (from a delivered [`LogBatch`]) as committed and
+    /// persists all positions atomically. Positions of paths that are
+    /// neither followed nor present any more are forgotten.
+    pub fn commit(&mut self, checkpoint: &BTreeMap<PathBuf, Position>) -> Result<(), TailError> {
+        for (p, pos) in checkpoint {
+            self.positions.insert(p.clone(), *pos);
+        }
+        self.positions.retain(|p, _| self.current.contains_key(p) || p.exists());
+        save_positions(&self.state_dir, &self.positions)
+    }
+}
+
+/// Opens `path` for tailing; `resume` is its checkpoint, used if it still
+/// describes this file. Failures are logged once per path.
+fn open(path: &Path, target: &Target, resume: Option<&Position>, failures: &mut HashSet<PathBuf>) -> Option<Tracked> {
+    let opened = File::open(path).and_then(|f| {
+        let m = f.metadata()?;
+        Ok((f, m))
+    });
+    let (file, meta) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            if failures.insert(path.to_path_buf()) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot open log file; will retry");
+            }
+            return None;
+        }
+    };
+    failures.remove(path);
+    if !meta.is_file() {
+        return None;
+    }
+    let (head_len, hash) = head_hash(&file, HEAD_BYTES).unwrap_or((0, fnv1a(&[])));
+    let mut start = 0;
+    if let Some(p) = resume {
+        let same_file = p.dev == meta.dev() && p.ino == meta.ino();
+        let same_head = same_file
+            && (p.head_len as usize) <= HEAD_BYTES
+            && head_hash(&file, p.head_len as usize).is_ok_and(|(n, h)| n == p.head_len as usize && h == p.head_hash);
+        if same_head && p.offset <= meta.len() {
+            start = p.offset;
+        } else {
+            tracing::info!(path = %path.display(), "checkpoint is for another file or a truncated one; reading from the start");
+        }
+    }
+    Some(Tracked {
+        path: path.to_path_buf(),
+        file,
+        dev: meta.dev(),
+        ino: meta.ino(),
+        read_pos: start,
+        line_start: start,
+        pending: Vec::new(),
+        overflow: false,
+        labels: target.stream_labels(path),
+        head_len: head_len as u32,
+        head_hash: hash,
+        rotated_at: None,
+        failing: false,
+    })
+}
+
+/// Looks in the directory of `path` for the file `pos` was checkpointed
+/// for, and opens it at the checkpoint as a rotated file.
+fn find_rotated(path: &Path, pos: &Position, labels: Labels) -> Option<Tracked> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let entries = std::fs::read_dir(dir).ok()?;
+    for entry in entries.flatten() {
+        let Ok(m) = entry.metadata() else { continue };
+        if !m.is_file() || m.dev() != pos.dev || m.ino() != pos.ino {
+            continue;
+        }
+        let rotated = entry.path();
+        let file = File::open(&rotated).ok()?;
+        let fm = file.metadata().ok()?;
+        let (n, h) = head_hash(&file, pos.head_len as usize).ok()?;
+        if (fm.dev(), fm.ino()) != (pos.dev, pos.ino)
+            || fm.len() < pos.offset
+            || n != pos.head_len as usize
+            || h != pos.head_hash
+        {
+            return None;
+        }
+        tracing::info!(
+            path = %path.display(), rotated = %rotated.display(), offset = pos.offset,
+            "file was rotated while stopped; reading the rest of the old file"
+        );
+        return Some(Tracked {
+            path: rotated,
+            file,
+            dev: pos.dev,
+            ino: pos.ino,
+            read_pos: pos.offset,
+            line_start: pos.offset,
+            pending: Vec::new(),
+            overflow: false,
+            labels,
+            head_len: pos.head_len,
+            head_hash: pos.head_hash,
+            rotated_at: Some(Instant::now()),
+            failing: false,
+        });
+    }
+    None
+}
+
+impl Reader<'_> {
+    /// Reads `t` up to its end or until the budget runs out; returns true if
+    /// the end was reached (or the file is unreadable). With `checkpoint`,
+    /// the batch records the file's new position.
+    fn read(&mut self, t: &mut Tracked, batch: &mut LogBatch, checkpoint: bool) -> bool {
+        let lines_before = batch.lines;
+        let res = self.read_inner(t, batch);
+        if checkpoint && batch.lines > lines_before {
+            match batch.checkpoint.get_mut(&t.path) {
+                Some(p) => *p = t.position(),
+                None => {
+                    batch.checkpoint.insert(t.path.clone(), t.position());
+                }
+            }
+        }
+        match res {
+            Ok(at_end) => {
+                if t.failing {
+                    t.failing = false;
+                    tracing::info!(path = %t.path.display(), "log file readable again");
+                }
+                at_end
+            }
+            Err(e) => {
+                if !t.failing {
+                    t.failing = true;
+                    tracing::warn!(path = %t.path.display(), error = %e, "cannot read log file; will retry");
+                }
+                true
+            }
+        }
+    }
+
+    fn read_inner(&mut self, t: &mut Tracked, batch: &mut LogBatch) -> io::Result<bool> {
+        let len = t.file.metadata()?.len();
+        if len < t.read_pos {
+            tracing::info!(path = %t.path.display(), size = len, offset = t.read_pos, "file truncated; reading from the start");
+            t.read_pos = 0;
+            t.line_start = 0;
+            t.pending.clear();
+            t.overflow = false;
+            t.head_len = 0;
+        }
+        t.refresh_head(len)?;
+        loop {
+            if self.budget == 0 {
+                return Ok(false);
+            }
+            let n = match t.file.read_at(self.buf, t.read_pos) {
+                Ok(0) => return Ok(true),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let mut i = 0;
+            while i < n {
+                let rest = &self.buf[i..n];
+                match rest.iter().position(|&b| b == b'\n') {
+                    Some(j) => {
+                        let mut seg = &rest[..j];
+                        if let Some(s) = seg.strip_suffix(b"\r") {
+                            seg = s;
+                        } else if seg.is_empty() && !t.overflow && t.pending.last() == Some(&b'\r') {
+                            t.pending.pop();
+                        }
+                        append(t, seg, self.max_line);
+                        i += j + 1;
+                        let line_len = t.pending.len();
+                        self.emit_raw(t, batch);
+                        t.line_start = t.read_pos + i as u64;
+                        self.budget = self.budget.saturating_sub(line_len.max(1));
+                        if self.budget == 0 {
+                            self.consumed(t, i);
+                            return Ok(false);
+                        }
+                    }
+                    None => {
+                        append(t, rest, self.max_line);
+                        i = n;
+                    }
+                }
+            }
+            self.consumed(t, n);
+        }
+    }
+
+    fn consumed(&mut self, t: &mut Tracked, n: usize) {
+        t.read_pos += n as u64;
+        self.stats.bytes_read.fetch_add(n as u64, Relaxed);
+    }
+
+    /// Emits the pending bytes of `t` as a line and moves its checkpoint
+    /// past them (for a line completed without '\n', at rotation).
+    fn emit(&mut self, t: &mut Tracked, batch: &mut LogBatch) {
+        self.emit_raw(t, batch);
+        t.line_start = t.read_pos;
+    }
+
+    fn emit_raw(&mut self, t: &mut Tracked, batch: &mut LogBatch) {
+        let mut line: &[u8] = &t.pending;
+        if t.overflow {
+            // Do not end a truncated line with a partial character.
+            if let Err(e) = std::str::from_utf8(line)
+                && e.error_len().is_none()
+            {
+                line = &line[..e.valid_up_to()];
+            }
+            self.stats.lines_truncated.fetch_add(1, Relaxed);
+        }
+        let now = cairn_wire::time::now_ns();
+        let ts = if now > *self.last_ts { now } else { *self.last_ts + 1 };
+        *self.last_ts = ts;
+        batch.push(&t.labels, Entry { ts, line: String::from_utf8_lossy(line).into_owned(), metadata: Vec::new() });
+        self.stats.lines_read.fetch_add(1, Relaxed);
+        t.pending.clear();
+        t.overflow = false;
+    }
+}
+
+/// Appends `seg` to the line being assembled, keeping at most `max` bytes.
+fn append(t: &mut Tracked, seg: &[u8], max: usize) {
+    let room = max.saturating_sub(t.pending.len());
+    if seg.len() > room {
+        t.overflow = true;
+    }
+    t.pending.extend_from_slice(&seg[..seg.len().min(room)]);
+}
+
+fn load_positions(dir: &Path) -> Result<BTreeMap<PathBuf, Position>, TailError> {
+    let path = dir.join(POSITIONS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(source) => return Err(TailError::ReadPositions { path, source }),
+    };
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        version: u32,
+    }
+    let parsed = serde_json::from_slice::<VersionOnly>(&bytes).and_then(|v| {
+        if v.version != POSITIONS_VERSION {
+            return Ok(Err(v.version));
+        }
+        serde_json::from_slice::<PositionsFile>(&bytes).map(Ok)
+    });
+    match parsed {
+        Ok(Ok(f)) => Ok(f.positions.into_iter().map(|(k, v)| (PathBuf::from(k), v)).collect()),
+        Ok(Err(version)) => Err(TailError::UnknownPositionsVersion { path, version }),
+        Err(e) => {
+            let aside = dir.join(POSITIONS_CORRUPT_FILE);
+            tracing::error!(
+                path = %path.display(), error = %e, moved_to = %aside.display(),
+                "positions file is not valid; reading all files from the start (lines may be sent again)"
+            );
+            std::fs::rename(&path, &aside).map_err(|source| TailError::WritePositions { path, source })?;
+            Ok(BTreeMap::new())
+        }
+    }
+}
+
+fn save_positions(dir: &Path, positions: &BTreeMap<PathBuf, Position>) -> Result<(), TailError> {
+    let file = PositionsFile {
+        version: POSITIONS_VERSION,
+        positions: positions.iter().map(|(k, v)| (k.to_string_lossy().into_owned(), *v)).collect(),
+    };
+    let tmp = dir.join(POSITIONS_TMP_FILE);
+    let dst = dir.join(POSITIONS_FILE);
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TailError::WritePositions { path, source }
+    };
+    let body =
+        serde_json::to_vec(&file).map_err(|e| TailError::WritePositions { path: dst.clone(), source: e.into() })?;
+    let mut f = File::create(&tmp).map_err(werr(&tmp))?;
+    f.write_all(&body).map_err(werr(&tmp))?;
+    f.sync_all().map_err(werr(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, &dst).map_err(werr(&dst))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(werr(dir))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::OpenOptions;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        state: tempfile::TempDir,
+        stats: Arc<Stats>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture { dir: tempfile::tempdir().unwrap(), state: tempfile::tempdir().unwrap(), stats: Arc::default() }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        fn tailer(&self, max_line: usize) -> Tailer {
+            let target = FileTarget {
+                paths: vec![format!("{}/*.log", self.dir.path().display())],
+                labels: BTreeMap::from([("job".to_string(), "test".to_string())]),
+                exclude: vec![format!("{}/skip*.log", self.dir.path().display())],
+            };
+            Tailer::new(&[target], "box1", max_line, self.state.path(), self.stats.clone()).unwrap()
+        }
+
+        fn append(&self, name: &str, data: &[u8]) {
+            let mut f = OpenOptions::new().create(true).append(true).open(self.path(name)).unwrap();
+            f.write_all(data).unwrap();
+        }
+    }
+
+    /// Polls once and returns the lines in read order.
+    fn poll(t: &mut Tailer) -> (Vec<String>, LogBatch) {
+        let mut b = LogBatch::new();
+        t.poll(&mut b, usize::MAX);
+        (lines(&b), b)
+    }
+
+    fn lines(b: &LogBatch) -> Vec<String> {
+        let mut all: Vec<&Entry> = b.streams().iter().flat_map(|s| &s.entries).collect();
+        all.sort_by_key(|e| e.ts);
+        all.iter().map(|e| e.line.clone()).collect()
+    }
+
+    #[test]
+    fn appended_lines_with_labels() {
+        let fx = Fixture::new();
+        fx.append("a.log", b"one\ntwo\n");
+        fx.append("skip-me.log", b"excluded\n");
+        fx.append("other.txt", b"not matched\n");
+        let mut t = fx.tailer(1024);
+        let (l, b) = poll(&mut t);
+        assert_eq!(l, ["one", "two"]);
+        let s = &b.streams()[0];
+        assert_eq!(s.labels.get("job"), Some("test"));
+        assert_eq!(s.labels.get("host"), Some("box1"));
+        assert_eq!(s.labels.get("filename"), Some(fx.path("a.log").to_str().unwrap()));
+        assert!(s.entries.windows(2).all(|w| w[0].ts < w[1].ts));
+        assert_eq!(b.checkpoint()[&fx.path("a.log")].offset, 8);
+
+        assert!(poll(&mut t).0.is_empty());
+        fx.append("a.log", b"three\n");
+        fx.append("b.log", b"bee\n");
+        let mut got = poll(&mut t).0;
+        got.sort();
+        assert_eq!(got, ["bee", "three"]);
+        assert_eq!(fx.stats.lines_read.load(Relaxed), 4);
+        assert_eq!(t.open_files(), 2);
+    }
+
+    #[test]
+    fn partial_lines_wait_for_their_newline() {
+        let fx = Fixture::new();
+        fx.append("a.log", b"par");
+        let mut t = fx.tailer(1024);
+        assert!(poll(&mut t).0.is_empty());
+        fx.append("a.log", b"tial\r\nnext");
+        let (l, b) = poll(&mut t);
+        assert_eq!(l, ["partial"]);
+        assert_eq!(b.checkpoint()[&fx.path("a.log")].offset, 9);
+        fx.append("a.log", b"\r");
+        assert!(poll(&mut t).0.is_empty());
+        fx.append("a.log", b"\n\n");
+        assert_eq!(poll(&mut t).0, ["next", ""]);
+    }
+
+    #[test]
+    fn long_lines_are_truncated_and_bad_utf8_replaced() {
+        let fx = Fixture::new();
+        // 'é' is two bytes: a cut at 5 bytes would split the third one.
+        fx.append("a.log", "ééééé\nok\n".as_bytes());
+        fx.append("a.log", b"bad \xff byte\n");
+        let mut t = fx.tailer(5);
+        assert_eq!(poll(&mut t).0, ["éé", "ok", "bad \u{fffd}"]);
+        assert_eq!(fx.stats.lines_truncated.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn rename_rotation_reads_old_file_to_end_then_new_from_start() {
+        let fx = Fixture::new();
+        fx.append("app.log", b"1\n2\n");
+        let mut t = fx.tailer(1024);
+        assert_eq!(poll(&mut t).0, ["1", "2"]);
+        fx.append("app.log", b"3\n");
+        std::fs::rename(fx.path("app.log"), fx.path("app.log.1")).unwrap();
+        fx.append("app.log", b"4\n");
+        let (l, b) = poll(&mut t);
+        assert_eq!(l, ["3", "4"]);
+        let new_ino = std::fs::metadata(fx.path("app.log")).unwrap().ino();
+        assert_eq!(b.checkpoint()[&fx.path("app.log")].ino, new_ino);
+        assert_eq!(b.checkpoint()[&fx.path("app.log")].offset, 2);
+        // The writer still had the old file open for a moment.
+        fx.append("app.log.1", b"late\n");
+        fx.append("app.log", b"5\n");
+        let mut got = poll(&mut t).0;
+        got.sort();
+        assert_eq!(got, ["5", "late"]);
+        assert_eq!(t.open_files(), 2);
+    }
+
+    #[test]
+    fn removed_file_is_finished_and_a_new_one_starts_at_zero() {
+        let fx = Fixture::new();
+        fx.append("app.log", b"1\n");
+        let mut t = fx.tailer(1024);
+        assert_eq!(poll(&mut t).0, ["1"]);
+        fx.append("app.log", b"2\n");
+        std::fs::remove_file(fx.path("app.log")).unwrap();
+        assert_eq!(poll(&mut t).0, ["2"]);
+        fx.append("app.log", b"new\n");
+        assert_eq!(poll(&mut t).0, ["new"]);
+    }
+
+    #[test]
+    fn copytruncate_restarts_at_zero() {
+        let fx = Fixture::new();
+        fx.append("app.log", b"aaaa\nbbbb\n");
+        let mut t = fx.tailer(1024);
+        assert_eq!(poll(&mut t).0, ["aaaa", "bbbb"]);
+        OpenOptions::new().write(true).truncate(true).open(fx.path("app.log")).unwrap();
+        fx.append("app.log", b"c\n");
+        let (l, b) = poll(&mut t);
+        assert_eq!(l, ["c"]);
+        assert_eq!(b.checkpoint()[&fx.path("app.log")].offset, 2);
+    }
+
+    #[test]
+    fn restart_resumes_at_last_commit_without_loss_or_duplicates() {
+        let fx = Fixture::new();
+        fx.append("a.log", b"1\n2\n");
+        {
+            let mut t = fx.tailer(1024);
+            let (l, b) = poll(&mut t);
+            assert_eq!(l, ["1", "2"]);
+            t.commit(b.checkpoint()).unwrap();
+            fx.append("a.log", b"3\npart");
+            // Read but never acknowledged: must come again after a restart.
+            assert_eq!(poll(&mut t).0, ["3"]);
+        }
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fx.state.path().join(POSITIONS_FILE)).unwrap()).unwrap();
+        assert_eq!(saved["version"], 1);
+        assert_eq!(saved["positions"][fx.path("a.log").to_str().unwrap()]["offset"], 4);
+
+        fx.append("a.log", b"ial\n");
+        let mut t = fx.tailer(1024);
+        let (l, b) = poll(&mut t);
+        assert_eq!(l, ["3", "partial"]);
+        t.commit(b.checkpoint()).unwrap();
+        fx.append("a.log", b"4\n");
+        let mut t = fx.tailer(1024);
+        assert_eq!(poll(&mut t).0, ["4"]);
+    }
+
+    #[test]
+    fn rotation_while_stopped_is_recovered() {
+        let fx = Fixture::new();
+        fx.append("app.log", b"1\n2\n");
+        {
+            let mut t = fx.tailer(1024);
+            let (l, b) = poll(&mut t);
+            assert_eq!(l, ["1", "2"]);
+            t.commit(b.checkpoint()).unwrap();
+        }
+        fx.append("app.log", b"3\n");
+        std::fs::rename(fx.path("app.log"), fx.path("app.log.1")).unwrap();
+        fx.append("app.log", b"4\n");
+        let mut t = fx.tailer(1024);
+        let (l, b) = poll(&mut t);
+        assert_eq!(l, ["3", "4"]);
+        assert!(b.streams().iter().all(|s| s.labels.get("filename") == Some(fx.path("app.log").to_str().unwrap())));
+        assert!(poll(&mut t).0.is_empty());
+    }
+
+    #[test]
+    fn checkpoint_of_another_file_is_not_applied() {
+        let fx = Fixture::new();
+        fx.append("a.log", b"first line of a new file\nsecond\n");
+        let m = std::fs::metadata(fx.path("a.log")).unwrap();
+        // Same device and inode (as after inode reuse), different content.
+        let mut pos = BTreeMap::new();
+        pos.insert(fx.path("a.log"), Position { dev: m.dev(), ino: m.ino(), offset: 25, head_len: 30, head_hash: 42 });
+        save_positions(fx.state.path(), &pos).unwrap();
+        let mut t = fx.tailer(1024);
+        assert_eq!(poll(&mut t).0, ["first line of a new file", "second"]);
+
+        // A checkpoint past the end of the file (truncated while stopped).
+        let (n, h) = head_hash(&File::open(fx.path("a.log")).unwrap(), 256).unwrap();
+        pos.insert(
+            fx.path("a.log"),
+            Position { dev: m.dev(), ino: m.ino(), offset: 999, head_len: n as u32, head_hash: h },
+        );
+        save_positions(fx.state.path(), &pos).unwrap();
+        assert_eq!(poll(&mut fx.tailer(1024)).0.len(), 2);
+
+        // The matching checkpoint is applied.
+        pos.insert(
+            fx.path("a.log"),
+            Position { dev: m.dev(), ino: m.ino(), offset: 25, head_len: n as u32, head_hash: h },
+        );
+        save_positions(fx.state.path(), &pos).unwrap();
+        assert_eq!(poll(&mut fx.tailer(1024)).0, ["second"]);
+    }
+
+    #[test]
+    fn budget_limits_a_poll_without_losing_lines() {
+        let fx = Fixture::new();
+        let mut want = Vec::new();
+        for i in 0..100 {
+            fx.append("a.log", format!("line {i:03}\n").as_bytes());
+            want.push(format!("line {i:03}"));
+        }
+        let mut t = fx.tailer(1024);
+        let mut got = Vec::new();
+        let mut polls = 0;
+        loop {
+            let mut b = LogBatch::new();
+            let out = t.poll(&mut b, 64);
+            assert!(b.bytes() <= 64 + 8);
+            got.extend(lines(&b));
+            t.commit(b.checkpoint()).unwrap();
+            polls += 1;
+            if !out.more {
+                break;
+            }
+        }
+        assert!(polls > 10);
+        assert_eq!(got, want);
+        assert!(poll(&mut fx.tailer(1024)).0.is_empty());
+    }
+
+    #[test]
+    fn corrupt_or_future_positions_files() {
+        let fx = Fixture::new();
+        fx.append("a.log", b"x\n");
+        std::fs::write(fx.state.path().join(POSITIONS_FILE), b"{not json").unwrap();
+        let mut t = fx.tailer(1024);
+        assert_eq!(poll(&mut t).0, ["x"]);
+        assert!(fx.state.path().join(POSITIONS_CORRUPT_FILE).exists());
+
+        std::fs::write(fx.state.path().join(POSITIONS_FILE), br#"{"version": 9, "positions": {}}"#).unwrap();
+        let e = Tailer::new(&[], "h", 10, fx.state.path(), Arc::default()).unwrap_err();
+        assert!(matches!(e, TailError::UnknownPositionsVersion { version: 9, .. }), "{e}");
+    }
+
+    #[test]
+    fn commit_forgets_vanished_files() {
+        let fx = Fixture::new();
+        fx.append("a.log", b"x\n");
+        fx.append("b.log", b"y\n");
+        let mut t = fx.tailer(1024);
+        let (_, b) = poll(&mut t);
+        t.commit(b.checkpoint()).unwrap();
+        assert_eq!(t.positions().len(), 2);
+        std::fs::remove_file(fx.path("b.log")).unwrap();
+        poll(&mut t);
+        t.commit(&BTreeMap::new()).unwrap();
+        assert_eq!(t.positions().keys().collect::<Vec<_>>(), [&fx.path("a.log")]);
+        assert_eq!(
+            count_files(&[FileTarget {
+                paths: vec![format!("{}/*", fx.dir.path().display())],
+                ..FileTarget::default()
+            }]),
+            1
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! The whole configuration file: one section per component, each defined by
+//! the crate that owns it. Unknown keys are errors; every key has a default,
+//! printed by `cairn config default` and documented in
+//! `docs/configuration.md`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use cairn_aggregator::config::{AggregatorConfig, LimitsConfig, QueryConfig, ServerConfig, StorageConfig};
+use cairn_collector::config::CollectorConfig;
+use serde::{Deserialize, Serialize};
+
+/// The default configuration, with comments; `cairn config default` prints it.
+pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+
+/// Everything in a Cairn config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[storage]`
+    pub storage: StorageConfig,
+    /// `[limits]`
+    pub limits: LimitsConfig,
+    /// `[query]`
+    pub query: QueryConfig,
+    /// `[collector]`
+    pub collector: CollectorConfig,
+}
+
+impl Config {
+    /// Parses config text; errors name the key, line and column.
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Reads and parses a config file, then validates it.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let cfg = Config::parse(&text).map_err(|e| anyhow::anyhow!("in config file {}: {e}", path.display()))?;
+        cfg.validate().with_context(|| format!("in config file {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.storage.wal.fsync_interval.0.is_zero() {
+            anyhow::bail!("storage.wal.fsync_interval must be greater than 0");
+        }
+        if self.storage.wal.segment_size.0 < 1 << 20 {
+            anyhow::bail!("storage.wal.segment_size must be at least 1MiB");
+        }
+        if self.limits.max_labels_per_series == 0 {
+            anyhow::bail!("limits.max_labels_per_series must be at least 1");
+        }
+        if self.query.lookback_delta.0.is_zero() {
+            anyhow::bail!("query.lookback_delta must be greater than 0");
+        }
+        self.collector.validate().map_err(|e| anyhow::anyhow!("collector: {e}"))?;
+        Ok(())
+    }
+
+    /// The aggregator's part.
+    pub fn aggregator(&self) -> AggregatorConfig {
+        AggregatorConfig {
+            server: self.server.clone(),
+            storage: self.storage.clone(),
+            limits: self.limits.clone(),
+            query: self.query.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped default config parses to exactly `Config::default()`.
+    #[test]
+    fn default_config_file_matches_defaults() {
+        let parsed = Config::parse(DEFAULT_CONFIG).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+    }
+
+    /// Every key of the default config is documented in docs/configuration.md.
+    #[test]
+    fn every_key_is_documented() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+        let v: toml::Value = toml::from_str(DEFAULT_CONFIG).unwrap();
+        fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        // `labels` tables are free-form maps: the map is the key.
+                        if !matches!(v, toml::Value::Table(_)) || k == "labels" {
+                            out.push(key.clone());
+                        }
+                        if k != "labels" {
+                            walk(&key, v, out);
+                        }
+                    }
+                }
+                toml::Value::Array(a) => {
+                    for item in a {
+                        walk(prefix, item, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut keys = Vec::new();
+        walk("", &v, &mut keys);
+        assert!(keys.len() > 10);
+        let missing: Vec<_> = keys.iter().filter(|k| !doc.contains(&format!("`{k}`"))).collect();
+        assert!(missing.is_empty(), "undocumented config keys: {missing:?}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_key_and_line() {
+        let e = Config::parse("[server]\nlisten = \"127.0.0.1:3100\"\nlisen = 1\n").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("lisen"), "{e}");
+        let e = Config::parse("[storage.wal]\nfsync = \"sometimes\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("sometimes"), "{e}");
+        let e = Config::parse("[server]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        let e = Config::parse("[collector.node]\ninterval = \"15\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("interval"), "{e}");
+    }
+}
