@@ -10,9 +10,11 @@
 //!
 //! Every series also carries `job="node"` and `instance=<host>`.
 //!
-//! Which parts use the `procfs` crate: `/proc/loadavg` is parsed by
-//! `procfs::LoadAverage`, and USER_HZ comes from `procfs::ticks_per_second`.
-//! `/proc/stat` and `/proc/meminfo` are parsed here because procfs 0.18's
+//! Which parts use the `procfs` crate: USER_HZ comes from
+//! `procfs::ticks_per_second`. `/proc/loadavg` is parsed here because
+//! `procfs::LoadAverage` reads the values as f32 (`1.74` would be exported
+//! as `1.7400000095367432`). `/proc/stat` and `/proc/meminfo` are parsed
+//! here because procfs 0.18's
 //! types lose what node_exporter exports: `KernelStats` keeps per-CPU times
 //! as a list without the CPU number (wrong `cpu` labels once a CPU is
 //! offline, since `/proc/stat` then skips it) and has no `intr` total, and
@@ -28,7 +30,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use cairn_wire::{Labels, LabelsError, METRIC_NAME, SeriesSamples};
-use procfs::FromRead;
 
 /// Node metrics could not be collected at all.
 #[derive(Debug, thiserror::Error)]
@@ -234,14 +235,17 @@ fn parse_meminfo(text: &str) -> Vec<Metric> {
     out
 }
 
-/// Parses `/proc/loadavg` with `procfs`.
+/// Parses the first three fields of `/proc/loadavg` as f64, as
+/// node_exporter does (`procfs::LoadAverage` reads them as f32, which turns
+/// `1.74` into `1.7400000095367432`).
 fn parse_loadavg(text: &str) -> Result<Vec<Metric>, String> {
-    let la = procfs::LoadAverage::from_read(text.as_bytes()).map_err(|e| e.to_string())?;
-    Ok(vec![
-        Metric::plain("node_load1", f64::from(la.one)),
-        Metric::plain("node_load5", f64::from(la.five)),
-        Metric::plain("node_load15", f64::from(la.fifteen)),
-    ])
+    let mut fields = text.split_ascii_whitespace();
+    let mut next = |name: &'static str| -> Result<Metric, String> {
+        let f = fields.next().ok_or_else(|| format!("loadavg: missing field for {name}"))?;
+        let v: f64 = f.parse().map_err(|_| format!("loadavg: {f:?} is not a number"))?;
+        Ok(Metric::plain(name, v))
+    };
+    Ok(vec![next("node_load1")?, next("node_load5")?, next("node_load15")?])
 }
 
 /// Type and help text of the fixed families, as node_exporter 1.5 reports
@@ -356,9 +360,9 @@ Broken:   x kB
         assert_eq!(v("node_memory_Balloon_bytes"), 0.0);
         assert!(!out.iter().any(|s| s.labels.get(METRIC_NAME).is_some_and(|n| n.contains("Broken"))));
 
-        assert_eq!(v("node_load1"), f64::from(3.01f32));
-        assert_eq!(v("node_load5"), f64::from(2.26f32));
-        assert_eq!(v("node_load15"), f64::from(1.02f32));
+        assert_eq!(v("node_load1"), 3.01);
+        assert_eq!(v("node_load5"), 2.26);
+        assert_eq!(v("node_load15"), 1.02);
         assert_eq!(v("node_time_seconds"), 1_700_000_000.123);
 
         // Exactly one series per label set.

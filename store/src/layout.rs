@@ -5,6 +5,8 @@
 //!   cairn.lock            advisory lock held by the running process
 //!   metrics/wal/          metrics write-ahead log segments
 //!   logs/wal/             log write-ahead log segments
+//!   collector/            collector state (names in collector/src/tail.rs,
+//!                         format in docs/format/positions.md)
 //! ```
 
 use std::path::{Path, PathBuf};
