@@ -37,6 +37,17 @@ struct TenantLogs {
     by_labels: HashMap<Labels, usize>,
 }
 
+/// Size of one stream's data within a time range.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Entries in the range.
+    pub entries: u64,
+    /// Bytes of their lines.
+    pub bytes: u64,
+    /// Chunks holding them (0 until the store has chunks).
+    pub chunks: u64,
+}
+
 /// The log store.
 pub struct LogStore {
     wal: Wal,
@@ -199,6 +210,20 @@ impl LogStore {
         }
     }
 
+    /// Streams of `tenant` matching all `matchers` (empty: every stream) with
+    /// at least one entry in `[start, end)`, sorted by labels, with the size
+    /// of their data in that range. Backs `/loki/api/v1/series`, `/labels`,
+    /// `/label/…/values`, `/index/stats` and `/index/volume`.
+    pub fn streams(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64) -> Vec<(Labels, StreamStats)> {
+        let mut out = Vec::new();
+        self.scan(tenant, matchers, start, end, &mut |labels, entries| {
+            let bytes = entries.iter().map(|e| e.line.len() as u64).sum();
+            out.push((labels.clone(), StreamStats { entries: entries.len() as u64, bytes, chunks: 0 }));
+        });
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Number of streams and entries held, over all tenants.
     pub fn counts(&self) -> (usize, usize) {
         let head = self.head.read().unwrap_or_else(|p| p.into_inner());
@@ -246,6 +271,9 @@ mod tests {
         let mut n = 0;
         s.scan("other", &[], 0, 100, &mut |_, es| n += es.len());
         assert_eq!(n, 0);
+        assert_eq!(s.streams("t", &[], 0, 100), vec![(l.clone(), StreamStats { entries: 4, bytes: 5, chunks: 0 })]);
+        assert_eq!(s.streams("t", &[], 15, 25)[0].1.entries, 1);
+        assert!(s.streams("t", &[], 31, 100).is_empty());
     }
 
     #[test]

@@ -223,6 +223,28 @@ impl MetricsStore {
         out
     }
 
+    /// Label sets of `tenant`'s series matching all `matchers` that have at
+    /// least one sample in `[mint, maxt]`, sorted. Empty `matchers` match
+    /// every series. Backs `/api/v1/series`, `/labels` and `/label/…/values`.
+    pub fn series(&self, tenant: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Labels> {
+        let head = self.head.read().unwrap_or_else(|p| p.into_inner());
+        let Some(th) = head.get(tenant) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Labels> = th
+            .series
+            .iter()
+            .filter(|s| matches_all(matchers, &s.labels))
+            .filter(|s| {
+                let lo = s.samples.partition_point(|p| p.0 < mint);
+                lo < s.samples.len() && s.samples[lo].0 <= maxt
+            })
+            .map(|s| s.labels.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Number of series and samples held, over all tenants.
     pub fn counts(&self) -> (usize, usize) {
         let head = self.head.read().unwrap_or_else(|p| p.into_inner());
@@ -288,6 +310,9 @@ mod tests {
         assert_eq!(got[0].samples[2].1.to_bits(), 0x7ff0000000000002);
         assert_eq!(got[0].samples[1], (2000, 1.0));
         assert!(s.select("other", &m, 0, 10_000).is_empty());
+        assert_eq!(s.series("t", &[], 0, 10_000), vec![up.clone(), up_b.clone()]);
+        assert_eq!(s.series("t", &[], 1500, 10_000), vec![up.clone()], "up_b has no sample after 1000");
+        assert_eq!(s.series("t", &[Matcher::equal("job", "b")], 0, 1000), vec![up_b.clone()]);
         assert_eq!(s.select("t", &m, 1500, 2500)[0].samples, vec![(2000, 1.0)]);
     }
 

@@ -1,0 +1,188 @@
+//! End-to-end log ingest benchmark: replays `../shared/datasets/logs/`
+//! through Loki push (protobuf + snappy, ~1 MB of lines per request, one
+//! stream per request, 4 concurrent senders) into a real `cairn serve`, then
+//! reports lines/s, MB/s, server CPU seconds per GB, peak RSS and disk per
+//! raw byte, next to the Loki and VictoriaLogs figures measured on this
+//! machine kind (`../shared/PEERS.md`; neither peer is installable here).
+//!
+//! Run: `cargo bench --bench ingest_logs` (env `CAIRN_BENCH_REPLAYS`, default 3).
+//! The numbers are printed, never asserted.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_wire::proto::{EntryAdapter, PushRequest, StreamAdapter, Timestamp, snappy_compress};
+use prost::Message;
+
+fn shared_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("CAIRN_SHARED") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+/// (utime + stime) seconds and VmHWM bytes of a process.
+fn proc_usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    (ticks / 100.0, hwm)
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    let mut n = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let m = e.metadata().unwrap();
+            n += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
+        }
+    }
+    n
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not:
+    // stay quick there.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("ingest_logs: skipped (run with `cargo bench --bench ingest_logs`)");
+        return;
+    }
+    let logs_dir = shared_dir().join("datasets/logs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&logs_dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (set CAIRN_SHARED)", logs_dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    files.sort();
+    let replays: usize = std::env::var("CAIRN_BENCH_REPLAYS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+
+    // Requests: per file and replay, ~1 MB of lines, one stream each.
+    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let mut requests: Vec<Vec<u8>> = Vec::new();
+    let (mut lines, mut raw_bytes) = (0u64, 0u64);
+    let mut ts = now_ns - 86_400_000_000_000;
+    for r in 0..replays {
+        for (fi, f) in files.iter().enumerate() {
+            let name = f.file_name().unwrap().to_string_lossy().to_string();
+            let text = std::fs::read(f).unwrap();
+            let mut entries = Vec::new();
+            let mut size = 0;
+            let flush = |entries: &mut Vec<EntryAdapter>, requests: &mut Vec<Vec<u8>>| {
+                if entries.is_empty() {
+                    return;
+                }
+                let req = PushRequest {
+                    streams: vec![StreamAdapter {
+                        labels: format!(r#"{{job="bench", source="{name}", host="node-{}"}}"#, (fi + r) % 4),
+                        entries: std::mem::take(entries),
+                    }],
+                };
+                requests.push(snappy_compress(&req.encode_to_vec()));
+            };
+            for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                ts += 1_000;
+                lines += 1;
+                raw_bytes += line.len() as u64;
+                size += line.len();
+                entries.push(EntryAdapter {
+                    timestamp: Some(Timestamp::from_ns(ts)),
+                    line: line.to_vec(),
+                    structured_metadata: vec![],
+                });
+                if size >= 1 << 20 {
+                    flush(&mut entries, &mut requests);
+                    size = 0;
+                }
+            }
+            flush(&mut entries, &mut requests);
+        }
+    }
+
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut url = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(u) = line.split("Prometheus data source URL").nth(1) {
+            url = u.trim().to_string();
+            break;
+        }
+    }
+    let push_url = format!("{url}/loki/api/v1/push");
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    while client.get(format!("{url}/ready")).send().map(|r| r.status() != 200).unwrap_or(true) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (cpu0, _) = proc_usage(pid);
+    let queue = Arc::new(Mutex::new(requests.into_iter()));
+    let started = Instant::now();
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let q = queue.clone();
+            let c = client.clone();
+            let u = push_url.clone();
+            std::thread::spawn(move || {
+                loop {
+                    let Some(body) = q.lock().unwrap().next() else { break };
+                    let r = c.post(&u).header("Content-Type", "application/x-protobuf").body(body).send().unwrap();
+                    assert_eq!(r.status(), 204, "{}", r.text().unwrap_or_default());
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let (cpu1, hwm) = proc_usage(pid);
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = child.wait();
+    let disk = dir_size(data.path());
+
+    let gb = raw_bytes as f64 / 1e9;
+    println!(
+        "ingest_logs: {lines} lines, {:.1} MB raw, {} files x {replays} replays",
+        raw_bytes as f64 / 1e6,
+        files.len()
+    );
+    println!("{:<44} {:>12} {:>12} {:>12}", "figure", "cairn", "VictoriaLogs", "Loki");
+    println!(
+        "{:<44} {:>12.0} {:>12} {:>12}",
+        "lines/s (wall, client on same 2 cores)",
+        lines as f64 / wall,
+        "452000",
+        "478000"
+    );
+    println!("{:<44} {:>12.1} {:>12} {:>12}", "MB/s of raw lines", raw_bytes as f64 / 1e6 / wall, "107", "113");
+    println!("{:<44} {:>12.1} {:>12} {:>12}", "server CPU s per GB", (cpu1 - cpu0) / gb, "16.5", "17.7");
+    println!("{:<44} {:>12.0} {:>12} {:>12}", "peak RSS MB", hwm as f64 / 1e6, "697", "1217");
+    println!(
+        "{:<44} {:>12.3} {:>12} {:>12}",
+        "disk / raw bytes (WAL only at this stage)",
+        disk as f64 / raw_bytes as f64,
+        "0.180",
+        "0.249"
+    );
+    println!("(peer figures: ../shared/PEERS.md, 5.26M lines; this run is smaller — compare rates, not totals)");
+}
