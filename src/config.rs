@@ -52,6 +52,12 @@ impl Config {
         if self.storage.wal.segment_size.0 < 1 << 20 {
             anyhow::bail!("storage.wal.segment_size must be at least 1MiB");
         }
+        if self.storage.logs.head_max_size.0 == 0 {
+            anyhow::bail!("storage.logs.head_max_size must be greater than 0");
+        }
+        if self.storage.logs.flush_interval.0.is_zero() {
+            anyhow::bail!("storage.logs.flush_interval must be greater than 0");
+        }
         if self.limits.max_labels_per_series == 0 {
             anyhow::bail!("limits.max_labels_per_series must be at least 1");
         }

@@ -267,26 +267,8 @@ async fn serve(cfg: Config, with_collector: bool) -> anyhow::Result<()> {
             .await
     });
 
-    // Periodic WAL flush for fsync = "interval".
-    if cfg.storage.wal.fsync == cairn_store::FsyncPolicy::Interval {
-        let agg = agg.clone();
-        let every = cfg.storage.wal.fsync_interval.0;
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let a = agg.clone();
-                        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || a.sync()).await {
-                            tracing::error!(error = %e, "WAL fsync failed");
-                        }
-                    }
-                    _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => break,
-                }
-            }
-        });
-    }
+    // Log flushes and periodic WAL fsync.
+    let maintenance = tokio::spawn(agg.clone().run_maintenance(stop_rx.clone()));
 
     // Collector for this machine.
     let collector = if with_collector {
@@ -316,8 +298,16 @@ async fn serve(cfg: Config, with_collector: bool) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!("HTTP connections still open after 5s; closing"),
     }
+    let _ = maintenance.await;
+    // Persist the log head as a block so the next start replays little.
     let a = agg.clone();
-    tokio::task::spawn_blocking(move || a.sync()).await.context("flush task failed")?.context("final WAL flush")?;
+    tokio::task::spawn_blocking(move || {
+        a.flush_logs();
+        a.sync()
+    })
+    .await
+    .context("flush task failed")?
+    .context("final WAL flush")?;
     eprintln!("cairn: stopped cleanly");
     Ok(())
 }

@@ -32,11 +32,35 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// `[storage.wal]`: write-ahead log settings.
     pub wal: WalConfig,
+    /// `[storage.logs]`: log store settings.
+    pub logs: LogsStorageConfig,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { data_dir: PathBuf::from("./cairn-data"), wal: WalConfig::default() }
+        StorageConfig {
+            data_dir: PathBuf::from("./cairn-data"),
+            wal: WalConfig::default(),
+            logs: LogsStorageConfig::default(),
+        }
+    }
+}
+
+/// `[storage.logs]`: when in-memory log data is written to blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsStorageConfig {
+    /// Flush the in-memory head to a compressed block once it holds this
+    /// much (lines + structured metadata). Bounds memory: the head plus one
+    /// head being flushed.
+    pub head_max_size: ByteSize,
+    /// Flush the head once its oldest data is this old, so the WAL stays short.
+    pub flush_interval: ConfigDuration,
+}
+
+impl Default for LogsStorageConfig {
+    fn default() -> Self {
+        LogsStorageConfig { head_max_size: ByteSize::mib(64), flush_interval: ConfigDuration::from_secs(600) }
     }
 }
 

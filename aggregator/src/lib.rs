@@ -23,7 +23,7 @@ pub mod selfmetrics;
 use std::sync::Arc;
 
 use cairn_store::layout::{self, DirLock};
-use cairn_store::logs::LogStore;
+use cairn_store::logs::{LogStore, LogStoreOptions};
 use cairn_store::metrics::MetricsStore;
 use cairn_store::{StoreError, WalOptions, WriteOutcome};
 use cairn_wire::{Labels, SeriesSamples, StreamEntries};
@@ -112,6 +112,8 @@ pub struct Aggregator {
     pub config: AggregatorConfig,
     /// Self-observability.
     pub self_metrics: SelfMetrics,
+    /// Wakes the maintenance task when the log head is full.
+    flush_wanted: tokio::sync::Notify,
     _lock: DirLock,
 }
 
@@ -122,7 +124,14 @@ impl Aggregator {
         let lock = layout::lock_data_dir(dir)?;
         let wal = WalOptions { fsync: config.storage.wal.fsync, segment_bytes: config.storage.wal.segment_size.0 };
         let metrics = MetricsStore::open(&layout::metrics_wal(dir), wal.clone())?;
-        let logs = LogStore::open(&layout::logs_wal(dir), wal)?;
+        let logs = LogStore::open_with(
+            &layout::logs_dir(dir),
+            LogStoreOptions {
+                wal,
+                head_max_bytes: config.storage.logs.head_max_size.0,
+                flush_interval: config.storage.logs.flush_interval.0,
+            },
+        )?;
         for (engine, r) in [("metrics", metrics.replay_stats()), ("logs", logs.replay_stats())] {
             tracing::info!(
                 engine,
@@ -133,7 +142,14 @@ impl Aggregator {
                 "WAL replayed"
             );
         }
-        Ok(Arc::new(Aggregator { metrics, logs, config, self_metrics: SelfMetrics::new(), _lock: lock }))
+        Ok(Arc::new(Aggregator {
+            metrics,
+            logs,
+            config,
+            self_metrics: SelfMetrics::new(),
+            flush_wanted: tokio::sync::Notify::new(),
+            _lock: lock,
+        }))
     }
 
     fn check_labels(&self, labels: &Labels) -> Result<(), (Refusal, String)> {
@@ -241,10 +257,68 @@ impl Aggregator {
             ok.push(s);
         }
         let outcome = self.logs.push(tenant, ok)?;
+        if self.logs.head_bytes() >= self.config.storage.logs.head_max_size.0 {
+            self.flush_wanted.notify_one();
+        }
         self.self_metrics.lines_ingested.inc_by(outcome.accepted as u64);
         self.self_metrics.line_bytes_ingested.inc_by(bytes);
         report.merge_store(outcome);
         Ok(report)
+    }
+
+    /// Writes the log head to a block if it is due (size or age), counting
+    /// the flush (blocking).
+    pub fn flush_logs_if_due(&self) {
+        if self.logs.flush_due() {
+            self.flush_logs();
+        }
+    }
+
+    /// Writes the log head to a block now (blocking). Failures are logged
+    /// and counted; the data stays in the WAL and the head.
+    pub fn flush_logs(&self) {
+        let started = std::time::Instant::now();
+        match self.logs.flush() {
+            Ok(0) => {}
+            Ok(n) => {
+                self.self_metrics.log_flushes.get_or_create(&vec![("result", "ok".into())]).inc();
+                tracing::debug!(entries = n, secs = started.elapsed().as_secs_f64(), "log head flushed to a block");
+            }
+            Err(e) => {
+                self.self_metrics.log_flushes.get_or_create(&vec![("result", "error".into())]).inc();
+                tracing::error!(error = %e, "log flush failed; data stays in the WAL and will be retried");
+            }
+        }
+    }
+
+    /// Background upkeep until `stop` turns true: log flushes (when the head
+    /// fills, or every second for age) and, with `fsync = "interval"`,
+    /// periodic WAL fsync.
+    pub async fn run_maintenance(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let fsync_every = (self.config.storage.wal.fsync == cairn_store::FsyncPolicy::Interval)
+            .then_some(self.config.storage.wal.fsync_interval.0);
+        let mut last_sync = std::time::Instant::now();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.flush_wanted.notified() => {}
+                _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => return,
+            }
+            let agg = self.clone();
+            let sync_now = fsync_every.is_some_and(|e| last_sync.elapsed() >= e);
+            if sync_now {
+                last_sync = std::time::Instant::now();
+            }
+            let _ = tokio::task::spawn_blocking(move || {
+                agg.flush_logs_if_due();
+                if sync_now && let Err(e) = agg.sync() {
+                    tracing::error!(error = %e, "WAL fsync failed");
+                }
+            })
+            .await;
+        }
     }
 
     /// Flushes both WALs (for `fsync = "interval"` and at shutdown).
@@ -260,6 +334,10 @@ impl Aggregator {
         m.wal_size.get_or_create(&vec![("engine", "logs".into())]).set(self.logs.wal_size_bytes() as i64);
         m.head_series.get_or_create(&vec![("engine", "metrics".into())]).set(self.metrics.counts().0 as i64);
         m.head_series.get_or_create(&vec![("engine", "logs".into())]).set(self.logs.counts().0 as i64);
+        let (blocks, block_bytes) = self.logs.block_stats();
+        m.blocks.get_or_create(&vec![("engine", "logs".into())]).set(blocks as i64);
+        m.block_bytes.get_or_create(&vec![("engine", "logs".into())]).set(block_bytes as i64);
+        m.head_bytes.get_or_create(&vec![("engine", "logs".into())]).set(self.logs.head_bytes() as i64);
         m.encode()
     }
 }

@@ -35,6 +35,14 @@ pub struct SelfMetrics {
     pub wal_size: Family<L, Gauge>,
     /// Series and streams in memory.
     pub head_series: Family<L, Gauge>,
+    /// Bytes held in memory heads.
+    pub head_bytes: Family<L, Gauge>,
+    /// Blocks on disk, by engine.
+    pub blocks: Family<L, Gauge>,
+    /// Bytes of blocks on disk, by engine.
+    pub block_bytes: Family<L, Gauge>,
+    /// Log head flushes, by result.
+    pub log_flushes: Family<L, Counter>,
 }
 
 impl Default for SelfMetrics {
@@ -57,6 +65,10 @@ impl SelfMetrics {
             query_duration: Family::new_with_constructor(query_histogram as fn() -> Histogram),
             wal_size: Family::default(),
             head_series: Family::default(),
+            head_bytes: Family::default(),
+            blocks: Family::default(),
+            block_bytes: Family::default(),
+            log_flushes: Family::default(),
             registry: Registry::default(),
         };
         registry.register("cairn_ingest_samples", "Metric samples stored", m.samples_ingested.clone());
@@ -76,6 +88,10 @@ impl SelfMetrics {
         registry.register("cairn_query_duration_seconds", "Query latency, by API", m.query_duration.clone());
         registry.register("cairn_wal_size_bytes", "Write-ahead log bytes on disk, by engine", m.wal_size.clone());
         registry.register("cairn_head_series", "Series (metrics) and streams (logs) in memory", m.head_series.clone());
+        registry.register("cairn_head_bytes", "Bytes held in memory heads, by engine", m.head_bytes.clone());
+        registry.register("cairn_blocks", "Blocks on disk, by engine", m.blocks.clone());
+        registry.register("cairn_block_size_bytes", "Bytes of blocks on disk, by engine", m.block_bytes.clone());
+        registry.register("cairn_log_flushes", "Log head flushes to blocks, by result", m.log_flushes.clone());
         SelfMetrics { registry, ..m }
     }
 

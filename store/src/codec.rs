@@ -101,6 +101,16 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(b).map_err(|_| DecodeError { offset: start, reason: "invalid UTF-8" })
     }
 
+    /// Reads 4 little-endian bytes.
+    pub fn u32_le(&mut self) -> Result<u32, DecodeError> {
+        let end = self.pos + 4;
+        let b = self.buf.get(self.pos..end).ok_or_else(|| self.err("truncated u32"))?;
+        self.pos = end;
+        let mut a = [0u8; 4];
+        a.copy_from_slice(b);
+        Ok(u32::from_le_bytes(a))
+    }
+
     /// Reads 8 little-endian bytes.
     pub fn u64_le(&mut self) -> Result<u64, DecodeError> {
         let end = self.pos + 8;

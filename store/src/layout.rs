@@ -5,6 +5,7 @@
 //!   cairn.lock            advisory lock held by the running process
 //!   metrics/wal/          metrics write-ahead log segments
 //!   logs/wal/             log write-ahead log segments
+//!   logs/blocks/          immutable log blocks, `<wal_through>.blk`
 //!   collector/            collector state (names in collector/src/tail.rs,
 //!                         format in docs/format/positions.md)
 //! ```
@@ -21,6 +22,21 @@ pub const LOGS_DIR: &str = "logs";
 pub const WAL_DIR: &str = "wal";
 /// Extension of WAL segment files (`00000001.wal`).
 pub const WAL_SEGMENT_EXT: &str = "wal";
+
+/// Directory of log blocks inside the log engine directory.
+pub const BLOCKS_DIR: &str = "blocks";
+/// Extension of log block files.
+pub const LOG_BLOCK_EXT: &str = "blk";
+
+/// File name of the log block covering WAL segments up to `wal_through`.
+pub fn log_block_name(wal_through: u64) -> String {
+    format!("{wal_through:08}.{LOG_BLOCK_EXT}")
+}
+
+/// `<data-dir>/logs`
+pub fn logs_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(LOGS_DIR)
+}
 
 /// `<data-dir>/metrics/wal`
 pub fn metrics_wal(data_dir: &Path) -> PathBuf {

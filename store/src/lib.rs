@@ -23,6 +23,7 @@
 
 pub mod codec;
 pub mod layout;
+pub mod logblock;
 pub mod logs;
 pub mod metrics;
 pub mod wal;

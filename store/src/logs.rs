@@ -12,15 +12,18 @@
 //! API's meaning.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Mutex, RwLock};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 pub use cairn_wire::{Entry, StreamEntries};
 use cairn_wire::{Labels, Matcher, matcher::matches_all};
 
 use crate::codec::{Reader, put_bytes, put_uvarint, put_varint};
+use crate::logblock::{self, LogBlock};
 use crate::wal::{ReplayStats, Wal, WalOptions};
-use crate::{StoreError, WriteOutcome};
+use crate::{StoreError, WriteOutcome, layout};
 
 /// WAL record type of a log write batch.
 pub const RECORD_ENTRIES: u8 = 2;
@@ -37,6 +40,16 @@ struct TenantLogs {
     by_labels: HashMap<Labels, usize>,
 }
 
+/// In-memory entries not yet in a block.
+#[derive(Default)]
+struct Head {
+    tenants: HashMap<String, TenantLogs>,
+    /// Bytes of lines and metadata held.
+    bytes: u64,
+    /// When the oldest data still in this head was written.
+    since: Option<Instant>,
+}
+
 /// Size of one stream's data within a time range.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamStats {
@@ -44,15 +57,50 @@ pub struct StreamStats {
     pub entries: u64,
     /// Bytes of their lines.
     pub bytes: u64,
-    /// Chunks holding them (0 until the store has chunks).
+    /// Chunks holding them (block chunks overlapping the range; the
+    /// in-memory head counts as one).
     pub chunks: u64,
+}
+
+/// Settings of the log store.
+#[derive(Debug, Clone)]
+pub struct LogStoreOptions {
+    /// WAL settings.
+    pub wal: WalOptions,
+    /// Flush the head to a block once it holds this many bytes.
+    pub head_max_bytes: u64,
+    /// Flush the head once its oldest data is this old.
+    pub flush_interval: Duration,
+}
+
+impl Default for LogStoreOptions {
+    fn default() -> Self {
+        LogStoreOptions {
+            wal: WalOptions::default(),
+            head_max_bytes: 64 << 20,
+            flush_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Blocks and the head being flushed, swapped together so a query sees
+/// every entry exactly once.
+#[derive(Default)]
+struct Persisted {
+    blocks: Vec<Arc<LogBlock>>,
+    frozen: Option<Arc<Head>>,
 }
 
 /// The log store.
 pub struct LogStore {
+    dir: PathBuf,
+    opts: LogStoreOptions,
     wal: Wal,
     write_lock: Mutex<()>,
-    head: RwLock<HashMap<String, TenantLogs>>,
+    flush_lock: Mutex<()>,
+    /// Lock order: `persisted` before `head`.
+    persisted: RwLock<Persisted>,
+    head: RwLock<Head>,
     replay: ReplayStats,
 }
 
@@ -118,8 +166,13 @@ fn is_duplicate(entries: &[Entry], e: &Entry) -> bool {
     entries[..hi].iter().rev().take_while(|x| x.ts == e.ts).any(|x| x.line == e.line)
 }
 
-fn apply(head: &mut HashMap<String, TenantLogs>, tenant: &str, batch: Vec<StreamEntries>) {
-    let tl = head.entry(tenant.to_string()).or_default();
+fn entry_bytes(e: &Entry) -> u64 {
+    (e.line.len() + e.metadata.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64
+}
+
+fn apply(head: &mut Head, tenant: &str, batch: Vec<StreamEntries>) {
+    let tl = head.tenants.entry(tenant.to_string()).or_default();
+    let mut added = 0u64;
     for s in batch {
         let idx = match tl.by_labels.get(&s.labels) {
             Some(&i) => i,
@@ -135,6 +188,7 @@ fn apply(head: &mut HashMap<String, TenantLogs>, tenant: &str, batch: Vec<Stream
             if is_duplicate(&st.entries, &e) {
                 continue;
             }
+            added += entry_bytes(&e);
             match st.entries.last() {
                 Some(last) if last.ts > e.ts => {
                     let pos = upper_bound(&st.entries, e.ts);
@@ -144,29 +198,97 @@ fn apply(head: &mut HashMap<String, TenantLogs>, tenant: &str, batch: Vec<Stream
             }
         }
     }
+    if added > 0 && head.since.is_none() {
+        head.since = Some(Instant::now());
+    }
+    head.bytes += added;
+}
+
+impl Head {
+    fn is_empty(&self) -> bool {
+        self.tenants.values().all(|t| t.streams.iter().all(|s| s.entries.is_empty()))
+    }
+
+    /// Entries of matching streams of `tenant` in `[start, end)`.
+    fn collect<'a>(
+        &'a self,
+        tenant: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        mut f: impl FnMut(&'a Labels, &'a [Entry]),
+    ) {
+        let Some(tl) = self.tenants.get(tenant) else {
+            return;
+        };
+        for s in &tl.streams {
+            if !matches_all(matchers, &s.labels) {
+                continue;
+            }
+            let lo = s.entries.partition_point(|e| e.ts < start);
+            let hi = s.entries.partition_point(|e| e.ts < end);
+            if lo < hi {
+                f(&s.labels, &s.entries[lo..hi]);
+            }
+        }
+    }
 }
 
 impl LogStore {
-    /// Opens the store in `dir` (its WAL lives in `dir` itself) and replays it.
+    /// Opens the store in `dir` (WAL in `dir/wal`, blocks in `dir/blocks`)
+    /// with default flush settings.
     pub fn open(dir: &Path, wal_opts: WalOptions) -> Result<Self, StoreError> {
-        let mut head = HashMap::new();
-        let (wal, replay) = Wal::open(dir, wal_opts, |typ, payload| {
+        Self::open_with(dir, LogStoreOptions { wal: wal_opts, ..LogStoreOptions::default() })
+    }
+
+    /// Opens the store in `dir`: loads every block, deletes leftover
+    /// temporary files, and replays the WAL segments no block covers.
+    pub fn open_with(dir: &Path, opts: LogStoreOptions) -> Result<Self, StoreError> {
+        let blocks_dir = dir.join(layout::BLOCKS_DIR);
+        fs::create_dir_all(&blocks_dir).map_err(StoreError::io("create directory", &blocks_dir))?;
+        let mut blocks = Vec::new();
+        for e in fs::read_dir(&blocks_dir).map_err(StoreError::io("read directory", &blocks_dir))? {
+            let e = e.map_err(StoreError::io("read directory", &blocks_dir))?;
+            let path = e.path();
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".tmp") {
+                tracing::warn!(path = %path.display(), "removing unfinished block from an interrupted flush");
+                fs::remove_file(&path).map_err(StoreError::io("remove", &path))?;
+            } else if name.ends_with(layout::LOG_BLOCK_EXT) {
+                blocks.push(Arc::new(LogBlock::open(&path)?));
+            }
+        }
+        blocks.sort_by_key(|b| b.wal_through);
+        let covered = blocks.iter().map(|b| b.wal_through).max().unwrap_or(0);
+        let mut head = Head::default();
+        let wal_dir = dir.join(layout::WAL_DIR);
+        let (wal, replay) = Wal::open(&wal_dir, opts.wal.clone(), covered, |typ, payload| {
             if typ != RECORD_ENTRIES {
                 return Err(StoreError::Corrupt {
-                    path: dir.to_path_buf(),
+                    path: wal_dir.clone(),
                     offset: 0,
                     reason: format!("unknown log WAL record type {typ}"),
                 });
             }
             let (tenant, batch) = decode_batch(payload).map_err(|e| StoreError::Corrupt {
-                path: dir.to_path_buf(),
+                path: wal_dir.clone(),
                 offset: e.offset as u64,
                 reason: format!("log WAL record: {}", e.reason),
             })?;
             apply(&mut head, &tenant, batch);
             Ok(())
         })?;
-        Ok(LogStore { wal, write_lock: Mutex::new(()), head: RwLock::new(head), replay })
+        Ok(LogStore {
+            dir: dir.to_path_buf(),
+            opts,
+            wal,
+            write_lock: Mutex::new(()),
+            flush_lock: Mutex::new(()),
+            persisted: RwLock::new(Persisted { blocks, frozen: None }),
+            head: RwLock::new(head),
+            replay,
+        })
     }
 
     /// What the WAL replay at open found.
@@ -190,24 +312,130 @@ impl LogStore {
         Ok(WriteOutcome { accepted, rejected: Vec::new() })
     }
 
-    /// Calls `f(labels, entries)` for every stream of `tenant` matching all
-    /// `matchers`, with its entries in `[start, end)` sorted by timestamp
-    /// (streams with none are skipped). Holds a read lock during the calls.
-    pub fn scan(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64, f: &mut dyn FnMut(&Labels, &[Entry])) {
+    /// True when the head is over `head_max_bytes` or its oldest data is
+    /// older than `flush_interval`.
+    pub fn flush_due(&self) -> bool {
         let head = self.head.read().unwrap_or_else(|p| p.into_inner());
-        let Some(tl) = head.get(tenant) else {
-            return;
-        };
-        for s in &tl.streams {
-            if !matches_all(matchers, &s.labels) {
-                continue;
+        head.bytes >= self.opts.head_max_bytes || head.since.is_some_and(|t| t.elapsed() >= self.opts.flush_interval)
+    }
+
+    /// Bytes held in the head.
+    pub fn head_bytes(&self) -> u64 {
+        self.head.read().unwrap_or_else(|p| p.into_inner()).bytes
+    }
+
+    /// Writes the whole head to a new block and drops the WAL segments it
+    /// covers (see `docs/format/logs.md` for the crash-consistency
+    /// argument). Writes continue during the flush. Returns the number of
+    /// entries flushed.
+    pub fn flush(&self) -> Result<u64, StoreError> {
+        let _f = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (frozen, sealed) = {
+            let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut persisted = self.persisted.write().unwrap_or_else(|p| p.into_inner());
+            let mut head = self.head.write().unwrap_or_else(|p| p.into_inner());
+            if head.is_empty() {
+                return Ok(0);
             }
-            let lo = s.entries.partition_point(|e| e.ts < start);
-            let hi = s.entries.partition_point(|e| e.ts < end);
-            if lo < hi {
-                f(&s.labels, &s.entries[lo..hi]);
+            let sealed = self.wal.rotate()?;
+            let frozen = Arc::new(std::mem::take(&mut *head));
+            persisted.frozen = Some(frozen.clone());
+            (frozen, sealed)
+        };
+        let entries: u64 = frozen.tenants.values().flat_map(|t| &t.streams).map(|s| s.entries.len() as u64).sum();
+        let streams = frozen
+            .tenants
+            .iter()
+            .flat_map(|(tenant, t)| t.streams.iter().map(move |s| (tenant.as_str(), &s.labels, s.entries.as_slice())));
+        match logblock::write_block(&self.dir.join(layout::BLOCKS_DIR), sealed, streams) {
+            Ok(block) => {
+                {
+                    let mut persisted = self.persisted.write().unwrap_or_else(|p| p.into_inner());
+                    persisted.blocks.push(Arc::new(block));
+                    persisted.frozen = None;
+                }
+                self.wal.remove_through(sealed)?;
+                Ok(entries)
+            }
+            Err(e) => {
+                // Keep the data queryable and flushable: put it back into the
+                // head. Its WAL segments were not removed, so it stays durable.
+                let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let mut persisted = self.persisted.write().unwrap_or_else(|p| p.into_inner());
+                let mut head = self.head.write().unwrap_or_else(|p| p.into_inner());
+                for (tenant, t) in &frozen.tenants {
+                    let batch = t
+                        .streams
+                        .iter()
+                        .map(|s| StreamEntries { labels: s.labels.clone(), entries: s.entries.clone() })
+                        .collect();
+                    apply(&mut head, tenant, batch);
+                }
+                persisted.frozen = None;
+                Err(e)
             }
         }
+    }
+
+    /// Calls `f(labels, entries)` for every stream of `tenant` matching all
+    /// `matchers`, with its entries in `[start, end)` sorted by timestamp
+    /// (streams with none are skipped), streams in label order. Entries come
+    /// from blocks, the head being flushed and the head, each exactly once.
+    pub fn scan(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64, f: &mut dyn FnMut(&Labels, &[Entry])) {
+        if let Err(e) = self.try_scan(tenant, matchers, start, end, f) {
+            tracing::error!(error = %e, "log block read failed; results are incomplete");
+        }
+    }
+
+    /// Like [`LogStore::scan`] but reports block read errors.
+    pub fn try_scan(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        f: &mut dyn FnMut(&Labels, &[Entry]),
+    ) -> Result<(), StoreError> {
+        let persisted = self.persisted.read().unwrap_or_else(|p| p.into_inner());
+        let head = self.head.read().unwrap_or_else(|p| p.into_inner());
+        // Fast path: everything in the head.
+        let in_blocks = persisted
+            .blocks
+            .iter()
+            .any(|b| b.min_ts < end && b.max_ts >= start && !b.tenant_streams(tenant).is_empty());
+        if !in_blocks && persisted.frozen.is_none() {
+            head.collect(tenant, matchers, start, end, &mut *f);
+            return Ok(());
+        }
+        let mut by: std::collections::BTreeMap<Labels, Vec<Entry>> = Default::default();
+        for b in &persisted.blocks {
+            if b.min_ts >= end || b.max_ts < start {
+                continue;
+            }
+            for s in b.tenant_streams(tenant) {
+                if !matches_all(matchers, &s.labels) {
+                    continue;
+                }
+                let mut got = Vec::new();
+                for c in s.chunks.iter().filter(|c| c.min_ts < end && c.max_ts >= start) {
+                    b.read_chunk(c, &mut got)?;
+                }
+                got.retain(|e| e.ts >= start && e.ts < end);
+                if !got.is_empty() {
+                    by.entry(s.labels.clone()).or_default().extend(got);
+                }
+            }
+        }
+        if let Some(fr) = &persisted.frozen {
+            fr.collect(tenant, matchers, start, end, |l, es| by.entry(l.clone()).or_default().extend_from_slice(es));
+        }
+        head.collect(tenant, matchers, start, end, |l, es| by.entry(l.clone()).or_default().extend_from_slice(es));
+        for (labels, mut entries) in by {
+            // Stable: equal timestamps keep block, then frozen, then head order.
+            entries.sort_by_key(|e| e.ts);
+            f(&labels, &entries);
+        }
+        Ok(())
     }
 
     /// Streams of `tenant` matching all `matchers` (empty: every stream) with
@@ -218,18 +446,23 @@ impl LogStore {
         let mut out = Vec::new();
         self.scan(tenant, matchers, start, end, &mut |labels, entries| {
             let bytes = entries.iter().map(|e| e.line.len() as u64).sum();
-            out.push((labels.clone(), StreamStats { entries: entries.len() as u64, bytes, chunks: 0 }));
+            out.push((labels.clone(), StreamStats { entries: entries.len() as u64, bytes, chunks: 1 }));
         });
-        out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 
-    /// Number of streams and entries held, over all tenants.
+    /// Number of streams and entries in the head, over all tenants.
     pub fn counts(&self) -> (usize, usize) {
         let head = self.head.read().unwrap_or_else(|p| p.into_inner());
-        head.values().fold((0, 0), |(s, n), t| {
+        head.tenants.values().fold((0, 0), |(s, n), t| {
             (s + t.streams.len(), n + t.streams.iter().map(|x| x.entries.len()).sum::<usize>())
         })
+    }
+
+    /// Number of blocks and their bytes on disk.
+    pub fn block_stats(&self) -> (usize, u64) {
+        let p = self.persisted.read().unwrap_or_else(|p| p.into_inner());
+        (p.blocks.len(), p.blocks.iter().map(|b| b.size).sum())
     }
 
     /// Bytes of WAL on disk.
@@ -271,9 +504,89 @@ mod tests {
         let mut n = 0;
         s.scan("other", &[], 0, 100, &mut |_, es| n += es.len());
         assert_eq!(n, 0);
-        assert_eq!(s.streams("t", &[], 0, 100), vec![(l.clone(), StreamStats { entries: 4, bytes: 5, chunks: 0 })]);
+        assert_eq!(s.streams("t", &[], 0, 100), vec![(l.clone(), StreamStats { entries: 4, bytes: 5, chunks: 1 })]);
         assert_eq!(s.streams("t", &[], 15, 25)[0].1.entries, 1);
         assert!(s.streams("t", &[], 31, 100).is_empty());
+    }
+
+    fn lines(s: &LogStore, start: i64, end: i64) -> Vec<(i64, String)> {
+        let mut got = Vec::new();
+        s.try_scan("t", &[Matcher::equal("job", "x")], start, end, &mut |_, es| {
+            got.extend(es.iter().map(|e| (e.ts, e.line.clone())))
+        })
+        .unwrap();
+        got
+    }
+
+    fn push(s: &LogStore, entries: Vec<Entry>) {
+        s.push("t", vec![StreamEntries { labels: Labels::from_pairs([("job", "x")]).unwrap(), entries }]).unwrap();
+    }
+
+    #[test]
+    fn flush_then_query_restart_and_out_of_order() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
+            push(&s, vec![e(10, "a"), e(30, "c")]);
+            assert!(s.head_bytes() > 0);
+            assert_eq!(s.flush().unwrap(), 2);
+            assert_eq!(s.head_bytes(), 0);
+            assert_eq!(s.block_stats().0, 1);
+            assert_eq!(s.flush().unwrap(), 0, "empty head: no block");
+            // older than what is in the block: still returned in order
+            push(&s, vec![e(20, "b"), e(40, "d")]);
+            assert_eq!(lines(&s, 0, 100), vec![(10, "a".into()), (20, "b".into()), (30, "c".into()), (40, "d".into())]);
+            assert_eq!(lines(&s, 15, 35), vec![(20, "b".into()), (30, "c".into())]);
+            assert_eq!(s.streams("t", &[], 0, 100)[0].1.entries, 4);
+        }
+        // WAL segments covered by the block are gone; the rest replays
+        let wal_files = fs::read_dir(d.path().join("wal")).unwrap().count();
+        assert!(wal_files <= 3, "{wal_files} WAL segments left");
+        let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!(lines(&s, 0, 100).len(), 4);
+        s.flush().unwrap();
+        drop(s);
+        let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!(s.block_stats().0, 2);
+        assert_eq!(lines(&s, 0, 100).len(), 4);
+        assert_eq!(s.counts().1, 0, "nothing replayed into the head");
+    }
+
+    /// A crash after the block was renamed into place but before the WAL
+    /// segments it covers were deleted must not apply the data twice.
+    #[test]
+    fn crash_between_block_and_wal_removal_does_not_duplicate() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
+        push(&s, vec![e(10, "a"), e(20, "b")]);
+        let wal_dir = d.path().join("wal");
+        let saved: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(&wal_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), fs::read(&p).unwrap()))
+            .collect();
+        s.flush().unwrap();
+        drop(s);
+        for (p, bytes) in saved {
+            fs::write(p, bytes).unwrap();
+        }
+        // and an unfinished block from another interrupted flush
+        fs::write(d.path().join("blocks").join("00000099.blk.tmp"), b"partial").unwrap();
+        let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!(lines(&s, 0, 100), vec![(10, "a".into()), (20, "b".into())]);
+        assert!(!d.path().join("blocks").join("00000099.blk.tmp").exists());
+    }
+
+    #[test]
+    fn flush_due_by_size() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = LogStoreOptions { head_max_bytes: 10, ..LogStoreOptions::default() };
+        let s = LogStore::open_with(d.path(), opts).unwrap();
+        assert!(!s.flush_due());
+        push(&s, vec![e(1, "0123456789")]);
+        assert!(s.flush_due());
+        s.flush().unwrap();
+        assert!(!s.flush_due());
     }
 
     #[test]

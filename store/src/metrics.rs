@@ -114,7 +114,7 @@ impl MetricsStore {
     /// Opens the store in `dir` (its WAL lives in `dir` itself) and replays it.
     pub fn open(dir: &Path, wal_opts: WalOptions) -> Result<Self, StoreError> {
         let mut head = HashMap::new();
-        let (wal, replay) = Wal::open(dir, wal_opts, |typ, payload| {
+        let (wal, replay) = Wal::open(dir, wal_opts, 0, |typ, payload| {
             if typ != RECORD_SAMPLES {
                 return Err(StoreError::Corrupt {
                     path: dir.to_path_buf(),

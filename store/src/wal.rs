@@ -211,14 +211,21 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 impl Wal {
     /// Opens (creating if needed) the WAL in `dir`, replays every record into
     /// `f(record_type, payload)`, repairs a torn tail, and starts a new
-    /// segment for appends.
+    /// segment for appends. Segments numbered `≤ skip_through` hold data
+    /// already persisted elsewhere: they are deleted, not replayed.
     pub fn open(
         dir: &Path,
         opts: WalOptions,
+        skip_through: u64,
         mut f: impl FnMut(u8, &[u8]) -> Result<(), StoreError>,
     ) -> Result<(Wal, ReplayStats), StoreError> {
         fs::create_dir_all(dir).map_err(StoreError::io("create directory", dir))?;
-        let segs = list_segments(dir)?;
+        let mut segs = list_segments(dir)?;
+        let next_after_skipped = segs.iter().map(|(n, _)| *n).max().unwrap_or(0).max(skip_through);
+        for (_, path) in segs.iter().filter(|(n, _)| *n <= skip_through) {
+            fs::remove_file(path).map_err(StoreError::io("remove", path))?;
+        }
+        segs.retain(|(n, _)| *n > skip_through);
         let mut stats = ReplayStats::default();
         let mut sealed_bytes = 0;
         for (i, (_, path)) in segs.iter().enumerate() {
@@ -245,7 +252,7 @@ impl Wal {
             }
             sealed_bytes += fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         }
-        let seq = segs.last().map(|(n, _)| n + 1).unwrap_or(1);
+        let seq = next_after_skipped + 1;
         let w = Self::create_segment(dir, seq, sealed_bytes)?;
         Ok((Wal { dir: dir.to_path_buf(), opts, w: Mutex::new(w) }, stats))
     }
@@ -306,6 +313,43 @@ impl Wal {
         Ok(())
     }
 
+    /// Seals the current segment (fsync) and starts the next one; returns the
+    /// sealed segment's number. Every record appended before this call is in
+    /// a segment `≤` the returned number, every later one after it.
+    pub fn rotate(&self) -> Result<u64, StoreError> {
+        let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
+        w.file.sync_data().map_err(StoreError::io("fsync", &w.path))?;
+        let sealed_seq = w.seq;
+        let sealed = w.sealed_bytes + w.len;
+        let next = Self::create_segment(&self.dir, w.seq + 1, sealed)?;
+        *w = next;
+        Ok(sealed_seq)
+    }
+
+    /// Deletes the sealed segments numbered `≤ through` (their data is
+    /// persisted elsewhere). The current segment is never deleted.
+    pub fn remove_through(&self, through: u64) -> Result<(), StoreError> {
+        let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
+        let mut remaining = 0;
+        for (n, path) in list_segments(&self.dir)? {
+            if n == w.seq {
+                continue;
+            }
+            if n <= through {
+                fs::remove_file(&path).map_err(StoreError::io("remove", &path))?;
+            } else {
+                remaining += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        w.sealed_bytes = remaining;
+        Ok(())
+    }
+
+    /// Number of the segment appends currently go to.
+    pub fn current_segment(&self) -> u64 {
+        self.w.lock().unwrap_or_else(|p| p.into_inner()).seq
+    }
+
     /// Flushes written records to stable storage if any are pending.
     pub fn sync(&self) -> Result<(), StoreError> {
         let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
@@ -337,7 +381,7 @@ mod tests {
 
     fn collect(dir: &Path, opts: WalOptions) -> (Wal, Vec<(u8, Vec<u8>)>, ReplayStats) {
         let mut got = Vec::new();
-        let (wal, stats) = Wal::open(dir, opts, |t, p| {
+        let (wal, stats) = Wal::open(dir, opts, 0, |t, p| {
             got.push((t, p.to_vec()));
             Ok(())
         })
@@ -452,13 +496,52 @@ mod tests {
     }
 
     #[test]
+    fn rotate_remove_and_skip() {
+        let d = tempfile::tempdir().unwrap();
+        let (wal, _, _) = collect(d.path(), WalOptions::default());
+        wal.append(1, b"old").unwrap();
+        let sealed = wal.rotate().unwrap();
+        assert_eq!(sealed, 1);
+        wal.append(1, b"new").unwrap();
+        // a crash before remove_through: reopening with skip_through = sealed
+        // replays only the newer record
+        drop(wal);
+        let mut got = Vec::new();
+        let (wal, _) = Wal::open(d.path(), WalOptions::default(), sealed, |_, p| {
+            got.push(p.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, vec![b"new".to_vec()]);
+        assert!(!d.path().join(layout::wal_segment_name(1)).exists());
+        let cur = wal.current_segment();
+        wal.append(1, b"newer").unwrap();
+        let s2 = wal.rotate().unwrap();
+        assert_eq!(s2, cur);
+        wal.remove_through(s2).unwrap();
+        wal.append(1, b"newest").unwrap();
+        drop(wal);
+        let (_, got, _) = collect(d.path(), WalOptions::default());
+        assert_eq!(got, vec![(1, b"newest".to_vec())]);
+    }
+
+    /// Skipping past every existing segment still numbers new segments
+    /// after the skipped ones, so a block's `wal_through` stays meaningful.
+    #[test]
+    fn numbering_continues_after_skip() {
+        let d = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(d.path(), WalOptions::default(), 41, |_, _| Ok(())).unwrap();
+        assert_eq!(wal.current_segment(), 42);
+    }
+
+    #[test]
     fn unknown_version_is_a_typed_error() {
         let d = tempfile::tempdir().unwrap();
         let mut h = [0u8; 16];
         h[..8].copy_from_slice(MAGIC);
         h[8] = 99;
         fs::write(d.path().join(layout::wal_segment_name(1)), h).unwrap();
-        let r = Wal::open(d.path(), WalOptions::default(), |_, _| Ok(()));
+        let r = Wal::open(d.path(), WalOptions::default(), 0, |_, _| Ok(()));
         assert!(matches!(r, Err(StoreError::UnsupportedVersion { version: 99, .. })));
     }
 }
