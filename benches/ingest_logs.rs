@@ -141,7 +141,11 @@ fn main() {
                 raw_bytes += line.len() as u64;
                 let slot = pending.entry((fi, k)).or_default();
                 slot.1 += line.len();
-                slot.0.push(EntryAdapter { timestamp: Some(Timestamp::from_ns(ts)), line, structured_metadata: vec![] });
+                slot.0.push(EntryAdapter {
+                    timestamp: Some(Timestamp::from_ns(ts)),
+                    line,
+                    structured_metadata: vec![],
+                });
                 if slot.1 >= 1 << 20 {
                     let entries = std::mem::take(&mut slot.0);
                     slot.1 = 0;

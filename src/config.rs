@@ -58,6 +58,12 @@ impl Config {
         if self.storage.logs.flush_interval.0.is_zero() {
             anyhow::bail!("storage.logs.flush_interval must be greater than 0");
         }
+        if self.storage.metrics.head_max_samples == 0 {
+            anyhow::bail!("storage.metrics.head_max_samples must be greater than 0");
+        }
+        if self.storage.metrics.flush_interval.0.is_zero() {
+            anyhow::bail!("storage.metrics.flush_interval must be greater than 0");
+        }
         if self.limits.max_labels_per_series == 0 {
             anyhow::bail!("limits.max_labels_per_series must be at least 1");
         }

@@ -299,10 +299,10 @@ async fn serve(cfg: Config, with_collector: bool) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("HTTP connections still open after 5s; closing"),
     }
     let _ = maintenance.await;
-    // Persist the log head as a block so the next start replays little.
+    // Persist the heads as blocks so the next start replays little.
     let a = agg.clone();
     tokio::task::spawn_blocking(move || {
-        a.flush_logs();
+        a.flush_all();
         a.sync()
     })
     .await

@@ -34,6 +34,25 @@ pub struct StorageConfig {
     pub wal: WalConfig,
     /// `[storage.logs]`: log store settings.
     pub logs: LogsStorageConfig,
+    /// `[storage.metrics]`: metrics store settings.
+    pub metrics: MetricsStorageConfig,
+}
+
+/// `[storage.metrics]`: when in-memory samples are written to blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsStorageConfig {
+    /// Flush the in-memory head to a block of compressed chunks once it holds
+    /// this many samples (16 bytes each in memory).
+    pub head_max_samples: u64,
+    /// Flush the head once its oldest sample was written this long ago.
+    pub flush_interval: ConfigDuration,
+}
+
+impl Default for MetricsStorageConfig {
+    fn default() -> Self {
+        MetricsStorageConfig { head_max_samples: 4 << 20, flush_interval: ConfigDuration::from_secs(3600) }
+    }
 }
 
 impl Default for StorageConfig {
@@ -42,6 +61,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./cairn-data"),
             wal: WalConfig::default(),
             logs: LogsStorageConfig::default(),
+            metrics: MetricsStorageConfig::default(),
         }
     }
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use cairn_store::layout::{self, DirLock};
 use cairn_store::logs::{LogStore, LogStoreOptions};
-use cairn_store::metrics::MetricsStore;
+use cairn_store::metrics::{MetricsStore, MetricsStoreOptions};
 use cairn_store::{StoreError, WalOptions, WriteOutcome};
 use cairn_wire::{Labels, SeriesSamples, StreamEntries};
 
@@ -123,7 +123,14 @@ impl Aggregator {
         let dir = &config.storage.data_dir;
         let lock = layout::lock_data_dir(dir)?;
         let wal = WalOptions { fsync: config.storage.wal.fsync, segment_bytes: config.storage.wal.segment_size.0 };
-        let metrics = MetricsStore::open(&layout::metrics_wal(dir), wal.clone())?;
+        let metrics = MetricsStore::open_with(
+            &layout::metrics_dir(dir),
+            MetricsStoreOptions {
+                wal: wal.clone(),
+                head_max_samples: config.storage.metrics.head_max_samples,
+                flush_interval: config.storage.metrics.flush_interval.0,
+            },
+        )?;
         let logs = LogStore::open_with(
             &layout::logs_dir(dir),
             LogStoreOptions {
@@ -205,6 +212,9 @@ impl Aggregator {
             }
         }
         let outcome = self.metrics.append(tenant, ok)?;
+        if self.metrics.head_samples() >= self.config.storage.metrics.head_max_samples {
+            self.flush_wanted.notify_one();
+        }
         for (r, _) in &outcome.rejected {
             self.self_metrics.reject("samples", r.as_str(), 1);
         }
@@ -266,34 +276,49 @@ impl Aggregator {
         Ok(report)
     }
 
-    /// Writes the log head to a block if it is due (size or age), counting
-    /// the flush (blocking).
-    pub fn flush_logs_if_due(&self) {
+    /// Writes each engine's head to a block if it is due (size or age),
+    /// counting the flushes (blocking).
+    pub fn flush_if_due(&self) {
         if self.logs.flush_due() {
-            self.flush_logs();
+            self.flush_engine("logs");
+        }
+        if self.metrics.flush_due() {
+            self.flush_engine("metrics");
         }
     }
 
-    /// Writes the log head to a block now (blocking). Failures are logged
-    /// and counted; the data stays in the WAL and the head.
-    pub fn flush_logs(&self) {
+    /// Writes both heads to blocks now (blocking), e.g. at shutdown.
+    pub fn flush_all(&self) {
+        self.flush_engine("logs");
+        self.flush_engine("metrics");
+    }
+
+    /// Flushes one engine's head; failures are logged and counted, the data
+    /// stays in the WAL and the head.
+    fn flush_engine(&self, engine: &'static str) {
         let started = std::time::Instant::now();
-        match self.logs.flush() {
+        let res = match engine {
+            "logs" => self.logs.flush(),
+            _ => self.metrics.flush(),
+        };
+        let count = |result: &str| {
+            self.self_metrics.flushes.get_or_create(&vec![("engine", engine.into()), ("result", result.into())]).inc();
+        };
+        match res {
             Ok(0) => {}
             Ok(n) => {
-                self.self_metrics.log_flushes.get_or_create(&vec![("result", "ok".into())]).inc();
-                tracing::debug!(entries = n, secs = started.elapsed().as_secs_f64(), "log head flushed to a block");
+                count("ok");
+                tracing::debug!(engine, items = n, secs = started.elapsed().as_secs_f64(), "head flushed to a block");
             }
             Err(e) => {
-                self.self_metrics.log_flushes.get_or_create(&vec![("result", "error".into())]).inc();
-                tracing::error!(error = %e, "log flush failed; data stays in the WAL and will be retried");
+                count("error");
+                tracing::error!(engine, error = %e, "flush failed; data stays in the WAL and will be retried");
             }
         }
     }
 
-    /// Background upkeep until `stop` turns true: log flushes (when the head
-    /// fills, or every second for age) and, with `fsync = "interval"`,
-    /// periodic WAL fsync.
+    /// Background upkeep until `stop` turns true: head flushes (when a head
+    /// fills, or by age) and, with `fsync = "interval"`, periodic WAL fsync.
     pub async fn run_maintenance(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let fsync_every = (self.config.storage.wal.fsync == cairn_store::FsyncPolicy::Interval)
             .then_some(self.config.storage.wal.fsync_interval.0);
@@ -312,7 +337,7 @@ impl Aggregator {
                 last_sync = std::time::Instant::now();
             }
             let _ = tokio::task::spawn_blocking(move || {
-                agg.flush_logs_if_due();
+                agg.flush_if_due();
                 if sync_now && let Err(e) = agg.sync() {
                     tracing::error!(error = %e, "WAL fsync failed");
                 }
@@ -334,10 +359,12 @@ impl Aggregator {
         m.wal_size.get_or_create(&vec![("engine", "logs".into())]).set(self.logs.wal_size_bytes() as i64);
         m.head_series.get_or_create(&vec![("engine", "metrics".into())]).set(self.metrics.counts().0 as i64);
         m.head_series.get_or_create(&vec![("engine", "logs".into())]).set(self.logs.counts().0 as i64);
-        let (blocks, block_bytes) = self.logs.block_stats();
-        m.blocks.get_or_create(&vec![("engine", "logs".into())]).set(blocks as i64);
-        m.block_bytes.get_or_create(&vec![("engine", "logs".into())]).set(block_bytes as i64);
+        for (engine, (blocks, bytes)) in [("logs", self.logs.block_stats()), ("metrics", self.metrics.block_stats())] {
+            m.blocks.get_or_create(&vec![("engine", engine.into())]).set(blocks as i64);
+            m.block_bytes.get_or_create(&vec![("engine", engine.into())]).set(bytes as i64);
+        }
         m.head_bytes.get_or_create(&vec![("engine", "logs".into())]).set(self.logs.head_bytes() as i64);
+        m.head_bytes.get_or_create(&vec![("engine", "metrics".into())]).set(16 * self.metrics.head_samples() as i64);
         m.encode()
     }
 }

@@ -41,8 +41,8 @@ pub struct SelfMetrics {
     pub blocks: Family<L, Gauge>,
     /// Bytes of blocks on disk, by engine.
     pub block_bytes: Family<L, Gauge>,
-    /// Log head flushes, by result.
-    pub log_flushes: Family<L, Counter>,
+    /// Head flushes to blocks, by engine and result.
+    pub flushes: Family<L, Counter>,
 }
 
 impl Default for SelfMetrics {
@@ -68,7 +68,7 @@ impl SelfMetrics {
             head_bytes: Family::default(),
             blocks: Family::default(),
             block_bytes: Family::default(),
-            log_flushes: Family::default(),
+            flushes: Family::default(),
             registry: Registry::default(),
         };
         registry.register("cairn_ingest_samples", "Metric samples stored", m.samples_ingested.clone());
@@ -91,7 +91,7 @@ impl SelfMetrics {
         registry.register("cairn_head_bytes", "Bytes held in memory heads, by engine", m.head_bytes.clone());
         registry.register("cairn_blocks", "Blocks on disk, by engine", m.blocks.clone());
         registry.register("cairn_block_size_bytes", "Bytes of blocks on disk, by engine", m.block_bytes.clone());
-        registry.register("cairn_log_flushes", "Log head flushes to blocks, by result", m.log_flushes.clone());
+        registry.register("cairn_flushes", "Head flushes to blocks, by engine and result", m.flushes.clone());
         SelfMetrics { registry, ..m }
     }
 

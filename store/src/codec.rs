@@ -101,6 +101,16 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(b).map_err(|_| DecodeError { offset: start, reason: "invalid UTF-8" })
     }
 
+    /// Reads 8 big-endian bytes.
+    pub fn u64_be(&mut self) -> Result<u64, DecodeError> {
+        Ok(self.u64_le()?.swap_bytes())
+    }
+
+    /// The bytes not read yet.
+    pub fn rest(&self) -> &'a [u8] {
+        &self.buf[self.pos.min(self.buf.len())..]
+    }
+
     /// Reads 4 little-endian bytes.
     pub fn u32_le(&mut self) -> Result<u32, DecodeError> {
         let end = self.pos + 4;

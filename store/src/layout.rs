@@ -4,6 +4,7 @@
 //! <data-dir>/
 //!   cairn.lock            advisory lock held by the running process
 //!   metrics/wal/          metrics write-ahead log segments
+//!   metrics/blocks/       immutable metric blocks, `<wal_through>.blk`
 //!   logs/wal/             log write-ahead log segments
 //!   logs/blocks/          immutable log blocks, `<wal_through>.blk`
 //!   collector/            collector state (names in collector/src/tail.rs,
@@ -23,14 +24,19 @@ pub const WAL_DIR: &str = "wal";
 /// Extension of WAL segment files (`00000001.wal`).
 pub const WAL_SEGMENT_EXT: &str = "wal";
 
-/// Directory of log blocks inside the log engine directory.
+/// Directory of blocks inside an engine directory.
 pub const BLOCKS_DIR: &str = "blocks";
-/// Extension of log block files.
-pub const LOG_BLOCK_EXT: &str = "blk";
+/// Extension of block files.
+pub const BLOCK_EXT: &str = "blk";
 
-/// File name of the log block covering WAL segments up to `wal_through`.
-pub fn log_block_name(wal_through: u64) -> String {
-    format!("{wal_through:08}.{LOG_BLOCK_EXT}")
+/// File name of the block covering WAL segments up to `wal_through`.
+pub fn block_name(wal_through: u64) -> String {
+    format!("{wal_through:08}.{BLOCK_EXT}")
+}
+
+/// `<data-dir>/metrics`
+pub fn metrics_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(METRICS_DIR)
 }
 
 /// `<data-dir>/logs`

@@ -21,12 +21,14 @@
 //! the WAL at start. Chunks, blocks, compaction and retention come next
 //! (see `docs/ARCHITECTURE.md`).
 
+pub mod block;
 pub mod codec;
 pub mod layout;
-pub mod logblock;
 pub mod logs;
 pub mod metrics;
+mod tiered;
 pub mod wal;
+pub mod xor;
 
 use std::path::PathBuf;
 

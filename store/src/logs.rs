@@ -12,18 +12,17 @@
 //! API's meaning.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 pub use cairn_wire::{Entry, StreamEntries};
 use cairn_wire::{Labels, Matcher, matcher::matches_all};
 
+use crate::block::{self, Block, BlockKind, EncodedChunk, SeriesChunks};
 use crate::codec::{Reader, put_bytes, put_uvarint, put_varint};
-use crate::logblock::{self, LogBlock};
-use crate::wal::{ReplayStats, Wal, WalOptions};
-use crate::{StoreError, WriteOutcome, layout};
+use crate::tiered::{HeadData, Tiered};
+use crate::wal::{ReplayStats, WalOptions};
+use crate::{StoreError, WriteOutcome};
 
 /// WAL record type of a log write batch.
 pub const RECORD_ENTRIES: u8 = 2;
@@ -83,25 +82,10 @@ impl Default for LogStoreOptions {
     }
 }
 
-/// Blocks and the head being flushed, swapped together so a query sees
-/// every entry exactly once.
-#[derive(Default)]
-struct Persisted {
-    blocks: Vec<Arc<LogBlock>>,
-    frozen: Option<Arc<Head>>,
-}
-
 /// The log store.
 pub struct LogStore {
-    dir: PathBuf,
+    t: Tiered<Head>,
     opts: LogStoreOptions,
-    wal: Wal,
-    write_lock: Mutex<()>,
-    flush_lock: Mutex<()>,
-    /// Lock order: `persisted` before `head`.
-    persisted: RwLock<Persisted>,
-    head: RwLock<Head>,
-    replay: ReplayStats,
 }
 
 fn encode_batch(buf: &mut Vec<u8>, tenant: &str, batch: &[StreamEntries]) {
@@ -164,6 +148,95 @@ fn upper_bound(entries: &[Entry], ts: i64) -> usize {
 fn is_duplicate(entries: &[Entry], e: &Entry) -> bool {
     let hi = upper_bound(entries, e.ts);
     entries[..hi].iter().rev().take_while(|x| x.ts == e.ts).any(|x| x.line == e.line)
+}
+
+/// Raw line bytes per chunk before a new chunk is started.
+pub const CHUNK_RAW_BYTES: usize = 1 << 20;
+/// zstd level for chunks (see `docs/format/logs.md`).
+pub const ZSTD_LEVEL: i32 = 3;
+
+fn encode_chunk(buf: &mut Vec<u8>, entries: &[Entry]) {
+    put_uvarint(buf, entries.len() as u64);
+    let mut prev = entries.first().map(|e| e.ts).unwrap_or(0);
+    for e in entries {
+        put_varint(buf, e.ts.wrapping_sub(prev));
+        prev = e.ts;
+        put_bytes(buf, e.line.as_bytes());
+        put_uvarint(buf, e.metadata.len() as u64);
+        for (k, v) in &e.metadata {
+            put_bytes(buf, k.as_bytes());
+            put_bytes(buf, v.as_bytes());
+        }
+    }
+}
+
+fn decode_chunk(payload: &[u8], min_ts: i64, out: &mut Vec<Entry>) -> Result<(), crate::codec::DecodeError> {
+    let mut r = Reader::new(payload);
+    let n = r.count(3)?;
+    out.reserve(n);
+    let mut ts = min_ts;
+    for _ in 0..n {
+        ts = ts.wrapping_add(r.varint()?);
+        let line = r.str()?.to_string();
+        let nm = r.count(2)?;
+        let mut metadata = Vec::with_capacity(nm);
+        for _ in 0..nm {
+            metadata.push((r.str()?.to_string(), r.str()?.to_string()));
+        }
+        out.push(Entry { ts, line, metadata });
+    }
+    Ok(())
+}
+
+/// Splits every stream of `head` into zstd-compressed chunks of about
+/// [`CHUNK_RAW_BYTES`] of lines.
+fn encode_streams(head: &Head) -> Result<Vec<SeriesChunks<'_>>, StoreError> {
+    let mut compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| StoreError::Corrupt {
+        path: PathBuf::new(),
+        offset: 0,
+        reason: format!("zstd: {e}"),
+    })?;
+    let mut payload = Vec::new();
+    let mut out = Vec::new();
+    for (tenant, t) in &head.tenants {
+        for s in &t.streams {
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            let mut raw = 0usize;
+            for (i, e) in s.entries.iter().enumerate() {
+                raw += e.line.len();
+                if raw >= CHUNK_RAW_BYTES || i + 1 == s.entries.len() {
+                    let c = &s.entries[start..=i];
+                    payload.clear();
+                    encode_chunk(&mut payload, c);
+                    let bytes = compressor.compress(&payload).map_err(|e| StoreError::Corrupt {
+                        path: PathBuf::new(),
+                        offset: 0,
+                        reason: format!("zstd: {e}"),
+                    })?;
+                    chunks.push(EncodedChunk {
+                        bytes,
+                        min_ts: c[0].ts,
+                        max_ts: c[c.len() - 1].ts,
+                        count: c.len() as u64,
+                        raw_bytes: c.iter().map(|e| e.line.len() as u64).sum(),
+                        payload: payload.len() as u64,
+                    });
+                    start = i + 1;
+                    raw = 0;
+                }
+            }
+            out.push((tenant.as_str(), &s.labels, chunks));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads, checks, decompresses and decodes one chunk of a log block.
+fn read_chunk(b: &Block, c: &block::ChunkMeta, out: &mut Vec<Entry>) -> Result<(), StoreError> {
+    let bytes = b.chunk_bytes(c)?;
+    let payload = zstd::bulk::decompress(&bytes, c.payload as usize).map_err(|e| b.corrupt(c, format!("zstd: {e}")))?;
+    decode_chunk(&payload, c.min_ts, out).map_err(|e| b.corrupt(c, format!("chunk payload: {e}")))
 }
 
 fn entry_bytes(e: &Entry) -> u64 {
@@ -234,6 +307,37 @@ impl Head {
     }
 }
 
+impl HeadData for Head {
+    fn is_empty(&self) -> bool {
+        Head::is_empty(self)
+    }
+
+    fn replay(&mut self, payload: &[u8]) -> Result<(), crate::codec::DecodeError> {
+        let (tenant, batch) = decode_batch(payload)?;
+        apply(self, &tenant, batch);
+        Ok(())
+    }
+
+    fn encode(&self) -> Result<Vec<SeriesChunks<'_>>, StoreError> {
+        encode_streams(self)
+    }
+
+    fn merge_back(&mut self, failed: &Self) {
+        for (tenant, t) in &failed.tenants {
+            let batch = t
+                .streams
+                .iter()
+                .map(|s| StreamEntries { labels: s.labels.clone(), entries: s.entries.clone() })
+                .collect();
+            apply(self, tenant, batch);
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.tenants.values().flat_map(|t| &t.streams).map(|s| s.entries.len() as u64).sum()
+    }
+}
+
 impl LogStore {
     /// Opens the store in `dir` (WAL in `dir/wal`, blocks in `dir/blocks`)
     /// with default flush settings.
@@ -244,56 +348,13 @@ impl LogStore {
     /// Opens the store in `dir`: loads every block, deletes leftover
     /// temporary files, and replays the WAL segments no block covers.
     pub fn open_with(dir: &Path, opts: LogStoreOptions) -> Result<Self, StoreError> {
-        let blocks_dir = dir.join(layout::BLOCKS_DIR);
-        fs::create_dir_all(&blocks_dir).map_err(StoreError::io("create directory", &blocks_dir))?;
-        let mut blocks = Vec::new();
-        for e in fs::read_dir(&blocks_dir).map_err(StoreError::io("read directory", &blocks_dir))? {
-            let e = e.map_err(StoreError::io("read directory", &blocks_dir))?;
-            let path = e.path();
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if name.ends_with(".tmp") {
-                tracing::warn!(path = %path.display(), "removing unfinished block from an interrupted flush");
-                fs::remove_file(&path).map_err(StoreError::io("remove", &path))?;
-            } else if name.ends_with(layout::LOG_BLOCK_EXT) {
-                blocks.push(Arc::new(LogBlock::open(&path)?));
-            }
-        }
-        blocks.sort_by_key(|b| b.wal_through);
-        let covered = blocks.iter().map(|b| b.wal_through).max().unwrap_or(0);
-        let mut head = Head::default();
-        let wal_dir = dir.join(layout::WAL_DIR);
-        let (wal, replay) = Wal::open(&wal_dir, opts.wal.clone(), covered, |typ, payload| {
-            if typ != RECORD_ENTRIES {
-                return Err(StoreError::Corrupt {
-                    path: wal_dir.clone(),
-                    offset: 0,
-                    reason: format!("unknown log WAL record type {typ}"),
-                });
-            }
-            let (tenant, batch) = decode_batch(payload).map_err(|e| StoreError::Corrupt {
-                path: wal_dir.clone(),
-                offset: e.offset as u64,
-                reason: format!("log WAL record: {}", e.reason),
-            })?;
-            apply(&mut head, &tenant, batch);
-            Ok(())
-        })?;
-        Ok(LogStore {
-            dir: dir.to_path_buf(),
-            opts,
-            wal,
-            write_lock: Mutex::new(()),
-            flush_lock: Mutex::new(()),
-            persisted: RwLock::new(Persisted { blocks, frozen: None }),
-            head: RwLock::new(head),
-            replay,
-        })
+        let t = Tiered::open(dir, BlockKind::Logs, RECORD_ENTRIES, opts.wal.clone())?;
+        Ok(LogStore { t, opts })
     }
 
     /// What the WAL replay at open found.
     pub fn replay_stats(&self) -> &ReplayStats {
-        &self.replay
+        &self.t.replay
     }
 
     /// Writes a batch; returns once it is in the WAL. Validation of lines and
@@ -302,11 +363,11 @@ impl LogStore {
         let accepted = batch.iter().map(|s| s.entries.len()).sum();
         let batch: Vec<StreamEntries> = batch.into_iter().filter(|s| !s.entries.is_empty()).collect();
         if !batch.is_empty() {
-            let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut buf = Vec::new();
             encode_batch(&mut buf, tenant, &batch);
-            self.wal.append(RECORD_ENTRIES, &buf)?;
-            let mut head = self.head.write().unwrap_or_else(|p| p.into_inner());
+            self.t.wal.append(RECORD_ENTRIES, &buf)?;
+            let mut head = self.t.head.write().unwrap_or_else(|p| p.into_inner());
             apply(&mut head, tenant, batch);
         }
         Ok(WriteOutcome { accepted, rejected: Vec::new() })
@@ -315,13 +376,13 @@ impl LogStore {
     /// True when the head is over `head_max_bytes` or its oldest data is
     /// older than `flush_interval`.
     pub fn flush_due(&self) -> bool {
-        let head = self.head.read().unwrap_or_else(|p| p.into_inner());
+        let head = self.t.head.read().unwrap_or_else(|p| p.into_inner());
         head.bytes >= self.opts.head_max_bytes || head.since.is_some_and(|t| t.elapsed() >= self.opts.flush_interval)
     }
 
     /// Bytes held in the head.
     pub fn head_bytes(&self) -> u64 {
-        self.head.read().unwrap_or_else(|p| p.into_inner()).bytes
+        self.t.head.read().unwrap_or_else(|p| p.into_inner()).bytes
     }
 
     /// Writes the whole head to a new block and drops the WAL segments it
@@ -329,52 +390,7 @@ impl LogStore {
     /// argument). Writes continue during the flush. Returns the number of
     /// entries flushed.
     pub fn flush(&self) -> Result<u64, StoreError> {
-        let _f = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (frozen, sealed) = {
-            let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let mut persisted = self.persisted.write().unwrap_or_else(|p| p.into_inner());
-            let mut head = self.head.write().unwrap_or_else(|p| p.into_inner());
-            if head.is_empty() {
-                return Ok(0);
-            }
-            let sealed = self.wal.rotate()?;
-            let frozen = Arc::new(std::mem::take(&mut *head));
-            persisted.frozen = Some(frozen.clone());
-            (frozen, sealed)
-        };
-        let entries: u64 = frozen.tenants.values().flat_map(|t| &t.streams).map(|s| s.entries.len() as u64).sum();
-        let streams = frozen
-            .tenants
-            .iter()
-            .flat_map(|(tenant, t)| t.streams.iter().map(move |s| (tenant.as_str(), &s.labels, s.entries.as_slice())));
-        match logblock::write_block(&self.dir.join(layout::BLOCKS_DIR), sealed, streams) {
-            Ok(block) => {
-                {
-                    let mut persisted = self.persisted.write().unwrap_or_else(|p| p.into_inner());
-                    persisted.blocks.push(Arc::new(block));
-                    persisted.frozen = None;
-                }
-                self.wal.remove_through(sealed)?;
-                Ok(entries)
-            }
-            Err(e) => {
-                // Keep the data queryable and flushable: put it back into the
-                // head. Its WAL segments were not removed, so it stays durable.
-                let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-                let mut persisted = self.persisted.write().unwrap_or_else(|p| p.into_inner());
-                let mut head = self.head.write().unwrap_or_else(|p| p.into_inner());
-                for (tenant, t) in &frozen.tenants {
-                    let batch = t
-                        .streams
-                        .iter()
-                        .map(|s| StreamEntries { labels: s.labels.clone(), entries: s.entries.clone() })
-                        .collect();
-                    apply(&mut head, tenant, batch);
-                }
-                persisted.frozen = None;
-                Err(e)
-            }
-        }
+        self.t.flush()
     }
 
     /// Calls `f(labels, entries)` for every stream of `tenant` matching all
@@ -396,8 +412,7 @@ impl LogStore {
         end: i64,
         f: &mut dyn FnMut(&Labels, &[Entry]),
     ) -> Result<(), StoreError> {
-        let persisted = self.persisted.read().unwrap_or_else(|p| p.into_inner());
-        let head = self.head.read().unwrap_or_else(|p| p.into_inner());
+        let (persisted, head) = self.t.read();
         // Fast path: everything in the head.
         let in_blocks = persisted
             .blocks
@@ -418,7 +433,7 @@ impl LogStore {
                 }
                 let mut got = Vec::new();
                 for c in s.chunks.iter().filter(|c| c.min_ts < end && c.max_ts >= start) {
-                    b.read_chunk(c, &mut got)?;
+                    read_chunk(b, c, &mut got)?;
                 }
                 got.retain(|e| e.ts >= start && e.ts < end);
                 if !got.is_empty() {
@@ -453,7 +468,7 @@ impl LogStore {
 
     /// Number of streams and entries in the head, over all tenants.
     pub fn counts(&self) -> (usize, usize) {
-        let head = self.head.read().unwrap_or_else(|p| p.into_inner());
+        let head = self.t.head.read().unwrap_or_else(|p| p.into_inner());
         head.tenants.values().fold((0, 0), |(s, n), t| {
             (s + t.streams.len(), n + t.streams.iter().map(|x| x.entries.len()).sum::<usize>())
         })
@@ -461,24 +476,24 @@ impl LogStore {
 
     /// Number of blocks and their bytes on disk.
     pub fn block_stats(&self) -> (usize, u64) {
-        let p = self.persisted.read().unwrap_or_else(|p| p.into_inner());
-        (p.blocks.len(), p.blocks.iter().map(|b| b.size).sum())
+        self.t.block_stats()
     }
 
     /// Bytes of WAL on disk.
     pub fn wal_size_bytes(&self) -> u64 {
-        self.wal.size_bytes()
+        self.t.wal.size_bytes()
     }
 
     /// Flushes the WAL (for `fsync = "interval"` and at shutdown).
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.wal.sync()
+        self.t.wal.sync()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn e(ts: i64, line: &str) -> Entry {
         Entry { ts, line: line.into(), metadata: vec![] }

@@ -1,20 +1,23 @@
 //! The metrics engine: series of (millisecond timestamp, f64) samples per
 //! tenant, written through the WAL.
 //!
-//! Current stage: the head keeps samples uncompressed in memory and is rebuilt
-//! from the WAL at start; compressed chunks, blocks, compaction and retention
-//! replace this in the storage issue without changing this API's meaning.
+//! Samples live in the in-memory head until it is flushed (by size or age)
+//! into an immutable block of Gorilla-encoded chunks (`xor.rs`, format in
+//! `docs/format/tsdb.md`); the shared flush protocol is in `tiered.rs`.
+//! Queries merge blocks, the head being flushed, and the head.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 pub use cairn_wire::SeriesSamples;
 use cairn_wire::{Labels, Matcher, matcher::matches_all};
 
+use crate::block::{BlockKind, EncodedChunk, SeriesChunks};
 use crate::codec::{Reader, put_bytes, put_uvarint, put_varint};
-use crate::wal::{ReplayStats, Wal, WalOptions};
-use crate::{RejectReason, StoreError, WriteOutcome};
+use crate::tiered::{HeadData, Tiered};
+use crate::wal::{ReplayStats, WalOptions};
+use crate::{RejectReason, StoreError, WriteOutcome, xor};
 
 /// WAL record type of a metrics write batch.
 pub const RECORD_SAMPLES: u8 = 1;
@@ -32,14 +35,121 @@ struct TenantHead {
     by_labels: HashMap<Labels, usize>,
 }
 
+/// In-memory samples not yet in a block.
+#[derive(Default)]
+struct Head {
+    tenants: HashMap<String, TenantHead>,
+    samples: u64,
+    since: Option<Instant>,
+}
+
+/// Samples per chunk in a block (one hour at a 15 s scrape interval).
+pub const CHUNK_SAMPLES: usize = 240;
+
+/// Settings of the metrics store.
+#[derive(Debug, Clone)]
+pub struct MetricsStoreOptions {
+    /// WAL settings.
+    pub wal: WalOptions,
+    /// Flush the head to a block once it holds this many samples.
+    pub head_max_samples: u64,
+    /// Flush the head once its oldest data is this old.
+    pub flush_interval: Duration,
+}
+
+impl Default for MetricsStoreOptions {
+    fn default() -> Self {
+        MetricsStoreOptions {
+            wal: WalOptions::default(),
+            head_max_samples: 4 << 20,
+            flush_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// The metrics store.
 pub struct MetricsStore {
-    wal: Wal,
-    /// Serialises writers so validation under the read lock stays valid until
-    /// the batch is applied.
-    write_lock: Mutex<()>,
-    head: RwLock<HashMap<String, TenantHead>>,
-    replay: ReplayStats,
+    t: Tiered<Head>,
+    opts: MetricsStoreOptions,
+}
+
+impl HeadData for Head {
+    fn is_empty(&self) -> bool {
+        self.samples == 0
+    }
+
+    fn replay(&mut self, payload: &[u8]) -> Result<(), crate::codec::DecodeError> {
+        let (tenant, batch) = decode_batch(payload)?;
+        apply(self, &tenant, batch);
+        Ok(())
+    }
+
+    fn encode(&self) -> Result<Vec<SeriesChunks<'_>>, StoreError> {
+        let mut out = Vec::new();
+        for (tenant, th) in &self.tenants {
+            for s in &th.series {
+                let chunks = s
+                    .samples
+                    .chunks(CHUNK_SAMPLES)
+                    .map(|c| {
+                        let mut bytes = Vec::new();
+                        xor::encode(&mut bytes, c);
+                        EncodedChunk {
+                            bytes,
+                            min_ts: c[0].0,
+                            max_ts: c[c.len() - 1].0,
+                            count: c.len() as u64,
+                            raw_bytes: 16 * c.len() as u64,
+                            payload: 0,
+                        }
+                    })
+                    .collect();
+                out.push((tenant.as_str(), &s.labels, chunks));
+            }
+        }
+        Ok(out)
+    }
+
+    fn merge_back(&mut self, failed: &Self) {
+        for (tenant, th) in &failed.tenants {
+            let batch = th
+                .series
+                .iter()
+                .map(|s| SeriesSamples { labels: s.labels.clone(), samples: s.samples.clone() })
+                .collect();
+            apply(self, tenant, batch);
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.samples
+    }
+}
+
+impl Head {
+    /// Samples of matching series of `tenant` in `[mint, maxt]`.
+    fn collect<'a>(
+        &'a self,
+        tenant: &str,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        mut f: impl FnMut(&'a Labels, &'a [(i64, f64)]),
+    ) {
+        let Some(th) = self.tenants.get(tenant) else {
+            return;
+        };
+        for s in &th.series {
+            if !matches_all(matchers, &s.labels) {
+                continue;
+            }
+            let lo = s.samples.partition_point(|p| p.0 < mint);
+            let hi = s.samples.partition_point(|p| p.0 <= maxt);
+            if lo < hi {
+                f(&s.labels, &s.samples[lo..hi]);
+            }
+        }
+    }
 }
 
 fn encode_batch(buf: &mut Vec<u8>, tenant: &str, batch: &[SeriesSamples]) {
@@ -84,8 +194,12 @@ fn decode_batch(payload: &[u8]) -> Result<(String, Vec<SeriesSamples>), crate::c
     Ok((tenant, out))
 }
 
-fn apply(head: &mut HashMap<String, TenantHead>, tenant: &str, batch: Vec<SeriesSamples>) {
-    let th = head.entry(tenant.to_string()).or_default();
+fn apply(head: &mut Head, tenant: &str, batch: Vec<SeriesSamples>) {
+    if head.since.is_none() && batch.iter().any(|s| !s.samples.is_empty()) {
+        head.since = Some(Instant::now());
+    }
+    let th = head.tenants.entry(tenant.to_string()).or_default();
+    let mut added = 0u64;
     for s in batch {
         let idx = match th.by_labels.get(&s.labels) {
             Some(&i) => i,
@@ -102,40 +216,33 @@ fn apply(head: &mut HashMap<String, TenantHead>, tenant: &str, batch: Vec<Series
                 Some(&(lt, _)) if lt < t => series.samples.push((t, v)),
                 None => series.samples.push((t, v)),
                 _ => match series.samples.binary_search_by_key(&t, |p| p.0) {
-                    Ok(_) => {} // duplicate: validated before the WAL; replay may repeat it
+                    Ok(_) => continue, // duplicate: validated before the WAL; replay may repeat it
                     Err(pos) => series.samples.insert(pos, (t, v)),
                 },
             }
+            added += 1;
         }
     }
+    head.samples += added;
 }
 
 impl MetricsStore {
-    /// Opens the store in `dir` (its WAL lives in `dir` itself) and replays it.
+    /// Opens the store in `dir` (WAL in `dir/wal`, blocks in `dir/blocks`)
+    /// with default flush settings.
     pub fn open(dir: &Path, wal_opts: WalOptions) -> Result<Self, StoreError> {
-        let mut head = HashMap::new();
-        let (wal, replay) = Wal::open(dir, wal_opts, 0, |typ, payload| {
-            if typ != RECORD_SAMPLES {
-                return Err(StoreError::Corrupt {
-                    path: dir.to_path_buf(),
-                    offset: 0,
-                    reason: format!("unknown metrics WAL record type {typ}"),
-                });
-            }
-            let (tenant, batch) = decode_batch(payload).map_err(|e| StoreError::Corrupt {
-                path: dir.to_path_buf(),
-                offset: e.offset as u64,
-                reason: format!("metrics WAL record: {}", e.reason),
-            })?;
-            apply(&mut head, &tenant, batch);
-            Ok(())
-        })?;
-        Ok(MetricsStore { wal, write_lock: Mutex::new(()), head: RwLock::new(head), replay })
+        Self::open_with(dir, MetricsStoreOptions { wal: wal_opts, ..MetricsStoreOptions::default() })
+    }
+
+    /// Opens the store in `dir`: loads every block, deletes leftover
+    /// temporary files, and replays the WAL segments no block covers.
+    pub fn open_with(dir: &Path, opts: MetricsStoreOptions) -> Result<Self, StoreError> {
+        let t = Tiered::open(dir, BlockKind::Metrics, RECORD_SAMPLES, opts.wal.clone())?;
+        Ok(MetricsStore { t, opts })
     }
 
     /// What the WAL replay at open found.
     pub fn replay_stats(&self) -> &ReplayStats {
-        &self.replay
+        &self.t.replay
     }
 
     /// Writes a batch. Exact duplicates (same series, timestamp and value bits)
@@ -143,7 +250,7 @@ impl MetricsStore {
     /// series without `__name__`, is rejected for that sample only. Returns
     /// once the accepted samples are in the WAL.
     pub fn append(&self, tenant: &str, batch: Vec<SeriesSamples>) -> Result<WriteOutcome, StoreError> {
-        let _w = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut outcome = WriteOutcome::default();
         // Merge series that appear more than once in the batch.
         let mut merged: HashMap<Labels, Vec<(i64, f64)>> = HashMap::with_capacity(batch.len());
@@ -160,8 +267,8 @@ impl MetricsStore {
         }
         let mut to_write = Vec::with_capacity(merged.len());
         {
-            let head = self.head.read().unwrap_or_else(|p| p.into_inner());
-            let th = head.get(tenant);
+            let head = self.t.head.read().unwrap_or_else(|p| p.into_inner());
+            let th = head.tenants.get(tenant);
             for (labels, mut samples) in merged {
                 samples.sort_by_key(|p| p.0);
                 let existing =
@@ -195,71 +302,141 @@ impl MetricsStore {
         }
         let mut buf = Vec::new();
         encode_batch(&mut buf, tenant, &to_write);
-        self.wal.append(RECORD_SAMPLES, &buf)?;
-        let mut head = self.head.write().unwrap_or_else(|p| p.into_inner());
+        self.t.wal.append(RECORD_SAMPLES, &buf)?;
+        let mut head = self.t.head.write().unwrap_or_else(|p| p.into_inner());
         apply(&mut head, tenant, to_write);
         Ok(outcome)
+    }
+
+    /// True when the head holds `head_max_samples` or its oldest data is
+    /// older than `flush_interval`.
+    pub fn flush_due(&self) -> bool {
+        let head = self.t.head.read().unwrap_or_else(|p| p.into_inner());
+        head.samples >= self.opts.head_max_samples
+            || head.since.is_some_and(|t| t.elapsed() >= self.opts.flush_interval)
+    }
+
+    /// Samples held in the head.
+    pub fn head_samples(&self) -> u64 {
+        self.t.head.read().unwrap_or_else(|p| p.into_inner()).samples
+    }
+
+    /// Writes the head to a block of Gorilla chunks and drops the WAL behind
+    /// it. Returns the number of samples flushed.
+    pub fn flush(&self) -> Result<u64, StoreError> {
+        self.t.flush()
+    }
+
+    /// Number of blocks and their bytes on disk.
+    pub fn block_stats(&self) -> (usize, u64) {
+        self.t.block_stats()
+    }
+
+    /// Calls `f` for every matching series with its samples in `[mint, maxt]`
+    /// from blocks, the frozen head and the head, merged by timestamp (for a
+    /// timestamp present in several, the newest source wins).
+    fn gather(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<BTreeMap<Labels, Vec<(i64, f64)>>, StoreError> {
+        let (persisted, head) = self.t.read();
+        let mut by: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+        for b in &persisted.blocks {
+            if b.min_ts > maxt || b.max_ts < mint {
+                continue;
+            }
+            for s in b.tenant_streams(tenant) {
+                if !matches_all(matchers, &s.labels) {
+                    continue;
+                }
+                let mut got = Vec::new();
+                for c in s.chunks.iter().filter(|c| c.min_ts <= maxt && c.max_ts >= mint) {
+                    let bytes = b.chunk_bytes(c)?;
+                    xor::decode(&bytes, &mut got).map_err(|e| b.corrupt(c, format!("chunk: {}", e.reason)))?;
+                }
+                got.retain(|p| p.0 >= mint && p.0 <= maxt);
+                if !got.is_empty() {
+                    by.entry(s.labels.clone()).or_default().extend(got);
+                }
+            }
+        }
+        if let Some(fr) = &persisted.frozen {
+            fr.collect(tenant, matchers, mint, maxt, |l, ss| by.entry(l.clone()).or_default().extend_from_slice(ss));
+        }
+        head.collect(tenant, matchers, mint, maxt, |l, ss| by.entry(l.clone()).or_default().extend_from_slice(ss));
+        for samples in by.values_mut() {
+            samples.sort_by_key(|p| p.0); // stable: later sources stay later
+            let mut out: Vec<(i64, f64)> = Vec::with_capacity(samples.len());
+            for &p in samples.iter() {
+                match out.last_mut() {
+                    Some(last) if last.0 == p.0 => *last = p,
+                    _ => out.push(p),
+                }
+            }
+            *samples = out;
+        }
+        Ok(by)
     }
 
     /// Series of `tenant` matching all `matchers`, with their samples in
     /// `[mint, maxt]` (inclusive), sorted by labels. Series with no sample in
     /// the range are left out.
     pub fn select(&self, tenant: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesSamples> {
-        let head = self.head.read().unwrap_or_else(|p| p.into_inner());
-        let Some(th) = head.get(tenant) else {
-            return Vec::new();
-        };
-        let mut out: Vec<SeriesSamples> = th
-            .series
-            .iter()
-            .filter(|s| matches_all(matchers, &s.labels))
-            .filter_map(|s| {
-                let lo = s.samples.partition_point(|p| p.0 < mint);
-                let hi = s.samples.partition_point(|p| p.0 <= maxt);
-                (lo < hi).then(|| SeriesSamples { labels: s.labels.clone(), samples: s.samples[lo..hi].to_vec() })
-            })
-            .collect();
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        out
+        match self.gather(tenant, matchers, mint, maxt) {
+            Ok(by) => by.into_iter().map(|(labels, samples)| SeriesSamples { labels, samples }).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "metric block read failed; results are incomplete");
+                Vec::new()
+            }
+        }
     }
 
     /// Label sets of `tenant`'s series matching all `matchers` that have at
     /// least one sample in `[mint, maxt]`, sorted. Empty `matchers` match
     /// every series. Backs `/api/v1/series`, `/labels` and `/label/…/values`.
     pub fn series(&self, tenant: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Labels> {
-        let head = self.head.read().unwrap_or_else(|p| p.into_inner());
-        let Some(th) = head.get(tenant) else {
-            return Vec::new();
-        };
-        let mut out: Vec<Labels> = th
-            .series
-            .iter()
-            .filter(|s| matches_all(matchers, &s.labels))
-            .filter(|s| {
-                let lo = s.samples.partition_point(|p| p.0 < mint);
-                lo < s.samples.len() && s.samples[lo].0 <= maxt
-            })
-            .map(|s| s.labels.clone())
-            .collect();
-        out.sort();
-        out
+        let (persisted, head) = self.t.read();
+        let mut out: std::collections::BTreeSet<Labels> = Default::default();
+        for b in &persisted.blocks {
+            if b.min_ts > maxt || b.max_ts < mint {
+                continue;
+            }
+            for s in b.tenant_streams(tenant) {
+                if matches_all(matchers, &s.labels) && s.chunks.iter().any(|c| c.min_ts <= maxt && c.max_ts >= mint) {
+                    out.insert(s.labels.clone());
+                }
+            }
+        }
+        if let Some(fr) = &persisted.frozen {
+            fr.collect(tenant, matchers, mint, maxt, |l, _| {
+                out.insert(l.clone());
+            });
+        }
+        head.collect(tenant, matchers, mint, maxt, |l, _| {
+            out.insert(l.clone());
+        });
+        out.into_iter().collect()
     }
 
     /// Number of series and samples held, over all tenants.
     pub fn counts(&self) -> (usize, usize) {
-        let head = self.head.read().unwrap_or_else(|p| p.into_inner());
-        head.values()
+        let head = self.t.head.read().unwrap_or_else(|p| p.into_inner());
+        head.tenants
+            .values()
             .fold((0, 0), |(s, n), t| (s + t.series.len(), n + t.series.iter().map(|x| x.samples.len()).sum::<usize>()))
     }
 
     /// Bytes of WAL on disk.
     pub fn wal_size_bytes(&self) -> u64 {
-        self.wal.size_bytes()
+        self.t.wal.size_bytes()
     }
 
     /// Flushes the WAL (for `fsync = "interval"` and at shutdown).
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.wal.sync()
+        self.t.wal.sync()
     }
 }
 
@@ -314,6 +491,59 @@ mod tests {
         assert_eq!(s.series("t", &[], 1500, 10_000), vec![up.clone()], "up_b has no sample after 1000");
         assert_eq!(s.series("t", &[Matcher::equal("job", "b")], 0, 1000), vec![up_b.clone()]);
         assert_eq!(s.select("t", &m, 1500, 2500)[0].samples, vec![(2000, 1.0)]);
+    }
+
+    #[test]
+    fn flush_to_blocks_query_and_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let up = ls(&[("__name__", "up"), ("job", "a")]);
+        let stale = f64::from_bits(cairn_wire::STALE_NAN_BITS);
+        let write = |s: &MetricsStore, pts: &[(i64, f64)]| {
+            s.append("t", vec![SeriesSamples { labels: up.clone(), samples: pts.to_vec() }]).unwrap();
+        };
+        {
+            let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+            let many: Vec<(i64, f64)> = (0..1000).map(|i| (i * 15_000, i as f64)).collect();
+            write(&s, &many);
+            write(&s, &[(1000 * 15_000, stale)]);
+            assert_eq!(s.flush().unwrap(), 1001);
+            assert_eq!(s.head_samples(), 0);
+            assert_eq!(s.block_stats().0, 1);
+            // newer and older-than-block samples go to the head; a re-sent
+            // sample already in the block is deduplicated at query time
+            write(&s, &[(-15_000, -1.0), (5, 0.5), (1001 * 15_000, 7.0), (0, 0.0)]);
+            let got = s.select("t", &[], i64::MIN, i64::MAX);
+            assert_eq!(got.len(), 1);
+            let pts = &got[0].samples;
+            assert_eq!(pts.len(), 1004);
+            assert_eq!(pts[0], (-15_000, -1.0));
+            assert_eq!(pts[2], (5, 0.5));
+            assert!(pts.windows(2).all(|w| w[0].0 < w[1].0));
+            assert_eq!(pts[1002].1.to_bits(), cairn_wire::STALE_NAN_BITS, "staleness marker survives a block");
+            assert_eq!(s.select("t", &[], 15_000, 30_000)[0].samples, vec![(15_000, 1.0), (30_000, 2.0)]);
+            assert_eq!(s.series("t", &[], 0, 0), vec![up.clone()]);
+            assert!(s.series("t", &[], 20_000_000, 30_000_000).is_empty());
+        }
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!(s.select("t", &[], i64::MIN, i64::MAX)[0].samples.len(), 1004);
+        s.flush().unwrap();
+        drop(s);
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!(s.block_stats().0, 2);
+        assert_eq!(s.counts().1, 0);
+        assert_eq!(s.select("t", &[], i64::MIN, i64::MAX)[0].samples.len(), 1004);
+    }
+
+    #[test]
+    fn flush_due_by_samples() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = MetricsStoreOptions { head_max_samples: 3, ..MetricsStoreOptions::default() };
+        let s = MetricsStore::open_with(d.path(), opts).unwrap();
+        let m = ls(&[("__name__", "m")]);
+        s.append("t", vec![SeriesSamples { labels: m.clone(), samples: vec![(1, 1.0), (2, 2.0)] }]).unwrap();
+        assert!(!s.flush_due());
+        s.append("t", vec![SeriesSamples { labels: m, samples: vec![(3, 3.0)] }]).unwrap();
+        assert!(s.flush_due());
     }
 
     #[test]

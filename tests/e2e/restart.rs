@@ -82,22 +82,7 @@ fn log_blocks_survive_kill_9() {
         let (s, b) = c.push_logs_json(&[(&[("job", "blocks")], lines)]);
         assert_eq!(s, 204, "{b}");
     }
-    // wait for the flushes
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (_, m) = c.get("/metrics");
-        let blocks: i64 = m
-            .lines()
-            .find(|l| l.starts_with("cairn_blocks{engine=\"logs\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if blocks >= 2 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no log blocks were written:\n{m}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_for_blocks(&c, "logs", 2);
     let q = [
         ("query", r#"{job="blocks"}"#),
         ("start", &*(t0 - 1).to_string()),
@@ -112,5 +97,56 @@ fn log_blocks_survive_kill_9() {
     let c = crate::harness::Cairn::start(&["serve"], &data, &["--config", cfg.to_str().unwrap()]);
     let again = c.loki_lines(&q);
     assert_eq!(again, got);
+    c.stop();
+}
+
+/// Waits until `/metrics` reports at least `n` blocks for `engine`.
+fn wait_for_blocks(c: &crate::harness::Cairn, engine: &str, n: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let prefix = format!("cairn_blocks{{engine=\"{engine}\"}}");
+    loop {
+        let (_, m) = c.get("/metrics");
+        let blocks: i64 = m
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if blocks >= n {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "fewer than {n} {engine} blocks were written:\n{m}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// With a tiny head, samples are flushed to Gorilla-chunk blocks; range
+/// queries over blocks and head give the same answer across a SIGKILL.
+#[test]
+fn metric_blocks_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cairn.toml");
+    std::fs::write(&cfg, "[storage.metrics]\nhead_max_samples = 100\n").unwrap();
+    let data = dir.path().join("data");
+    let c = crate::harness::Cairn::start(&["serve"], &data, &["--config", cfg.to_str().unwrap()]);
+    let t0 = (now_ns() / 1_000_000_000 - 3600) * 1000;
+    for batch in 0..5i64 {
+        let samples: Vec<(i64, f64)> =
+            (0..60).map(|i| (t0 + (batch * 60 + i) * 10_000, (batch * 60 + i) as f64 * 1.5)).collect();
+        let (s, b) = c.remote_write(&[(&[("__name__", "blocky"), ("job", "x")], samples)]);
+        assert_eq!(s, 204, "{b}");
+    }
+    wait_for_blocks(&c, "metrics", 1);
+    let (start, end) = ((t0 / 1000).to_string(), (t0 / 1000 + 2990).to_string());
+    let q = [("query", "blocky"), ("start", start.as_str()), ("end", end.as_str()), ("step", "10")];
+    let (s, v) = c.prom("/api/v1/query_range", &q);
+    assert_eq!(s, 200, "{v}");
+    let values = v["data"]["result"][0]["values"].clone();
+    assert_eq!(values.as_array().unwrap().len(), 300);
+    assert_eq!(values[299][1], "448.5");
+    c.kill9();
+    let c = crate::harness::Cairn::start(&["serve"], &data, &["--config", cfg.to_str().unwrap()]);
+    let (_, v2) = c.prom("/api/v1/query_range", &q);
+    assert_eq!(v2["data"]["result"][0]["values"], values);
     c.stop();
 }
