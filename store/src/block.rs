@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use cairn_wire::Labels;
 
 use crate::StoreError;
-use crate::codec::{Reader, put_bytes, put_uvarint, put_varint};
+use crate::codec::{Reader, put_bytes, put_labels, put_uvarint, put_varint};
 
 /// What a block holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,11 +151,7 @@ pub fn write_block(
         let (mut bmin, mut bmax) = (i64::MAX, i64::MIN);
         for (tenant, labels, chunks) in &series {
             put_bytes(&mut index, tenant.as_bytes());
-            put_uvarint(&mut index, labels.len() as u64);
-            for l in *labels {
-                put_bytes(&mut index, l.name.as_bytes());
-                put_bytes(&mut index, l.value.as_bytes());
-            }
+            put_labels(&mut index, labels);
             put_uvarint(&mut index, chunks.len() as u64);
             for c in chunks {
                 w.write_all(&c.bytes)?;
@@ -246,13 +242,7 @@ impl Block {
         let mut streams = Vec::with_capacity(n);
         for _ in 0..n {
             let tenant = r.str()?.to_string();
-            let nl = r.count(2)?;
-            let mut pairs = Vec::with_capacity(nl);
-            for _ in 0..nl {
-                pairs.push((r.str()?.to_string(), r.str()?.to_string()));
-            }
-            let labels = Labels::from_pairs(pairs)
-                .map_err(|_| crate::codec::DecodeError { offset: 0, reason: "invalid label set" })?;
+            let labels = r.labels()?;
             let nc = r.count(11)?;
             let mut chunks = Vec::with_capacity(nc);
             for _ in 0..nc {

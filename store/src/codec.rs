@@ -21,6 +21,24 @@ pub fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
     buf.extend_from_slice(b);
 }
 
+/// Appends a label set: `uvarint count` then `(name, value)` strings.
+pub fn put_labels(buf: &mut Vec<u8>, labels: &cairn_wire::Labels) {
+    put_uvarint(buf, labels.len() as u64);
+    for l in labels {
+        put_bytes(buf, l.name.as_bytes());
+        put_bytes(buf, l.value.as_bytes());
+    }
+}
+
+/// Appends (name, value) string pairs: `uvarint count` then the pairs.
+pub fn put_pairs(buf: &mut Vec<u8>, pairs: &[(String, String)]) {
+    put_uvarint(buf, pairs.len() as u64);
+    for (k, v) in pairs {
+        put_bytes(buf, k.as_bytes());
+        put_bytes(buf, v.as_bytes());
+    }
+}
+
 /// Decoding failed: what was expected at which offset of the payload.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("at payload offset {offset}: {reason}")]
@@ -99,6 +117,22 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         let b = self.bytes()?;
         std::str::from_utf8(b).map_err(|_| DecodeError { offset: start, reason: "invalid UTF-8" })
+    }
+
+    /// Reads (name, value) string pairs written by [`put_pairs`].
+    pub fn pairs(&mut self) -> Result<Vec<(String, String)>, DecodeError> {
+        let n = self.count(2)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push((self.str()?.to_string(), self.str()?.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Reads a label set written by [`put_labels`], re-validating it.
+    pub fn labels(&mut self) -> Result<cairn_wire::Labels, DecodeError> {
+        let offset = self.pos;
+        cairn_wire::Labels::from_pairs(self.pairs()?).map_err(|_| DecodeError { offset, reason: "invalid label set" })
     }
 
     /// Reads 8 big-endian bytes.

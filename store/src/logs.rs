@@ -19,7 +19,7 @@ pub use cairn_wire::{Entry, StreamEntries};
 use cairn_wire::{Labels, Matcher, matcher::matches_all};
 
 use crate::block::{self, Block, BlockKind, EncodedChunk, SeriesChunks};
-use crate::codec::{Reader, put_bytes, put_uvarint, put_varint};
+use crate::codec::{Reader, put_bytes, put_labels, put_pairs, put_uvarint, put_varint};
 use crate::tiered::{HeadData, Tiered};
 use crate::wal::{ReplayStats, WalOptions};
 use crate::{StoreError, WriteOutcome};
@@ -92,20 +92,12 @@ fn encode_batch(buf: &mut Vec<u8>, tenant: &str, batch: &[StreamEntries]) {
     put_bytes(buf, tenant.as_bytes());
     put_uvarint(buf, batch.len() as u64);
     for s in batch {
-        put_uvarint(buf, s.labels.len() as u64);
-        for l in &s.labels {
-            put_bytes(buf, l.name.as_bytes());
-            put_bytes(buf, l.value.as_bytes());
-        }
+        put_labels(buf, &s.labels);
         put_uvarint(buf, s.entries.len() as u64);
         for e in &s.entries {
             put_varint(buf, e.ts);
             put_bytes(buf, e.line.as_bytes());
-            put_uvarint(buf, e.metadata.len() as u64);
-            for (k, v) in &e.metadata {
-                put_bytes(buf, k.as_bytes());
-                put_bytes(buf, v.as_bytes());
-            }
+            put_pairs(buf, &e.metadata);
         }
     }
 }
@@ -116,23 +108,13 @@ fn decode_batch(payload: &[u8]) -> Result<(String, Vec<StreamEntries>), crate::c
     let n = r.count(2)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let nl = r.count(2)?;
-        let mut pairs = Vec::with_capacity(nl);
-        for _ in 0..nl {
-            pairs.push((r.str()?.to_string(), r.str()?.to_string()));
-        }
-        let labels = Labels::from_pairs(pairs)
-            .map_err(|_| crate::codec::DecodeError { offset: 0, reason: "invalid label set in WAL record" })?;
+        let labels = r.labels()?;
         let ne = r.count(3)?;
         let mut entries = Vec::with_capacity(ne);
         for _ in 0..ne {
             let ts = r.varint()?;
             let line = r.str()?.to_string();
-            let nm = r.count(2)?;
-            let mut metadata = Vec::with_capacity(nm);
-            for _ in 0..nm {
-                metadata.push((r.str()?.to_string(), r.str()?.to_string()));
-            }
+            let metadata = r.pairs()?;
             entries.push(Entry { ts, line, metadata });
         }
         out.push(StreamEntries { labels, entries });
@@ -162,11 +144,7 @@ fn encode_chunk(buf: &mut Vec<u8>, entries: &[Entry]) {
         put_varint(buf, e.ts.wrapping_sub(prev));
         prev = e.ts;
         put_bytes(buf, e.line.as_bytes());
-        put_uvarint(buf, e.metadata.len() as u64);
-        for (k, v) in &e.metadata {
-            put_bytes(buf, k.as_bytes());
-            put_bytes(buf, v.as_bytes());
-        }
+        put_pairs(buf, &e.metadata);
     }
 }
 
@@ -178,11 +156,7 @@ fn decode_chunk(payload: &[u8], min_ts: i64, out: &mut Vec<Entry>) -> Result<(),
     for _ in 0..n {
         ts = ts.wrapping_add(r.varint()?);
         let line = r.str()?.to_string();
-        let nm = r.count(2)?;
-        let mut metadata = Vec::with_capacity(nm);
-        for _ in 0..nm {
-            metadata.push((r.str()?.to_string(), r.str()?.to_string()));
-        }
+        let metadata = r.pairs()?;
         out.push(Entry { ts, line, metadata });
     }
     Ok(())

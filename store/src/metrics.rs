@@ -14,7 +14,7 @@ pub use cairn_wire::SeriesSamples;
 use cairn_wire::{Labels, Matcher, matcher::matches_all};
 
 use crate::block::{BlockKind, EncodedChunk, SeriesChunks};
-use crate::codec::{Reader, put_bytes, put_uvarint, put_varint};
+use crate::codec::{Reader, put_bytes, put_labels, put_uvarint, put_varint};
 use crate::tiered::{HeadData, Tiered};
 use crate::wal::{ReplayStats, WalOptions};
 use crate::{RejectReason, StoreError, WriteOutcome, xor};
@@ -156,11 +156,7 @@ fn encode_batch(buf: &mut Vec<u8>, tenant: &str, batch: &[SeriesSamples]) {
     put_bytes(buf, tenant.as_bytes());
     put_uvarint(buf, batch.len() as u64);
     for s in batch {
-        put_uvarint(buf, s.labels.len() as u64);
-        for l in &s.labels {
-            put_bytes(buf, l.name.as_bytes());
-            put_bytes(buf, l.value.as_bytes());
-        }
+        put_labels(buf, &s.labels);
         put_uvarint(buf, s.samples.len() as u64);
         for &(t, v) in &s.samples {
             put_varint(buf, t);
@@ -175,13 +171,7 @@ fn decode_batch(payload: &[u8]) -> Result<(String, Vec<SeriesSamples>), crate::c
     let n = r.count(2)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let nl = r.count(2)?;
-        let mut pairs = Vec::with_capacity(nl);
-        for _ in 0..nl {
-            pairs.push((r.str()?.to_string(), r.str()?.to_string()));
-        }
-        let labels = Labels::from_pairs(pairs)
-            .map_err(|_| crate::codec::DecodeError { offset: 0, reason: "invalid label set in WAL record" })?;
+        let labels = r.labels()?;
         let ns = r.count(9)?;
         let mut samples = Vec::with_capacity(ns);
         for _ in 0..ns {
