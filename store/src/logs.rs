@@ -132,6 +132,10 @@ fn is_duplicate(entries: &[Entry], e: &Entry) -> bool {
     entries[..hi].iter().rev().take_while(|x| x.ts == e.ts).any(|x| x.line == e.line)
 }
 
+/// Longest a write waits for a running flush when the head is over twice
+/// its limit (then it proceeds: memory over availability).
+pub const BACKPRESSURE_MAX_WAIT: Duration = Duration::from_secs(30);
+
 /// Raw line bytes per chunk before a new chunk is started.
 pub const CHUNK_RAW_BYTES: usize = 1 << 20;
 /// zstd level for chunks (see `docs/format/logs.md`).
@@ -337,6 +341,10 @@ impl LogStore {
         let accepted = batch.iter().map(|s| s.entries.len()).sum();
         let batch: Vec<StreamEntries> = batch.into_iter().filter(|s| !s.entries.is_empty()).collect();
         if !batch.is_empty() {
+            // Backpressure: a head at twice its limit waits for the running
+            // flush, bounding memory at about 3 × head_max_bytes.
+            let limit = self.opts.head_max_bytes.saturating_mul(2);
+            self.t.wait_for_flush_while(|| self.head_bytes() >= limit, BACKPRESSURE_MAX_WAIT);
             let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut buf = Vec::new();
             encode_batch(&mut buf, tenant, &batch);
@@ -564,6 +572,29 @@ mod tests {
         let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
         assert_eq!(lines(&s, 0, 100), vec![(10, "a".into()), (20, "b".into())]);
         assert!(!d.path().join("blocks").join("00000099.blk.tmp").exists());
+    }
+
+    /// A writer over twice the head limit waits for the running flush and
+    /// is released by its end, not by the 30 s cap; with no flush running it
+    /// does not wait.
+    #[test]
+    fn backpressure_waits_for_the_running_flush() {
+        let d = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(LogStore::open(d.path(), WalOptions::default()).unwrap());
+        let waited = s.t.wait_for_flush_while(|| true, Duration::from_secs(30));
+        assert!(waited < Duration::from_secs(30), "no flush running: no wait");
+        // simulate a flush in progress
+        s.t.persisted.write().unwrap().frozen = Some(std::sync::Arc::new(Head::default()));
+        let s2 = s.clone();
+        let finisher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            s2.t.persisted.write().unwrap().frozen = None;
+            s2.t.signal_flush_done();
+        });
+        let waited = s.t.wait_for_flush_while(|| true, Duration::from_secs(30));
+        finisher.join().unwrap();
+        assert!(waited < Duration::from_secs(30), "released by the flush, not the cap");
+        assert!(!s.t.flushing());
     }
 
     #[test]

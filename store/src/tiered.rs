@@ -17,7 +17,8 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 use crate::block::{self, Block, BlockKind, SeriesChunks};
 use crate::codec::DecodeError;
@@ -56,6 +57,8 @@ pub(crate) struct Tiered<H> {
     pub persisted: RwLock<Persisted<H>>,
     pub head: RwLock<H>,
     pub replay: ReplayStats,
+    /// Signalled whenever a flush ends (for writer backpressure).
+    flush_done: (Mutex<u64>, Condvar),
 }
 
 impl<H: HeadData> Tiered<H> {
@@ -102,7 +105,38 @@ impl<H: HeadData> Tiered<H> {
             persisted: RwLock::new(Persisted { blocks, frozen: None }),
             head: RwLock::new(head),
             replay,
+            flush_done: (Mutex::new(0), Condvar::new()),
         })
+    }
+
+    /// True while a flush is writing a frozen head.
+    pub fn flushing(&self) -> bool {
+        self.persisted.read().unwrap_or_else(|p| p.into_inner()).frozen.is_some()
+    }
+
+    /// Backpressure: while `over()` holds and a flush is writing, wait for
+    /// the flush to end (at most `max_wait`), so a head cannot grow without
+    /// bound when ingest outpaces flushing. Returns how long it waited.
+    pub fn wait_for_flush_while(&self, over: impl Fn() -> bool, max_wait: Duration) -> Duration {
+        let started = std::time::Instant::now();
+        let (lock, cv) = &self.flush_done;
+        let mut generation = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while over() && self.flushing() {
+            let left = max_wait.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let seen = *generation;
+            let (g, _) = cv.wait_timeout_while(generation, left, |g| *g == seen).unwrap_or_else(|p| p.into_inner());
+            generation = g;
+        }
+        started.elapsed()
+    }
+
+    pub(crate) fn signal_flush_done(&self) {
+        let (lock, cv) = &self.flush_done;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        cv.notify_all();
     }
 
     /// Read access to blocks + frozen head, then the head (lock order).
@@ -138,6 +172,7 @@ impl<H: HeadData> Tiered<H> {
                     persisted.blocks.push(Arc::new(block));
                     persisted.frozen = None;
                 }
+                self.signal_flush_done();
                 self.wal.remove_through(sealed)?;
                 Ok(frozen.count())
             }
@@ -149,6 +184,8 @@ impl<H: HeadData> Tiered<H> {
                 let mut head = self.head.write().unwrap_or_else(|p| p.into_inner());
                 head.merge_back(&frozen);
                 persisted.frozen = None;
+                drop((head, persisted));
+                self.signal_flush_done();
                 Err(e)
             }
         }
