@@ -10,56 +10,18 @@
 //! Run: `cargo bench --bench ingest_logs` (env `CAIRN_BENCH_REPLAYS`, default 3).
 //! The numbers are printed, never asserted.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use common::{Server, dir_size, proc_usage, send_all, shared_dir};
 
 use cairn_wire::proto::{EntryAdapter, PushRequest, StreamAdapter, Timestamp, snappy_compress};
 use prost::Message;
 
-fn shared_dir() -> PathBuf {
-    if let Ok(p) = std::env::var("CAIRN_SHARED") {
-        return PathBuf::from(p);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
-}
-
-/// (utime + stime) seconds and VmHWM bytes of a process.
-fn proc_usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024;
-    (ticks / 100.0, hwm)
-}
-
-fn dir_size(p: &std::path::Path) -> u64 {
-    let mut n = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            let m = e.metadata().unwrap();
-            n += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
-        }
-    }
-    n
-}
-
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not:
-    // stay quick there.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("ingest_logs: skipped (run with `cargo bench --bench ingest_logs`)");
+    if !common::is_bench_run("ingest_logs") {
         return;
     }
     let logs_dir = shared_dir().join("datasets/logs");
@@ -161,51 +123,20 @@ fn main() {
     }
 
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut url = String::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(u) = line.split("Prometheus data source URL").nth(1) {
-            url = u.trim().to_string();
-            break;
-        }
-    }
-    let push_url = format!("{url}/loki/api/v1/push");
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
-    while client.get(format!("{url}/ready")).send().map(|r| r.status() != 200).unwrap_or(true) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let server = Server::start(data.path());
+    let pid = server.pid();
     let (cpu0, _) = proc_usage(pid);
-    let queue = Arc::new(Mutex::new(requests.into_iter()));
     let started = Instant::now();
-    let senders: Vec<_> = (0..4)
-        .map(|_| {
-            let q = queue.clone();
-            let c = client.clone();
-            let u = push_url.clone();
-            std::thread::spawn(move || {
-                loop {
-                    let Some(body) = q.lock().unwrap().next() else { break };
-                    let r = c.post(&u).header("Content-Type", "application/x-protobuf").body(body).send().unwrap();
-                    assert_eq!(r.status(), 204, "{}", r.text().unwrap_or_default());
-                }
-            })
-        })
-        .collect();
-    for s in senders {
-        s.join().unwrap();
-    }
+    send_all(
+        &server.client,
+        &format!("{}/loki/api/v1/push", server.url),
+        &[("Content-Type", "application/x-protobuf")],
+        requests,
+        4,
+    );
     let wall = started.elapsed().as_secs_f64();
     let (cpu1, hwm) = proc_usage(pid);
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-    let _ = child.wait();
+    server.stop();
     let disk = dir_size(data.path());
 
     let gb = raw_bytes as f64 / 1e9;

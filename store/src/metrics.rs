@@ -241,7 +241,7 @@ impl MetricsStore {
     /// once the accepted samples are in the WAL.
     pub fn append(&self, tenant: &str, batch: Vec<SeriesSamples>) -> Result<WriteOutcome, StoreError> {
         // Backpressure, as in the log store.
-        let limit = self.opts.head_max_samples.saturating_mul(2);
+        let limit = self.opts.head_max_samples;
         self.t.wait_for_flush_while(|| self.head_samples() >= limit, crate::logs::BACKPRESSURE_MAX_WAIT);
         let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut outcome = WriteOutcome::default();

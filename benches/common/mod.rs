@@ -1,0 +1,137 @@
+//! Helpers shared by the end-to-end benchmarks: locating `../shared`,
+//! starting `cairn serve`, and reading a process's CPU time and peak RSS.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// `../shared` (or `CAIRN_SHARED`).
+pub fn shared_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("CAIRN_SHARED") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+/// True when run by `cargo bench` (which passes `--bench`); `cargo test
+/// --all-targets` runs benches without it, and they should then return.
+pub fn is_bench_run(name: &str) -> bool {
+    let yes = std::env::args().any(|a| a == "--bench");
+    if !yes {
+        println!("{name}: skipped (run with `cargo bench --bench {name}`)");
+    }
+    yes
+}
+
+/// (utime + stime) seconds and VmHWM bytes of a process.
+pub fn proc_usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    (ticks / 100.0, hwm)
+}
+
+/// Total size of the files below `p`.
+pub fn dir_size(p: &Path) -> u64 {
+    let mut n = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            n += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
+        }
+    }
+    n
+}
+
+/// A `cairn serve` started for a benchmark.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub client: reqwest::blocking::Client,
+}
+
+impl Server {
+    /// Starts `cairn serve` on a free port with `data_dir`, waits for `/ready`.
+    pub fn start(data_dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start cairn");
+        let mut url = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap_or_default();
+            if let Some(u) = line.split("Prometheus data source URL").nth(1) {
+                url = u.trim().to_string();
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().expect("client");
+        while client.get(format!("{url}/ready")).send().map(|r| r.status() != 200).unwrap_or(true) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server { child, url, client }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM (flushes heads to blocks) and wait.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `bodies` to `url` from `senders` threads, asserting 204.
+pub fn send_all(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+    bodies: Vec<Vec<u8>>,
+    senders: usize,
+) {
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(bodies.into_iter()));
+    let threads: Vec<_> = (0..senders)
+        .map(|_| {
+            let q = queue.clone();
+            let c = client.clone();
+            let u = url.to_string();
+            let h: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            std::thread::spawn(move || {
+                loop {
+                    let Some(body) = q.lock().expect("queue").next() else { break };
+                    let mut req = c.post(&u).body(body);
+                    for (k, v) in &h {
+                        req = req.header(k, v);
+                    }
+                    let r = req.send().expect("send");
+                    assert_eq!(r.status(), 204, "{}", r.text().unwrap_or_default());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("sender");
+    }
+}
