@@ -126,6 +126,8 @@ fn main() {
     let server = Server::start(data.path());
     let pid = server.pid();
     let (cpu0, _) = proc_usage(pid);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tracer = common::trace_server(server.url.clone(), pid, stop.clone());
     let started = Instant::now();
     send_all(
         &server.client,
@@ -136,6 +138,10 @@ fn main() {
     );
     let wall = started.elapsed().as_secs_f64();
     let (cpu1, hwm) = proc_usage(pid);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = tracer {
+        let _ = t.join();
+    }
     server.stop();
     let disk = dir_size(data.path());
 

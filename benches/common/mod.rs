@@ -56,16 +56,23 @@ pub fn dir_size(p: &Path) -> u64 {
     n
 }
 
-/// A `cairn serve` started for a benchmark.
+/// A `cairn serve` started for a benchmark (or an external one).
 pub struct Server {
-    pub child: Child,
+    pub child: Option<Child>,
     pub url: String,
     pub client: reqwest::blocking::Client,
 }
 
 impl Server {
     /// Starts `cairn serve` on a free port with `data_dir`, waits for `/ready`.
+    /// With `CAIRN_BENCH_URL` set, uses that server instead (e.g. one run
+    /// under a profiler); its CPU and RSS are then not reported.
     pub fn start(data_dir: &Path) -> Server {
+        if let Ok(url) = std::env::var("CAIRN_BENCH_URL") {
+            let client =
+                reqwest::blocking::Client::builder().timeout(Duration::from_secs(600)).build().expect("client");
+            return Server { child: None, url, client };
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -88,18 +95,20 @@ impl Server {
         while client.get(format!("{url}/ready")).send().map(|r| r.status() != 200).unwrap_or(true) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        Server { child, url, client }
+        Server { child: Some(child), url, client }
     }
 
-    /// Process id.
+    /// Process id (0 for an external server).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
     /// SIGTERM (flushes heads to blocks) and wait.
     pub fn stop(mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -134,4 +143,36 @@ pub fn send_all(
     for t in threads {
         t.join().expect("sender");
     }
+}
+
+/// With `CAIRN_BENCH_TRACE=1`, samples the server's RSS and head/block
+/// gauges every 250 ms until `stop` is set, and prints the timeline.
+pub fn trace_server(
+    url: String,
+    pid: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    if std::env::var("CAIRN_BENCH_TRACE").is_err() {
+        return None;
+    }
+    Some(std::thread::spawn(move || {
+        let client = reqwest::blocking::Client::new();
+        let started = std::time::Instant::now();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+                .unwrap_or(0);
+            let m = client.get(format!("{url}/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
+            let gauges: Vec<String> = m
+                .lines()
+                .filter(|l| l.starts_with("cairn_head_bytes{") || l.starts_with("cairn_blocks{"))
+                .map(|l| l.replace("cairn_", ""))
+                .collect();
+            println!("trace t={:6.2}s rss={:5} MB {}", started.elapsed().as_secs_f64(), rss / 1024, gauges.join(" "));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }))
 }

@@ -174,6 +174,7 @@ fn encode_streams(head: &Head) -> Result<Vec<SeriesChunks<'_>>, StoreError> {
         offset: 0,
         reason: format!("zstd: {e}"),
     })?;
+    let mut scratch = Vec::new();
     let mut payload = Vec::new();
     let mut out = Vec::new();
     for (tenant, t) in &head.tenants {
@@ -187,11 +188,18 @@ fn encode_streams(head: &Head) -> Result<Vec<SeriesChunks<'_>>, StoreError> {
                     let c = &s.entries[start..=i];
                     payload.clear();
                     encode_chunk(&mut payload, c);
-                    let bytes = compressor.compress(&payload).map_err(|e| StoreError::Corrupt {
+                    // Compress into a reused buffer sized to the zstd bound and
+                    // keep an exact-size copy: `Compressor::compress` returns
+                    // a Vec with the bound's capacity (about the input size),
+                    // which held ~70 MB per 64 MB flush (found with massif).
+                    scratch.clear();
+                    scratch.reserve(zstd::zstd_safe::compress_bound(payload.len()));
+                    compressor.compress_to_buffer(&payload, &mut scratch).map_err(|e| StoreError::Corrupt {
                         path: PathBuf::new(),
                         offset: 0,
                         reason: format!("zstd: {e}"),
                     })?;
+                    let bytes = scratch.clone();
                     chunks.push(EncodedChunk {
                         bytes,
                         min_ts: c[0].ts,
