@@ -47,11 +47,22 @@ pub struct MetricsStorageConfig {
     pub head_max_samples: u64,
     /// Flush the head once its oldest sample was written this long ago.
     pub flush_interval: ConfigDuration,
+    /// Delete metric blocks whose newest sample is older than this; `0s`
+    /// keeps them forever.
+    pub retention_time: ConfigDuration,
+    /// Delete the oldest metric blocks while all metric blocks take more
+    /// than this; `0` means no size limit.
+    pub retention_size: ByteSize,
 }
 
 impl Default for MetricsStorageConfig {
     fn default() -> Self {
-        MetricsStorageConfig { head_max_samples: 4 << 20, flush_interval: ConfigDuration::from_secs(3600) }
+        MetricsStorageConfig {
+            head_max_samples: 4 << 20,
+            flush_interval: ConfigDuration::from_secs(3600),
+            retention_time: ConfigDuration::from_secs(15 * 86_400),
+            retention_size: ByteSize(0),
+        }
     }
 }
 
@@ -76,11 +87,22 @@ pub struct LogsStorageConfig {
     pub head_max_size: ByteSize,
     /// Flush the head once its oldest data is this old, so the WAL stays short.
     pub flush_interval: ConfigDuration,
+    /// Delete log blocks whose newest line is older than this; `0s` keeps
+    /// them forever.
+    pub retention_time: ConfigDuration,
+    /// Delete the oldest log blocks while all log blocks take more than
+    /// this; `0` means no size limit.
+    pub retention_size: ByteSize,
 }
 
 impl Default for LogsStorageConfig {
     fn default() -> Self {
-        LogsStorageConfig { head_max_size: ByteSize::mib(64), flush_interval: ConfigDuration::from_secs(600) }
+        LogsStorageConfig {
+            head_max_size: ByteSize::mib(64),
+            flush_interval: ConfigDuration::from_secs(600),
+            retention_time: ConfigDuration::from_secs(30 * 86_400),
+            retention_size: ByteSize(0),
+        }
     }
 }
 

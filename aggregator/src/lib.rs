@@ -277,14 +277,16 @@ impl Aggregator {
     }
 
     /// Writes each engine's head to a block if it is due (size or age),
-    /// counting the flushes (blocking).
-    pub fn flush_if_due(&self) {
+    /// counting the flushes (blocking). True when a block was written.
+    pub fn flush_if_due(&self) -> bool {
+        let mut wrote = false;
         if self.logs.flush_due() {
-            self.flush_engine("logs");
+            wrote |= self.flush_engine("logs");
         }
         if self.metrics.flush_due() {
-            self.flush_engine("metrics");
+            wrote |= self.flush_engine("metrics");
         }
+        wrote
     }
 
     /// Writes both heads to blocks now (blocking), e.g. at shutdown.
@@ -294,8 +296,8 @@ impl Aggregator {
     }
 
     /// Flushes one engine's head; failures are logged and counted, the data
-    /// stays in the WAL and the head.
-    fn flush_engine(&self, engine: &'static str) {
+    /// stays in the WAL and the head. True when a block was written.
+    fn flush_engine(&self, engine: &'static str) -> bool {
         let started = std::time::Instant::now();
         let res = match engine {
             "logs" => self.logs.flush(),
@@ -305,24 +307,57 @@ impl Aggregator {
             self.self_metrics.flushes.get_or_create(&vec![("engine", engine.into()), ("result", result.into())]).inc();
         };
         match res {
-            Ok(0) => {}
+            Ok(0) => false,
             Ok(n) => {
                 count("ok");
                 tracing::debug!(engine, items = n, secs = started.elapsed().as_secs_f64(), "head flushed to a block");
+                true
             }
             Err(e) => {
                 count("error");
                 tracing::error!(engine, error = %e, "flush failed; data stays in the WAL and will be retried");
+                false
+            }
+        }
+    }
+
+    /// Deletes blocks past `retention_time` / `retention_size` in both
+    /// engines (blocking); counted in `cairn_retention_deleted_*`.
+    pub fn apply_retention(&self) {
+        let now_ms = cairn_wire::time::now_ms();
+        let age = |d: &cairn_wire::config::ConfigDuration| (!d.0.is_zero()).then(|| now_ms - d.as_millis());
+        let s = &self.config.storage;
+        let results = [
+            (
+                "logs",
+                self.logs.apply_retention(
+                    age(&s.logs.retention_time).map(|ms| ms.saturating_mul(1_000_000)),
+                    s.logs.retention_size.0,
+                ),
+            ),
+            ("metrics", self.metrics.apply_retention(age(&s.metrics.retention_time), s.metrics.retention_size.0)),
+        ];
+        for (engine, r) in results {
+            match r {
+                Ok((0, _)) => {}
+                Ok((n, bytes)) => {
+                    let l = vec![("engine", engine.to_string())];
+                    self.self_metrics.retention_blocks.get_or_create(&l).inc_by(n as u64);
+                    self.self_metrics.retention_bytes.get_or_create(&l).inc_by(bytes);
+                }
+                Err(e) => tracing::error!(engine, error = %e, "retention failed"),
             }
         }
     }
 
     /// Background upkeep until `stop` turns true: head flushes (when a head
-    /// fills, or by age) and, with `fsync = "interval"`, periodic WAL fsync.
+    /// fills, or by age), retention once a minute and, with
+    /// `fsync = "interval"`, periodic WAL fsync.
     pub async fn run_maintenance(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let fsync_every = (self.config.storage.wal.fsync == cairn_store::FsyncPolicy::Interval)
             .then_some(self.config.storage.wal.fsync_interval.0);
         let mut last_sync = std::time::Instant::now();
+        let mut last_retention: Option<std::time::Instant> = None;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -336,8 +371,16 @@ impl Aggregator {
             if sync_now {
                 last_sync = std::time::Instant::now();
             }
+            let retention_now = last_retention.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60));
+            if retention_now {
+                last_retention = Some(std::time::Instant::now());
+            }
             let _ = tokio::task::spawn_blocking(move || {
-                agg.flush_if_due();
+                // Retention also runs after each flush: a new block may push
+                // the total over `retention_size`.
+                if agg.flush_if_due() || retention_now {
+                    agg.apply_retention();
+                }
                 if sync_now && let Err(e) = agg.sync() {
                     tracing::error!(error = %e, "WAL fsync failed");
                 }

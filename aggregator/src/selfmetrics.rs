@@ -43,6 +43,10 @@ pub struct SelfMetrics {
     pub block_bytes: Family<L, Gauge>,
     /// Head flushes to blocks, by engine and result.
     pub flushes: Family<L, Counter>,
+    /// Blocks deleted by retention, by engine.
+    pub retention_blocks: Family<L, Counter>,
+    /// Bytes of blocks deleted by retention, by engine.
+    pub retention_bytes: Family<L, Counter>,
 }
 
 impl Default for SelfMetrics {
@@ -69,6 +73,8 @@ impl SelfMetrics {
             blocks: Family::default(),
             block_bytes: Family::default(),
             flushes: Family::default(),
+            retention_blocks: Family::default(),
+            retention_bytes: Family::default(),
             registry: Registry::default(),
         };
         registry.register("cairn_ingest_samples", "Metric samples stored", m.samples_ingested.clone());
@@ -92,6 +98,16 @@ impl SelfMetrics {
         registry.register("cairn_blocks", "Blocks on disk, by engine", m.blocks.clone());
         registry.register("cairn_block_size_bytes", "Bytes of blocks on disk, by engine", m.block_bytes.clone());
         registry.register("cairn_flushes", "Head flushes to blocks, by engine and result", m.flushes.clone());
+        registry.register(
+            "cairn_retention_deleted_blocks",
+            "Blocks deleted by retention, by engine",
+            m.retention_blocks.clone(),
+        );
+        registry.register(
+            "cairn_retention_deleted_bytes",
+            "Bytes of blocks deleted by retention, by engine",
+            m.retention_bytes.clone(),
+        );
         SelfMetrics { registry, ..m }
     }
 

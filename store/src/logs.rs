@@ -466,6 +466,14 @@ impl LogStore {
         })
     }
 
+    /// Deletes blocks whose data is all older than `min_ts` (ns; `None`:
+    /// no age limit), then the oldest blocks while blocks take more than
+    /// `max_bytes` (0: no limit). Returns (blocks, bytes) deleted. Data still
+    /// in the head is not affected.
+    pub fn apply_retention(&self, min_ts: Option<i64>, max_bytes: u64) -> Result<(usize, u64), StoreError> {
+        self.t.apply_retention(min_ts, max_bytes)
+    }
+
     /// Number of blocks and their bytes on disk.
     pub fn block_stats(&self) -> (usize, u64) {
         self.t.block_stats()

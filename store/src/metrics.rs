@@ -320,6 +320,14 @@ impl MetricsStore {
         self.t.flush()
     }
 
+    /// Deletes blocks whose data is all older than `min_ts` (ms; `None`:
+    /// no age limit), then the oldest blocks while blocks take more than
+    /// `max_bytes` (0: no limit). Returns (blocks, bytes) deleted. Data still
+    /// in the head is not affected.
+    pub fn apply_retention(&self, min_ts: Option<i64>, max_bytes: u64) -> Result<(usize, u64), StoreError> {
+        self.t.apply_retention(min_ts, max_bytes)
+    }
+
     /// Number of blocks and their bytes on disk.
     pub fn block_stats(&self) -> (usize, u64) {
         self.t.block_stats()
@@ -525,6 +533,35 @@ mod tests {
         assert_eq!(s.block_stats().0, 2);
         assert_eq!(s.counts().1, 0);
         assert_eq!(s.select("t", &[], i64::MIN, i64::MAX)[0].samples.len(), 1004);
+    }
+
+    #[test]
+    fn retention_by_age_and_size() {
+        let d = tempfile::tempdir().unwrap();
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        let m = ls(&[("__name__", "m")]);
+        for block in 0..4i64 {
+            let pts: Vec<(i64, f64)> = (0..100).map(|i| (block * 1000 + i, i as f64)).collect();
+            s.append("t", vec![SeriesSamples { labels: m.clone(), samples: pts }]).unwrap();
+            s.flush().unwrap();
+        }
+        assert_eq!(s.block_stats().0, 4);
+        // by age: blocks whose newest sample is before 1500 go (the first two)
+        assert_eq!(s.apply_retention(Some(1500), 0).unwrap().0, 2);
+        let got = s.select("t", &[], i64::MIN, i64::MAX);
+        assert_eq!(got[0].samples.first().unwrap().0, 2000);
+        // by size: keep at most one block's worth, the newest
+        let one = s.block_stats().1 / 2;
+        assert_eq!(s.apply_retention(None, one).unwrap().0, 1);
+        assert_eq!(s.select("t", &[], i64::MIN, i64::MAX)[0].samples.first().unwrap().0, 3000);
+        assert_eq!(fs_count(&d.path().join("blocks")), 1);
+        drop(s);
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!(s.select("t", &[], i64::MIN, i64::MAX)[0].samples.len(), 100, "nothing comes back after a restart");
+    }
+
+    fn fs_count(p: &std::path::Path) -> usize {
+        std::fs::read_dir(p).unwrap().count()
     }
 
     #[test]

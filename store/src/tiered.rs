@@ -15,7 +15,7 @@
 //! `≤` the largest `wal_through` of any block are skipped (deleted), so data
 //! is never applied twice. Lock order everywhere: `persisted`, then `head`.
 
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
@@ -189,6 +189,47 @@ impl<H: HeadData> Tiered<H> {
                 Err(e)
             }
         }
+    }
+
+    /// Deletes blocks whose newest item is older than `min_ts` (in the
+    /// engine's time unit; `None`: no age limit), then the oldest blocks while
+    /// the blocks take more than `max_bytes` (0: no size limit). Returns the
+    /// number and bytes of blocks deleted. Queries already holding a block
+    /// keep reading it; the file is gone once they drop it.
+    pub fn apply_retention(&self, min_ts: Option<i64>, max_bytes: u64) -> Result<(usize, u64), StoreError> {
+        let removed: Vec<Arc<Block>> = {
+            let mut persisted = self.persisted.write().unwrap_or_else(|p| p.into_inner());
+            let mut removed = Vec::new();
+            if let Some(min_ts) = min_ts {
+                let (old, keep): (Vec<_>, Vec<_>) = persisted.blocks.drain(..).partition(|b| b.max_ts < min_ts);
+                persisted.blocks = keep;
+                removed.extend(old);
+            }
+            if max_bytes > 0 {
+                // oldest data first
+                persisted.blocks.sort_by_key(|b| (b.max_ts, b.wal_through));
+                let mut total: u64 = persisted.blocks.iter().map(|b| b.size).sum();
+                while total > max_bytes && !persisted.blocks.is_empty() {
+                    let b = persisted.blocks.remove(0);
+                    total -= b.size;
+                    removed.push(b);
+                }
+                persisted.blocks.sort_by_key(|b| b.wal_through);
+            }
+            removed
+        };
+        let mut bytes = 0;
+        for b in &removed {
+            fs::remove_file(b.path()).map_err(StoreError::io("remove", b.path()))?;
+            bytes += b.size;
+            tracing::info!(path = %b.path().display(), size = b.size, "block deleted by retention");
+        }
+        if !removed.is_empty() {
+            File::open(self.dir.join(layout::BLOCKS_DIR))
+                .and_then(|d| d.sync_all())
+                .map_err(StoreError::io("fsync directory", self.dir.join(layout::BLOCKS_DIR)))?;
+        }
+        Ok((removed.len(), bytes))
     }
 
     /// Number of blocks and their bytes on disk.
