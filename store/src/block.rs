@@ -66,6 +66,8 @@ pub struct EncodedChunk {
     pub raw_bytes: u64,
     /// Decoded payload length (logs: the zstd bound), or 0.
     pub payload: u64,
+    /// Content filter (logs: `trigram`), stored after the chunk; empty: none.
+    pub filter: Vec<u8>,
 }
 
 /// Where a chunk is and what it holds.
@@ -87,6 +89,10 @@ pub struct ChunkMeta {
     pub payload: u64,
     /// CRC32C of the compressed bytes.
     pub crc: u32,
+    /// Length of the content filter stored right after the chunk (0: none).
+    pub filter_len: u64,
+    /// CRC32C of the filter.
+    pub filter_crc: u32,
 }
 
 /// One stream of a block.
@@ -155,6 +161,7 @@ pub fn write_block(
             put_uvarint(&mut index, chunks.len() as u64);
             for c in chunks {
                 w.write_all(&c.bytes)?;
+                w.write_all(&c.filter)?;
                 bmin = bmin.min(c.min_ts);
                 bmax = bmax.max(c.max_ts);
                 put_uvarint(&mut index, offset);
@@ -165,7 +172,11 @@ pub fn write_block(
                 put_uvarint(&mut index, c.raw_bytes);
                 put_uvarint(&mut index, c.payload);
                 index.extend_from_slice(&crc32c::crc32c(&c.bytes).to_le_bytes());
-                offset += c.bytes.len() as u64;
+                put_uvarint(&mut index, c.filter.len() as u64);
+                if !c.filter.is_empty() {
+                    index.extend_from_slice(&crc32c::crc32c(&c.filter).to_le_bytes());
+                }
+                offset += (c.bytes.len() + c.filter.len()) as u64;
             }
         }
         w.write_all(&index)?;
@@ -243,10 +254,10 @@ impl Block {
         for _ in 0..n {
             let tenant = r.str()?.to_string();
             let labels = r.labels()?;
-            let nc = r.count(11)?;
+            let nc = r.count(12)?;
             let mut chunks = Vec::with_capacity(nc);
             for _ in 0..nc {
-                let c = ChunkMeta {
+                let mut c = ChunkMeta {
                     offset: r.uvarint()?,
                     len: r.uvarint()?,
                     min_ts: r.varint()?,
@@ -255,8 +266,14 @@ impl Block {
                     raw_bytes: r.uvarint()?,
                     payload: r.uvarint()?,
                     crc: r.u32_le()?,
+                    filter_len: 0,
+                    filter_crc: 0,
                 };
-                if c.offset < HEADER_LEN || c.offset.saturating_add(c.len) > index_off {
+                c.filter_len = r.uvarint()?;
+                if c.filter_len > 0 {
+                    c.filter_crc = r.u32_le()?;
+                }
+                if c.offset < HEADER_LEN || c.offset.saturating_add(c.len).saturating_add(c.filter_len) > index_off {
                     return Err(crate::codec::DecodeError { offset: 0, reason: "chunk outside the data section" });
                 }
                 chunks.push(c);
@@ -289,6 +306,21 @@ impl Block {
         Ok(buf)
     }
 
+    /// Reads a chunk's content filter (empty when it has none), checked
+    /// against its CRC: a corrupt filter must never prune data silently.
+    pub fn chunk_filter(&self, c: &ChunkMeta) -> Result<Vec<u8>, StoreError> {
+        if c.filter_len == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; c.filter_len as usize];
+        self.file.read_exact_at(&mut buf, c.offset + c.len).map_err(StoreError::io("read", &self.path))?;
+        let crc = crc32c::crc32c(&buf);
+        if crc != c.filter_crc {
+            return Err(self.corrupt(c, format!("filter checksum {crc:#010x}, want {:#010x}", c.filter_crc)));
+        }
+        Ok(buf)
+    }
+
     /// A corruption error about chunk `c` of this block.
     pub fn corrupt(&self, c: &ChunkMeta, reason: String) -> StoreError {
         StoreError::Corrupt { path: self.path.clone(), offset: c.offset, reason }
@@ -300,7 +332,15 @@ mod tests {
     use super::*;
 
     fn chunk(min_ts: i64, max_ts: i64, bytes: &[u8]) -> EncodedChunk {
-        EncodedChunk { bytes: bytes.to_vec(), min_ts, max_ts, count: 2, raw_bytes: 32, payload: 0 }
+        EncodedChunk {
+            bytes: bytes.to_vec(),
+            min_ts,
+            max_ts,
+            count: 2,
+            raw_bytes: 32,
+            payload: 0,
+            filter: b"flt".to_vec(),
+        }
     }
 
     #[test]
@@ -329,6 +369,7 @@ mod tests {
         let sa = &blk.tenant_streams("t1")[0];
         assert_eq!(sa.labels, a);
         assert_eq!(blk.chunk_bytes(&sa.chunks[1]).unwrap(), b"second");
+        assert_eq!(blk.chunk_filter(&sa.chunks[1]).unwrap(), b"flt");
         let again = Block::open(blk.path(), BlockKind::Metrics).unwrap();
         assert_eq!(again.chunk_bytes(&again.tenant_streams("t2")[0].chunks[0]).unwrap(), b"five");
         // the wrong kind is refused

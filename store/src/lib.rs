@@ -27,6 +27,7 @@ pub mod layout;
 pub mod logs;
 pub mod metrics;
 mod tiered;
+pub mod trigram;
 pub mod wal;
 pub mod xor;
 

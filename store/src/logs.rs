@@ -22,7 +22,7 @@ use crate::block::{self, Block, BlockKind, EncodedChunk, SeriesChunks};
 use crate::codec::{Reader, put_bytes, put_labels, put_pairs, put_uvarint, put_varint};
 use crate::tiered::{HeadData, Tiered};
 use crate::wal::{ReplayStats, WalOptions};
-use crate::{StoreError, WriteOutcome};
+use crate::{StoreError, WriteOutcome, trigram};
 
 /// WAL record type of a log write batch.
 pub const RECORD_ENTRIES: u8 = 2;
@@ -59,6 +59,15 @@ pub struct StreamStats {
     /// Chunks holding them (block chunks overlapping the range; the
     /// in-memory head counts as one).
     pub chunks: u64,
+}
+
+/// What a filtered scan did with block chunks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Block chunks overlapping the range of matching streams.
+    pub chunks: u64,
+    /// Of those, skipped by the content index without being read.
+    pub chunks_skipped: u64,
 }
 
 /// Settings of the log store.
@@ -200,6 +209,11 @@ fn encode_streams(head: &Head) -> Result<Vec<SeriesChunks<'_>>, StoreError> {
                         reason: format!("zstd: {e}"),
                     })?;
                     let bytes = scratch.clone();
+                    let mut filter = [0u8; trigram::FILTER_BYTES];
+                    for e in c {
+                        trigram::add(&mut filter, e.line.as_bytes());
+                    }
+                    let filter = filter.to_vec();
                     chunks.push(EncodedChunk {
                         bytes,
                         min_ts: c[0].ts,
@@ -207,6 +221,7 @@ fn encode_streams(head: &Head) -> Result<Vec<SeriesChunks<'_>>, StoreError> {
                         count: c.len() as u64,
                         raw_bytes: c.iter().map(|e| e.line.len() as u64).sum(),
                         payload: payload.len() as u64,
+                        filter,
                     });
                     start = i + 1;
                     raw = 0;
@@ -404,6 +419,24 @@ impl LogStore {
         end: i64,
         f: &mut dyn FnMut(&Labels, &[Entry]),
     ) -> Result<(), StoreError> {
+        self.scan_filtered(tenant, matchers, start, end, &[], f).map(|_| ())
+    }
+
+    /// Like [`LogStore::try_scan`], with a content-index hint: `needles` are
+    /// substrings every wanted line contains (the literals of `|=` filters).
+    /// Block chunks whose trigram filter rules a needle out are skipped
+    /// without being read; the caller must still apply its filters to the
+    /// entries it gets (chunks that pass may hold other lines too).
+    pub fn scan_filtered(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        needles: &[&[u8]],
+        f: &mut dyn FnMut(&Labels, &[Entry]),
+    ) -> Result<ScanStats, StoreError> {
+        let mut stats = ScanStats::default();
         let (persisted, head) = self.t.read();
         // Fast path: everything in the head.
         let in_blocks = persisted
@@ -412,7 +445,7 @@ impl LogStore {
             .any(|b| b.min_ts < end && b.max_ts >= start && !b.tenant_streams(tenant).is_empty());
         if !in_blocks && persisted.frozen.is_none() {
             head.collect(tenant, matchers, start, end, &mut *f);
-            return Ok(());
+            return Ok(stats);
         }
         let mut by: std::collections::BTreeMap<Labels, Vec<Entry>> = Default::default();
         for b in &persisted.blocks {
@@ -425,6 +458,14 @@ impl LogStore {
                 }
                 let mut got = Vec::new();
                 for c in s.chunks.iter().filter(|c| c.min_ts < end && c.max_ts >= start) {
+                    stats.chunks += 1;
+                    if !needles.is_empty() && c.filter_len > 0 {
+                        let filter = b.chunk_filter(c)?;
+                        if !needles.iter().all(|n| trigram::may_contain(&filter, n)) {
+                            stats.chunks_skipped += 1;
+                            continue;
+                        }
+                    }
                     read_chunk(b, c, &mut got)?;
                 }
                 got.retain(|e| e.ts >= start && e.ts < end);
@@ -442,7 +483,7 @@ impl LogStore {
             entries.sort_by_key(|e| e.ts);
             f(&labels, &entries);
         }
-        Ok(())
+        Ok(stats)
     }
 
     /// Streams of `tenant` matching all `matchers` (empty: every stream) with
@@ -613,6 +654,42 @@ mod tests {
         finisher.join().unwrap();
         assert!(waited < Duration::from_secs(30), "released by the flush, not the cap");
         assert!(!s.t.flushing());
+    }
+
+    /// The content index skips chunks that cannot hold a needle and never
+    /// drops a chunk that can (substring inside a longer token included).
+    #[test]
+    fn content_index_prunes_chunks_exactly() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
+        // four blocks; only the third holds the rare token, inside a longer word
+        for b in 0..4i64 {
+            let mut es: Vec<Entry> =
+                (0..200).map(|i| e(b * 1000 + i, &format!("GET /api/v{b}/items/{i} 200 ok"))).collect();
+            if b == 2 {
+                es.push(e(b * 1000 + 500, "user fooZQX9rareTOKENbar logged in"));
+            }
+            push(&s, es);
+            s.flush().unwrap();
+        }
+        let run = |needles: &[&[u8]], filter: &str| {
+            let mut got = Vec::new();
+            let st = s
+                .scan_filtered("t", &[Matcher::equal("job", "x")], 0, 10_000, needles, &mut |_, es| {
+                    got.extend(es.iter().filter(|e| e.line.contains(filter)).map(|e| e.ts))
+                })
+                .unwrap();
+            (got, st)
+        };
+        let (got, st) = run(&[b"ZQX9rareTOKEN"], "ZQX9rareTOKEN");
+        assert_eq!(got, vec![2500]);
+        assert_eq!(st, ScanStats { chunks: 4, chunks_skipped: 3 });
+        let (got, st) = run(&[b"/items/1"], "/items/1");
+        assert_eq!(got.len(), 4 * 111, "every block has /items/1, /items/10..19, /items/100..199");
+        assert_eq!(st.chunks_skipped, 0);
+        let (got, st) = run(&[], "ok");
+        assert_eq!(got.len(), 800);
+        assert_eq!(st.chunks_skipped, 0);
     }
 
     #[test]

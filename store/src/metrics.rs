@@ -101,6 +101,7 @@ impl HeadData for Head {
                             count: c.len() as u64,
                             raw_bytes: 16 * c.len() as u64,
                             payload: 0,
+                            filter: Vec::new(),
                         }
                     })
                     .collect();
