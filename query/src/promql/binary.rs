@@ -88,11 +88,6 @@ pub(crate) fn eval_binary(ctx: &Ctx<'_>, b: &BinaryExpr, t: i64) -> Result<Value
     let op = Op::from_str(&b.op.to_string())?;
     let modifier = b.modifier.as_ref();
     let return_bool = modifier.is_some_and(|m| m.return_bool);
-    if let Some(m) = modifier
-        && (m.fill_values.lhs.is_some() || m.fill_values.rhs.is_some())
-    {
-        return Err(QueryError::Unsupported("binary operator fill modifiers".into()));
-    }
     let lhs = ctx.eval(&b.lhs, t)?;
     let rhs = ctx.eval(&b.rhs, t)?;
     match (lhs, rhs) {
@@ -214,7 +209,10 @@ fn vector_vector(
     m: Option<&BinModifier>,
     return_bool: bool,
 ) -> Result<Vec<Sample>, QueryError> {
-    if lhs.is_empty() || rhs.is_empty() {
+    // `fill_left` fills a missing sample of the "many" side (the left one
+    // unless `group_right`), `fill_right` one of the "one" side.
+    let (fill_many, fill_one) = m.map_or((None, None), |m| (m.fill_values.lhs, m.fill_values.rhs));
+    if (lhs.is_empty() && fill_many.is_none()) || (rhs.is_empty() && fill_one.is_none()) {
         return Ok(Vec::new());
     }
     let card = m.map_or(&VectorMatchCardinality::OneToOne, |m| &m.card);
@@ -234,40 +232,60 @@ fn vector_vector(
             return Err(QueryError::Execution(format!(
                 "found duplicate series for the match group {} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
                 mt.signature_labels(&s.labels),
-                s.labels,
-                dup.labels
+                dup.labels,
+                s.labels
             )));
         }
         one_by_sig.insert(sig, s);
     }
     let mut matched: HashMap<Vec<(String, String)>, HashSet<Labels>> = HashMap::new();
     let mut out = Vec::new();
+    let empty = Labels::empty();
+    let calc = |many_v: f64, one_v: f64| -> Option<f64> {
+        let (a, b) = if one_to_many { (one_v, many_v) } else { (many_v, one_v) };
+        let (v, keep) = apply(op, a, b);
+        if return_bool { Some(f64::from(u8::from(keep))) } else { keep.then_some(v) }
+    };
     for ms in &many {
         let sig = mt.signature(&ms.labels);
-        let Some(os) = one_by_sig.get(&sig) else { continue };
-        let (a, b) = if one_to_many { (os.v, ms.v) } else { (ms.v, os.v) };
-        let (mut v, keep) = apply(op, a, b);
-        if return_bool {
-            v = f64::from(u8::from(keep));
-        } else if !keep {
-            continue;
-        }
-        let labels = result_labels(&ms.labels, &os.labels, op, &mt, one_to_one, include, return_bool);
-        let entry = matched.entry(sig);
+        let (one_labels, one_v) = match (one_by_sig.get(&sig), fill_one) {
+            (Some(os), _) => (&os.labels, os.v),
+            (None, Some(f)) => (&empty, f),
+            (None, None) => continue,
+        };
+        // One-to-one matching is checked before comparisons filter, as
+        // Prometheus does.
         if one_to_one {
-            if matches!(entry, std::collections::hash_map::Entry::Occupied(_)) {
+            let e = matched.entry(sig.clone());
+            if matches!(e, std::collections::hash_map::Entry::Occupied(_)) {
                 return Err(QueryError::Execution(
                     "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)"
                         .into(),
                 ));
             }
-            entry.or_default();
-        } else if !entry.or_default().insert(labels.clone()) {
+            e.or_default();
+        }
+        let Some(v) = calc(ms.v, one_v) else { continue };
+        let labels = result_labels(&ms.labels, one_labels, op, &mt, one_to_one, include, return_bool);
+        if !one_to_one && !matched.entry(sig).or_default().insert(labels.clone()) {
             return Err(QueryError::Execution(
                 "multiple matches for labels: grouping labels must ensure unique matches".into(),
             ));
         }
         out.push(Sample { labels, t: ms.t, v });
+    }
+    if let Some(f) = fill_many {
+        // One-side samples no many-side sample matched: one result each,
+        // labelled with the match group's labels.
+        let many_sigs: HashSet<_> = many.iter().map(|ms| mt.signature(&ms.labels)).collect();
+        for os in &one {
+            if many_sigs.contains(&mt.signature(&os.labels)) {
+                continue;
+            }
+            if let Some(v) = calc(f, os.v) {
+                out.push(Sample { labels: mt.signature_labels(&os.labels), t: os.t, v });
+            }
+        }
     }
     Ok(out)
 }

@@ -25,6 +25,8 @@ pub(crate) struct Ctx<'a> {
     /// Query start and end (for `@ start()` / `@ end()`).
     pub start: i64,
     pub end: i64,
+    /// Range-query step, ms (0 for instant queries), for `step()`.
+    pub step: i64,
     /// Selected series per selector node, keyed by the node's address.
     pub cache: HashMap<usize, Vec<SeriesSamples>>,
 }
@@ -256,9 +258,14 @@ impl Ctx<'_> {
             Expr::Paren(p) => self.eval(&p.expr, t),
             Expr::Unary(u) => match self.eval(&u.expr, t)? {
                 Value::Scalar(t, v) => Ok(Value::Scalar(t, -v)),
-                Value::Vector(vs) => Ok(Value::Vector(
-                    vs.into_iter().map(|s| Sample { labels: s.labels.without(METRIC_NAME), t: s.t, v: -s.v }).collect(),
-                )),
+                Value::Vector(vs) => {
+                    let out: Vec<Sample> = vs
+                        .into_iter()
+                        .map(|s| Sample { labels: s.labels.without(METRIC_NAME), t: s.t, v: -s.v })
+                        .collect();
+                    check_unique(&out)?;
+                    Ok(Value::Vector(out))
+                }
                 other => Err(QueryError::Execution(format!("unary minus on {}", other.type_name()))),
             },
             Expr::VectorSelector(vs) => Ok(Value::Vector(self.eval_vs(vs, t, false))),

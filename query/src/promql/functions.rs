@@ -296,7 +296,7 @@ fn absent_labels(e: &Expr) -> Labels {
 }
 
 fn seen_twice(ms: &[promql_parser::label::Matcher], name: &str) -> bool {
-    ms.iter().filter(|m| m.name == name && matches!(m.op, PMatchOp::Equal)).count() > 1
+    ms.iter().filter(|m| m.name == name).count() > 1
 }
 
 /// A function of a range vector's points and window.
@@ -521,6 +521,23 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
             map_fn(arg(0)?, &|v| v.min(hi))
         }
         "time" => Ok(Value::Scalar(t, t as f64 / 1000.0)),
+        "start" => Ok(Value::Scalar(t, ctx.start as f64 / 1000.0)),
+        "end" => Ok(Value::Scalar(t, ctx.end as f64 / 1000.0)),
+        "range" => Ok(Value::Scalar(t, (ctx.end - ctx.start) as f64 / 1000.0)),
+        "step" => Ok(Value::Scalar(t, ctx.step as f64 / 1000.0)),
+        "min_of" | "max_of" => {
+            let a = ctx.eval_scalar(arg(0)?, t)?;
+            let b = ctx.eval_scalar(arg(1)?, t)?;
+            // Go's math.Min/Max: NaN wins.
+            let v = if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else if name == "min_of" {
+                a.min(b)
+            } else {
+                a.max(b)
+            };
+            Ok(Value::Scalar(t, v))
+        }
         "timestamp" => {
             let e = arg(0)?;
             let mut v = match unparen(e) {

@@ -104,7 +104,7 @@ pub fn instant_query(
     t: i64,
     lookback_ms: i64,
 ) -> Result<Value, QueryError> {
-    let mut ctx = Ctx { store, tenant, lookback: lookback_ms, start: t, end: t, cache: HashMap::new() };
+    let mut ctx = Ctx { store, tenant, lookback: lookback_ms, start: t, end: t, step: 0, cache: HashMap::new() };
     ctx.prefetch(expr, t, t)?;
     // Vector results keep the engine's order (as Prometheus's instant
     // queries do: `sort()` and `topk` order must survive).
@@ -142,7 +142,7 @@ pub fn range_query(
             )));
         }
     }
-    let mut ctx = Ctx { store, tenant, lookback: lookback_ms, start, end, cache: HashMap::new() };
+    let mut ctx = Ctx { store, tenant, lookback: lookback_ms, start, end, step, cache: HashMap::new() };
     ctx.prefetch(expr, start, end)?;
     let mut by: HashMap<Labels, Vec<(i64, f64)>> = HashMap::new();
     let mut t = start;

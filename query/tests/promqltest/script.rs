@@ -362,7 +362,8 @@ pub fn parse_series_desc(desc: &str) -> Result<Labels, String> {
     Labels::from_pairs(pairs).map_err(|e| e.to_string())
 }
 
-/// Parses a float as the test files write them (`1e3`, `-Inf`, `nan`, `0x1F`).
+/// Parses a float as the test files write them (`1e3`, `-Inf`, `nan`); like
+/// Go's `ParseFloat`, `0x59` is not a number (it is `0` repeated 59 times).
 pub fn parse_num(s: &str) -> Result<f64, String> {
     let l = s.to_ascii_lowercase();
     let (neg, body) = match l.as_bytes().first() {
