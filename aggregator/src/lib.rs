@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod http;
+pub mod metadata;
 pub mod selfmetrics;
 
 use std::sync::Arc;
@@ -112,6 +113,10 @@ pub struct Aggregator {
     pub config: AggregatorConfig,
     /// Self-observability.
     pub self_metrics: SelfMetrics,
+    /// Metric metadata seen in remote_write requests.
+    pub metadata: metadata::MetadataCache,
+    /// When this aggregator started (`/api/v1/status/runtimeinfo`).
+    pub started_at: std::time::SystemTime,
     _lock: DirLock,
 }
 
@@ -133,7 +138,15 @@ impl Aggregator {
                 "WAL replayed"
             );
         }
-        Ok(Arc::new(Aggregator { metrics, logs, config, self_metrics: SelfMetrics::new(), _lock: lock }))
+        Ok(Arc::new(Aggregator {
+            metrics,
+            logs,
+            config,
+            self_metrics: SelfMetrics::new(),
+            metadata: metadata::MetadataCache::default(),
+            started_at: std::time::SystemTime::now(),
+            _lock: lock,
+        }))
     }
 
     fn check_labels(&self, labels: &Labels) -> Result<(), (Refusal, String)> {

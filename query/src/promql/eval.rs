@@ -53,7 +53,7 @@ fn at_ms(at: &Option<AtModifier>, start: i64, end: i64) -> Option<i64> {
 
 /// Converts the parser's matchers (including `or` groups and the metric
 /// name) into groups of Cairn matchers; a series matches if any group matches.
-fn matcher_groups(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, QueryError> {
+pub(crate) fn matcher_groups(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, QueryError> {
     let conv = |ms: &[promql_parser::label::Matcher]| -> Result<Vec<Matcher>, QueryError> {
         let mut out = Vec::with_capacity(ms.len() + 1);
         for m in ms {

@@ -96,6 +96,15 @@ pub fn parse(q: &str) -> Result<Expr, QueryError> {
     parser::parse(q).map_err(QueryError::Parse)
 }
 
+/// Parses a series selector (a `match[]` parameter) into groups of
+/// matchers; a series matches when it matches every matcher of any group.
+pub fn parse_series_selector(s: &str) -> Result<Vec<Vec<cairn_wire::Matcher>>, QueryError> {
+    match parse(s)? {
+        Expr::VectorSelector(vs) => eval::matcher_groups(&vs),
+        _ => Err(QueryError::BadData(format!("invalid parameter \"match[]\": {s:?} is not a series selector"))),
+    }
+}
+
 /// Evaluates `expr` at time `t` (ms).
 pub fn instant_query(
     store: &MetricsStore,
