@@ -137,7 +137,7 @@ fn vector_scalar(vs: Vec<Sample>, c: f64, op: Op, return_bool: bool, swap: bool)
         }
         if keep {
             if op.drops_name() || return_bool {
-                s.labels = s.labels.without(METRIC_NAME);
+                s.labels = super::drop_metric_name(&s.labels);
             }
             s.v = v;
             out.push(s);
@@ -301,7 +301,7 @@ fn result_labels(
 ) -> Labels {
     let mut ls: Vec<Label> = many.iter().cloned().collect();
     if op.drops_name() || return_bool {
-        ls.retain(|l| l.name != METRIC_NAME);
+        ls.retain(|l| !super::is_reserved(&l.name));
     }
     if one_to_one {
         if mt.on {

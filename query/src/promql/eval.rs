@@ -261,7 +261,7 @@ impl Ctx<'_> {
                 Value::Vector(vs) => {
                     let out: Vec<Sample> = vs
                         .into_iter()
-                        .map(|s| Sample { labels: s.labels.without(METRIC_NAME), t: s.t, v: -s.v })
+                        .map(|s| Sample { labels: super::drop_metric_name(&s.labels), t: s.t, v: -s.v })
                         .collect();
                     check_unique(&out)?;
                     Ok(Value::Vector(out))

@@ -261,9 +261,7 @@ fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 fn drop_name(s: &mut Sample) {
-    if s.labels.get(METRIC_NAME).is_some() {
-        s.labels = s.labels.without(METRIC_NAME);
-    }
+    s.labels = super::drop_metric_name(&s.labels);
 }
 
 fn set_label(ls: &Labels, name: &str, value: &str) -> Labels {
@@ -316,7 +314,7 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         let mut out = Vec::with_capacity(m.len());
         for s in m {
             if let Some(v) = f(&s.points, w) {
-                let labels = if keep_name { s.labels } else { s.labels.without(METRIC_NAME) };
+                let labels = if keep_name { s.labels } else { super::drop_metric_name(&s.labels) };
                 out.push(Sample { labels, t, v });
             }
         }
@@ -412,7 +410,7 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
             let mut out = Vec::with_capacity(m.len());
             for s in m {
                 let mut vals: Vec<f64> = s.points.iter().map(|x| x.1).collect();
-                out.push(Sample { labels: s.labels.without(METRIC_NAME), t, v: quantile_of(q, &mut vals) });
+                out.push(Sample { labels: super::drop_metric_name(&s.labels), t, v: quantile_of(q, &mut vals) });
             }
             check_unique(&out)?;
             Ok(Value::Vector(out))
@@ -672,7 +670,7 @@ fn histogram_quantile(q: f64, v: Vec<Sample>, t: i64) -> Vec<Sample> {
     for s in v {
         let Some(le) = s.labels.get("le") else { continue };
         let Ok(ub) = parse_le(le) else { continue };
-        let key = s.labels.without("le").without(METRIC_NAME);
+        let key = super::drop_metric_name(&s.labels.without("le"));
         groups
             .entry(key.clone())
             .or_insert_with(|| {

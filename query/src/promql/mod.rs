@@ -96,6 +96,21 @@ pub fn parse(q: &str) -> Result<Expr, QueryError> {
     parser::parse(q).map_err(QueryError::Parse)
 }
 
+/// True for the labels dropped together with the metric name: `__name__`
+/// and the type-and-unit labels `__type__` and `__unit__`, as Prometheus's
+/// `DropReserved` does.
+pub(crate) fn is_reserved(name: &str) -> bool {
+    matches!(name, "__name__" | "__type__" | "__unit__")
+}
+
+/// `ls` without the metric name (and `__type__`/`__unit__`).
+pub(crate) fn drop_metric_name(ls: &Labels) -> Labels {
+    if !ls.iter().any(|l| is_reserved(&l.name)) {
+        return ls.clone();
+    }
+    Labels::from_pairs(ls.iter().filter(|l| !is_reserved(&l.name)).map(|l| (&*l.name, &*l.value))).unwrap_or_default()
+}
+
 /// Parses a series selector (a `match[]` parameter) into groups of
 /// matchers; a series matches when it matches every matcher of any group.
 pub fn parse_series_selector(s: &str) -> Result<Vec<Vec<cairn_wire::Matcher>>, QueryError> {
