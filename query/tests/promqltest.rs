@@ -25,7 +25,7 @@ mod script;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use cairn_query::promql::{self, DEFAULT_LOOKBACK_MS, QueryError, Value};
+use cairn_query::promql::{self, QueryError, QueryOptions, Value};
 use cairn_store::metrics::MetricsStore;
 use cairn_store::{FsyncPolicy, WalOptions};
 use cairn_wire::{Labels, SeriesSamples, is_stale_nan};
@@ -190,10 +190,10 @@ fn evaluate(store: &MetricsStore, e: &Eval) -> Result<Got, QueryError> {
     match e.kind {
         EvalKind::Instant { at } => {
             let at = e.range_vector.map_or(at, |rv| rv.1);
-            promql::instant_query(store, TENANT, &expr, at, DEFAULT_LOOKBACK_MS).map(Got::Instant)
+            promql::instant_query(store, TENANT, &expr, at, &QueryOptions::default()).map(Got::Instant)
         }
         EvalKind::Range { start, end, step } => {
-            promql::range_query(store, TENANT, &expr, start, end, step, DEFAULT_LOOKBACK_MS).map(Got::Range)
+            promql::range_query(store, TENANT, &expr, start, end, step, &QueryOptions::default()).map(Got::Range)
         }
     }
 }
@@ -296,7 +296,7 @@ fn compare_series(got: &[(Labels, Vec<(i64, f64)>)], want: &[(Labels, Vec<(i64, 
 
 fn range_cross_check(store: &MetricsStore, e: &Eval, at: i64, got: &Got) -> CaseResult {
     let Ok(expr) = promql::parse(&e.expr) else { return Ok(()) };
-    let m = promql::range_query(store, TENANT, &expr, at - 60_000, at + 60_000, 60_000, DEFAULT_LOOKBACK_MS)
+    let m = promql::range_query(store, TENANT, &expr, at - 60_000, at + 60_000, 60_000, &QueryOptions::default())
         .map_err(|err| format!("range-query cross-check failed: {}", fmt_err(&err)))?;
     let mid: Vec<(Labels, Vec<(i64, f64)>)> = m
         .iter()

@@ -146,3 +146,24 @@ fn query_limit_and_timeout_parameters() {
         json!([{"metric": {"job": "node"}, "value": [t.parse::<i64>().unwrap(), "5"]}])
     );
 }
+
+#[test]
+fn query_limits_from_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cairn.toml");
+    std::fs::write(&cfg, "[query]\nmax_samples = 2\n").unwrap();
+    let data = dir.path().join("data");
+    let c = Cairn::start(&["serve"], &data, &["--config", cfg.to_str().unwrap()]);
+    let t0 = seed(&c);
+    let t = ((t0 + 15_000) / 1000).to_string();
+    // node_load1 selects 3 samples: over the limit of 2.
+    let (s, v) = c.prom("/api/v1/query", &[("query", "node_load1"), ("time", &t)]);
+    assert_eq!((s, v["errorType"].as_str()), (422, Some("execution")), "{v}");
+    assert_eq!(v["error"], "query processing would load too many samples into memory in query execution");
+    let (s, v) = c.prom("/api/v1/query", &[("query", "up"), ("time", &t)]);
+    assert_eq!(ok_data(s, &v)["result"].as_array().unwrap().len(), 1);
+    // Parse errors carry Prometheus's parameter prefix.
+    let (s, v) = c.prom("/api/v1/query", &[("query", "up{")]);
+    assert_eq!((s, v["errorType"].as_str()), (400, Some("bad_data")), "{v}");
+    assert!(v["error"].as_str().unwrap().starts_with("invalid parameter \"query\": "), "{v}");
+}

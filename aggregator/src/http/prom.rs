@@ -100,7 +100,11 @@ fn api_error(status: StatusCode, error_type: &str, msg: impl Into<String>) -> Re
 
 fn query_error(e: QueryError) -> Response {
     let status = match e {
-        QueryError::Execution(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        QueryError::Execution(_) | QueryError::TooManySamples { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        QueryError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+        QueryError::Parse(m) => {
+            return api_error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"query\": {m}"));
+        }
         _ => StatusCode::BAD_REQUEST,
     };
     api_error(status, e.error_type(), e.to_string())
@@ -168,21 +172,16 @@ fn param_timeout(p: &Params) -> Result<Option<std::time::Duration>, Response> {
     }
 }
 
-/// Answers Prometheus's timeout error when `fut` takes longer than
-/// `timeout`. The evaluation itself is not interrupted (it finishes on its
-/// blocking thread and its result is dropped).
-async fn with_timeout<T>(
-    timeout: Option<std::time::Duration>,
-    fut: impl std::future::Future<Output = Result<T, Response>>,
-) -> Result<T, Response> {
-    match timeout {
-        None => fut.await,
-        Some(d) => match tokio::time::timeout(d, fut).await {
-            Ok(r) => r,
-            Err(_) => {
-                Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "timeout", "query timed out in expression evaluation"))
-            }
-        },
+/// Engine options for a request: `[query]` limits, the deadline from
+/// `query.timeout` shortened by the request's `timeout`.
+fn query_options(agg: &Aggregator, started: Instant, timeout: Option<std::time::Duration>) -> promql::QueryOptions {
+    let cfg = &agg.config.query;
+    let limit = std::time::Duration::from_millis(cfg.timeout.as_millis().max(0) as u64);
+    let t = timeout.map_or(limit, |t| t.min(limit));
+    promql::QueryOptions {
+        lookback_ms: cfg.lookback_delta.as_millis(),
+        deadline: (!t.is_zero()).then(|| started + t),
+        max_samples: cfg.max_samples,
     }
 }
 
@@ -214,15 +213,12 @@ pub(crate) async fn query(
         (Err(r), _) | (_, Err(r)) => return r,
     };
     let started = Instant::now();
-    let lookback = agg.config.query.lookback_delta.as_millis();
+    let opts = query_options(&agg, started, timeout);
     let agg2 = agg.clone();
-    let res = with_timeout(
-        timeout,
-        blocking(move || {
-            let expr = promql::parse(&qs)?;
-            promql::instant_query(&agg2.metrics, &tenant, &expr, t, lookback)
-        }),
-    )
+    let res = blocking(move || {
+        let expr = promql::parse(&qs)?;
+        promql::instant_query(&agg2.metrics, &tenant, &expr, t, &opts)
+    })
     .await;
     agg.self_metrics.observe_query("prometheus_query", started.elapsed().as_secs_f64());
     match res {
@@ -282,15 +278,12 @@ pub(crate) async fn query_range(
         (Err(r), _) | (_, Err(r)) => return r,
     };
     let started = Instant::now();
-    let lookback = agg.config.query.lookback_delta.as_millis();
+    let opts = query_options(&agg, started, timeout);
     let agg2 = agg.clone();
-    let res = with_timeout(
-        timeout,
-        blocking(move || {
-            let expr = promql::parse(&qs)?;
-            promql::range_query(&agg2.metrics, &tenant, &expr, start, end, step, lookback)
-        }),
-    )
+    let res = blocking(move || {
+        let expr = promql::parse(&qs)?;
+        promql::range_query(&agg2.metrics, &tenant, &expr, start, end, step, &opts)
+    })
     .await;
     agg.self_metrics.observe_query("prometheus_query_range", started.elapsed().as_secs_f64());
     match res {

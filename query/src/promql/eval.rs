@@ -29,6 +29,42 @@ pub(crate) struct Ctx<'a> {
     pub step: i64,
     /// Selected series per selector node, keyed by the node's address.
     pub cache: HashMap<usize, Vec<SeriesSamples>>,
+    /// Samples selected so far.
+    pub selected: usize,
+    pub max_samples: usize,
+    pub deadline: Option<std::time::Instant>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(
+        store: &'a MetricsStore,
+        tenant: &'a str,
+        opts: &super::QueryOptions,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Self {
+        Ctx {
+            store,
+            tenant,
+            lookback: opts.lookback_ms,
+            start,
+            end,
+            step,
+            cache: HashMap::new(),
+            selected: 0,
+            max_samples: opts.max_samples,
+            deadline: opts.deadline,
+        }
+    }
+
+    /// Fails when the selected samples plus `extra` exceed the limit.
+    pub fn check_samples(&self, extra: usize) -> Result<(), QueryError> {
+        if self.selected.saturating_add(extra) > self.max_samples {
+            return Err(QueryError::TooManySamples { max_samples: self.max_samples });
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
@@ -122,6 +158,11 @@ impl Ctx<'_> {
             return Ok(());
         }
         let s = self.select(vs, mint, maxt)?;
+        self.selected = self.selected.saturating_add(s.iter().map(|x| x.samples.len()).sum());
+        self.check_samples(0)?;
+        if self.deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            return Err(QueryError::Timeout);
+        }
         self.cache.insert(key, s);
         Ok(())
     }
@@ -252,6 +293,9 @@ impl Ctx<'_> {
     }
 
     pub fn eval(&self, e: &Expr, t: i64) -> Result<Value, QueryError> {
+        if self.deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            return Err(QueryError::Timeout);
+        }
         match e {
             Expr::NumberLiteral(n) => Ok(Value::Scalar(t, n.val)),
             Expr::StringLiteral(s) => Ok(Value::String(t, s.val.clone())),

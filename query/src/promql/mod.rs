@@ -34,6 +34,16 @@ pub enum QueryError {
     /// Evaluation failed (Prometheus `execution`).
     #[error("{0}")]
     Execution(String),
+    /// The query ran past its deadline (Prometheus `timeout`).
+    #[error("query timed out in expression evaluation")]
+    Timeout,
+    /// The query would hold more than `max_samples` samples (Prometheus
+    /// `execution`).
+    #[error("query processing would load too many samples into memory in query execution")]
+    TooManySamples {
+        /// The limit in force.
+        max_samples: usize,
+    },
 }
 
 impl QueryError {
@@ -41,8 +51,30 @@ impl QueryError {
     pub fn error_type(&self) -> &'static str {
         match self {
             QueryError::Parse(_) | QueryError::BadData(_) | QueryError::Unsupported(_) => "bad_data",
-            QueryError::Execution(_) => "execution",
+            QueryError::Execution(_) | QueryError::TooManySamples { .. } => "execution",
+            QueryError::Timeout => "timeout",
         }
+    }
+}
+
+/// Prometheus's default `--query.max-samples`.
+pub const DEFAULT_MAX_SAMPLES: usize = 50_000_000;
+
+/// Limits and settings of one query evaluation.
+#[derive(Debug, Clone)]
+pub struct QueryOptions {
+    /// Lookback delta of instant vector selectors, ms.
+    pub lookback_ms: i64,
+    /// Evaluation fails with [`QueryError::Timeout`] once this passes.
+    pub deadline: Option<std::time::Instant>,
+    /// Most samples a query may load (selected samples plus range-query
+    /// result points); more fail with [`QueryError::TooManySamples`].
+    pub max_samples: usize,
+}
+
+impl Default for QueryOptions {
+    fn default() -> Self {
+        QueryOptions { lookback_ms: DEFAULT_LOOKBACK_MS, deadline: None, max_samples: DEFAULT_MAX_SAMPLES }
     }
 }
 
@@ -126,9 +158,9 @@ pub fn instant_query(
     tenant: &str,
     expr: &Expr,
     t: i64,
-    lookback_ms: i64,
+    opts: &QueryOptions,
 ) -> Result<Value, QueryError> {
-    let mut ctx = Ctx { store, tenant, lookback: lookback_ms, start: t, end: t, step: 0, cache: HashMap::new() };
+    let mut ctx = Ctx::new(store, tenant, opts, t, t, 0);
     ctx.prefetch(expr, t, t)?;
     // Vector results keep the engine's order (as Prometheus's instant
     // queries do: `sort()` and `topk` order must survive).
@@ -143,7 +175,7 @@ pub fn range_query(
     start: i64,
     end: i64,
     step: i64,
-    lookback_ms: i64,
+    opts: &QueryOptions,
 ) -> Result<Vec<Series>, QueryError> {
     if step <= 0 {
         return Err(QueryError::BadData(
@@ -166,14 +198,19 @@ pub fn range_query(
             )));
         }
     }
-    let mut ctx = Ctx { store, tenant, lookback: lookback_ms, start, end, step, cache: HashMap::new() };
+    let mut ctx = Ctx::new(store, tenant, opts, start, end, step);
     ctx.prefetch(expr, start, end)?;
     let mut by: HashMap<Labels, Vec<(i64, f64)>> = HashMap::new();
     let mut t = start;
+    let mut points = 0usize;
     while t <= end {
         match ctx.eval(expr, t)? {
-            Value::Scalar(_, v) => by.entry(Labels::empty()).or_default().push((t, v)),
+            Value::Scalar(_, v) => {
+                points += 1;
+                by.entry(Labels::empty()).or_default().push((t, v))
+            }
             Value::Vector(vs) => {
+                points += vs.len();
                 for s in vs {
                     by.entry(s.labels).or_default().push((t, s.v));
                 }
@@ -182,6 +219,7 @@ pub fn range_query(
                 return Err(QueryError::Execution(format!("range query produced a {}", other.type_name())));
             }
         }
+        ctx.check_samples(points)?;
         t += step;
     }
     let mut out: Vec<Series> = by.into_iter().map(|(labels, points)| Series { labels, points }).collect();

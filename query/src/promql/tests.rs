@@ -23,7 +23,7 @@ fn store() -> (tempfile::TempDir, MetricsStore) {
 }
 
 fn inst(s: &MetricsStore, q: &str, t: i64) -> Result<Value, QueryError> {
-    instant_query(s, "t", &parse(q)?, t, DEFAULT_LOOKBACK_MS)
+    instant_query(s, "t", &parse(q)?, t, &QueryOptions::default())
 }
 
 fn vec_of(v: Value) -> Vec<(String, f64)> {
@@ -75,14 +75,32 @@ fn matrix_and_range_queries() {
         other => panic!("{other:?}"),
     }
     let e = parse(r#"up"#).unwrap();
-    let m = range_query(&s, "t", &e, 0, 120_000, 60_000, DEFAULT_LOOKBACK_MS).unwrap();
+    let m = range_query(&s, "t", &e, 0, 120_000, 60_000, &QueryOptions::default()).unwrap();
     assert_eq!(m.len(), 2);
     assert_eq!(m[0].points, vec![(0, 1.0), (60_000, 1.0), (120_000, 0.0)]);
     assert_eq!(m[1].points, vec![(0, 1.0)]);
-    let m = range_query(&s, "t", &parse("1+1").unwrap(), 0, 10_000, 5_000, DEFAULT_LOOKBACK_MS).unwrap();
+    let m = range_query(&s, "t", &parse("1+1").unwrap(), 0, 10_000, 5_000, &QueryOptions::default()).unwrap();
     assert_eq!(m[0].labels, Labels::empty());
     assert_eq!(m[0].points.len(), 3);
-    assert!(range_query(&s, "t", &parse("up[1m]").unwrap(), 0, 1, 1, DEFAULT_LOOKBACK_MS).is_err());
-    assert!(range_query(&s, "t", &e, 0, 1_000_000_000, 1, DEFAULT_LOOKBACK_MS).is_err());
-    assert!(range_query(&s, "t", &e, 0, 10, 0, DEFAULT_LOOKBACK_MS).is_err());
+    assert!(range_query(&s, "t", &parse("up[1m]").unwrap(), 0, 1, 1, &QueryOptions::default()).is_err());
+    assert!(range_query(&s, "t", &e, 0, 1_000_000_000, 1, &QueryOptions::default()).is_err());
+    assert!(range_query(&s, "t", &e, 0, 10, 0, &QueryOptions::default()).is_err());
+}
+
+#[test]
+fn limits_timeout_and_max_samples() {
+    let (_d, s) = store();
+    let e = parse("up").unwrap();
+    let past = QueryOptions { deadline: Some(std::time::Instant::now()), ..QueryOptions::default() };
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert_eq!(instant_query(&s, "t", &e, 0, &past), Err(QueryError::Timeout));
+    assert_eq!(QueryError::Timeout.error_type(), "timeout");
+    // up{job="a"} has 3 samples and up{job="b"} 2 in range: 5 selected.
+    let few = QueryOptions { max_samples: 4, ..QueryOptions::default() };
+    assert_eq!(range_query(&s, "t", &e, 0, 120_000, 60_000, &few), Err(QueryError::TooManySamples { max_samples: 4 }));
+    // Selected 5 plus result points 4 fit in 9, not in 8.
+    let nine = QueryOptions { max_samples: 9, ..QueryOptions::default() };
+    assert!(range_query(&s, "t", &e, 0, 120_000, 60_000, &nine).is_ok());
+    let eight = QueryOptions { max_samples: 8, ..QueryOptions::default() };
+    assert!(range_query(&s, "t", &e, 0, 120_000, 60_000, &eight).is_err());
 }
