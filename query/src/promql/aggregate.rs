@@ -74,6 +74,13 @@ struct Group {
     samples: Vec<Sample>,
 }
 
+impl Group {
+    /// Whether the group's name (if kept by `by`) is to be dropped.
+    fn drop_name(&self) -> bool {
+        self.samples.iter().any(|s| s.drop_name)
+    }
+}
+
 pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result<Value, QueryError> {
     let op = a.op.to_string();
     let param_scalar = |ctx: &Ctx<'_>| -> Result<f64, QueryError> {
@@ -99,6 +106,8 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
         }
         count_values_label = Some(name);
     }
+    // Names pending a drop still partition groups (`by (__name__)`), and the
+    // pending drop carries over to the group, as in Prometheus.
     for s in input {
         let mut key = keyed(&s);
         if let Some(name) = &count_values_label {
@@ -117,7 +126,7 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
         groups[i].samples.push(s);
     }
     let mut out = Vec::with_capacity(groups.len());
-    let one = |labels: Labels, v: f64| Sample { labels, t, v };
+    let one = |g: &Group, v: f64| Sample { labels: g.labels.clone(), t, v, drop_name: g.drop_name() };
     match op.as_str() {
         "sum" => {
             for g in groups {
@@ -125,7 +134,7 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
                 for x in &g.samples {
                     (s, c) = kahan_inc(x.v, s, c);
                 }
-                out.push(one(g.labels, if c.is_finite() { s + c } else { s }));
+                out.push(one(&g, if c.is_finite() { s + c } else { s }));
             }
         }
         "avg" => {
@@ -134,7 +143,7 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
                 for x in &g.samples {
                     mean.add(x.v);
                 }
-                out.push(one(g.labels, mean.value()));
+                out.push(one(&g, mean.value()));
             }
         }
         "min" | "max" => {
@@ -146,17 +155,17 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
                         v = x.v;
                     }
                 }
-                out.push(one(g.labels, v));
+                out.push(one(&g, v));
             }
         }
         "count" | "count_values" => {
             for g in groups {
-                out.push(one(g.labels, g.samples.len() as f64));
+                out.push(one(&g, g.samples.len() as f64));
             }
         }
         "group" => {
             for g in groups {
-                out.push(one(g.labels, 1.0));
+                out.push(one(&g, 1.0));
             }
         }
         "stddev" | "stdvar" => {
@@ -169,14 +178,14 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
                     acc += delta * (x.v - mean);
                 }
                 let var = acc / n;
-                out.push(one(g.labels, if op == "stddev" { var.sqrt() } else { var }));
+                out.push(one(&g, if op == "stddev" { var.sqrt() } else { var }));
             }
         }
         "quantile" => {
             let q = param_scalar(ctx)?;
             for g in groups {
                 let mut vals: Vec<f64> = g.samples.iter().map(|x| x.v).collect();
-                out.push(one(g.labels, quantile_of(q, &mut vals)));
+                out.push(one(&g, quantile_of(q, &mut vals)));
             }
         }
         "topk" | "bottomk" | "limitk" => {

@@ -137,7 +137,7 @@ fn vector_scalar(vs: Vec<Sample>, c: f64, op: Op, return_bool: bool, swap: bool)
         }
         if keep {
             if op.drops_name() || return_bool {
-                s.labels = super::drop_metric_name(&s.labels);
+                s.drop_name = true;
             }
             s.v = v;
             out.push(s);
@@ -272,7 +272,7 @@ fn vector_vector(
                 "multiple matches for labels: grouping labels must ensure unique matches".into(),
             ));
         }
-        out.push(Sample { labels, t: ms.t, v });
+        out.push(Sample { labels, t: ms.t, v, drop_name: ms.drop_name || op.drops_name() || return_bool });
     }
     if let Some(f) = fill_many {
         // One-side samples no many-side sample matched: one result each,
@@ -283,7 +283,7 @@ fn vector_vector(
                 continue;
             }
             if let Some(v) = calc(f, os.v) {
-                out.push(Sample { labels: mt.signature_labels(&os.labels), t: os.t, v });
+                out.push(Sample::new(mt.signature_labels(&os.labels), os.t, v));
             }
         }
     }
@@ -299,10 +299,9 @@ fn result_labels(
     include: &[String],
     return_bool: bool,
 ) -> Labels {
+    // A dropped name is only marked (see `Sample::drop_name`).
+    let _ = (op, return_bool);
     let mut ls: Vec<Label> = many.iter().cloned().collect();
-    if op.drops_name() || return_bool {
-        ls.retain(|l| !super::is_reserved(&l.name));
-    }
     if one_to_one {
         if mt.on {
             ls.retain(|l| mt.names.contains(&l.name));

@@ -228,7 +228,7 @@ impl Ctx<'_> {
             }
             let (st, sv) = s.samples[hi - 1];
             if st > rt - self.lookback && !is_stale_nan(sv) {
-                out.push(Sample { labels: s.labels.clone(), t: if keep_ts { st } else { t }, v: sv });
+                out.push(Sample::new(s.labels.clone(), if keep_ts { st } else { t }, sv));
             }
         }
         out
@@ -267,7 +267,8 @@ impl Ctx<'_> {
         while it <= end {
             match self.eval(&sq.expr, it)? {
                 Value::Vector(vs) => {
-                    for s in vs {
+                    for mut s in vs {
+                        s.clean();
                         let i = *by.entry(s.labels.clone()).or_insert_with(|| {
                             out.push(Series { labels: s.labels, points: Vec::new() });
                             out.len() - 1
@@ -303,10 +304,8 @@ impl Ctx<'_> {
             Expr::Unary(u) => match self.eval(&u.expr, t)? {
                 Value::Scalar(t, v) => Ok(Value::Scalar(t, -v)),
                 Value::Vector(vs) => {
-                    let out: Vec<Sample> = vs
-                        .into_iter()
-                        .map(|s| Sample { labels: super::drop_metric_name(&s.labels), t: s.t, v: -s.v })
-                        .collect();
+                    let out: Vec<Sample> =
+                        vs.into_iter().map(|s| Sample { labels: s.labels, t: s.t, v: -s.v, drop_name: true }).collect();
                     check_unique(&out)?;
                     Ok(Value::Vector(out))
                 }
@@ -371,7 +370,8 @@ impl Ctx<'_> {
     }
 }
 
-/// Errors when two samples of `v` share a label set.
+/// Errors when two samples of `v` share a label set (names pending a drop
+/// still count: they collide only once dropped, at the end).
 pub(crate) fn check_unique(v: &[Sample]) -> Result<(), QueryError> {
     if v.len() < 2 {
         return Ok(());

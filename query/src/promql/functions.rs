@@ -261,7 +261,7 @@ fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 fn drop_name(s: &mut Sample) {
-    s.labels = super::drop_metric_name(&s.labels);
+    s.drop_name = true;
 }
 
 fn set_label(ls: &Labels, name: &str, value: &str) -> Labels {
@@ -314,8 +314,7 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         let mut out = Vec::with_capacity(m.len());
         for s in m {
             if let Some(v) = f(&s.points, w) {
-                let labels = if keep_name { s.labels } else { super::drop_metric_name(&s.labels) };
-                out.push(Sample { labels, t, v });
+                out.push(Sample { labels: s.labels, t, v, drop_name: !keep_name });
             }
         }
         check_unique(&out)?;
@@ -410,7 +409,7 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
             let mut out = Vec::with_capacity(m.len());
             for s in m {
                 let mut vals: Vec<f64> = s.points.iter().map(|x| x.1).collect();
-                out.push(Sample { labels: super::drop_metric_name(&s.labels), t, v: quantile_of(q, &mut vals) });
+                out.push(Sample { labels: s.labels, t, v: quantile_of(q, &mut vals), drop_name: true });
             }
             check_unique(&out)?;
             Ok(Value::Vector(out))
@@ -453,14 +452,14 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
             if !m.is_empty() {
                 return Ok(Value::Vector(Vec::new()));
             }
-            Ok(Value::Vector(vec![Sample { labels: absent_labels(arg(0)?), t, v: 1.0 }]))
+            Ok(Value::Vector(vec![Sample::new(absent_labels(arg(0)?), t, 1.0)]))
         }
         "absent" => {
             let v = ctx.eval_vector(arg(0)?, t)?;
             if !v.is_empty() {
                 return Ok(Value::Vector(Vec::new()));
             }
-            Ok(Value::Vector(vec![Sample { labels: absent_labels(arg(0)?), t, v: 1.0 }]))
+            Ok(Value::Vector(vec![Sample::new(absent_labels(arg(0)?), t, 1.0)]))
         }
         "abs" => map_fn(arg(0)?, &f64::abs),
         "ceil" => map_fn(arg(0)?, &f64::ceil),
@@ -542,7 +541,7 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
                 Expr::VectorSelector(vs) => ctx
                     .eval_vs(vs, t, true)
                     .into_iter()
-                    .map(|s| Sample { labels: s.labels, t, v: s.t as f64 / 1000.0 })
+                    .map(|s| Sample::new(s.labels, t, s.t as f64 / 1000.0))
                     .collect(),
                 _ => {
                     let mut v = ctx.eval_vector(e, t)?;
@@ -557,14 +556,10 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         "minute" | "hour" | "day_of_week" | "day_of_month" | "days_in_month" | "month" | "year" | "day_of_year" => {
             match args.first() {
                 Some(e) => map_fn(e, &|v| date_part(name, v)),
-                None => Ok(Value::Vector(vec![Sample {
-                    labels: Labels::empty(),
-                    t,
-                    v: date_part(name, t as f64 / 1000.0),
-                }])),
+                None => Ok(Value::Vector(vec![Sample::new(Labels::empty(), t, date_part(name, t as f64 / 1000.0))])),
             }
         }
-        "vector" => Ok(Value::Vector(vec![Sample { labels: Labels::empty(), t, v: ctx.eval_scalar(arg(0)?, t)? }])),
+        "vector" => Ok(Value::Vector(vec![Sample::new(Labels::empty(), t, ctx.eval_scalar(arg(0)?, t)?)])),
         "scalar" => {
             let v = ctx.eval_vector(arg(0)?, t)?;
             Ok(Value::Scalar(t, if v.len() == 1 { v[0].v } else { f64::NAN }))
@@ -616,6 +611,9 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
                     let mut res = String::new();
                     caps.expand(&repl, &mut res);
                     s.labels = set_label(&s.labels, &dst, &res);
+                    if dst == METRIC_NAME {
+                        s.drop_name = false;
+                    }
                 }
             }
             check_unique(&v)?;
@@ -640,6 +638,9 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
                 let joined: Vec<&str> = srcs.iter().map(|n| s.labels.get(n).unwrap_or("")).collect();
                 let joined = joined.join(&sep);
                 s.labels = set_label(&s.labels, &dst, &joined);
+                if dst == METRIC_NAME {
+                    s.drop_name = false;
+                }
             }
             check_unique(&v)?;
             Ok(Value::Vector(v))
@@ -682,7 +683,7 @@ fn histogram_quantile(q: f64, v: Vec<Sample>, t: i64) -> Vec<Sample> {
     let mut out = Vec::with_capacity(order.len());
     for key in order {
         let Some(mut buckets) = groups.remove(&key) else { continue };
-        out.push(Sample { labels: key, t, v: bucket_quantile(q, &mut buckets) });
+        out.push(Sample::new(key, t, bucket_quantile(q, &mut buckets)));
     }
     out
 }

@@ -87,6 +87,25 @@ pub struct Sample {
     pub t: i64,
     /// Value.
     pub v: f64,
+    /// The metric name is to be dropped when the result is final (or
+    /// before aggregation): Prometheus's delayed name removal, which lets
+    /// `label_replace` still read or restore `__name__`.
+    pub drop_name: bool,
+}
+
+impl Sample {
+    /// A sample that keeps its name.
+    pub fn new(labels: Labels, t: i64, v: f64) -> Sample {
+        Sample { labels, t, v, drop_name: false }
+    }
+
+    /// Applies a pending name drop.
+    pub(crate) fn clean(&mut self) {
+        if self.drop_name {
+            self.labels = drop_metric_name(&self.labels);
+            self.drop_name = false;
+        }
+    }
 }
 
 /// One series of a range vector or range-query result.
@@ -164,7 +183,12 @@ pub fn instant_query(
     ctx.prefetch(expr, t, t)?;
     // Vector results keep the engine's order (as Prometheus's instant
     // queries do: `sort()` and `topk` order must survive).
-    ctx.eval(expr, t)
+    let mut v = ctx.eval(expr, t)?;
+    if let Value::Vector(vs) = &mut v {
+        vs.iter_mut().for_each(Sample::clean);
+        eval::check_unique(vs)?;
+    }
+    Ok(v)
 }
 
 /// Evaluates `expr` at `start, start+step, …, ≤ end` (ms) into a matrix.
@@ -209,8 +233,10 @@ pub fn range_query(
                 points += 1;
                 by.entry(Labels::empty()).or_default().push((t, v))
             }
-            Value::Vector(vs) => {
+            Value::Vector(mut vs) => {
                 points += vs.len();
+                vs.iter_mut().for_each(Sample::clean);
+                eval::check_unique(&vs)?;
                 for s in vs {
                     by.entry(s.labels).or_default().push((t, s.v));
                 }

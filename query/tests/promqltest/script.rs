@@ -363,7 +363,7 @@ pub fn parse_series_desc(desc: &str) -> Result<Labels, String> {
 }
 
 /// Parses a float as the test files write them (`1e3`, `-Inf`, `nan`); like
-/// Go's `ParseFloat`, `0x59` is not a number (it is `0` repeated 59 times).
+/// Go's `ParseFloat`, `0x59` is not a number (in values it means 60 zeros).
 pub fn parse_num(s: &str) -> Result<f64, String> {
     let l = s.to_ascii_lowercase();
     let (neg, body) = match l.as_bytes().first() {
@@ -374,9 +374,6 @@ pub fn parse_num(s: &str) -> Result<f64, String> {
     let v = match body {
         "inf" => f64::INFINITY,
         "nan" => f64::NAN,
-        _ if body.starts_with("0x") => {
-            i64::from_str_radix(&body[2..], 16).map_err(|_| format!("bad number {s:?}"))? as f64
-        }
         _ if body.starts_with(|c: char| c.is_ascii_digit() || c == '.') => {
             body.parse::<f64>().map_err(|_| format!("bad number {s:?}"))?
         }
@@ -437,6 +434,7 @@ mod tests {
         assert_eq!(v[12], Some(f64::NEG_INFINITY));
         assert_eq!(expand_values("1e+3+1x1").unwrap(), [Some(1000.0), Some(1001.0)]);
         assert_eq!(expand_values("-1+1x1").unwrap(), [Some(-1.0), Some(0.0)]);
+        assert_eq!(expand_values("0x2").unwrap(), [Some(0.0); 3]);
     }
 
     #[test]
