@@ -171,8 +171,8 @@ impl Ctx<'_> {
     /// effective times its data is read at.
     fn effective(&self, at: &Option<AtModifier>, off: i64, lo: i64, hi: i64) -> (i64, i64) {
         match at_ms(at, self.start, self.end) {
-            Some(t) => (t - off, t - off),
-            None => (lo - off, hi - off),
+            Some(t) => (t.saturating_sub(off), t.saturating_sub(off)),
+            None => (lo.saturating_sub(off), hi.saturating_sub(off)),
         }
     }
 
@@ -182,16 +182,16 @@ impl Ctx<'_> {
         match e {
             Expr::VectorSelector(vs) => {
                 let (lo, hi) = self.effective(&vs.at, offset_ms(&vs.offset), lo, hi);
-                self.fetch(vs, lo - self.lookback + 1, hi)?;
+                self.fetch(vs, lo.saturating_sub(self.lookback).saturating_add(1), hi)?;
             }
             Expr::MatrixSelector(ms) => {
                 let vs = &ms.vs;
                 let (lo, hi) = self.effective(&vs.at, offset_ms(&vs.offset), lo, hi);
-                self.fetch(vs, lo - ms.range.as_millis() as i64 + 1, hi)?;
+                self.fetch(vs, lo.saturating_sub(ms.range.as_millis() as i64).saturating_add(1), hi)?;
             }
             Expr::Subquery(sq) => {
                 let (lo, hi) = self.effective(&sq.at, offset_ms(&sq.offset), lo, hi);
-                self.prefetch(&sq.expr, lo - sq.range.as_millis() as i64, hi)?;
+                self.prefetch(&sq.expr, lo.saturating_sub(sq.range.as_millis() as i64), hi)?;
             }
             Expr::Paren(p) => self.prefetch(&p.expr, lo, hi)?,
             Expr::Unary(u) => self.prefetch(&u.expr, lo, hi)?,
@@ -219,7 +219,7 @@ impl Ctx<'_> {
     /// samples carry their own timestamps (for `timestamp()`), else `t`.
     pub fn eval_vs(&self, vs: &VectorSelector, t: i64, keep_ts: bool) -> Vec<Sample> {
         let series = self.cache.get(&(vs as *const _ as usize)).map(Vec::as_slice).unwrap_or(&[]);
-        let rt = at_ms(&vs.at, self.start, self.end).unwrap_or(t) - offset_ms(&vs.offset);
+        let rt = at_ms(&vs.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&vs.offset));
         let mut out = Vec::new();
         for s in series {
             let hi = s.samples.partition_point(|p| p.0 <= rt);
@@ -227,7 +227,7 @@ impl Ctx<'_> {
                 continue;
             }
             let (st, sv) = s.samples[hi - 1];
-            if st > rt - self.lookback && !is_stale_nan(sv) {
+            if st > rt.saturating_sub(self.lookback) && !is_stale_nan(sv) {
                 out.push(Sample::new(s.labels.clone(), if keep_ts { st } else { t }, sv));
             }
         }
@@ -239,11 +239,11 @@ impl Ctx<'_> {
     pub fn window(&self, e: &Expr, t: i64) -> Option<Window> {
         match unparen(e) {
             Expr::MatrixSelector(ms) => Some(Window {
-                end: at_ms(&ms.vs.at, self.start, self.end).unwrap_or(t) - offset_ms(&ms.vs.offset),
+                end: at_ms(&ms.vs.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&ms.vs.offset)),
                 range: ms.range.as_millis() as i64,
             }),
             Expr::Subquery(sq) => Some(Window {
-                end: at_ms(&sq.at, self.start, self.end).unwrap_or(t) - offset_ms(&sq.offset),
+                end: at_ms(&sq.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&sq.offset)),
                 range: sq.range.as_millis() as i64,
             }),
             _ => None,
@@ -251,22 +251,26 @@ impl Ctx<'_> {
     }
 
     fn eval_subquery(&self, sq: &SubqueryExpr, t: i64) -> Result<Vec<Series>, QueryError> {
-        let end = at_ms(&sq.at, self.start, self.end).unwrap_or(t) - offset_ms(&sq.offset);
+        let end = at_ms(&sq.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&sq.offset));
         let range = sq.range.as_millis() as i64;
         let step = sq.step.map_or(DEFAULT_SUBQUERY_STEP_MS, |d| d.as_millis() as i64);
         if step <= 0 {
             return Err(QueryError::BadData("zero or negative subquery step".into()));
         }
         // First step-aligned time after end - range (Go integer division).
-        let mut it = step * ((end - range) / step);
-        if it <= end - range {
+        let from = end.saturating_sub(range);
+        let mut it = step * (from / step);
+        if it <= from {
             it += step;
         }
         let mut by: HashMap<Labels, usize> = HashMap::new();
         let mut out: Vec<Series> = Vec::new();
+        let mut points = 0usize;
         while it <= end {
+            self.check_samples(points)?;
             match self.eval(&sq.expr, it)? {
                 Value::Vector(vs) => {
+                    points += vs.len();
                     for mut s in vs {
                         s.clean();
                         let i = *by.entry(s.labels.clone()).or_insert_with(|| {
@@ -277,6 +281,7 @@ impl Ctx<'_> {
                     }
                 }
                 Value::Scalar(_, v) => {
+                    points += 1;
                     let i = *by.entry(Labels::empty()).or_insert_with(|| {
                         out.push(Series { labels: Labels::empty(), points: Vec::new() });
                         out.len() - 1
@@ -287,7 +292,10 @@ impl Ctx<'_> {
                     return Err(QueryError::Execution(format!("subquery over a {}", other.type_name())));
                 }
             }
-            it += step;
+            it = match it.checked_add(step) {
+                Some(n) => n,
+                None => break,
+            };
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
@@ -315,11 +323,11 @@ impl Ctx<'_> {
             Expr::MatrixSelector(ms) => {
                 let vs = &ms.vs;
                 let series = self.cache.get(&(vs as *const _ as usize)).map(Vec::as_slice).unwrap_or(&[]);
-                let rt = at_ms(&vs.at, self.start, self.end).unwrap_or(t) - offset_ms(&vs.offset);
+                let rt = at_ms(&vs.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&vs.offset));
                 let range = ms.range.as_millis() as i64;
                 let mut out = Vec::new();
                 for s in series {
-                    let lo = s.samples.partition_point(|p| p.0 <= rt - range);
+                    let lo = s.samples.partition_point(|p| p.0 <= rt.saturating_sub(range));
                     let hi = s.samples.partition_point(|p| p.0 <= rt);
                     let points: Vec<(i64, f64)> =
                         s.samples[lo..hi].iter().copied().filter(|p| !is_stale_nan(p.1)).collect();

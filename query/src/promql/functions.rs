@@ -576,7 +576,7 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         "sort_by_label" | "sort_by_label_desc" => {
             let mut v = ctx.eval_vector(arg(0)?, t)?;
             let mut names = Vec::new();
-            for e in &args[1..] {
+            for e in args.iter().skip(1) {
                 names.push(ctx.eval_string(e, t)?);
             }
             v.sort_by(|a, b| {

@@ -209,7 +209,7 @@ pub fn range_query(
     if end < start {
         return Err(QueryError::BadData("end timestamp must not be before start time".into()));
     }
-    if (end - start) / step >= MAX_POINTS_PER_SERIES {
+    if end.saturating_sub(start) / step >= MAX_POINTS_PER_SERIES {
         return Err(QueryError::BadData(
             "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)".into(),
         ));

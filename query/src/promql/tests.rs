@@ -104,3 +104,62 @@ fn limits_timeout_and_max_samples() {
     let eight = QueryOptions { max_samples: 8, ..QueryOptions::default() };
     assert!(range_query(&s, "t", &e, 0, 120_000, 60_000, &eight).is_err());
 }
+
+/// Odd but valid queries: each must evaluate or fail with a typed error,
+/// never panic, as instant and as range queries.
+#[test]
+fn odd_queries_do_not_panic() {
+    let (_d, s) = store();
+    let opts = QueryOptions {
+        deadline: Some(std::time::Instant::now() + std::time::Duration::from_secs(20)),
+        ..Default::default()
+    };
+    for q in [
+        "up offset 292y",
+        "up offset -292y",
+        "up @ 9999999999",
+        "rate(up[1ms])",
+        "rate(up[5m:0s])",
+        "max_over_time(up[100y:1y])",
+        "sort_by_label(up)",
+        "topk(1e300, up)",
+        "topk(-1, up)",
+        "bottomk(NaN, up)",
+        "quantile(NaN, up)",
+        "count_values(\"a b\", up)",
+        "count_values(\"v\", up)",
+        "label_replace(up, \"x\", \"$1\", \"job\", \"(\")",
+        "label_replace(up, \"1x\", \"$1\", \"job\", \"(.*)\")",
+        "label_join(up, \"x\", \",\")",
+        "histogram_quantile(0.5, up)",
+        "histogram_quantile(2, {le=\"1\"})",
+        "round(up, 0)",
+        "clamp(up, 2, 1)",
+        "predict_linear(up[5m], 1e308)",
+        "double_exponential_smoothing(up[5m], 0.5, 0.5)",
+        "double_exponential_smoothing(up[5m], 1, 0.5)",
+        "up / on() group_left up",
+        "up + ignoring(job) up",
+        "up == bool on(job) group_right other",
+        "(up or other) unless on(__name__) up",
+        "absent(nonexistent{a=\"b\",a=\"c\"})",
+        "absent_over_time(nonexistent[1m])",
+        "year(vector(1e300))",
+        "day_of_week(vector(-1e18))",
+        "days_in_month(vector(NaN))",
+        "timestamp(up offset 1m)",
+        "scalar(up) * vector(1)",
+        "step() + range() + start() + end()",
+        "min_of(NaN, 1)",
+        "limit_ratio(0.5, up)",
+        "limitk(1, up)",
+        "mad_over_time(up[10m])",
+        "stdvar_over_time(up[10m]) + stddev_over_time(up[10m])",
+        "-(-up)",
+        "up[5m:1m] offset 1m",
+    ] {
+        let Ok(e) = parse(q) else { continue };
+        let _ = instant_query(&s, "t", &e, 120_000, &opts);
+        let _ = range_query(&s, "t", &e, 0, 240_000, 30_000, &opts);
+    }
+}
