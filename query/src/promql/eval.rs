@@ -206,7 +206,10 @@ impl Ctx<'_> {
                 }
             }
             Expr::Call(c) => {
-                for a in &c.args.args {
+                // info()'s second argument is a label selector for info
+                // series, read by the function itself.
+                let n = if c.func.name == "info" { 1 } else { c.args.args.len() };
+                for a in c.args.args.iter().take(n) {
                     self.prefetch(a, lo, hi)?;
                 }
             }

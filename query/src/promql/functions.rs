@@ -645,6 +645,17 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
             check_unique(&v)?;
             Ok(Value::Vector(v))
         }
+        "info" => {
+            let base = ctx.eval_vector(arg(0)?, t)?;
+            let sel = match args.get(1).map(|e| unparen(e)) {
+                None => None,
+                Some(Expr::VectorSelector(vs)) => Some(vs),
+                Some(_) => {
+                    return Err(QueryError::BadData("info(): the second argument must be a label selector".into()));
+                }
+            };
+            Ok(Value::Vector(info(ctx, base, sel, t)?))
+        }
         "histogram_quantile" => {
             let q = ctx.eval_scalar(arg(0)?, t)?;
             let v = ctx.eval_vector(arg(1)?, t)?;
@@ -662,6 +673,105 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         }
         other => Err(QueryError::Unsupported(format!("function {other}()"))),
     }
+}
+
+/// Labels identifying the target an info series describes.
+const IDENTIFYING: [&str; 2] = ["instance", "job"];
+
+/// `info(v, {selector})`: adds the data labels of info series (default
+/// `target_info`) with the same `instance` and `job` to each sample.
+fn info(
+    ctx: &Ctx<'_>,
+    base: Vec<Sample>,
+    sel: Option<&promql_parser::parser::VectorSelector>,
+    t: i64,
+) -> Result<Vec<Sample>, QueryError> {
+    use cairn_wire::{MatchOp, Matcher};
+    let mut name_ms = Vec::new();
+    let mut data_ms = Vec::new();
+    if let Some(vs) = sel {
+        if let Some(n) = &vs.name {
+            name_ms.push(Matcher::equal(METRIC_NAME, n.clone()));
+        }
+        for m in &vs.matchers.matchers {
+            let op = match m.op {
+                PMatchOp::Equal => MatchOp::Equal,
+                PMatchOp::NotEqual => MatchOp::NotEqual,
+                PMatchOp::Re(_) => MatchOp::Regex,
+                PMatchOp::NotRe(_) => MatchOp::NotRegex,
+            };
+            let mm =
+                Matcher::new(op, m.name.clone(), m.value.clone()).map_err(|e| QueryError::BadData(e.to_string()))?;
+            if m.name == METRIC_NAME { name_ms.push(mm) } else { data_ms.push(mm) }
+        }
+    }
+    if name_ms.is_empty() {
+        name_ms.push(Matcher::equal(METRIC_NAME, "target_info"));
+    }
+    let all: Vec<Matcher> = name_ms.iter().chain(&data_ms).cloned().collect();
+    let lo = t.saturating_sub(ctx.lookback).saturating_add(1);
+    // Info series present at t, with their latest sample time.
+    let mut infos: Vec<(Labels, i64)> = Vec::new();
+    for s in ctx.store.select(ctx.tenant, &all, lo, t) {
+        if let Some(&(st, v)) = s.samples.last()
+            && !cairn_wire::is_stale_nan(v)
+        {
+            infos.push((s.labels, st));
+        }
+    }
+    let require_match = data_ms.iter().any(|m| !m.matches_empty());
+    let data_names: Vec<&str> = data_ms.iter().map(|m| m.name.as_str()).collect();
+    let mut out = Vec::with_capacity(base.len());
+    for mut s in base {
+        // Info series themselves are not enriched.
+        if s.labels.get(METRIC_NAME).is_some() && name_ms.iter().all(|m| m.matches_labels(&s.labels)) {
+            out.push(s);
+            continue;
+        }
+        let id = |ls: &Labels| IDENTIFYING.map(|n| ls.get(n).unwrap_or("").to_string());
+        let want = id(&s.labels);
+        // Per info metric name, the series with the latest sample.
+        let mut best: HashMap<&str, (&Labels, i64)> = HashMap::new();
+        for (ls, st) in &infos {
+            if id(ls) != want {
+                continue;
+            }
+            let name = ls.get(METRIC_NAME).unwrap_or("");
+            match best.get(name) {
+                Some(&(_, bt)) if bt >= *st => {}
+                _ => {
+                    best.insert(name, (ls, *st));
+                }
+            }
+        }
+        if best.is_empty() {
+            if !require_match {
+                out.push(s);
+            }
+            continue;
+        }
+        let mut add: Vec<(String, String)> = Vec::new();
+        for (ls, _) in best.values() {
+            for l in ls.iter() {
+                if l.name == METRIC_NAME || IDENTIFYING.contains(&l.name.as_str()) || s.labels.get(&l.name).is_some() {
+                    continue;
+                }
+                if !data_names.is_empty() && !data_names.contains(&l.name.as_str()) {
+                    continue;
+                }
+                if !add.iter().any(|(n, _)| *n == l.name) {
+                    add.push((l.name.clone(), l.value.clone()));
+                }
+            }
+        }
+        if !add.is_empty() {
+            let pairs = s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).chain(add);
+            s.labels = Labels::from_pairs(pairs).map_err(|e| QueryError::Execution(e.to_string()))?;
+        }
+        out.push(s);
+    }
+    check_unique(&out)?;
+    Ok(out)
 }
 
 /// `histogram_quantile` over classic buckets (Prometheus's `BucketQuantile`).

@@ -63,7 +63,7 @@ fn scalar_and_vector_arithmetic() {
     assert_eq!(vec_of(inst(&s, r#"up > 0"#, 120_000).unwrap()), vec![]);
     assert_eq!(vec_of(inst(&s, r#"up == bool 0"#, 120_000).unwrap()), vec![(r#"{job="a"}"#.into(), 1.0)]);
     assert!(matches!(inst(&s, r#"{job="a"} + 1"#, 0), Err(QueryError::Execution(_))));
-    assert!(matches!(inst(&s, "info(up)", 0), Err(QueryError::Unsupported(_))));
+    assert!(matches!(inst(&s, "limit_ratio(0.5, up)", 0), Err(QueryError::Unsupported(_))));
     assert!(matches!(inst(&s, "up{", 0), Err(QueryError::Parse(_))));
 }
 
