@@ -118,6 +118,9 @@ pub struct QueryConfig {
     /// range-query result points); more fail with HTTP 422 (Prometheus's
     /// `--query.max-samples`).
     pub max_samples: usize,
+    /// Most PromQL queries evaluated at once; more wait for a free slot
+    /// (Prometheus's `--query.max-concurrency`).
+    pub max_concurrency: usize,
 }
 
 impl Default for QueryConfig {
@@ -127,6 +130,7 @@ impl Default for QueryConfig {
             max_entries_limit: 5000,
             timeout: ConfigDuration::from_secs(120),
             max_samples: 50_000_000,
+            max_concurrency: 20,
         }
     }
 }

@@ -117,6 +117,8 @@ pub struct Aggregator {
     pub metadata: metadata::MetadataCache,
     /// When this aggregator started (`/api/v1/status/runtimeinfo`).
     pub started_at: std::time::SystemTime,
+    /// Slots for concurrent PromQL evaluations (`query.max_concurrency`).
+    pub query_slots: Arc<tokio::sync::Semaphore>,
     _lock: DirLock,
 }
 
@@ -138,6 +140,7 @@ impl Aggregator {
                 "WAL replayed"
             );
         }
+        let query_slots = Arc::new(tokio::sync::Semaphore::new(config.query.max_concurrency.max(1)));
         Ok(Arc::new(Aggregator {
             metrics,
             logs,
@@ -145,6 +148,7 @@ impl Aggregator {
             self_metrics: SelfMetrics::new(),
             metadata: metadata::MetadataCache::default(),
             started_at: std::time::SystemTime::now(),
+            query_slots,
             _lock: lock,
         }))
     }

@@ -215,11 +215,17 @@ pub(crate) async fn query(
     let started = Instant::now();
     let opts = query_options(&agg, started, timeout);
     let agg2 = agg.clone();
-    let res = blocking(move || {
-        let expr = promql::parse(&qs)?;
-        promql::instant_query(&agg2.metrics, &tenant, &expr, t, &opts)
-    })
-    .await;
+    let res = match agg.query_slots.clone().acquire_owned().await {
+        Ok(slot) => {
+            blocking(move || {
+                let _slot = slot;
+                let expr = promql::parse(&qs)?;
+                promql::instant_query(&agg2.metrics, &tenant, &expr, t, &opts)
+            })
+            .await
+        }
+        Err(_) => Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "query slots closed")),
+    };
     agg.self_metrics.observe_query("prometheus_query", started.elapsed().as_secs_f64());
     match res {
         Ok(Ok(mut v)) => {
@@ -280,11 +286,17 @@ pub(crate) async fn query_range(
     let started = Instant::now();
     let opts = query_options(&agg, started, timeout);
     let agg2 = agg.clone();
-    let res = blocking(move || {
-        let expr = promql::parse(&qs)?;
-        promql::range_query(&agg2.metrics, &tenant, &expr, start, end, step, &opts)
-    })
-    .await;
+    let res = match agg.query_slots.clone().acquire_owned().await {
+        Ok(slot) => {
+            blocking(move || {
+                let _slot = slot;
+                let expr = promql::parse(&qs)?;
+                promql::range_query(&agg2.metrics, &tenant, &expr, start, end, step, &opts)
+            })
+            .await
+        }
+        Err(_) => Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "query slots closed")),
+    };
     agg.self_metrics.observe_query("prometheus_query_range", started.elapsed().as_secs_f64());
     match res {
         Ok(Ok(mut m)) => {
