@@ -112,7 +112,7 @@ pub struct QueryConfig {
     pub max_entries_limit: usize,
     /// Longest a PromQL query may evaluate before it fails with Prometheus's
     /// `timeout` error (HTTP 503); a request's `timeout` parameter can only
-    /// shorten it (Prometheus's `--query.timeout`).
+    /// shorten it; `0s` disables it (Prometheus's `--query.timeout`).
     pub timeout: ConfigDuration,
     /// Most samples one PromQL query may load (selected samples plus
     /// range-query result points); more fail with HTTP 422 (Prometheus's

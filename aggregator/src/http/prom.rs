@@ -177,7 +177,11 @@ fn param_timeout(p: &Params) -> Result<Option<std::time::Duration>, Response> {
 fn query_options(agg: &Aggregator, started: Instant, timeout: Option<std::time::Duration>) -> promql::QueryOptions {
     let cfg = &agg.config.query;
     let limit = std::time::Duration::from_millis(cfg.timeout.as_millis().max(0) as u64);
-    let t = timeout.map_or(limit, |t| t.min(limit));
+    let t = match timeout {
+        Some(t) if limit.is_zero() => t,
+        Some(t) => t.min(limit),
+        None => limit,
+    };
     promql::QueryOptions {
         lookback_ms: cfg.lookback_delta.as_millis(),
         deadline: (!t.is_zero()).then(|| started + t),
