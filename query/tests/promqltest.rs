@@ -11,7 +11,9 @@
 //! equals NaN, stale markers only equal stale markers) or when a check this
 //! engine cannot satisfy is required (annotations, native histograms).
 //! Like the reference harness, each successful instant case is also run as
-//! a range query from t−1m to t+1m (step 1m) whose middle step must agree.
+//! a range query from t−1m to t+1m (step 1m) whose middle step must agree,
+//! and with `@ t` added to every selector and subquery (outside subqueries
+//! that got one) at other evaluation times, which must give the same result.
 //!
 //! `query/tests/promqltest-expected-failures.txt` lists the cases not passing
 //! yet, one `file:line reason` per line. The test fails if a case not listed
@@ -175,6 +177,95 @@ fn run_eval(store: &MetricsStore, e: &Eval) -> CaseResult {
         && !["start()", "end()", "range()", "step()"].iter().any(|f| e.expr.contains(f))
     {
         range_cross_check(store, e, at, &got)?;
+        at_cross_check(store, e, at, &got)?;
+    }
+    Ok(())
+}
+
+/// Functions whose result depends on the evaluation time even with `@`
+/// arguments (Prometheus's `AtModifierUnsafeFunctions`).
+const AT_UNSAFE: [&str; 11] = [
+    "days_in_month",
+    "day_of_month",
+    "day_of_week",
+    "day_of_year",
+    "hour",
+    "minute",
+    "month",
+    "year",
+    "predict_linear",
+    "time",
+    "timestamp",
+];
+
+/// Adds `@ at` to selectors and subqueries without one (not below a node
+/// that has one). Returns false when an `@`-unsafe function is present.
+fn add_at(e: &mut promql_parser::parser::Expr, at: std::time::SystemTime) -> bool {
+    use promql_parser::parser::{AtModifier, Expr};
+    match e {
+        Expr::VectorSelector(vs) => {
+            vs.at.get_or_insert(AtModifier::At(at));
+            true
+        }
+        Expr::MatrixSelector(ms) => {
+            ms.vs.at.get_or_insert(AtModifier::At(at));
+            true
+        }
+        Expr::Subquery(sq) => {
+            // Selectors below a subquery with `@` keep their times relative
+            // to it; unsafe functions inside still matter.
+            sq.at.get_or_insert(AtModifier::At(at));
+            !contains_unsafe(&sq.expr)
+        }
+        Expr::Paren(p) => add_at(&mut p.expr, at),
+        Expr::Unary(u) => add_at(&mut u.expr, at),
+        Expr::Binary(b) => add_at(&mut b.lhs, at) & add_at(&mut b.rhs, at),
+        Expr::Aggregate(a) => {
+            let ok = a.param.as_mut().is_none_or(|p| add_at(p, at));
+            add_at(&mut a.expr, at) & ok
+        }
+        Expr::Call(c) => {
+            let mut ok = !AT_UNSAFE.contains(&c.func.name);
+            for a in &mut c.args.args {
+                ok &= add_at(a, at);
+            }
+            ok
+        }
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => true,
+    }
+}
+
+fn contains_unsafe(e: &promql_parser::parser::Expr) -> bool {
+    let mut copy = e.clone();
+    !add_at(&mut copy, std::time::UNIX_EPOCH)
+}
+
+fn at_cross_check(store: &MetricsStore, e: &Eval, at: i64, got: &Got) -> CaseResult {
+    let Got::Instant(value) = got else { return Ok(()) };
+    let Ok(mut expr) = promql::parse(&e.expr) else { return Ok(()) };
+    let at_time = if at >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(at as u64)
+    } else {
+        std::time::UNIX_EPOCH - std::time::Duration::from_millis(at.unsigned_abs())
+    };
+    if !add_at(&mut expr, at_time) {
+        return Ok(());
+    }
+    let times: Vec<i64> = if at == 0 { vec![-1000, 0, 1000] } else { vec![-10 * at, 0, at / 5, at, 10 * at] };
+    let want: Vec<(Labels, Vec<(i64, f64)>)> = match value {
+        Value::Vector(vs) => vs.iter().map(|s| (s.labels.clone(), vec![(0, s.v)])).collect(),
+        Value::Scalar(_, v) => vec![(Labels::empty(), vec![(0, *v)])],
+        _ => return Ok(()),
+    };
+    for t in times {
+        let r = promql::instant_query(store, TENANT, &expr, t, &QueryOptions::default())
+            .map_err(|err| format!("@ cross-check at {t}ms failed: {}", fmt_err(&err)))?;
+        let have: Vec<(Labels, Vec<(i64, f64)>)> = match r {
+            Value::Vector(vs) => vs.iter().map(|s| (s.labels.clone(), vec![(0, s.v)])).collect(),
+            Value::Scalar(_, v) => vec![(Labels::empty(), vec![(0, v)])],
+            other => return Err(format!("@ cross-check at {t}ms: got a {}", other.type_name())),
+        };
+        compare_series(&have, &want, false).map_err(|m| format!("@ cross-check at {t}ms: {m}"))?;
     }
     Ok(())
 }

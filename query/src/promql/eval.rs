@@ -75,7 +75,7 @@ pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
     }
 }
 
-fn at_ms(at: &Option<AtModifier>, start: i64, end: i64) -> Option<i64> {
+pub(crate) fn at_ms(at: &Option<AtModifier>, start: i64, end: i64) -> Option<i64> {
     match at {
         None => None,
         Some(AtModifier::Start) => Some(start),

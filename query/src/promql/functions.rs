@@ -654,7 +654,14 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
                     return Err(QueryError::BadData("info(): the second argument must be a label selector".into()));
                 }
             };
-            Ok(Value::Vector(info(ctx, base, sel, t)?))
+            // Info series are read as of the base selector's `@`/`offset`.
+            let t_info = match unparen(arg(0)?) {
+                Expr::VectorSelector(vs) => super::eval::at_ms(&vs.at, ctx.start, ctx.end)
+                    .unwrap_or(t)
+                    .saturating_sub(super::eval::offset_ms(&vs.offset)),
+                _ => t,
+            };
+            Ok(Value::Vector(info(ctx, base, sel, t_info)?))
         }
         "histogram_quantile" => {
             let q = ctx.eval_scalar(arg(0)?, t)?;
