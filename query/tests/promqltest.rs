@@ -103,8 +103,16 @@ fn run_file(path: &Path) -> Result<Vec<(usize, CaseResult)>, String> {
             }
             Ok(Command::Load { series, skipped }) => {
                 load_notes.extend(skipped);
-                let batch: Vec<SeriesSamples> =
-                    series.into_iter().map(|(labels, samples)| SeriesSamples { labels, samples }).collect();
+                // A series listed twice in one load: the later value at a
+                // timestamp wins, as in Prometheus's test storage.
+                let mut merged: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();
+                for (labels, samples) in series {
+                    merged.entry(labels).or_default().extend(samples);
+                }
+                let batch: Vec<SeriesSamples> = merged
+                    .into_iter()
+                    .map(|(labels, samples)| SeriesSamples { labels, samples: samples.into_iter().collect() })
+                    .collect();
                 match store.store.append(TENANT, batch) {
                     Ok(o) if o.rejected.is_empty() => {}
                     Ok(o) => load_notes.push(format!("line {line}: store rejected {:?}", o.rejected.first())),

@@ -714,6 +714,11 @@ fn info(
     }
     if name_ms.is_empty() {
         name_ms.push(Matcher::equal(METRIC_NAME, "target_info"));
+    } else if !name_ms.iter().any(|m| matches!(m.op, MatchOp::Equal | MatchOp::Regex)) {
+        // Only negative name matchers: they narrow the `*_info` metrics.
+        name_ms.push(
+            Matcher::new(MatchOp::Regex, METRIC_NAME, ".+_info").map_err(|e| QueryError::BadData(e.to_string()))?,
+        );
     }
     let all: Vec<Matcher> = name_ms.iter().chain(&data_ms).cloned().collect();
     let lo = t.saturating_sub(ctx.lookback).saturating_add(1);
@@ -766,8 +771,15 @@ fn info(
                 if !data_names.is_empty() && !data_names.contains(&l.name.as_str()) {
                     continue;
                 }
-                if !add.iter().any(|(n, _)| *n == l.name) {
-                    add.push((l.name.clone(), l.value.clone()));
+                match add.iter().find(|(n, _)| *n == l.name) {
+                    None => add.push((l.name.clone(), l.value.clone())),
+                    Some((_, v)) if *v != l.value => {
+                        return Err(QueryError::Execution(format!(
+                            "conflicting label: {:?} has values {v:?} and {:?} in different info metrics",
+                            l.name, l.value
+                        )));
+                    }
+                    Some(_) => {}
                 }
             }
         }
