@@ -70,6 +70,12 @@ impl Config {
         if self.query.lookback_delta.0.is_zero() {
             anyhow::bail!("query.lookback_delta must be greater than 0");
         }
+        if self.query.max_concurrency == 0 {
+            anyhow::bail!("query.max_concurrency must be at least 1");
+        }
+        if self.query.max_samples == 0 {
+            anyhow::bail!("query.max_samples must be at least 1");
+        }
         self.collector.validate().map_err(|e| anyhow::anyhow!("collector: {e}"))?;
         Ok(())
     }

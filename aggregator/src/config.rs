@@ -176,11 +176,28 @@ pub struct QueryConfig {
     /// Largest `limit` a log query may ask for (Loki's
     /// `max_entries_limit_per_query`).
     pub max_entries_limit: usize,
+    /// Longest a PromQL query may evaluate before it fails with Prometheus's
+    /// `timeout` error (HTTP 503); a request's `timeout` parameter can only
+    /// shorten it; `0s` disables it (Prometheus's `--query.timeout`).
+    pub timeout: ConfigDuration,
+    /// Most samples one PromQL query may load (selected samples plus
+    /// range-query result points); more fail with HTTP 422 (Prometheus's
+    /// `--query.max-samples`).
+    pub max_samples: usize,
+    /// Most PromQL queries evaluated at once; more wait for a free slot
+    /// (Prometheus's `--query.max-concurrency`).
+    pub max_concurrency: usize,
 }
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        QueryConfig { lookback_delta: ConfigDuration::from_secs(300), max_entries_limit: 5000 }
+        QueryConfig {
+            lookback_delta: ConfigDuration::from_secs(300),
+            max_entries_limit: 5000,
+            timeout: ConfigDuration::from_secs(120),
+            max_samples: 50_000_000,
+            max_concurrency: 20,
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod http;
+pub mod metadata;
 pub mod selfmetrics;
 
 use std::sync::Arc;
@@ -114,6 +115,12 @@ pub struct Aggregator {
     pub self_metrics: SelfMetrics,
     /// Wakes the maintenance task when the log head is full.
     flush_wanted: tokio::sync::Notify,
+    /// Metric metadata seen in remote_write requests.
+    pub metadata: metadata::MetadataCache,
+    /// When this aggregator started (`/api/v1/status/runtimeinfo`).
+    pub started_at: std::time::SystemTime,
+    /// Slots for concurrent PromQL evaluations (`query.max_concurrency`).
+    pub query_slots: Arc<tokio::sync::Semaphore>,
     _lock: DirLock,
 }
 
@@ -149,12 +156,16 @@ impl Aggregator {
                 "WAL replayed"
             );
         }
+        let query_slots = Arc::new(tokio::sync::Semaphore::new(config.query.max_concurrency.max(1)));
         Ok(Arc::new(Aggregator {
             metrics,
             logs,
             config,
             self_metrics: SelfMetrics::new(),
             flush_wanted: tokio::sync::Notify::new(),
+            metadata: metadata::MetadataCache::default(),
+            started_at: std::time::SystemTime::now(),
+            query_slots,
             _lock: lock,
         }))
     }

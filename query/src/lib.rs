@@ -15,9 +15,10 @@
 //!
 //! Current stage: LogQL log queries (stream selectors with all four matcher
 //! kinds, line filters `|=`, `!=`, `|~`, `!~`) with limit and direction;
-//! PromQL literals, instant vector selectors (5-minute lookback, staleness,
-//! `offset`, `@`), unary minus, and arithmetic/comparison between scalars and
-//! between a vector and a scalar.
+//! PromQL selectors (lookback, staleness, `offset`, `@`), subqueries, all
+//! aggregations but `limit_ratio`, all binary operators with vector matching,
+//! and the float functions of the Prometheus docs; conformance is measured by
+//! `query/tests/promqltest.rs` against Prometheus's own test files.
 
 pub mod logql;
 pub mod promql;

@@ -8,5 +8,6 @@ mod cli;
 mod logs;
 mod metrics;
 mod ops;
+mod prom_api;
 mod restart;
 mod up;

@@ -33,6 +33,16 @@ pub fn router(agg: Arc<Aggregator>) -> Router {
         .route("/api/v1/query", get(prom::query).post(prom::query))
         .route("/api/v1/query_range", get(prom::query_range).post(prom::query_range))
         .route("/api/v1/status/buildinfo", get(prom::buildinfo))
+        .route("/api/v1/series", get(prom::series).post(prom::series))
+        .route("/api/v1/labels", get(prom::labels).post(prom::labels))
+        .route("/api/v1/label/{name}/values", get(prom::label_values))
+        .route("/api/v1/metadata", get(prom::metadata))
+        .route("/api/v1/query_exemplars", get(prom::query_exemplars).post(prom::query_exemplars))
+        .route("/api/v1/rules", get(prom::rules))
+        .route("/api/v1/alerts", get(prom::alerts))
+        .route("/api/v1/format_query", get(prom::format_query).post(prom::format_query))
+        .route("/api/v1/status/runtimeinfo", get(prom::runtimeinfo))
+        .route("/api/v1/status/tsdb", get(prom::tsdb_status))
         // Loki
         .route("/loki/api/v1/push", post(loki::push))
         .route("/loki/api/v1/query_range", get(loki::query_range))
@@ -87,6 +97,11 @@ impl Params {
             v.extend(form_urlencoded::parse(body).into_owned());
         }
         Params(v)
+    }
+
+    /// Every non-empty value of `key`, in order.
+    pub(crate) fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0.iter().filter(move |(k, v)| k == key && !v.is_empty()).map(|(_, v)| v.as_str())
     }
 
     /// The last value of `key`, if present and non-empty.

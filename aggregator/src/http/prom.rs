@@ -1,12 +1,13 @@
 //! The Prometheus HTTP API: remote_write receiver, instant and range queries,
-//! build info.
+//! series/labels/label values, metadata, the probes Grafana sends (rules,
+//! alerts, exemplars), format_query, and the status endpoints.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cairn_query::promql::{self, QueryError, Value};
@@ -40,6 +41,17 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
             return text_error(StatusCode::BAD_REQUEST, format!("invalid remote_write protobuf: {e}"));
         }
     };
+    for m in &req.metadata {
+        agg.metadata.record(
+            &tenant,
+            &m.metric_family_name,
+            crate::metadata::MetricMeta {
+                kind: crate::metadata::type_name(m.r#type).to_string(),
+                help: m.help.clone(),
+                unit: m.unit.clone(),
+            },
+        );
+    }
     let mut batch = Vec::with_capacity(req.timeseries.len());
     let mut pre_refused = Vec::new();
     for ts in req.timeseries {
@@ -88,7 +100,11 @@ fn api_error(status: StatusCode, error_type: &str, msg: impl Into<String>) -> Re
 
 fn query_error(e: QueryError) -> Response {
     let status = match e {
-        QueryError::Execution(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        QueryError::Execution(_) | QueryError::TooManySamples { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        QueryError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+        QueryError::Parse(m) => {
+            return api_error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"query\": {m}"));
+        }
         _ => StatusCode::BAD_REQUEST,
     };
     api_error(status, e.error_type(), e.to_string())
@@ -138,6 +154,41 @@ fn param_time(p: &Params, key: &str) -> Result<Option<i64>, Response> {
     }
 }
 
+/// `timeout` parameter (a Prometheus duration or float seconds).
+fn param_timeout(p: &Params) -> Result<Option<std::time::Duration>, Response> {
+    match p.get("timeout") {
+        None => Ok(None),
+        Some(s) => time::parse_prom_duration_ms(s)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map(|ms| Some(std::time::Duration::from_millis(ms as u64)))
+            .ok_or_else(|| {
+                api_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_data",
+                    format!("invalid parameter \"timeout\": cannot parse \"{s}\" to a valid duration"),
+                )
+            }),
+    }
+}
+
+/// Engine options for a request: `[query]` limits, the deadline from
+/// `query.timeout` shortened by the request's `timeout`.
+fn query_options(agg: &Aggregator, started: Instant, timeout: Option<std::time::Duration>) -> promql::QueryOptions {
+    let cfg = &agg.config.query;
+    let limit = std::time::Duration::from_millis(cfg.timeout.as_millis().max(0) as u64);
+    let t = match timeout {
+        Some(t) if limit.is_zero() => t,
+        Some(t) => t.min(limit),
+        None => limit,
+    };
+    promql::QueryOptions {
+        lookback_ms: cfg.lookback_delta.as_millis(),
+        deadline: (!t.is_zero()).then(|| started + t),
+        max_samples: cfg.max_samples,
+    }
+}
+
 /// `GET|POST /api/v1/query`
 pub(crate) async fn query(
     State(agg): State<Arc<Aggregator>>,
@@ -161,17 +212,34 @@ pub(crate) async fn query(
         Ok(t) => t.unwrap_or_else(time::now_ms),
         Err(r) => return r,
     };
+    let (limit, timeout) = match (param_limit(&p), param_timeout(&p)) {
+        (Ok(l), Ok(t)) => (l, t),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
     let started = Instant::now();
-    let lookback = agg.config.query.lookback_delta.as_millis();
+    let opts = query_options(&agg, started, timeout);
     let agg2 = agg.clone();
-    let res = blocking(move || {
-        let expr = promql::parse(&qs)?;
-        promql::instant_query(&agg2.metrics, &tenant, &expr, t, lookback)
-    })
-    .await;
+    let res = match agg.query_slots.clone().acquire_owned().await {
+        Ok(slot) => {
+            blocking(move || {
+                let _slot = slot;
+                let expr = promql::parse(&qs)?;
+                promql::instant_query(&agg2.metrics, &tenant, &expr, t, &opts)
+            })
+            .await
+        }
+        Err(_) => Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "query slots closed")),
+    };
     agg.self_metrics.observe_query("prometheus_query", started.elapsed().as_secs_f64());
     match res {
-        Ok(Ok(v)) => Json(json!({"status": "success", "data": value_json(&v)})).into_response(),
+        Ok(Ok(mut v)) => {
+            let truncated = match &mut v {
+                Value::Vector(vs) => truncate(vs, limit),
+                Value::Matrix(ms) => truncate(ms, limit),
+                _ => false,
+            };
+            success_truncated(value_json(&v), truncated)
+        }
         Ok(Err(e)) => query_error(e),
         Err(r) => r,
     }
@@ -215,17 +283,30 @@ pub(crate) async fn query_range(
             );
         }
     };
+    let (limit, timeout) = match (param_limit(&p), param_timeout(&p)) {
+        (Ok(l), Ok(t)) => (l, t),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
     let started = Instant::now();
-    let lookback = agg.config.query.lookback_delta.as_millis();
+    let opts = query_options(&agg, started, timeout);
     let agg2 = agg.clone();
-    let res = blocking(move || {
-        let expr = promql::parse(&qs)?;
-        promql::range_query(&agg2.metrics, &tenant, &expr, start, end, step, lookback)
-    })
-    .await;
+    let res = match agg.query_slots.clone().acquire_owned().await {
+        Ok(slot) => {
+            blocking(move || {
+                let _slot = slot;
+                let expr = promql::parse(&qs)?;
+                promql::range_query(&agg2.metrics, &tenant, &expr, start, end, step, &opts)
+            })
+            .await
+        }
+        Err(_) => Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "query slots closed")),
+    };
     agg.self_metrics.observe_query("prometheus_query_range", started.elapsed().as_secs_f64());
     match res {
-        Ok(Ok(m)) => Json(json!({"status": "success", "data": matrix_json(&m)})).into_response(),
+        Ok(Ok(mut m)) => {
+            let truncated = truncate(&mut m, limit);
+            success_truncated(matrix_json(&m), truncated)
+        }
         Ok(Err(e)) => query_error(e),
         Err(r) => r,
     }
@@ -247,4 +328,342 @@ pub(crate) async fn buildinfo() -> Response {
         }
     }))
     .into_response()
+}
+
+fn success(data: J) -> Response {
+    Json(json!({"status": "success", "data": data})).into_response()
+}
+
+fn success_truncated(data: J, truncated: bool) -> Response {
+    if truncated {
+        Json(json!({"status": "success", "data": data, "warnings": ["results truncated due to limit"]})).into_response()
+    } else {
+        success(data)
+    }
+}
+
+/// `limit` parameter: 0 or absent means no limit.
+fn param_limit(p: &Params) -> Result<usize, Response> {
+    match p.get("limit") {
+        None => Ok(0),
+        Some(s) => s.parse::<usize>().map_err(|_| {
+            api_error(
+                StatusCode::BAD_REQUEST,
+                "bad_data",
+                format!("invalid parameter \"limit\": cannot parse \"{s}\" to a valid limit"),
+            )
+        }),
+    }
+}
+
+/// Common parameters of the series/labels/label-values endpoints.
+struct MetaQuery {
+    tenant: String,
+    groups: Vec<Vec<cairn_wire::Matcher>>,
+    start: i64,
+    end: i64,
+    limit: usize,
+}
+
+fn meta_query(q: Option<&str>, headers: &HeaderMap, body: &[u8], match_required: bool) -> Result<MetaQuery, Response> {
+    let p = Params::parse(q, headers, body);
+    let tenant = tenant(headers).map_err(|m| api_error(StatusCode::BAD_REQUEST, "bad_data", m))?;
+    let start = param_time(&p, "start")?.unwrap_or(i64::MIN);
+    let end = param_time(&p, "end")?.unwrap_or(i64::MAX);
+    if end < start {
+        return Err(api_error(StatusCode::BAD_REQUEST, "bad_data", "end timestamp must not be before start time"));
+    }
+    let limit = param_limit(&p)?;
+    let mut groups = Vec::new();
+    for m in p.all("match[]") {
+        let g = promql::parse_series_selector(m).map_err(|e| {
+            api_error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"match[]\": {e}"))
+        })?;
+        groups.extend(g);
+    }
+    if match_required && groups.is_empty() {
+        return Err(api_error(StatusCode::BAD_REQUEST, "bad_data", "no match[] parameter provided"));
+    }
+    Ok(MetaQuery { tenant, groups, start, end, limit })
+}
+
+/// Series matching any matcher group (all series without groups), sorted.
+fn matching_series(agg: &Aggregator, m: &MetaQuery) -> Vec<Labels> {
+    if m.groups.is_empty() {
+        return agg.metrics.series(&m.tenant, &[], m.start, m.end);
+    }
+    let mut all: Vec<Labels> = Vec::new();
+    for g in &m.groups {
+        all.extend(agg.metrics.series(&m.tenant, g, m.start, m.end));
+    }
+    all.sort();
+    all.dedup();
+    all
+}
+
+fn truncate<T>(v: &mut Vec<T>, limit: usize) -> bool {
+    if limit > 0 && v.len() > limit {
+        v.truncate(limit);
+        true
+    } else {
+        false
+    }
+}
+
+/// `GET|POST /api/v1/series`
+pub(crate) async fn series(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let m = match meta_query(q.as_deref(), &headers, &body, true) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let limit = m.limit;
+    match blocking(move || matching_series(&agg, &m)).await {
+        Ok(mut v) => {
+            let t = truncate(&mut v, limit);
+            success_truncated(json!(v), t)
+        }
+        Err(r) => r,
+    }
+}
+
+/// `GET|POST /api/v1/labels`
+pub(crate) async fn labels(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let m = match meta_query(q.as_deref(), &headers, &body, false) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let limit = m.limit;
+    let res = blocking(move || {
+        let names: std::collections::BTreeSet<String> = matching_series(&agg, &m)
+            .iter()
+            .flat_map(|ls| ls.iter().map(|l| l.name.clone()).collect::<Vec<_>>())
+            .collect();
+        names.into_iter().collect::<Vec<_>>()
+    })
+    .await;
+    match res {
+        Ok(mut v) => {
+            let t = truncate(&mut v, limit);
+            success_truncated(json!(v), t)
+        }
+        Err(r) => r,
+    }
+}
+
+/// `GET|POST /api/v1/label/{name}/values`
+pub(crate) async fn label_values(
+    State(agg): State<Arc<Aggregator>>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !cairn_wire::labels::is_valid_label_name(&name) {
+        return api_error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid label name: {name:?}"));
+    }
+    let m = match meta_query(q.as_deref(), &headers, &body, false) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let limit = m.limit;
+    let res = blocking(move || {
+        let values: std::collections::BTreeSet<String> =
+            matching_series(&agg, &m).iter().filter_map(|ls| ls.get(&name).map(str::to_string)).collect();
+        values.into_iter().collect::<Vec<_>>()
+    })
+    .await;
+    match res {
+        Ok(mut v) => {
+            let t = truncate(&mut v, limit);
+            success_truncated(json!(v), t)
+        }
+        Err(r) => r,
+    }
+}
+
+/// `GET /api/v1/metadata` (`metric`, `limit`, `limit_per_metric`).
+pub(crate) async fn metadata(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let p = Params::parse(q.as_deref(), &headers, &[]);
+    let tenant = match tenant(&headers) {
+        Ok(t) => t,
+        Err(m) => return api_error(StatusCode::BAD_REQUEST, "bad_data", m),
+    };
+    let parse_limit = |key: &str| -> Result<Option<usize>, Response> {
+        match p.get(key) {
+            None => Ok(None),
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if n >= 0 => Ok(Some(n as usize)),
+                Ok(_) => Ok(None),
+                Err(_) => Err(api_error(StatusCode::BAD_REQUEST, "bad_data", format!("{key} must be a number"))),
+            },
+        }
+    };
+    let (limit, per_metric) = match (parse_limit("limit"), parse_limit("limit_per_metric")) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let mut out = serde_json::Map::new();
+    for (name, mut entries) in agg.metadata.get(&tenant, p.get("metric")) {
+        if limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
+        if let Some(n) = per_metric {
+            entries.truncate(n);
+        }
+        out.insert(name, json!(entries));
+    }
+    success(J::Object(out))
+}
+
+/// `GET|POST /api/v1/query_exemplars`: Cairn stores no exemplars.
+pub(crate) async fn query_exemplars(RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+    let p = Params::parse(q.as_deref(), &headers, &body);
+    if let Some(qs) = p.get("query")
+        && let Err(e) = promql::parse(qs)
+    {
+        return api_error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"query\": {e}"));
+    }
+    success(json!([]))
+}
+
+/// `GET /api/v1/rules`: Cairn evaluates no rules.
+pub(crate) async fn rules() -> Response {
+    success(json!({"groups": []}))
+}
+
+/// `GET /api/v1/alerts`: Cairn evaluates no alerting rules.
+pub(crate) async fn alerts() -> Response {
+    success(json!({"alerts": []}))
+}
+
+/// `GET|POST /api/v1/format_query`
+pub(crate) async fn format_query(RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+    let p = Params::parse(q.as_deref(), &headers, &body);
+    let Some(qs) = p.get("query") else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "invalid parameter \"query\": unknown position: parse error: no expression found in input",
+        );
+    };
+    match promql::parse(qs) {
+        Ok(e) => success(json!(e.prettify())),
+        Err(e) => api_error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"query\": {e}")),
+    }
+}
+
+/// RFC 3339 with nanoseconds, as Go's `time.Time` marshals.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let ns = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    time::format_rfc3339_ns(ns)
+}
+
+/// `GET /api/v1/status/runtimeinfo`
+pub(crate) async fn runtimeinfo(State(agg): State<Arc<Aggregator>>) -> Response {
+    let cwd = std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default();
+    let hostname =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let replay = agg.metrics.replay_stats();
+    success(json!({
+        "startTime": rfc3339(agg.started_at),
+        "CWD": cwd,
+        "hostname": hostname,
+        "serverTime": rfc3339(std::time::SystemTime::now()),
+        "reloadConfigSuccess": true,
+        "lastConfigTime": rfc3339(agg.started_at),
+        "corruptionCount": replay.corrupt_segments,
+        "goroutineCount": 0,
+        "GOMAXPROCS": threads,
+        "GOMEMLIMIT": i64::MAX,
+        "GOGC": "",
+        "GODEBUG": "",
+        "storageRetention": "unlimited",
+    }))
+}
+
+/// `GET /api/v1/status/tsdb` (`limit`, default 10): head statistics of the
+/// requesting tenant, computed from its series.
+pub(crate) async fn tsdb_status(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let p = Params::parse(q.as_deref(), &headers, &[]);
+    let tenant = match tenant(&headers) {
+        Ok(t) => t,
+        Err(m) => return api_error(StatusCode::BAD_REQUEST, "bad_data", m),
+    };
+    let limit = match p.get("limit").map(str::parse::<usize>) {
+        None => 10,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => return api_error(StatusCode::BAD_REQUEST, "bad_data", "limit must be a positive number"),
+    };
+    let res = blocking(move || {
+        use std::collections::{HashMap, HashSet};
+        let all = agg.metrics.series(&tenant, &[], i64::MIN, i64::MAX);
+        let mut by_name: HashMap<&str, u64> = HashMap::new();
+        let mut values_by_label: HashMap<&str, HashSet<&str>> = HashMap::new();
+        let mut bytes_by_label: HashMap<&str, u64> = HashMap::new();
+        let mut by_pair: HashMap<String, u64> = HashMap::new();
+        for ls in &all {
+            if let Some(n) = ls.get(cairn_wire::METRIC_NAME) {
+                *by_name.entry(n).or_default() += 1;
+            }
+            for l in ls.iter() {
+                if values_by_label.entry(&l.name).or_default().insert(&l.value) {
+                    *bytes_by_label.entry(&l.name).or_default() += l.value.len() as u64;
+                }
+                *by_pair.entry(format!("{}={}", l.name, l.value)).or_default() += 1;
+            }
+        }
+        let pairs: usize = values_by_label.values().map(HashSet::len).sum();
+        let top = |m: Vec<(String, u64)>| -> J {
+            let mut m = m;
+            m.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            m.truncate(limit);
+            J::Array(m.into_iter().map(|(name, value)| json!({"name": name, "value": value})).collect())
+        };
+        // Time bounds over the tenant's samples (cost: one pass over them).
+        let (mut min_t, mut max_t) = (i64::MAX, i64::MIN);
+        for s in agg.metrics.select(&tenant, &[], i64::MIN, i64::MAX) {
+            if let (Some(f), Some(l)) = (s.samples.first(), s.samples.last()) {
+                min_t = min_t.min(f.0);
+                max_t = max_t.max(l.0);
+            }
+        }
+        json!({
+            "headStats": {
+                "numSeries": all.len(),
+                "numLabelPairs": pairs,
+                "chunkCount": 0,
+                "minTime": min_t,
+                "maxTime": max_t,
+            },
+            "seriesCountByMetricName": top(by_name.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+            "labelValueCountByLabelName":
+                top(values_by_label.iter().map(|(k, v)| (k.to_string(), v.len() as u64)).collect()),
+            "memoryInBytesByLabelName": top(bytes_by_label.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+            "seriesCountByLabelValuePair": top(by_pair.into_iter().collect()),
+        })
+    })
+    .await;
+    match res {
+        Ok(v) => success(v),
+        Err(r) => r,
+    }
 }

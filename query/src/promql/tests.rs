@@ -1,5 +1,6 @@
 use super::*;
 use cairn_store::WalOptions;
+use cairn_store::metrics::SeriesSamples;
 
 fn store() -> (tempfile::TempDir, MetricsStore) {
     let d = tempfile::tempdir().unwrap();
@@ -22,7 +23,7 @@ fn store() -> (tempfile::TempDir, MetricsStore) {
 }
 
 fn inst(s: &MetricsStore, q: &str, t: i64) -> Result<Value, QueryError> {
-    instant_query(s, "t", &parse(q)?, t, DEFAULT_LOOKBACK_MS)
+    instant_query(s, "t", &parse(q)?, t, &QueryOptions::default())
 }
 
 fn vec_of(v: Value) -> Vec<(String, f64)> {
@@ -62,7 +63,7 @@ fn scalar_and_vector_arithmetic() {
     assert_eq!(vec_of(inst(&s, r#"up > 0"#, 120_000).unwrap()), vec![]);
     assert_eq!(vec_of(inst(&s, r#"up == bool 0"#, 120_000).unwrap()), vec![(r#"{job="a"}"#.into(), 1.0)]);
     assert!(matches!(inst(&s, r#"{job="a"} + 1"#, 0), Err(QueryError::Execution(_))));
-    assert!(matches!(inst(&s, "sum(up)", 0), Err(QueryError::Unsupported(_))));
+    assert!(matches!(inst(&s, "limit_ratio(0.5, up)", 0), Err(QueryError::Unsupported(_))));
     assert!(matches!(inst(&s, "up{", 0), Err(QueryError::Parse(_))));
 }
 
@@ -74,14 +75,91 @@ fn matrix_and_range_queries() {
         other => panic!("{other:?}"),
     }
     let e = parse(r#"up"#).unwrap();
-    let m = range_query(&s, "t", &e, 0, 120_000, 60_000, DEFAULT_LOOKBACK_MS).unwrap();
+    let m = range_query(&s, "t", &e, 0, 120_000, 60_000, &QueryOptions::default()).unwrap();
     assert_eq!(m.len(), 2);
     assert_eq!(m[0].points, vec![(0, 1.0), (60_000, 1.0), (120_000, 0.0)]);
     assert_eq!(m[1].points, vec![(0, 1.0)]);
-    let m = range_query(&s, "t", &parse("1+1").unwrap(), 0, 10_000, 5_000, DEFAULT_LOOKBACK_MS).unwrap();
+    let m = range_query(&s, "t", &parse("1+1").unwrap(), 0, 10_000, 5_000, &QueryOptions::default()).unwrap();
     assert_eq!(m[0].labels, Labels::empty());
     assert_eq!(m[0].points.len(), 3);
-    assert!(range_query(&s, "t", &parse("up[1m]").unwrap(), 0, 1, 1, DEFAULT_LOOKBACK_MS).is_err());
-    assert!(range_query(&s, "t", &e, 0, 1_000_000_000, 1, DEFAULT_LOOKBACK_MS).is_err());
-    assert!(range_query(&s, "t", &e, 0, 10, 0, DEFAULT_LOOKBACK_MS).is_err());
+    assert!(range_query(&s, "t", &parse("up[1m]").unwrap(), 0, 1, 1, &QueryOptions::default()).is_err());
+    assert!(range_query(&s, "t", &e, 0, 1_000_000_000, 1, &QueryOptions::default()).is_err());
+    assert!(range_query(&s, "t", &e, 0, 10, 0, &QueryOptions::default()).is_err());
+}
+
+#[test]
+fn limits_timeout_and_max_samples() {
+    let (_d, s) = store();
+    let e = parse("up").unwrap();
+    let past = QueryOptions { deadline: Some(std::time::Instant::now()), ..QueryOptions::default() };
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert_eq!(instant_query(&s, "t", &e, 0, &past), Err(QueryError::Timeout));
+    assert_eq!(QueryError::Timeout.error_type(), "timeout");
+    // up{job="a"} has 3 samples and up{job="b"} 2 in range: 5 selected.
+    let few = QueryOptions { max_samples: 4, ..QueryOptions::default() };
+    assert_eq!(range_query(&s, "t", &e, 0, 120_000, 60_000, &few), Err(QueryError::TooManySamples { max_samples: 4 }));
+    // Selected 5 plus result points 4 fit in 9, not in 8.
+    let nine = QueryOptions { max_samples: 9, ..QueryOptions::default() };
+    assert!(range_query(&s, "t", &e, 0, 120_000, 60_000, &nine).is_ok());
+    let eight = QueryOptions { max_samples: 8, ..QueryOptions::default() };
+    assert!(range_query(&s, "t", &e, 0, 120_000, 60_000, &eight).is_err());
+}
+
+/// Odd but valid queries: each must evaluate or fail with a typed error,
+/// never panic, as instant and as range queries.
+#[test]
+fn odd_queries_do_not_panic() {
+    let (_d, s) = store();
+    let opts = QueryOptions {
+        deadline: Some(std::time::Instant::now() + std::time::Duration::from_secs(20)),
+        ..Default::default()
+    };
+    for q in [
+        "up offset 292y",
+        "up offset -292y",
+        "up @ 9999999999",
+        "rate(up[1ms])",
+        "rate(up[5m:0s])",
+        "max_over_time(up[100y:1y])",
+        "sort_by_label(up)",
+        "topk(1e300, up)",
+        "topk(-1, up)",
+        "bottomk(NaN, up)",
+        "quantile(NaN, up)",
+        "count_values(\"a b\", up)",
+        "count_values(\"v\", up)",
+        "label_replace(up, \"x\", \"$1\", \"job\", \"(\")",
+        "label_replace(up, \"1x\", \"$1\", \"job\", \"(.*)\")",
+        "label_join(up, \"x\", \",\")",
+        "histogram_quantile(0.5, up)",
+        "histogram_quantile(2, {le=\"1\"})",
+        "round(up, 0)",
+        "clamp(up, 2, 1)",
+        "predict_linear(up[5m], 1e308)",
+        "double_exponential_smoothing(up[5m], 0.5, 0.5)",
+        "double_exponential_smoothing(up[5m], 1, 0.5)",
+        "up / on() group_left up",
+        "up + ignoring(job) up",
+        "up == bool on(job) group_right other",
+        "(up or other) unless on(__name__) up",
+        "absent(nonexistent{a=\"b\",a=\"c\"})",
+        "absent_over_time(nonexistent[1m])",
+        "year(vector(1e300))",
+        "day_of_week(vector(-1e18))",
+        "days_in_month(vector(NaN))",
+        "timestamp(up offset 1m)",
+        "scalar(up) * vector(1)",
+        "step() + range() + start() + end()",
+        "min_of(NaN, 1)",
+        "limit_ratio(0.5, up)",
+        "limitk(1, up)",
+        "mad_over_time(up[10m])",
+        "stdvar_over_time(up[10m]) + stddev_over_time(up[10m])",
+        "-(-up)",
+        "up[5m:1m] offset 1m",
+    ] {
+        let Ok(e) = parse(q) else { continue };
+        let _ = instant_query(&s, "t", &e, 120_000, &opts);
+        let _ = range_query(&s, "t", &e, 0, 240_000, 30_000, &opts);
+    }
 }

@@ -1,0 +1,259 @@
+//! Aggregation operators (`sum`, `avg`, …, `limit_ratio`) with `by` /
+//! `without`, following Prometheus's `aggregation()`: groups appear in the
+//! order of their first input series.
+
+use std::collections::HashMap;
+
+use cairn_wire::labels::is_valid_label_name;
+use cairn_wire::{Label, Labels, METRIC_NAME};
+use promql_parser::parser::{AggregateExpr, LabelModifier};
+
+use super::eval::Ctx;
+use super::functions::{kahan_inc, quantile_of};
+use super::{QueryError, Sample, Value};
+
+/// Group key labels of `ls` under the modifier.
+fn group_labels(ls: &Labels, m: Option<&LabelModifier>) -> Labels {
+    match m {
+        None => Labels::empty(),
+        Some(LabelModifier::Include(names)) => {
+            Labels::from_pairs(ls.iter().filter(|l| names.labels.contains(&l.name)).map(|l| (&*l.name, &*l.value)))
+                .unwrap_or_default()
+        }
+        Some(LabelModifier::Exclude(names)) => Labels::from_pairs(
+            ls.iter()
+                .filter(|l| l.name != METRIC_NAME && !names.labels.contains(&l.name))
+                .map(|l| (&*l.name, &*l.value)),
+        )
+        .unwrap_or_default(),
+    }
+}
+
+/// Running state of `avg` (Kahan sum, switching to an incremental mean on
+/// overflow, as Prometheus does); shared with `avg_over_time`.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Mean {
+    count: f64,
+    sum: f64,
+    c: f64,
+    mean: f64,
+    incremental: bool,
+}
+
+impl Mean {
+    pub fn add(&mut self, f: f64) {
+        self.count += 1.0;
+        if self.count == 1.0 {
+            self.sum = f;
+            return;
+        }
+        if !self.incremental {
+            let (ns, nc) = kahan_inc(f, self.sum, self.c);
+            if !ns.is_infinite() {
+                self.sum = ns;
+                self.c = nc;
+                return;
+            }
+            self.incremental = true;
+            self.mean = self.sum / (self.count - 1.0);
+            self.c /= self.count - 1.0;
+        }
+        let q = (self.count - 1.0) / self.count;
+        let (m, c) = kahan_inc(f / self.count, q * self.mean, q * self.c);
+        self.mean = m;
+        self.c = c;
+    }
+
+    pub fn value(&self) -> f64 {
+        if self.incremental { self.mean + self.c } else { self.sum / self.count + self.c / self.count }
+    }
+}
+
+struct Group {
+    labels: Labels,
+    samples: Vec<Sample>,
+}
+
+impl Group {
+    /// Whether the group's name (if kept by `by`) is to be dropped.
+    fn drop_name(&self) -> bool {
+        self.samples.iter().any(|s| s.drop_name)
+    }
+}
+
+pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result<Value, QueryError> {
+    let op = a.op.to_string();
+    let param_scalar = |ctx: &Ctx<'_>| -> Result<f64, QueryError> {
+        match &a.param {
+            Some(p) => ctx.eval_scalar(p, t),
+            None => Err(QueryError::BadData(format!("{op} needs a parameter"))),
+        }
+    };
+    let input = ctx.eval_vector(&a.expr, t)?;
+    let m = a.modifier.as_ref();
+    // Groups in order of first appearance.
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let keyed = |s: &Sample| group_labels(&s.labels, m);
+    let mut count_values_label = None;
+    if op == "count_values" {
+        let name = match &a.param {
+            Some(p) => ctx.eval_string(p, t)?,
+            None => return Err(QueryError::BadData("count_values needs a label name".into())),
+        };
+        if !is_valid_label_name(&name) {
+            return Err(QueryError::Execution(format!("invalid label name {name:?}")));
+        }
+        count_values_label = Some(name);
+    }
+    // Names pending a drop still partition groups (`by (__name__)`), and the
+    // pending drop carries over to the group, as in Prometheus.
+    for s in input {
+        let mut key = keyed(&s);
+        if let Some(name) = &count_values_label {
+            let mut ls: Vec<Label> = key.iter().filter(|l| l.name != *name).cloned().collect();
+            ls.push(Label { name: name.clone(), value: go_format_float(s.v) });
+            key = Labels::from_pairs(ls.into_iter().map(|l| (l.name, l.value))).unwrap_or_default();
+        }
+        let i = match index.get(&key) {
+            Some(&i) => i,
+            None => {
+                index.insert(key.clone(), groups.len());
+                groups.push(Group { labels: key, samples: Vec::new() });
+                groups.len() - 1
+            }
+        };
+        groups[i].samples.push(s);
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    let one = |g: &Group, v: f64| Sample { labels: g.labels.clone(), t, v, drop_name: g.drop_name() };
+    match op.as_str() {
+        "sum" => {
+            for g in groups {
+                let (mut s, mut c) = (0.0, 0.0);
+                for x in &g.samples {
+                    (s, c) = kahan_inc(x.v, s, c);
+                }
+                out.push(one(&g, if c.is_finite() { s + c } else { s }));
+            }
+        }
+        "avg" => {
+            for g in groups {
+                let mut mean = Mean::default();
+                for x in &g.samples {
+                    mean.add(x.v);
+                }
+                out.push(one(&g, mean.value()));
+            }
+        }
+        "min" | "max" => {
+            let is_min = op == "min";
+            for g in groups {
+                let mut v = g.samples[0].v;
+                for x in &g.samples[1..] {
+                    if v.is_nan() || (is_min && x.v < v) || (!is_min && x.v > v) {
+                        v = x.v;
+                    }
+                }
+                out.push(one(&g, v));
+            }
+        }
+        "count" | "count_values" => {
+            for g in groups {
+                out.push(one(&g, g.samples.len() as f64));
+            }
+        }
+        "group" => {
+            for g in groups {
+                out.push(one(&g, 1.0));
+            }
+        }
+        "stddev" | "stdvar" => {
+            for g in groups {
+                let (mut n, mut mean, mut acc) = (0.0, 0.0, 0.0);
+                for x in &g.samples {
+                    n += 1.0;
+                    let delta = x.v - mean;
+                    mean += delta / n;
+                    acc += delta * (x.v - mean);
+                }
+                let var = acc / n;
+                out.push(one(&g, if op == "stddev" { var.sqrt() } else { var }));
+            }
+        }
+        "quantile" => {
+            let q = param_scalar(ctx)?;
+            for g in groups {
+                let mut vals: Vec<f64> = g.samples.iter().map(|x| x.v).collect();
+                out.push(one(&g, quantile_of(q, &mut vals)));
+            }
+        }
+        "topk" | "bottomk" | "limitk" => {
+            let k = param_scalar(ctx)?;
+            if k.is_nan() {
+                return Err(QueryError::Execution("Parameter value is NaN".into()));
+            }
+            if !(-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&k) {
+                return Err(QueryError::Execution(format!("Scalar value {} overflows int64", go_format_float(k))));
+            }
+            let k = k as i64;
+            if k < 1 {
+                return Ok(Value::Vector(Vec::new()));
+            }
+            let k = k as usize;
+            for mut g in groups {
+                match op.as_str() {
+                    "topk" => g.samples.sort_by(|a, b| desc_nan_last(a.v, b.v)),
+                    "bottomk" => g.samples.sort_by(|a, b| asc_nan_last(a.v, b.v)),
+                    _ => {}
+                }
+                g.samples.truncate(k);
+                out.extend(g.samples);
+            }
+        }
+        "limit_ratio" => {
+            let r = param_scalar(ctx)?;
+            if r.is_nan() {
+                return Err(QueryError::Execution("Ratio value is NaN".into()));
+            }
+            return Err(QueryError::Unsupported(
+                "limit_ratio (needs Prometheus's label-set hash to select the same series)".into(),
+            ));
+        }
+        other => return Err(QueryError::Unsupported(format!("aggregation {other}"))),
+    }
+    Ok(Value::Vector(out))
+}
+
+/// Descending by value, NaN last.
+pub(crate) fn desc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Greater,
+        (false, true) => std::cmp::Ordering::Less,
+        _ => b.partial_cmp(&a).unwrap_or(std::cmp::Ordering::Equal),
+    }
+}
+
+/// Ascending by value, NaN last.
+pub(crate) fn asc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Greater,
+        (false, true) => std::cmp::Ordering::Less,
+        _ => a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal),
+    }
+}
+
+/// Go's `strconv.FormatFloat(v, 'f', -1, 64)`: shortest digits, no exponent.
+pub(crate) fn go_format_float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}

@@ -1,0 +1,319 @@
+//! Binary operators: arithmetic, comparisons (filtering or `bool`), set
+//! operators, and vector matching (`on`, `ignoring`, `group_left`,
+//! `group_right`), following Prometheus's `VectorBinop`.
+
+use std::collections::{HashMap, HashSet};
+
+use cairn_wire::{Label, Labels, METRIC_NAME};
+use promql_parser::parser::{BinModifier, BinaryExpr, LabelModifier, VectorMatchCardinality};
+
+use super::eval::{Ctx, check_unique};
+use super::{QueryError, Sample, Value};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Pow,
+    Atan2,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    And,
+    Or,
+    Unless,
+}
+
+impl Op {
+    fn from_str(s: &str) -> Result<Op, QueryError> {
+        Ok(match s {
+            "+" => Op::Add,
+            "-" => Op::Sub,
+            "*" => Op::Mul,
+            "/" => Op::Div,
+            "%" => Op::Mod,
+            "^" => Op::Pow,
+            "atan2" => Op::Atan2,
+            "==" => Op::Eq,
+            "!=" => Op::Ne,
+            "<" => Op::Lt,
+            "<=" => Op::Le,
+            ">" => Op::Gt,
+            ">=" => Op::Ge,
+            "and" => Op::And,
+            "or" => Op::Or,
+            "unless" => Op::Unless,
+            other => return Err(QueryError::Unsupported(format!("binary operator {other}"))),
+        })
+    }
+
+    fn is_comparison(self) -> bool {
+        matches!(self, Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge)
+    }
+
+    /// Arithmetic operators drop the metric name; comparisons keep it.
+    fn drops_name(self) -> bool {
+        matches!(self, Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Mod | Op::Pow | Op::Atan2)
+    }
+}
+
+/// `(value, keep)`: for comparisons `value` is the left operand and `keep`
+/// the outcome; arithmetic always keeps.
+fn apply(op: Op, a: f64, b: f64) -> (f64, bool) {
+    match op {
+        Op::Add => (a + b, true),
+        Op::Sub => (a - b, true),
+        Op::Mul => (a * b, true),
+        Op::Div => (a / b, true),
+        Op::Mod => (a % b, true),
+        Op::Pow => (a.powf(b), true),
+        Op::Atan2 => (a.atan2(b), true),
+        Op::Eq => (a, a == b),
+        Op::Ne => (a, a != b),
+        Op::Lt => (a, a < b),
+        Op::Le => (a, a <= b),
+        Op::Gt => (a, a > b),
+        Op::Ge => (a, a >= b),
+        Op::And | Op::Or | Op::Unless => (a, true),
+    }
+}
+
+pub(crate) fn eval_binary(ctx: &Ctx<'_>, b: &BinaryExpr, t: i64) -> Result<Value, QueryError> {
+    let op = Op::from_str(&b.op.to_string())?;
+    let modifier = b.modifier.as_ref();
+    let return_bool = modifier.is_some_and(|m| m.return_bool);
+    let lhs = ctx.eval(&b.lhs, t)?;
+    let rhs = ctx.eval(&b.rhs, t)?;
+    match (lhs, rhs) {
+        (Value::Scalar(_, a), Value::Scalar(_, c)) => {
+            let (v, keep) = apply(op, a, c);
+            if op.is_comparison() {
+                if !return_bool {
+                    return Err(QueryError::BadData("comparisons between scalars must use BOOL modifier".into()));
+                }
+                return Ok(Value::Scalar(t, f64::from(u8::from(keep))));
+            }
+            Ok(Value::Scalar(t, v))
+        }
+        (Value::Vector(vs), Value::Scalar(_, c)) => vector_scalar(vs, c, op, return_bool, false),
+        (Value::Scalar(_, c), Value::Vector(vs)) => vector_scalar(vs, c, op, return_bool, true),
+        (Value::Vector(l), Value::Vector(r)) => {
+            let out = match op {
+                Op::And => set_and(l, r, modifier),
+                Op::Or => set_or(l, r, modifier),
+                Op::Unless => set_unless(l, r, modifier),
+                _ => vector_vector(l, r, op, modifier, return_bool)?,
+            };
+            check_unique(&out)?;
+            Ok(Value::Vector(out))
+        }
+        (l, r) => Err(QueryError::Execution(format!(
+            "binary operator {} between {} and {}",
+            b.op,
+            l.type_name(),
+            r.type_name()
+        ))),
+    }
+}
+
+fn vector_scalar(vs: Vec<Sample>, c: f64, op: Op, return_bool: bool, swap: bool) -> Result<Value, QueryError> {
+    let mut out = Vec::with_capacity(vs.len());
+    for mut s in vs {
+        let (a, b) = if swap { (c, s.v) } else { (s.v, c) };
+        let (mut v, mut keep) = apply(op, a, b);
+        // A comparison keeps the vector's value even when it is on the right.
+        if op.is_comparison() && swap {
+            v = b;
+        }
+        if return_bool {
+            v = f64::from(u8::from(keep));
+            keep = true;
+        }
+        if keep {
+            if op.drops_name() || return_bool {
+                s.drop_name = true;
+            }
+            s.v = v;
+            out.push(s);
+        }
+    }
+    check_unique(&out)?;
+    Ok(Value::Vector(out))
+}
+
+/// How two samples are matched: the label names and whether they are the
+/// ones to use (`on`) or to ignore (`ignoring`, always with `__name__`).
+struct Matching<'a> {
+    on: bool,
+    names: &'a [String],
+}
+
+impl<'a> Matching<'a> {
+    fn new(m: Option<&'a BinModifier>) -> Self {
+        match m.and_then(|m| m.matching.as_ref()) {
+            Some(LabelModifier::Include(l)) => Matching { on: true, names: &l.labels },
+            Some(LabelModifier::Exclude(l)) => Matching { on: false, names: &l.labels },
+            None => Matching { on: false, names: &[] },
+        }
+    }
+
+    /// The matching signature of `ls`: the label pairs that take part.
+    fn signature(&self, ls: &Labels) -> Vec<(String, String)> {
+        ls.iter()
+            .filter(|l| {
+                if self.on {
+                    self.names.contains(&l.name)
+                } else {
+                    l.name != METRIC_NAME && !self.names.contains(&l.name)
+                }
+            })
+            .map(|l| (l.name.clone(), l.value.clone()))
+            .collect()
+    }
+
+    fn signature_labels(&self, ls: &Labels) -> Labels {
+        Labels::from_pairs(self.signature(ls)).unwrap_or_default()
+    }
+}
+
+fn set_and(l: Vec<Sample>, r: Vec<Sample>, m: Option<&BinModifier>) -> Vec<Sample> {
+    let mt = Matching::new(m);
+    let sigs: HashSet<_> = r.iter().map(|s| mt.signature(&s.labels)).collect();
+    l.into_iter().filter(|s| sigs.contains(&mt.signature(&s.labels))).collect()
+}
+
+fn set_or(l: Vec<Sample>, r: Vec<Sample>, m: Option<&BinModifier>) -> Vec<Sample> {
+    let mt = Matching::new(m);
+    let sigs: HashSet<_> = l.iter().map(|s| mt.signature(&s.labels)).collect();
+    let mut out = l;
+    out.extend(r.into_iter().filter(|s| !sigs.contains(&mt.signature(&s.labels))));
+    out
+}
+
+fn set_unless(l: Vec<Sample>, r: Vec<Sample>, m: Option<&BinModifier>) -> Vec<Sample> {
+    let mt = Matching::new(m);
+    let sigs: HashSet<_> = r.iter().map(|s| mt.signature(&s.labels)).collect();
+    l.into_iter().filter(|s| !sigs.contains(&mt.signature(&s.labels))).collect()
+}
+
+fn vector_vector(
+    lhs: Vec<Sample>,
+    rhs: Vec<Sample>,
+    op: Op,
+    m: Option<&BinModifier>,
+    return_bool: bool,
+) -> Result<Vec<Sample>, QueryError> {
+    // `fill_left` fills a missing sample of the "many" side (the left one
+    // unless `group_right`), `fill_right` one of the "one" side.
+    let (fill_many, fill_one) = m.map_or((None, None), |m| (m.fill_values.lhs, m.fill_values.rhs));
+    if (lhs.is_empty() && fill_many.is_none()) || (rhs.is_empty() && fill_one.is_none()) {
+        return Ok(Vec::new());
+    }
+    let card = m.map_or(&VectorMatchCardinality::OneToOne, |m| &m.card);
+    let include: &[String] = match card {
+        VectorMatchCardinality::ManyToOne(l) | VectorMatchCardinality::OneToMany(l) => &l.labels,
+        _ => &[],
+    };
+    let one_to_many = matches!(card, VectorMatchCardinality::OneToMany(_));
+    let one_to_one = matches!(card, VectorMatchCardinality::OneToOne);
+    let mt = Matching::new(m);
+    let (many, one) = if one_to_many { (rhs, lhs) } else { (lhs, rhs) };
+    let mut one_by_sig: HashMap<Vec<(String, String)>, &Sample> = HashMap::with_capacity(one.len());
+    for s in &one {
+        let sig = mt.signature(&s.labels);
+        if let Some(dup) = one_by_sig.get(&sig) {
+            let side = if one_to_many { "left" } else { "right" };
+            return Err(QueryError::Execution(format!(
+                "found duplicate series for the match group {} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
+                mt.signature_labels(&s.labels),
+                dup.labels,
+                s.labels
+            )));
+        }
+        one_by_sig.insert(sig, s);
+    }
+    let mut matched: HashMap<Vec<(String, String)>, HashSet<Labels>> = HashMap::new();
+    let mut out = Vec::new();
+    let empty = Labels::empty();
+    let calc = |many_v: f64, one_v: f64| -> Option<f64> {
+        let (a, b) = if one_to_many { (one_v, many_v) } else { (many_v, one_v) };
+        let (v, keep) = apply(op, a, b);
+        if return_bool { Some(f64::from(u8::from(keep))) } else { keep.then_some(v) }
+    };
+    for ms in &many {
+        let sig = mt.signature(&ms.labels);
+        let (one_labels, one_v) = match (one_by_sig.get(&sig), fill_one) {
+            (Some(os), _) => (&os.labels, os.v),
+            (None, Some(f)) => (&empty, f),
+            (None, None) => continue,
+        };
+        // One-to-one matching is checked before comparisons filter, as
+        // Prometheus does.
+        if one_to_one {
+            let e = matched.entry(sig.clone());
+            if matches!(e, std::collections::hash_map::Entry::Occupied(_)) {
+                return Err(QueryError::Execution(
+                    "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)"
+                        .into(),
+                ));
+            }
+            e.or_default();
+        }
+        let Some(v) = calc(ms.v, one_v) else { continue };
+        let labels = result_labels(&ms.labels, one_labels, op, &mt, one_to_one, include, return_bool);
+        if !one_to_one && !matched.entry(sig).or_default().insert(labels.clone()) {
+            return Err(QueryError::Execution(
+                "multiple matches for labels: grouping labels must ensure unique matches".into(),
+            ));
+        }
+        out.push(Sample { labels, t: ms.t, v, drop_name: ms.drop_name || op.drops_name() || return_bool });
+    }
+    if let Some(f) = fill_many {
+        // One-side samples no many-side sample matched: one result each,
+        // labelled with the match group's labels.
+        let many_sigs: HashSet<_> = many.iter().map(|ms| mt.signature(&ms.labels)).collect();
+        for os in &one {
+            if many_sigs.contains(&mt.signature(&os.labels)) {
+                continue;
+            }
+            if let Some(v) = calc(f, os.v) {
+                out.push(Sample::new(mt.signature_labels(&os.labels), os.t, v));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn result_labels(
+    many: &Labels,
+    one: &Labels,
+    op: Op,
+    mt: &Matching<'_>,
+    one_to_one: bool,
+    include: &[String],
+    return_bool: bool,
+) -> Labels {
+    // A dropped name is only marked (see `Sample::drop_name`).
+    let _ = (op, return_bool);
+    let mut ls: Vec<Label> = many.iter().cloned().collect();
+    if one_to_one {
+        if mt.on {
+            ls.retain(|l| mt.names.contains(&l.name));
+        } else {
+            ls.retain(|l| !mt.names.contains(&l.name));
+        }
+    }
+    for n in include {
+        ls.retain(|l| l.name != *n);
+        if let Some(v) = one.get(n) {
+            ls.push(Label { name: n.clone(), value: v.to_string() });
+        }
+    }
+    Labels::from_pairs(ls.into_iter().map(|l| (l.name, l.value))).unwrap_or_default()
+}

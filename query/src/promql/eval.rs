@@ -1,0 +1,397 @@
+//! The evaluator: one pass over the AST per evaluation time, over series
+//! fetched once per selector for the whole query range ([`Ctx::prefetch`]).
+//!
+//! Range queries evaluate the whole expression at every step; selectors
+//! binary-search their prefetched samples, so a step costs no store access.
+//! Subqueries evaluate their inner expression at the aligned inner steps of
+//! each outer step.
+
+use std::collections::HashMap;
+
+use cairn_store::metrics::{MetricsStore, SeriesSamples};
+use cairn_wire::{Labels, METRIC_NAME, MatchOp, Matcher, is_stale_nan};
+use promql_parser::label::MatchOp as PMatchOp;
+use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
+
+use super::{QueryError, Sample, Series, Value, aggregate, binary, functions};
+
+/// Prometheus's default subquery resolution (its global evaluation interval).
+pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+
+pub(crate) struct Ctx<'a> {
+    pub store: &'a MetricsStore,
+    pub tenant: &'a str,
+    pub lookback: i64,
+    /// Query start and end (for `@ start()` / `@ end()`).
+    pub start: i64,
+    pub end: i64,
+    /// Range-query step, ms (0 for instant queries), for `step()`.
+    pub step: i64,
+    /// Selected series per selector node, keyed by the node's address.
+    pub cache: HashMap<usize, Vec<SeriesSamples>>,
+    /// Samples selected so far.
+    pub selected: usize,
+    pub max_samples: usize,
+    pub deadline: Option<std::time::Instant>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(
+        store: &'a MetricsStore,
+        tenant: &'a str,
+        opts: &super::QueryOptions,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Self {
+        Ctx {
+            store,
+            tenant,
+            lookback: opts.lookback_ms,
+            start,
+            end,
+            step,
+            cache: HashMap::new(),
+            selected: 0,
+            max_samples: opts.max_samples,
+            deadline: opts.deadline,
+        }
+    }
+
+    /// Fails when the selected samples plus `extra` exceed the limit.
+    pub fn check_samples(&self, extra: usize) -> Result<(), QueryError> {
+        if self.selected.saturating_add(extra) > self.max_samples {
+            return Err(QueryError::TooManySamples { max_samples: self.max_samples });
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        Some(Offset::Pos(d)) => d.as_millis() as i64,
+        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+        None => 0,
+    }
+}
+
+pub(crate) fn at_ms(at: &Option<AtModifier>, start: i64, end: i64) -> Option<i64> {
+    match at {
+        None => None,
+        Some(AtModifier::Start) => Some(start),
+        Some(AtModifier::End) => Some(end),
+        Some(AtModifier::At(t)) => Some(match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_millis() as i64,
+            Err(e) => -(e.duration().as_millis() as i64),
+        }),
+    }
+}
+
+/// Converts the parser's matchers (including `or` groups and the metric
+/// name) into groups of Cairn matchers; a series matches if any group matches.
+pub(crate) fn matcher_groups(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, QueryError> {
+    let conv = |ms: &[promql_parser::label::Matcher]| -> Result<Vec<Matcher>, QueryError> {
+        let mut out = Vec::with_capacity(ms.len() + 1);
+        for m in ms {
+            let op = match m.op {
+                PMatchOp::Equal => MatchOp::Equal,
+                PMatchOp::NotEqual => MatchOp::NotEqual,
+                PMatchOp::Re(_) => MatchOp::Regex,
+                PMatchOp::NotRe(_) => MatchOp::NotRegex,
+            };
+            out.push(
+                Matcher::new(op, m.name.clone(), m.value.clone()).map_err(|e| QueryError::BadData(e.to_string()))?,
+            );
+        }
+        if let Some(name) = &vs.name
+            && !out.iter().any(|m| m.name == METRIC_NAME)
+        {
+            out.push(Matcher::equal(METRIC_NAME, name.clone()));
+        }
+        Ok(out)
+    };
+    let mut groups = vec![conv(&vs.matchers.matchers)?];
+    for g in &vs.matchers.or_matchers {
+        groups.push(conv(g)?);
+    }
+    groups.retain(|g| !g.is_empty());
+    if groups.is_empty() {
+        return Err(QueryError::BadData("vector selector must contain at least one non-empty matcher".into()));
+    }
+    Ok(groups)
+}
+
+/// The time window a range function reads: `(end - range, end]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Window {
+    /// Effective evaluation time (after `@` and `offset`), ms.
+    pub end: i64,
+    /// Range, ms.
+    pub range: i64,
+}
+
+fn unparen(e: &Expr) -> &Expr {
+    match e {
+        Expr::Paren(p) => unparen(&p.expr),
+        other => other,
+    }
+}
+
+impl Ctx<'_> {
+    fn select(&self, vs: &VectorSelector, mint: i64, maxt: i64) -> Result<Vec<SeriesSamples>, QueryError> {
+        let groups = matcher_groups(vs)?;
+        if groups.len() == 1 {
+            return Ok(self.store.select(self.tenant, &groups[0], mint, maxt));
+        }
+        let mut by: std::collections::BTreeMap<Labels, SeriesSamples> = Default::default();
+        for g in groups {
+            for s in self.store.select(self.tenant, &g, mint, maxt) {
+                by.entry(s.labels.clone()).or_insert(s);
+            }
+        }
+        Ok(by.into_values().collect())
+    }
+
+    fn fetch(&mut self, vs: &VectorSelector, mint: i64, maxt: i64) -> Result<(), QueryError> {
+        let key = vs as *const _ as usize;
+        if self.cache.contains_key(&key) {
+            return Ok(());
+        }
+        let s = self.select(vs, mint, maxt)?;
+        self.selected = self.selected.saturating_add(s.iter().map(|x| x.samples.len()).sum());
+        self.check_samples(0)?;
+        if self.deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            return Err(QueryError::Timeout);
+        }
+        self.cache.insert(key, s);
+        Ok(())
+    }
+
+    /// Evaluation times `[lo, hi]` of a node with `@`/`offset` → the
+    /// effective times its data is read at.
+    fn effective(&self, at: &Option<AtModifier>, off: i64, lo: i64, hi: i64) -> (i64, i64) {
+        match at_ms(at, self.start, self.end) {
+            Some(t) => (t.saturating_sub(off), t.saturating_sub(off)),
+            None => (lo.saturating_sub(off), hi.saturating_sub(off)),
+        }
+    }
+
+    /// Fetches, once, the samples every selector in `e` can need when `e`
+    /// is evaluated at times in `[lo, hi]`.
+    pub fn prefetch(&mut self, e: &Expr, lo: i64, hi: i64) -> Result<(), QueryError> {
+        match e {
+            Expr::VectorSelector(vs) => {
+                let (lo, hi) = self.effective(&vs.at, offset_ms(&vs.offset), lo, hi);
+                self.fetch(vs, lo.saturating_sub(self.lookback).saturating_add(1), hi)?;
+            }
+            Expr::MatrixSelector(ms) => {
+                let vs = &ms.vs;
+                let (lo, hi) = self.effective(&vs.at, offset_ms(&vs.offset), lo, hi);
+                self.fetch(vs, lo.saturating_sub(ms.range.as_millis() as i64).saturating_add(1), hi)?;
+            }
+            Expr::Subquery(sq) => {
+                let (lo, hi) = self.effective(&sq.at, offset_ms(&sq.offset), lo, hi);
+                self.prefetch(&sq.expr, lo.saturating_sub(sq.range.as_millis() as i64), hi)?;
+            }
+            Expr::Paren(p) => self.prefetch(&p.expr, lo, hi)?,
+            Expr::Unary(u) => self.prefetch(&u.expr, lo, hi)?,
+            Expr::Binary(b) => {
+                self.prefetch(&b.lhs, lo, hi)?;
+                self.prefetch(&b.rhs, lo, hi)?;
+            }
+            Expr::Aggregate(a) => {
+                self.prefetch(&a.expr, lo, hi)?;
+                if let Some(p) = &a.param {
+                    self.prefetch(p, lo, hi)?;
+                }
+            }
+            Expr::Call(c) => {
+                // info()'s second argument is a label selector for info
+                // series, read by the function itself.
+                let n = if c.func.name == "info" { 1 } else { c.args.args.len() };
+                for a in c.args.args.iter().take(n) {
+                    self.prefetch(a, lo, hi)?;
+                }
+            }
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Evaluates an instant vector selector at `t`. With `keep_ts` the
+    /// samples carry their own timestamps (for `timestamp()`), else `t`.
+    pub fn eval_vs(&self, vs: &VectorSelector, t: i64, keep_ts: bool) -> Vec<Sample> {
+        let series = self.cache.get(&(vs as *const _ as usize)).map(Vec::as_slice).unwrap_or(&[]);
+        let rt = at_ms(&vs.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&vs.offset));
+        let mut out = Vec::new();
+        for s in series {
+            let hi = s.samples.partition_point(|p| p.0 <= rt);
+            if hi == 0 {
+                continue;
+            }
+            let (st, sv) = s.samples[hi - 1];
+            if st > rt.saturating_sub(self.lookback) && !is_stale_nan(sv) {
+                out.push(Sample::new(s.labels.clone(), if keep_ts { st } else { t }, sv));
+            }
+        }
+        out
+    }
+
+    /// The window a range-vector argument (matrix selector or subquery)
+    /// covers when evaluated at `t`.
+    pub fn window(&self, e: &Expr, t: i64) -> Option<Window> {
+        match unparen(e) {
+            Expr::MatrixSelector(ms) => Some(Window {
+                end: at_ms(&ms.vs.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&ms.vs.offset)),
+                range: ms.range.as_millis() as i64,
+            }),
+            Expr::Subquery(sq) => Some(Window {
+                end: at_ms(&sq.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&sq.offset)),
+                range: sq.range.as_millis() as i64,
+            }),
+            _ => None,
+        }
+    }
+
+    fn eval_subquery(&self, sq: &SubqueryExpr, t: i64) -> Result<Vec<Series>, QueryError> {
+        let end = at_ms(&sq.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&sq.offset));
+        let range = sq.range.as_millis() as i64;
+        let step = sq.step.map_or(DEFAULT_SUBQUERY_STEP_MS, |d| d.as_millis() as i64);
+        if step <= 0 {
+            return Err(QueryError::BadData("zero or negative subquery step".into()));
+        }
+        // First step-aligned time after end - range (Go integer division).
+        let from = end.saturating_sub(range);
+        let mut it = step * (from / step);
+        if it <= from {
+            it += step;
+        }
+        let mut by: HashMap<Labels, usize> = HashMap::new();
+        let mut out: Vec<Series> = Vec::new();
+        let mut points = 0usize;
+        while it <= end {
+            self.check_samples(points)?;
+            match self.eval(&sq.expr, it)? {
+                Value::Vector(vs) => {
+                    points += vs.len();
+                    for mut s in vs {
+                        s.clean();
+                        let i = *by.entry(s.labels.clone()).or_insert_with(|| {
+                            out.push(Series { labels: s.labels, points: Vec::new() });
+                            out.len() - 1
+                        });
+                        out[i].points.push((it, s.v));
+                    }
+                }
+                Value::Scalar(_, v) => {
+                    points += 1;
+                    let i = *by.entry(Labels::empty()).or_insert_with(|| {
+                        out.push(Series { labels: Labels::empty(), points: Vec::new() });
+                        out.len() - 1
+                    });
+                    out[i].points.push((it, v));
+                }
+                other => {
+                    return Err(QueryError::Execution(format!("subquery over a {}", other.type_name())));
+                }
+            }
+            it = match it.checked_add(step) {
+                Some(n) => n,
+                None => break,
+            };
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
+    }
+
+    pub fn eval(&self, e: &Expr, t: i64) -> Result<Value, QueryError> {
+        if self.deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            return Err(QueryError::Timeout);
+        }
+        match e {
+            Expr::NumberLiteral(n) => Ok(Value::Scalar(t, n.val)),
+            Expr::StringLiteral(s) => Ok(Value::String(t, s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr, t),
+            Expr::Unary(u) => match self.eval(&u.expr, t)? {
+                Value::Scalar(t, v) => Ok(Value::Scalar(t, -v)),
+                Value::Vector(vs) => {
+                    let out: Vec<Sample> =
+                        vs.into_iter().map(|s| Sample { labels: s.labels, t: s.t, v: -s.v, drop_name: true }).collect();
+                    check_unique(&out)?;
+                    Ok(Value::Vector(out))
+                }
+                other => Err(QueryError::Execution(format!("unary minus on {}", other.type_name()))),
+            },
+            Expr::VectorSelector(vs) => Ok(Value::Vector(self.eval_vs(vs, t, false))),
+            Expr::MatrixSelector(ms) => {
+                let vs = &ms.vs;
+                let series = self.cache.get(&(vs as *const _ as usize)).map(Vec::as_slice).unwrap_or(&[]);
+                let rt = at_ms(&vs.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&vs.offset));
+                let range = ms.range.as_millis() as i64;
+                let mut out = Vec::new();
+                for s in series {
+                    let lo = s.samples.partition_point(|p| p.0 <= rt.saturating_sub(range));
+                    let hi = s.samples.partition_point(|p| p.0 <= rt);
+                    let points: Vec<(i64, f64)> =
+                        s.samples[lo..hi].iter().copied().filter(|p| !is_stale_nan(p.1)).collect();
+                    if !points.is_empty() {
+                        out.push(Series { labels: s.labels.clone(), points });
+                    }
+                }
+                Ok(Value::Matrix(out))
+            }
+            Expr::Subquery(sq) => Ok(Value::Matrix(self.eval_subquery(sq, t)?)),
+            Expr::Binary(b) => binary::eval_binary(self, b, t),
+            Expr::Aggregate(a) => aggregate::eval_aggregate(self, a, t),
+            Expr::Call(c) => functions::eval_call(self, c, t),
+            Expr::Extension(_) => Err(QueryError::Unsupported("extension expression".into())),
+        }
+    }
+
+    /// Evaluates `e` expecting a range vector (matrix selector or subquery).
+    pub fn eval_matrix(&self, e: &Expr, t: i64) -> Result<Vec<Series>, QueryError> {
+        match self.eval(e, t)? {
+            Value::Matrix(m) => Ok(m),
+            other => Err(QueryError::Execution(format!("expected a range vector, got {}", other.type_name()))),
+        }
+    }
+
+    /// Evaluates `e` expecting an instant vector.
+    pub fn eval_vector(&self, e: &Expr, t: i64) -> Result<Vec<Sample>, QueryError> {
+        match self.eval(e, t)? {
+            Value::Vector(v) => Ok(v),
+            other => Err(QueryError::Execution(format!("expected an instant vector, got {}", other.type_name()))),
+        }
+    }
+
+    /// Evaluates `e` expecting a scalar.
+    pub fn eval_scalar(&self, e: &Expr, t: i64) -> Result<f64, QueryError> {
+        match self.eval(e, t)? {
+            Value::Scalar(_, v) => Ok(v),
+            other => Err(QueryError::Execution(format!("expected a scalar, got {}", other.type_name()))),
+        }
+    }
+
+    /// Evaluates `e` expecting a string.
+    pub fn eval_string(&self, e: &Expr, t: i64) -> Result<String, QueryError> {
+        match self.eval(e, t)? {
+            Value::String(_, s) => Ok(s),
+            other => Err(QueryError::Execution(format!("expected a string, got {}", other.type_name()))),
+        }
+    }
+}
+
+/// Errors when two samples of `v` share a label set (names pending a drop
+/// still count: they collide only once dropped, at the end).
+pub(crate) fn check_unique(v: &[Sample]) -> Result<(), QueryError> {
+    if v.len() < 2 {
+        return Ok(());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(v.len());
+    for s in v {
+        if !seen.insert(&s.labels) {
+            return Err(QueryError::Execution("vector cannot contain metrics with the same labelset".into()));
+        }
+    }
+    Ok(())
+}

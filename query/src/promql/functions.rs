@@ -1,0 +1,887 @@
+//! PromQL functions, following Prometheus's `promql/functions.go`: the
+//! extrapolating `rate`/`increase`/`delta`, the `*_over_time` family,
+//! regression (`deriv`, `predict_linear`), `histogram_quantile` over classic
+//! `le` buckets, label manipulation, math, time and sorting functions.
+//!
+//! Native-histogram functions (`histogram_count`, …) return nothing for the
+//! float samples this store holds, as Prometheus does for float input.
+
+use std::collections::HashMap;
+
+use cairn_wire::labels::is_valid_label_name;
+use cairn_wire::{Label, Labels, METRIC_NAME};
+use promql_parser::label::MatchOp as PMatchOp;
+use promql_parser::parser::{Call, Expr};
+
+use super::aggregate::{Mean, asc_nan_last, desc_nan_last};
+use super::eval::{Ctx, Window, check_unique};
+use super::{QueryError, Sample, Value};
+
+/// Kahan–Neumaier summation step, as Prometheus's `kahanSumInc`.
+pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if t.is_infinite() {
+        0.0
+    } else if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+/// Prometheus's `quantile` over values (sorts `vals`).
+pub(crate) fn quantile_of(q: f64, vals: &mut [f64]) -> f64 {
+    if vals.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    // NaN sorts first, as Prometheus's vectorByValueHeap.
+    vals.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        _ => a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal),
+    });
+    let n = vals.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0);
+    let upper = (lower + 1.0).min(n - 1.0);
+    let weight = rank - rank.floor();
+    vals[lower as usize] * (1.0 - weight) + vals[upper as usize] * weight
+}
+
+fn linear_regression(points: &[(i64, f64)], intercept_time: i64) -> (f64, f64) {
+    let (mut n, mut sx, mut cx, mut sy, mut cy, mut sxy, mut cxy, mut sx2, mut cx2) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let init_y = points[0].1;
+    let mut const_y = true;
+    for (i, &(t, v)) in points.iter().enumerate() {
+        if const_y && i > 0 && v != init_y {
+            const_y = false;
+        }
+        n += 1.0;
+        let x = (t - intercept_time) as f64 / 1e3;
+        (sx, cx) = kahan_inc(x, sx, cx);
+        (sy, cy) = kahan_inc(v, sy, cy);
+        (sxy, cxy) = kahan_inc(x * v, sxy, cxy);
+        (sx2, cx2) = kahan_inc(x * x, sx2, cx2);
+    }
+    if const_y {
+        if init_y.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init_y);
+    }
+    sx += cx;
+    sy += cy;
+    sxy += cxy;
+    sx2 += cx2;
+    let cov = sxy - sx * sy / n;
+    let var = sx2 - sx * sx / n;
+    let slope = cov / var;
+    (slope, sy / n - slope * sx / n)
+}
+
+/// Prometheus's `extrapolatedRate`.
+fn extrapolated_rate(p: &[(i64, f64)], w: Window, is_counter: bool, is_rate: bool) -> Option<f64> {
+    if p.len() < 2 {
+        return None;
+    }
+    let range_start = w.end - w.range;
+    let range_end = w.end;
+    let n1 = (p.len() - 1) as f64;
+    let (first_t, first_v) = p[0];
+    let (last_t, last_v) = p[p.len() - 1];
+    let mut result = last_v - first_v;
+    if is_counter {
+        let mut prev = first_v;
+        for &(_, v) in &p[1..] {
+            if v < prev {
+                result += prev;
+            }
+            prev = v;
+        }
+    }
+    let mut to_start = (first_t - range_start) as f64 / 1000.0;
+    let mut to_end = (range_end - last_t) as f64 / 1000.0;
+    let sampled = (last_t - first_t) as f64 / 1000.0;
+    let avg = sampled / n1;
+    let threshold = avg * 1.1;
+    if to_start >= threshold {
+        to_start = avg / 2.0;
+    }
+    if is_counter {
+        let mut to_zero = to_start;
+        if result > 0.0 && first_v >= 0.0 {
+            to_zero = sampled * (first_v / result);
+        }
+        if to_zero < to_start {
+            to_start = to_zero;
+        }
+    }
+    if to_end >= threshold {
+        to_end = avg / 2.0;
+    }
+    let mut factor = (sampled + to_start + to_end) / sampled;
+    if is_rate {
+        factor /= w.range as f64 / 1000.0;
+    }
+    Some(result * factor)
+}
+
+fn instant_value(p: &[(i64, f64)], is_rate: bool) -> Option<f64> {
+    if p.len() < 2 {
+        return None;
+    }
+    let (pt, pv) = p[p.len() - 2];
+    let (lt, lv) = p[p.len() - 1];
+    let mut r = if is_rate && lv < pv { lv } else { lv - pv };
+    let interval = lt - pt;
+    if interval == 0 {
+        return None;
+    }
+    if is_rate {
+        r /= interval as f64 / 1000.0;
+    }
+    Some(r)
+}
+
+fn variance(p: &[(i64, f64)]) -> f64 {
+    let (mut count, mut mean, mut cm, mut aux, mut ca) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for &(_, v) in p {
+        count += 1.0;
+        let delta = v - (mean + cm);
+        (mean, cm) = kahan_inc(delta / count, mean, cm);
+        (aux, ca) = kahan_inc(delta * (v - (mean + cm)), aux, ca);
+    }
+    (aux + ca) / count
+}
+
+fn double_exp_smoothing(p: &[(i64, f64)], sf: f64, tf: f64) -> Option<f64> {
+    if p.len() < 2 {
+        return None;
+    }
+    let (mut s0, mut s1) = (0.0, p[0].1);
+    let mut b = p[1].1 - p[0].1;
+    for (i, &(_, v)) in p.iter().enumerate().skip(1) {
+        let x = sf * v;
+        if i > 1 {
+            b = tf * (s1 - s0) + (1.0 - tf) * b;
+        }
+        let y = (1.0 - sf) * (s1 + b);
+        s0 = s1;
+        s1 = x + y;
+    }
+    Some(s1)
+}
+
+fn unparen(e: &Expr) -> &Expr {
+    match e {
+        Expr::Paren(p) => unparen(&p.expr),
+        other => other,
+    }
+}
+
+/// Days since 1970-01-01 → (year, month 1–12, day 1–31).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn date_part(name: &str, secs: f64) -> f64 {
+    if secs.is_nan() || secs.is_infinite() {
+        return secs;
+    }
+    let s = secs as i64;
+    let days = s.div_euclid(86_400);
+    let sod = s.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let month_days = [31, if is_leap(y) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    match name {
+        "minute" => ((sod / 60) % 60) as f64,
+        "hour" => (sod / 3600) as f64,
+        "day_of_week" => (days + 4).rem_euclid(7) as f64,
+        "day_of_month" => d as f64,
+        "days_in_month" => month_days[(m - 1) as usize] as f64,
+        "month" => m as f64,
+        "year" => y as f64,
+        _ => (month_days[..(m - 1) as usize].iter().sum::<i64>() + d as i64) as f64,
+    }
+}
+
+/// Natural ("version") ordering of label values, as Prometheus's natsort.
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (ab, bb) = (a.as_bytes(), b.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < ab.len() && j < bb.len() {
+        if ab[i].is_ascii_digit() && bb[j].is_ascii_digit() {
+            let si = i;
+            while i < ab.len() && ab[i].is_ascii_digit() {
+                i += 1;
+            }
+            let sj = j;
+            while j < bb.len() && bb[j].is_ascii_digit() {
+                j += 1;
+            }
+            let na = a[si..i].trim_start_matches('0');
+            let nb = b[sj..j].trim_start_matches('0');
+            let o = na.len().cmp(&nb.len()).then_with(|| na.cmp(nb));
+            if o != Ordering::Equal {
+                return o;
+            }
+        } else {
+            let o = ab[i].cmp(&bb[j]);
+            if o != Ordering::Equal {
+                return o;
+            }
+            i += 1;
+            j += 1;
+        }
+    }
+    (ab.len() - i).cmp(&(bb.len() - j))
+}
+
+fn drop_name(s: &mut Sample) {
+    s.drop_name = true;
+}
+
+fn set_label(ls: &Labels, name: &str, value: &str) -> Labels {
+    let mut v: Vec<Label> = ls.iter().filter(|l| l.name != name).cloned().collect();
+    if !value.is_empty() {
+        v.push(Label { name: name.to_string(), value: value.to_string() });
+    }
+    Labels::from_pairs(v.into_iter().map(|l| (l.name, l.value))).unwrap_or_default()
+}
+
+/// Labels `absent()` reports: the selector's equality matchers (a name
+/// matched twice is left out), without `__name__`.
+fn absent_labels(e: &Expr) -> Labels {
+    let vs = match unparen(e) {
+        Expr::VectorSelector(vs) => vs,
+        Expr::MatrixSelector(ms) => &ms.vs,
+        _ => return Labels::empty(),
+    };
+    let mut seen: HashMap<&str, Option<&str>> = HashMap::new();
+    for m in &vs.matchers.matchers {
+        if m.name == METRIC_NAME {
+            continue;
+        }
+        let e = seen.entry(m.name.as_str()).or_insert(None);
+        if matches!(m.op, PMatchOp::Equal) && e.is_none() && !seen_twice(&vs.matchers.matchers, &m.name) {
+            *seen.get_mut(m.name.as_str()).expect("inserted above") = Some(m.value.as_str());
+        }
+    }
+    Labels::from_pairs(seen.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)))).unwrap_or_default()
+}
+
+fn seen_twice(ms: &[promql_parser::label::Matcher], name: &str) -> bool {
+    ms.iter().filter(|m| m.name == name).count() > 1
+}
+
+/// A function of a range vector's points and window.
+type RangeFn<'a> = dyn Fn(&[(i64, f64)], Window) -> Option<f64> + 'a;
+
+pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryError> {
+    let name = c.func.name;
+    let args = &c.args.args;
+    let arg = |i: usize| -> Result<&Expr, QueryError> {
+        args.get(i).map(|b| &**b).ok_or_else(|| QueryError::BadData(format!("{name}(): missing argument {}", i + 1)))
+    };
+    // Functions over a range vector, one output sample per series.
+    let range_fn = |f: &RangeFn<'_>, keep_name: bool| -> Result<Value, QueryError> {
+        let e = arg(0)?;
+        let w = ctx.window(e, t).ok_or_else(|| QueryError::BadData(format!("{name}() expects a range vector")))?;
+        let m = ctx.eval_matrix(e, t)?;
+        let mut out = Vec::with_capacity(m.len());
+        for s in m {
+            if let Some(v) = f(&s.points, w) {
+                out.push(Sample { labels: s.labels, t, v, drop_name: !keep_name });
+            }
+        }
+        check_unique(&out)?;
+        Ok(Value::Vector(out))
+    };
+    // Functions applying `f` to each sample of an instant vector.
+    let map_fn = |e: &Expr, f: &dyn Fn(f64) -> f64| -> Result<Value, QueryError> {
+        let mut v = ctx.eval_vector(e, t)?;
+        for s in &mut v {
+            s.v = f(s.v);
+            drop_name(s);
+        }
+        check_unique(&v)?;
+        Ok(Value::Vector(v))
+    };
+    match name {
+        "rate" => range_fn(&|p, w| extrapolated_rate(p, w, true, true), false),
+        "increase" => range_fn(&|p, w| extrapolated_rate(p, w, true, false), false),
+        "delta" => range_fn(&|p, w| extrapolated_rate(p, w, false, false), false),
+        "irate" => range_fn(&|p, _| instant_value(p, true), false),
+        "idelta" => range_fn(&|p, _| instant_value(p, false), false),
+        "avg_over_time" => range_fn(
+            &|p, _| {
+                let mut m = Mean::default();
+                p.iter().for_each(|x| m.add(x.1));
+                Some(m.value())
+            },
+            false,
+        ),
+        "sum_over_time" => range_fn(
+            &|p, _| {
+                let (mut s, mut c) = (0.0, 0.0);
+                for x in p {
+                    (s, c) = kahan_inc(x.1, s, c);
+                }
+                Some(if c.is_finite() { s + c } else { s })
+            },
+            false,
+        ),
+        "count_over_time" => range_fn(&|p, _| Some(p.len() as f64), false),
+        "min_over_time" | "max_over_time" => {
+            let is_min = name == "min_over_time";
+            range_fn(
+                &|p, _| {
+                    let mut v = p[0].1;
+                    for x in &p[1..] {
+                        if v.is_nan() || (is_min && x.1 < v) || (!is_min && x.1 > v) {
+                            v = x.1;
+                        }
+                    }
+                    Some(v)
+                },
+                false,
+            )
+        }
+        "last_over_time" => range_fn(&|p, _| p.last().map(|x| x.1), true),
+        "first_over_time" => range_fn(&|p, _| p.first().map(|x| x.1), true),
+        "ts_of_last_over_time" => range_fn(&|p, _| p.last().map(|x| x.0 as f64 / 1000.0), false),
+        "ts_of_first_over_time" => range_fn(&|p, _| p.first().map(|x| x.0 as f64 / 1000.0), false),
+        "ts_of_min_over_time" | "ts_of_max_over_time" => {
+            let is_min = name == "ts_of_min_over_time";
+            range_fn(
+                &|p, _| {
+                    let (mut v, mut ts) = (p[0].1, p[0].0);
+                    for x in &p[1..] {
+                        if v.is_nan() || (is_min && x.1 <= v) || (!is_min && x.1 >= v) {
+                            v = x.1;
+                            ts = x.0;
+                        }
+                    }
+                    Some(ts as f64 / 1000.0)
+                },
+                false,
+            )
+        }
+        "present_over_time" => range_fn(&|_, _| Some(1.0), false),
+        "stddev_over_time" => range_fn(&|p, _| Some(variance(p).sqrt()), false),
+        "stdvar_over_time" => range_fn(&|p, _| Some(variance(p)), false),
+        "mad_over_time" => range_fn(
+            &|p, _| {
+                let mut vals: Vec<f64> = p.iter().map(|x| x.1).collect();
+                let med = quantile_of(0.5, &mut vals);
+                let mut dev: Vec<f64> = p.iter().map(|x| (x.1 - med).abs()).collect();
+                Some(quantile_of(0.5, &mut dev))
+            },
+            false,
+        ),
+        "quantile_over_time" => {
+            let q = ctx.eval_scalar(arg(0)?, t)?;
+            let e = arg(1)?;
+            let m = ctx.eval_matrix(e, t)?;
+            let mut out = Vec::with_capacity(m.len());
+            for s in m {
+                let mut vals: Vec<f64> = s.points.iter().map(|x| x.1).collect();
+                out.push(Sample { labels: s.labels, t, v: quantile_of(q, &mut vals), drop_name: true });
+            }
+            check_unique(&out)?;
+            Ok(Value::Vector(out))
+        }
+        "resets" => range_fn(&|p, _| Some(p.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64), false),
+        "changes" => range_fn(
+            &|p, _| {
+                Some(p.windows(2).filter(|w| !(w[1].1 == w[0].1 || (w[1].1.is_nan() && w[0].1.is_nan()))).count() as f64)
+            },
+            false,
+        ),
+        "deriv" => range_fn(&|p, _| (p.len() >= 2).then(|| linear_regression(p, p[0].0).0), false),
+        "predict_linear" => {
+            let dur = ctx.eval_scalar(arg(1)?, t)?;
+            range_fn(
+                &|p, w| {
+                    (p.len() >= 2).then(|| {
+                        let (slope, icpt) = linear_regression(p, w.end);
+                        slope * dur + icpt
+                    })
+                },
+                false,
+            )
+        }
+        "double_exponential_smoothing" | "holt_winters" => {
+            let sf = ctx.eval_scalar(arg(1)?, t)?;
+            let tf = ctx.eval_scalar(arg(2)?, t)?;
+            if sf <= 0.0 || sf >= 1.0 {
+                return Err(QueryError::Execution(format!(
+                    "invalid smoothing factor. Expected: 0 < sf < 1, got: {sf:.6}"
+                )));
+            }
+            if tf <= 0.0 || tf >= 1.0 {
+                return Err(QueryError::Execution(format!("invalid trend factor. Expected: 0 < tf < 1, got: {tf:.6}")));
+            }
+            range_fn(&|p, _| double_exp_smoothing(p, sf, tf), false)
+        }
+        "absent_over_time" => {
+            let m = ctx.eval_matrix(arg(0)?, t)?;
+            if !m.is_empty() {
+                return Ok(Value::Vector(Vec::new()));
+            }
+            Ok(Value::Vector(vec![Sample::new(absent_labels(arg(0)?), t, 1.0)]))
+        }
+        "absent" => {
+            let v = ctx.eval_vector(arg(0)?, t)?;
+            if !v.is_empty() {
+                return Ok(Value::Vector(Vec::new()));
+            }
+            Ok(Value::Vector(vec![Sample::new(absent_labels(arg(0)?), t, 1.0)]))
+        }
+        "abs" => map_fn(arg(0)?, &f64::abs),
+        "ceil" => map_fn(arg(0)?, &f64::ceil),
+        "floor" => map_fn(arg(0)?, &f64::floor),
+        "exp" => map_fn(arg(0)?, &f64::exp),
+        "ln" => map_fn(arg(0)?, &f64::ln),
+        "log2" => map_fn(arg(0)?, &f64::log2),
+        "log10" => map_fn(arg(0)?, &f64::log10),
+        "sqrt" => map_fn(arg(0)?, &f64::sqrt),
+        "sgn" => map_fn(arg(0)?, &|v| {
+            if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                v
+            }
+        }),
+        "acos" => map_fn(arg(0)?, &f64::acos),
+        "acosh" => map_fn(arg(0)?, &f64::acosh),
+        "asin" => map_fn(arg(0)?, &f64::asin),
+        "asinh" => map_fn(arg(0)?, &f64::asinh),
+        "atan" => map_fn(arg(0)?, &f64::atan),
+        "atanh" => map_fn(arg(0)?, &f64::atanh),
+        "cos" => map_fn(arg(0)?, &f64::cos),
+        "cosh" => map_fn(arg(0)?, &f64::cosh),
+        "sin" => map_fn(arg(0)?, &f64::sin),
+        "sinh" => map_fn(arg(0)?, &f64::sinh),
+        "tan" => map_fn(arg(0)?, &f64::tan),
+        "tanh" => map_fn(arg(0)?, &f64::tanh),
+        "deg" => map_fn(arg(0)?, &|v| v * 180.0 / std::f64::consts::PI),
+        "rad" => map_fn(arg(0)?, &|v| v * std::f64::consts::PI / 180.0),
+        "pi" => Ok(Value::Scalar(t, std::f64::consts::PI)),
+        "round" => {
+            let to = match args.get(1) {
+                Some(e) => ctx.eval_scalar(e, t)?,
+                None => 1.0,
+            };
+            let inv = 1.0 / to;
+            map_fn(arg(0)?, &|v| (v * inv + 0.5).floor() / inv)
+        }
+        "clamp" => {
+            let lo = ctx.eval_scalar(arg(1)?, t)?;
+            let hi = ctx.eval_scalar(arg(2)?, t)?;
+            if hi < lo {
+                return Ok(Value::Vector(Vec::new()));
+            }
+            map_fn(arg(0)?, &|v| v.max(lo).min(hi))
+        }
+        "clamp_min" => {
+            let lo = ctx.eval_scalar(arg(1)?, t)?;
+            map_fn(arg(0)?, &|v| v.max(lo))
+        }
+        "clamp_max" => {
+            let hi = ctx.eval_scalar(arg(1)?, t)?;
+            map_fn(arg(0)?, &|v| v.min(hi))
+        }
+        "time" => Ok(Value::Scalar(t, t as f64 / 1000.0)),
+        "start" => Ok(Value::Scalar(t, ctx.start as f64 / 1000.0)),
+        "end" => Ok(Value::Scalar(t, ctx.end as f64 / 1000.0)),
+        "range" => Ok(Value::Scalar(t, (ctx.end - ctx.start) as f64 / 1000.0)),
+        "step" => Ok(Value::Scalar(t, ctx.step as f64 / 1000.0)),
+        "min_of" | "max_of" => {
+            let a = ctx.eval_scalar(arg(0)?, t)?;
+            let b = ctx.eval_scalar(arg(1)?, t)?;
+            // Go's math.Min/Max: NaN wins.
+            let v = if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else if name == "min_of" {
+                a.min(b)
+            } else {
+                a.max(b)
+            };
+            Ok(Value::Scalar(t, v))
+        }
+        "timestamp" => {
+            let e = arg(0)?;
+            let mut v = match unparen(e) {
+                Expr::VectorSelector(vs) => ctx
+                    .eval_vs(vs, t, true)
+                    .into_iter()
+                    .map(|s| Sample::new(s.labels, t, s.t as f64 / 1000.0))
+                    .collect(),
+                _ => {
+                    let mut v = ctx.eval_vector(e, t)?;
+                    v.iter_mut().for_each(|s| s.v = t as f64 / 1000.0);
+                    v
+                }
+            };
+            v.iter_mut().for_each(drop_name);
+            check_unique(&v)?;
+            Ok(Value::Vector(v))
+        }
+        "minute" | "hour" | "day_of_week" | "day_of_month" | "days_in_month" | "month" | "year" | "day_of_year" => {
+            match args.first() {
+                Some(e) => map_fn(e, &|v| date_part(name, v)),
+                None => Ok(Value::Vector(vec![Sample::new(Labels::empty(), t, date_part(name, t as f64 / 1000.0))])),
+            }
+        }
+        "vector" => Ok(Value::Vector(vec![Sample::new(Labels::empty(), t, ctx.eval_scalar(arg(0)?, t)?)])),
+        "scalar" => {
+            let v = ctx.eval_vector(arg(0)?, t)?;
+            Ok(Value::Scalar(t, if v.len() == 1 { v[0].v } else { f64::NAN }))
+        }
+        "sort" | "sort_desc" => {
+            let mut v = ctx.eval_vector(arg(0)?, t)?;
+            if name == "sort" {
+                v.sort_by(|a, b| asc_nan_last(a.v, b.v));
+            } else {
+                v.sort_by(|a, b| desc_nan_last(a.v, b.v));
+            }
+            Ok(Value::Vector(v))
+        }
+        "sort_by_label" | "sort_by_label_desc" => {
+            let mut v = ctx.eval_vector(arg(0)?, t)?;
+            let mut names = Vec::new();
+            for e in args.iter().skip(1) {
+                names.push(ctx.eval_string(e, t)?);
+            }
+            v.sort_by(|a, b| {
+                let mut o = std::cmp::Ordering::Equal;
+                for n in &names {
+                    let (x, y) = (a.labels.get(n).unwrap_or(""), b.labels.get(n).unwrap_or(""));
+                    if x != y {
+                        o = natural_cmp(x, y);
+                        break;
+                    }
+                }
+                let o = o.then_with(|| a.labels.cmp(&b.labels));
+                if name == "sort_by_label_desc" { o.reverse() } else { o }
+            });
+            Ok(Value::Vector(v))
+        }
+        "label_replace" => {
+            let mut v = ctx.eval_vector(arg(0)?, t)?;
+            let dst = ctx.eval_string(arg(1)?, t)?;
+            let repl = ctx.eval_string(arg(2)?, t)?;
+            let src = ctx.eval_string(arg(3)?, t)?;
+            let re_s = ctx.eval_string(arg(4)?, t)?;
+            let re = regex::Regex::new(&format!("^(?s:{re_s})$")).map_err(|e| {
+                QueryError::Execution(format!("invalid regular expression in label_replace(): {re_s}: {e}"))
+            })?;
+            if !is_valid_label_name(&dst) {
+                return Err(QueryError::Execution(format!("invalid destination label name in label_replace(): {dst}")));
+            }
+            for s in &mut v {
+                let sv = s.labels.get(&src).unwrap_or("").to_string();
+                if let Some(caps) = re.captures(&sv) {
+                    let mut res = String::new();
+                    caps.expand(&repl, &mut res);
+                    s.labels = set_label(&s.labels, &dst, &res);
+                    if dst == METRIC_NAME {
+                        s.drop_name = false;
+                    }
+                }
+            }
+            check_unique(&v)?;
+            Ok(Value::Vector(v))
+        }
+        "label_join" => {
+            let mut v = ctx.eval_vector(arg(0)?, t)?;
+            let dst = ctx.eval_string(arg(1)?, t)?;
+            let sep = ctx.eval_string(arg(2)?, t)?;
+            let mut srcs = Vec::new();
+            for e in args.iter().skip(3) {
+                let s = ctx.eval_string(e, t)?;
+                if !is_valid_label_name(&s) {
+                    return Err(QueryError::Execution(format!("invalid source label name in label_join(): {s}")));
+                }
+                srcs.push(s);
+            }
+            if !is_valid_label_name(&dst) {
+                return Err(QueryError::Execution(format!("invalid destination label name in label_join(): {dst}")));
+            }
+            for s in &mut v {
+                let joined: Vec<&str> = srcs.iter().map(|n| s.labels.get(n).unwrap_or("")).collect();
+                let joined = joined.join(&sep);
+                s.labels = set_label(&s.labels, &dst, &joined);
+                if dst == METRIC_NAME {
+                    s.drop_name = false;
+                }
+            }
+            check_unique(&v)?;
+            Ok(Value::Vector(v))
+        }
+        "info" => {
+            let base = ctx.eval_vector(arg(0)?, t)?;
+            let sel = match args.get(1).map(|e| unparen(e)) {
+                None => None,
+                Some(Expr::VectorSelector(vs)) => Some(vs),
+                Some(_) => {
+                    return Err(QueryError::BadData("info(): the second argument must be a label selector".into()));
+                }
+            };
+            // Info series are read as of the base selector's `@`/`offset`.
+            let t_info = match unparen(arg(0)?) {
+                Expr::VectorSelector(vs) => super::eval::at_ms(&vs.at, ctx.start, ctx.end)
+                    .unwrap_or(t)
+                    .saturating_sub(super::eval::offset_ms(&vs.offset)),
+                _ => t,
+            };
+            Ok(Value::Vector(info(ctx, base, sel, t_info)?))
+        }
+        "histogram_quantile" => {
+            let q = ctx.eval_scalar(arg(0)?, t)?;
+            let v = ctx.eval_vector(arg(1)?, t)?;
+            Ok(Value::Vector(histogram_quantile(q, v, t)))
+        }
+        "histogram_count" | "histogram_sum" | "histogram_avg" | "histogram_stddev" | "histogram_stdvar" => {
+            // Float samples are ignored by these functions; only native
+            // histograms (not stored) produce output.
+            ctx.eval_vector(arg(0)?, t)?;
+            Ok(Value::Vector(Vec::new()))
+        }
+        "histogram_fraction" => {
+            ctx.eval_vector(arg(2)?, t)?;
+            Ok(Value::Vector(Vec::new()))
+        }
+        other => Err(QueryError::Unsupported(format!("function {other}()"))),
+    }
+}
+
+/// Labels identifying the target an info series describes.
+const IDENTIFYING: [&str; 2] = ["instance", "job"];
+
+/// `info(v, {selector})`: adds the data labels of info series (default
+/// `target_info`) with the same `instance` and `job` to each sample.
+fn info(
+    ctx: &Ctx<'_>,
+    base: Vec<Sample>,
+    sel: Option<&promql_parser::parser::VectorSelector>,
+    t: i64,
+) -> Result<Vec<Sample>, QueryError> {
+    use cairn_wire::{MatchOp, Matcher};
+    let mut name_ms = Vec::new();
+    let mut data_ms = Vec::new();
+    if let Some(vs) = sel {
+        if let Some(n) = &vs.name {
+            name_ms.push(Matcher::equal(METRIC_NAME, n.clone()));
+        }
+        for m in &vs.matchers.matchers {
+            let op = match m.op {
+                PMatchOp::Equal => MatchOp::Equal,
+                PMatchOp::NotEqual => MatchOp::NotEqual,
+                PMatchOp::Re(_) => MatchOp::Regex,
+                PMatchOp::NotRe(_) => MatchOp::NotRegex,
+            };
+            let mm =
+                Matcher::new(op, m.name.clone(), m.value.clone()).map_err(|e| QueryError::BadData(e.to_string()))?;
+            if m.name == METRIC_NAME { name_ms.push(mm) } else { data_ms.push(mm) }
+        }
+    }
+    if name_ms.is_empty() {
+        name_ms.push(Matcher::equal(METRIC_NAME, "target_info"));
+    } else if !name_ms.iter().any(|m| matches!(m.op, MatchOp::Equal | MatchOp::Regex)) {
+        // Only negative name matchers: they narrow the `*_info` metrics.
+        name_ms.push(
+            Matcher::new(MatchOp::Regex, METRIC_NAME, ".+_info").map_err(|e| QueryError::BadData(e.to_string()))?,
+        );
+    }
+    let all: Vec<Matcher> = name_ms.iter().chain(&data_ms).cloned().collect();
+    let lo = t.saturating_sub(ctx.lookback).saturating_add(1);
+    // Info series present at t, with their latest sample time.
+    let mut infos: Vec<(Labels, i64)> = Vec::new();
+    for s in ctx.store.select(ctx.tenant, &all, lo, t) {
+        if let Some(&(st, v)) = s.samples.last()
+            && !cairn_wire::is_stale_nan(v)
+        {
+            infos.push((s.labels, st));
+        }
+    }
+    let require_match = data_ms.iter().any(|m| !m.matches_empty());
+    let data_names: Vec<&str> = data_ms.iter().map(|m| m.name.as_str()).collect();
+    let mut out = Vec::with_capacity(base.len());
+    for mut s in base {
+        // Info series themselves are not enriched.
+        if s.labels.get(METRIC_NAME).is_some() && name_ms.iter().all(|m| m.matches_labels(&s.labels)) {
+            out.push(s);
+            continue;
+        }
+        let id = |ls: &Labels| IDENTIFYING.map(|n| ls.get(n).unwrap_or("").to_string());
+        let want = id(&s.labels);
+        // Per info metric name, the series with the latest sample.
+        let mut best: HashMap<&str, (&Labels, i64)> = HashMap::new();
+        for (ls, st) in &infos {
+            if id(ls) != want {
+                continue;
+            }
+            let name = ls.get(METRIC_NAME).unwrap_or("");
+            match best.get(name) {
+                Some(&(_, bt)) if bt >= *st => {}
+                _ => {
+                    best.insert(name, (ls, *st));
+                }
+            }
+        }
+        if best.is_empty() {
+            if !require_match {
+                out.push(s);
+            }
+            continue;
+        }
+        let mut add: Vec<(String, String)> = Vec::new();
+        for (ls, _) in best.values() {
+            for l in ls.iter() {
+                if l.name == METRIC_NAME || IDENTIFYING.contains(&l.name.as_str()) || s.labels.get(&l.name).is_some() {
+                    continue;
+                }
+                if !data_names.is_empty() && !data_names.contains(&l.name.as_str()) {
+                    continue;
+                }
+                match add.iter().find(|(n, _)| *n == l.name) {
+                    None => add.push((l.name.clone(), l.value.clone())),
+                    Some((_, v)) if *v != l.value => {
+                        return Err(QueryError::Execution(format!(
+                            "conflicting label: {:?} has values {v:?} and {:?} in different info metrics",
+                            l.name, l.value
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if !add.is_empty() {
+            let pairs = s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).chain(add);
+            s.labels = Labels::from_pairs(pairs).map_err(|e| QueryError::Execution(e.to_string()))?;
+        }
+        out.push(s);
+    }
+    check_unique(&out)?;
+    Ok(out)
+}
+
+/// `histogram_quantile` over classic buckets (Prometheus's `BucketQuantile`).
+fn histogram_quantile(q: f64, v: Vec<Sample>, t: i64) -> Vec<Sample> {
+    let mut groups: HashMap<Labels, Vec<(f64, f64)>> = HashMap::new();
+    let mut order: Vec<Labels> = Vec::new();
+    for s in v {
+        let Some(le) = s.labels.get("le") else { continue };
+        let Ok(ub) = parse_le(le) else { continue };
+        let key = super::drop_metric_name(&s.labels.without("le"));
+        groups
+            .entry(key.clone())
+            .or_insert_with(|| {
+                order.push(key);
+                Vec::new()
+            })
+            .push((ub, s.v));
+    }
+    let mut out = Vec::with_capacity(order.len());
+    for key in order {
+        let Some(mut buckets) = groups.remove(&key) else { continue };
+        out.push(Sample::new(key, t, bucket_quantile(q, &mut buckets)));
+    }
+    out
+}
+
+fn parse_le(s: &str) -> Result<f64, ()> {
+    match s.to_ascii_lowercase().trim_start_matches('+') {
+        "inf" => Ok(f64::INFINITY),
+        "-inf" => Ok(f64::NEG_INFINITY),
+        "nan" => Ok(f64::NAN),
+        other => other.parse::<f64>().map_err(|_| ()),
+    }
+}
+
+fn bucket_quantile(q: f64, b: &mut [(f64, f64)]) -> f64 {
+    if q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    b.sort_by(|x, y| x.0.partial_cmp(&y.0).unwrap_or(std::cmp::Ordering::Equal));
+    if b.last().is_none_or(|l| l.0 != f64::INFINITY) {
+        return f64::NAN;
+    }
+    // Coalesce buckets with the same upper bound.
+    let mut c: Vec<(f64, f64)> = Vec::with_capacity(b.len());
+    for &(ub, n) in b.iter() {
+        match c.last_mut() {
+            Some(last) if last.0 == ub => last.1 += n,
+            _ => c.push((ub, n)),
+        }
+    }
+    // Ensure monotonic counts, ignoring tiny deltas.
+    let mut prev = c[0].1;
+    for x in c.iter_mut().skip(1) {
+        let cur = x.1;
+        if cur == prev {
+            continue;
+        }
+        if cur < prev || ((cur - prev).abs() / (cur.abs() + prev.abs())) < 1e-12 {
+            x.1 = prev;
+            continue;
+        }
+        prev = cur;
+    }
+    if c.len() < 2 {
+        return f64::NAN;
+    }
+    let total = c[c.len() - 1].1;
+    if total == 0.0 {
+        return f64::NAN;
+    }
+    let mut rank = q * total;
+    let n = c.len() - 1;
+    let i = c[..n].partition_point(|x| x.1 < rank);
+    if i == n {
+        return c[n - 1].0;
+    }
+    if i == 0 && c[0].0 <= 0.0 {
+        return c[0].0;
+    }
+    let (mut start, end, mut count) = (0.0, c[i].0, c[i].1);
+    if i > 0 {
+        start = c[i - 1].0;
+        count -= c[i - 1].1;
+        rank -= c[i - 1].1;
+    }
+    start + (end - start) * (rank / count)
+}

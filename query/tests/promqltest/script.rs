@@ -1,0 +1,447 @@
+//! Parser for Prometheus's `promqltest` script format (the `.test` files of
+//! `promql/promqltest/testdata/`), as described in
+//! `../shared/conformance/promql/README.md`.
+//!
+//! The parser never panics: a line it cannot read becomes a [`Script`] error
+//! for that command only, so the rest of the file still runs. Native
+//! histogram literals (`{{…}}`) are recognised and reported as unsupported
+//! (the store holds float samples only).
+
+use cairn_wire::{Labels, METRIC_NAME, STALE_NAN_BITS};
+
+/// One command of a script, with the 1-based line it starts on.
+#[derive(Debug)]
+pub enum Command {
+    /// `load <interval>`: float series to append. `skipped` names series
+    /// that could not be loaded (native histograms), with the reason.
+    Load { series: Vec<(Labels, Vec<(i64, f64)>)>, skipped: Vec<String> },
+    /// `clear`.
+    Clear,
+    /// An `eval…` command.
+    Eval(Box<Eval>),
+}
+
+/// What kind of query an `eval` runs.
+#[derive(Debug, Clone, Copy)]
+pub enum EvalKind {
+    /// `eval instant at <t>`.
+    Instant { at: i64 },
+    /// `eval range from <start> to <end> step <step>`.
+    Range { start: i64, end: i64, step: i64 },
+}
+
+/// How a failure message must look.
+#[derive(Debug, Clone)]
+pub enum FailExpect {
+    /// Any error.
+    Any,
+    /// Exactly this text.
+    Msg(String),
+    /// Matching this regular expression.
+    Regex(String),
+}
+
+/// One expected output series: labels and one optional value per step
+/// (a single value for instant vectors).
+#[derive(Debug, Clone)]
+pub struct ExpSeries {
+    pub labels: Labels,
+    pub values: Vec<Option<f64>>,
+}
+
+/// One `eval` case.
+#[derive(Debug)]
+pub struct Eval {
+    /// 1-based line of the `eval` command: the case's identity.
+    pub line: usize,
+    pub kind: EvalKind,
+    pub expr: String,
+    pub fail: Option<FailExpect>,
+    /// `expect warn` / `eval_warn` lines (warnings must be produced).
+    pub expect_warn: bool,
+    /// `expect info` / `eval_info` lines (info annotations must be produced).
+    pub expect_info: bool,
+    pub ordered: bool,
+    /// `expect range vector from … to … step …`.
+    pub range_vector: Option<(i64, i64, i64)>,
+    /// `expect string "…"`.
+    pub string: Option<String>,
+    /// A bare number result line: the result is a scalar.
+    pub scalar: Option<f64>,
+    pub series: Vec<ExpSeries>,
+    /// Something in the case this runner cannot check (e.g. a histogram
+    /// literal in the expected output), or a malformed line.
+    pub unreadable: Option<String>,
+}
+
+/// Parses a whole script into commands with their line numbers.
+pub fn parse_script(text: &str) -> Vec<(usize, Result<Command, String>)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i].trim();
+        if l.is_empty() || l.starts_with('#') {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        i += 1;
+        let mut body = Vec::new();
+        if l == "clear" {
+            // `clear` has no body: the next line may start a command.
+            out.push((start + 1, Ok(Command::Clear)));
+            continue;
+        }
+        // As in Prometheus's harness, a comment line counts as blank and
+        // ends the command.
+        while i < lines.len() && !lines[i].trim().is_empty() && !lines[i].trim().starts_with('#') {
+            body.push((i + 1, lines[i].trim()));
+            i += 1;
+        }
+        out.push((start + 1, parse_command(start + 1, l, &body)));
+    }
+    out
+}
+
+fn parse_command(line: usize, head: &str, body: &[(usize, &str)]) -> Result<Command, String> {
+    let (word, rest) = split_word(head);
+    match word {
+        "clear" => Ok(Command::Clear),
+        "load" | "load_with_nhcb" => parse_load(word, rest, body),
+        "eval" | "eval_fail" | "eval_warn" | "eval_info" | "eval_ordered" => {
+            parse_eval(line, word, rest, body).map(|e| Command::Eval(Box::new(e)))
+        }
+        other => Err(format!("unknown command {other:?}")),
+    }
+}
+
+fn split_word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim_start()),
+        None => (s, ""),
+    }
+}
+
+/// Parses a test-file time or duration (`50m`, `1m30s`, `0`, `-1m`) in ms.
+pub fn parse_dur(s: &str) -> Result<i64, String> {
+    if s == "0" {
+        return Ok(0);
+    }
+    if let Some(rest) = s.strip_prefix('-') {
+        return parse_dur(rest).map(|v| -v);
+    }
+    cairn_wire::time::parse_duration_ms(s).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+fn parse_load(word: &str, rest: &str, body: &[(usize, &str)]) -> Result<Command, String> {
+    if word == "load_with_nhcb" {
+        return Err("load_with_nhcb needs native histograms, which the store does not hold".into());
+    }
+    let interval = parse_dur(rest.trim())?;
+    let mut series = Vec::new();
+    let mut skipped = Vec::new();
+    for &(ln, b) in body {
+        let (desc, vals) = split_series(b).map_err(|e| format!("line {ln}: {e}"))?;
+        if desc.ends_with("@st") {
+            skipped.push(format!("line {ln}: start timestamps (@st) are not stored"));
+            continue;
+        }
+        let labels = parse_series_desc(desc).map_err(|e| format!("line {ln}: {e}"))?;
+        if vals.contains("{{") {
+            skipped.push(format!("line {ln}: native histogram samples for {labels}"));
+            continue;
+        }
+        let values = expand_values(vals).map_err(|e| format!("line {ln}: {e}"))?;
+        let samples = values.into_iter().enumerate().filter_map(|(k, v)| v.map(|v| (k as i64 * interval, v))).collect();
+        series.push((labels, samples));
+    }
+    Ok(Command::Load { series, skipped })
+}
+
+fn parse_eval(line: usize, word: &str, rest: &str, body: &[(usize, &str)]) -> Result<Eval, String> {
+    let (kind_word, rest) = split_word(rest);
+    let (kind, expr) = match kind_word {
+        "instant" => {
+            let (at_word, rest) = split_word(rest);
+            if at_word != "at" {
+                return Err(format!("expected `at`, found {at_word:?}"));
+            }
+            let (t, expr) = split_word(rest);
+            (EvalKind::Instant { at: parse_dur(t)? }, expr)
+        }
+        "range" => {
+            let mut rest = rest;
+            let mut vals = [0i64; 3];
+            for (i, kw) in ["from", "to", "step"].iter().enumerate() {
+                let (w, r) = split_word(rest);
+                if w != *kw {
+                    return Err(format!("expected `{kw}`, found {w:?}"));
+                }
+                let (v, r) = split_word(r);
+                vals[i] = parse_dur(v)?;
+                rest = r;
+            }
+            (EvalKind::Range { start: vals[0], end: vals[1], step: vals[2] }, rest)
+        }
+        other => return Err(format!("expected `instant` or `range`, found {other:?}")),
+    };
+    let mut e = Eval {
+        line,
+        kind,
+        expr: expr.to_string(),
+        fail: (word == "eval_fail").then_some(FailExpect::Any),
+        expect_warn: word == "eval_warn",
+        expect_info: word == "eval_info",
+        ordered: word == "eval_ordered",
+        range_vector: None,
+        string: None,
+        scalar: None,
+        series: Vec::new(),
+        unreadable: None,
+    };
+    for &(ln, b) in body {
+        if let Err(msg) = parse_eval_body_line(&mut e, b) {
+            e.unreadable.get_or_insert(format!("line {ln}: {msg}"));
+        }
+    }
+    Ok(e)
+}
+
+fn parse_eval_body_line(e: &mut Eval, b: &str) -> Result<(), String> {
+    if let Some(r) = b.strip_prefix("expected_fail_message") {
+        e.fail = Some(FailExpect::Msg(r.trim().to_string()));
+        return Ok(());
+    }
+    if let Some(r) = b.strip_prefix("expected_fail_regexp") {
+        e.fail = Some(FailExpect::Regex(r.trim().to_string()));
+        return Ok(());
+    }
+    if let Some(r) = b.strip_prefix("expect ") {
+        let (w, r) = split_word(r);
+        match w {
+            "fail" => {
+                e.fail = Some(if let Some(m) = r.strip_prefix("msg:") {
+                    FailExpect::Msg(m.trim().to_string())
+                } else if let Some(m) = r.strip_prefix("regex:") {
+                    FailExpect::Regex(m.trim().to_string())
+                } else {
+                    FailExpect::Any
+                })
+            }
+            "warn" => e.expect_warn = true,
+            "info" => e.expect_info = true,
+            "no_warn" | "no_info" => {}
+            "ordered" => e.ordered = true,
+            "range" => {
+                let (v, r) = split_word(r);
+                if v != "vector" {
+                    return Err(format!("unknown expect range {v:?}"));
+                }
+                let mut rest = r;
+                let mut vals = [0i64; 3];
+                for (i, kw) in ["from", "to", "step"].iter().enumerate() {
+                    let (w, r) = split_word(rest);
+                    if w != *kw {
+                        return Err(format!("expected `{kw}`, found {w:?}"));
+                    }
+                    let (v, r) = split_word(r);
+                    vals[i] = parse_dur(v)?;
+                    rest = r;
+                }
+                e.range_vector = Some((vals[0], vals[1], vals[2]));
+            }
+            "string" => {
+                let r = r.trim();
+                let unq = if r.len() >= 2 && (r.starts_with('"') && r.ends_with('"')) {
+                    unescape_go(&r[1..r.len() - 1])?
+                } else if r.len() >= 2 && r.starts_with('`') && r.ends_with('`') {
+                    r[1..r.len() - 1].to_string()
+                } else {
+                    return Err(format!("bad expect string {r:?}"));
+                };
+                e.string = Some(unq);
+            }
+            other => return Err(format!("unknown expect {other:?}")),
+        }
+        return Ok(());
+    }
+    if b.contains("{{") {
+        return Err("native histogram in the expected result".into());
+    }
+    // A bare number: scalar result.
+    if let Ok(v) = parse_num(b) {
+        e.scalar = Some(v);
+        return Ok(());
+    }
+    let (desc, vals) = split_series(b)?;
+    let labels = parse_series_desc(desc)?;
+    let values = expand_values(vals)?;
+    e.series.push(ExpSeries { labels, values });
+    Ok(())
+}
+
+fn unescape_go(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match it.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('\\') => out.push('\\'),
+            Some('"') => out.push('"'),
+            Some(o) => return Err(format!("unsupported escape \\{o}")),
+            None => return Err("trailing backslash".into()),
+        }
+    }
+    Ok(out)
+}
+
+/// Splits `name{labels} values…` at the end of the series descriptor.
+fn split_series(b: &str) -> Result<(&str, &str), String> {
+    let bytes = b.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b':') {
+        i += 1;
+    }
+    if i < bytes.len() && bytes[i] == b'{' {
+        let mut in_q = false;
+        let mut esc = false;
+        let mut j = i + 1;
+        loop {
+            let Some(&c) = bytes.get(j) else {
+                return Err(format!("unterminated label set in {b:?}"));
+            };
+            if in_q {
+                if esc {
+                    esc = false;
+                } else if c == b'\\' {
+                    esc = true;
+                } else if c == b'"' {
+                    in_q = false;
+                }
+            } else if c == b'"' {
+                in_q = true;
+            } else if c == b'}' {
+                break;
+            }
+            j += 1;
+        }
+        i = j + 1;
+    }
+    // `@st` suffix for start timestamps.
+    if b[i..].starts_with("@st") {
+        i += 3;
+    }
+    if i == 0 {
+        return Err(format!("no series in {b:?}"));
+    }
+    Ok((&b[..i], b[i..].trim()))
+}
+
+/// `name{a="b"}` / `{a="b"}` / `name` → labels.
+pub fn parse_series_desc(desc: &str) -> Result<Labels, String> {
+    let (name, set) = match desc.find('{') {
+        Some(i) => (&desc[..i], &desc[i..]),
+        None => (desc, "{}"),
+    };
+    let ls = Labels::parse(set).map_err(|e| e.to_string())?;
+    if name.is_empty() {
+        return Ok(ls);
+    }
+    if ls.get(METRIC_NAME).is_some() {
+        return Err(format!("metric name given twice in {desc:?}"));
+    }
+    let pairs =
+        ls.iter().map(|l| (l.name.clone(), l.value.clone())).chain([(METRIC_NAME.to_string(), name.to_string())]);
+    Labels::from_pairs(pairs).map_err(|e| e.to_string())
+}
+
+/// Parses a float as the test files write them (`1e3`, `-Inf`, `nan`); like
+/// Go's `ParseFloat`, `0x59` is not a number (in values it means 60 zeros).
+pub fn parse_num(s: &str) -> Result<f64, String> {
+    let l = s.to_ascii_lowercase();
+    let (neg, body) = match l.as_bytes().first() {
+        Some(b'-') => (true, &l[1..]),
+        Some(b'+') => (false, &l[1..]),
+        _ => (false, l.as_str()),
+    };
+    let v = match body {
+        "inf" => f64::INFINITY,
+        "nan" => f64::NAN,
+        _ if body.starts_with(|c: char| c.is_ascii_digit() || c == '.') => {
+            body.parse::<f64>().map_err(|_| format!("bad number {s:?}"))?
+        }
+        _ => return Err(format!("bad number {s:?}")),
+    };
+    Ok(if neg { -v } else { v })
+}
+
+/// Expands the value notation (`1 _ 3 stale 0+10x3 _x2 5x2`).
+pub fn expand_values(s: &str) -> Result<Vec<Option<f64>>, String> {
+    let mut out = Vec::new();
+    for tok in s.split_whitespace() {
+        if tok == "_" {
+            out.push(None);
+        } else if let Some(n) = tok.strip_prefix("_x") {
+            let n: usize = n.parse().map_err(|_| format!("bad repeat in {tok:?}"))?;
+            out.extend(std::iter::repeat_n(None, n));
+        } else if tok == "stale" {
+            out.push(Some(f64::from_bits(STALE_NAN_BITS)));
+        } else if let Ok(v) = parse_num(tok) {
+            out.push(Some(v));
+        } else if let Some(xi) = tok.rfind('x') {
+            let n: usize = tok[xi + 1..].parse().map_err(|_| format!("bad repeat in {tok:?}"))?;
+            let head = &tok[..xi];
+            // Find the +/- between start and step: not at 0, not after an exponent `e`.
+            let hb = head.as_bytes();
+            let split = (1..hb.len()).find(|&k| (hb[k] == b'+' || hb[k] == b'-') && !matches!(hb[k - 1], b'e' | b'E'));
+            let (a, b) = match split {
+                Some(k) => {
+                    let a = parse_num(&head[..k])?;
+                    let b = parse_num(&head[k + 1..])?;
+                    (a, if hb[k] == b'-' { -b } else { b })
+                }
+                None => (parse_num(head)?, 0.0),
+            };
+            for k in 0..=n {
+                out.push(Some(a + b * k as f64));
+            }
+        } else {
+            return Err(format!("bad value {tok:?}"));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expanding_notation() {
+        let v = expand_values("1 _ 0+10x2 1-2x1 _x2 3x1 stale -Inf").unwrap();
+        assert_eq!(v.len(), 13);
+        assert_eq!(v[2..5], [Some(0.0), Some(10.0), Some(20.0)]);
+        assert_eq!(v[5..7], [Some(1.0), Some(-1.0)]);
+        assert_eq!(v[7..9], [None, None]);
+        assert!(v[11].is_some_and(cairn_wire::is_stale_nan));
+        assert_eq!(v[12], Some(f64::NEG_INFINITY));
+        assert_eq!(expand_values("1e+3+1x1").unwrap(), [Some(1000.0), Some(1001.0)]);
+        assert_eq!(expand_values("-1+1x1").unwrap(), [Some(-1.0), Some(0.0)]);
+        assert_eq!(expand_values("0x2").unwrap(), [Some(0.0); 3]);
+    }
+
+    #[test]
+    fn series_descriptors() {
+        let (d, v) = split_series(r#"m{a="x y}", b="2"}  1 2"#).unwrap();
+        assert_eq!(v, "1 2");
+        assert_eq!(parse_series_desc(d).unwrap().get("a"), Some("x y}"));
+        assert_eq!(parse_series_desc("{}").unwrap(), Labels::empty());
+    }
+}
