@@ -6,6 +6,7 @@ mod harness;
 mod bad_input;
 mod cli;
 mod logs;
+mod loki_api;
 mod metrics;
 mod ops;
 mod restart;

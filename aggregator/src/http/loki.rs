@@ -9,9 +9,9 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cairn_query::logql::{self, Direction, Expr, LogQuery};
+use cairn_query::logql::{self, Direction, Expr, LogQuery, MetricQuery, MetricValue};
 use cairn_wire::proto::PushRequest;
-use cairn_wire::{Entry, Labels, StreamEntries, loki_json, time};
+use cairn_wire::{Entry, Labels, StreamEntries, format_float, loki_json, time};
 use prost::Message;
 use serde_json::json;
 
@@ -132,85 +132,277 @@ fn param_ns(p: &Params, key: &str, default: i64) -> Result<i64, Response> {
     }
 }
 
-/// `GET /loki/api/v1/query_range`
+/// True when the client asked for `categorize-labels` encoding.
+fn categorize(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("x-loki-response-encoding-flags")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|f| f.trim() == "categorize-labels")
+}
+
+fn param_limit(p: &Params, agg: &Aggregator) -> Result<usize, Response> {
+    let limit = match p.get("limit").map(str::parse::<u64>) {
+        None => 100,
+        Some(Ok(l)) => l as usize,
+        Some(Err(_)) => return Err(bad("invalid limit parameter: expected a non-negative integer")),
+    };
+    let max = agg.config.query.max_entries_limit;
+    if limit > max {
+        return Err(bad(format!("max entries limit per query exceeded, limit > max_entries_limit ({limit} > {max})")));
+    }
+    Ok(limit)
+}
+
+fn param_direction(p: &Params) -> Result<Direction, Response> {
+    match p.get("direction") {
+        None => Ok(Direction::Backward),
+        Some(d) => {
+            Direction::parse(d).ok_or_else(|| bad(format!("invalid direction {d:?}: expected forward or backward")))
+        }
+    }
+}
+
+/// Loki's default step: `max(floor((end - start) / 250 s), 1 s)`.
+fn default_step_ns(start: i64, end: i64) -> i64 {
+    (((end - start) / 1_000_000_000) / 250).max(1) * 1_000_000_000
+}
+
+/// A float-seconds timestamp from ms, as Loki writes it (`1700000000` or
+/// `1700000000.123`).
+fn ts_json(ms: i64) -> serde_json::Value {
+    if ms % 1000 == 0 { json!(ms / 1000) } else { json!(ms as f64 / 1000.0) }
+}
+
+fn pairs_obj(pairs: &[(String, String)]) -> serde_json::Map<String, serde_json::Value> {
+    pairs.iter().map(|(k, v)| (k.clone(), json!(v))).collect()
+}
+
+fn streams_json(streams: &[logql::StreamResult], categorize: bool) -> Vec<serde_json::Value> {
+    streams
+        .iter()
+        .map(|s| {
+            let values: Vec<serde_json::Value> = s
+                .entries
+                .iter()
+                .map(|e| {
+                    if categorize && (!e.metadata.is_empty() || !e.parsed.is_empty()) {
+                        let mut cat = serde_json::Map::new();
+                        if !e.metadata.is_empty() {
+                            cat.insert("structuredMetadata".into(), serde_json::Value::Object(pairs_obj(&e.metadata)));
+                        }
+                        if !e.parsed.is_empty() {
+                            cat.insert("parsed".into(), serde_json::Value::Object(pairs_obj(&e.parsed)));
+                        }
+                        json!([e.ts.to_string(), e.line, cat])
+                    } else {
+                        json!([e.ts.to_string(), e.line])
+                    }
+                })
+                .collect();
+            json!({"stream": s.labels, "values": values})
+        })
+        .collect()
+}
+
+fn metric_json(v: &MetricValue) -> (&'static str, serde_json::Value) {
+    match v {
+        MetricValue::Scalar(t, x) => ("scalar", json!([ts_json(*t), format_float(*x)])),
+        MetricValue::Vector(t, samples) => (
+            "vector",
+            json!(
+                samples
+                    .iter()
+                    .map(|s| json!({"metric": s.labels, "value": [ts_json(*t), format_float(s.value)]}))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        MetricValue::Matrix(series) => (
+            "matrix",
+            json!(
+                series
+                    .iter()
+                    .map(|s| json!({
+                        "metric": s.labels,
+                        "values": s.points.iter().map(|(t, x)| json!([ts_json(*t), format_float(*x)])).collect::<Vec<_>>(),
+                    }))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+    }
+}
+
+/// What a query evaluated to.
+enum QueryOutcome {
+    Streams(Vec<logql::StreamResult>),
+    Metric(MetricValue),
+}
+
+/// A query failure: a 400 with Loki's message.
+struct QueryFailure(String);
+
+impl From<logql::ParseError> for QueryFailure {
+    fn from(e: logql::ParseError) -> Self {
+        QueryFailure(e.to_string())
+    }
+}
+
+impl From<logql::EvalError> for QueryFailure {
+    fn from(e: logql::EvalError) -> Self {
+        QueryFailure(e.to_string())
+    }
+}
+
+struct QuerySpec {
+    query: String,
+    tenant: String,
+    start: i64,
+    end: i64,
+    step: i64,
+    limit: usize,
+    direction: Direction,
+    categorize: bool,
+    instant: bool,
+}
+
+async fn run_query(agg: &Arc<Aggregator>, spec: QuerySpec, api: &'static str) -> Response {
+    let started = Instant::now();
+    let agg2 = agg.clone();
+    let categorize = spec.categorize;
+    let res = blocking(move || -> Result<QueryOutcome, QueryFailure> {
+        match logql::parse(&spec.query)? {
+            Expr::Log(sel) => {
+                if spec.instant {
+                    return Err(QueryFailure(
+                        "log queries are not supported as an instant query type, please change your query to a range query type"
+                            .into(),
+                    ));
+                }
+                let q = LogQuery {
+                    tenant: &spec.tenant,
+                    start: spec.start,
+                    end: spec.end,
+                    limit: spec.limit,
+                    direction: spec.direction,
+                    categorize: spec.categorize,
+                };
+                Ok(QueryOutcome::Streams(logql::eval_log_query(&agg2.logs, &sel, &q)))
+            }
+            Expr::Sample(e) => {
+                let q = MetricQuery {
+                    tenant: &spec.tenant,
+                    start: spec.start,
+                    end: spec.end,
+                    step: if spec.instant { 0 } else { spec.step },
+                };
+                Ok(QueryOutcome::Metric(logql::eval_metric(&agg2.logs, &e, &q)?))
+            }
+        }
+    })
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    agg.self_metrics.observe_query(api, elapsed);
+    let out = match res {
+        Ok(Ok(o)) => o,
+        Ok(Err(QueryFailure(m))) => return bad(m),
+        Err(r) => return r,
+    };
+    let (result_type, result, returned) = match &out {
+        QueryOutcome::Streams(streams) => {
+            ("streams", json!(streams_json(streams, categorize)), streams.iter().map(|s| s.entries.len()).sum())
+        }
+        QueryOutcome::Metric(v) => {
+            let (t, r) = metric_json(v);
+            (t, r, 0usize)
+        }
+    };
+    let mut data = json!({
+        "resultType": result_type,
+        "result": result,
+        "stats": {"summary": {"execTime": elapsed, "totalEntriesReturned": returned}},
+    });
+    if categorize && result_type == "streams" {
+        data["encodingFlags"] = json!(["categorize-labels"]);
+    }
+    Json(json!({"status": "success", "data": data})).into_response()
+}
+
+/// `GET|POST /loki/api/v1/query_range`
 pub(crate) async fn query_range(
     State(agg): State<Arc<Aggregator>>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
-    let p = Params::parse(q.as_deref(), &headers, &[]);
-    let tenant = match tenant(&headers) {
-        Ok(t) => t,
-        Err(m) => return bad(m),
+    let p = Params::parse(q.as_deref(), &headers, &body);
+    let spec = match range_spec(&p, &headers, &agg) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    let Some(qs) = p.get("query").map(str::to_string) else {
-        return bad("query parameter is required");
-    };
+    run_query(&agg, spec, "loki_query_range").await
+}
+
+fn range_spec(p: &Params, headers: &HeaderMap, agg: &Aggregator) -> Result<QuerySpec, Response> {
+    let tenant = tenant(headers).map_err(bad)?;
+    let query = p.get("query").ok_or_else(|| bad("query parameter is required"))?.to_string();
     let now = time::now_ns();
-    let end = match param_ns(&p, "end", now) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let start = match param_ns(&p, "start", end - 3_600_000_000_000) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let end = param_ns(p, "end", now)?;
+    let start = param_ns(p, "start", end - 3_600_000_000_000)?;
     if end < start {
-        return bad("end timestamp must not be before or equal to start time");
+        return Err(bad("end timestamp must not be before or equal to start time"));
     }
-    let limit = match p.get("limit").map(str::parse::<u64>) {
-        None => 100,
-        Some(Ok(l)) => l as usize,
-        Some(Err(_)) => return bad("invalid limit parameter: expected a non-negative integer"),
+    let step = match p.get("step") {
+        None => default_step_ns(start, end),
+        Some(s) => time::parse_loki_duration_ns(s).map_err(|e| bad(format!("invalid step parameter: {e}")))?,
     };
-    let max = agg.config.query.max_entries_limit;
-    if limit > max {
-        return bad(format!("max entries limit per query exceeded, limit > max_entries_limit ({limit} > {max})"));
+    if step <= 0 {
+        return Err(bad("zero or negative query resolution step widths are not accepted. Try a positive integer"));
     }
-    let direction = match p.get("direction") {
-        None => Direction::Backward,
-        Some(d) => match Direction::parse(d) {
-            Some(d) => d,
-            None => return bad(format!("invalid direction {d:?}: expected forward or backward")),
-        },
-    };
-    let started = Instant::now();
-    let agg2 = agg.clone();
-    let res = blocking(move || {
-        let expr = logql::parse(&qs)?;
-        let Expr::Log(sel) = expr;
-        let q = LogQuery { tenant: &tenant, start, end, limit, direction };
-        Ok::<_, logql::ParseError>(logql::eval_log_query(&agg2.logs, &sel, &q))
+    if (end - start) / step > logql::MAX_POINTS {
+        return Err(bad(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+        ));
+    }
+    Ok(QuerySpec {
+        query,
+        tenant,
+        start,
+        end,
+        step,
+        limit: param_limit(p, agg)?,
+        direction: param_direction(p)?,
+        categorize: categorize(headers),
+        instant: false,
     })
-    .await;
-    let elapsed = started.elapsed().as_secs_f64();
-    agg.self_metrics.observe_query("loki_query_range", elapsed);
-    match res {
-        Ok(Ok(streams)) => {
-            let lines: usize = streams.iter().map(|s| s.entries.len()).sum();
-            let result: Vec<_> = streams
-                .iter()
-                .map(|s| {
-                    json!({
-                        "stream": s.labels,
-                        "values": s.entries.iter().map(|(ts, line)| json!([ts.to_string(), line])).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            Json(json!({
-                "status": "success",
-                "data": {
-                    "resultType": "streams",
-                    "result": result,
-                    "stats": {"summary": {
-                        "execTime": elapsed,
-                        "totalEntriesReturned": lines,
-                    }},
-                }
-            }))
-            .into_response()
-        }
-        Ok(Err(e)) => bad(e.to_string()),
+}
+
+/// `GET|POST /loki/api/v1/query`: instant query at `time` (default now).
+pub(crate) async fn query(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let p = Params::parse(q.as_deref(), &headers, &body);
+    let spec = (|| {
+        let tenant = tenant(&headers).map_err(bad)?;
+        let query = p.get("query").ok_or_else(|| bad("query parameter is required"))?.to_string();
+        let t = param_ns(&p, "time", time::now_ns())?;
+        Ok::<_, Response>(QuerySpec {
+            query,
+            tenant,
+            start: t,
+            end: t,
+            step: 0,
+            limit: param_limit(&p, &agg)?,
+            direction: param_direction(&p)?,
+            categorize: categorize(&headers),
+            instant: true,
+        })
+    })();
+    match spec {
+        Ok(spec) => run_query(&agg, spec, "loki_query").await,
         Err(r) => r,
     }
 }

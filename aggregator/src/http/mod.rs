@@ -35,7 +35,8 @@ pub fn router(agg: Arc<Aggregator>) -> Router {
         .route("/api/v1/status/buildinfo", get(prom::buildinfo))
         // Loki
         .route("/loki/api/v1/push", post(loki::push))
-        .route("/loki/api/v1/query_range", get(loki::query_range))
+        .route("/loki/api/v1/query_range", get(loki::query_range).post(loki::query_range))
+        .route("/loki/api/v1/query", get(loki::query).post(loki::query))
         .route("/loki/api/v1/status/buildinfo", get(loki::buildinfo))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
