@@ -204,3 +204,71 @@ fn gzip_json_push() {
     let got = c.loki_lines(&[("query", r#"{job="gz"}"#)]);
     assert_eq!(got.iter().map(|l| l.2.as_str()).collect::<Vec<_>>(), ["compressed line"]);
 }
+
+#[test]
+fn label_series_stats_volume_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cairn::serve(dir.path());
+    let t0 = (now_ns() / S - 120) * S;
+    seed(&c, t0);
+    let start = t0.to_string();
+    let end = (t0 + 10 * S).to_string();
+    let get = |path: &str, extra: &[(&str, &str)]| {
+        let mut p = vec![("start", start.as_str()), ("end", end.as_str())];
+        p.extend_from_slice(extra);
+        let (s, b) = c.get_params(path, &p);
+        assert_eq!(s, 200, "{path} {extra:?}: {b}");
+        json(&b)
+    };
+    assert_eq!(get("/loki/api/v1/labels", &[]), serde_json::json!({"status": "success", "data": ["env", "job"]}));
+    assert_eq!(get("/loki/api/v1/label/job/values", &[])["data"], serde_json::json!(["api", "db", "web"]));
+    assert_eq!(
+        get("/loki/api/v1/label/job/values", &[("query", r#"{env="prod"}"#)])["data"],
+        serde_json::json!(["api", "web"])
+    );
+    assert_eq!(get("/loki/api/v1/label/nope/values", &[])["data"], serde_json::json!([]));
+    // default range (last 6 h) covers the data too
+    let (s, b) = c.get("/loki/api/v1/labels");
+    assert_eq!((s, json(&b)["data"].clone()), (200, serde_json::json!(["env", "job"])));
+    let v = get("/loki/api/v1/series", &[("match[]", r#"{job="api"}"#), ("match[]", r#"{env="dev"}"#)]);
+    assert_eq!(v["data"], serde_json::json!([{"env": "dev", "job": "db"}, {"env": "prod", "job": "api"}]));
+    let (s, b) = c.post_form("/loki/api/v1/series", &[("match[]", r#"{job="web"}"#), ("start", &start), ("end", &end)]);
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(json(&b)["data"], serde_json::json!([{"env": "prod", "job": "web"}]));
+    // index/stats: bare object; end is exclusive for entries, so t0..t0+9 = 10 per stream
+    let v = get("/loki/api/v1/index/stats", &[("query", r#"{env="prod"} |= "x""#)]);
+    assert_eq!(v["streams"], 2);
+    assert_eq!(v["entries"], 20);
+    assert!(v["bytes"].as_u64().unwrap() > 20 * 30);
+    assert_eq!(v["chunks"], 0);
+    // index/volume: by the selector's label names, largest first
+    let v = get("/loki/api/v1/index/volume", &[("query", r#"{env=~".+"}"#)]);
+    assert_eq!(v["data"]["resultType"], "vector");
+    let res = v["data"]["result"].as_array().unwrap();
+    assert_eq!(
+        res.iter().map(|r| r["metric"].clone()).collect::<Vec<_>>(),
+        [serde_json::json!({"env": "prod"}), serde_json::json!({"env": "dev"})]
+    );
+    let v = get(
+        "/loki/api/v1/index/volume",
+        &[("query", r#"{env=~".+"}"#), ("targetLabels", "job"), ("aggregateBy", "labels")],
+    );
+    assert_eq!(v["data"]["result"][0]["metric"], serde_json::json!({"job": ""}));
+    let v = get("/loki/api/v1/index/volume_range", &[("query", r#"{job="api"}"#), ("step", "5")]);
+    assert_eq!(v["data"]["resultType"], "matrix");
+    assert_eq!(v["data"]["result"][0]["values"].as_array().unwrap().len(), 3);
+    // detected labels
+    let v = get("/loki/api/v1/detected_labels", &[("query", r#"{env=~".+"}"#)]);
+    assert_eq!(
+        v,
+        serde_json::json!({"detectedLabels": [{"label": "env", "cardinality": 2}, {"label": "job", "cardinality": 3}]})
+    );
+    // rules: nothing configured
+    let (s, b) = c.get("/prometheus/api/v1/rules");
+    assert_eq!((s, json(&b)["data"].clone()), (200, serde_json::json!({"groups": []})));
+    let (s, _) = c.get("/loki/api/v1/rules");
+    assert_eq!(s, 200);
+    // a bad selector is a plain 400
+    let (s, b) = c.get_params("/loki/api/v1/labels", &[("query", "{job=")]);
+    assert_eq!(s, 400, "{b}");
+}

@@ -420,3 +420,409 @@ pub(crate) async fn buildinfo() -> Response {
     }))
     .into_response()
 }
+
+/// Start/end of a metadata request: `end` defaults to now, `start` to
+/// `end - since` (`since` defaults to 6 h), as Loki's label APIs do.
+fn meta_range(p: &Params) -> Result<(i64, i64), Response> {
+    let end = param_ns(p, "end", time::now_ns())?;
+    let since = match p.get("since") {
+        None => 6 * 3_600_000_000_000,
+        Some(s) => time::parse_loki_duration_ns(s).map_err(|e| bad(format!("invalid since parameter: {e}")))?,
+    };
+    let start = param_ns(p, "start", end - since)?;
+    if end < start {
+        return Err(bad("end timestamp must not be before or equal to start time"));
+    }
+    Ok((start, end))
+}
+
+/// The stream matchers of a selector (a pipeline after it is allowed and
+/// ignored, as Loki's index endpoints do).
+fn selector_matchers(q: &str) -> Result<Vec<cairn_wire::Matcher>, Response> {
+    match logql::parse(q).map_err(|e| bad(e.to_string()))? {
+        Expr::Log(sel) => Ok(sel.matchers),
+        Expr::Sample(_) => Err(bad(format!("only log stream selectors are accepted here, got a metric query: {q}"))),
+    }
+}
+
+fn optional_matchers(p: &Params) -> Result<Vec<cairn_wire::Matcher>, Response> {
+    match p.get("query") {
+        None => Ok(Vec::new()),
+        Some(q) => selector_matchers(q),
+    }
+}
+
+fn success(data: serde_json::Value) -> Response {
+    Json(json!({"status": "success", "data": data})).into_response()
+}
+
+struct MetaRequest {
+    agg: Arc<Aggregator>,
+    p: Params,
+    tenant: String,
+}
+
+fn meta_request(
+    agg: Arc<Aggregator>,
+    q: Option<String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<MetaRequest, Response> {
+    let p = Params::parse(q.as_deref(), headers, body);
+    let tenant = tenant(headers).map_err(bad)?;
+    Ok(MetaRequest { agg, p, tenant })
+}
+
+/// `GET|POST /loki/api/v1/labels[?query=…]`: label names of the streams
+/// with data in the range, sorted.
+pub(crate) async fn labels(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let (start, end, matchers) = match meta_range(&r.p).and_then(|(s, e)| Ok((s, e, optional_matchers(&r.p)?))) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let res = blocking(move || {
+        let mut names: Vec<String> = Vec::new();
+        for (l, _) in r.agg.logs.streams(&r.tenant, &matchers, start, end) {
+            names.extend(l.iter().map(|x| x.name.clone()));
+        }
+        names.sort();
+        names.dedup();
+        names
+    })
+    .await;
+    match res {
+        Ok(names) => success(json!(names)),
+        Err(e) => e,
+    }
+}
+
+/// `GET|POST /loki/api/v1/label/<name>/values[?query=…]`
+pub(crate) async fn label_values(
+    State(agg): State<Arc<Aggregator>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let (start, end, matchers) = match meta_range(&r.p).and_then(|(s, e)| Ok((s, e, optional_matchers(&r.p)?))) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let res = blocking(move || {
+        let mut values: Vec<String> = r
+            .agg
+            .logs
+            .streams(&r.tenant, &matchers, start, end)
+            .into_iter()
+            .filter_map(|(l, _)| l.get(&name).map(str::to_string))
+            .collect();
+        values.sort();
+        values.dedup();
+        values
+    })
+    .await;
+    match res {
+        Ok(v) => success(json!(v)),
+        Err(e) => e,
+    }
+}
+
+/// `GET|POST /loki/api/v1/series?match[]=…`: label sets of the streams
+/// matching any selector. With no `match[]`, every stream (Loki requires
+/// one; Cairn is lenient).
+pub(crate) async fn series(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let (start, end) = match meta_range(&r.p) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let mut sets = Vec::new();
+    for m in r.p.all("match[]") {
+        match selector_matchers(m) {
+            Ok(ms) => sets.push(ms),
+            Err(e) => return e,
+        }
+    }
+    if sets.is_empty() {
+        sets.push(Vec::new());
+    }
+    let res = blocking(move || {
+        let mut all: Vec<Labels> = Vec::new();
+        for ms in &sets {
+            all.extend(r.agg.logs.streams(&r.tenant, ms, start, end).into_iter().map(|(l, _)| l));
+        }
+        all.sort();
+        all.dedup();
+        all
+    })
+    .await;
+    match res {
+        Ok(v) => success(json!(v)),
+        Err(e) => e,
+    }
+}
+
+/// `GET|POST /loki/api/v1/index/stats?query=…`: bare `{streams, chunks,
+/// entries, bytes}`.
+pub(crate) async fn index_stats(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let (start, end) = match meta_range(&r.p) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let Some(query) = r.p.get("query") else {
+        return bad("query parameter is required");
+    };
+    let matchers = match selector_matchers(query) {
+        Ok(m) => m,
+        Err(e) => return e,
+    };
+    let res = blocking(move || {
+        let s = r.agg.logs.streams(&r.tenant, &matchers, start, end);
+        let (mut chunks, mut entries, mut bytes) = (0u64, 0u64, 0u64);
+        for (_, st) in &s {
+            chunks += st.chunks;
+            entries += st.entries;
+            bytes += st.bytes;
+        }
+        json!({"streams": s.len(), "chunks": chunks, "entries": entries, "bytes": bytes})
+    })
+    .await;
+    match res {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e,
+    }
+}
+
+/// A volume group: (label, value) pairs.
+type VolumeKey = Vec<(String, String)>;
+
+/// How `/index/volume` groups streams.
+struct VolumeSpec {
+    matchers: Vec<cairn_wire::Matcher>,
+    targets: Vec<String>,
+    by_labels: bool,
+    limit: usize,
+}
+
+fn volume_spec(p: &Params) -> Result<VolumeSpec, Response> {
+    let query = p.get("query").ok_or_else(|| bad("query parameter is required"))?;
+    let matchers = selector_matchers(query)?;
+    let targets: Vec<String> = match p.get("targetLabels") {
+        Some(t) => t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        None => {
+            let mut v: Vec<String> = matchers.iter().map(|m| m.name.clone()).collect();
+            v.dedup();
+            v
+        }
+    };
+    let by_labels = match p.get("aggregateBy") {
+        None | Some("series") => false,
+        Some("labels") => true,
+        Some(o) => return Err(bad(format!("invalid aggregateBy {o:?}: expected series or labels"))),
+    };
+    let limit = match p.get("limit").map(str::parse::<usize>) {
+        None => 100,
+        Some(Ok(l)) if l > 0 => l,
+        _ => return Err(bad("invalid limit parameter: expected a positive integer")),
+    };
+    Ok(VolumeSpec { matchers, targets, by_labels, limit })
+}
+
+/// The volume group key of a stream: its target label pairs (or, by
+/// labels, the target names it has with empty values).
+fn volume_key(spec: &VolumeSpec, l: &Labels) -> VolumeKey {
+    spec.targets
+        .iter()
+        .filter_map(|t| l.get(t).map(|v| (t.clone(), if spec.by_labels { String::new() } else { v.to_string() })))
+        .collect()
+}
+
+fn volume_metric(key: &[(String, String)]) -> serde_json::Value {
+    serde_json::Value::Object(key.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+}
+
+/// `GET|POST /loki/api/v1/index/volume`: bytes per target-label group over
+/// the range, as a Prometheus-style vector at `end`, largest first.
+pub(crate) async fn index_volume(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let (start, end, spec) = match meta_range(&r.p).and_then(|(s, e)| Ok((s, e, volume_spec(&r.p)?))) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let res = blocking(move || {
+        let mut groups: std::collections::HashMap<VolumeKey, u64> = Default::default();
+        for (l, st) in r.agg.logs.streams(&r.tenant, &spec.matchers, start, end) {
+            let key = volume_key(&spec, &l);
+            if key.is_empty() {
+                continue;
+            }
+            *groups.entry(key).or_default() += st.bytes;
+        }
+        let mut v: Vec<(VolumeKey, u64)> = groups.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(spec.limit);
+        let t = ts_json(end.div_euclid(1_000_000));
+        v.into_iter()
+            .map(|(k, b)| json!({"metric": volume_metric(&k), "value": [t.clone(), b.to_string()]}))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match res {
+        Ok(v) => success(json!({"resultType": "vector", "result": v})),
+        Err(e) => e,
+    }
+}
+
+/// `GET|POST /loki/api/v1/index/volume_range`: bytes per group per step;
+/// an entry at `ts` counts for the step `t` with `t - step < ts <= t`.
+pub(crate) async fn index_volume_range(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let (start, end, spec) = match meta_range(&r.p).and_then(|(s, e)| Ok((s, e, volume_spec(&r.p)?))) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let step = match r.p.get("step") {
+        None => default_step_ns(start, end),
+        Some(s) => match time::parse_loki_duration_ns(s) {
+            Ok(v) if v > 0 => v,
+            _ => return bad("invalid step parameter: expected a positive duration or number of seconds"),
+        },
+    };
+    if (end - start) / step > logql::MAX_POINTS {
+        return bad(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+        );
+    }
+    let res = blocking(move || {
+        let nsteps = ((end - start) / step + 1) as usize;
+        let mut groups: std::collections::HashMap<VolumeKey, Vec<u64>> = Default::default();
+        r.agg.logs.scan(&r.tenant, &spec.matchers, start - step + 1, end + 1, &mut |l, entries| {
+            let key = volume_key(&spec, l);
+            if key.is_empty() {
+                return;
+            }
+            let buckets = groups.entry(key).or_insert_with(|| vec![0; nsteps]);
+            for e in entries {
+                // smallest k with start + k*step >= ts
+                let k = (e.ts - start + step - 1).div_euclid(step).max(0) as usize;
+                if let Some(b) = buckets.get_mut(k) {
+                    *b += e.line.len() as u64;
+                }
+            }
+        });
+        let mut v: Vec<(VolumeKey, Vec<u64>)> = groups.into_iter().collect();
+        v.sort_by(|a, b| b.1.iter().sum::<u64>().cmp(&a.1.iter().sum::<u64>()).then(a.0.cmp(&b.0)));
+        v.truncate(spec.limit);
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter()
+            .map(|(k, buckets)| {
+                let values: Vec<serde_json::Value> = buckets
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| **b > 0)
+                    .map(|(i, b)| json!([ts_json((start + i as i64 * step).div_euclid(1_000_000)), b.to_string()]))
+                    .collect();
+                json!({"metric": volume_metric(&k), "values": values})
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match res {
+        Ok(v) => success(json!({"resultType": "matrix", "result": v})),
+        Err(e) => e,
+    }
+}
+
+/// `GET|POST /loki/api/v1/detected_labels`: stream label names with their
+/// number of distinct values over the range (`{"detectedLabels": […]}`).
+pub(crate) async fn detected_labels(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let (start, end, matchers) = match meta_range(&r.p).and_then(|(s, e)| Ok((s, e, optional_matchers(&r.p)?))) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let res = blocking(move || {
+        let mut values: std::collections::BTreeMap<String, std::collections::HashSet<String>> = Default::default();
+        for (l, _) in r.agg.logs.streams(&r.tenant, &matchers, start, end) {
+            for x in l.iter() {
+                values.entry(x.name.clone()).or_default().insert(x.value.clone());
+            }
+        }
+        values.into_iter().map(|(label, vs)| json!({"label": label, "cardinality": vs.len()})).collect::<Vec<_>>()
+    })
+    .await;
+    match res {
+        Ok(v) => Json(json!({"detectedLabels": v})).into_response(),
+        Err(e) => e,
+    }
+}
+
+/// `GET /loki/api/v1/rules`: Cairn evaluates no rules; the ruler API's
+/// YAML answer for "no rule groups" is an empty mapping.
+pub(crate) async fn rules_yaml() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], "{}\n").into_response()
+}
+
+/// `GET /prometheus/api/v1/rules`: no rule groups.
+pub(crate) async fn prom_rules() -> Response {
+    success(json!({"groups": []}))
+}
+
+/// `GET /prometheus/api/v1/alerts`: no alerts.
+pub(crate) async fn prom_alerts() -> Response {
+    success(json!({"alerts": []}))
+}
