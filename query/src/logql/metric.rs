@@ -43,19 +43,17 @@ pub enum EvalError {
         /// The series, in Prometheus text form.
         series: String,
     },
-    /// Two samples on one side of a vector operation have the same matching labels.
+    /// Two samples on the right of a one-to-one operation share matching labels.
     #[error(
-        "found duplicate series for the match group {labels} on the {side} hand-side of the operation; many-to-many matching not allowed: matching labels must be unique on one side"
+        "found duplicate series for the match group {labels} on the right hand-side of the operation; many-to-many matching not allowed: matching labels must be unique on one side"
     )]
     ManyToMany {
         /// The matching labels.
         labels: String,
-        /// `left` or `right`.
-        side: &'static str,
     },
-    /// An aggregation produced two series with the same labels.
-    #[error("vector cannot contain metrics with the same labelset")]
-    DuplicateLabelset,
+    /// Two samples on the left of a one-to-one operation share matching labels.
+    #[error("multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)")]
+    ManyToOne,
     /// Too many steps.
     #[error(
         "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"
@@ -309,7 +307,7 @@ fn vector_binary(
     let mut rmap: HashMap<Labels, &Sample> = HashMap::new();
     for (s, k) in r.iter().zip(rkeys) {
         if rmap.insert(k.clone(), s).is_some() {
-            return Err(EvalError::ManyToMany { labels: k.to_string(), side: "right" });
+            return Err(EvalError::ManyToMany { labels: k.to_string() });
         }
     }
     let mut seen: HashMap<Labels, ()> = HashMap::new();
@@ -318,7 +316,7 @@ fn vector_binary(
         let k = match_key(&s.labels, matching);
         let Some(rs) = rmap.get(&k) else { continue };
         if seen.insert(k.clone(), ()).is_some() {
-            return Err(EvalError::ManyToMany { labels: k.to_string(), side: "left" });
+            return Err(EvalError::ManyToOne);
         }
         let Some(mut value) = scalar_op(op, s.value, rs.value, return_bool) else { continue };
         if op.is_comparison() && !return_bool {

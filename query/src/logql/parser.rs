@@ -77,11 +77,11 @@ impl Parser<'_> {
         self.toks[self.i.min(self.toks.len() - 1)].pos
     }
 
+    /// Consumes a token. Always advances (past the end, `peek` keeps
+    /// answering end of input), so `self.i -= 1` undoes it exactly.
     fn next(&mut self) -> Tok {
         let t = self.peek().clone();
-        if self.i < self.toks.len() - 1 {
-            self.i += 1;
-        }
+        self.i += 1;
         t
     }
 

@@ -1332,31 +1332,45 @@ fn unpack_stage(line: &str, lbs: &mut LabelsBuilder) -> Option<String> {
     entry
 }
 
-/// Splits a logfmt line into (key, value) pairs; `Err` on the first
-/// malformed pair (with what was read before it).
-fn logfmt_pairs(line: &str) -> (Vec<(String, Option<String>)>, Option<String>) {
+/// A logfmt key and its value (`None` for a bare key).
+type LogfmtPair = (String, Option<String>);
+
+/// Splits a logfmt line into (key, value) pairs (value `None` for a bare
+/// key). Bytes up to `' '` separate pairs. A malformed pair is reported in
+/// the second element (the first one only) and skipped up to the next
+/// separator; callers in `--strict` mode stop at it.
+fn logfmt_pairs(line: &str) -> (Vec<LogfmtPair>, Option<(usize, String)>) {
     let mut out = Vec::new();
+    let mut first_err: Option<(usize, String)> = None;
     let b = line.as_bytes();
     let mut i = 0;
+    let skip_token = |i: &mut usize| {
+        while *i < b.len() && b[*i] > b' ' {
+            *i += 1;
+        }
+    };
     loop {
-        while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+        while i < b.len() && b[i] <= b' ' {
             i += 1;
         }
         if i >= b.len() {
-            return (out, None);
+            return (out, first_err);
         }
+        let pair_start = out.len();
         let ks = i;
         while i < b.len() && b[i] > b' ' && b[i] != b'=' && b[i] != b'"' {
             i += 1;
         }
-        if i == ks {
-            return (out, Some(format!("logfmt syntax error at pos {}: unexpected '{}'", i + 1, b[i] as char)));
+        if i == ks || (i < b.len() && b[i] == b'"') {
+            first_err.get_or_insert((
+                pair_start,
+                format!("logfmt syntax error at pos {}: unexpected '{}'", i + 1, b[i] as char),
+            ));
+            skip_token(&mut i);
+            continue;
         }
         let key = line[ks..i].to_string();
         if i >= b.len() || b[i] != b'=' {
-            if i < b.len() && b[i] == b'"' {
-                return (out, Some(format!("logfmt syntax error at pos {}: unexpected '\"'", i + 1)));
-            }
             out.push((key, None));
             continue;
         }
@@ -1387,19 +1401,25 @@ fn logfmt_pairs(line: &str) -> (Vec<(String, Option<String>)>, Option<String>) {
                     out.push((key, Some(v)));
                 }
                 None => {
-                    return (
-                        out,
-                        Some(format!("logfmt syntax error at pos {}: unterminated quoted value", b.len() + 1)),
-                    );
+                    first_err.get_or_insert((
+                        pair_start,
+                        format!("logfmt syntax error at pos {}: unterminated quoted value", b.len() + 1),
+                    ));
+                    return (out, first_err);
                 }
             }
         } else {
             let vs = i;
-            while i < b.len() && b[i] > b' ' {
-                if b[i] == b'"' || b[i] == b'=' {
-                    return (out, Some(format!("logfmt syntax error at pos {}: unexpected '{}'", i + 1, b[i] as char)));
-                }
+            while i < b.len() && b[i] > b' ' && b[i] != b'"' && b[i] != b'=' {
                 i += 1;
+            }
+            if i < b.len() && (b[i] == b'"' || b[i] == b'=') {
+                first_err.get_or_insert((
+                    pair_start,
+                    format!("logfmt syntax error at pos {}: unexpected '{}'", i + 1, b[i] as char),
+                ));
+                skip_token(&mut i);
+                continue;
             }
             out.push((key, Some(line[vs..i].to_string())));
         }
@@ -1407,11 +1427,13 @@ fn logfmt_pairs(line: &str) -> (Vec<(String, Option<String>)>, Option<String>) {
 }
 
 fn logfmt_stage(strict: bool, keep_empty: bool, params: &[(String, String)], line: &str, lbs: &mut LabelsBuilder) {
-    let (pairs, err) = logfmt_pairs(line);
-    if let Some(e) = &err
+    let (mut pairs, err) = logfmt_pairs(line);
+    if let Some((at, e)) = err
         && strict
     {
-        lbs.set_err("LogfmtParserErr", e.clone());
+        // --strict: keep what came before the malformed pair, then fail.
+        pairs.truncate(at);
+        lbs.set_err("LogfmtParserErr", e);
     }
     if params.is_empty() {
         for (k, v) in pairs {
