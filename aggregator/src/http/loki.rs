@@ -166,7 +166,7 @@ fn param_direction(p: &Params) -> Result<Direction, Response> {
 
 /// Loki's default step: `max(floor((end - start) / 250 s), 1 s)`.
 fn default_step_ns(start: i64, end: i64) -> i64 {
-    (((end - start) / 1_000_000_000) / 250).max(1) * 1_000_000_000
+    ((end.saturating_sub(start) / 1_000_000_000) / 250).max(1) * 1_000_000_000
 }
 
 /// A float-seconds timestamp from ms, as Loki writes it (`1700000000` or
@@ -348,7 +348,7 @@ fn range_spec(p: &Params, headers: &HeaderMap, agg: &Aggregator) -> Result<Query
     let query = p.get("query").ok_or_else(|| bad("query parameter is required"))?.to_string();
     let now = time::now_ns();
     let end = param_ns(p, "end", now)?;
-    let start = param_ns(p, "start", end - 3_600_000_000_000)?;
+    let start = param_ns(p, "start", end.saturating_sub(3_600_000_000_000))?;
     if end < start {
         return Err(bad("end timestamp must not be before or equal to start time"));
     }
@@ -359,7 +359,7 @@ fn range_spec(p: &Params, headers: &HeaderMap, agg: &Aggregator) -> Result<Query
     if step <= 0 {
         return Err(bad("zero or negative query resolution step widths are not accepted. Try a positive integer"));
     }
-    if (end - start) / step > logql::MAX_POINTS {
+    if end.saturating_sub(start) / step > logql::MAX_POINTS {
         return Err(bad(
             "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
         ));
@@ -429,7 +429,7 @@ fn meta_range(p: &Params) -> Result<(i64, i64), Response> {
         None => 6 * 3_600_000_000_000,
         Some(s) => time::parse_loki_duration_ns(s).map_err(|e| bad(format!("invalid since parameter: {e}")))?,
     };
-    let start = param_ns(p, "start", end - since)?;
+    let start = param_ns(p, "start", end.saturating_sub(since))?;
     if end < start {
         return Err(bad("end timestamp must not be before or equal to start time"));
     }
@@ -734,28 +734,35 @@ pub(crate) async fn index_volume_range(
             _ => return bad("invalid step parameter: expected a positive duration or number of seconds"),
         },
     };
-    if (end - start) / step > logql::MAX_POINTS {
+    if end.saturating_sub(start) / step > logql::MAX_POINTS {
         return bad(
             "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
         );
     }
     let res = blocking(move || {
-        let nsteps = ((end - start) / step + 1) as usize;
+        let nsteps = (end.saturating_sub(start) / step + 1) as usize;
         let mut groups: std::collections::HashMap<VolumeKey, Vec<u64>> = Default::default();
-        r.agg.logs.scan(&r.tenant, &spec.matchers, start - step + 1, end + 1, &mut |l, entries| {
-            let key = volume_key(&spec, l);
-            if key.is_empty() {
-                return;
-            }
-            let buckets = groups.entry(key).or_insert_with(|| vec![0; nsteps]);
-            for e in entries {
-                // smallest k with start + k*step >= ts
-                let k = (e.ts - start + step - 1).div_euclid(step).max(0) as usize;
-                if let Some(b) = buckets.get_mut(k) {
-                    *b += e.line.len() as u64;
+        r.agg.logs.scan(
+            &r.tenant,
+            &spec.matchers,
+            start.saturating_sub(step).saturating_add(1),
+            end.saturating_add(1),
+            &mut |l, entries| {
+                let key = volume_key(&spec, l);
+                if key.is_empty() {
+                    return;
                 }
-            }
-        });
+                let buckets = groups.entry(key).or_insert_with(|| vec![0; nsteps]);
+                for e in entries {
+                    // smallest k with start + k*step >= ts
+                    let k =
+                        ((e.ts as i128 - start as i128 + step as i128 - 1).div_euclid(step as i128)).max(0) as usize;
+                    if let Some(b) = buckets.get_mut(k) {
+                        *b += e.line.len() as u64;
+                    }
+                }
+            },
+        );
         let mut v: Vec<(VolumeKey, Vec<u64>)> = groups.into_iter().collect();
         v.sort_by(|a, b| b.1.iter().sum::<u64>().cmp(&a.1.iter().sum::<u64>()).then(a.0.cmp(&b.0)));
         v.truncate(spec.limit);
@@ -766,7 +773,9 @@ pub(crate) async fn index_volume_range(
                     .iter()
                     .enumerate()
                     .filter(|(_, b)| **b > 0)
-                    .map(|(i, b)| json!([ts_json((start + i as i64 * step).div_euclid(1_000_000)), b.to_string()]))
+                    .map(|(i, b)| {
+                        json!([ts_json(start.saturating_add(i as i64 * step).div_euclid(1_000_000)), b.to_string()])
+                    })
                     .collect();
                 json!({"metric": volume_metric(&k), "values": values})
             })

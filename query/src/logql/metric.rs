@@ -82,11 +82,11 @@ impl MetricQuery<'_> {
         if self.step <= 0 {
             return Ok(vec![self.start]);
         }
-        let n = (self.end - self.start) / self.step + 1;
+        let n = self.end.saturating_sub(self.start) / self.step + 1;
         if n > MAX_POINTS {
             return Err(EvalError::TooManyPoints);
         }
-        Ok((0..n).map(|k| self.start + k * self.step).collect())
+        Ok((0..n).map(|k| self.start.saturating_add(k * self.step)).collect())
     }
 }
 
@@ -516,8 +516,8 @@ fn eval_range(
     let absent = absent_labels(range);
     let mut out = Vec::with_capacity(steps.len());
     for &t in steps {
-        let hi_t = t - range.offset;
-        let lo_t = hi_t - range.range;
+        let hi_t = t.saturating_sub(range.offset);
+        let lo_t = hi_t.saturating_sub(range.range);
         let mut v = Vec::new();
         for (labels, pts) in &series {
             let lo = pts.partition_point(|p| p.0 <= lo_t);
@@ -733,5 +733,48 @@ mod tests {
         };
         assert_eq!(v, vec![Sample { labels: Labels::from_pairs([("job", "zzz")]).unwrap(), value: 1.0 }]);
         assert_eq!(run(&s, r#"count_over_time({job="a"}[1m])"#, 0, 100_000, 1), Err(EvalError::TooManyPoints));
+        // extreme times and offsets saturate instead of overflowing
+        let e = match parse(r#"count_over_time({job="a"}[9000000000s] offset 9000000000s)"#).unwrap() {
+            Expr::Sample(e) => e,
+            Expr::Log(_) => unreachable!(),
+        };
+        for (start, end, step) in [(i64::MIN, i64::MAX, i64::MAX), (i64::MIN, i64::MIN, 0), (i64::MAX, i64::MAX, 1)] {
+            let _ = eval_metric(&s, &e, &MetricQuery { tenant: "t", start, end, step });
+        }
+    }
+
+    /// Mutated queries that still parse are evaluated: errors, never panics.
+    #[test]
+    fn evaluating_mutants_never_panics() {
+        let (_d, s) = store();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet: Vec<char> = "{}()[],=!~|\"` abcdj0123456789.<>+-*/^%_".chars().collect();
+        let seeds = [
+            r#"sum by (level) (rate({job=~"a|b"} | logfmt | d > 2 [10s] offset 5s)) / on(level) vector(1)"#,
+            r#"quantile_over_time(0.5, {job="a"} | logfmt | line_format "{{.d | lower}}" | unwrap duration(d) | __error__="" [20s]) by (job)"#,
+            r#"topk(2, count_over_time({job=~".+"} | pattern "<a> <b>" | label_format c="{{ .a | repeat 3 }}" [30s])) > bool 1"#,
+            r#"rate_counter({job="a"} | regexp "d=(?P<n>\\d+)" | unwrap n [30s]) or absent_over_time({job="z"}[1m])"#,
+        ];
+        let mut evaluated = 0;
+        for _ in 0..3000 {
+            let mut c: Vec<char> = seeds[(next() as usize) % seeds.len()].chars().collect();
+            for _ in 0..1 + next() % 2 {
+                let i = (next() as usize) % c.len();
+                c[i] = alphabet[(next() as usize) % alphabet.len()];
+            }
+            let q: String = c.into_iter().collect();
+            if let Ok(Expr::Sample(e)) = parse(&q) {
+                evaluated += 1;
+                let step = [0, S, 7 * S][(next() % 3) as usize];
+                let _ = eval_metric(&s, &e, &MetricQuery { tenant: "t", start: 0, end: 60 * S, step });
+            }
+        }
+        assert!(evaluated > 100, "only {evaluated} mutants parsed");
     }
 }

@@ -507,6 +507,9 @@ enum TArg {
     Dot,
 }
 
+/// Largest string a template function may build.
+const MAX_TEMPLATE_OUTPUT: usize = 1 << 20;
+
 const TEMPLATE_FUNCS: &[&str] = &[
     "__line__",
     "__timestamp__",
@@ -965,7 +968,11 @@ impl Ctx<'_> {
             "repeat" => {
                 need(2)?;
                 let k = n(0)?.clamp(0.0, 10_000.0) as usize;
-                st(s(1).repeat(k))
+                let x = s(1);
+                if x.len().saturating_mul(k) > MAX_TEMPLATE_OUTPUT {
+                    return Err(format!("template: repeat output exceeds {MAX_TEMPLATE_OUTPUT} bytes"));
+                }
+                st(x.repeat(k))
             }
             "trunc" => {
                 need(2)?;
