@@ -268,6 +268,13 @@ fn label_series_stats_volume_endpoints() {
     assert_eq!((s, json(&b)["data"].clone()), (200, serde_json::json!({"groups": []})));
     let (s, _) = c.get("/loki/api/v1/rules");
     assert_eq!(s, 200);
+    // format_query, GET and POST
+    let (s, b) = c.get_params("/loki/api/v1/format_query", &[("query", r#"{foo=   "bar"}"#)]);
+    assert_eq!((s, json(&b)), (200, serde_json::json!({"status": "success", "data": r#"{foo="bar"}"#})));
+    let (s, b) = c.post_form("/loki/api/v1/format_query", &[("query", r#"sum(rate({a="b"}|="x"[5m])) by (c)"#)]);
+    assert_eq!((s, json(&b)["data"].clone()), (200, serde_json::json!(r#"sum by (c)(rate({a="b"} |= "x"[5m]))"#)));
+    let (s, _) = c.get_params("/loki/api/v1/format_query", &[("query", "sum(")]);
+    assert_eq!(s, 400);
     // a bad selector is a plain 400
     let (s, b) = c.get_params("/loki/api/v1/labels", &[("query", "{job=")]);
     assert_eq!(s, 400, "{b}");

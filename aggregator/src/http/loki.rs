@@ -835,3 +835,16 @@ pub(crate) async fn prom_rules() -> Response {
 pub(crate) async fn prom_alerts() -> Response {
     success(json!({"alerts": []}))
 }
+
+/// `GET|POST /loki/api/v1/format_query?query=…`: the query in canonical
+/// single-line form (see `cairn_query::logql` `format.rs`).
+pub(crate) async fn format_query(RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+    let p = Params::parse(q.as_deref(), &headers, &body);
+    let Some(query) = p.get("query") else {
+        return bad("query parameter is required");
+    };
+    match logql::parse(query) {
+        Ok(e) => success(json!(e.to_string())),
+        Err(e) => bad(e.to_string()),
+    }
+}

@@ -23,6 +23,7 @@
 
 mod ast;
 mod eval;
+mod format;
 mod lexer;
 mod metric;
 mod parser;
@@ -33,5 +34,6 @@ pub use ast::{
     NamedMatcher, RangeOp, SampleExpr, Stage, Unwrap, UnwrapConv, VecOp, VectorMatching,
 };
 pub use eval::{LogEntry, LogQuery, StreamResult, eval_log_query};
+pub use format::go_quote;
 pub use metric::{EvalError, MAX_POINTS, MetricQuery, MetricValue, Sample, Series, eval_metric};
 pub use parser::{ParseError, parse};

@@ -369,6 +369,7 @@ pub fn parse_bytes(s: &str) -> Option<f64> {
 /// A compiled `pattern` expression: literals and `<name>` captures.
 #[derive(Debug, Clone)]
 pub struct Pattern {
+    src: String,
     parts: Vec<PatternPart>,
 }
 
@@ -419,7 +420,12 @@ impl Pattern {
         if uniq.len() != names.len() {
             return Err("duplicate capture name".into());
         }
-        Ok(Pattern { parts })
+        Ok(Pattern { src: src.to_string(), parts })
+    }
+
+    /// The pattern as written.
+    pub fn source(&self) -> &str {
+        &self.src
     }
 
     /// Captures of `line`, (name, value), as Loki's pattern matcher finds them.
@@ -482,6 +488,7 @@ impl Pattern {
 /// `add`, `sub`, `mul`, `div`, `mod`, `alignLeft`, `alignRight`.
 #[derive(Debug, Clone)]
 pub struct Template {
+    src: String,
     nodes: Vec<TNode>,
 }
 
@@ -605,7 +612,12 @@ impl Template {
                 }
             }
         }
-        Ok(Template { nodes })
+        Ok(Template { src: src.to_string(), nodes })
+    }
+
+    /// The template as written.
+    pub fn source(&self) -> &str {
+        &self.src
     }
 
     /// Renders with the entry's labels, line and timestamp.
