@@ -263,6 +263,18 @@ fn label_series_stats_volume_endpoints() {
         v,
         serde_json::json!({"detectedLabels": [{"label": "env", "cardinality": 2}, {"label": "job", "cardinality": 3}]})
     );
+    // detected fields: logfmt keys of the lines plus structured metadata
+    let v = get("/loki/api/v1/detected_fields", &[("query", r#"{job=~"api|web"}"#), ("limit", "1000")]);
+    let fields = v["fields"].as_array().unwrap();
+    let by = |n: &str| fields.iter().find(|f| f["label"] == n).cloned().unwrap_or_else(|| panic!("{n} missing: {v}"));
+    assert_eq!(
+        by("took"),
+        serde_json::json!({"label": "took", "type": "duration", "cardinality": 10, "parsers": ["logfmt"]})
+    );
+    assert_eq!(by("level")["cardinality"], 2);
+    assert_eq!(v["limit"], 1000);
+    let v = get("/loki/api/v1/detected_field/level/values", &[("query", r#"{job="api"}"#)]);
+    assert_eq!(v, serde_json::json!({"values": ["error", "info"], "limit": 1000}));
     // rules: nothing configured
     let (s, b) = c.get("/prometheus/api/v1/rules");
     assert_eq!((s, json(&b)["data"].clone()), (200, serde_json::json!({"groups": []})));

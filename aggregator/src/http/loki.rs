@@ -848,3 +848,107 @@ pub(crate) async fn format_query(RawQuery(q): RawQuery, headers: HeaderMap, body
         Err(e) => bad(e.to_string()),
     }
 }
+
+fn log_selector_param(p: &Params) -> Result<logql::LogSelector, Response> {
+    let q = p.get("query").ok_or_else(|| bad("query parameter is required"))?;
+    match logql::parse(q).map_err(|e| bad(e.to_string()))? {
+        Expr::Log(sel) => Ok(sel),
+        Expr::Sample(_) => Err(bad("detected fields need a log query, not a metric query")),
+    }
+}
+
+fn usize_param(p: &Params, keys: &[&str], default: usize) -> Result<usize, Response> {
+    for k in keys {
+        if let Some(v) = p.get(k) {
+            return v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad(format!("invalid {k} parameter: expected a positive integer")));
+        }
+    }
+    Ok(default)
+}
+
+/// `GET /loki/api/v1/detected_fields`: bare `{"fields": […], "limit": N}`
+/// from the newest `line_limit` lines (default 1000) of the query.
+pub(crate) async fn detected_fields(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let parsed = (|| {
+        let (start, end) = meta_range(&r.p)?;
+        let sel = log_selector_param(&r.p)?;
+        let line_limit = usize_param(&r.p, &["line_limit"], 1000)?.min(r.agg.config.query.max_entries_limit);
+        let field_limit = usize_param(&r.p, &["field_limit", "limit"], 1000)?;
+        Ok::<_, Response>((start, end, sel, line_limit, field_limit))
+    })();
+    let (start, end, sel, line_limit, field_limit) = match parsed {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let res = blocking(move || {
+        logql::detect_fields(&r.agg.logs, &sel, &r.tenant, start, end, line_limit, field_limit)
+            .into_iter()
+            .map(|f| {
+                let mut o = json!({
+                    "label": f.label,
+                    "type": f.kind,
+                    "cardinality": f.cardinality,
+                    "parsers": if f.parsers.is_empty() { serde_json::Value::Null } else { json!(f.parsers) },
+                });
+                if !f.json_path.is_empty() {
+                    o["jsonPath"] = json!(f.json_path);
+                }
+                o
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match res {
+        Ok(fields) => Json(json!({"fields": fields, "limit": field_limit})).into_response(),
+        Err(e) => e,
+    }
+}
+
+/// `GET /loki/api/v1/detected_field/<name>/values`: bare
+/// `{"values": […], "limit": N}`.
+pub(crate) async fn detected_field_values(
+    State(agg): State<Arc<Aggregator>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let parsed = (|| {
+        let (start, end) = meta_range(&r.p)?;
+        let sel = log_selector_param(&r.p)?;
+        let line_limit = usize_param(&r.p, &["line_limit"], 1000)?.min(r.agg.config.query.max_entries_limit);
+        let limit = usize_param(&r.p, &["limit"], 1000)?;
+        Ok::<_, Response>((start, end, sel, line_limit, limit))
+    })();
+    let (start, end, sel, line_limit, limit) = match parsed {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let res = blocking(move || {
+        let mut v = logql::detected_field_values(&r.agg.logs, &sel, &r.tenant, start, end, line_limit, &name);
+        v.truncate(limit);
+        v
+    })
+    .await;
+    match res {
+        Ok(values) => Json(json!({"values": values, "limit": limit})).into_response(),
+        Err(e) => e,
+    }
+}

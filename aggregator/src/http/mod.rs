@@ -44,6 +44,11 @@ pub fn router(agg: Arc<Aggregator>) -> Router {
         .route("/loki/api/v1/index/volume", get(loki::index_volume).post(loki::index_volume))
         .route("/loki/api/v1/index/volume_range", get(loki::index_volume_range).post(loki::index_volume_range))
         .route("/loki/api/v1/detected_labels", get(loki::detected_labels).post(loki::detected_labels))
+        .route("/loki/api/v1/detected_fields", get(loki::detected_fields).post(loki::detected_fields))
+        .route(
+            "/loki/api/v1/detected_field/{name}/values",
+            get(loki::detected_field_values).post(loki::detected_field_values),
+        )
         .route("/loki/api/v1/format_query", get(loki::format_query).post(loki::format_query))
         .route("/loki/api/v1/rules", get(loki::rules_yaml))
         .route("/prometheus/api/v1/rules", get(loki::prom_rules))

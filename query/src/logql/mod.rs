@@ -22,6 +22,7 @@
 //! `group_left`/`group_right`, template control structures.
 
 mod ast;
+mod detected;
 mod eval;
 mod format;
 mod lexer;
@@ -33,6 +34,7 @@ pub use ast::{
     BinOp, Direction, Expr, FilterOp, Grouping, JsonPathPart, LabelFmt, LineFilter, LogRange, LogSelector,
     NamedMatcher, RangeOp, SampleExpr, Stage, Unwrap, UnwrapConv, VecOp, VectorMatching,
 };
+pub use detected::{DetectedField, detect_fields, detected_field_values};
 pub use eval::{LogEntry, LogQuery, StreamResult, eval_log_query};
 pub use format::go_quote;
 pub use metric::{EvalError, MAX_POINTS, MetricQuery, MetricValue, Sample, Series, eval_metric};
