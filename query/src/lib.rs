@@ -13,8 +13,9 @@
 //!
 //! This crate must never write to a store or speak HTTP.
 //!
-//! Current stage: LogQL log queries (stream selectors with all four matcher
-//! kinds, line filters `|=`, `!=`, `|~`, `!~`) with limit and direction;
+//! Current stage: LogQL log and metric queries with the full pipeline
+//! (parsers, label filters, formatting, unwrap; see [`logql`] and
+//! `docs/logql.md`);
 //! PromQL literals, instant vector selectors (5-minute lookback, staleness,
 //! `offset`, `@`), unary minus, and arithmetic/comparison between scalars and
 //! between a vector and a scalar.
