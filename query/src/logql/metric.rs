@@ -468,7 +468,11 @@ fn eval_range(
                         UnwrapConv::Duration => parse_go_duration(&raw),
                         UnwrapConv::Bytes => parse_bytes(&raw),
                     };
-                    lbs.del(&u.label);
+                    // Loki adds the unwrapped label to the `without` set
+                    // unless a `by` grouping decides the labels.
+                    if grouping.is_none_or(|g| g.without) {
+                        lbs.del(&u.label);
+                    }
                     let v = match conv {
                         Some(v) => v,
                         None => {

@@ -16,7 +16,8 @@ use super::pipeline::{CmpOp, LabelFilter, NumKind, Pattern, Template, parse_byte
 const MAX_DEPTH: usize = 200;
 
 /// A LogQL parse error with its 1-based line and column, displayed as Loki
-/// displays it.
+/// displays it; errors Loki reports without a position (line 0) read
+/// `parse error : <msg>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
     /// 1-based line.
@@ -30,7 +31,7 @@ pub struct ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line == 0 {
-            write!(f, "{}", self.msg)
+            write!(f, "parse error : {}", self.msg)
         } else {
             write!(f, "parse error at line {}, col {}: {}", self.line, self.col, self.msg)
         }
@@ -324,11 +325,10 @@ impl Parser<'_> {
         let param = if matches!(op, VecOp::Topk | VecOp::Bottomk) {
             let ppos = self.pos();
             let k = self.number()?;
-            if k.fract() != 0.0 || k < 0.0 {
-                return Err(self.err_at(
-                    ppos,
-                    format!("syntax error: invalid parameter {k} for topk/bottomk: expected a non-negative integer"),
-                ));
+            if k.fract() != 0.0 || k <= 0.0 {
+                return Err(self
+                    .err_at(ppos, format!("invalid parameter (must be an integer greater than 0): {k}"))
+                    .without_position());
             }
             self.expect(Tok::Comma, ",")?;
             Some(k)
@@ -359,17 +359,36 @@ impl Parser<'_> {
         self.expect(Tok::CloseParen, ")")?;
         let post = self.grouping()?;
         let grouping = post.or(pre);
+        // Loki's RangeAggregationExpr.validate(), same order and messages.
+        if grouping.is_some()
+            && !matches!(
+                op,
+                RangeOp::Avg
+                    | RangeOp::Stddev
+                    | RangeOp::Stdvar
+                    | RangeOp::Quantile
+                    | RangeOp::Max
+                    | RangeOp::Min
+                    | RangeOp::First
+                    | RangeOp::Last
+            )
+        {
+            return Err(self
+                .err_at(fpos, format!("grouping not allowed for {} aggregation", op.name()))
+                .without_position());
+        }
         match (&range.unwrap, op.needs_unwrap()) {
             (None, true) => {
-                return Err(self.err_at(fpos, format!("invalid aggregation {} without unwrap", op.name())));
+                return Err(self
+                    .err_at(fpos, format!("invalid aggregation {} without unwrap", op.name()))
+                    .without_position());
             }
-            (Some(_), false) if !matches!(op, RangeOp::Rate) => {
-                return Err(self.err_at(fpos, format!("invalid aggregation {} with unwrap", op.name())));
+            (Some(_), false) if !matches!(op, RangeOp::Rate | RangeOp::Absent) => {
+                return Err(self
+                    .err_at(fpos, format!("invalid aggregation {} with unwrap", op.name()))
+                    .without_position());
             }
             _ => {}
-        }
-        if grouping.is_some() && range.unwrap.is_none() {
-            return Err(self.err_at(fpos, format!("grouping not allowed for {} aggregation", op.name())));
         }
         Ok(SampleExpr::Range { op, param, range, grouping })
     }
@@ -1001,7 +1020,9 @@ mod tests {
         assert!(e.to_string().starts_with("parse error at line 1, col 14: syntax error: unexpected NUMBER 5"), "{e}");
         let e = parse("{job=\"x\"\n ,}").unwrap_err();
         assert_eq!((e.line, e.col), (2, 3));
-        assert!(parse(r#"{job=~".*"}"#).unwrap_err().to_string().starts_with("queries require at least one"));
+        assert!(
+            parse(r#"{job=~".*"}"#).unwrap_err().to_string().starts_with("parse error : queries require at least one")
+        );
         assert!(parse("{}").is_err());
         assert!(parse(r#"{job="x"} |~ "(""#).is_err());
         assert!(parse(r#"{job="x"} |> "<_> x""#).unwrap_err().to_string().contains("not supported"));
@@ -1013,7 +1034,16 @@ mod tests {
         );
         assert!(parse(r#"rate({job="x"})"#).is_err());
         assert!(parse(r#"{job="x"}[1m]"#).is_err());
-        assert!(parse(r#"sum_over_time({job="x"}[1m])"#).unwrap_err().to_string().contains("without unwrap"));
+        assert_eq!(
+            parse(r#"sum_over_time({job="x"}[1m])"#).unwrap_err().to_string(),
+            "parse error : invalid aggregation sum_over_time without unwrap"
+        );
+        assert_eq!(
+            parse(r#"sum_over_time({job="x"} | unwrap a [1m]) by (b)"#).unwrap_err().to_string(),
+            "parse error : grouping not allowed for sum_over_time aggregation"
+        );
+        assert!(parse(r#"absent_over_time({job="x"} | unwrap a [1m])"#).is_ok());
+        assert!(parse(r#"topk(0, rate({job="x"}[1m]))"#).is_err());
         assert!(
             parse(r#"count_over_time({job="x"} | unwrap a [1m])"#).unwrap_err().to_string().contains("with unwrap")
         );
