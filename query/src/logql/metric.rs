@@ -20,9 +20,10 @@ use std::collections::HashMap;
 use cairn_store::logs::LogStore;
 use cairn_wire::Labels;
 
-use super::ast::{BinOp, Grouping, LogRange, RangeOp, SampleExpr, UnwrapConv, VecOp, VectorMatching};
+use super::ast::{BinOp, Grouping, LogRange, RangeOp, SampleExpr, Stage, UnwrapConv, VecOp, VectorMatching};
 use super::pipeline::{
-    ERROR_DETAILS_LABEL, ERROR_LABEL, LabelsBuilder, PipelineState, parse_bytes, parse_go_duration, run_stages,
+    ERROR_DETAILS_LABEL, ERROR_LABEL, LabelsBuilder, PipelineState, decolorize, parse_bytes, parse_go_duration,
+    run_stages,
 };
 
 /// Most steps a query may have, as in Loki.
@@ -416,6 +417,19 @@ fn variance(vals: &[f64]) -> f64 {
     aux / count
 }
 
+/// True when no stage can add, change or remove labels or drop entries by
+/// label: line filters, `decolorize`, and `drop` of only the error labels
+/// (which nothing before could have set).
+fn pipeline_keeps_labels(stages: &[Stage]) -> bool {
+    stages.iter().all(|s| match s {
+        Stage::LineFilter(_) | Stage::Decolorize => true,
+        Stage::Drop(items) => {
+            items.iter().all(|it| it.matcher.is_none() && (it.name == ERROR_LABEL || it.name == ERROR_DETAILS_LABEL))
+        }
+        _ => false,
+    })
+}
+
 /// The labels `absent_over_time` reports: the selector's `=` matchers.
 fn absent_labels(range: &LogRange) -> Labels {
     let mut pairs: Vec<(&str, &str)> = Vec::new();
@@ -451,11 +465,34 @@ fn eval_range(
     let mut series: HashMap<Labels, Vec<(i64, f64)>> = HashMap::new();
     let mut state = PipelineState::default();
     let mut failure: Option<EvalError> = None;
+    let static_labels = range.unwrap.is_none() && pipeline_keeps_labels(&range.selector.pipeline);
     store.scan(q.tenant, &range.selector.matchers, scan_start, scan_end, &mut |labels, entries| {
         if failure.is_some() {
             return;
         }
+        // Fast path: entries without structured metadata through a pipeline
+        // that cannot change labels all land in one series per stream.
+        let mut fast: Vec<(i64, f64)> = Vec::new();
         for e in entries {
+            if static_labels && e.metadata.is_empty() {
+                let mut line = std::borrow::Cow::Borrowed(e.line.as_str());
+                let mut keep = true;
+                for st in &range.selector.pipeline {
+                    match st {
+                        Stage::LineFilter(f) if !f.keep(&line) => {
+                            keep = false;
+                            break;
+                        }
+                        Stage::Decolorize => line = std::borrow::Cow::Owned(decolorize(&line)),
+                        _ => {}
+                    }
+                }
+                if keep {
+                    let v = if matches!(op, RangeOp::Bytes | RangeOp::BytesRate) { line.len() as f64 } else { 1.0 };
+                    fast.push((e.ts, v));
+                }
+                continue;
+            }
             let mut lbs = LabelsBuilder::new(labels, &e.metadata);
             let Some(line) = run_stages(&range.selector.pipeline, &mut state, &mut lbs, &e.line, e.ts) else {
                 continue;
@@ -506,6 +543,14 @@ fn eval_range(
                 return;
             }
             series.entry(out_labels).or_default().push((e.ts, value));
+        }
+        if !fast.is_empty() {
+            let key = if grouping.is_some() { group_labels(labels, grouping) } else { labels.clone() };
+            if !series.contains_key(&key) && series.len() >= MAX_SERIES {
+                failure = Some(EvalError::TooManySeries(MAX_SERIES));
+                return;
+            }
+            series.entry(key).or_default().extend(fast);
         }
     });
     if let Some(f) = failure {
