@@ -13,12 +13,13 @@
 //!
 //! This crate must never write to a store or speak HTTP.
 //!
-//! Current stage: LogQL log queries (stream selectors with all four matcher
-//! kinds, line filters `|=`, `!=`, `|~`, `!~`) with limit and direction;
-//! PromQL selectors (lookback, staleness, `offset`, `@`), subqueries, all
-//! aggregations but `limit_ratio`, all binary operators with vector matching,
-//! and the float functions of the Prometheus docs; conformance is measured by
-//! `query/tests/promqltest.rs` against Prometheus's own test files.
+//! Current stage: LogQL log and metric queries with the full pipeline
+//! (parsers, label filters, formatting, unwrap; see [`logql`] and
+//! `docs/logql.md`); PromQL selectors (lookback, staleness, `offset`, `@`),
+//! subqueries, all aggregations but `limit_ratio`, all binary operators with
+//! vector matching, and the float functions of the Prometheus docs;
+//! conformance is measured by `query/tests/promqltest.rs` against
+//! Prometheus's own test files.
 
 pub mod logql;
 pub mod promql;

@@ -5,7 +5,9 @@ mod harness;
 
 mod bad_input;
 mod cli;
+mod golden;
 mod logs;
+mod loki_api;
 mod metrics;
 mod ops;
 mod prom_api;

@@ -9,9 +9,9 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cairn_query::logql::{self, Direction, Expr, LogQuery};
+use cairn_query::logql::{self, Direction, Expr, LogQuery, MetricQuery, MetricValue};
 use cairn_wire::proto::PushRequest;
-use cairn_wire::{Entry, Labels, StreamEntries, loki_json, time};
+use cairn_wire::{Entry, Labels, StreamEntries, format_float, loki_json, time};
 use prost::Message;
 use serde_json::json;
 
@@ -132,85 +132,277 @@ fn param_ns(p: &Params, key: &str, default: i64) -> Result<i64, Response> {
     }
 }
 
-/// `GET /loki/api/v1/query_range`
+/// True when the client asked for `categorize-labels` encoding.
+fn categorize(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("x-loki-response-encoding-flags")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|f| f.trim() == "categorize-labels")
+}
+
+fn param_limit(p: &Params, agg: &Aggregator) -> Result<usize, Response> {
+    let limit = match p.get("limit").map(str::parse::<u64>) {
+        None => 100,
+        Some(Ok(l)) => l as usize,
+        Some(Err(_)) => return Err(bad("invalid limit parameter: expected a non-negative integer")),
+    };
+    let max = agg.config.query.max_entries_limit;
+    if limit > max {
+        return Err(bad(format!("max entries limit per query exceeded, limit > max_entries_limit ({limit} > {max})")));
+    }
+    Ok(limit)
+}
+
+fn param_direction(p: &Params) -> Result<Direction, Response> {
+    match p.get("direction") {
+        None => Ok(Direction::Backward),
+        Some(d) => {
+            Direction::parse(d).ok_or_else(|| bad(format!("invalid direction {d:?}: expected forward or backward")))
+        }
+    }
+}
+
+/// Loki's default step: `max(floor((end - start) / 250 s), 1 s)`.
+fn default_step_ns(start: i64, end: i64) -> i64 {
+    ((end.saturating_sub(start) / 1_000_000_000) / 250).max(1) * 1_000_000_000
+}
+
+/// A float-seconds timestamp from ms, as Loki writes it (`1700000000` or
+/// `1700000000.123`).
+fn ts_json(ms: i64) -> serde_json::Value {
+    if ms % 1000 == 0 { json!(ms / 1000) } else { json!(ms as f64 / 1000.0) }
+}
+
+fn pairs_obj(pairs: &[(String, String)]) -> serde_json::Map<String, serde_json::Value> {
+    pairs.iter().map(|(k, v)| (k.clone(), json!(v))).collect()
+}
+
+fn streams_json(streams: &[logql::StreamResult], categorize: bool) -> Vec<serde_json::Value> {
+    streams
+        .iter()
+        .map(|s| {
+            let values: Vec<serde_json::Value> = s
+                .entries
+                .iter()
+                .map(|e| {
+                    if categorize && (!e.metadata.is_empty() || !e.parsed.is_empty()) {
+                        let mut cat = serde_json::Map::new();
+                        if !e.metadata.is_empty() {
+                            cat.insert("structuredMetadata".into(), serde_json::Value::Object(pairs_obj(&e.metadata)));
+                        }
+                        if !e.parsed.is_empty() {
+                            cat.insert("parsed".into(), serde_json::Value::Object(pairs_obj(&e.parsed)));
+                        }
+                        json!([e.ts.to_string(), e.line, cat])
+                    } else {
+                        json!([e.ts.to_string(), e.line])
+                    }
+                })
+                .collect();
+            json!({"stream": s.labels, "values": values})
+        })
+        .collect()
+}
+
+fn metric_json(v: &MetricValue) -> (&'static str, serde_json::Value) {
+    match v {
+        MetricValue::Scalar(t, x) => ("scalar", json!([ts_json(*t), format_float(*x)])),
+        MetricValue::Vector(t, samples) => (
+            "vector",
+            json!(
+                samples
+                    .iter()
+                    .map(|s| json!({"metric": s.labels, "value": [ts_json(*t), format_float(s.value)]}))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        MetricValue::Matrix(series) => (
+            "matrix",
+            json!(
+                series
+                    .iter()
+                    .map(|s| json!({
+                        "metric": s.labels,
+                        "values": s.points.iter().map(|(t, x)| json!([ts_json(*t), format_float(*x)])).collect::<Vec<_>>(),
+                    }))
+                    .collect::<Vec<_>>()
+            ),
+        ),
+    }
+}
+
+/// What a query evaluated to.
+enum QueryOutcome {
+    Streams(Vec<logql::StreamResult>),
+    Metric(MetricValue),
+}
+
+/// A query failure: a 400 with Loki's message.
+struct QueryFailure(String);
+
+impl From<logql::ParseError> for QueryFailure {
+    fn from(e: logql::ParseError) -> Self {
+        QueryFailure(e.to_string())
+    }
+}
+
+impl From<logql::EvalError> for QueryFailure {
+    fn from(e: logql::EvalError) -> Self {
+        QueryFailure(e.to_string())
+    }
+}
+
+struct QuerySpec {
+    query: String,
+    tenant: String,
+    start: i64,
+    end: i64,
+    step: i64,
+    limit: usize,
+    direction: Direction,
+    categorize: bool,
+    instant: bool,
+}
+
+async fn run_query(agg: &Arc<Aggregator>, spec: QuerySpec, api: &'static str) -> Response {
+    let started = Instant::now();
+    let agg2 = agg.clone();
+    let categorize = spec.categorize;
+    let res = blocking(move || -> Result<QueryOutcome, QueryFailure> {
+        match logql::parse(&spec.query)? {
+            Expr::Log(sel) => {
+                if spec.instant {
+                    return Err(QueryFailure(
+                        "log queries are not supported as an instant query type, please change your query to a range query type"
+                            .into(),
+                    ));
+                }
+                let q = LogQuery {
+                    tenant: &spec.tenant,
+                    start: spec.start,
+                    end: spec.end,
+                    limit: spec.limit,
+                    direction: spec.direction,
+                    categorize: spec.categorize,
+                };
+                Ok(QueryOutcome::Streams(logql::eval_log_query(&agg2.logs, &sel, &q)))
+            }
+            Expr::Sample(e) => {
+                let q = MetricQuery {
+                    tenant: &spec.tenant,
+                    start: spec.start,
+                    end: spec.end,
+                    step: if spec.instant { 0 } else { spec.step },
+                };
+                Ok(QueryOutcome::Metric(logql::eval_metric(&agg2.logs, &e, &q)?))
+            }
+        }
+    })
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    agg.self_metrics.observe_query(api, elapsed);
+    let out = match res {
+        Ok(Ok(o)) => o,
+        Ok(Err(QueryFailure(m))) => return bad(m),
+        Err(r) => return r,
+    };
+    let (result_type, result, returned) = match &out {
+        QueryOutcome::Streams(streams) => {
+            ("streams", json!(streams_json(streams, categorize)), streams.iter().map(|s| s.entries.len()).sum())
+        }
+        QueryOutcome::Metric(v) => {
+            let (t, r) = metric_json(v);
+            (t, r, 0usize)
+        }
+    };
+    let mut data = json!({
+        "resultType": result_type,
+        "result": result,
+        "stats": {"summary": {"execTime": elapsed, "totalEntriesReturned": returned}},
+    });
+    if categorize && result_type == "streams" {
+        data["encodingFlags"] = json!(["categorize-labels"]);
+    }
+    Json(json!({"status": "success", "data": data})).into_response()
+}
+
+/// `GET|POST /loki/api/v1/query_range`
 pub(crate) async fn query_range(
     State(agg): State<Arc<Aggregator>>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
-    let p = Params::parse(q.as_deref(), &headers, &[]);
-    let tenant = match tenant(&headers) {
-        Ok(t) => t,
-        Err(m) => return bad(m),
+    let p = Params::parse(q.as_deref(), &headers, &body);
+    let spec = match range_spec(&p, &headers, &agg) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    let Some(qs) = p.get("query").map(str::to_string) else {
-        return bad("query parameter is required");
-    };
+    run_query(&agg, spec, "loki_query_range").await
+}
+
+fn range_spec(p: &Params, headers: &HeaderMap, agg: &Aggregator) -> Result<QuerySpec, Response> {
+    let tenant = tenant(headers).map_err(bad)?;
+    let query = p.get("query").ok_or_else(|| bad("query parameter is required"))?.to_string();
     let now = time::now_ns();
-    let end = match param_ns(&p, "end", now) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let start = match param_ns(&p, "start", end - 3_600_000_000_000) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let end = param_ns(p, "end", now)?;
+    let start = param_ns(p, "start", end.saturating_sub(3_600_000_000_000))?;
     if end < start {
-        return bad("end timestamp must not be before or equal to start time");
+        return Err(bad("end timestamp must not be before or equal to start time"));
     }
-    let limit = match p.get("limit").map(str::parse::<u64>) {
-        None => 100,
-        Some(Ok(l)) => l as usize,
-        Some(Err(_)) => return bad("invalid limit parameter: expected a non-negative integer"),
+    let step = match p.get("step") {
+        None => default_step_ns(start, end),
+        Some(s) => time::parse_loki_duration_ns(s).map_err(|e| bad(format!("invalid step parameter: {e}")))?,
     };
-    let max = agg.config.query.max_entries_limit;
-    if limit > max {
-        return bad(format!("max entries limit per query exceeded, limit > max_entries_limit ({limit} > {max})"));
+    if step <= 0 {
+        return Err(bad("zero or negative query resolution step widths are not accepted. Try a positive integer"));
     }
-    let direction = match p.get("direction") {
-        None => Direction::Backward,
-        Some(d) => match Direction::parse(d) {
-            Some(d) => d,
-            None => return bad(format!("invalid direction {d:?}: expected forward or backward")),
-        },
-    };
-    let started = Instant::now();
-    let agg2 = agg.clone();
-    let res = blocking(move || {
-        let expr = logql::parse(&qs)?;
-        let Expr::Log(sel) = expr;
-        let q = LogQuery { tenant: &tenant, start, end, limit, direction };
-        Ok::<_, logql::ParseError>(logql::eval_log_query(&agg2.logs, &sel, &q))
+    if end.saturating_sub(start) / step > logql::MAX_POINTS {
+        return Err(bad(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+        ));
+    }
+    Ok(QuerySpec {
+        query,
+        tenant,
+        start,
+        end,
+        step,
+        limit: param_limit(p, agg)?,
+        direction: param_direction(p)?,
+        categorize: categorize(headers),
+        instant: false,
     })
-    .await;
-    let elapsed = started.elapsed().as_secs_f64();
-    agg.self_metrics.observe_query("loki_query_range", elapsed);
-    match res {
-        Ok(Ok(streams)) => {
-            let lines: usize = streams.iter().map(|s| s.entries.len()).sum();
-            let result: Vec<_> = streams
-                .iter()
-                .map(|s| {
-                    json!({
-                        "stream": s.labels,
-                        "values": s.entries.iter().map(|(ts, line)| json!([ts.to_string(), line])).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            Json(json!({
-                "status": "success",
-                "data": {
-                    "resultType": "streams",
-                    "result": result,
-                    "stats": {"summary": {
-                        "execTime": elapsed,
-                        "totalEntriesReturned": lines,
-                    }},
-                }
-            }))
-            .into_response()
-        }
-        Ok(Err(e)) => bad(e.to_string()),
+}
+
+/// `GET|POST /loki/api/v1/query`: instant query at `time` (default now).
+pub(crate) async fn query(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let p = Params::parse(q.as_deref(), &headers, &body);
+    let spec = (|| {
+        let tenant = tenant(&headers).map_err(bad)?;
+        let query = p.get("query").ok_or_else(|| bad("query parameter is required"))?.to_string();
+        let t = param_ns(&p, "time", time::now_ns())?;
+        Ok::<_, Response>(QuerySpec {
+            query,
+            tenant,
+            start: t,
+            end: t,
+            step: 0,
+            limit: param_limit(&p, &agg)?,
+            direction: param_direction(&p)?,
+            categorize: categorize(&headers),
+            instant: true,
+        })
+    })();
+    match spec {
+        Ok(spec) => run_query(&agg, spec, "loki_query").await,
         Err(r) => r,
     }
 }
@@ -227,4 +419,536 @@ pub(crate) async fn buildinfo() -> Response {
         "goVersion": "none (Rust)",
     }))
     .into_response()
+}
+
+/// Start/end of a metadata request: `end` defaults to now, `start` to
+/// `end - since` (`since` defaults to 6 h), as Loki's label APIs do.
+fn meta_range(p: &Params) -> Result<(i64, i64), Response> {
+    let end = param_ns(p, "end", time::now_ns())?;
+    let since = match p.get("since") {
+        None => 6 * 3_600_000_000_000,
+        Some(s) => time::parse_loki_duration_ns(s).map_err(|e| bad(format!("invalid since parameter: {e}")))?,
+    };
+    let start = param_ns(p, "start", end.saturating_sub(since))?;
+    if end < start {
+        return Err(bad("end timestamp must not be before or equal to start time"));
+    }
+    Ok((start, end))
+}
+
+/// The stream matchers of a selector (a pipeline after it is allowed and
+/// ignored, as Loki's index endpoints do).
+fn selector_matchers(q: &str) -> Result<Vec<cairn_wire::Matcher>, Response> {
+    match logql::parse(q).map_err(|e| bad(e.to_string()))? {
+        Expr::Log(sel) => Ok(sel.matchers),
+        Expr::Sample(_) => Err(bad(format!("only log stream selectors are accepted here, got a metric query: {q}"))),
+    }
+}
+
+fn optional_matchers(p: &Params) -> Result<Vec<cairn_wire::Matcher>, Response> {
+    match p.get("query") {
+        None => Ok(Vec::new()),
+        Some(q) => selector_matchers(q),
+    }
+}
+
+fn success(data: serde_json::Value) -> Response {
+    Json(json!({"status": "success", "data": data})).into_response()
+}
+
+struct MetaRequest {
+    agg: Arc<Aggregator>,
+    p: Params,
+    tenant: String,
+}
+
+fn meta_request(
+    agg: Arc<Aggregator>,
+    q: Option<String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<MetaRequest, Response> {
+    let p = Params::parse(q.as_deref(), headers, body);
+    let tenant = tenant(headers).map_err(bad)?;
+    Ok(MetaRequest { agg, p, tenant })
+}
+
+/// `GET|POST /loki/api/v1/labels[?query=…]`: label names of the streams
+/// with data in the range, sorted.
+pub(crate) async fn labels(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let (start, end, matchers) = match meta_range(&r.p).and_then(|(s, e)| Ok((s, e, optional_matchers(&r.p)?))) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let res = blocking(move || {
+        let mut names: Vec<String> = Vec::new();
+        for (l, _) in r.agg.logs.streams(&r.tenant, &matchers, start, end) {
+            names.extend(l.iter().map(|x| x.name.clone()));
+        }
+        names.sort();
+        names.dedup();
+        names
+    })
+    .await;
+    match res {
+        Ok(names) => success(json!(names)),
+        Err(e) => e,
+    }
+}
+
+/// `GET|POST /loki/api/v1/label/<name>/values[?query=…]`
+pub(crate) async fn label_values(
+    State(agg): State<Arc<Aggregator>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let (start, end, matchers) = match meta_range(&r.p).and_then(|(s, e)| Ok((s, e, optional_matchers(&r.p)?))) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let res = blocking(move || {
+        let mut values: Vec<String> = r
+            .agg
+            .logs
+            .streams(&r.tenant, &matchers, start, end)
+            .into_iter()
+            .filter_map(|(l, _)| l.get(&name).map(str::to_string))
+            .collect();
+        values.sort();
+        values.dedup();
+        values
+    })
+    .await;
+    match res {
+        Ok(v) => success(json!(v)),
+        Err(e) => e,
+    }
+}
+
+/// `GET|POST /loki/api/v1/series?match[]=…`: label sets of the streams
+/// matching any selector. With no `match[]`, every stream (Loki requires
+/// one; Cairn is lenient).
+pub(crate) async fn series(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let (start, end) = match meta_range(&r.p) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let mut sets = Vec::new();
+    for m in r.p.all("match[]") {
+        match selector_matchers(m) {
+            Ok(ms) => sets.push(ms),
+            Err(e) => return e,
+        }
+    }
+    if sets.is_empty() {
+        sets.push(Vec::new());
+    }
+    let res = blocking(move || {
+        let mut all: Vec<Labels> = Vec::new();
+        for ms in &sets {
+            all.extend(r.agg.logs.streams(&r.tenant, ms, start, end).into_iter().map(|(l, _)| l));
+        }
+        all.sort();
+        all.dedup();
+        all
+    })
+    .await;
+    match res {
+        Ok(v) => success(json!(v)),
+        Err(e) => e,
+    }
+}
+
+/// `GET|POST /loki/api/v1/index/stats?query=…`: bare `{streams, chunks,
+/// entries, bytes}`.
+pub(crate) async fn index_stats(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let (start, end) = match meta_range(&r.p) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let Some(query) = r.p.get("query") else {
+        return bad("query parameter is required");
+    };
+    let matchers = match selector_matchers(query) {
+        Ok(m) => m,
+        Err(e) => return e,
+    };
+    let res = blocking(move || {
+        let s = r.agg.logs.streams(&r.tenant, &matchers, start, end);
+        let (mut chunks, mut entries, mut bytes) = (0u64, 0u64, 0u64);
+        for (_, st) in &s {
+            chunks += st.chunks;
+            entries += st.entries;
+            bytes += st.bytes;
+        }
+        json!({"streams": s.len(), "chunks": chunks, "entries": entries, "bytes": bytes})
+    })
+    .await;
+    match res {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e,
+    }
+}
+
+/// A volume group: (label, value) pairs.
+type VolumeKey = Vec<(String, String)>;
+
+/// How `/index/volume` groups streams.
+struct VolumeSpec {
+    matchers: Vec<cairn_wire::Matcher>,
+    targets: Vec<String>,
+    by_labels: bool,
+    limit: usize,
+}
+
+fn volume_spec(p: &Params) -> Result<VolumeSpec, Response> {
+    let query = p.get("query").ok_or_else(|| bad("query parameter is required"))?;
+    let matchers = selector_matchers(query)?;
+    let targets: Vec<String> = match p.get("targetLabels") {
+        Some(t) => t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        None => {
+            let mut v: Vec<String> = matchers.iter().map(|m| m.name.clone()).collect();
+            v.dedup();
+            v
+        }
+    };
+    let by_labels = match p.get("aggregateBy") {
+        None | Some("series") => false,
+        Some("labels") => true,
+        Some(o) => return Err(bad(format!("invalid aggregateBy {o:?}: expected series or labels"))),
+    };
+    let limit = match p.get("limit").map(str::parse::<usize>) {
+        None => 100,
+        Some(Ok(l)) if l > 0 => l,
+        _ => return Err(bad("invalid limit parameter: expected a positive integer")),
+    };
+    Ok(VolumeSpec { matchers, targets, by_labels, limit })
+}
+
+/// The volume group key of a stream: its target label pairs (or, by
+/// labels, the target names it has with empty values).
+fn volume_key(spec: &VolumeSpec, l: &Labels) -> VolumeKey {
+    spec.targets
+        .iter()
+        .filter_map(|t| l.get(t).map(|v| (t.clone(), if spec.by_labels { String::new() } else { v.to_string() })))
+        .collect()
+}
+
+fn volume_metric(key: &[(String, String)]) -> serde_json::Value {
+    serde_json::Value::Object(key.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+}
+
+/// `GET|POST /loki/api/v1/index/volume`: bytes per target-label group over
+/// the range, as a Prometheus-style vector at `end`, largest first.
+pub(crate) async fn index_volume(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let (start, end, spec) = match meta_range(&r.p).and_then(|(s, e)| Ok((s, e, volume_spec(&r.p)?))) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let res = blocking(move || {
+        let mut groups: std::collections::HashMap<VolumeKey, u64> = Default::default();
+        for (l, st) in r.agg.logs.streams(&r.tenant, &spec.matchers, start, end) {
+            let key = volume_key(&spec, &l);
+            if key.is_empty() {
+                continue;
+            }
+            *groups.entry(key).or_default() += st.bytes;
+        }
+        let mut v: Vec<(VolumeKey, u64)> = groups.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(spec.limit);
+        let t = ts_json(end.div_euclid(1_000_000));
+        v.into_iter()
+            .map(|(k, b)| json!({"metric": volume_metric(&k), "value": [t.clone(), b.to_string()]}))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match res {
+        Ok(v) => success(json!({"resultType": "vector", "result": v})),
+        Err(e) => e,
+    }
+}
+
+/// `GET|POST /loki/api/v1/index/volume_range`: bytes per group per step;
+/// an entry at `ts` counts for the step `t` with `t - step < ts <= t`.
+pub(crate) async fn index_volume_range(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let (start, end, spec) = match meta_range(&r.p).and_then(|(s, e)| Ok((s, e, volume_spec(&r.p)?))) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let step = match r.p.get("step") {
+        None => default_step_ns(start, end),
+        Some(s) => match time::parse_loki_duration_ns(s) {
+            Ok(v) if v > 0 => v,
+            _ => return bad("invalid step parameter: expected a positive duration or number of seconds"),
+        },
+    };
+    if end.saturating_sub(start) / step > logql::MAX_POINTS {
+        return bad(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+        );
+    }
+    let res = blocking(move || {
+        let nsteps = (end.saturating_sub(start) / step + 1) as usize;
+        let mut groups: std::collections::HashMap<VolumeKey, Vec<u64>> = Default::default();
+        r.agg.logs.scan(
+            &r.tenant,
+            &spec.matchers,
+            start.saturating_sub(step).saturating_add(1),
+            end.saturating_add(1),
+            &mut |l, entries| {
+                let key = volume_key(&spec, l);
+                if key.is_empty() {
+                    return;
+                }
+                let buckets = groups.entry(key).or_insert_with(|| vec![0; nsteps]);
+                for e in entries {
+                    // smallest k with start + k*step >= ts
+                    let k =
+                        ((e.ts as i128 - start as i128 + step as i128 - 1).div_euclid(step as i128)).max(0) as usize;
+                    if let Some(b) = buckets.get_mut(k) {
+                        *b += e.line.len() as u64;
+                    }
+                }
+            },
+        );
+        let mut v: Vec<(VolumeKey, Vec<u64>)> = groups.into_iter().collect();
+        v.sort_by(|a, b| b.1.iter().sum::<u64>().cmp(&a.1.iter().sum::<u64>()).then(a.0.cmp(&b.0)));
+        v.truncate(spec.limit);
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter()
+            .map(|(k, buckets)| {
+                let values: Vec<serde_json::Value> = buckets
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| **b > 0)
+                    .map(|(i, b)| {
+                        json!([ts_json(start.saturating_add(i as i64 * step).div_euclid(1_000_000)), b.to_string()])
+                    })
+                    .collect();
+                json!({"metric": volume_metric(&k), "values": values})
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match res {
+        Ok(v) => success(json!({"resultType": "matrix", "result": v})),
+        Err(e) => e,
+    }
+}
+
+/// `GET|POST /loki/api/v1/detected_labels`: stream label names with their
+/// number of distinct values over the range (`{"detectedLabels": […]}`).
+pub(crate) async fn detected_labels(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let (start, end, matchers) = match meta_range(&r.p).and_then(|(s, e)| Ok((s, e, optional_matchers(&r.p)?))) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let res = blocking(move || {
+        let mut values: std::collections::BTreeMap<String, std::collections::HashSet<String>> = Default::default();
+        for (l, _) in r.agg.logs.streams(&r.tenant, &matchers, start, end) {
+            for x in l.iter() {
+                values.entry(x.name.clone()).or_default().insert(x.value.clone());
+            }
+        }
+        values.into_iter().map(|(label, vs)| json!({"label": label, "cardinality": vs.len()})).collect::<Vec<_>>()
+    })
+    .await;
+    match res {
+        Ok(v) => Json(json!({"detectedLabels": v})).into_response(),
+        Err(e) => e,
+    }
+}
+
+/// `GET /loki/api/v1/rules`: Cairn evaluates no rules; the ruler API's
+/// YAML answer for "no rule groups" is an empty mapping.
+pub(crate) async fn rules_yaml() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], "{}\n").into_response()
+}
+
+/// `GET /prometheus/api/v1/rules`: no rule groups.
+pub(crate) async fn prom_rules() -> Response {
+    success(json!({"groups": []}))
+}
+
+/// `GET /prometheus/api/v1/alerts`: no alerts.
+pub(crate) async fn prom_alerts() -> Response {
+    success(json!({"alerts": []}))
+}
+
+/// `GET|POST /loki/api/v1/format_query?query=…`: the query in canonical
+/// single-line form (see `cairn_query::logql` `format.rs`).
+pub(crate) async fn format_query(RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+    let p = Params::parse(q.as_deref(), &headers, &body);
+    let Some(query) = p.get("query") else {
+        return bad("query parameter is required");
+    };
+    match logql::parse(query) {
+        Ok(e) => success(json!(e.to_string())),
+        Err(e) => bad(e.to_string()),
+    }
+}
+
+fn log_selector_param(p: &Params) -> Result<logql::LogSelector, Response> {
+    let q = p.get("query").ok_or_else(|| bad("query parameter is required"))?;
+    match logql::parse(q).map_err(|e| bad(e.to_string()))? {
+        Expr::Log(sel) => Ok(sel),
+        Expr::Sample(_) => Err(bad("detected fields need a log query, not a metric query")),
+    }
+}
+
+fn usize_param(p: &Params, keys: &[&str], default: usize) -> Result<usize, Response> {
+    for k in keys {
+        if let Some(v) = p.get(k) {
+            return v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad(format!("invalid {k} parameter: expected a positive integer")));
+        }
+    }
+    Ok(default)
+}
+
+/// `GET /loki/api/v1/detected_fields`: bare `{"fields": […], "limit": N}`
+/// from the newest `line_limit` lines (default 1000) of the query.
+pub(crate) async fn detected_fields(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let parsed = (|| {
+        let (start, end) = meta_range(&r.p)?;
+        let sel = log_selector_param(&r.p)?;
+        let line_limit = usize_param(&r.p, &["line_limit"], 1000)?.min(r.agg.config.query.max_entries_limit);
+        let field_limit = usize_param(&r.p, &["field_limit", "limit"], 1000)?;
+        Ok::<_, Response>((start, end, sel, line_limit, field_limit))
+    })();
+    let (start, end, sel, line_limit, field_limit) = match parsed {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let res = blocking(move || {
+        logql::detect_fields(&r.agg.logs, &sel, &r.tenant, start, end, line_limit, field_limit)
+            .into_iter()
+            .map(|f| {
+                let mut o = json!({
+                    "label": f.label,
+                    "type": f.kind,
+                    "cardinality": f.cardinality,
+                    "parsers": if f.parsers.is_empty() { serde_json::Value::Null } else { json!(f.parsers) },
+                });
+                if !f.json_path.is_empty() {
+                    o["jsonPath"] = json!(f.json_path);
+                }
+                o
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match res {
+        Ok(fields) => Json(json!({"fields": fields, "limit": field_limit})).into_response(),
+        Err(e) => e,
+    }
+}
+
+/// `GET /loki/api/v1/detected_field/<name>/values`: bare
+/// `{"values": […], "limit": N}`.
+pub(crate) async fn detected_field_values(
+    State(agg): State<Arc<Aggregator>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = match meta_request(agg, q, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let parsed = (|| {
+        let (start, end) = meta_range(&r.p)?;
+        let sel = log_selector_param(&r.p)?;
+        let line_limit = usize_param(&r.p, &["line_limit"], 1000)?.min(r.agg.config.query.max_entries_limit);
+        let limit = usize_param(&r.p, &["limit"], 1000)?;
+        Ok::<_, Response>((start, end, sel, line_limit, limit))
+    })();
+    let (start, end, sel, line_limit, limit) = match parsed {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let res = blocking(move || {
+        let mut v = logql::detected_field_values(&r.agg.logs, &sel, &r.tenant, start, end, line_limit, &name);
+        v.truncate(limit);
+        v
+    })
+    .await;
+    match res {
+        Ok(values) => Json(json!({"values": values, "limit": limit})).into_response(),
+        Err(e) => e,
+    }
 }

@@ -45,7 +45,24 @@ pub fn router(agg: Arc<Aggregator>) -> Router {
         .route("/api/v1/status/tsdb", get(prom::tsdb_status))
         // Loki
         .route("/loki/api/v1/push", post(loki::push))
-        .route("/loki/api/v1/query_range", get(loki::query_range))
+        .route("/loki/api/v1/query_range", get(loki::query_range).post(loki::query_range))
+        .route("/loki/api/v1/query", get(loki::query).post(loki::query))
+        .route("/loki/api/v1/labels", get(loki::labels).post(loki::labels))
+        .route("/loki/api/v1/label/{name}/values", get(loki::label_values).post(loki::label_values))
+        .route("/loki/api/v1/series", get(loki::series).post(loki::series))
+        .route("/loki/api/v1/index/stats", get(loki::index_stats).post(loki::index_stats))
+        .route("/loki/api/v1/index/volume", get(loki::index_volume).post(loki::index_volume))
+        .route("/loki/api/v1/index/volume_range", get(loki::index_volume_range).post(loki::index_volume_range))
+        .route("/loki/api/v1/detected_labels", get(loki::detected_labels).post(loki::detected_labels))
+        .route("/loki/api/v1/detected_fields", get(loki::detected_fields).post(loki::detected_fields))
+        .route(
+            "/loki/api/v1/detected_field/{name}/values",
+            get(loki::detected_field_values).post(loki::detected_field_values),
+        )
+        .route("/loki/api/v1/format_query", get(loki::format_query).post(loki::format_query))
+        .route("/loki/api/v1/rules", get(loki::rules_yaml))
+        .route("/prometheus/api/v1/rules", get(loki::prom_rules))
+        .route("/prometheus/api/v1/alerts", get(loki::prom_alerts))
         .route("/loki/api/v1/status/buildinfo", get(loki::buildinfo))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,15 +1,25 @@
 //! LogQL syntax tree.
+//!
+//! The tree mirrors Loki's grammar (`pkg/logql/syntax`): a query is either a
+//! log query ([`LogSelector`]: stream matchers and a pipeline of [`Stage`]s)
+//! or a metric query ([`SampleExpr`]: range aggregations over log ranges,
+//! vector aggregations, binary operators, literals). Everything here is
+//! compiled (regexes, templates) so evaluation never fails on syntax.
 
 use std::fmt;
 
 use cairn_wire::Matcher;
 use regex::Regex;
 
+use super::pipeline::{LabelFilter, Pattern, Template};
+
 /// A parsed LogQL expression.
 #[derive(Debug, Clone)]
 pub enum Expr {
     /// A log query: a stream selector and its pipeline.
     Log(LogSelector),
+    /// A metric query.
+    Sample(SampleExpr),
 }
 
 /// `{matchers} | stages…`
@@ -17,8 +27,18 @@ pub enum Expr {
 pub struct LogSelector {
     /// Stream matchers.
     pub matchers: Vec<Matcher>,
-    /// Line filters in pipeline order.
-    pub filters: Vec<LineFilter>,
+    /// Pipeline stages in order.
+    pub pipeline: Vec<Stage>,
+}
+
+impl LogSelector {
+    /// The line filters of the pipeline (all of them, in order).
+    pub fn line_filters(&self) -> impl Iterator<Item = &LineFilter> {
+        self.pipeline.iter().filter_map(|s| match s {
+            Stage::LineFilter(f) => Some(f),
+            _ => None,
+        })
+    }
 }
 
 /// Kind of line filter.
@@ -45,27 +65,403 @@ impl fmt::Display for FilterOp {
     }
 }
 
-/// One line filter.
+/// One line filter, possibly with `or` alternatives (`|= "a" or "b"`).
 #[derive(Debug, Clone)]
 pub struct LineFilter {
     /// Kind.
     pub op: FilterOp,
-    /// Literal or regex source.
-    pub pattern: String,
-    /// Compiled regex for `|~` and `!~` (unanchored, as in Loki).
-    pub re: Option<Regex>,
+    /// Literal or regex source; more than one for `or` chains.
+    pub patterns: Vec<String>,
+    /// Compiled regexes for `|~` and `!~` (unanchored, as in Loki), one per pattern.
+    pub res: Vec<Regex>,
 }
 
 impl LineFilter {
-    /// Does `line` pass this filter?
+    /// Does `line` pass this filter? For the positive kinds any alternative
+    /// may match; for the negative kinds none may.
     pub fn keep(&self, line: &str) -> bool {
         match self.op {
-            FilterOp::Contains => line.contains(self.pattern.as_str()),
-            FilterOp::NotContains => !line.contains(self.pattern.as_str()),
-            FilterOp::Match => self.re.as_ref().is_some_and(|r| r.is_match(line)),
-            FilterOp::NotMatch => !self.re.as_ref().is_some_and(|r| r.is_match(line)),
+            FilterOp::Contains => self.patterns.iter().any(|p| line.contains(p.as_str())),
+            FilterOp::NotContains => !self.patterns.iter().any(|p| line.contains(p.as_str())),
+            FilterOp::Match => self.res.iter().any(|r| r.is_match(line)),
+            FilterOp::NotMatch => !self.res.iter().any(|r| r.is_match(line)),
         }
     }
+}
+
+/// A `drop`/`keep` item: a bare label name, or `name op "value"`.
+#[derive(Debug, Clone)]
+pub struct NamedMatcher {
+    /// Label name.
+    pub name: String,
+    /// Only when the value matches.
+    pub matcher: Option<Matcher>,
+}
+
+/// One `label_format` item.
+#[derive(Debug, Clone)]
+pub enum LabelFmt {
+    /// `dst=src`: rename.
+    Rename {
+        /// New name.
+        dst: String,
+        /// Old name.
+        src: String,
+    },
+    /// `dst="template"`.
+    Template {
+        /// Label to set.
+        dst: String,
+        /// Template producing the value.
+        tmpl: Template,
+    },
+}
+
+/// A pipeline stage.
+#[derive(Debug, Clone)]
+pub enum Stage {
+    /// `|= "x"`, `!= "x"`, `|~ "re"`, `!~ "re"`.
+    LineFilter(LineFilter),
+    /// `| json` or `| json a="path", b`.
+    Json(Vec<(String, Vec<JsonPathPart>)>),
+    /// `| logfmt [--strict] [--keep-empty] [a="key", b]`.
+    Logfmt {
+        /// `--strict`: stop at the first malformed pair with an error.
+        strict: bool,
+        /// `--keep-empty`: keep standalone keys with an empty value.
+        keep_empty: bool,
+        /// Extraction parameters (label, key); empty means all keys.
+        params: Vec<(String, String)>,
+    },
+    /// `| regexp "re"` with named groups.
+    Regexp(Regex),
+    /// `| pattern "<a> - <b>"`.
+    Pattern(Pattern),
+    /// `| unpack`.
+    Unpack,
+    /// `| label filter expression`.
+    LabelFilter(LabelFilter),
+    /// `| line_format "template"`.
+    LineFormat(Template),
+    /// `| label_format a="t", b=c`.
+    LabelFormat(Vec<LabelFmt>),
+    /// `| drop a, b="v"`.
+    Drop(Vec<NamedMatcher>),
+    /// `| keep a, b="v"`.
+    Keep(Vec<NamedMatcher>),
+    /// `| decolorize`.
+    Decolorize,
+    /// `| distinct a, b`.
+    Distinct(Vec<String>),
+}
+
+/// A step of a JSON extraction path: `a.b[0]["c"]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonPathPart {
+    /// Object key.
+    Key(String),
+    /// Array index.
+    Index(usize),
+}
+
+/// Conversion applied by `unwrap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnwrapConv {
+    /// A plain float.
+    Float,
+    /// `duration(x)` / `duration_seconds(x)`: Go duration → seconds.
+    Duration,
+    /// `bytes(x)`: humanized bytes → bytes.
+    Bytes,
+}
+
+/// `| unwrap [conv(]label[)] [| post-filters]`.
+#[derive(Debug, Clone)]
+pub struct Unwrap {
+    /// Label whose value becomes the sample value.
+    pub label: String,
+    /// Conversion.
+    pub conv: UnwrapConv,
+    /// Label filters after the unwrap (e.g. `| __error__=""`).
+    pub post_filters: Vec<LabelFilter>,
+}
+
+/// `{…} | pipeline [| unwrap …] [range] [offset d]`.
+#[derive(Debug, Clone)]
+pub struct LogRange {
+    /// Selector and pipeline.
+    pub selector: LogSelector,
+    /// Range in ns.
+    pub range: i64,
+    /// Offset in ns.
+    pub offset: i64,
+    /// Unwrapped label, for the `*_over_time` functions over values.
+    pub unwrap: Option<Unwrap>,
+}
+
+/// Range aggregation functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeOp {
+    /// `count_over_time`
+    Count,
+    /// `rate`
+    Rate,
+    /// `rate_counter`
+    RateCounter,
+    /// `bytes_over_time`
+    Bytes,
+    /// `bytes_rate`
+    BytesRate,
+    /// `absent_over_time`
+    Absent,
+    /// `sum_over_time`
+    Sum,
+    /// `avg_over_time`
+    Avg,
+    /// `min_over_time`
+    Min,
+    /// `max_over_time`
+    Max,
+    /// `stddev_over_time`
+    Stddev,
+    /// `stdvar_over_time`
+    Stdvar,
+    /// `quantile_over_time`
+    Quantile,
+    /// `first_over_time`
+    First,
+    /// `last_over_time`
+    Last,
+}
+
+impl RangeOp {
+    /// From a function name.
+    pub fn from_name(s: &str) -> Option<RangeOp> {
+        Some(match s {
+            "count_over_time" => RangeOp::Count,
+            "rate" => RangeOp::Rate,
+            "rate_counter" => RangeOp::RateCounter,
+            "bytes_over_time" => RangeOp::Bytes,
+            "bytes_rate" => RangeOp::BytesRate,
+            "absent_over_time" => RangeOp::Absent,
+            "sum_over_time" => RangeOp::Sum,
+            "avg_over_time" => RangeOp::Avg,
+            "min_over_time" => RangeOp::Min,
+            "max_over_time" => RangeOp::Max,
+            "stddev_over_time" => RangeOp::Stddev,
+            "stdvar_over_time" => RangeOp::Stdvar,
+            "quantile_over_time" => RangeOp::Quantile,
+            "first_over_time" => RangeOp::First,
+            "last_over_time" => RangeOp::Last,
+            _ => return None,
+        })
+    }
+
+    /// The function name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RangeOp::Count => "count_over_time",
+            RangeOp::Rate => "rate",
+            RangeOp::RateCounter => "rate_counter",
+            RangeOp::Bytes => "bytes_over_time",
+            RangeOp::BytesRate => "bytes_rate",
+            RangeOp::Absent => "absent_over_time",
+            RangeOp::Sum => "sum_over_time",
+            RangeOp::Avg => "avg_over_time",
+            RangeOp::Min => "min_over_time",
+            RangeOp::Max => "max_over_time",
+            RangeOp::Stddev => "stddev_over_time",
+            RangeOp::Stdvar => "stdvar_over_time",
+            RangeOp::Quantile => "quantile_over_time",
+            RangeOp::First => "first_over_time",
+            RangeOp::Last => "last_over_time",
+        }
+    }
+
+    /// True for the functions that need `| unwrap`.
+    pub fn needs_unwrap(self) -> bool {
+        matches!(
+            self,
+            RangeOp::RateCounter
+                | RangeOp::Sum
+                | RangeOp::Avg
+                | RangeOp::Min
+                | RangeOp::Max
+                | RangeOp::Stddev
+                | RangeOp::Stdvar
+                | RangeOp::Quantile
+                | RangeOp::First
+                | RangeOp::Last
+        )
+    }
+}
+
+/// Vector aggregation operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VecOp {
+    /// `sum`
+    Sum,
+    /// `avg`
+    Avg,
+    /// `min`
+    Min,
+    /// `max`
+    Max,
+    /// `count`
+    Count,
+    /// `stddev`
+    Stddev,
+    /// `stdvar`
+    Stdvar,
+    /// `topk`
+    Topk,
+    /// `bottomk`
+    Bottomk,
+    /// `sort`
+    Sort,
+    /// `sort_desc`
+    SortDesc,
+}
+
+impl VecOp {
+    /// From an operator name.
+    pub fn from_name(s: &str) -> Option<VecOp> {
+        Some(match s {
+            "sum" => VecOp::Sum,
+            "avg" => VecOp::Avg,
+            "min" => VecOp::Min,
+            "max" => VecOp::Max,
+            "count" => VecOp::Count,
+            "stddev" => VecOp::Stddev,
+            "stdvar" => VecOp::Stdvar,
+            "topk" => VecOp::Topk,
+            "bottomk" => VecOp::Bottomk,
+            "sort" => VecOp::Sort,
+            "sort_desc" => VecOp::SortDesc,
+            _ => return None,
+        })
+    }
+}
+
+/// `by (…)` or `without (…)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grouping {
+    /// `without` rather than `by`.
+    pub without: bool,
+    /// Label names.
+    pub labels: Vec<String>,
+}
+
+/// Binary operators, by precedence group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    /// `or`
+    Or,
+    /// `and`
+    And,
+    /// `unless`
+    Unless,
+    /// `==`
+    Eq,
+    /// `!=`
+    Neq,
+    /// `>`
+    Gt,
+    /// `>=`
+    Gte,
+    /// `<`
+    Lt,
+    /// `<=`
+    Lte,
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+    /// `%`
+    Mod,
+    /// `^`
+    Pow,
+}
+
+impl BinOp {
+    /// Binding strength; higher binds tighter.
+    pub fn precedence(self) -> u8 {
+        match self {
+            BinOp::Or => 1,
+            BinOp::And | BinOp::Unless => 2,
+            BinOp::Eq | BinOp::Neq | BinOp::Gt | BinOp::Gte | BinOp::Lt | BinOp::Lte => 3,
+            BinOp::Add | BinOp::Sub => 4,
+            BinOp::Mul | BinOp::Div | BinOp::Mod => 5,
+            BinOp::Pow => 6,
+        }
+    }
+
+    /// True for comparison operators.
+    pub fn is_comparison(self) -> bool {
+        matches!(self, BinOp::Eq | BinOp::Neq | BinOp::Gt | BinOp::Gte | BinOp::Lt | BinOp::Lte)
+    }
+
+    /// True for `and`, `or`, `unless`.
+    pub fn is_set(self) -> bool {
+        matches!(self, BinOp::Or | BinOp::And | BinOp::Unless)
+    }
+}
+
+/// `on(…)` / `ignoring(…)` for vector–vector operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VectorMatching {
+    /// `on` rather than `ignoring`.
+    pub on: bool,
+    /// Label names.
+    pub labels: Vec<String>,
+}
+
+/// A metric expression.
+#[derive(Debug, Clone)]
+pub enum SampleExpr {
+    /// `op(log range)`, e.g. `rate({a="b"}[1m])`.
+    Range {
+        /// Function.
+        op: RangeOp,
+        /// `quantile_over_time`'s φ.
+        param: Option<f64>,
+        /// What is aggregated.
+        range: LogRange,
+        /// Optional grouping (allowed for unwrapped ranges).
+        grouping: Option<Grouping>,
+    },
+    /// `op [by (…)] ([k,] expr)`.
+    Vector {
+        /// Operator.
+        op: VecOp,
+        /// Grouping.
+        grouping: Option<Grouping>,
+        /// `topk`/`bottomk`'s k.
+        param: Option<f64>,
+        /// Operand.
+        inner: Box<SampleExpr>,
+    },
+    /// `lhs op [bool] [on|ignoring (…)] rhs`.
+    Binary {
+        /// Operator.
+        op: BinOp,
+        /// Comparison returns 0/1 instead of filtering.
+        return_bool: bool,
+        /// Label matching for vector–vector operations.
+        matching: Option<VectorMatching>,
+        /// Left operand.
+        lhs: Box<SampleExpr>,
+        /// Right operand.
+        rhs: Box<SampleExpr>,
+    },
+    /// A number.
+    Literal(f64),
+    /// `vector(n)`.
+    VectorLit(f64),
 }
 
 /// Result order of a log query.

@@ -1,9 +1,12 @@
 //! Log query evaluation over the log store.
 
+use std::collections::HashMap;
+
 use cairn_store::logs::LogStore;
 use cairn_wire::Labels;
 
 use super::ast::{Direction, LogSelector};
+use super::pipeline::{Category, LabelsBuilder, PipelineState, run_stages};
 
 /// Parameters of a log query, in Loki's terms.
 #[derive(Debug, Clone)]
@@ -18,6 +21,23 @@ pub struct LogQuery<'a> {
     pub limit: usize,
     /// Which end of the range the limit keeps.
     pub direction: Direction,
+    /// Group results by stream labels only and return structured metadata
+    /// and parsed labels per entry (`X-Loki-Response-Encoding-Flags:
+    /// categorize-labels`); otherwise group by the full final label set.
+    pub categorize: bool,
+}
+
+/// One entry of a log query's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    /// Timestamp, ns.
+    pub ts: i64,
+    /// The line after the pipeline.
+    pub line: String,
+    /// Structured metadata (only filled when categorizing).
+    pub metadata: Vec<(String, String)>,
+    /// Parsed labels (only filled when categorizing).
+    pub parsed: Vec<(String, String)>,
 }
 
 /// One stream of a log query's result.
@@ -25,30 +45,54 @@ pub struct LogQuery<'a> {
 pub struct StreamResult {
     /// The stream's labels.
     pub labels: Labels,
-    /// (ts ns, line) in the query's direction.
-    pub entries: Vec<(i64, String)>,
+    /// Entries in the query's direction.
+    pub entries: Vec<LogEntry>,
 }
 
 /// Runs a log query: entries of matching streams in `[start, end)` that pass
-/// every line filter; of those, the `limit` newest (backward) or oldest
-/// (forward) over all streams, grouped by stream, each stream's entries in
-/// the query's direction, streams ordered by labels.
+/// the pipeline; of those, the `limit` newest (backward) or oldest
+/// (forward) over all streams, grouped by their final label set (stream
+/// labels, structured metadata and parsed labels), each group's entries in
+/// the query's direction, groups ordered by labels.
 pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> Vec<StreamResult> {
-    // Each stream contributes at most `limit` candidates; the global cut
-    // happens after merging.
-    let mut streams: Vec<Labels> = Vec::new();
-    let mut cand: Vec<(i64, u32, String)> = Vec::new();
+    // Each scanned stream contributes at most `limit` candidates; the global
+    // cut happens after merging. Candidates: (ts, scan order, group, entry).
+    let mut groups: Vec<Labels> = Vec::new();
+    let mut group_idx: HashMap<Labels, u32> = HashMap::new();
+    let mut cand: Vec<(i64, u64, u32, LogEntry)> = Vec::new();
+    let mut state = PipelineState::default();
+    let mut seq: u64 = 0;
     store.scan(q.tenant, &sel.matchers, q.start, q.end, &mut |labels, entries| {
-        let sid = streams.len() as u32;
         let mut taken = 0usize;
         let mut take = |e: &cairn_store::logs::Entry| {
             if taken >= q.limit {
                 return false;
             }
-            if sel.filters.iter().all(|f| f.keep(&e.line)) {
-                cand.push((e.ts, sid, e.line.clone()));
-                taken += 1;
-            }
+            let mut lbs = LabelsBuilder::new(labels, &e.metadata);
+            let Some(line) = run_stages(&sel.pipeline, &mut state, &mut lbs, &e.line, e.ts) else {
+                return true;
+            };
+            let (key, metadata, parsed) = if q.categorize {
+                (
+                    lbs.labels_where(|c| c == Category::Stream),
+                    lbs.pairs_of(Category::Metadata),
+                    lbs.pairs_of(Category::Parsed),
+                )
+            } else {
+                (lbs.labels(), Vec::new(), Vec::new())
+            };
+            let g = match group_idx.get(&key) {
+                Some(&g) => g,
+                None => {
+                    let g = groups.len() as u32;
+                    groups.push(key.clone());
+                    group_idx.insert(key, g);
+                    g
+                }
+            };
+            cand.push((e.ts, seq, g, LogEntry { ts: e.ts, line, metadata, parsed }));
+            seq += 1;
+            taken += 1;
             true
         };
         match q.direction {
@@ -67,20 +111,17 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
                 }
             }
         }
-        if taken > 0 {
-            streams.push(labels.clone());
-        }
     });
     match q.direction {
         Direction::Forward => cand.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1))),
         Direction::Backward => cand.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1))),
     }
     cand.truncate(q.limit);
-    let mut per: Vec<Vec<(i64, String)>> = vec![Vec::new(); streams.len()];
-    for (ts, sid, line) in cand {
-        per[sid as usize].push((ts, line));
+    let mut per: Vec<Vec<LogEntry>> = vec![Vec::new(); groups.len()];
+    for (_, _, g, e) in cand {
+        per[g as usize].push(e);
     }
-    let mut out: Vec<StreamResult> = streams
+    let mut out: Vec<StreamResult> = groups
         .into_iter()
         .zip(per)
         .filter(|(_, e)| !e.is_empty())
@@ -113,10 +154,10 @@ mod tests {
     }
 
     fn run(s: &LogStore, q: &str, limit: usize, direction: Direction) -> Vec<(String, Vec<i64>)> {
-        let Expr::Log(sel) = parse(q).unwrap();
-        eval_log_query(s, &sel, &LogQuery { tenant: "t", start: 0, end: 100, limit, direction })
+        let Ok(Expr::Log(sel)) = parse(q) else { panic!("not a log query: {q}") };
+        eval_log_query(s, &sel, &LogQuery { tenant: "t", start: 0, end: 100, limit, direction, categorize: false })
             .into_iter()
-            .map(|r| (r.labels.get("job").unwrap().to_string(), r.entries.iter().map(|e| e.0).collect()))
+            .map(|r| (r.labels.get("job").unwrap().to_string(), r.entries.iter().map(|e| e.ts).collect()))
             .collect()
     }
 

@@ -31,6 +31,34 @@ pub enum Tok {
     PipeMatch,
     /// `|`
     Pipe,
+    /// `|>` (pattern line filter)
+    PipePattern,
+    /// `!>` (negated pattern line filter)
+    NotPipePattern,
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+    /// `%`
+    Mod,
+    /// `^`
+    Pow,
+    /// `==`
+    CmpEq,
+    /// `>`
+    Gt,
+    /// `>=`
+    Gte,
+    /// `<`
+    Lt,
+    /// `<=`
+    Lte,
+    /// A `--flag` (parser options such as `--strict`), without the dashes.
+    Flag(String),
     /// An identifier such as a label name or function name.
     Ident(String),
     /// A string literal, already unescaped.
@@ -59,6 +87,20 @@ impl Tok {
             Tok::PipeExact => "|=".into(),
             Tok::PipeMatch => "|~".into(),
             Tok::Pipe => "|".into(),
+            Tok::PipePattern => "|>".into(),
+            Tok::NotPipePattern => "!>".into(),
+            Tok::Add => "+".into(),
+            Tok::Sub => "-".into(),
+            Tok::Mul => "*".into(),
+            Tok::Div => "/".into(),
+            Tok::Mod => "%".into(),
+            Tok::Pow => "^".into(),
+            Tok::CmpEq => "==".into(),
+            Tok::Gt => ">".into(),
+            Tok::Gte => ">=".into(),
+            Tok::Lt => "<".into(),
+            Tok::Lte => "<=".into(),
+            Tok::Flag(f) => format!("--{f}"),
             Tok::Ident(s) => format!("IDENTIFIER {s}"),
             Tok::Str(_) => "STRING".into(),
             Tok::Number(n) => format!("NUMBER {n}"),
@@ -107,8 +149,31 @@ pub fn lex(src: &str) -> Result<Vec<Token>, LexError> {
             (b'=', Some(b'~')) => (Tok::Re, 2),
             (b'|', Some(b'=')) => (Tok::PipeExact, 2),
             (b'|', Some(b'~')) => (Tok::PipeMatch, 2),
+            (b'|', Some(b'>')) => (Tok::PipePattern, 2),
+            (b'!', Some(b'>')) => (Tok::NotPipePattern, 2),
             (b'|', _) => (Tok::Pipe, 1),
+            (b'=', Some(b'=')) => (Tok::CmpEq, 2),
             (b'=', _) => (Tok::Eq, 1),
+            (b'>', Some(b'=')) => (Tok::Gte, 2),
+            (b'>', _) => (Tok::Gt, 1),
+            (b'<', Some(b'=')) => (Tok::Lte, 2),
+            (b'<', _) => (Tok::Lt, 1),
+            (b'-', Some(b'-')) if b.get(i + 2).is_some_and(|c| c.is_ascii_alphabetic()) => {
+                let start = i + 2;
+                let mut j = start;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'-' || b[j] == b'_') {
+                    j += 1;
+                }
+                out.push(Token { tok: Tok::Flag(src[start..j].to_string()), pos });
+                i = j;
+                continue;
+            }
+            (b'+', _) => (Tok::Add, 1),
+            (b'-', _) => (Tok::Sub, 1),
+            (b'*', _) => (Tok::Mul, 1),
+            (b'/', _) => (Tok::Div, 1),
+            (b'%', _) => (Tok::Mod, 1),
+            (b'^', _) => (Tok::Pow, 1),
             (b'{', _) => (Tok::OpenBrace, 1),
             (b'}', _) => (Tok::CloseBrace, 1),
             (b'(', _) => (Tok::OpenParen, 1),

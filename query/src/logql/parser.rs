@@ -5,11 +5,19 @@ use std::fmt;
 use cairn_wire::{MatchOp, Matcher};
 use regex::Regex;
 
-use super::ast::{Expr, FilterOp, LineFilter, LogSelector};
+use super::ast::{
+    BinOp, Expr, FilterOp, Grouping, JsonPathPart, LabelFmt, LineFilter, LogRange, LogSelector, NamedMatcher, RangeOp,
+    SampleExpr, Stage, Unwrap, UnwrapConv, VecOp, VectorMatching,
+};
 use super::lexer::{Tok, Token, lex};
+use super::pipeline::{CmpOp, LabelFilter, NumKind, Pattern, Template, parse_bytes, parse_go_duration};
+
+/// Deepest nesting of sub-expressions accepted (guards the stack).
+const MAX_DEPTH: usize = 200;
 
 /// A LogQL parse error with its 1-based line and column, displayed as Loki
-/// displays it.
+/// displays it; errors Loki reports without a position (line 0) read
+/// `parse error : <msg>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
     /// 1-based line.
@@ -23,7 +31,7 @@ pub struct ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line == 0 {
-            write!(f, "{}", self.msg)
+            write!(f, "parse error : {}", self.msg)
         } else {
             write!(f, "parse error at line {}, col {}: {}", self.line, self.col, self.msg)
         }
@@ -43,6 +51,7 @@ struct Parser<'a> {
     src: &'a str,
     toks: Vec<Token>,
     i: usize,
+    depth: usize,
 }
 
 /// The message Loki gives for a selector every matcher of which accepts "".
@@ -54,7 +63,7 @@ pub fn parse(src: &str) -> Result<Expr, ParseError> {
         let (line, col) = line_col(src, e.pos);
         ParseError { line, col, msg: format!("syntax error: {}", e.msg) }
     })?;
-    let mut p = Parser { src, toks, i: 0 };
+    let mut p = Parser { src, toks, i: 0, depth: 0 };
     let expr = p.expr()?;
     p.expect_eof()?;
     Ok(expr)
@@ -69,11 +78,11 @@ impl Parser<'_> {
         self.toks[self.i.min(self.toks.len() - 1)].pos
     }
 
+    /// Consumes a token. Always advances (past the end, `peek` keeps
+    /// answering end of input), so `self.i -= 1` undoes it exactly.
     fn next(&mut self) -> Tok {
         let t = self.peek().clone();
-        if self.i < self.toks.len() - 1 {
-            self.i += 1;
-        }
+        self.i += 1;
         t
     }
 
@@ -95,57 +104,769 @@ impl Parser<'_> {
     }
 
     fn expr(&mut self) -> Result<Expr, ParseError> {
+        if *self.peek() == Tok::OpenBrace {
+            let sel = self.log_selector()?;
+            if *self.peek() == Tok::OpenBracket {
+                return Err(self.unexpected("end of input or a pipeline stage (a range is only allowed inside a range aggregation such as count_over_time)"));
+            }
+            return Ok(Expr::Log(sel));
+        }
+        Ok(Expr::Sample(self.sample_expr(0)?))
+    }
+
+    fn binop(&self) -> Option<BinOp> {
+        Some(match self.peek() {
+            Tok::Add => BinOp::Add,
+            Tok::Sub => BinOp::Sub,
+            Tok::Mul => BinOp::Mul,
+            Tok::Div => BinOp::Div,
+            Tok::Mod => BinOp::Mod,
+            Tok::Pow => BinOp::Pow,
+            Tok::CmpEq => BinOp::Eq,
+            Tok::Neq => BinOp::Neq,
+            Tok::Gt => BinOp::Gt,
+            Tok::Gte => BinOp::Gte,
+            Tok::Lt => BinOp::Lt,
+            Tok::Lte => BinOp::Lte,
+            Tok::Ident(s) if s == "or" => BinOp::Or,
+            Tok::Ident(s) if s == "and" => BinOp::And,
+            Tok::Ident(s) if s == "unless" => BinOp::Unless,
+            _ => return None,
+        })
+    }
+
+    /// Precedence climbing over binary operators; `^` is right-associative.
+    fn sample_expr(&mut self, min_prec: u8) -> Result<SampleExpr, ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.err_at(self.pos(), "syntax error: expression nested too deeply".into()));
+        }
+        let mut lhs = self.unary()?;
+        while let Some(op) = self.binop() {
+            let prec = op.precedence();
+            if prec < min_prec {
+                break;
+            }
+            self.next();
+            let mut return_bool = false;
+            if matches!(self.peek(), Tok::Ident(s) if s == "bool") {
+                if !op.is_comparison() {
+                    return Err(
+                        self.err_at(self.pos(), "bool modifier can only be used on comparison operators".into())
+                    );
+                }
+                self.next();
+                return_bool = true;
+            }
+            let mut matching = None;
+            if let Tok::Ident(s) = self.peek()
+                && (s == "on" || s == "ignoring")
+                && self.toks.get(self.i + 1).is_some_and(|t| t.tok == Tok::OpenParen)
+            {
+                let on = s == "on";
+                self.next();
+                let labels = self.label_list()?;
+                matching = Some(VectorMatching { on, labels });
+                if let Tok::Ident(s) = self.peek()
+                    && (s == "group_left" || s == "group_right")
+                {
+                    return Err(self.err_at(
+                        self.pos(),
+                        format!("{s} (many-to-one matching) is not supported by this Cairn version"),
+                    ));
+                }
+            }
+            let next_min = if op == BinOp::Pow { prec } else { prec + 1 };
+            let rhs = self.sample_expr(next_min)?;
+            lhs = fold(op, return_bool, matching, lhs, rhs);
+        }
+        self.depth -= 1;
+        Ok(lhs)
+    }
+
+    fn unary(&mut self) -> Result<SampleExpr, ParseError> {
         match self.peek() {
-            Tok::OpenBrace => Ok(Expr::Log(self.log_selector()?)),
-            Tok::Ident(name) => Err(self.err_at(
-                self.pos(),
-                format!(
-                    "metric query function {name:?} is not supported yet by this Cairn version; only log queries are"
-                ),
-            )),
-            _ => Err(self.unexpected("{")),
+            Tok::Sub | Tok::Add => {
+                let neg = *self.peek() == Tok::Sub;
+                self.next();
+                let e = self.unary()?;
+                if !neg {
+                    return Ok(e);
+                }
+                Ok(match e {
+                    SampleExpr::Literal(v) => SampleExpr::Literal(-v),
+                    other => SampleExpr::Binary {
+                        op: BinOp::Mul,
+                        return_bool: false,
+                        matching: None,
+                        lhs: Box::new(SampleExpr::Literal(-1.0)),
+                        rhs: Box::new(other),
+                    },
+                })
+            }
+            _ => self.primary(),
         }
     }
 
-    fn log_selector(&mut self) -> Result<LogSelector, ParseError> {
+    fn number(&mut self) -> Result<f64, ParseError> {
+        let neg = if *self.peek() == Tok::Sub {
+            self.next();
+            true
+        } else {
+            false
+        };
+        let pos = self.pos();
+        match self.next() {
+            Tok::Number(n) => {
+                let v =
+                    parse_number(&n).ok_or_else(|| self.err_at(pos, format!("syntax error: invalid number {n:?}")))?;
+                Ok(if neg { -v } else { v })
+            }
+            _ => {
+                self.i -= 1;
+                Err(self.unexpected("NUMBER"))
+            }
+        }
+    }
+
+    fn primary(&mut self) -> Result<SampleExpr, ParseError> {
+        let pos = self.pos();
+        match self.peek().clone() {
+            Tok::Number(_) => Ok(SampleExpr::Literal(self.number()?)),
+            Tok::OpenParen => {
+                self.next();
+                let e = self.sample_expr(0)?;
+                self.expect(Tok::CloseParen, ")")?;
+                Ok(e)
+            }
+            Tok::OpenBrace => Err(self.err_at(
+                pos,
+                "syntax error: unexpected {, a log selector must be wrapped in a range aggregation such as count_over_time({…}[1m]) inside a metric query".into(),
+            )),
+            Tok::Ident(name) => {
+                if let Some(op) = RangeOp::from_name(&name) {
+                    self.next();
+                    return self.range_agg(op);
+                }
+                if let Some(op) = VecOp::from_name(&name) {
+                    self.next();
+                    return self.vector_agg(op);
+                }
+                match name.as_str() {
+                    "vector" => {
+                        self.next();
+                        self.expect(Tok::OpenParen, "(")?;
+                        let v = self.number()?;
+                        self.expect(Tok::CloseParen, ")")?;
+                        Ok(SampleExpr::VectorLit(v))
+                    }
+                    "label_replace" | "absent" | "approx_topk" | "count_values" | "group" | "sum_of_squares"
+                    | "timestamp" => Err(self.err_at(
+                        pos,
+                        format!("{name} is not supported by this Cairn version"),
+                    )),
+                    _ => Err(self.unexpected("a metric expression")),
+                }
+            }
+            _ => Err(self.unexpected("a metric expression")),
+        }
+    }
+
+    fn expect(&mut self, t: Tok, what: &str) -> Result<(), ParseError> {
+        if *self.peek() == t {
+            self.next();
+            Ok(())
+        } else {
+            Err(self.unexpected(what))
+        }
+    }
+
+    fn grouping(&mut self) -> Result<Option<Grouping>, ParseError> {
+        let without = match self.peek() {
+            Tok::Ident(s) if s == "by" => false,
+            Tok::Ident(s) if s == "without" => true,
+            _ => return Ok(None),
+        };
+        self.next();
+        let labels = self.label_list()?;
+        Ok(Some(Grouping { without, labels }))
+    }
+
+    /// `( a, b, … )`, possibly empty.
+    fn label_list(&mut self) -> Result<Vec<String>, ParseError> {
+        self.expect(Tok::OpenParen, "(")?;
+        let mut out = Vec::new();
+        if *self.peek() == Tok::CloseParen {
+            self.next();
+            return Ok(out);
+        }
+        loop {
+            match self.next() {
+                Tok::Ident(n) => out.push(n),
+                _ => {
+                    self.i -= 1;
+                    return Err(self.unexpected("IDENTIFIER"));
+                }
+            }
+            match self.next() {
+                Tok::Comma => continue,
+                Tok::CloseParen => return Ok(out),
+                _ => {
+                    self.i -= 1;
+                    return Err(self.unexpected(", or )"));
+                }
+            }
+        }
+    }
+
+    fn vector_agg(&mut self, op: VecOp) -> Result<SampleExpr, ParseError> {
+        let pre = self.grouping()?;
+        self.expect(Tok::OpenParen, "(")?;
+        let param = if matches!(op, VecOp::Topk | VecOp::Bottomk) {
+            let ppos = self.pos();
+            let k = self.number()?;
+            if k.fract() != 0.0 || k <= 0.0 {
+                return Err(self
+                    .err_at(ppos, format!("invalid parameter (must be an integer greater than 0): {k}"))
+                    .without_position());
+            }
+            self.expect(Tok::Comma, ",")?;
+            Some(k)
+        } else {
+            None
+        };
+        let inner = self.sample_expr(0)?;
+        self.expect(Tok::CloseParen, ")")?;
+        let post = self.grouping()?;
+        if pre.is_some() && post.is_some() {
+            return Err(self.unexpected("end of expression (grouping given twice)"));
+        }
+        Ok(SampleExpr::Vector { op, grouping: post.or(pre), param, inner: Box::new(inner) })
+    }
+
+    fn range_agg(&mut self, op: RangeOp) -> Result<SampleExpr, ParseError> {
+        let fpos = self.pos();
+        let pre = self.grouping()?;
+        self.expect(Tok::OpenParen, "(")?;
+        let param = if op == RangeOp::Quantile {
+            let v = self.number()?;
+            self.expect(Tok::Comma, ",")?;
+            Some(v)
+        } else {
+            None
+        };
+        let range = self.log_range()?;
+        self.expect(Tok::CloseParen, ")")?;
+        let post = self.grouping()?;
+        let grouping = post.or(pre);
+        // Loki's RangeAggregationExpr.validate(), same order and messages.
+        if grouping.is_some()
+            && !matches!(
+                op,
+                RangeOp::Avg
+                    | RangeOp::Stddev
+                    | RangeOp::Stdvar
+                    | RangeOp::Quantile
+                    | RangeOp::Max
+                    | RangeOp::Min
+                    | RangeOp::First
+                    | RangeOp::Last
+            )
+        {
+            return Err(self
+                .err_at(fpos, format!("grouping not allowed for {} aggregation", op.name()))
+                .without_position());
+        }
+        match (&range.unwrap, op.needs_unwrap()) {
+            (None, true) => {
+                return Err(self
+                    .err_at(fpos, format!("invalid aggregation {} without unwrap", op.name()))
+                    .without_position());
+            }
+            (Some(_), false) if !matches!(op, RangeOp::Rate | RangeOp::Absent) => {
+                return Err(self
+                    .err_at(fpos, format!("invalid aggregation {} with unwrap", op.name()))
+                    .without_position());
+            }
+            _ => {}
+        }
+        Ok(SampleExpr::Range { op, param, range, grouping })
+    }
+
+    fn log_range(&mut self) -> Result<LogRange, ParseError> {
+        if *self.peek() == Tok::OpenParen {
+            // `(selector | pipeline)[range]`
+            self.next();
+            let mut r = self.log_range_inner(true)?;
+            self.expect(Tok::CloseParen, ")")?;
+            let (range, offset) = self.range_and_offset()?;
+            r.range = range;
+            r.offset = offset;
+            return Ok(r);
+        }
+        self.log_range_inner(false)
+    }
+
+    fn range_and_offset(&mut self) -> Result<(i64, i64), ParseError> {
+        self.expect(Tok::OpenBracket, "[")?;
+        let range = self.duration_ns()?;
+        self.expect(Tok::CloseBracket, "]")?;
+        let mut offset = 0;
+        if matches!(self.peek(), Tok::Ident(s) if s == "offset") {
+            self.next();
+            offset = self.duration_ns()?;
+        }
+        Ok((range, offset))
+    }
+
+    fn duration_ns(&mut self) -> Result<i64, ParseError> {
+        let pos = self.pos();
+        match self.next() {
+            Tok::Number(n) => {
+                let secs = parse_go_duration(&n)
+                    .or_else(|| cairn_wire::time::parse_duration_ms(&n).ok().map(|ms| ms as f64 / 1000.0))
+                    .ok_or_else(|| self.err_at(pos, format!("syntax error: invalid duration {n:?}")))?;
+                if !(0.0..=9.2e9).contains(&secs) {
+                    return Err(self.err_at(pos, format!("syntax error: duration {n:?} out of range")));
+                }
+                Ok((secs * 1e9).round() as i64)
+            }
+            _ => {
+                self.i -= 1;
+                Err(self.unexpected("DURATION"))
+            }
+        }
+    }
+
+    /// `selector [range] pipeline [unwrap] [range] [offset]`; when
+    /// `in_parens`, the range follows the closing parenthesis.
+    fn log_range_inner(&mut self, in_parens: bool) -> Result<LogRange, ParseError> {
+        let matchers = self.selector_matchers()?;
+        let mut range_off = None;
+        if !in_parens && *self.peek() == Tok::OpenBracket {
+            range_off = Some(self.range_and_offset()?);
+        }
+        let (pipeline, unwrap) = self.pipeline(true)?;
+        if !in_parens && range_off.is_none() {
+            range_off = Some(self.range_and_offset()?);
+        }
+        let (range, offset) = range_off.unwrap_or((0, 0));
+        Ok(LogRange { selector: LogSelector { matchers, pipeline }, range, offset, unwrap })
+    }
+
+    fn selector_matchers(&mut self) -> Result<Vec<Matcher>, ParseError> {
         let start = self.pos();
         let matchers = self.matchers()?;
         if matchers.iter().all(|m| m.matches_empty()) {
             return Err(self.err_at(start, EMPTY_SELECTOR_MSG.to_string()).without_position());
         }
-        let mut filters = Vec::new();
+        Ok(matchers)
+    }
+
+    fn log_selector(&mut self) -> Result<LogSelector, ParseError> {
+        let matchers = self.selector_matchers()?;
+        let (pipeline, _) = self.pipeline(false)?;
+        Ok(LogSelector { matchers, pipeline })
+    }
+
+    fn string(&mut self) -> Result<String, ParseError> {
+        match self.next() {
+            Tok::Str(s) => Ok(s),
+            _ => {
+                self.i -= 1;
+                Err(self.unexpected("STRING"))
+            }
+        }
+    }
+
+    fn line_filter(&mut self, op: FilterOp) -> Result<LineFilter, ParseError> {
+        let mut patterns = Vec::new();
+        let mut res = Vec::new();
+        loop {
+            let pos = self.pos();
+            if matches!(self.peek(), Tok::Ident(s) if s == "ip") {
+                return Err(self.err_at(pos, "ip() line filters are not supported by this Cairn version".into()));
+            }
+            let pattern = self.string()?;
+            if matches!(op, FilterOp::Match | FilterOp::NotMatch) {
+                res.push(
+                    Regex::new(&pattern)
+                        .map_err(|e| self.err_at(pos, format!("invalid regular expression {pattern:?}: {e}")))?,
+                );
+            }
+            patterns.push(pattern);
+            if matches!(self.peek(), Tok::Ident(s) if s == "or")
+                && matches!(self.toks.get(self.i + 1).map(|t| &t.tok), Some(Tok::Str(_)))
+            {
+                self.next();
+                continue;
+            }
+            return Ok(LineFilter { op, patterns, res });
+        }
+    }
+
+    /// Pipeline stages; with `allow_unwrap`, a final `| unwrap …` (and the
+    /// label filters after it) is returned separately.
+    fn pipeline(&mut self, allow_unwrap: bool) -> Result<(Vec<Stage>, Option<Unwrap>), ParseError> {
+        let mut stages = Vec::new();
         loop {
             let op = match self.peek() {
                 Tok::PipeExact => FilterOp::Contains,
                 Tok::Neq => FilterOp::NotContains,
                 Tok::PipeMatch => FilterOp::Match,
                 Tok::Nre => FilterOp::NotMatch,
-                Tok::Pipe => {
-                    self.next();
-                    let what = self.peek().describe();
+                Tok::PipePattern | Tok::NotPipePattern => {
                     return Err(self.err_at(
                         self.pos(),
-                        format!("pipeline stage {what} is not supported yet by this Cairn version; only line filters (|=, !=, |~, !~) are"),
+                        "pattern line filters (|> and !>) are not supported by this Cairn version".into(),
                     ));
                 }
-                _ => break,
+                Tok::Pipe => {
+                    self.next();
+                    if matches!(self.peek(), Tok::Ident(s) if s == "unwrap") {
+                        let upos = self.pos();
+                        if !allow_unwrap {
+                            return Err(self.err_at(
+                                upos,
+                                "syntax error: unexpected unwrap, unwrap is only allowed in a range aggregation".into(),
+                            ));
+                        }
+                        self.next();
+                        let u = self.unwrap_expr()?;
+                        return Ok((stages, Some(u)));
+                    }
+                    stages.push(self.stage()?);
+                    continue;
+                }
+                _ => return Ok((stages, None)),
             };
             self.next();
-            let pos = self.pos();
-            let Tok::Str(pattern) = self.next() else {
-                self.i -= 1;
-                return Err(self.unexpected("STRING"));
-            };
-            let re = match op {
-                FilterOp::Match | FilterOp::NotMatch => Some(
-                    Regex::new(&pattern)
-                        .map_err(|e| self.err_at(pos, format!("invalid regular expression {pattern:?}: {e}")))?,
-                ),
-                _ => None,
-            };
-            filters.push(LineFilter { op, pattern, re });
+            stages.push(Stage::LineFilter(self.line_filter(op)?));
         }
-        Ok(LogSelector { matchers, filters })
+    }
+
+    fn unwrap_expr(&mut self) -> Result<Unwrap, ParseError> {
+        let pos = self.pos();
+        let Tok::Ident(first) = self.next() else {
+            self.i -= 1;
+            return Err(self.unexpected("IDENTIFIER"));
+        };
+        let (label, conv) = if *self.peek() == Tok::OpenParen {
+            let conv = match first.as_str() {
+                "duration" | "duration_seconds" => UnwrapConv::Duration,
+                "bytes" => UnwrapConv::Bytes,
+                other => return Err(self.err_at(pos, format!("syntax error: unknown unwrap conversion {other:?}"))),
+            };
+            self.next();
+            let Tok::Ident(l) = self.next() else {
+                self.i -= 1;
+                return Err(self.unexpected("IDENTIFIER"));
+            };
+            self.expect(Tok::CloseParen, ")")?;
+            (l, conv)
+        } else {
+            (first, UnwrapConv::Float)
+        };
+        let mut post_filters = Vec::new();
+        while *self.peek() == Tok::Pipe {
+            self.next();
+            post_filters.push(self.label_filter_or()?);
+        }
+        Ok(Unwrap { label, conv, post_filters })
+    }
+
+    fn stage(&mut self) -> Result<Stage, ParseError> {
+        let pos = self.pos();
+        let name = match self.peek().clone() {
+            Tok::Ident(n) => n,
+            Tok::OpenParen => return Ok(Stage::LabelFilter(self.label_filter_or()?)),
+            _ => return Err(self.unexpected("a pipeline stage")),
+        };
+        // `| name op value` is a label filter even when `name` is a keyword.
+        let next_is_op = matches!(
+            self.toks.get(self.i + 1).map(|t| &t.tok),
+            Some(Tok::Eq | Tok::CmpEq | Tok::Neq | Tok::Re | Tok::Nre | Tok::Gt | Tok::Gte | Tok::Lt | Tok::Lte)
+        );
+        if next_is_op && name != "label_format" {
+            return Ok(Stage::LabelFilter(self.label_filter_or()?));
+        }
+        self.next();
+        match name.as_str() {
+            "json" => {
+                let mut params = Vec::new();
+                for (label, expr) in self.extraction_params()? {
+                    let path = parse_json_path(&expr)
+                        .ok_or_else(|| self.err_at(pos, format!("invalid JSON expression {expr:?}")))?;
+                    params.push((label, path));
+                }
+                Ok(Stage::Json(params))
+            }
+            "logfmt" => {
+                let mut strict = false;
+                let mut keep_empty = false;
+                while let Tok::Flag(f) = self.peek().clone() {
+                    match f.as_str() {
+                        "strict" => strict = true,
+                        "keep-empty" => keep_empty = true,
+                        other => {
+                            return Err(self.err_at(self.pos(), format!("syntax error: unknown logfmt flag --{other}")));
+                        }
+                    }
+                    self.next();
+                }
+                let params = self.extraction_params()?;
+                Ok(Stage::Logfmt { strict, keep_empty, params })
+            }
+            "regexp" => {
+                let spos = self.pos();
+                let src = self.string()?;
+                let re =
+                    Regex::new(&src).map_err(|e| self.err_at(spos, format!("invalid regular expression {src:?}: {e}")))?;
+                if re.capture_names().flatten().next().is_none() {
+                    return Err(self.err_at(spos, "at least one named capture must be supported".into()));
+                }
+                for n in re.capture_names().flatten() {
+                    if !cairn_wire::labels::is_valid_label_name(n) {
+                        return Err(self.err_at(spos, format!("invalid extracted label name '{n}'")));
+                    }
+                }
+                Ok(Stage::Regexp(re))
+            }
+            "pattern" => {
+                let spos = self.pos();
+                let src = self.string()?;
+                Ok(Stage::Pattern(Pattern::new(&src).map_err(|e| self.err_at(spos, e))?))
+            }
+            "unpack" => Ok(Stage::Unpack),
+            "decolorize" => Ok(Stage::Decolorize),
+            "line_format" => {
+                let spos = self.pos();
+                let src = self.string()?;
+                Ok(Stage::LineFormat(Template::new(&src).map_err(|e| self.err_at(spos, e))?))
+            }
+            "label_format" => {
+                let mut items = Vec::new();
+                loop {
+                    let Tok::Ident(dst) = self.next() else {
+                        self.i -= 1;
+                        return Err(self.unexpected("IDENTIFIER"));
+                    };
+                    self.expect(Tok::Eq, "=")?;
+                    let vpos = self.pos();
+                    match self.next() {
+                        Tok::Ident(src) => items.push(LabelFmt::Rename { dst, src }),
+                        Tok::Str(t) => items.push(LabelFmt::Template {
+                            dst,
+                            tmpl: Template::new(&t).map_err(|e| self.err_at(vpos, e))?,
+                        }),
+                        _ => {
+                            self.i -= 1;
+                            return Err(self.unexpected("IDENTIFIER or STRING"));
+                        }
+                    }
+                    if *self.peek() == Tok::Comma {
+                        self.next();
+                        continue;
+                    }
+                    return Ok(Stage::LabelFormat(items));
+                }
+            }
+            "drop" | "keep" => {
+                let mut items = Vec::new();
+                loop {
+                    let Tok::Ident(n) = self.next() else {
+                        self.i -= 1;
+                        return Err(self.unexpected("IDENTIFIER"));
+                    };
+                    let op = match self.peek() {
+                        Tok::Eq | Tok::CmpEq => Some(MatchOp::Equal),
+                        Tok::Neq => Some(MatchOp::NotEqual),
+                        Tok::Re => Some(MatchOp::Regex),
+                        Tok::Nre => Some(MatchOp::NotRegex),
+                        _ => None,
+                    };
+                    let matcher = match op {
+                        None => None,
+                        Some(op) => {
+                            self.next();
+                            let vpos = self.pos();
+                            let v = self.string()?;
+                            Some(Matcher::new(op, n.clone(), v).map_err(|e| self.err_at(vpos, e.to_string()))?)
+                        }
+                    };
+                    items.push(NamedMatcher { name: n, matcher });
+                    if *self.peek() == Tok::Comma {
+                        self.next();
+                        continue;
+                    }
+                    break;
+                }
+                Ok(if name == "drop" { Stage::Drop(items) } else { Stage::Keep(items) })
+            }
+            "distinct" => {
+                let mut names = Vec::new();
+                loop {
+                    let Tok::Ident(n) = self.next() else {
+                        self.i -= 1;
+                        return Err(self.unexpected("IDENTIFIER"));
+                    };
+                    names.push(n);
+                    if *self.peek() == Tok::Comma {
+                        self.next();
+                        continue;
+                    }
+                    break;
+                }
+                Ok(Stage::Distinct(names))
+            }
+            other => Err(self.err_at(
+                pos,
+                format!("syntax error: unexpected IDENTIFIER {other}, expecting a pipeline stage (json, logfmt, regexp, pattern, unpack, line_format, label_format, drop, keep, decolorize, distinct, unwrap or a label filter)"),
+            )),
+        }
+    }
+
+    /// `a="expr", b, …` after `json` / `logfmt` (possibly none).
+    fn extraction_params(&mut self) -> Result<Vec<(String, String)>, ParseError> {
+        let mut out = Vec::new();
+        while let Tok::Ident(label) = self.peek().clone() {
+            // Stop at a keyword that cannot start a parameter.
+            if matches!(self.toks.get(self.i + 1).map(|t| &t.tok), Some(Tok::Ident(_) | Tok::OpenParen)) {
+                break;
+            }
+            self.next();
+            let expr = if *self.peek() == Tok::Eq {
+                self.next();
+                self.string()?
+            } else {
+                label.clone()
+            };
+            out.push((label, expr));
+            if *self.peek() == Tok::Comma {
+                self.next();
+                continue;
+            }
+            break;
+        }
+        Ok(out)
+    }
+
+    fn label_filter_or(&mut self) -> Result<LabelFilter, ParseError> {
+        let mut lhs = self.label_filter_and()?;
+        while matches!(self.peek(), Tok::Ident(s) if s == "or") {
+            self.next();
+            let rhs = self.label_filter_and()?;
+            lhs = LabelFilter::Or(Box::new(lhs), Box::new(rhs));
+        }
+        Ok(lhs)
+    }
+
+    fn label_filter_and(&mut self) -> Result<LabelFilter, ParseError> {
+        let mut lhs = self.label_filter_unary()?;
+        loop {
+            let more = match self.peek() {
+                Tok::Ident(s) if s == "and" => {
+                    self.next();
+                    true
+                }
+                Tok::Comma => {
+                    self.next();
+                    true
+                }
+                // juxtaposition: `| a="b" c="d"`
+                Tok::Ident(s) if s != "or" && s != "offset" && s != "by" && s != "without" => {
+                    matches!(
+                        self.toks.get(self.i + 1).map(|t| &t.tok),
+                        Some(
+                            Tok::Eq
+                                | Tok::CmpEq
+                                | Tok::Neq
+                                | Tok::Re
+                                | Tok::Nre
+                                | Tok::Gt
+                                | Tok::Gte
+                                | Tok::Lt
+                                | Tok::Lte
+                        )
+                    )
+                }
+                Tok::OpenParen => true,
+                _ => false,
+            };
+            if !more {
+                return Ok(lhs);
+            }
+            let rhs = self.label_filter_unary()?;
+            lhs = LabelFilter::And(Box::new(lhs), Box::new(rhs));
+        }
+    }
+
+    fn label_filter_unary(&mut self) -> Result<LabelFilter, ParseError> {
+        if *self.peek() == Tok::OpenParen {
+            self.next();
+            let f = self.label_filter_or()?;
+            self.expect(Tok::CloseParen, ")")?;
+            return Ok(f);
+        }
+        let Tok::Ident(name) = self.next() else {
+            self.i -= 1;
+            return Err(self.unexpected("IDENTIFIER"));
+        };
+        let opos = self.pos();
+        let op = self.next();
+        let vpos = self.pos();
+        let val = self.next();
+        let str_op = match op {
+            Tok::Eq | Tok::CmpEq => Some(MatchOp::Equal),
+            Tok::Neq => Some(MatchOp::NotEqual),
+            Tok::Re => Some(MatchOp::Regex),
+            Tok::Nre => Some(MatchOp::NotRegex),
+            _ => None,
+        };
+        let cmp = match op {
+            Tok::Eq | Tok::CmpEq => Some(CmpOp::Eq),
+            Tok::Neq => Some(CmpOp::Neq),
+            Tok::Gt => Some(CmpOp::Gt),
+            Tok::Gte => Some(CmpOp::Gte),
+            Tok::Lt => Some(CmpOp::Lt),
+            Tok::Lte => Some(CmpOp::Lte),
+            _ => None,
+        };
+        match (val, str_op, cmp) {
+            (Tok::Str(v), Some(mop), _) => {
+                let m = Matcher::new(mop, name, v).map_err(|e| self.err_at(vpos, e.to_string()))?;
+                Ok(LabelFilter::String(m))
+            }
+            (Tok::Number(n), _, Some(op)) => {
+                let (kind, value) = if let Some(v) = parse_number(&n) {
+                    (NumKind::Number, v)
+                } else if let Some(v) = parse_go_duration(&n) {
+                    (NumKind::Duration, v)
+                } else if let Some(v) = parse_bytes(&n) {
+                    (NumKind::Bytes, v)
+                } else {
+                    return Err(self.err_at(vpos, format!("syntax error: invalid number, duration or bytes {n:?}")));
+                };
+                Ok(LabelFilter::Numeric { name, op, kind, value })
+            }
+            (Tok::Ident(f), _, _) if f == "ip" => {
+                Err(self.err_at(vpos, "ip() label filters are not supported by this Cairn version".into()))
+            }
+            (Tok::Sub, _, Some(op)) => {
+                self.i -= 1;
+                let v = self.number()?;
+                Ok(LabelFilter::Numeric { name, op, kind: NumKind::Number, value: v })
+            }
+            (_, None, None) => {
+                self.i -= 2;
+                let _ = opos;
+                Err(self.unexpected("=, !=, =~, !~, ==, >, >=, < or <="))
+            }
+            _ => {
+                self.i -= 1;
+                Err(self.unexpected("STRING or NUMBER"))
+            }
+        }
     }
 
     fn matchers(&mut self) -> Result<Vec<Matcher>, ParseError> {
@@ -194,6 +915,70 @@ impl Parser<'_> {
     }
 }
 
+/// Parses a number literal (decimal, float, exponent, hex).
+fn parse_number(s: &str) -> Option<f64> {
+    if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        return i64::from_str_radix(h, 16).ok().map(|v| v as f64);
+    }
+    if s.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E') {
+        return s.parse().ok();
+    }
+    None
+}
+
+/// Parses a JSON extraction expression: `a.b[0]["c d"]`.
+fn parse_json_path(s: &str) -> Option<Vec<JsonPathPart>> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut expect_key = true;
+    while i < b.len() {
+        match b[i] {
+            b'.' => {
+                i += 1;
+                expect_key = true;
+            }
+            b'[' => {
+                let end = s[i..].find(']')? + i;
+                let inner = s[i + 1..end].trim();
+                if let Some(q) = inner.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+                    out.push(JsonPathPart::Key(q.to_string()));
+                } else {
+                    out.push(JsonPathPart::Index(inner.parse().ok()?));
+                }
+                i = end + 1;
+                expect_key = false;
+            }
+            _ if expect_key => {
+                let start = i;
+                while i < b.len() && b[i] != b'.' && b[i] != b'[' {
+                    i += 1;
+                }
+                out.push(JsonPathPart::Key(s[start..i].to_string()));
+                expect_key = false;
+            }
+            _ => return None,
+        }
+    }
+    if out.is_empty() { None } else { Some(out) }
+}
+
+/// Builds a binary node, folding literal–literal arithmetic as Loki does.
+fn fold(
+    op: BinOp,
+    return_bool: bool,
+    matching: Option<VectorMatching>,
+    lhs: SampleExpr,
+    rhs: SampleExpr,
+) -> SampleExpr {
+    if let (SampleExpr::Literal(a), SampleExpr::Literal(b)) = (&lhs, &rhs)
+        && !op.is_set()
+    {
+        return SampleExpr::Literal(super::metric::scalar_op(op, *a, *b, true).unwrap_or(f64::NAN));
+    }
+    SampleExpr::Binary { op, return_bool, matching, lhs: Box::new(lhs), rhs: Box::new(rhs) }
+}
+
 impl ParseError {
     fn without_position(mut self) -> Self {
         self.line = 0;
@@ -209,6 +994,7 @@ mod tests {
     fn sel(q: &str) -> LogSelector {
         match parse(q).unwrap() {
             Expr::Log(s) => s,
+            Expr::Sample(e) => panic!("not a log query: {e:?}"),
         }
     }
 
@@ -219,11 +1005,12 @@ mod tests {
         );
         assert_eq!(s.matchers.len(), 4);
         assert_eq!(s.matchers[2].op, MatchOp::Regex);
-        assert_eq!(s.filters.len(), 4);
-        assert!(s.filters[0].keep("an err here"));
-        assert!(!s.filters[1].keep("debug stuff"));
-        assert!(s.filters[2].keep("timed out"));
-        assert!(!s.filters[3].keep("HEALTH check"));
+        let f: Vec<&LineFilter> = s.line_filters().collect();
+        assert_eq!(f.len(), 4);
+        assert!(f[0].keep("an err here"));
+        assert!(!f[1].keep("debug stuff"));
+        assert!(f[2].keep("timed out"));
+        assert!(!f[3].keep("HEALTH check"));
     }
 
     #[test]
@@ -233,14 +1020,108 @@ mod tests {
         assert!(e.to_string().starts_with("parse error at line 1, col 14: syntax error: unexpected NUMBER 5"), "{e}");
         let e = parse("{job=\"x\"\n ,}").unwrap_err();
         assert_eq!((e.line, e.col), (2, 3));
-        assert!(parse(r#"{job=~".*"}"#).unwrap_err().to_string().starts_with("queries require at least one"));
+        assert!(
+            parse(r#"{job=~".*"}"#).unwrap_err().to_string().starts_with("parse error : queries require at least one")
+        );
         assert!(parse("{}").is_err());
         assert!(parse(r#"{job="x"} |~ "(""#).is_err());
-        assert!(parse(r#"{job="x"} | json"#).unwrap_err().to_string().contains("not supported yet"));
-        assert!(parse(r#"rate({job="x"}[1m])"#).unwrap_err().to_string().contains("not supported yet"));
+        assert!(parse(r#"{job="x"} |> "<_> x""#).unwrap_err().to_string().contains("not supported"));
+        assert!(
+            parse(r#"label_replace(rate({job="x"}[1m]), "a", "b", "c", "d")"#)
+                .unwrap_err()
+                .to_string()
+                .contains("label_replace is not supported")
+        );
+        assert!(parse(r#"rate({job="x"})"#).is_err());
+        assert!(parse(r#"{job="x"}[1m]"#).is_err());
+        assert_eq!(
+            parse(r#"sum_over_time({job="x"}[1m])"#).unwrap_err().to_string(),
+            "parse error : invalid aggregation sum_over_time without unwrap"
+        );
+        assert_eq!(
+            parse(r#"sum_over_time({job="x"} | unwrap a [1m]) by (b)"#).unwrap_err().to_string(),
+            "parse error : grouping not allowed for sum_over_time aggregation"
+        );
+        assert!(parse(r#"absent_over_time({job="x"} | unwrap a [1m])"#).is_ok());
+        assert!(parse(r#"topk(0, rate({job="x"}[1m]))"#).is_err());
+        assert!(
+            parse(r#"count_over_time({job="x"} | unwrap a [1m])"#).unwrap_err().to_string().contains("with unwrap")
+        );
+        assert!(parse(r#"{job="x"} | unwrap a"#).is_err());
+        assert!(parse(r#"{job="x"} | line_format "{{ if .a }}{{ end }}""#).unwrap_err().to_string().contains("\"if\""));
+        assert!(parse(r#"{job="x"} | nosuchstage"#).is_err());
+        assert!(parse("1 + bool 2").is_err());
+        assert!(parse(r#"sum(rate({a="b"}[1m])) group_left sum(rate({a="b"}[1m]))"#).is_err());
         assert!(parse(r#"{job="x"} extra"#).is_err());
         for junk in ["", "{", "{job", "{job=", "{job=\"x\"", "}", "|=", "{job=\"x\"} |="] {
             assert!(parse(junk).is_err(), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn metric_queries_parse() {
+        for q in [
+            "vector(1)+vector(1)",
+            "1 + 1",
+            "-1",
+            r#"rate({job="x"}[5m])"#,
+            r#"rate({job="x"} |= "err" [5m] offset 1h)"#,
+            r#"rate({job="x"}[5m] |= "err")"#,
+            r#"count_over_time(({job="x"} |= "err")[5m])"#,
+            r#"bytes_rate({job="x"}[1m])"#,
+            r#"bytes_over_time({job="x"}[1m])"#,
+            r#"absent_over_time({job="x"}[1m])"#,
+            r#"sum by (level, detected_level) (count_over_time({job="x"} |= "x" | drop __error__ [1m]))"#,
+            r#"sum(count_over_time({job="x"}[1m])) by (level)"#,
+            r#"sum without (pod) (rate({job="x"}[1m]))"#,
+            r#"topk(5, sum by (a) (rate({job="x"}[1m])))"#,
+            r#"bottomk(2, rate({job="x"}[1m]))"#,
+            r#"sort_desc(rate({job="x"}[1m]))"#,
+            r#"avg(rate({job="x"}[1m])) / ignoring(a) avg(rate({job="y"}[1m]))"#,
+            r#"sum by (a) (rate({job="x"}[1m])) > on(a) sum by (a) (rate({job="y"}[1m]))"#,
+            r#"sum(rate({job="x"}[1m])) > bool 2"#,
+            r#"quantile_over_time(0.99, {job="x"} | json | unwrap duration(latency) | __error__="" [5m]) by (path)"#,
+            r#"sum_over_time({job="x"} | logfmt | unwrap bytes(size) [5m])"#,
+            r#"rate_counter({job="x"} | logfmt | unwrap total [5m])"#,
+            r#"rate({job="x"} | logfmt | unwrap n [5m])"#,
+            r#"stddev(rate({job="x"}[1m])) and stdvar(rate({job="x"}[1m])) or count(rate({job="x"}[1m])) unless min(rate({job="x"}[1m]))"#,
+            "2 ^ 3 ^ 2",
+        ] {
+            match parse(q) {
+                Ok(Expr::Sample(_)) => {}
+                other => panic!("{q}: {other:?}"),
+            }
+        }
+        let Ok(Expr::Sample(SampleExpr::Literal(v))) = parse("2 ^ 3 ^ 2") else { panic!() };
+        assert_eq!(v, 512.0, "^ is right-associative");
+        let Ok(Expr::Sample(SampleExpr::Literal(v))) = parse("1 + 2 * 3 - 4 / 2") else { panic!() };
+        assert_eq!(v, 5.0);
+    }
+
+    #[test]
+    fn pipelines_parse() {
+        for q in [
+            r#"{job="x"} | json"#,
+            r#"{job="x"} | json a="b.c", d="e[0]", f"#,
+            r#"{job="x"} | logfmt --strict --keep-empty a, b="c""#,
+            r#"{job="x"} | regexp "(?P<ip>\\S+) (?P<rest>.*)""#,
+            r#"{job="x"} | pattern "<ip> - <_>""#,
+            r#"{job="x"} | unpack"#,
+            r#"{job="x"} | logfmt | status >= 500 and duration > 1.5s or size > 20MB"#,
+            r#"{job="x"} | logfmt | (a="b" or c!~"d.*"), e=~"f" g<=3"#,
+            r#"{job="x"} | line_format "{{.a}} {{ .b | ToUpper }}""#,
+            r#"{job="x"} | label_format a="{{.b}}", c=d"#,
+            r#"{job="x"} | drop a, b="c", __error__"#,
+            r#"{job="x"} | keep a, b"#,
+            r#"{job="x"} | decolorize"#,
+            r#"{job="x"} | distinct a, b"#,
+            r#"{job="x"} |= "a" or "b" != "c""#,
+            r#"{job="x"} | json | __error__ != "JSONParserErr""#,
+        ] {
+            match parse(q) {
+                Ok(Expr::Log(_)) => {}
+                other => panic!("{q}: {other:?}"),
+            }
         }
     }
 
@@ -254,13 +1135,17 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let alphabet: Vec<char> = "{}()[],=!~|\"`\\ abcé0123456789.#\n".chars().collect();
-        let seed = r#"{job="x", a=~"b.*"} |= "err" != `d` |~ "(?i)t" !~ "u""#;
+        let alphabet: Vec<char> = "{}()[],=!~|\"`\\ abcé0123456789.#\n<>+-*/^%".chars().collect();
+        let seeds = [
+            r#"{job="x", a=~"b.*"} |= "err" != `d` |~ "(?i)t" !~ "u""#,
+            r#"sum by (a) (rate({job="x"} | json | b > 2 [1m] offset 5m)) / on(a) vector(1)"#,
+            r#"quantile_over_time(0.9, {a="b"} | logfmt | line_format "{{.a | lower}}" | unwrap duration(d) [5m])"#,
+        ];
         for round in 0..20_000 {
             let q: String = if round % 2 == 0 {
                 (0..next() % 40).map(|_| alphabet[(next() as usize) % alphabet.len()]).collect()
             } else {
-                let mut c: Vec<char> = seed.chars().collect();
+                let mut c: Vec<char> = seeds[(next() as usize) % seeds.len()].chars().collect();
                 for _ in 0..1 + next() % 3 {
                     let i = (next() as usize) % c.len();
                     c[i] = alphabet[(next() as usize) % alphabet.len()];

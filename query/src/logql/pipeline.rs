@@ -1,0 +1,1535 @@
+//! Pipeline execution: what happens to one log entry after its stream was
+//! selected.
+//!
+//! Each entry gets a [`LabelsBuilder`] holding its stream labels, its
+//! structured metadata and whatever parsers extract, each label tagged with
+//! its category (Loki's `categorize-labels` response needs them apart).
+//! Stages run in order and may rewrite the line, add or remove labels, or
+//! drop the entry. Semantics follow Loki's `pkg/logql/log`:
+//! - a parsed label whose name is already a stream label is stored as
+//!   `<name>_extracted`; parsed names are sanitized to `[a-zA-Z0-9_]`;
+//! - a parser or conversion failure sets `__error__` (`JSONParserErr`,
+//!   `LogfmtParserErr`, `LabelFilterErr`, `SampleExtractionErr`, …) and
+//!   `__error_details__`; later label filters let erroring entries through
+//!   except filters on `__error__` itself;
+//! - numeric, duration and bytes label filters drop entries without the label.
+//!
+//! Templates (`line_format`, `label_format`) implement the part of Go's
+//! `text/template` that LogQL queries use in practice: `{{ .field }}`,
+//! pipelines with `|`, string and number literals, and the functions listed
+//! in [`Template`]'s documentation. Control structures (`if`, `range`, …)
+//! are refused at parse time by name.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use cairn_wire::{Labels, Matcher};
+use regex::Regex;
+
+use super::ast::{JsonPathPart, LabelFmt, NamedMatcher, Stage};
+
+/// Where a label came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    /// Stream label.
+    Stream,
+    /// Structured metadata of the entry.
+    Metadata,
+    /// Extracted by a parser or set by `label_format`.
+    Parsed,
+}
+
+/// The label name Loki uses for pipeline errors.
+pub const ERROR_LABEL: &str = "__error__";
+/// The label name Loki uses for pipeline error details.
+pub const ERROR_DETAILS_LABEL: &str = "__error_details__";
+
+/// The labels of one entry while it runs through the pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct LabelsBuilder {
+    labels: Vec<(String, String, Category)>,
+    err: Option<String>,
+    err_details: Option<String>,
+}
+
+impl LabelsBuilder {
+    /// Starts from stream labels and an entry's structured metadata.
+    pub fn new(stream: &Labels, metadata: &[(String, String)]) -> Self {
+        let mut labels: Vec<(String, String, Category)> =
+            stream.iter().map(|l| (l.name.clone(), l.value.clone(), Category::Stream)).collect();
+        for (k, v) in metadata {
+            let k = sanitize_label_name(k);
+            if let Some(e) = labels.iter_mut().find(|e| e.0 == k) {
+                e.1 = v.clone();
+                e.2 = Category::Metadata;
+            } else {
+                labels.push((k, v.clone(), Category::Metadata));
+            }
+        }
+        LabelsBuilder { labels, err: None, err_details: None }
+    }
+
+    /// The value of `name` (error labels included), if set.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        match name {
+            ERROR_LABEL => self.err.as_deref(),
+            ERROR_DETAILS_LABEL => self.err_details.as_deref(),
+            _ => self.labels.iter().find(|e| e.0 == name).map(|e| e.1.as_str()),
+        }
+    }
+
+    fn is_stream_label(&self, name: &str) -> bool {
+        self.labels.iter().any(|e| e.0 == name && e.2 == Category::Stream)
+    }
+
+    /// Sets a parsed label, renaming it `<name>_extracted` when it clashes
+    /// with a stream label.
+    pub fn set_parsed(&mut self, name: &str, value: String) {
+        let name = if self.is_stream_label(name) { format!("{name}_extracted") } else { name.to_string() };
+        self.set(name, value, Category::Parsed);
+    }
+
+    /// Sets `name` (any category), replacing an existing value.
+    pub fn set(&mut self, name: String, value: String, cat: Category) {
+        match name.as_str() {
+            ERROR_LABEL => self.err = Some(value),
+            ERROR_DETAILS_LABEL => self.err_details = Some(value),
+            _ => {
+                if let Some(e) = self.labels.iter_mut().find(|e| e.0 == name) {
+                    e.1 = value;
+                    e.2 = cat;
+                } else {
+                    self.labels.push((name, value, cat));
+                }
+            }
+        }
+    }
+
+    /// Removes `name`.
+    pub fn del(&mut self, name: &str) {
+        match name {
+            ERROR_LABEL => self.err = None,
+            ERROR_DETAILS_LABEL => self.err_details = None,
+            _ => self.labels.retain(|e| e.0 != name),
+        }
+    }
+
+    /// Records an error (the first one wins, as in Loki).
+    pub fn set_err(&mut self, err: &str, details: impl Into<String>) {
+        if self.err.is_none() {
+            self.err = Some(err.to_string());
+            let d = details.into();
+            if !d.is_empty() {
+                self.err_details = Some(d);
+            }
+        }
+    }
+
+    /// True when an error is recorded.
+    pub fn has_err(&self) -> bool {
+        self.err.is_some()
+    }
+
+    /// All labels including error labels, as a [`Labels`] (empty values
+    /// dropped).
+    pub fn labels(&self) -> Labels {
+        self.labels_where(|_| true)
+    }
+
+    /// Labels of some categories (error labels count as parsed).
+    pub fn labels_where(&self, keep: impl Fn(Category) -> bool) -> Labels {
+        let mut pairs: Vec<(&str, &str)> =
+            self.labels.iter().filter(|e| keep(e.2)).map(|e| (e.0.as_str(), e.1.as_str())).collect();
+        if keep(Category::Parsed) {
+            if let Some(e) = &self.err {
+                pairs.push((ERROR_LABEL, e));
+            }
+            if let Some(d) = &self.err_details {
+                pairs.push((ERROR_DETAILS_LABEL, d));
+            }
+        }
+        // Names are valid by construction (sanitized); fall back to dropping
+        // anything invalid rather than failing the query.
+        Labels::from_pairs(pairs.iter().copied().filter(|(n, _)| cairn_wire::labels::is_valid_label_name(n)))
+            .unwrap_or_default()
+    }
+
+    /// (name, value) pairs of one category, sorted by name, empty values dropped.
+    pub fn pairs_of(&self, cat: Category) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> =
+            self.labels.iter().filter(|e| e.2 == cat && !e.1.is_empty()).map(|e| (e.0.clone(), e.1.clone())).collect();
+        if cat == Category::Parsed {
+            if let Some(e) = &self.err {
+                v.push((ERROR_LABEL.into(), e.clone()));
+            }
+            if let Some(d) = &self.err_details {
+                v.push((ERROR_DETAILS_LABEL.into(), d.clone()));
+            }
+        }
+        v.sort();
+        v
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.labels.iter().map(|e| e.0.clone()).collect()
+    }
+}
+
+/// Replaces characters not allowed in label names with `_` (and prefixes a
+/// leading digit with `_`), as Loki's parsers do.
+pub fn sanitize_label_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, c) in s.chars().enumerate() {
+        if c.is_ascii_alphabetic() || c == '_' || (i > 0 && c.is_ascii_digit()) {
+            out.push(c);
+        } else if i == 0 && c.is_ascii_digit() {
+            out.push('_');
+            out.push(c);
+        } else {
+            out.push('_');
+        }
+    }
+    out
+}
+
+/// Comparison operator of numeric label filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    /// `==` or `=`
+    Eq,
+    /// `!=`
+    Neq,
+    /// `>`
+    Gt,
+    /// `>=`
+    Gte,
+    /// `<`
+    Lt,
+    /// `<=`
+    Lte,
+}
+
+impl CmpOp {
+    fn apply(self, a: f64, b: f64) -> bool {
+        match self {
+            CmpOp::Eq => a == b,
+            CmpOp::Neq => a != b,
+            CmpOp::Gt => a > b,
+            CmpOp::Gte => a >= b,
+            CmpOp::Lt => a < b,
+            CmpOp::Lte => a <= b,
+        }
+    }
+}
+
+/// How the value of a numeric label filter is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumKind {
+    /// A float.
+    Number,
+    /// A Go duration (`1.5s`, `250ms`), compared in seconds.
+    Duration,
+    /// Humanized bytes (`20MB`, `1KiB`).
+    Bytes,
+}
+
+/// A label filter expression.
+#[derive(Debug, Clone)]
+pub enum LabelFilter {
+    /// Both must pass.
+    And(Box<LabelFilter>, Box<LabelFilter>),
+    /// Either passes.
+    Or(Box<LabelFilter>, Box<LabelFilter>),
+    /// `name op "string"`.
+    String(Matcher),
+    /// `name op number|duration|bytes`.
+    Numeric {
+        /// Label name.
+        name: String,
+        /// Comparison.
+        op: CmpOp,
+        /// Kind of value.
+        kind: NumKind,
+        /// Right-hand value (seconds for durations).
+        value: f64,
+    },
+}
+
+impl LabelFilter {
+    /// Runs the filter; may set an error label on conversion failures.
+    pub fn process(&self, lbs: &mut LabelsBuilder) -> bool {
+        match self {
+            LabelFilter::And(a, b) => a.process(lbs) && b.process(lbs),
+            LabelFilter::Or(a, b) => {
+                let l = a.process(lbs);
+                let r = b.process(lbs);
+                l || r
+            }
+            LabelFilter::String(m) => {
+                if m.name == ERROR_LABEL || m.name == ERROR_DETAILS_LABEL {
+                    return m.matches(lbs.get(&m.name).unwrap_or(""));
+                }
+                if lbs.has_err() {
+                    return true;
+                }
+                m.matches(lbs.get(&m.name).unwrap_or(""))
+            }
+            LabelFilter::Numeric { name, op, kind, value } => {
+                if lbs.has_err() {
+                    return true;
+                }
+                let Some(v) = lbs.get(name) else {
+                    return false;
+                };
+                let parsed = match kind {
+                    NumKind::Number => {
+                        v.trim().parse::<f64>().map_err(|e| format!("strconv.ParseFloat: parsing {v:?}: {e}"))
+                    }
+                    NumKind::Duration => parse_go_duration(v).ok_or_else(|| format!("time: invalid duration {v:?}")),
+                    NumKind::Bytes => parse_bytes(v).ok_or_else(|| format!("invalid bytes value {v:?}")),
+                };
+                match parsed {
+                    Ok(x) => op.apply(x, *value),
+                    Err(details) => {
+                        lbs.set_err("LabelFilterErr", details);
+                        true
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Parses a Go duration (`1h2m3.5s`, `250ms`, `10us`, `-1s`) into seconds.
+pub fn parse_go_duration(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (neg, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    if rest == "0" {
+        return Some(0.0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if n == 0 {
+            return None;
+        }
+        let num: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let u = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let mult = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[u..];
+        total += num * mult;
+    }
+    Some(if neg { -total } else { total })
+}
+
+/// Parses humanized bytes (`42`, `20MB`, `1.5 KiB`, `3k`) as go-humanize's
+/// `ParseBytes` does: SI units are powers of 1000, IEC units of 1024.
+pub fn parse_bytes(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let n = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    if n == 0 {
+        return None;
+    }
+    let num: f64 = s[..n].parse().ok()?;
+    let unit = s[n..].trim().to_ascii_lowercase();
+    let mult: f64 = match unit.as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "p" | "pb" => 1e15,
+        "e" | "eb" => 1e18,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024f64.powi(4),
+        "pi" | "pib" => 1024f64.powi(5),
+        "ei" | "eib" => 1024f64.powi(6),
+        _ => return None,
+    };
+    Some(num * mult)
+}
+
+/// A compiled `pattern` expression: literals and `<name>` captures.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    src: String,
+    parts: Vec<PatternPart>,
+}
+
+#[derive(Debug, Clone)]
+enum PatternPart {
+    Lit(String),
+    /// `None` for `<_>`.
+    Cap(Option<String>),
+}
+
+impl Pattern {
+    /// Compiles a pattern; at least one named capture, no two consecutive
+    /// captures, no duplicate names.
+    pub fn new(src: &str) -> Result<Pattern, String> {
+        let mut parts = Vec::new();
+        let mut rest = src;
+        let mut lit = String::new();
+        while !rest.is_empty() {
+            if let Some(after) = rest.strip_prefix('<')
+                && let Some(end) = after.find('>')
+            {
+                let name = &after[..end];
+                if name == "_" || cairn_wire::labels::is_valid_label_name(name) {
+                    if !lit.is_empty() {
+                        parts.push(PatternPart::Lit(std::mem::take(&mut lit)));
+                    }
+                    if matches!(parts.last(), Some(PatternPart::Cap(_))) {
+                        return Err("found consecutive capture: pattern captures must be separated by a literal".into());
+                    }
+                    parts.push(PatternPart::Cap(if name == "_" { None } else { Some(name.to_string()) }));
+                    rest = &after[end + 1..];
+                    continue;
+                }
+            }
+            let c = rest.chars().next().unwrap_or(' ');
+            lit.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+        if !lit.is_empty() {
+            parts.push(PatternPart::Lit(lit));
+        }
+        let names: Vec<&String> =
+            parts.iter().filter_map(|p| if let PatternPart::Cap(Some(n)) = p { Some(n) } else { None }).collect();
+        if names.is_empty() {
+            return Err("at least one capture is required".into());
+        }
+        let uniq: HashSet<&&String> = names.iter().collect();
+        if uniq.len() != names.len() {
+            return Err("duplicate capture name".into());
+        }
+        Ok(Pattern { src: src.to_string(), parts })
+    }
+
+    /// The pattern as written.
+    pub fn source(&self) -> &str {
+        &self.src
+    }
+
+    /// Captures of `line`, (name, value), as Loki's pattern matcher finds them.
+    pub fn matches<'a>(&'a self, line: &'a str) -> Vec<(&'a str, &'a str)> {
+        let mut out = Vec::new();
+        if line.is_empty() {
+            return out;
+        }
+        let mut input = line;
+        let mut parts = &self.parts[..];
+        if let Some(PatternPart::Lit(l)) = parts.first() {
+            if !input.starts_with(l.as_str()) {
+                return out;
+            }
+            input = &input[l.len()..];
+            parts = &parts[1..];
+        }
+        while let Some(PatternPart::Cap(name)) = parts.first() {
+            let lit = match parts.get(1) {
+                Some(PatternPart::Lit(l)) => l,
+                _ => {
+                    if let Some(n) = name {
+                        out.push((n.as_str(), input));
+                    }
+                    return out;
+                }
+            };
+            parts = &parts[2..];
+            match input.find(lit.as_str()) {
+                None => {
+                    if let Some(n) = name {
+                        out.push((n.as_str(), input));
+                    }
+                    return out;
+                }
+                Some(i) => {
+                    if let Some(n) = name {
+                        out.push((n.as_str(), &input[..i]));
+                    }
+                    input = &input[i + lit.len()..];
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A compiled Go-style template.
+///
+/// Supported: literal text; actions `{{ pipeline }}` (with `{{-`/`-}}` trim
+/// markers) where a pipeline is commands joined by `|`, the previous result
+/// passed as the last argument; arguments `.label`, `"string"`, `` `raw` ``,
+/// numbers, and nested `(…)`. Functions: `__line__`, `__timestamp__` (RFC
+/// 3339), `ToLower`, `ToUpper`, `lower`, `upper`, `title`, `Title`,
+/// `TrimSpace`, `trimSpace`, `trim`, `Trim`, `TrimLeft`, `TrimRight`,
+/// `TrimPrefix`, `TrimSuffix`, `trimPrefix`, `trimSuffix`, `trimAll`,
+/// `Replace`, `replace`, `default`, `contains`, `hasPrefix`, `hasSuffix`,
+/// `repeat`, `trunc`, `substr`, `regexReplaceAll`, `regexReplaceAllLiteral`,
+/// `printf` (verbs `%s %v %d %q %f` and `%%`), `len`, `count`, `abs`,
+/// `add`, `sub`, `mul`, `div`, `mod`, `alignLeft`, `alignRight`.
+#[derive(Debug, Clone)]
+pub struct Template {
+    src: String,
+    nodes: Vec<TNode>,
+}
+
+#[derive(Debug, Clone)]
+enum TNode {
+    Text(String),
+    Pipe(Vec<TCmd>),
+}
+
+#[derive(Debug, Clone)]
+struct TCmd {
+    /// Function name, or `None` when the command is a single operand.
+    func: Option<String>,
+    args: Vec<TArg>,
+}
+
+#[derive(Debug, Clone)]
+enum TArg {
+    Field(String),
+    Str(String),
+    Num(f64),
+    Sub(Vec<TCmd>),
+    Dot,
+}
+
+/// Largest string a template function may build.
+const MAX_TEMPLATE_OUTPUT: usize = 1 << 20;
+
+const TEMPLATE_FUNCS: &[&str] = &[
+    "__line__",
+    "__timestamp__",
+    "ToLower",
+    "ToUpper",
+    "lower",
+    "upper",
+    "title",
+    "Title",
+    "TrimSpace",
+    "trimSpace",
+    "trim",
+    "Trim",
+    "TrimLeft",
+    "TrimRight",
+    "TrimPrefix",
+    "TrimSuffix",
+    "trimPrefix",
+    "trimSuffix",
+    "trimAll",
+    "Replace",
+    "replace",
+    "default",
+    "contains",
+    "hasPrefix",
+    "hasSuffix",
+    "repeat",
+    "trunc",
+    "substr",
+    "regexReplaceAll",
+    "regexReplaceAllLiteral",
+    "printf",
+    "len",
+    "count",
+    "abs",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "mod",
+    "alignLeft",
+    "alignRight",
+];
+
+impl Template {
+    /// Compiles `src`; unsupported actions and functions are refused by name.
+    pub fn new(src: &str) -> Result<Template, String> {
+        let mut nodes = Vec::new();
+        let mut rest = src;
+        let mut trim_next = false;
+        while !rest.is_empty() {
+            match rest.find("{{") {
+                None => {
+                    let t = if trim_next { rest.trim_start() } else { rest };
+                    nodes.push(TNode::Text(t.to_string()));
+                    break;
+                }
+                Some(i) => {
+                    let mut text = &rest[..i];
+                    if trim_next {
+                        text = text.trim_start();
+                    }
+                    let mut inner_start = i + 2;
+                    if rest[inner_start..].starts_with("- ") {
+                        text = text.trim_end();
+                        inner_start += 1;
+                    }
+                    if !text.is_empty() {
+                        nodes.push(TNode::Text(text.to_string()));
+                    }
+                    let close = find_action_end(&rest[inner_start..])
+                        .ok_or_else(|| "template: unclosed action".to_string())?
+                        + inner_start;
+                    let mut inner = &rest[inner_start..close];
+                    trim_next = false;
+                    if inner.ends_with(" -") {
+                        inner = &inner[..inner.len() - 1];
+                        trim_next = true;
+                    }
+                    let inner = inner.trim();
+                    if inner.starts_with("/*") {
+                        rest = &rest[close + 2..];
+                        continue;
+                    }
+                    let toks = ttokens(inner)?;
+                    let mut p = 0;
+                    let cmds = tpipeline(&toks, &mut p)?;
+                    if p != toks.len() {
+                        return Err(format!("template: unexpected {:?} in action", toks[p]));
+                    }
+                    nodes.push(TNode::Pipe(cmds));
+                    rest = &rest[close + 2..];
+                }
+            }
+        }
+        Ok(Template { src: src.to_string(), nodes })
+    }
+
+    /// The template as written.
+    pub fn source(&self) -> &str {
+        &self.src
+    }
+
+    /// Renders with the entry's labels, line and timestamp.
+    pub fn render(&self, lbs: &LabelsBuilder, line: &str, ts: i64) -> Result<String, String> {
+        let mut out = String::new();
+        let ctx = Ctx { lbs, line, ts };
+        for n in &self.nodes {
+            match n {
+                TNode::Text(t) => out.push_str(t),
+                TNode::Pipe(cmds) => out.push_str(&ctx.pipeline(cmds)?.as_string()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn find_action_end(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i + 1 < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'`' => {
+                i += 1;
+                while i < b.len() && b[i] != b'`' {
+                    i += 1;
+                }
+            }
+            b'}' if b[i + 1] == b'}' => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum TTok {
+    Ident(String),
+    Field(String),
+    Dot,
+    Str(String),
+    Num(f64),
+    Pipe,
+    Open,
+    Close,
+}
+
+fn ttokens(s: &str) -> Result<Vec<TTok>, String> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            b'|' => {
+                out.push(TTok::Pipe);
+                i += 1;
+            }
+            b'(' => {
+                out.push(TTok::Open);
+                i += 1;
+            }
+            b')' => {
+                out.push(TTok::Close);
+                i += 1;
+            }
+            b'.' => {
+                let start = i + 1;
+                let mut j = start;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+                    j += 1;
+                }
+                if j == start {
+                    out.push(TTok::Dot);
+                } else {
+                    out.push(TTok::Field(s[start..j].to_string()));
+                }
+                i = j;
+            }
+            b'"' => {
+                let mut v = String::new();
+                let mut chars = s[i + 1..].char_indices();
+                let mut end = None;
+                while let Some((off, ch)) = chars.next() {
+                    match ch {
+                        '"' => {
+                            end = Some(i + 1 + off + 1);
+                            break;
+                        }
+                        '\\' => match chars.next() {
+                            Some((_, 'n')) => v.push('\n'),
+                            Some((_, 't')) => v.push('\t'),
+                            Some((_, 'r')) => v.push('\r'),
+                            Some((_, e)) => v.push(e),
+                            None => return Err("template: unterminated string".into()),
+                        },
+                        ch => v.push(ch),
+                    }
+                }
+                out.push(TTok::Str(v));
+                i = end.ok_or_else(|| "template: unterminated string".to_string())?;
+            }
+            b'`' => {
+                let end = s[i + 1..].find('`').ok_or_else(|| "template: unterminated raw string".to_string())?;
+                out.push(TTok::Str(s[i + 1..i + 1 + end].to_string()));
+                i = i + 1 + end + 1;
+            }
+            _ if c.is_ascii_digit() || c == b'-' => {
+                let start = i;
+                i += 1;
+                while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+                    i += 1;
+                }
+                let n: f64 = s[start..i].parse().map_err(|_| format!("template: bad number {:?}", &s[start..i]))?;
+                out.push(TTok::Num(n));
+            }
+            _ if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                out.push(TTok::Ident(s[start..i].to_string()));
+            }
+            b'$' => return Err("template: variables ($) are not supported by Cairn's line_format/label_format".into()),
+            _ => return Err(format!("template: unexpected character {:?}", c as char)),
+        }
+    }
+    Ok(out)
+}
+
+fn tpipeline(toks: &[TTok], p: &mut usize) -> Result<Vec<TCmd>, String> {
+    let mut cmds = vec![tcommand(toks, p)?];
+    while toks.get(*p) == Some(&TTok::Pipe) {
+        *p += 1;
+        cmds.push(tcommand(toks, p)?);
+    }
+    Ok(cmds)
+}
+
+fn tcommand(toks: &[TTok], p: &mut usize) -> Result<TCmd, String> {
+    let mut func = None;
+    if let Some(TTok::Ident(name)) = toks.get(*p) {
+        match name.as_str() {
+            "if" | "else" | "end" | "range" | "with" | "define" | "template" | "block" | "break" | "continue" => {
+                return Err(format!(
+                    "template action {name:?} is not supported by Cairn's line_format/label_format (only pipelines of fields and functions are)"
+                ));
+            }
+            "true" | "false" | "nil" => {}
+            _ if !TEMPLATE_FUNCS.contains(&name.as_str()) => {
+                return Err(format!("template: function {name:?} not defined"));
+            }
+            _ => {}
+        }
+        func = Some(name.clone());
+        *p += 1;
+    }
+    let mut args = Vec::new();
+    loop {
+        match toks.get(*p) {
+            Some(TTok::Field(f)) => args.push(TArg::Field(f.clone())),
+            Some(TTok::Dot) => args.push(TArg::Dot),
+            Some(TTok::Str(s)) => args.push(TArg::Str(s.clone())),
+            Some(TTok::Num(n)) => args.push(TArg::Num(*n)),
+            Some(TTok::Open) => {
+                *p += 1;
+                let inner = tpipeline(toks, p)?;
+                if toks.get(*p) != Some(&TTok::Close) {
+                    return Err("template: unclosed parenthesis".into());
+                }
+                args.push(TArg::Sub(inner));
+            }
+            Some(TTok::Ident(name)) if matches!(name.as_str(), "true" | "false") => args.push(TArg::Str(name.clone())),
+            Some(TTok::Ident(name)) => {
+                if !TEMPLATE_FUNCS.contains(&name.as_str()) {
+                    return Err(format!("template: function {name:?} not defined"));
+                }
+                args.push(TArg::Sub(vec![TCmd { func: Some(name.clone()), args: vec![] }]));
+            }
+            _ => break,
+        }
+        *p += 1;
+    }
+    if func.is_none() && args.len() != 1 {
+        return Err("template: empty command".into());
+    }
+    Ok(TCmd { func, args })
+}
+
+#[derive(Debug, Clone)]
+enum TVal {
+    Str(String),
+    Num(f64),
+}
+
+impl TVal {
+    fn as_string(&self) -> String {
+        match self {
+            TVal::Str(s) => s.clone(),
+            TVal::Num(n) => cairn_wire::format_float(*n),
+        }
+    }
+    fn as_num(&self) -> Result<f64, String> {
+        match self {
+            TVal::Num(n) => Ok(*n),
+            TVal::Str(s) => s.trim().parse().map_err(|_| format!("cannot convert {s:?} to a number")),
+        }
+    }
+}
+
+struct Ctx<'a> {
+    lbs: &'a LabelsBuilder,
+    line: &'a str,
+    ts: i64,
+}
+
+impl Ctx<'_> {
+    fn pipeline(&self, cmds: &[TCmd]) -> Result<TVal, String> {
+        let mut prev: Option<TVal> = None;
+        for c in cmds {
+            let mut args: Vec<TVal> = c.args.iter().map(|a| self.arg(a)).collect::<Result<_, _>>()?;
+            if let Some(pv) = prev.take() {
+                args.push(pv);
+            }
+            prev = Some(match &c.func {
+                None => args.pop().ok_or_else(|| "template: empty command".to_string())?,
+                Some(f) => self.call(f, args)?,
+            });
+        }
+        prev.ok_or_else(|| "template: empty pipeline".to_string())
+    }
+
+    fn arg(&self, a: &TArg) -> Result<TVal, String> {
+        Ok(match a {
+            TArg::Field(f) => TVal::Str(self.lbs.get(f).unwrap_or("").to_string()),
+            TArg::Dot => TVal::Str(String::new()),
+            TArg::Str(s) => TVal::Str(s.clone()),
+            TArg::Num(n) => TVal::Num(*n),
+            TArg::Sub(cmds) => self.pipeline(cmds)?,
+        })
+    }
+
+    fn call(&self, f: &str, a: Vec<TVal>) -> Result<TVal, String> {
+        let s = |i: usize| a.get(i).map(|v| v.as_string()).unwrap_or_default();
+        let n = |i: usize| a.get(i).map(|v| v.as_num()).unwrap_or(Ok(0.0));
+        let need = |k: usize| {
+            if a.len() != k {
+                Err(format!("template: wrong number of args for {f}: want {k} got {}", a.len()))
+            } else {
+                Ok(())
+            }
+        };
+        let st = |x: String| Ok(TVal::Str(x));
+        match f {
+            "__line__" => st(self.line.to_string()),
+            "__timestamp__" => st(cairn_wire::time::format_rfc3339_ns(self.ts)),
+            "ToLower" | "lower" => {
+                need(1)?;
+                st(s(0).to_lowercase())
+            }
+            "ToUpper" | "upper" => {
+                need(1)?;
+                st(s(0).to_uppercase())
+            }
+            "title" | "Title" => {
+                need(1)?;
+                let mut out = String::new();
+                let mut start = true;
+                for c in s(0).chars() {
+                    if start && c.is_alphabetic() {
+                        out.extend(c.to_uppercase());
+                    } else {
+                        out.push(c);
+                    }
+                    start = !c.is_alphanumeric();
+                }
+                st(out)
+            }
+            "TrimSpace" | "trimSpace" | "trim" => {
+                need(1)?;
+                st(s(0).trim().to_string())
+            }
+            "Trim" => {
+                need(2)?;
+                let cut = s(1);
+                st(s(0).trim_matches(|c| cut.contains(c)).to_string())
+            }
+            "trimAll" => {
+                need(2)?;
+                let cut = s(0);
+                st(s(1).trim_matches(|c| cut.contains(c)).to_string())
+            }
+            "TrimLeft" => {
+                need(2)?;
+                let cut = s(1);
+                st(s(0).trim_start_matches(|c| cut.contains(c)).to_string())
+            }
+            "TrimRight" => {
+                need(2)?;
+                let cut = s(1);
+                st(s(0).trim_end_matches(|c| cut.contains(c)).to_string())
+            }
+            "TrimPrefix" => {
+                need(2)?;
+                let (x, p) = (s(0), s(1));
+                st(x.strip_prefix(p.as_str()).unwrap_or(&x).to_string())
+            }
+            "TrimSuffix" => {
+                need(2)?;
+                let (x, p) = (s(0), s(1));
+                st(x.strip_suffix(p.as_str()).unwrap_or(&x).to_string())
+            }
+            "trimPrefix" => {
+                need(2)?;
+                let (p, x) = (s(0), s(1));
+                st(x.strip_prefix(p.as_str()).unwrap_or(&x).to_string())
+            }
+            "trimSuffix" => {
+                need(2)?;
+                let (p, x) = (s(0), s(1));
+                st(x.strip_suffix(p.as_str()).unwrap_or(&x).to_string())
+            }
+            "Replace" => {
+                need(4)?;
+                let k = n(3)?;
+                let (x, old, new) = (s(0), s(1), s(2));
+                if k < 0.0 { st(x.replace(&old, &new)) } else { st(x.replacen(&old, &new, k as usize)) }
+            }
+            "replace" => {
+                need(3)?;
+                st(s(2).replace(&s(0), &s(1)))
+            }
+            "default" => {
+                need(2)?;
+                let given = s(1);
+                st(if given.is_empty() { s(0) } else { given })
+            }
+            "contains" => {
+                need(2)?;
+                st(s(1).contains(&s(0)).to_string())
+            }
+            "hasPrefix" => {
+                need(2)?;
+                st(s(1).starts_with(&s(0)).to_string())
+            }
+            "hasSuffix" => {
+                need(2)?;
+                st(s(1).ends_with(&s(0)).to_string())
+            }
+            "repeat" => {
+                need(2)?;
+                let k = n(0)?.clamp(0.0, 10_000.0) as usize;
+                let x = s(1);
+                if x.len().saturating_mul(k) > MAX_TEMPLATE_OUTPUT {
+                    return Err(format!("template: repeat output exceeds {MAX_TEMPLATE_OUTPUT} bytes"));
+                }
+                st(x.repeat(k))
+            }
+            "trunc" => {
+                need(2)?;
+                let k = n(0)?;
+                let x: Vec<char> = s(1).chars().collect();
+                let out: String = if k >= 0.0 {
+                    x.iter().take(k as usize).collect()
+                } else {
+                    x.iter().skip(x.len().saturating_sub((-k) as usize)).collect()
+                };
+                st(out)
+            }
+            "substr" => {
+                need(3)?;
+                let x: Vec<char> = s(2).chars().collect();
+                let (a0, b0) = (n(0)?, n(1)?);
+                let start = if a0 < 0.0 { 0 } else { (a0 as usize).min(x.len()) };
+                let end = if b0 < 0.0 || b0 as usize > x.len() { x.len() } else { b0 as usize };
+                st(if start >= end { String::new() } else { x[start..end].iter().collect() })
+            }
+            "regexReplaceAll" | "regexReplaceAllLiteral" => {
+                need(3)?;
+                let re = Regex::new(&s(0)).map_err(|e| format!("template: {f}: {e}"))?;
+                let (x, repl) = (s(1), s(2));
+                if f == "regexReplaceAll" {
+                    st(re.replace_all(&x, go_replacement(&repl).as_str()).into_owned())
+                } else {
+                    st(re.replace_all(&x, regex::NoExpand(&repl)).into_owned())
+                }
+            }
+            "printf" => {
+                if a.is_empty() {
+                    return Err("template: printf needs a format".into());
+                }
+                st(go_printf(&s(0), &a[1..]))
+            }
+            "len" | "count" => {
+                if f == "count" {
+                    need(2)?;
+                    return Ok(TVal::Num(s(1).matches(&s(0)).count() as f64));
+                }
+                need(1)?;
+                Ok(TVal::Num(s(0).len() as f64))
+            }
+            "abs" => {
+                need(1)?;
+                Ok(TVal::Num(n(0)?.abs()))
+            }
+            "add" | "sub" | "mul" | "div" | "mod" => {
+                need(2)?;
+                let (x, y) = (n(0)?, n(1)?);
+                Ok(TVal::Num(match f {
+                    "add" => x + y,
+                    "sub" => x - y,
+                    "mul" => x * y,
+                    "div" => x / y,
+                    _ => x % y,
+                }))
+            }
+            "alignLeft" | "alignRight" => {
+                need(2)?;
+                let k = n(0)?.clamp(0.0, 10_000.0) as usize;
+                let x: Vec<char> = s(1).chars().collect();
+                let out: String = if x.len() >= k {
+                    x[..k].iter().collect()
+                } else if f == "alignLeft" {
+                    format!("{}{}", x.iter().collect::<String>(), " ".repeat(k - x.len()))
+                } else {
+                    format!("{}{}", " ".repeat(k - x.len()), x.iter().collect::<String>())
+                };
+                st(out)
+            }
+            other => Err(format!("template: function {other:?} not defined")),
+        }
+    }
+}
+
+/// Go's `$1`/`${name}` replacement syntax is Rust regex's too; only `$$` vs
+/// `$` differ in corner cases we do not emulate.
+fn go_replacement(s: &str) -> String {
+    s.to_string()
+}
+
+fn go_printf(fmt: &str, args: &[TVal]) -> String {
+    let mut out = String::new();
+    let mut it = args.iter();
+    let mut chars = fmt.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let mut spec = String::new();
+        while let Some(&d) = chars.peek() {
+            if d.is_ascii_digit() || d == '.' || d == '-' || d == '+' {
+                spec.push(d);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let Some(verb) = chars.next() else {
+            out.push_str("%!(NOVERB)");
+            break;
+        };
+        if verb == '%' {
+            out.push('%');
+            continue;
+        }
+        let Some(arg) = it.next() else {
+            let _ = write!(out, "%!{verb}(MISSING)");
+            continue;
+        };
+        let prec: Option<usize> = spec.split_once('.').and_then(|(_, p)| p.parse().ok());
+        let width: usize = spec.split('.').next().unwrap_or("").trim_start_matches(['-', '+']).parse().unwrap_or(0);
+        let body = match verb {
+            'd' => match arg.as_num() {
+                Ok(v) => format!("{}", v.trunc() as i64),
+                Err(_) => format!("%!d(string={})", arg.as_string()),
+            },
+            'f' => match arg.as_num() {
+                Ok(v) => format!("{:.*}", prec.unwrap_or(6), v),
+                Err(_) => format!("%!f(string={})", arg.as_string()),
+            },
+            'q' => format!("{:?}", arg.as_string()),
+            _ => arg.as_string(),
+        };
+        if body.chars().count() < width {
+            let pad = " ".repeat(width - body.chars().count());
+            if spec.starts_with('-') {
+                out.push_str(&body);
+                out.push_str(&pad);
+            } else {
+                out.push_str(&pad);
+                out.push_str(&body);
+            }
+        } else {
+            out.push_str(&body);
+        }
+    }
+    out
+}
+
+/// Removes ANSI color escape sequences (`ESC [ … m` and other CSI sequences).
+pub fn decolorize(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' && chars.peek() == Some(&'[') {
+            chars.next();
+            for d in chars.by_ref() {
+                if ('@'..='~').contains(&d) {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Per-query state of stateful stages (`distinct`).
+#[derive(Debug, Default)]
+pub struct PipelineState {
+    distinct: Vec<HashSet<Vec<String>>>,
+}
+
+/// Runs `stages` over one entry. Returns the (possibly rewritten) line, or
+/// `None` when the entry is filtered out.
+pub fn run_stages(
+    stages: &[Stage],
+    state: &mut PipelineState,
+    lbs: &mut LabelsBuilder,
+    line: &str,
+    ts: i64,
+) -> Option<String> {
+    let mut line = std::borrow::Cow::Borrowed(line);
+    let mut distinct_idx = 0;
+    for st in stages {
+        match st {
+            Stage::LineFilter(f) => {
+                if !f.keep(&line) {
+                    return None;
+                }
+            }
+            Stage::Json(params) => json_stage(params, &line, lbs),
+            Stage::Logfmt { strict, keep_empty, params } => logfmt_stage(*strict, *keep_empty, params, &line, lbs),
+            Stage::Regexp(re) => {
+                if let Some(caps) = re.captures(&line) {
+                    for name in re.capture_names().flatten() {
+                        if let Some(m) = caps.name(name) {
+                            lbs.set_parsed(name, m.as_str().to_string());
+                        }
+                    }
+                }
+            }
+            Stage::Pattern(p) => {
+                for (k, v) in p.matches(&line) {
+                    lbs.set_parsed(k, v.to_string());
+                }
+            }
+            Stage::Unpack => {
+                if let Some(new_line) = unpack_stage(&line, lbs) {
+                    line = std::borrow::Cow::Owned(new_line);
+                }
+            }
+            Stage::LabelFilter(f) => {
+                if !f.process(lbs) {
+                    return None;
+                }
+            }
+            Stage::LineFormat(t) => match t.render(lbs, &line, ts) {
+                Ok(s) => line = std::borrow::Cow::Owned(s),
+                Err(e) => lbs.set_err("TemplateFormatErr", e),
+            },
+            Stage::LabelFormat(items) => {
+                let mut sets: Vec<(String, Option<String>)> = Vec::new();
+                for it in items {
+                    match it {
+                        LabelFmt::Rename { dst, src } => {
+                            let v = lbs.get(src).map(str::to_string);
+                            sets.push((src.clone(), None));
+                            if let Some(v) = v {
+                                sets.push((dst.clone(), Some(v)));
+                            }
+                        }
+                        LabelFmt::Template { dst, tmpl } => match tmpl.render(lbs, &line, ts) {
+                            Ok(v) => sets.push((dst.clone(), Some(v))),
+                            Err(e) => lbs.set_err("TemplateFormatErr", e),
+                        },
+                    }
+                }
+                for (k, v) in sets {
+                    match v {
+                        Some(v) => lbs.set(k, v, Category::Parsed),
+                        None => lbs.del(&k),
+                    }
+                }
+            }
+            Stage::Drop(items) => {
+                for it in items {
+                    if matches_named(it, lbs) {
+                        lbs.del(&it.name);
+                    }
+                }
+            }
+            Stage::Keep(items) => {
+                let names = lbs.names();
+                for n in names {
+                    let keep = items.iter().any(|it| it.name == n && matches_named(it, lbs));
+                    if !keep {
+                        lbs.del(&n);
+                    }
+                }
+            }
+            Stage::Decolorize => line = std::borrow::Cow::Owned(decolorize(&line)),
+            Stage::Distinct(names) => {
+                if state.distinct.len() <= distinct_idx {
+                    state.distinct.push(HashSet::new());
+                }
+                let key: Vec<String> = names.iter().map(|n| lbs.get(n).unwrap_or("").to_string()).collect();
+                let all_empty = key.iter().all(|k| k.is_empty());
+                let seen = &mut state.distinct[distinct_idx];
+                distinct_idx += 1;
+                if !all_empty && !seen.insert(key) {
+                    return None;
+                }
+            }
+        }
+    }
+    Some(line.into_owned())
+}
+
+fn matches_named(it: &NamedMatcher, lbs: &LabelsBuilder) -> bool {
+    match &it.matcher {
+        None => true,
+        Some(m) => lbs.get(&it.name).is_some_and(|v| m.matches(v)),
+    }
+}
+
+fn json_scalar(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        serde_json::Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+fn json_flatten(prefix: &str, v: &serde_json::Value, lbs: &mut LabelsBuilder) {
+    if let serde_json::Value::Object(map) = v {
+        for (k, val) in map {
+            let key =
+                if prefix.is_empty() { sanitize_label_name(k) } else { format!("{prefix}_{}", sanitize_label_name(k)) };
+            match val {
+                serde_json::Value::Object(_) => json_flatten(&key, val, lbs),
+                serde_json::Value::Array(_) | serde_json::Value::Null => {}
+                other => {
+                    if let Some(s) = json_scalar(other) {
+                        lbs.set_parsed(&key, s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn json_stage(params: &[(String, Vec<JsonPathPart>)], line: &str, lbs: &mut LabelsBuilder) {
+    let v: serde_json::Value = match serde_json::from_str(line) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        Ok(_) => {
+            lbs.set_err("JSONParserErr", "Value looks like object, but can't find closing '}' symbol");
+            return;
+        }
+        Err(e) => {
+            lbs.set_err("JSONParserErr", e.to_string());
+            return;
+        }
+    };
+    if params.is_empty() {
+        json_flatten("", &v, lbs);
+        return;
+    }
+    for (label, path) in params {
+        let mut cur = Some(&v);
+        for part in path {
+            cur = match (cur, part) {
+                (Some(serde_json::Value::Object(m)), JsonPathPart::Key(k)) => m.get(k),
+                (Some(serde_json::Value::Array(a)), JsonPathPart::Index(i)) => a.get(*i),
+                _ => None,
+            };
+        }
+        let val = cur.and_then(json_scalar).unwrap_or_default();
+        lbs.set_parsed(label, val);
+    }
+}
+
+fn unpack_stage(line: &str, lbs: &mut LabelsBuilder) -> Option<String> {
+    let v: serde_json::Value = match serde_json::from_str(line) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        Ok(_) => {
+            lbs.set_err("JSONParserErr", "expecting json object");
+            return None;
+        }
+        Err(e) => {
+            lbs.set_err("JSONParserErr", e.to_string());
+            return None;
+        }
+    };
+    let mut entry = None;
+    if let serde_json::Value::Object(m) = v {
+        for (k, val) in m {
+            if let serde_json::Value::String(s) = val {
+                if k == "_entry" {
+                    entry = Some(s);
+                } else {
+                    lbs.set_parsed(&sanitize_label_name(&k), s);
+                }
+            }
+        }
+    }
+    entry
+}
+
+/// A logfmt key and its value (`None` for a bare key).
+pub(crate) type LogfmtPair = (String, Option<String>);
+
+/// Splits a logfmt line into (key, value) pairs (value `None` for a bare
+/// key). Bytes up to `' '` separate pairs. A malformed pair is reported in
+/// the second element (the first one only) and skipped up to the next
+/// separator; callers in `--strict` mode stop at it.
+pub(crate) fn logfmt_pairs(line: &str) -> (Vec<LogfmtPair>, Option<(usize, String)>) {
+    let mut out = Vec::new();
+    let mut first_err: Option<(usize, String)> = None;
+    let b = line.as_bytes();
+    let mut i = 0;
+    let skip_token = |i: &mut usize| {
+        while *i < b.len() && b[*i] > b' ' {
+            *i += 1;
+        }
+    };
+    loop {
+        while i < b.len() && b[i] <= b' ' {
+            i += 1;
+        }
+        if i >= b.len() {
+            return (out, first_err);
+        }
+        let pair_start = out.len();
+        let ks = i;
+        while i < b.len() && b[i] > b' ' && b[i] != b'=' && b[i] != b'"' {
+            i += 1;
+        }
+        if i == ks || (i < b.len() && b[i] == b'"') {
+            first_err.get_or_insert((
+                pair_start,
+                format!("logfmt syntax error at pos {}: unexpected '{}'", i + 1, b[i] as char),
+            ));
+            skip_token(&mut i);
+            continue;
+        }
+        let key = line[ks..i].to_string();
+        if i >= b.len() || b[i] != b'=' {
+            out.push((key, None));
+            continue;
+        }
+        i += 1;
+        if i < b.len() && b[i] == b'"' {
+            let mut v = String::new();
+            let mut chars = line[i + 1..].char_indices();
+            let mut end = None;
+            while let Some((off, c)) = chars.next() {
+                match c {
+                    '"' => {
+                        end = Some(i + 1 + off + 1);
+                        break;
+                    }
+                    '\\' => match chars.next() {
+                        Some((_, 'n')) => v.push('\n'),
+                        Some((_, 't')) => v.push('\t'),
+                        Some((_, 'r')) => v.push('\r'),
+                        Some((_, e)) => v.push(e),
+                        None => break,
+                    },
+                    c => v.push(c),
+                }
+            }
+            match end {
+                Some(e) => {
+                    i = e;
+                    out.push((key, Some(v)));
+                }
+                None => {
+                    first_err.get_or_insert((
+                        pair_start,
+                        format!("logfmt syntax error at pos {}: unterminated quoted value", b.len() + 1),
+                    ));
+                    return (out, first_err);
+                }
+            }
+        } else {
+            let vs = i;
+            while i < b.len() && b[i] > b' ' && b[i] != b'"' && b[i] != b'=' {
+                i += 1;
+            }
+            if i < b.len() && (b[i] == b'"' || b[i] == b'=') {
+                first_err.get_or_insert((
+                    pair_start,
+                    format!("logfmt syntax error at pos {}: unexpected '{}'", i + 1, b[i] as char),
+                ));
+                skip_token(&mut i);
+                continue;
+            }
+            out.push((key, Some(line[vs..i].to_string())));
+        }
+    }
+}
+
+fn logfmt_stage(strict: bool, keep_empty: bool, params: &[(String, String)], line: &str, lbs: &mut LabelsBuilder) {
+    let (mut pairs, err) = logfmt_pairs(line);
+    if let Some((at, e)) = err
+        && strict
+    {
+        // --strict: keep what came before the malformed pair, then fail.
+        pairs.truncate(at);
+        lbs.set_err("LogfmtParserErr", e);
+    }
+    if params.is_empty() {
+        for (k, v) in pairs {
+            let v = match v {
+                Some(v) => v,
+                None if keep_empty => String::new(),
+                None => continue,
+            };
+            lbs.set_parsed(&sanitize_label_name(&k), v);
+        }
+    } else {
+        for (label, key) in params {
+            if let Some((_, v)) = pairs.iter().find(|(k, _)| k == key) {
+                lbs.set_parsed(label, v.clone().unwrap_or_default());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b() -> LabelsBuilder {
+        LabelsBuilder::new(&Labels::from_pairs([("job", "x"), ("level", "info")]).unwrap(), &[])
+    }
+
+    #[test]
+    fn pattern_matching() {
+        let p = Pattern::new(r#"<ip> - - [<_>] "<method> <uri> <_>" <status> <size>"#).unwrap();
+        let m = p.matches(r#"1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "GET /a.gif HTTP/1.0" 200 2326"#);
+        assert_eq!(
+            m,
+            vec![("ip", "1.2.3.4"), ("method", "GET"), ("uri", "/a.gif"), ("status", "200"), ("size", "2326")]
+        );
+        assert!(Pattern::new("<a><b>").is_err());
+        assert!(Pattern::new("abc").is_err());
+    }
+
+    #[test]
+    fn templates() {
+        let mut l = b();
+        l.set_parsed("msg", "Hello World".into());
+        let r = |t: &str, l: &LabelsBuilder| Template::new(t).unwrap().render(l, "the line", 0).unwrap();
+        assert_eq!(r("{{.job}} {{ .msg | ToUpper }}", &l), "x HELLO WORLD");
+        assert_eq!(r(r#"{{ default "none" .missing }}"#, &l), "none");
+        assert_eq!(r(r#"{{ replace "World" "There" .msg }}"#, &l), "Hello There");
+        assert_eq!(r(r#"{{ printf "%s=%d" .job 42 }}"#, &l), "x=42");
+        assert_eq!(r(r#"{{ __line__ | lower }}"#, &l), "the line");
+        assert_eq!(r(r#"{{ .msg | trunc 5 }}"#, &l), "Hello");
+        assert!(Template::new("{{ if .a }}x{{ end }}").unwrap_err().contains("\"if\""));
+        assert!(Template::new("{{ nope .a }}").is_err());
+        assert!(Template::new("{{ .a ").is_err());
+    }
+
+    #[test]
+    fn parsers_and_errors() {
+        let mut l = b();
+        json_stage(&[], r#"{"level":"error","a":{"b":1.5,"c":[1]},"n":null,"t":true}"#, &mut l);
+        assert_eq!(l.get("level_extracted"), Some("error"));
+        assert_eq!(l.get("a_b"), Some("1.5"));
+        assert_eq!(l.get("t"), Some("true"));
+        assert_eq!(l.get("a_c"), None);
+        let mut l = b();
+        json_stage(&[], "not json", &mut l);
+        assert_eq!(l.get(ERROR_LABEL), Some("JSONParserErr"));
+        let mut l = b();
+        logfmt_stage(false, false, &[], r#"a=1 b="x y" c d=" "#, &mut l);
+        assert_eq!((l.get("a"), l.get("b"), l.get("c")), (Some("1"), Some("x y"), None));
+        assert!(!l.has_err());
+        let mut l = b();
+        logfmt_stage(true, false, &[], r#"a=1 b="x"#, &mut l);
+        assert_eq!(l.get(ERROR_LABEL), Some("LogfmtParserErr"));
+        assert_eq!(parse_go_duration("1m30s"), Some(90.0));
+        assert_eq!(parse_go_duration("250ms"), Some(0.25));
+        assert_eq!(parse_bytes("20MB"), Some(20e6));
+        assert_eq!(parse_bytes("1KiB"), Some(1024.0));
+        assert_eq!(decolorize("\x1b[31mred\x1b[0m"), "red");
+    }
+}
