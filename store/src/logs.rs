@@ -410,6 +410,22 @@ impl LogStore {
         }
     }
 
+    /// [`LogStore::scan_filtered`] that logs block read errors instead of
+    /// returning them (results are then incomplete), like [`LogStore::scan`].
+    pub fn scan_needles(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        needles: &[&[u8]],
+        f: &mut dyn FnMut(&Labels, &[Entry]),
+    ) {
+        if let Err(e) = self.scan_filtered(tenant, matchers, start, end, needles, f) {
+            tracing::error!(error = %e, "log block read failed; results are incomplete");
+        }
+    }
+
     /// Like [`LogStore::scan`] but reports block read errors.
     pub fn try_scan(
         &self,

@@ -32,6 +32,24 @@ pub struct LogSelector {
 }
 
 impl LogSelector {
+    /// Substrings every line the pipeline keeps must contain in its original
+    /// form: the patterns of single-pattern `|=` filters that come before
+    /// any stage rewriting the line. Passed to the store's content index,
+    /// which only prunes; the filters themselves still decide.
+    pub fn required_substrings(&self) -> Vec<&[u8]> {
+        let mut out = Vec::new();
+        for stage in &self.pipeline {
+            match stage {
+                Stage::LineFormat(_) | Stage::Decolorize => break,
+                Stage::LineFilter(f) if f.op == FilterOp::Contains && f.patterns.len() == 1 => {
+                    out.push(f.patterns[0].as_bytes());
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// The line filters of the pipeline (all of them, in order).
     pub fn line_filters(&self) -> impl Iterator<Item = &LineFilter> {
         self.pipeline.iter().filter_map(|s| match s {
@@ -481,5 +499,23 @@ impl Direction {
             "backward" => Some(Direction::Backward),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::logql::{Expr, parse};
+
+    fn needles(q: &str) -> Vec<String> {
+        let Ok(Expr::Log(sel)) = parse(q) else { panic!("{q} is not a log query") };
+        sel.required_substrings().into_iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect()
+    }
+
+    #[test]
+    fn required_substrings_stop_at_line_rewrites() {
+        assert_eq!(needles(r#"{a="b"} |= "x" != "y" |~ "z" |= "w""#), ["x", "w"]);
+        assert_eq!(needles(r#"{a="b"} |= "x" or "y""#), Vec::<String>::new(), "alternatives are not required");
+        assert_eq!(needles(r#"{a="b"} | json | line_format "{{.a}}" |= "x""#), Vec::<String>::new());
+        assert_eq!(needles(r#"{a="b"} |= "x" | logfmt |= "y" | decolorize |= "z""#), ["x", "y"]);
     }
 }

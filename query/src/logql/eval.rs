@@ -62,7 +62,8 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
     let mut cand: Vec<(i64, u64, u32, LogEntry)> = Vec::new();
     let mut state = PipelineState::default();
     let mut seq: u64 = 0;
-    store.scan(q.tenant, &sel.matchers, q.start, q.end, &mut |labels, entries| {
+    let needles = sel.required_substrings();
+    store.scan_needles(q.tenant, &sel.matchers, q.start, q.end, &needles, &mut |labels, entries| {
         let mut taken = 0usize;
         let mut take = |e: &cairn_store::logs::Entry| {
             if taken >= q.limit {

@@ -466,7 +466,8 @@ fn eval_range(
     let mut state = PipelineState::default();
     let mut failure: Option<EvalError> = None;
     let static_labels = range.unwrap.is_none() && pipeline_keeps_labels(&range.selector.pipeline);
-    store.scan(q.tenant, &range.selector.matchers, scan_start, scan_end, &mut |labels, entries| {
+    let needles = range.selector.required_substrings();
+    store.scan_needles(q.tenant, &range.selector.matchers, scan_start, scan_end, &needles, &mut |labels, entries| {
         if failure.is_some() {
             return;
         }
