@@ -96,6 +96,9 @@ fn main() {
                         j += 1;
                     }
                 }
+                if (i_global + 1) % 200_000 == 0 {
+                    line.extend_from_slice(b" ZQX9rareTOKEN");
+                }
                 let k = li % 4;
                 let ts = span_start + i_global * step;
                 i_global += 1;
@@ -145,6 +148,55 @@ fn main() {
     server.stop();
     let disk = dir_size(data.path());
 
+    // Queries of PEERS.md over the whole 24 h, after a restart: "first" is
+    // the first run, "warm" the median of two more.
+    let server = Server::start(data.path());
+    let start_s = (span_start / 1_000_000_000).to_string();
+    let end_s = (now_ns / 1_000_000_000).to_string();
+    let one_stream = format!(r#"{{job="bench", source="{}", host="node-0", level="info"}}"#, contents[0].0);
+    type Query<'a> = (&'a str, String, Vec<(&'a str, String)>);
+    let queries: Vec<Query> = vec![
+        ("rare token |=", r#"{job="bench"} |= "ZQX9rareTOKEN""#.into(), vec![("limit", "1000".into())]),
+        (
+            "regex |~, limit 100",
+            r#"{job="bench"} |~ "(?i)exception|timed? ?out""#.into(),
+            vec![("limit", "100".into())],
+        ),
+        (
+            "sum by (level) count_over_time 1h",
+            r#"sum by (level) (count_over_time({job="bench"}[1h]))"#.into(),
+            vec![("step", "3600".into())],
+        ),
+        ("newest 1000 lines of one stream", one_stream, vec![("limit", "1000".into())]),
+    ];
+    let mut query_rows = Vec::new();
+    for (name, q, extra) in &queries {
+        let mut times = Vec::new();
+        let mut summary = String::new();
+        for _ in 0..3 {
+            let mut params: Vec<(&str, String)> =
+                vec![("query", q.clone()), ("start", start_s.clone()), ("end", end_s.clone())];
+            params.extend(extra.iter().cloned());
+            let t = Instant::now();
+            let r = server
+                .client
+                .get(format!("{}/loki/api/v1/query_range", server.url))
+                .query(&params)
+                .send()
+                .expect("query");
+            let status = r.status();
+            let body: serde_json::Value = r.json().unwrap_or_default();
+            times.push(t.elapsed().as_secs_f64());
+            let result = body["data"]["result"].as_array().cloned().unwrap_or_default();
+            let n: usize = result.iter().map(|s| s["values"].as_array().map(Vec::len).unwrap_or(0)).sum();
+            summary = format!("HTTP {status}, {} series/streams, {n} values", result.len());
+        }
+        let mut warm = [times[1], times[2]];
+        warm.sort_by(|a, b| a.total_cmp(b));
+        query_rows.push((name.to_string(), times[0], warm[0], summary));
+    }
+    server.stop();
+
     let gb = raw_bytes as f64 / 1e9;
     println!(
         "ingest_logs: {lines} lines, {:.1} MB raw, {} files x {replays} replays",
@@ -169,5 +221,15 @@ fn main() {
         "0.180",
         "0.249"
     );
+    println!("{:<44} {:>12} {:>12} {:>12}", "query (warm / first, seconds)", "cairn", "VictoriaLogs", "Loki");
+    let peers = [
+        ("0.016 / 0.041", "3.9 / 4.4"),
+        ("0.47 warm", "6.8 warm"),
+        ("0.043 warm", "9.2 warm"),
+        ("0.108 warm", "0.023 warm"),
+    ];
+    for ((name, first, warm, summary), (vl, loki)) in query_rows.iter().zip(peers) {
+        println!("{name:<44} {:>12} {vl:>12} {loki:>12}   ({summary})", format!("{warm:.3} / {first:.3}"));
+    }
     println!("(peers: ../shared/PEERS.md, 100 replays = 5.26M lines; CAIRN_BENCH_REPLAYS=100 reproduces that size)");
 }
