@@ -237,6 +237,37 @@ impl Ctx<'_> {
         out
     }
 
+    /// Calls `f` with the labels and in-window points (stale markers
+    /// removed) of each series of matrix selector `ms` at `t`, borrowing the
+    /// prefetched samples: no per-step copy unless a window holds a stale
+    /// marker (then one reused buffer).
+    pub fn for_each_window(
+        &self,
+        ms: &promql_parser::parser::MatrixSelector,
+        t: i64,
+        mut f: impl FnMut(&Labels, &[(i64, f64)]),
+    ) {
+        let vs = &ms.vs;
+        let series = self.cache.get(&(vs as *const _ as usize)).map(Vec::as_slice).unwrap_or(&[]);
+        let rt = at_ms(&vs.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&vs.offset));
+        let range = ms.range.as_millis() as i64;
+        let mut buf: Vec<(i64, f64)> = Vec::new();
+        for s in series {
+            let lo = s.samples.partition_point(|p| p.0 <= rt.saturating_sub(range));
+            let hi = s.samples.partition_point(|p| p.0 <= rt);
+            let win = &s.samples[lo..hi];
+            if win.iter().any(|p| is_stale_nan(p.1)) {
+                buf.clear();
+                buf.extend(win.iter().copied().filter(|p| !is_stale_nan(p.1)));
+                if !buf.is_empty() {
+                    f(&s.labels, &buf);
+                }
+            } else if !win.is_empty() {
+                f(&s.labels, win);
+            }
+        }
+    }
+
     /// The window a range-vector argument (matrix selector or subquery)
     /// covers when evaluated at `t`.
     pub fn window(&self, e: &Expr, t: i64) -> Option<Window> {

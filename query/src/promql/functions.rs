@@ -310,11 +310,19 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
     let range_fn = |f: &RangeFn<'_>, keep_name: bool| -> Result<Value, QueryError> {
         let e = arg(0)?;
         let w = ctx.window(e, t).ok_or_else(|| QueryError::BadData(format!("{name}() expects a range vector")))?;
-        let m = ctx.eval_matrix(e, t)?;
-        let mut out = Vec::with_capacity(m.len());
-        for s in m {
-            if let Some(v) = f(&s.points, w) {
-                out.push(Sample { labels: s.labels, t, v, drop_name: !keep_name });
+        let mut out = Vec::new();
+        if let Expr::MatrixSelector(ms) = unparen(e) {
+            // Hot path: read the prefetched samples in place.
+            ctx.for_each_window(ms, t, |labels, points| {
+                if let Some(v) = f(points, w) {
+                    out.push(Sample { labels: labels.clone(), t, v, drop_name: !keep_name });
+                }
+            });
+        } else {
+            for s in ctx.eval_matrix(e, t)? {
+                if let Some(v) = f(&s.points, w) {
+                    out.push(Sample { labels: s.labels, t, v, drop_name: !keep_name });
+                }
             }
         }
         check_unique(&out)?;
