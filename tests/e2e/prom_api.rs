@@ -167,3 +167,32 @@ fn query_limits_from_config() {
     assert_eq!((s, v["errorType"].as_str()), (400, Some("bad_data")), "{v}");
     assert!(v["error"].as_str().unwrap().starts_with("invalid parameter \"query\": "), "{v}");
 }
+
+/// Byte-exact bodies: field order and number formatting as Prometheus writes them.
+#[test]
+fn response_bytes_match_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cairn::serve(dir.path());
+    let (s, b) = c.get("/api/v1/query?query=1%2B1&time=5");
+    assert_eq!((s, b.as_str()), (200, r#"{"status":"success","data":{"resultType":"scalar","result":[5,"2"]}}"#));
+    let (s, b) = c.get("/api/v1/query?query=vector(1.5)&time=1.25");
+    assert_eq!(
+        (s, b.as_str()),
+        (200, r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1.25,"1.5"]}]}}"#)
+    );
+    let (s, b) = c.get("/api/v1/query_range?query=1&start=0&end=1&step=1");
+    assert_eq!(
+        (s, b.as_str()),
+        (
+            200,
+            r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[0,"1"],[1,"1"]]}]}}"#
+        )
+    );
+    let (s, b) = c.get("/api/v1/label/job/values");
+    assert_eq!((s, b.as_str()), (200, r#"{"status":"success","data":[]}"#));
+    let (s, b) = c.get("/api/v1/query?query=1%3C2");
+    assert_eq!(s, 400);
+    assert!(b.starts_with(r#"{"status":"error","errorType":"bad_data","error":"#), "{b}");
+    let (_, b) = c.get("/api/v1/status/buildinfo");
+    assert!(b.starts_with(r#"{"status":"success","data":{"version":"#), "{b}");
+}
