@@ -16,9 +16,13 @@
 //! Current stage: LogQL log queries (stream selectors with all four matcher
 //! kinds, line filters `|=`, `!=`, `|~`, `!~`) with limit and direction;
 //! PromQL selectors (lookback, staleness, `offset`, `@`), subqueries, all
-//! aggregations but `limit_ratio`, all binary operators with vector matching,
-//! and the float functions of the Prometheus docs; conformance is measured by
-//! `query/tests/promqltest.rs` against Prometheus's own test files.
+//! aggregations, all binary operators with vector matching and `fill`,
+//! delayed name removal, and the float functions of the Prometheus docs
+//! (incl. `info`), under a deadline and a sample budget
+//! ([`promql::QueryOptions`]); conformance is measured by
+//! `query/tests/promqltest.rs` against Prometheus's own test files. Not yet:
+//! native histograms, annotations (warnings/infos), duration expressions and
+//! `anchored`/`smoothed` range selectors (the parser does not read them).
 
 pub mod logql;
 pub mod promql;
