@@ -433,9 +433,11 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         "predict_linear" => {
             let dur = ctx.eval_scalar(arg(1)?, t)?;
             range_fn(
-                &|p, w| {
+                &|p, _| {
                     (p.len() >= 2).then(|| {
-                        let (slope, icpt) = linear_regression(p, w.end);
+                        // Prometheus predicts from the evaluation time itself
+                        // (not shifted by offset or @).
+                        let (slope, icpt) = linear_regression(p, t);
                         slope * dur + icpt
                     })
                 },
