@@ -80,7 +80,7 @@ fn series_labels_and_label_values() {
 fn metadata_probes_format_and_status() {
     let dir = tempfile::tempdir().unwrap();
     let c = Cairn::serve(dir.path());
-    seed(&c);
+    let t0 = seed(&c);
     let req = WriteRequest {
         timeseries: vec![],
         metadata: vec![proto::MetricMetadata {
@@ -123,7 +123,7 @@ fn metadata_probes_format_and_status() {
     let d = ok_data(s, &v);
     assert_eq!(d["headStats"]["numSeries"], 3, "{d}");
     assert_eq!(d["seriesCountByMetricName"][0], json!({"name": "node_load1", "value": 2}));
-    assert!(d["headStats"]["minTime"].as_i64() <= d["headStats"]["maxTime"].as_i64());
+    assert_eq!((d["headStats"]["minTime"].as_i64(), d["headStats"]["maxTime"].as_i64()), (Some(t0), Some(t0 + 15_000)));
 }
 
 #[test]

@@ -655,6 +655,30 @@ pub(crate) async fn runtimeinfo(State(agg): State<Arc<Aggregator>>) -> Response 
     })
 }
 
+/// Oldest and newest sample time of `tenant`, found by binary search over
+/// `MetricsStore::series` (which copies no samples); Prometheus's empty-head
+/// values `(i64::MAX, i64::MIN)` when there is no data.
+fn time_bounds(agg: &Aggregator, tenant: &str, any: bool) -> (i64, i64) {
+    if !any {
+        return (i64::MAX, i64::MIN);
+    }
+    let has = |lo: i64, hi: i64| !agg.metrics.series(tenant, &[], lo, hi).is_empty();
+    // Smallest t with a sample in [MIN, t].
+    let (mut lo, mut hi) = (i64::MIN, i64::MAX);
+    while lo < hi {
+        let mid = (lo as i128 + (hi as i128 - lo as i128) / 2) as i64;
+        if has(i64::MIN, mid) { hi = mid } else { lo = mid + 1 }
+    }
+    let min_t = lo;
+    // Largest t with a sample in [t, MAX].
+    let (mut lo, mut hi) = (i64::MIN, i64::MAX);
+    while lo < hi {
+        let mid = (hi as i128 - (hi as i128 - lo as i128) / 2) as i64;
+        if has(mid, i64::MAX) { lo = mid } else { hi = mid - 1 }
+    }
+    (min_t, lo)
+}
+
 /// Prometheus's `HeadStats`, in its field order.
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -719,14 +743,7 @@ pub(crate) async fn tsdb_status(
             m.truncate(limit);
             J::Array(m.into_iter().map(|(name, value)| json!({"name": name, "value": value})).collect())
         };
-        // Time bounds over the tenant's samples (cost: one pass over them).
-        let (mut min_t, mut max_t) = (i64::MAX, i64::MIN);
-        for s in agg.metrics.select(&tenant, &[], i64::MIN, i64::MAX) {
-            if let (Some(f), Some(l)) = (s.samples.first(), s.samples.last()) {
-                min_t = min_t.min(f.0);
-                max_t = max_t.max(l.0);
-            }
-        }
+        let (min_t, max_t) = time_bounds(&agg, &tenant, !all.is_empty());
         TsdbStatus {
             head_stats: HeadStats {
                 num_series: all.len(),
