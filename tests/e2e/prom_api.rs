@@ -103,6 +103,8 @@ fn metadata_probes_format_and_status() {
 
     let (s, v) = c.prom("/api/v1/query_exemplars", &[("query", "test"), ("start", "0"), ("end", "1")]);
     assert_eq!(*ok_data(s, &v), json!([]));
+    let (s, v) = c.prom("/api/v1/query_exemplars", &[]);
+    assert_eq!((s, v["errorType"].as_str()), (400, Some("bad_data")), "{v}");
     let (s, v) = c.prom("/api/v1/rules", &[]);
     assert_eq!(*ok_data(s, &v), json!({"groups": []}));
     let (s, v) = c.prom("/api/v1/alerts", &[]);

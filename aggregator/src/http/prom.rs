@@ -568,10 +568,17 @@ pub(crate) async fn metadata(
 /// `GET|POST /api/v1/query_exemplars`: Cairn stores no exemplars.
 pub(crate) async fn query_exemplars(RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
     let p = Params::parse(q.as_deref(), &headers, &body);
-    if let Some(qs) = p.get("query")
-        && let Err(e) = promql::parse(qs)
-    {
+    let parsed = match p.get("query") {
+        Some(qs) => promql::parse(qs).map_err(|e| e.to_string()),
+        None => Err("unknown position: parse error: no expression found in input".to_string()),
+    };
+    if let Err(e) = parsed {
         return api_error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"query\": {e}"));
+    }
+    for key in ["start", "end"] {
+        if let Err(r) = param_time(&p, key) {
+            return r;
+        }
     }
     success(json!([]))
 }
