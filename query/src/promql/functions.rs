@@ -287,7 +287,7 @@ fn absent_labels(e: &Expr) -> Labels {
         }
         let e = seen.entry(m.name.as_str()).or_insert(None);
         if matches!(m.op, PMatchOp::Equal) && e.is_none() && !seen_twice(&vs.matchers.matchers, &m.name) {
-            *seen.get_mut(m.name.as_str()).expect("inserted above") = Some(m.value.as_str());
+            *e = Some(m.value.as_str());
         }
     }
     Labels::from_pairs(seen.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)))).unwrap_or_default()
