@@ -16,10 +16,13 @@
 //! Current stage: LogQL log and metric queries with the full pipeline
 //! (parsers, label filters, formatting, unwrap; see [`logql`] and
 //! `docs/logql.md`); PromQL selectors (lookback, staleness, `offset`, `@`),
-//! subqueries, all aggregations but `limit_ratio`, all binary operators with
-//! vector matching, and the float functions of the Prometheus docs;
-//! conformance is measured by `query/tests/promqltest.rs` against
-//! Prometheus's own test files.
+//! subqueries, all aggregations, all binary operators with vector matching
+//! and `fill`, delayed name removal, and the float functions of the
+//! Prometheus docs (incl. `info`), under a deadline and a sample budget
+//! ([`promql::QueryOptions`]); conformance is measured by
+//! `query/tests/promqltest.rs` against Prometheus's own test files. Not yet:
+//! native histograms, annotations (warnings/infos), duration expressions and
+//! `anchored`/`smoothed` range selectors (the parser does not read them).
 
 pub mod logql;
 pub mod promql;

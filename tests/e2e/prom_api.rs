@@ -80,7 +80,7 @@ fn series_labels_and_label_values() {
 fn metadata_probes_format_and_status() {
     let dir = tempfile::tempdir().unwrap();
     let c = Cairn::serve(dir.path());
-    seed(&c);
+    let t0 = seed(&c);
     let req = WriteRequest {
         timeseries: vec![],
         metadata: vec![proto::MetricMetadata {
@@ -103,6 +103,8 @@ fn metadata_probes_format_and_status() {
 
     let (s, v) = c.prom("/api/v1/query_exemplars", &[("query", "test"), ("start", "0"), ("end", "1")]);
     assert_eq!(*ok_data(s, &v), json!([]));
+    let (s, v) = c.prom("/api/v1/query_exemplars", &[]);
+    assert_eq!((s, v["errorType"].as_str()), (400, Some("bad_data")), "{v}");
     let (s, v) = c.prom("/api/v1/rules", &[]);
     assert_eq!(*ok_data(s, &v), json!({"groups": []}));
     let (s, v) = c.prom("/api/v1/alerts", &[]);
@@ -123,7 +125,7 @@ fn metadata_probes_format_and_status() {
     let d = ok_data(s, &v);
     assert_eq!(d["headStats"]["numSeries"], 3, "{d}");
     assert_eq!(d["seriesCountByMetricName"][0], json!({"name": "node_load1", "value": 2}));
-    assert!(d["headStats"]["minTime"].as_i64() <= d["headStats"]["maxTime"].as_i64());
+    assert_eq!((d["headStats"]["minTime"].as_i64(), d["headStats"]["maxTime"].as_i64()), (Some(t0), Some(t0 + 15_000)));
 }
 
 #[test]
@@ -166,4 +168,33 @@ fn query_limits_from_config() {
     let (s, v) = c.prom("/api/v1/query", &[("query", "up{")]);
     assert_eq!((s, v["errorType"].as_str()), (400, Some("bad_data")), "{v}");
     assert!(v["error"].as_str().unwrap().starts_with("invalid parameter \"query\": "), "{v}");
+}
+
+/// Byte-exact bodies: field order and number formatting as Prometheus writes them.
+#[test]
+fn response_bytes_match_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cairn::serve(dir.path());
+    let (s, b) = c.get("/api/v1/query?query=1%2B1&time=5");
+    assert_eq!((s, b.as_str()), (200, r#"{"status":"success","data":{"resultType":"scalar","result":[5,"2"]}}"#));
+    let (s, b) = c.get("/api/v1/query?query=vector(1.5)&time=1.25");
+    assert_eq!(
+        (s, b.as_str()),
+        (200, r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1.25,"1.5"]}]}}"#)
+    );
+    let (s, b) = c.get("/api/v1/query_range?query=1&start=0&end=1&step=1");
+    assert_eq!(
+        (s, b.as_str()),
+        (
+            200,
+            r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[0,"1"],[1,"1"]]}]}}"#
+        )
+    );
+    let (s, b) = c.get("/api/v1/label/job/values");
+    assert_eq!((s, b.as_str()), (200, r#"{"status":"success","data":[]}"#));
+    let (s, b) = c.get("/api/v1/query?query=1%3C2");
+    assert_eq!(s, 400);
+    assert!(b.starts_with(r#"{"status":"error","errorType":"bad_data","error":"#), "{b}");
+    let (_, b) = c.get("/api/v1/status/buildinfo");
+    assert!(b.starts_with(r#"{"status":"success","data":{"version":"#), "{b}");
 }

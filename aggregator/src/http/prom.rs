@@ -93,9 +93,35 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
     }
 }
 
+/// Prometheus API error body, fields in Prometheus's order.
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    status: &'static str,
+    #[serde(rename = "errorType")]
+    error_type: &'a str,
+    error: String,
+}
+
+/// Prometheus API success body, fields in Prometheus's order.
+#[derive(serde::Serialize)]
+struct SuccessBody<T> {
+    status: &'static str,
+    data: T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<[&'static str; 1]>,
+}
+
+/// Query result data: `resultType` before `result`, as Prometheus writes it.
+#[derive(serde::Serialize)]
+struct QueryData {
+    #[serde(rename = "resultType")]
+    result_type: &'static str,
+    result: J,
+}
+
 /// Prometheus API error body.
 fn api_error(status: StatusCode, error_type: &str, msg: impl Into<String>) -> Response {
-    (status, Json(json!({"status": "error", "errorType": error_type, "error": msg.into()}))).into_response()
+    (status, Json(ErrorBody { status: "error", error_type, error: msg.into() })).into_response()
 }
 
 fn query_error(e: QueryError) -> Response {
@@ -119,26 +145,32 @@ fn point_json(ms: i64, v: f64) -> J {
     json!([ts_json(ms), format_float(v)])
 }
 
-fn value_json(v: &Value) -> J {
+fn value_json(v: &Value) -> QueryData {
     match v {
-        Value::Scalar(t, v) => json!({"resultType": "scalar", "result": point_json(*t, *v)}),
-        Value::String(t, s) => json!({"resultType": "string", "result": [ts_json(*t), s]}),
-        Value::Vector(vs) => json!({
-            "resultType": "vector",
-            "result": vs.iter().map(|s| json!({"metric": s.labels, "value": point_json(s.t, s.v)})).collect::<Vec<_>>(),
-        }),
+        Value::Scalar(t, v) => QueryData { result_type: "scalar", result: point_json(*t, *v) },
+        Value::String(t, s) => QueryData { result_type: "string", result: json!([ts_json(*t), s]) },
+        Value::Vector(vs) => QueryData {
+            result_type: "vector",
+            result: J::Array(vs.iter().map(|s| json!({"metric": s.labels, "value": point_json(s.t, s.v)})).collect()),
+        },
         Value::Matrix(ms) => matrix_json(ms),
     }
 }
 
-fn matrix_json(ms: &[promql::Series]) -> J {
-    json!({
-        "resultType": "matrix",
-        "result": ms.iter().map(|s| json!({
-            "metric": s.labels,
-            "values": s.points.iter().map(|&(t, v)| point_json(t, v)).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-    })
+fn matrix_json(ms: &[promql::Series]) -> QueryData {
+    QueryData {
+        result_type: "matrix",
+        result: J::Array(
+            ms.iter()
+                .map(|s| {
+                    json!({
+                        "metric": s.labels,
+                        "values": s.points.iter().map(|&(t, v)| point_json(t, v)).collect::<Vec<_>>(),
+                    })
+                })
+                .collect(),
+        ),
+    }
 }
 
 fn param_time(p: &Params, key: &str) -> Result<Option<i64>, Response> {
@@ -316,30 +348,34 @@ pub(crate) async fn query_range(
 /// Cairn answers as (Grafana gates features on it); Cairn's own version is
 /// in `revision`.
 pub(crate) async fn buildinfo() -> Response {
-    Json(json!({
-        "status": "success",
-        "data": {
-            "version": "2.53.0",
-            "revision": format!("cairn-{}", super::CAIRN_VERSION),
-            "branch": "cairn",
-            "buildUser": "cairn",
-            "buildDate": "",
-            "goVersion": "none (Rust)",
-        }
-    }))
-    .into_response()
-}
-
-fn success(data: J) -> Response {
-    Json(json!({"status": "success", "data": data})).into_response()
-}
-
-fn success_truncated(data: J, truncated: bool) -> Response {
-    if truncated {
-        Json(json!({"status": "success", "data": data, "warnings": ["results truncated due to limit"]})).into_response()
-    } else {
-        success(data)
+    /// Prometheus's `PrometheusVersion`, in its field order.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct BuildInfo {
+        version: &'static str,
+        revision: String,
+        branch: &'static str,
+        build_user: &'static str,
+        build_date: &'static str,
+        go_version: &'static str,
     }
+    success(BuildInfo {
+        version: "2.53.0",
+        revision: format!("cairn-{}", super::CAIRN_VERSION),
+        branch: "cairn",
+        build_user: "cairn",
+        build_date: "",
+        go_version: "none (Rust)",
+    })
+}
+
+fn success<T: serde::Serialize>(data: T) -> Response {
+    success_truncated(data, false)
+}
+
+fn success_truncated<T: serde::Serialize>(data: T, truncated: bool) -> Response {
+    let warnings = truncated.then_some(["results truncated due to limit"]);
+    Json(SuccessBody { status: "success", data, warnings }).into_response()
 }
 
 /// `limit` parameter: 0 or absent means no limit.
@@ -532,10 +568,17 @@ pub(crate) async fn metadata(
 /// `GET|POST /api/v1/query_exemplars`: Cairn stores no exemplars.
 pub(crate) async fn query_exemplars(RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
     let p = Params::parse(q.as_deref(), &headers, &body);
-    if let Some(qs) = p.get("query")
-        && let Err(e) = promql::parse(qs)
-    {
+    let parsed = match p.get("query") {
+        Some(qs) => promql::parse(qs).map_err(|e| e.to_string()),
+        None => Err("unknown position: parse error: no expression found in input".to_string()),
+    };
+    if let Err(e) = parsed {
         return api_error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"query\": {e}"));
+    }
+    for key in ["start", "end"] {
+        if let Err(r) = param_time(&p, key) {
+            return r;
+        }
     }
     success(json!([]))
 }
@@ -579,21 +622,90 @@ pub(crate) async fn runtimeinfo(State(agg): State<Arc<Aggregator>>) -> Response 
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let replay = agg.metrics.replay_stats();
-    success(json!({
-        "startTime": rfc3339(agg.started_at),
-        "CWD": cwd,
-        "hostname": hostname,
-        "serverTime": rfc3339(std::time::SystemTime::now()),
-        "reloadConfigSuccess": true,
-        "lastConfigTime": rfc3339(agg.started_at),
-        "corruptionCount": replay.corrupt_segments,
-        "goroutineCount": 0,
-        "GOMAXPROCS": threads,
-        "GOMEMLIMIT": i64::MAX,
-        "GOGC": "",
-        "GODEBUG": "",
-        "storageRetention": "unlimited",
-    }))
+    /// Prometheus's `RuntimeInfo`, in its field order.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct RuntimeInfo {
+        start_time: String,
+        #[serde(rename = "CWD")]
+        cwd: String,
+        hostname: String,
+        server_time: String,
+        reload_config_success: bool,
+        last_config_time: String,
+        corruption_count: usize,
+        goroutine_count: usize,
+        #[serde(rename = "GOMAXPROCS")]
+        gomaxprocs: usize,
+        #[serde(rename = "GOMEMLIMIT")]
+        gomemlimit: i64,
+        #[serde(rename = "GOGC")]
+        gogc: &'static str,
+        #[serde(rename = "GODEBUG")]
+        godebug: &'static str,
+        storage_retention: &'static str,
+    }
+    success(RuntimeInfo {
+        start_time: rfc3339(agg.started_at),
+        cwd,
+        hostname,
+        server_time: rfc3339(std::time::SystemTime::now()),
+        reload_config_success: true,
+        last_config_time: rfc3339(agg.started_at),
+        corruption_count: replay.corrupt_segments,
+        goroutine_count: 0,
+        gomaxprocs: threads,
+        gomemlimit: i64::MAX,
+        gogc: "",
+        godebug: "",
+        storage_retention: "unlimited",
+    })
+}
+
+/// Oldest and newest sample time of `tenant`, found by binary search over
+/// `MetricsStore::series` (which copies no samples); Prometheus's empty-head
+/// values `(i64::MAX, i64::MIN)` when there is no data.
+fn time_bounds(agg: &Aggregator, tenant: &str, any: bool) -> (i64, i64) {
+    if !any {
+        return (i64::MAX, i64::MIN);
+    }
+    let has = |lo: i64, hi: i64| !agg.metrics.series(tenant, &[], lo, hi).is_empty();
+    // Smallest t with a sample in [MIN, t].
+    let (mut lo, mut hi) = (i64::MIN, i64::MAX);
+    while lo < hi {
+        let mid = (lo as i128 + (hi as i128 - lo as i128) / 2) as i64;
+        if has(i64::MIN, mid) { hi = mid } else { lo = mid + 1 }
+    }
+    let min_t = lo;
+    // Largest t with a sample in [t, MAX].
+    let (mut lo, mut hi) = (i64::MIN, i64::MAX);
+    while lo < hi {
+        let mid = (hi as i128 - (hi as i128 - lo as i128) / 2) as i64;
+        if has(mid, i64::MAX) { lo = mid } else { hi = mid - 1 }
+    }
+    (min_t, lo)
+}
+
+/// Prometheus's `HeadStats`, in its field order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HeadStats {
+    num_series: usize,
+    num_label_pairs: usize,
+    chunk_count: usize,
+    min_time: i64,
+    max_time: i64,
+}
+
+/// Prometheus's `TSDBStatus`, in its field order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TsdbStatus {
+    head_stats: HeadStats,
+    series_count_by_metric_name: J,
+    label_value_count_by_label_name: J,
+    memory_in_bytes_by_label_name: J,
+    series_count_by_label_value_pair: J,
 }
 
 /// `GET /api/v1/status/tsdb` (`limit`, default 10): head statistics of the
@@ -638,28 +750,23 @@ pub(crate) async fn tsdb_status(
             m.truncate(limit);
             J::Array(m.into_iter().map(|(name, value)| json!({"name": name, "value": value})).collect())
         };
-        // Time bounds over the tenant's samples (cost: one pass over them).
-        let (mut min_t, mut max_t) = (i64::MAX, i64::MIN);
-        for s in agg.metrics.select(&tenant, &[], i64::MIN, i64::MAX) {
-            if let (Some(f), Some(l)) = (s.samples.first(), s.samples.last()) {
-                min_t = min_t.min(f.0);
-                max_t = max_t.max(l.0);
-            }
-        }
-        json!({
-            "headStats": {
-                "numSeries": all.len(),
-                "numLabelPairs": pairs,
-                "chunkCount": 0,
-                "minTime": min_t,
-                "maxTime": max_t,
+        let (min_t, max_t) = time_bounds(&agg, &tenant, !all.is_empty());
+        TsdbStatus {
+            head_stats: HeadStats {
+                num_series: all.len(),
+                num_label_pairs: pairs,
+                chunk_count: 0,
+                min_time: min_t,
+                max_time: max_t,
             },
-            "seriesCountByMetricName": top(by_name.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
-            "labelValueCountByLabelName":
-                top(values_by_label.iter().map(|(k, v)| (k.to_string(), v.len() as u64)).collect()),
-            "memoryInBytesByLabelName": top(bytes_by_label.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
-            "seriesCountByLabelValuePair": top(by_pair.into_iter().collect()),
-        })
+            series_count_by_metric_name: top(by_name.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+            label_value_count_by_label_name: top(values_by_label
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.len() as u64))
+                .collect()),
+            memory_in_bytes_by_label_name: top(bytes_by_label.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+            series_count_by_label_value_pair: top(by_pair.into_iter().collect()),
+        }
     })
     .await;
     match res {

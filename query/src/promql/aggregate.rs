@@ -216,13 +216,33 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
             if r.is_nan() {
                 return Err(QueryError::Execution("Ratio value is NaN".into()));
             }
-            return Err(QueryError::Unsupported(
-                "limit_ratio (needs Prometheus's label-set hash to select the same series)".into(),
-            ));
+            let r = r.clamp(-1.0, 1.0);
+            for g in groups {
+                out.extend(g.samples.into_iter().filter(|s| add_ratio_sample(r, &s.labels)));
+            }
         }
         other => return Err(QueryError::Unsupported(format!("aggregation {other}"))),
     }
     Ok(Value::Vector(out))
+}
+
+/// Prometheus's `labels.Labels.Hash()`: xxHash64 of `name 0xff value 0xff …`.
+pub(crate) fn labels_hash(ls: &Labels) -> u64 {
+    let mut b = Vec::with_capacity(ls.byte_size() + 2 * ls.len());
+    for l in ls.iter() {
+        b.extend_from_slice(l.name.as_bytes());
+        b.push(0xff);
+        b.extend_from_slice(l.value.as_bytes());
+        b.push(0xff);
+    }
+    twox_hash::XxHash64::oneshot(0, &b)
+}
+
+/// Prometheus's `AddRatioSample`: a stable pseudo-random choice of series
+/// by label hash; a negative ratio picks the complement.
+fn add_ratio_sample(ratio: f64, ls: &Labels) -> bool {
+    let offset = labels_hash(ls) as f64 / u64::MAX as f64;
+    (ratio >= 0.0 && offset < ratio) || (ratio < 0.0 && offset >= 1.0 + ratio)
 }
 
 /// Descending by value, NaN last.

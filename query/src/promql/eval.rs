@@ -4,9 +4,13 @@
 //! Range queries evaluate the whole expression at every step; selectors
 //! binary-search their prefetched samples, so a step costs no store access.
 //! Subqueries evaluate their inner expression at the aligned inner steps of
-//! each outer step.
+//! each outer step; each inner step is evaluated once per query and cached
+//! (the cache counts toward the sample budget).
 
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use cairn_store::metrics::{MetricsStore, SeriesSamples};
 use cairn_wire::{Labels, METRIC_NAME, MatchOp, Matcher, is_stale_nan};
@@ -33,6 +37,10 @@ pub(crate) struct Ctx<'a> {
     pub selected: usize,
     pub max_samples: usize,
     pub deadline: Option<std::time::Instant>,
+    /// Inner results of subqueries by (node address, inner step time).
+    pub subquery_cache: RefCell<HashMap<(usize, i64), Rc<Value>>>,
+    /// Samples held in `subquery_cache`, counted against `max_samples`.
+    pub cached_samples: Cell<usize>,
 }
 
 impl<'a> Ctx<'a> {
@@ -55,6 +63,8 @@ impl<'a> Ctx<'a> {
             selected: 0,
             max_samples: opts.max_samples,
             deadline: opts.deadline,
+            subquery_cache: RefCell::new(HashMap::new()),
+            cached_samples: Cell::new(0),
         }
     }
 
@@ -237,6 +247,37 @@ impl Ctx<'_> {
         out
     }
 
+    /// Calls `f` with the labels and in-window points (stale markers
+    /// removed) of each series of matrix selector `ms` at `t`, borrowing the
+    /// prefetched samples: no per-step copy unless a window holds a stale
+    /// marker (then one reused buffer).
+    pub fn for_each_window(
+        &self,
+        ms: &promql_parser::parser::MatrixSelector,
+        t: i64,
+        mut f: impl FnMut(&Labels, &[(i64, f64)]),
+    ) {
+        let vs = &ms.vs;
+        let series = self.cache.get(&(vs as *const _ as usize)).map(Vec::as_slice).unwrap_or(&[]);
+        let rt = at_ms(&vs.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&vs.offset));
+        let range = ms.range.as_millis() as i64;
+        let mut buf: Vec<(i64, f64)> = Vec::new();
+        for s in series {
+            let lo = s.samples.partition_point(|p| p.0 <= rt.saturating_sub(range));
+            let hi = s.samples.partition_point(|p| p.0 <= rt);
+            let win = &s.samples[lo..hi];
+            if win.iter().any(|p| is_stale_nan(p.1)) {
+                buf.clear();
+                buf.extend(win.iter().copied().filter(|p| !is_stale_nan(p.1)));
+                if !buf.is_empty() {
+                    f(&s.labels, &buf);
+                }
+            } else if !win.is_empty() {
+                f(&s.labels, win);
+            }
+        }
+    }
+
     /// The window a range-vector argument (matrix selector or subquery)
     /// covers when evaluated at `t`.
     pub fn window(&self, e: &Expr, t: i64) -> Option<Window> {
@@ -270,16 +311,42 @@ impl Ctx<'_> {
         let mut out: Vec<Series> = Vec::new();
         let mut points = 0usize;
         while it <= end {
-            self.check_samples(points)?;
-            match self.eval(&sq.expr, it)? {
+            self.check_samples(points.saturating_add(self.cached_samples.get()))?;
+            // Inner steps are aligned to the subquery step, so consecutive
+            // outer steps share most of them: evaluate each once per query.
+            let key = (sq as *const _ as usize, it);
+            let cached = self.subquery_cache.borrow().get(&key).cloned();
+            let value = match cached {
+                Some(v) => v,
+                None => {
+                    let v = Rc::new(self.eval(&sq.expr, it)?);
+                    let n = match &*v {
+                        Value::Vector(vs) => vs.len(),
+                        _ => 1,
+                    };
+                    self.cached_samples.set(self.cached_samples.get().saturating_add(n));
+                    self.subquery_cache.borrow_mut().insert(key, v.clone());
+                    v
+                }
+            };
+            match &*value {
                 Value::Vector(vs) => {
                     points += vs.len();
-                    for mut s in vs {
-                        s.clean();
-                        let i = *by.entry(s.labels.clone()).or_insert_with(|| {
-                            out.push(Series { labels: s.labels, points: Vec::new() });
-                            out.len() - 1
-                        });
+                    for s in vs {
+                        let labels = if s.drop_name {
+                            Cow::Owned(super::drop_metric_name(&s.labels))
+                        } else {
+                            Cow::Borrowed(&s.labels)
+                        };
+                        let i = match by.get(labels.as_ref()) {
+                            Some(&i) => i,
+                            None => {
+                                let l = labels.into_owned();
+                                by.insert(l.clone(), out.len());
+                                out.push(Series { labels: l, points: Vec::new() });
+                                out.len() - 1
+                            }
+                        };
                         out[i].points.push((it, s.v));
                     }
                 }
@@ -289,7 +356,7 @@ impl Ctx<'_> {
                         out.push(Series { labels: Labels::empty(), points: Vec::new() });
                         out.len() - 1
                     });
-                    out[i].points.push((it, v));
+                    out[i].points.push((it, *v));
                 }
                 other => {
                     return Err(QueryError::Execution(format!("subquery over a {}", other.type_name())));

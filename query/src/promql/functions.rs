@@ -287,7 +287,7 @@ fn absent_labels(e: &Expr) -> Labels {
         }
         let e = seen.entry(m.name.as_str()).or_insert(None);
         if matches!(m.op, PMatchOp::Equal) && e.is_none() && !seen_twice(&vs.matchers.matchers, &m.name) {
-            *seen.get_mut(m.name.as_str()).expect("inserted above") = Some(m.value.as_str());
+            *e = Some(m.value.as_str());
         }
     }
     Labels::from_pairs(seen.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)))).unwrap_or_default()
@@ -310,11 +310,19 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
     let range_fn = |f: &RangeFn<'_>, keep_name: bool| -> Result<Value, QueryError> {
         let e = arg(0)?;
         let w = ctx.window(e, t).ok_or_else(|| QueryError::BadData(format!("{name}() expects a range vector")))?;
-        let m = ctx.eval_matrix(e, t)?;
-        let mut out = Vec::with_capacity(m.len());
-        for s in m {
-            if let Some(v) = f(&s.points, w) {
-                out.push(Sample { labels: s.labels, t, v, drop_name: !keep_name });
+        let mut out = Vec::new();
+        if let Expr::MatrixSelector(ms) = unparen(e) {
+            // Hot path: read the prefetched samples in place.
+            ctx.for_each_window(ms, t, |labels, points| {
+                if let Some(v) = f(points, w) {
+                    out.push(Sample { labels: labels.clone(), t, v, drop_name: !keep_name });
+                }
+            });
+        } else {
+            for s in ctx.eval_matrix(e, t)? {
+                if let Some(v) = f(&s.points, w) {
+                    out.push(Sample { labels: s.labels, t, v, drop_name: !keep_name });
+                }
             }
         }
         check_unique(&out)?;
@@ -425,9 +433,11 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         "predict_linear" => {
             let dur = ctx.eval_scalar(arg(1)?, t)?;
             range_fn(
-                &|p, w| {
+                &|p, _| {
                     (p.len() >= 2).then(|| {
-                        let (slope, icpt) = linear_regression(p, w.end);
+                        // Prometheus predicts from the evaluation time itself
+                        // (not shifted by offset or @).
+                        let (slope, icpt) = linear_regression(p, t);
                         slope * dur + icpt
                     })
                 },

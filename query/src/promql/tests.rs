@@ -63,7 +63,7 @@ fn scalar_and_vector_arithmetic() {
     assert_eq!(vec_of(inst(&s, r#"up > 0"#, 120_000).unwrap()), vec![]);
     assert_eq!(vec_of(inst(&s, r#"up == bool 0"#, 120_000).unwrap()), vec![(r#"{job="a"}"#.into(), 1.0)]);
     assert!(matches!(inst(&s, r#"{job="a"} + 1"#, 0), Err(QueryError::Execution(_))));
-    assert!(matches!(inst(&s, "limit_ratio(0.5, up)", 0), Err(QueryError::Unsupported(_))));
+    assert!(matches!(inst(&s, "start_timestamp(up)", 0), Err(QueryError::Unsupported(_))));
     assert!(matches!(inst(&s, "up{", 0), Err(QueryError::Parse(_))));
 }
 
@@ -162,4 +162,26 @@ fn odd_queries_do_not_panic() {
         let _ = instant_query(&s, "t", &e, 120_000, &opts);
         let _ = range_query(&s, "t", &e, 0, 240_000, 30_000, &opts);
     }
+}
+
+#[test]
+fn limit_ratio_splits_series_stably() {
+    let d = tempfile::tempdir().unwrap();
+    let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+    let batch: Vec<SeriesSamples> = (0..50)
+        .map(|i| SeriesSamples {
+            labels: Labels::from_pairs([("__name__", "m".to_string()), ("i", i.to_string())]).unwrap(),
+            samples: vec![(0, 1.0)],
+        })
+        .collect();
+    s.append("t", batch).unwrap();
+    let count = |q: &str| vec_of(inst(&s, q, 0).unwrap()).len();
+    let (a, b) = (count("limit_ratio(0.4, m)"), count("limit_ratio(-0.6, m)"));
+    assert_eq!(a + b, 50, "a ratio and its complement partition the series");
+    assert!(a > 5 && a < 35, "{a} of 50 chosen for 0.4");
+    assert_eq!(count("limit_ratio(0.4, m) and limit_ratio(-0.6, m)"), 0);
+    assert_eq!(count("limit_ratio(1, m)"), 50);
+    assert_eq!(count("limit_ratio(0, m)"), 0);
+    assert_eq!(count("limitk(3, m)"), 3);
+    assert_eq!(inst(&s, "limit_ratio(NaN, m)", 0), Err(QueryError::Execution("Ratio value is NaN".into())));
 }
