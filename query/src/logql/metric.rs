@@ -172,6 +172,32 @@ fn eval(store: &LogStore, expr: &SampleExpr, q: &MetricQuery<'_>, steps: &[i64])
         SampleExpr::Range { op, param, range, grouping } => {
             eval_range(store, *op, *param, range, grouping.as_ref(), q, steps)
         }
+        // `sum [by|without (…)] (count_over_time|rate|bytes_*(…))`: summing
+        // per-stream counts equals counting per group, so the grouping is
+        // pushed into sample extraction (as Loki does) and the full label
+        // sets of parsed lines never become series.
+        SampleExpr::Vector { op: VecOp::Sum, grouping, param: None, inner }
+            if matches!(
+                inner.as_ref(),
+                SampleExpr::Range {
+                    op: RangeOp::Count | RangeOp::Rate | RangeOp::Bytes | RangeOp::BytesRate,
+                    grouping: None,
+                    range: LogRange { unwrap: None, .. },
+                    ..
+                }
+            ) =>
+        {
+            let SampleExpr::Range { op, param, range, .. } = inner.as_ref() else {
+                unreachable!("guarded by the match arm");
+            };
+            let g = grouping.clone().unwrap_or(Grouping { without: false, labels: Vec::new() });
+            let vs = match eval_range(store, *op, *param, range, Some(&g), q, steps)? {
+                StepValues::Vectors(vs) => vs,
+                StepValues::Scalar(_) => unreachable!("range aggregations yield vectors"),
+            };
+            let out = vs.into_iter().map(|v| vector_agg(VecOp::Sum, Some(&g), None, v)).collect::<Result<_, _>>()?;
+            Ok(StepValues::Vectors(out))
+        }
         SampleExpr::Vector { op, grouping, param, inner } => {
             let inner = eval(store, inner, q, steps)?;
             let vs = match inner {
