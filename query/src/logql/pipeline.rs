@@ -478,13 +478,15 @@ impl Pattern {
 /// Supported: literal text; actions `{{ pipeline }}` (with `{{-`/`-}}` trim
 /// markers) where a pipeline is commands joined by `|`, the previous result
 /// passed as the last argument; arguments `.label`, `"string"`, `` `raw` ``,
-/// numbers, and nested `(…)`. Functions: `__line__`, `__timestamp__` (RFC
-/// 3339), `ToLower`, `ToUpper`, `lower`, `upper`, `title`, `Title`,
+/// numbers, and nested `(…)`. Functions: `__line__`, `__timestamp__` (in
+/// the `2006-01-02 15:04:05 +0000 UTC` form Go prints), `ToLower`,
+/// `ToUpper`, `lower`, `upper`, `title`, `Title`,
 /// `TrimSpace`, `trimSpace`, `trim`, `Trim`, `TrimLeft`, `TrimRight`,
 /// `TrimPrefix`, `TrimSuffix`, `trimPrefix`, `trimSuffix`, `trimAll`,
 /// `Replace`, `replace`, `default`, `contains`, `hasPrefix`, `hasSuffix`,
 /// `repeat`, `trunc`, `substr`, `regexReplaceAll`, `regexReplaceAllLiteral`,
-/// `printf` (verbs `%s %v %d %q %f` and `%%`), `len`, `count`, `abs`,
+/// `printf` (verbs `%s %v %d %q %f` and `%%`; labels are strings, so `%d`
+/// of a label prints Go's `%!d(string=…)`), `len`, `count`, `abs`,
 /// `add`, `sub`, `mul`, `div`, `mod`, `alignLeft`, `alignRight`.
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -883,7 +885,11 @@ impl Ctx<'_> {
         let st = |x: String| Ok(TVal::Str(x));
         match f {
             "__line__" => st(self.line.to_string()),
-            "__timestamp__" => st(cairn_wire::time::format_rfc3339_ns(self.ts)),
+            // Go prints the time.Time Loki passes as `2006-01-02 15:04:05.999999999 +0000 UTC`.
+            "__timestamp__" => {
+                let r = cairn_wire::time::format_rfc3339_ns(self.ts);
+                st(format!("{} +0000 UTC", r.trim_end_matches('Z').replacen('T', " ", 1)))
+            }
             "ToLower" | "lower" => {
                 need(1)?;
                 st(s(0).to_lowercase())
@@ -1101,13 +1107,16 @@ fn go_printf(fmt: &str, args: &[TVal]) -> String {
         let prec: Option<usize> = spec.split_once('.').and_then(|(_, p)| p.parse().ok());
         let width: usize = spec.split('.').next().unwrap_or("").trim_start_matches(['-', '+']).parse().unwrap_or(0);
         let body = match verb {
-            'd' => match arg.as_num() {
-                Ok(v) => format!("{}", v.trunc() as i64),
-                Err(_) => format!("%!d(string={})", arg.as_string()),
+            // Labels are strings in Loki's templates, so %d/%f of a label
+            // is Go's bad-verb output; only number literals and arithmetic
+            // results format as numbers.
+            'd' => match arg {
+                TVal::Num(v) => format!("{}", v.trunc() as i64),
+                TVal::Str(s) => format!("%!d(string={s})"),
             },
-            'f' => match arg.as_num() {
-                Ok(v) => format!("{:.*}", prec.unwrap_or(6), v),
-                Err(_) => format!("%!f(string={})", arg.as_string()),
+            'f' => match arg {
+                TVal::Num(v) => format!("{:.*}", prec.unwrap_or(6), v),
+                TVal::Str(s) => format!("%!f(string={s})"),
             },
             'q' => format!("{:?}", arg.as_string()),
             _ => arg.as_string(),
@@ -1501,6 +1510,8 @@ mod tests {
         assert_eq!(r(r#"{{ default "none" .missing }}"#, &l), "none");
         assert_eq!(r(r#"{{ replace "World" "There" .msg }}"#, &l), "Hello There");
         assert_eq!(r(r#"{{ printf "%s=%d" .job 42 }}"#, &l), "x=42");
+        assert_eq!(r(r#"{{ printf "%d" .job }}"#, &l), "%!d(string=x)");
+        assert_eq!(r("{{ __timestamp__ }}", &l), "1970-01-01 00:00:00 +0000 UTC");
         assert_eq!(r(r#"{{ __line__ | lower }}"#, &l), "the line");
         assert_eq!(r(r#"{{ .msg | trunc 5 }}"#, &l), "Hello");
         assert!(Template::new("{{ if .a }}x{{ end }}").unwrap_err().contains("\"if\""));
