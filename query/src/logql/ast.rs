@@ -458,6 +458,21 @@ pub enum SampleExpr {
         /// Right operand.
         rhs: Box<SampleExpr>,
     },
+    /// `label_replace(inner, "dst", "replacement", "src", "regex")`.
+    LabelReplace {
+        /// Operand.
+        inner: Box<SampleExpr>,
+        /// Label to write.
+        dst: String,
+        /// Replacement with `$1` / `${name}` references.
+        replacement: String,
+        /// Label to read.
+        src: String,
+        /// The regex as written (matched fully anchored).
+        regex_src: String,
+        /// `^(?s:regex)$`, compiled.
+        regex: Regex,
+    },
     /// A number.
     Literal(f64),
     /// `vector(n)`.

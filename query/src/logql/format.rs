@@ -247,6 +247,14 @@ fn sample(e: &SampleExpr) -> String {
             let g = g.as_ref().map(grouping).unwrap_or_default();
             format!("{}{g}({p}{})", vec_op(*op), sample(inner))
         }
+        SampleExpr::LabelReplace { inner, dst, replacement, src, regex_src, .. } => format!(
+            "label_replace({},{},{},{},{})",
+            sample(inner),
+            go_quote(dst),
+            go_quote(replacement),
+            go_quote(src),
+            go_quote(regex_src)
+        ),
         SampleExpr::Binary { op, return_bool, matching: m, lhs, rhs } => {
             use super::ast::BinOp::*;
             let o = match op {
@@ -302,6 +310,7 @@ mod tests {
             r#"quantile_over_time(0.99, {job="x"} | json | unwrap duration(latency) | __error__="" [5m]) by (path)"#,
             r#"sum_over_time({job="x"} | logfmt | unwrap bytes(size) [90s]) / ignoring(b) avg(bytes_rate({a="b"}[1h30m]))"#,
             r#"count_over_time({job="x"}[1m]) and count_over_time({job="y"}[1m]) unless absent_over_time({z="w"}[1m])"#,
+            r#"label_replace(rate({job="x"}[1m]), "dst", "$1-x", "job", "(.*)")"#,
         ] {
             let first = parse(q).unwrap_or_else(|e| panic!("{q}: {e}")).to_string();
             let second = parse(&first).unwrap_or_else(|e| panic!("{q} -> {first}: {e}")).to_string();

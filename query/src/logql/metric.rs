@@ -55,6 +55,9 @@ pub enum EvalError {
     /// Two samples on the left of a one-to-one operation share matching labels.
     #[error("multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)")]
     ManyToOne,
+    /// Two samples of one step ended up with the same labels.
+    #[error("vector cannot contain metrics with the same labelset")]
+    DuplicateLabelset,
     /// Too many steps.
     #[error(
         "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"
@@ -210,12 +213,49 @@ fn eval(store: &LogStore, expr: &SampleExpr, q: &MetricQuery<'_>, steps: &[i64])
                 vs.into_iter().map(|v| vector_agg(*op, grouping.as_ref(), *param, v)).collect::<Result<_, _>>()?;
             Ok(StepValues::Vectors(out))
         }
+        SampleExpr::LabelReplace { inner, dst, replacement, src, regex, .. } => {
+            let vs = match eval(store, inner, q, steps)? {
+                StepValues::Scalar(x) => {
+                    steps.iter().map(|_| vec![Sample { labels: Labels::empty(), value: x }]).collect()
+                }
+                StepValues::Vectors(vs) => vs,
+            };
+            let mut out = Vec::with_capacity(vs.len());
+            for v in vs {
+                let mut step: Vec<Sample> = v
+                    .into_iter()
+                    .map(|s| Sample { labels: label_replace(&s.labels, dst, replacement, src, regex), value: s.value })
+                    .collect();
+                step.sort_by(|a, b| a.labels.cmp(&b.labels));
+                if step.windows(2).any(|w| w[0].labels == w[1].labels) {
+                    return Err(EvalError::DuplicateLabelset);
+                }
+                out.push(step);
+            }
+            Ok(StepValues::Vectors(out))
+        }
         SampleExpr::Binary { op, return_bool, matching, lhs, rhs } => {
             let l = eval(store, lhs, q, steps)?;
             let r = eval(store, rhs, q, steps)?;
             binary(*op, *return_bool, matching.as_ref(), l, r)
         }
     }
+}
+
+/// Prometheus's label_replace on one label set: when `regex` matches the
+/// value of `src` ("" when absent), `dst` becomes the expanded replacement
+/// (removed when that is empty); otherwise the labels are unchanged.
+fn label_replace(labels: &Labels, dst: &str, replacement: &str, src: &str, regex: &regex::Regex) -> Labels {
+    let value = labels.get(src).unwrap_or("");
+    let Some(caps) = regex.captures(value) else {
+        return labels.clone();
+    };
+    let mut res = String::new();
+    caps.expand(replacement, &mut res);
+    let mut pairs: Vec<(&str, &str)> =
+        labels.iter().filter(|l| l.name != dst).map(|l| (l.name.as_str(), l.value.as_str())).collect();
+    pairs.push((dst, res.as_str()));
+    Labels::from_pairs(pairs).unwrap_or_else(|_| labels.clone())
 }
 
 /// A scalar operation; `None` for a comparison that is false without `bool`.

@@ -17,8 +17,8 @@
 //! and `rate_counter`) with `offset`; vector aggregations (`sum`, `avg`,
 //! `min`, `max`, `count`, `stddev`, `stdvar`, `topk`, `bottomk`, `sort`,
 //! `sort_desc`) with `by`/`without`; number literals, `vector(n)`, binary
-//! operators with `bool` and one-to-one `on`/`ignoring` matching.
-//! Refused by name: pattern line filters (`|>`), `ip()`, `label_replace`,
+//! operators with `bool` and one-to-one `on`/`ignoring` matching;
+//! `label_replace`. Refused by name: pattern line filters (`|>`), `ip()`,
 //! `group_left`/`group_right`, template control structures.
 
 mod ast;

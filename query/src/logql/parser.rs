@@ -260,8 +260,11 @@ impl Parser<'_> {
                         self.expect(Tok::CloseParen, ")")?;
                         Ok(SampleExpr::VectorLit(v))
                     }
-                    "label_replace" | "absent" | "approx_topk" | "count_values" | "group" | "sum_of_squares"
-                    | "timestamp" => Err(self.err_at(
+                    "label_replace" => {
+                        self.next();
+                        self.label_replace()
+                    }
+                    "absent" | "approx_topk" | "count_values" | "group" | "sum_of_squares" | "timestamp" => Err(self.err_at(
                         pos,
                         format!("{name} is not supported by this Cairn version"),
                     )),
@@ -317,6 +320,27 @@ impl Parser<'_> {
                 }
             }
         }
+    }
+
+    fn label_replace(&mut self) -> Result<SampleExpr, ParseError> {
+        self.expect(Tok::OpenParen, "(")?;
+        let inner = self.sample_expr(0)?;
+        let mut args = Vec::with_capacity(4);
+        let mut positions = Vec::with_capacity(4);
+        for _ in 0..4 {
+            self.expect(Tok::Comma, ",")?;
+            positions.push(self.pos());
+            args.push(self.string()?);
+        }
+        self.expect(Tok::CloseParen, ")")?;
+        let (dst, replacement, src, regex_src) = (args[0].clone(), args[1].clone(), args[2].clone(), args[3].clone());
+        if !cairn_wire::labels::is_valid_label_name(&dst) {
+            return Err(self.err_at(positions[0], format!("invalid destination label name in label_replace(): {dst}")));
+        }
+        let regex = Regex::new(&format!("^(?s:{regex_src})$")).map_err(|e| {
+            self.err_at(positions[3], format!("invalid regular expression in label_replace(): {regex_src}: {e}"))
+        })?;
+        Ok(SampleExpr::LabelReplace { inner: Box::new(inner), dst, replacement, src, regex_src, regex })
     }
 
     fn vector_agg(&mut self, op: VecOp) -> Result<SampleExpr, ParseError> {
@@ -1026,12 +1050,10 @@ mod tests {
         assert!(parse("{}").is_err());
         assert!(parse(r#"{job="x"} |~ "(""#).is_err());
         assert!(parse(r#"{job="x"} |> "<_> x""#).unwrap_err().to_string().contains("not supported"));
-        assert!(
-            parse(r#"label_replace(rate({job="x"}[1m]), "a", "b", "c", "d")"#)
-                .unwrap_err()
-                .to_string()
-                .contains("label_replace is not supported")
-        );
+        assert!(parse(r#"label_replace(rate({job="x"}[1m]), "a", "b", "c", "d")"#).is_ok());
+        assert!(parse(r#"label_replace(rate({job="x"}[1m]), "1a", "b", "c", "d")"#).is_err());
+        assert!(parse(r#"label_replace(rate({job="x"}[1m]), "a", "b", "c", "(")"#).is_err());
+        assert!(parse(r#"absent(rate({job="x"}[1m]))"#).unwrap_err().to_string().contains("absent is not supported"));
         assert!(parse(r#"rate({job="x"})"#).is_err());
         assert!(parse(r#"{job="x"}[1m]"#).is_err());
         assert_eq!(
