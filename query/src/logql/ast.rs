@@ -52,6 +52,10 @@ pub enum FilterOp {
     Match,
     /// `!~`: the regex matches nowhere in the line.
     NotMatch,
+    /// `|>`: the line matches the pattern (`<_>` wildcards).
+    PatternMatch,
+    /// `!>`: the line does not match the pattern.
+    PatternNotMatch,
 }
 
 impl fmt::Display for FilterOp {
@@ -61,6 +65,8 @@ impl fmt::Display for FilterOp {
             FilterOp::NotContains => "!=",
             FilterOp::Match => "|~",
             FilterOp::NotMatch => "!~",
+            FilterOp::PatternMatch => "|>",
+            FilterOp::PatternNotMatch => "!>",
         })
     }
 }
@@ -74,6 +80,8 @@ pub struct LineFilter {
     pub patterns: Vec<String>,
     /// Compiled regexes for `|~` and `!~` (unanchored, as in Loki), one per pattern.
     pub res: Vec<Regex>,
+    /// Compiled patterns for `|>` and `!>`, one per pattern.
+    pub pats: Vec<Pattern>,
 }
 
 impl LineFilter {
@@ -85,6 +93,8 @@ impl LineFilter {
             FilterOp::NotContains => !self.patterns.iter().any(|p| line.contains(p.as_str())),
             FilterOp::Match => self.res.iter().any(|r| r.is_match(line)),
             FilterOp::NotMatch => !self.res.iter().any(|r| r.is_match(line)),
+            FilterOp::PatternMatch => self.pats.iter().any(|p| p.test(line)),
+            FilterOp::PatternNotMatch => !self.pats.iter().any(|p| p.test(line)),
         }
     }
 }

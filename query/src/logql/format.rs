@@ -62,6 +62,8 @@ fn line_filter(f: &LineFilter) -> String {
         FilterOp::NotContains => "!=",
         FilterOp::Match => "|~",
         FilterOp::NotMatch => "!~",
+        FilterOp::PatternMatch => "|>",
+        FilterOp::PatternNotMatch => "!>",
     };
     format!("{op} {}", f.patterns.iter().map(|p| go_quote(p)).collect::<Vec<_>>().join(" or "))
 }
@@ -311,6 +313,7 @@ mod tests {
             r#"sum_over_time({job="x"} | logfmt | unwrap bytes(size) [90s]) / ignoring(b) avg(bytes_rate({a="b"}[1h30m]))"#,
             r#"count_over_time({job="x"}[1m]) and count_over_time({job="y"}[1m]) unless absent_over_time({z="w"}[1m])"#,
             r#"label_replace(rate({job="x"}[1m]), "dst", "$1-x", "job", "(.*)")"#,
+            r#"{job="x"} |> "<_> level=error <_>" or "x <_>" !> "<_> debug""#,
         ] {
             let first = parse(q).unwrap_or_else(|e| panic!("{q}: {e}")).to_string();
             let second = parse(&first).unwrap_or_else(|e| panic!("{q} -> {first}: {e}")).to_string();

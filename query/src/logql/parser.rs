@@ -506,6 +506,7 @@ impl Parser<'_> {
     fn line_filter(&mut self, op: FilterOp) -> Result<LineFilter, ParseError> {
         let mut patterns = Vec::new();
         let mut res = Vec::new();
+        let mut pats = Vec::new();
         loop {
             let pos = self.pos();
             if matches!(self.peek(), Tok::Ident(s) if s == "ip") {
@@ -518,6 +519,9 @@ impl Parser<'_> {
                         .map_err(|e| self.err_at(pos, format!("invalid regular expression {pattern:?}: {e}")))?,
                 );
             }
+            if matches!(op, FilterOp::PatternMatch | FilterOp::PatternNotMatch) {
+                pats.push(Pattern::new_filter(&pattern).map_err(|e| self.err_at(pos, e))?);
+            }
             patterns.push(pattern);
             if matches!(self.peek(), Tok::Ident(s) if s == "or")
                 && matches!(self.toks.get(self.i + 1).map(|t| &t.tok), Some(Tok::Str(_)))
@@ -525,7 +529,7 @@ impl Parser<'_> {
                 self.next();
                 continue;
             }
-            return Ok(LineFilter { op, patterns, res });
+            return Ok(LineFilter { op, patterns, res, pats });
         }
     }
 
@@ -539,12 +543,8 @@ impl Parser<'_> {
                 Tok::Neq => FilterOp::NotContains,
                 Tok::PipeMatch => FilterOp::Match,
                 Tok::Nre => FilterOp::NotMatch,
-                Tok::PipePattern | Tok::NotPipePattern => {
-                    return Err(self.err_at(
-                        self.pos(),
-                        "pattern line filters (|> and !>) are not supported by this Cairn version".into(),
-                    ));
-                }
+                Tok::PipePattern => FilterOp::PatternMatch,
+                Tok::NotPipePattern => FilterOp::PatternNotMatch,
                 Tok::Pipe => {
                     self.next();
                     if matches!(self.peek(), Tok::Ident(s) if s == "unwrap") {
@@ -1049,7 +1049,8 @@ mod tests {
         );
         assert!(parse("{}").is_err());
         assert!(parse(r#"{job="x"} |~ "(""#).is_err());
-        assert!(parse(r#"{job="x"} |> "<_> x""#).unwrap_err().to_string().contains("not supported"));
+        assert!(parse(r#"{job="x"} |> "<_> x""#).is_ok());
+        assert!(parse(r#"{job="x"} |> "<_><_>""#).is_err());
         assert!(parse(r#"label_replace(rate({job="x"}[1m]), "a", "b", "c", "d")"#).is_ok());
         assert!(parse(r#"label_replace(rate({job="x"}[1m]), "1a", "b", "c", "d")"#).is_err());
         assert!(parse(r#"label_replace(rate({job="x"}[1m]), "a", "b", "c", "(")"#).is_err());

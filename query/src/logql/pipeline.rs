@@ -381,9 +381,19 @@ enum PatternPart {
 }
 
 impl Pattern {
-    /// Compiles a pattern; at least one named capture, no two consecutive
-    /// captures, no duplicate names.
+    /// Compiles a pattern for the `pattern` parser: at least one named
+    /// capture, no two consecutive captures, no duplicate names.
     pub fn new(src: &str) -> Result<Pattern, String> {
+        let p = Self::new_filter(src)?;
+        if !p.parts.iter().any(|x| matches!(x, PatternPart::Cap(Some(_)))) {
+            return Err("at least one capture is required".into());
+        }
+        Ok(p)
+    }
+
+    /// Compiles a pattern for the `|>` / `!>` line filters (no named
+    /// capture needed).
+    pub fn new_filter(src: &str) -> Result<Pattern, String> {
         let mut parts = Vec::new();
         let mut rest = src;
         let mut lit = String::new();
@@ -413,9 +423,6 @@ impl Pattern {
         }
         let names: Vec<&String> =
             parts.iter().filter_map(|p| if let PatternPart::Cap(Some(n)) = p { Some(n) } else { None }).collect();
-        if names.is_empty() {
-            return Err("at least one capture is required".into());
-        }
         let uniq: HashSet<&&String> = names.iter().collect();
         if uniq.len() != names.len() {
             return Err("duplicate capture name".into());
@@ -426,6 +433,29 @@ impl Pattern {
     /// The pattern as written.
     pub fn source(&self) -> &str {
         &self.src
+    }
+
+    /// Does `line` match, as Loki's pattern line filter tests it: each
+    /// literal found after the previous one, no empty capture before a
+    /// literal; a pattern ending in a literal must consume the whole line,
+    /// one ending in a capture must leave something for it.
+    pub fn test(&self, line: &str) -> bool {
+        if line.is_empty() || self.parts.is_empty() {
+            return line.is_empty() && self.parts.is_empty();
+        }
+        let mut off = 0;
+        for (i, p) in self.parts.iter().enumerate() {
+            let PatternPart::Lit(lit) = p else { continue };
+            let Some(j) = line[off..].find(lit.as_str()) else {
+                return false;
+            };
+            if i != 0 && j == 0 {
+                return false;
+            }
+            off += j + lit.len();
+        }
+        let ends_in_capture = matches!(self.parts.last(), Some(PatternPart::Cap(_)));
+        ends_in_capture == (off != line.len())
     }
 
     /// Captures of `line`, (name, value), as Loki's pattern matcher finds them.
@@ -1498,6 +1528,13 @@ mod tests {
             vec![("ip", "1.2.3.4"), ("method", "GET"), ("uri", "/a.gif"), ("status", "200"), ("size", "2326")]
         );
         assert!(Pattern::new("<a><b>").is_err());
+        let f = Pattern::new_filter("<_> bar <_>").unwrap();
+        assert!(f.test("foo bar baz"));
+        assert!(!f.test(" bar baz"), "empty capture before a literal");
+        assert!(!f.test("foo bar "), "empty final capture");
+        assert!(!Pattern::new_filter("<_> bar").unwrap().test("foo bar baz"));
+        assert!(Pattern::new_filter("<_> baz").unwrap().test("foo bar baz"));
+        assert!(Pattern::new_filter("foo <_>").unwrap().test("foo bar baz"));
         assert!(Pattern::new("abc").is_err());
     }
 
