@@ -428,6 +428,18 @@ pub struct VectorMatching {
     pub on: bool,
     /// Label names.
     pub labels: Vec<String>,
+    /// `group_left`/`group_right` (many-to-one / one-to-many).
+    pub group: Option<Group>,
+}
+
+/// Many-to-one or one-to-many matching, with the labels to copy from the
+/// "one" side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Group {
+    /// `group_left(…)`: many on the left.
+    Left(Vec<String>),
+    /// `group_right(…)`: many on the right.
+    Right(Vec<String>),
 }
 
 /// A metric expression.

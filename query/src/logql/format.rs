@@ -13,8 +13,8 @@ use std::fmt::{self, Write as _};
 use cairn_wire::Matcher;
 
 use super::ast::{
-    Expr, FilterOp, Grouping, JsonPathPart, LabelFmt, LineFilter, LogRange, LogSelector, NamedMatcher, SampleExpr,
-    Stage, UnwrapConv, VecOp, VectorMatching,
+    Expr, FilterOp, Group, Grouping, JsonPathPart, LabelFmt, LineFilter, LogRange, LogSelector, NamedMatcher,
+    SampleExpr, Stage, UnwrapConv, VecOp, VectorMatching,
 };
 use super::pipeline::{CmpOp, LabelFilter, NumKind};
 
@@ -232,7 +232,13 @@ fn vec_op(op: VecOp) -> &'static str {
 }
 
 fn matching(m: &VectorMatching) -> String {
-    format!(" {}({})", if m.on { "on" } else { "ignoring" }, m.labels.join(", "))
+    let mut out = format!(" {}({})", if m.on { "on" } else { "ignoring" }, m.labels.join(", "));
+    match &m.group {
+        None => {}
+        Some(Group::Left(l)) => out.push_str(&format!(" group_left({})", l.join(", "))),
+        Some(Group::Right(l)) => out.push_str(&format!(" group_right({})", l.join(", "))),
+    }
+    out
 }
 
 fn sample(e: &SampleExpr) -> String {
@@ -314,6 +320,8 @@ mod tests {
             r#"count_over_time({job="x"}[1m]) and count_over_time({job="y"}[1m]) unless absent_over_time({z="w"}[1m])"#,
             r#"label_replace(rate({job="x"}[1m]), "dst", "$1-x", "job", "(.*)")"#,
             r#"{job="x"} |> "<_> level=error <_>" or "x <_>" !> "<_> debug""#,
+            r#"sum by (a, b) (rate({x="y"}[1m])) / on(a) group_left(c) sum by (a, c) (rate({x="y"}[1m]))"#,
+            r#"vector(1) + ignoring(a) group_right vector(2)"#,
         ] {
             let first = parse(q).unwrap_or_else(|e| panic!("{q}: {e}")).to_string();
             let second = parse(&first).unwrap_or_else(|e| panic!("{q} -> {first}: {e}")).to_string();

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use cairn_store::logs::LogStore;
 use cairn_wire::Labels;
 
-use super::ast::{BinOp, Grouping, LogRange, RangeOp, SampleExpr, Stage, UnwrapConv, VecOp, VectorMatching};
+use super::ast::{BinOp, Group, Grouping, LogRange, RangeOp, SampleExpr, Stage, UnwrapConv, VecOp, VectorMatching};
 use super::pipeline::{
     ERROR_DETAILS_LABEL, ERROR_LABEL, LabelsBuilder, PipelineState, decolorize, parse_bytes, parse_go_duration,
     run_stages,
@@ -55,6 +55,9 @@ pub enum EvalError {
     /// Two samples on the left of a one-to-one operation share matching labels.
     #[error("multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)")]
     ManyToOne,
+    /// A `group_left`/`group_right` result has two samples with the same labels.
+    #[error("multiple matches for labels: grouping labels must ensure unique matches")]
+    GroupingNotUnique,
     /// Two samples of one step ended up with the same labels.
     #[error("vector cannot contain metrics with the same labelset")]
     DuplicateLabelset,
@@ -371,6 +374,11 @@ fn vector_binary(
         }
         _ => {}
     }
+    if let Some(m) = matching
+        && let Some(group) = &m.group
+    {
+        return grouped_binary(op, return_bool, m, group, l, r);
+    }
     let mut rmap: HashMap<Labels, &Sample> = HashMap::new();
     for (s, k) in r.iter().zip(rkeys) {
         if rmap.insert(k.clone(), s).is_some() {
@@ -393,6 +401,59 @@ fn vector_binary(
             Some(m) => match_key(&s.labels, Some(m)),
             None => s.labels,
         };
+        out.push(Sample { labels, value });
+    }
+    Ok(out)
+}
+
+/// `group_left` / `group_right`, as Prometheus evaluates them: the "one"
+/// side must be unique per match group; each "many" sample keeps its
+/// labels plus the included labels copied from its "one" match; the
+/// operands keep their written order.
+fn grouped_binary(
+    op: BinOp,
+    return_bool: bool,
+    m: &VectorMatching,
+    group: &Group,
+    l: Vec<Sample>,
+    r: Vec<Sample>,
+) -> Result<Vec<Sample>, EvalError> {
+    let (many, one, include, swapped) = match group {
+        Group::Left(inc) => (l, r, inc, false),
+        Group::Right(inc) => (r, l, inc, true),
+    };
+    let mut one_map: HashMap<Labels, &Sample> = HashMap::new();
+    for s in &one {
+        let k = match_key(&s.labels, Some(m));
+        if one_map.insert(k.clone(), s).is_some() {
+            return Err(EvalError::ManyToMany { labels: k.to_string() });
+        }
+    }
+    let mut out: Vec<Sample> = Vec::new();
+    let mut seen: HashMap<Labels, ()> = HashMap::new();
+    for s in many {
+        let k = match_key(&s.labels, Some(m));
+        let Some(o) = one_map.get(&k) else { continue };
+        let (vl, vr) = if swapped { (o.value, s.value) } else { (s.value, o.value) };
+        let Some(mut value) = scalar_op(op, vl, vr, return_bool) else { continue };
+        if op.is_comparison() && !return_bool {
+            value = vl;
+        }
+        let mut pairs: Vec<(&str, &str)> = s
+            .labels
+            .iter()
+            .filter(|x| !include.contains(&x.name))
+            .map(|x| (x.name.as_str(), x.value.as_str()))
+            .collect();
+        for name in include {
+            if let Some(v) = o.labels.get(name) {
+                pairs.push((name, v));
+            }
+        }
+        let labels = Labels::from_pairs(pairs).unwrap_or_default();
+        if seen.insert(labels.clone(), ()).is_some() {
+            return Err(EvalError::GroupingNotUnique);
+        }
         out.push(Sample { labels, value });
     }
     Ok(out)

@@ -17,9 +17,9 @@
 //! and `rate_counter`) with `offset`; vector aggregations (`sum`, `avg`,
 //! `min`, `max`, `count`, `stddev`, `stdvar`, `topk`, `bottomk`, `sort`,
 //! `sort_desc`) with `by`/`without`; number literals, `vector(n)`, binary
-//! operators with `bool` and one-to-one `on`/`ignoring` matching;
-//! `label_replace`. Refused by name: `ip()`,
-//! `group_left`/`group_right`, template control structures.
+//! operators with `bool` and `on`/`ignoring` matching (with
+//! `group_left`/`group_right`);
+//! `label_replace`. Refused by name: `ip()`, template control structures.
 
 mod ast;
 mod detected;

@@ -6,8 +6,8 @@ use cairn_wire::{MatchOp, Matcher};
 use regex::Regex;
 
 use super::ast::{
-    BinOp, Expr, FilterOp, Grouping, JsonPathPart, LabelFmt, LineFilter, LogRange, LogSelector, NamedMatcher, RangeOp,
-    SampleExpr, Stage, Unwrap, UnwrapConv, VecOp, VectorMatching,
+    BinOp, Expr, FilterOp, Group, Grouping, JsonPathPart, LabelFmt, LineFilter, LogRange, LogSelector, NamedMatcher,
+    RangeOp, SampleExpr, Stage, Unwrap, UnwrapConv, VecOp, VectorMatching,
 };
 use super::lexer::{Tok, Token, lex};
 use super::pipeline::{CmpOp, LabelFilter, NumKind, Pattern, Template, parse_bytes, parse_go_duration};
@@ -166,15 +166,25 @@ impl Parser<'_> {
                 let on = s == "on";
                 self.next();
                 let labels = self.label_list()?;
-                matching = Some(VectorMatching { on, labels });
-                if let Tok::Ident(s) = self.peek()
-                    && (s == "group_left" || s == "group_right")
+                let mut group = None;
+                if let Tok::Ident(g) = self.peek().clone()
+                    && (g == "group_left" || g == "group_right")
                 {
-                    return Err(self.err_at(
-                        self.pos(),
-                        format!("{s} (many-to-one matching) is not supported by this Cairn version"),
-                    ));
+                    let gpos = self.pos();
+                    if op.is_set() {
+                        return Err(
+                            self.err_at(gpos, format!("no grouping allowed for \"{}\" operation", binop_name(op)))
+                        );
+                    }
+                    self.next();
+                    let include = if *self.peek() == Tok::OpenParen { self.label_list()? } else { Vec::new() };
+                    group = Some(if g == "group_left" { Group::Left(include) } else { Group::Right(include) });
                 }
+                matching = Some(VectorMatching { on, labels, group });
+            } else if let Tok::Ident(g) = self.peek()
+                && (g == "group_left" || g == "group_right")
+            {
+                return Err(self.unexpected("on or ignoring before group_left/group_right"));
             }
             let next_min = if op == BinOp::Pow { prec } else { prec + 1 };
             let rhs = self.sample_expr(next_min)?;
@@ -987,6 +997,15 @@ fn parse_json_path(s: &str) -> Option<Vec<JsonPathPart>> {
     if out.is_empty() { None } else { Some(out) }
 }
 
+fn binop_name(op: BinOp) -> &'static str {
+    match op {
+        BinOp::Or => "or",
+        BinOp::And => "and",
+        BinOp::Unless => "unless",
+        _ => "arithmetic",
+    }
+}
+
 /// Builds a binary node, folding literal–literal arithmetic as Loki does.
 fn fold(
     op: BinOp,
@@ -1074,7 +1093,9 @@ mod tests {
         assert!(parse(r#"{job="x"} | line_format "{{ if .a }}{{ end }}""#).unwrap_err().to_string().contains("\"if\""));
         assert!(parse(r#"{job="x"} | nosuchstage"#).is_err());
         assert!(parse("1 + bool 2").is_err());
-        assert!(parse(r#"sum(rate({a="b"}[1m])) group_left sum(rate({a="b"}[1m]))"#).is_err());
+        assert!(parse(r#"sum(rate({a="b"}[1m])) * group_left sum(rate({a="b"}[1m]))"#).is_err());
+        assert!(parse(r#"sum(rate({a="b"}[1m])) * on(a) group_left(c) sum(rate({a="b"}[1m]))"#).is_ok());
+        assert!(parse(r#"sum(rate({a="b"}[1m])) and on(a) group_left sum(rate({a="b"}[1m]))"#).is_err());
         assert!(parse(r#"{job="x"} extra"#).is_err());
         for junk in ["", "{", "{job", "{job=", "{job=\"x\"", "}", "|=", "{job=\"x\"} |="] {
             assert!(parse(junk).is_err(), "{junk:?}");
