@@ -11,7 +11,7 @@ use std::fmt;
 use cairn_wire::Matcher;
 use regex::Regex;
 
-use super::pipeline::{LabelFilter, Pattern, Template};
+use super::pipeline::{IpMatcher, LabelFilter, Pattern, Template};
 
 /// A parsed LogQL expression.
 #[derive(Debug, Clone)]
@@ -56,6 +56,10 @@ pub enum FilterOp {
     PatternMatch,
     /// `!>`: the line does not match the pattern.
     PatternNotMatch,
+    /// `|= ip("…")`: an address in the line is in the set.
+    IpMatch,
+    /// `!= ip("…")`: no address in the line is in the set.
+    IpNotMatch,
 }
 
 impl fmt::Display for FilterOp {
@@ -67,6 +71,8 @@ impl fmt::Display for FilterOp {
             FilterOp::NotMatch => "!~",
             FilterOp::PatternMatch => "|>",
             FilterOp::PatternNotMatch => "!>",
+            FilterOp::IpMatch => "|= ip",
+            FilterOp::IpNotMatch => "!= ip",
         })
     }
 }
@@ -82,6 +88,8 @@ pub struct LineFilter {
     pub res: Vec<Regex>,
     /// Compiled patterns for `|>` and `!>`, one per pattern.
     pub pats: Vec<Pattern>,
+    /// Address sets for `ip(…)` filters.
+    pub ips: Vec<IpMatcher>,
 }
 
 impl LineFilter {
@@ -95,6 +103,8 @@ impl LineFilter {
             FilterOp::NotMatch => !self.res.iter().any(|r| r.is_match(line)),
             FilterOp::PatternMatch => self.pats.iter().any(|p| p.test(line)),
             FilterOp::PatternNotMatch => !self.pats.iter().any(|p| p.test(line)),
+            FilterOp::IpMatch => self.ips.iter().any(|m| m.matches_line(line)),
+            FilterOp::IpNotMatch => !self.ips.iter().any(|m| m.matches_line(line)),
         }
     }
 }

@@ -64,6 +64,8 @@ fn line_filter(f: &LineFilter) -> String {
         FilterOp::NotMatch => "!~",
         FilterOp::PatternMatch => "|>",
         FilterOp::PatternNotMatch => "!>",
+        FilterOp::IpMatch => return format!("|= ip({})", go_quote(&f.patterns.join(""))),
+        FilterOp::IpNotMatch => return format!("!= ip({})", go_quote(&f.patterns.join(""))),
     };
     format!("{op} {}", f.patterns.iter().map(|p| go_quote(p)).collect::<Vec<_>>().join(" or "))
 }
@@ -79,6 +81,9 @@ fn label_filter(f: &LabelFilter, top: bool) -> String {
             if top { s } else { format!("({s})") }
         }
         LabelFilter::String(m) => matcher(m),
+        LabelFilter::Ip { name, negate, matcher } => {
+            format!("{name}{}ip({})", if *negate { "!=" } else { "=" }, go_quote(matcher.source()))
+        }
         LabelFilter::Numeric { name, op, kind, value } => {
             let op = match op {
                 CmpOp::Eq => "==",
@@ -322,6 +327,7 @@ mod tests {
             r#"{job="x"} |> "<_> level=error <_>" or "x <_>" !> "<_> debug""#,
             r#"sum by (a, b) (rate({x="y"}[1m])) / on(a) group_left(c) sum by (a, c) (rate({x="y"}[1m]))"#,
             r#"vector(1) + ignoring(a) group_right vector(2)"#,
+            r#"{job="x"} |= ip("10.0.0.0/8") != ip("10.1.0.1-10.1.0.9") | logfmt | addr = ip("::1") or src != ip("1.2.3.4")"#,
         ] {
             let first = parse(q).unwrap_or_else(|e| panic!("{q}: {e}")).to_string();
             let second = parse(&first).unwrap_or_else(|e| panic!("{q} -> {first}: {e}")).to_string();

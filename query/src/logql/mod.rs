@@ -19,7 +19,8 @@
 //! `sort_desc`) with `by`/`without`; number literals, `vector(n)`, binary
 //! operators with `bool` and `on`/`ignoring` matching (with
 //! `group_left`/`group_right`);
-//! `label_replace`. Refused by name: `ip()`, template control structures.
+//! `label_replace`; `ip(…)` line and label filters. Refused by name:
+//! template control structures and functions Loki lacks.
 
 mod ast;
 mod detected;

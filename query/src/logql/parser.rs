@@ -10,7 +10,7 @@ use super::ast::{
     RangeOp, SampleExpr, Stage, Unwrap, UnwrapConv, VecOp, VectorMatching,
 };
 use super::lexer::{Tok, Token, lex};
-use super::pipeline::{CmpOp, LabelFilter, NumKind, Pattern, Template, parse_bytes, parse_go_duration};
+use super::pipeline::{CmpOp, IpMatcher, LabelFilter, NumKind, Pattern, Template, parse_bytes, parse_go_duration};
 
 /// Deepest nesting of sub-expressions accepted (guards the stack).
 const MAX_DEPTH: usize = 200;
@@ -513,6 +513,15 @@ impl Parser<'_> {
         }
     }
 
+    /// `("spec")` after `ip`.
+    fn ip_arg(&mut self) -> Result<IpMatcher, ParseError> {
+        self.expect(Tok::OpenParen, "(")?;
+        let pos = self.pos();
+        let spec = self.string()?;
+        self.expect(Tok::CloseParen, ")")?;
+        IpMatcher::new(&spec).map_err(|e| self.err_at(pos, e))
+    }
+
     fn line_filter(&mut self, op: FilterOp) -> Result<LineFilter, ParseError> {
         let mut patterns = Vec::new();
         let mut res = Vec::new();
@@ -520,7 +529,14 @@ impl Parser<'_> {
         loop {
             let pos = self.pos();
             if matches!(self.peek(), Tok::Ident(s) if s == "ip") {
-                return Err(self.err_at(pos, "ip() line filters are not supported by this Cairn version".into()));
+                let op = match op {
+                    FilterOp::Contains => FilterOp::IpMatch,
+                    FilterOp::NotContains => FilterOp::IpNotMatch,
+                    _ => return Err(self.err_at(pos, "ip() is only allowed after |= and !=".into())),
+                };
+                self.next();
+                let m = self.ip_arg()?;
+                return Ok(LineFilter { op, patterns: vec![m.source().to_string()], res, pats, ips: vec![m] });
             }
             let pattern = self.string()?;
             if matches!(op, FilterOp::Match | FilterOp::NotMatch) {
@@ -539,7 +555,7 @@ impl Parser<'_> {
                 self.next();
                 continue;
             }
-            return Ok(LineFilter { op, patterns, res, pats });
+            return Ok(LineFilter { op, patterns, res, pats, ips: Vec::new() });
         }
     }
 
@@ -883,8 +899,13 @@ impl Parser<'_> {
                 };
                 Ok(LabelFilter::Numeric { name, op, kind, value })
             }
+            (Tok::Ident(f), Some(MatchOp::Equal | MatchOp::NotEqual), _) if f == "ip" => {
+                let negate = str_op == Some(MatchOp::NotEqual);
+                let matcher = self.ip_arg()?;
+                Ok(LabelFilter::Ip { name, negate, matcher })
+            }
             (Tok::Ident(f), _, _) if f == "ip" => {
-                Err(self.err_at(vpos, "ip() label filters are not supported by this Cairn version".into()))
+                Err(self.err_at(vpos, "ip() label filters allow only = and !=".into()))
             }
             (Tok::Sub, _, Some(op)) => {
                 self.i -= 1;

@@ -242,6 +242,15 @@ pub enum LabelFilter {
     Or(Box<LabelFilter>, Box<LabelFilter>),
     /// `name op "string"`.
     String(Matcher),
+    /// `name = ip("…")` or `name != ip("…")`.
+    Ip {
+        /// Label name.
+        name: String,
+        /// `!=`.
+        negate: bool,
+        /// The address set.
+        matcher: IpMatcher,
+    },
     /// `name op number|duration|bytes`.
     Numeric {
         /// Label name.
@@ -273,6 +282,12 @@ impl LabelFilter {
                     return true;
                 }
                 m.matches(lbs.get(&m.name).unwrap_or(""))
+            }
+            LabelFilter::Ip { name, negate, matcher } => {
+                if lbs.has_err() {
+                    return true;
+                }
+                matcher.matches_str(lbs.get(name).unwrap_or("")) != *negate
             }
             LabelFilter::Numeric { name, op, kind, value } => {
                 if lbs.has_err() {
@@ -364,6 +379,79 @@ pub fn parse_bytes(s: &str) -> Option<f64> {
         _ => return None,
     };
     Some(num * mult)
+}
+
+/// An `ip("…")` matcher: a single address, a CIDR block or an inclusive
+/// range `a-b`, IPv4 or IPv6.
+#[derive(Debug, Clone)]
+pub struct IpMatcher {
+    src: String,
+    lo: std::net::IpAddr,
+    hi: std::net::IpAddr,
+}
+
+fn ip_bits(ip: std::net::IpAddr) -> (bool, u128) {
+    match ip {
+        std::net::IpAddr::V4(a) => (true, u32::from(a) as u128),
+        std::net::IpAddr::V6(a) => (false, u128::from(a)),
+    }
+}
+
+impl IpMatcher {
+    /// Parses `192.168.0.1`, `10.0.0.0/8`, `10.0.0.1-10.0.0.9`, or IPv6 forms.
+    pub fn new(src: &str) -> Result<IpMatcher, String> {
+        let bad = || format!("invalid ip() argument {src:?}: expected an address, a CIDR block or a range a-b");
+        let s = src.trim();
+        let (lo, hi) = if let Some((a, b)) = s.split_once('-') {
+            (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?)
+        } else if let Some((a, n)) = s.split_once('/') {
+            let base: std::net::IpAddr = a.trim().parse().map_err(|_| bad())?;
+            let n: u32 = n.trim().parse().map_err(|_| bad())?;
+            let (v4, bits) = ip_bits(base);
+            let width = if v4 { 32 } else { 128 };
+            if n > width {
+                return Err(bad());
+            }
+            let host = if n == width { 0 } else { (u128::MAX >> (128 - width)) >> n };
+            let lo = bits & !host;
+            let hi = lo | host;
+            let mk = |x: u128| -> std::net::IpAddr {
+                if v4 { std::net::Ipv4Addr::from(x as u32).into() } else { std::net::Ipv6Addr::from(x).into() }
+            };
+            (mk(lo), mk(hi))
+        } else {
+            let a: std::net::IpAddr = s.parse().map_err(|_| bad())?;
+            (a, a)
+        };
+        if ip_bits(lo).0 != ip_bits(hi).0 || ip_bits(lo).1 > ip_bits(hi).1 {
+            return Err(bad());
+        }
+        Ok(IpMatcher { src: src.to_string(), lo, hi })
+    }
+
+    /// The argument as written.
+    pub fn source(&self) -> &str {
+        &self.src
+    }
+
+    /// Is `ip` inside?
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let (v4, x) = ip_bits(ip);
+        let (lv4, lo) = ip_bits(self.lo);
+        v4 == lv4 && lo <= x && x <= ip_bits(self.hi).1
+    }
+
+    /// Does the text parse as an address inside?
+    pub fn matches_str(&self, s: &str) -> bool {
+        s.trim().parse().is_ok_and(|ip| self.contains(ip))
+    }
+
+    /// Does any address-looking token of `line` fall inside?
+    pub fn matches_line(&self, line: &str) -> bool {
+        line.split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
+            .filter(|t| t.contains('.') || t.contains(':'))
+            .any(|t| self.matches_str(t) || self.matches_str(t.trim_matches(|c| c == '.' || c == ':')))
+    }
 }
 
 /// A compiled `pattern` expression: literals and `<name>` captures.
@@ -1528,6 +1616,13 @@ mod tests {
             vec![("ip", "1.2.3.4"), ("method", "GET"), ("uri", "/a.gif"), ("status", "200"), ("size", "2326")]
         );
         assert!(Pattern::new("<a><b>").is_err());
+        let m = IpMatcher::new("192.168.4.5-192.168.4.20").unwrap();
+        assert!(m.matches_line("from 192.168.4.7: ok") && !m.matches_line("from 192.168.4.21"));
+        let m = IpMatcher::new("10.0.0.0/8").unwrap();
+        assert!(m.matches_str("10.255.0.1") && !m.matches_str("11.0.0.1") && !m.matches_str("::1"));
+        assert!(IpMatcher::new("::1").unwrap().matches_line("[::1]:80"));
+        assert!(IpMatcher::new("fe80::/10").unwrap().matches_str("fe80::1"));
+        assert!(IpMatcher::new("10.0.0.0/33").is_err() && IpMatcher::new("x").is_err());
         let f = Pattern::new_filter("<_> bar <_>").unwrap();
         assert!(f.test("foo bar baz"));
         assert!(!f.test(" bar baz"), "empty capture before a literal");
