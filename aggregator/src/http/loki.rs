@@ -348,7 +348,11 @@ fn range_spec(p: &Params, headers: &HeaderMap, agg: &Aggregator) -> Result<Query
     let query = p.get("query").ok_or_else(|| bad("query parameter is required"))?.to_string();
     let now = time::now_ns();
     let end = param_ns(p, "end", now)?;
-    let start = param_ns(p, "start", end.saturating_sub(3_600_000_000_000))?;
+    let since = match p.get("since") {
+        None => 3_600_000_000_000,
+        Some(s) => time::parse_loki_duration_ns(s).map_err(|e| bad(format!("invalid since parameter: {e}")))?,
+    };
+    let start = param_ns(p, "start", end.saturating_sub(since))?;
     if end < start {
         return Err(bad("end timestamp must not be before or equal to start time"));
     }

@@ -593,6 +593,8 @@ fn eval_range(
     let mut state = PipelineState::default();
     let mut failure: Option<EvalError> = None;
     let static_labels = range.unwrap.is_none() && pipeline_keeps_labels(&range.selector.pipeline);
+    // Leading line filters run on the raw line before any label work.
+    let prefix = range.selector.pipeline.iter().take_while(|s| matches!(s, Stage::LineFilter(_))).count();
     store.scan(q.tenant, &range.selector.matchers, scan_start, scan_end, &mut |labels, entries| {
         if failure.is_some() {
             return;
@@ -620,8 +622,11 @@ fn eval_range(
                 }
                 continue;
             }
+            if !range.selector.pipeline[..prefix].iter().all(|s| matches!(s, Stage::LineFilter(f) if f.keep(&e.line))) {
+                continue;
+            }
             let mut lbs = LabelsBuilder::new(labels, &e.metadata);
-            let Some(line) = run_stages(&range.selector.pipeline, &mut state, &mut lbs, &e.line, e.ts) else {
+            let Some(line) = run_stages(&range.selector.pipeline[prefix..], &mut state, &mut lbs, &e.line, e.ts) else {
                 continue;
             };
             let value = match (&range.unwrap, op) {
