@@ -11,4 +11,5 @@ mod loki_api;
 mod metrics;
 mod ops;
 mod restart;
+mod tail;
 mod up;
