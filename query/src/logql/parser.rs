@@ -976,7 +976,7 @@ fn parse_number(s: &str) -> Option<f64> {
         return i64::from_str_radix(h, 16).ok().map(|v| v as f64);
     }
     if s.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E') {
-        return s.parse().ok();
+        return s.parse().ok().filter(|v: &f64| v.is_finite());
     }
     None
 }
