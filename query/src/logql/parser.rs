@@ -1151,6 +1151,9 @@ mod tests {
             r#"rate({job="x"} | logfmt | unwrap n [5m])"#,
             r#"stddev(rate({job="x"}[1m])) and stdvar(rate({job="x"}[1m])) or count(rate({job="x"}[1m])) unless min(rate({job="x"}[1m]))"#,
             "2 ^ 3 ^ 2",
+            // exactly as Grafana's log volume histogram sends it
+            r#"sum by (level, detected_level) (count_over_time({job="x"} |= "x" | drop __error__[1m0s]))"#,
+            r#"sum by (level, detected_level) (count_over_time({job="x"} | drop __error__[1h0m0s]))"#,
         ] {
             match parse(q) {
                 Ok(Expr::Sample(_)) => {}
