@@ -12,7 +12,8 @@
 //! followed by `?k=v&…` parameter overrides and/or `+categorize` (sends
 //! `X-Loki-Response-Encoding-Flags: categorize-labels`). The expected JSON
 //! is the response's `data` without `stats`, or `{"status": N, "error": …}`
-//! for a non-200 answer.
+//! for a non-200 answer. `## get /path?query` snapshots any other endpoint's
+//! whole JSON body.
 //!
 //! Expected outputs change only through the explicit bless step:
 //! `CAIRN_BLESS=1 cargo test --test e2e golden` rewrites them; review the
@@ -63,6 +64,20 @@ fn run_case(c: &Cairn, case: &Case) -> String {
         Some(k) => (k, true),
         None => (kind, false),
     };
+    if kind == "get" {
+        // `## get /path?query`: the whole response body (JSON, or the
+        // status and text of an error).
+        // A literal `+` in a query string means a space; cases mean `+`.
+        let path = case.query.replace('+', "%2B");
+        let resp = reqwest::blocking::Client::new().get(format!("{}{path}", c.url)).send().unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.text().unwrap();
+        let v: Value = match (status, serde_json::from_str::<Value>(&body)) {
+            (200, Ok(v)) => v,
+            _ => serde_json::json!({"status": status, "error": body.trim()}),
+        };
+        return serde_json::to_string_pretty(&v).unwrap();
+    }
     let mut params: Vec<(String, String)> = match kind {
         "range" => vec![
             ("start".into(), "1700000000".into()),

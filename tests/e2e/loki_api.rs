@@ -203,6 +203,9 @@ fn gzip_json_push() {
     assert_eq!(s, 204, "{b}");
     let got = c.loki_lines(&[("query", r#"{job="gz"}"#)]);
     assert_eq!(got.iter().map(|l| l.2.as_str()).collect::<Vec<_>>(), ["compressed line"]);
+    // since= sets the start relative to end, as in Loki
+    assert_eq!(c.loki_lines(&[("query", r#"{job="gz"}"#), ("since", "1m")]).len(), 1);
+    assert_eq!(c.loki_lines(&[("query", r#"{job="gz"}"#), ("since", "1s")]).len(), 0);
 }
 
 #[test]

@@ -12,4 +12,5 @@ mod metrics;
 mod ops;
 mod prom_api;
 mod restart;
+mod tail;
 mod up;

@@ -348,7 +348,11 @@ fn range_spec(p: &Params, headers: &HeaderMap, agg: &Aggregator) -> Result<Query
     let query = p.get("query").ok_or_else(|| bad("query parameter is required"))?.to_string();
     let now = time::now_ns();
     let end = param_ns(p, "end", now)?;
-    let start = param_ns(p, "start", end.saturating_sub(3_600_000_000_000))?;
+    let since = match p.get("since") {
+        None => 3_600_000_000_000,
+        Some(s) => time::parse_loki_duration_ns(s).map_err(|e| bad(format!("invalid since parameter: {e}")))?,
+    };
+    let start = param_ns(p, "start", end.saturating_sub(since))?;
     if end < start {
         return Err(bad("end timestamp must not be before or equal to start time"));
     }
@@ -658,13 +662,15 @@ fn volume_spec(p: &Params) -> Result<VolumeSpec, Response> {
     Ok(VolumeSpec { matchers, targets, by_labels, limit })
 }
 
-/// The volume group key of a stream: its target label pairs (or, by
-/// labels, the target names it has with empty values).
-fn volume_key(spec: &VolumeSpec, l: &Labels) -> VolumeKey {
-    spec.targets
-        .iter()
-        .filter_map(|t| l.get(t).map(|v| (t.clone(), if spec.by_labels { String::new() } else { v.to_string() })))
-        .collect()
+/// The volume groups a stream counts in: one key of its target label
+/// pairs (`aggregateBy=series`), or one `{name: ""}` key per target label
+/// it has (`aggregateBy=labels`).
+fn volume_keys(spec: &VolumeSpec, l: &Labels) -> Vec<VolumeKey> {
+    if spec.by_labels {
+        return spec.targets.iter().filter(|t| l.get(t).is_some()).map(|t| vec![(t.clone(), String::new())]).collect();
+    }
+    let key: VolumeKey = spec.targets.iter().filter_map(|t| l.get(t).map(|v| (t.clone(), v.to_string()))).collect();
+    if key.is_empty() { Vec::new() } else { vec![key] }
 }
 
 fn volume_metric(key: &[(String, String)]) -> serde_json::Value {
@@ -690,11 +696,9 @@ pub(crate) async fn index_volume(
     let res = blocking(move || {
         let mut groups: std::collections::HashMap<VolumeKey, u64> = Default::default();
         for (l, st) in r.agg.logs.streams(&r.tenant, &spec.matchers, start, end) {
-            let key = volume_key(&spec, &l);
-            if key.is_empty() {
-                continue;
+            for key in volume_keys(&spec, &l) {
+                *groups.entry(key).or_default() += st.bytes;
             }
-            *groups.entry(key).or_default() += st.bytes;
         }
         let mut v: Vec<(VolumeKey, u64)> = groups.into_iter().collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -748,17 +752,15 @@ pub(crate) async fn index_volume_range(
             start.saturating_sub(step).saturating_add(1),
             end.saturating_add(1),
             &mut |l, entries| {
-                let key = volume_key(&spec, l);
-                if key.is_empty() {
-                    return;
-                }
-                let buckets = groups.entry(key).or_insert_with(|| vec![0; nsteps]);
-                for e in entries {
-                    // smallest k with start + k*step >= ts
-                    let k =
-                        ((e.ts as i128 - start as i128 + step as i128 - 1).div_euclid(step as i128)).max(0) as usize;
-                    if let Some(b) = buckets.get_mut(k) {
-                        *b += e.line.len() as u64;
+                for key in volume_keys(&spec, l) {
+                    let buckets = groups.entry(key).or_insert_with(|| vec![0; nsteps]);
+                    for e in entries {
+                        // smallest k with start + k*step >= ts
+                        let k = ((e.ts as i128 - start as i128 + step as i128 - 1).div_euclid(step as i128)).max(0)
+                            as usize;
+                        if let Some(b) = buckets.get_mut(k) {
+                            *b += e.line.len() as u64;
+                        }
                     }
                 }
             },

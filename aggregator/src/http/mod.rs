@@ -7,6 +7,7 @@
 
 mod loki;
 mod prom;
+mod tail;
 
 use std::io::Read;
 use std::sync::Arc;
@@ -59,6 +60,7 @@ pub fn router(agg: Arc<Aggregator>) -> Router {
             "/loki/api/v1/detected_field/{name}/values",
             get(loki::detected_field_values).post(loki::detected_field_values),
         )
+        .route("/loki/api/v1/tail", get(tail::tail))
         .route("/loki/api/v1/format_query", get(loki::format_query).post(loki::format_query))
         .route("/loki/api/v1/rules", get(loki::rules_yaml))
         .route("/prometheus/api/v1/rules", get(loki::prom_rules))

@@ -11,7 +11,7 @@ use std::fmt;
 use cairn_wire::Matcher;
 use regex::Regex;
 
-use super::pipeline::{LabelFilter, Pattern, Template};
+use super::pipeline::{IpMatcher, LabelFilter, Pattern, Template};
 
 /// A parsed LogQL expression.
 #[derive(Debug, Clone)]
@@ -70,6 +70,14 @@ pub enum FilterOp {
     Match,
     /// `!~`: the regex matches nowhere in the line.
     NotMatch,
+    /// `|>`: the line matches the pattern (`<_>` wildcards).
+    PatternMatch,
+    /// `!>`: the line does not match the pattern.
+    PatternNotMatch,
+    /// `|= ip("…")`: an address in the line is in the set.
+    IpMatch,
+    /// `!= ip("…")`: no address in the line is in the set.
+    IpNotMatch,
 }
 
 impl fmt::Display for FilterOp {
@@ -79,6 +87,10 @@ impl fmt::Display for FilterOp {
             FilterOp::NotContains => "!=",
             FilterOp::Match => "|~",
             FilterOp::NotMatch => "!~",
+            FilterOp::PatternMatch => "|>",
+            FilterOp::PatternNotMatch => "!>",
+            FilterOp::IpMatch => "|= ip",
+            FilterOp::IpNotMatch => "!= ip",
         })
     }
 }
@@ -92,6 +104,10 @@ pub struct LineFilter {
     pub patterns: Vec<String>,
     /// Compiled regexes for `|~` and `!~` (unanchored, as in Loki), one per pattern.
     pub res: Vec<Regex>,
+    /// Compiled patterns for `|>` and `!>`, one per pattern.
+    pub pats: Vec<Pattern>,
+    /// Address sets for `ip(…)` filters.
+    pub ips: Vec<IpMatcher>,
 }
 
 impl LineFilter {
@@ -103,6 +119,10 @@ impl LineFilter {
             FilterOp::NotContains => !self.patterns.iter().any(|p| line.contains(p.as_str())),
             FilterOp::Match => self.res.iter().any(|r| r.is_match(line)),
             FilterOp::NotMatch => !self.res.iter().any(|r| r.is_match(line)),
+            FilterOp::PatternMatch => self.pats.iter().any(|p| p.test(line)),
+            FilterOp::PatternNotMatch => !self.pats.iter().any(|p| p.test(line)),
+            FilterOp::IpMatch => self.ips.iter().any(|m| m.matches_line(line)),
+            FilterOp::IpNotMatch => !self.ips.iter().any(|m| m.matches_line(line)),
         }
     }
 }
@@ -436,6 +456,18 @@ pub struct VectorMatching {
     pub on: bool,
     /// Label names.
     pub labels: Vec<String>,
+    /// `group_left`/`group_right` (many-to-one / one-to-many).
+    pub group: Option<Group>,
+}
+
+/// Many-to-one or one-to-many matching, with the labels to copy from the
+/// "one" side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Group {
+    /// `group_left(…)`: many on the left.
+    Left(Vec<String>),
+    /// `group_right(…)`: many on the right.
+    Right(Vec<String>),
 }
 
 /// A metric expression.
@@ -475,6 +507,21 @@ pub enum SampleExpr {
         lhs: Box<SampleExpr>,
         /// Right operand.
         rhs: Box<SampleExpr>,
+    },
+    /// `label_replace(inner, "dst", "replacement", "src", "regex")`.
+    LabelReplace {
+        /// Operand.
+        inner: Box<SampleExpr>,
+        /// Label to write.
+        dst: String,
+        /// Replacement with `$1` / `${name}` references.
+        replacement: String,
+        /// Label to read.
+        src: String,
+        /// The regex as written (matched fully anchored).
+        regex_src: String,
+        /// `^(?s:regex)$`, compiled.
+        regex: Regex,
     },
     /// A number.
     Literal(f64),

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use cairn_store::logs::LogStore;
 use cairn_wire::Labels;
 
-use super::ast::{Direction, LogSelector};
+use super::ast::{Direction, LogSelector, Stage};
 use super::pipeline::{Category, LabelsBuilder, PipelineState, run_stages};
 
 /// Parameters of a log query, in Loki's terms.
@@ -62,6 +62,7 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
     let mut cand: Vec<(i64, u64, u32, LogEntry)> = Vec::new();
     let mut state = PipelineState::default();
     let mut seq: u64 = 0;
+    let prefix = sel.pipeline.iter().take_while(|s| matches!(s, Stage::LineFilter(_))).count();
     let needles = sel.required_substrings();
     store.scan_needles(q.tenant, &sel.matchers, q.start, q.end, &needles, &mut |labels, entries| {
         let mut taken = 0usize;
@@ -69,8 +70,12 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
             if taken >= q.limit {
                 return false;
             }
+            // Leading line filters need no labels: reject early, cheaply.
+            if !sel.pipeline[..prefix].iter().all(|s| matches!(s, Stage::LineFilter(f) if f.keep(&e.line))) {
+                return true;
+            }
             let mut lbs = LabelsBuilder::new(labels, &e.metadata);
-            let Some(line) = run_stages(&sel.pipeline, &mut state, &mut lbs, &e.line, e.ts) else {
+            let Some(line) = run_stages(&sel.pipeline[prefix..], &mut state, &mut lbs, &e.line, e.ts) else {
                 return true;
             };
             let (key, metadata, parsed) = if q.categorize {

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use cairn_store::logs::LogStore;
 use cairn_wire::Labels;
 
-use super::ast::{BinOp, Grouping, LogRange, RangeOp, SampleExpr, Stage, UnwrapConv, VecOp, VectorMatching};
+use super::ast::{BinOp, Group, Grouping, LogRange, RangeOp, SampleExpr, Stage, UnwrapConv, VecOp, VectorMatching};
 use super::pipeline::{
     ERROR_DETAILS_LABEL, ERROR_LABEL, LabelsBuilder, PipelineState, decolorize, parse_bytes, parse_go_duration,
     run_stages,
@@ -55,6 +55,12 @@ pub enum EvalError {
     /// Two samples on the left of a one-to-one operation share matching labels.
     #[error("multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)")]
     ManyToOne,
+    /// A `group_left`/`group_right` result has two samples with the same labels.
+    #[error("multiple matches for labels: grouping labels must ensure unique matches")]
+    GroupingNotUnique,
+    /// Two samples of one step ended up with the same labels.
+    #[error("vector cannot contain metrics with the same labelset")]
+    DuplicateLabelset,
     /// Too many steps.
     #[error(
         "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"
@@ -172,6 +178,32 @@ fn eval(store: &LogStore, expr: &SampleExpr, q: &MetricQuery<'_>, steps: &[i64])
         SampleExpr::Range { op, param, range, grouping } => {
             eval_range(store, *op, *param, range, grouping.as_ref(), q, steps)
         }
+        // `sum [by|without (…)] (count_over_time|rate|bytes_*(…))`: summing
+        // per-stream counts equals counting per group, so the grouping is
+        // pushed into sample extraction (as Loki does) and the full label
+        // sets of parsed lines never become series.
+        SampleExpr::Vector { op: VecOp::Sum, grouping, param: None, inner }
+            if matches!(
+                inner.as_ref(),
+                SampleExpr::Range {
+                    op: RangeOp::Count | RangeOp::Rate | RangeOp::Bytes | RangeOp::BytesRate,
+                    grouping: None,
+                    range: LogRange { unwrap: None, .. },
+                    ..
+                }
+            ) =>
+        {
+            let SampleExpr::Range { op, param, range, .. } = inner.as_ref() else {
+                unreachable!("guarded by the match arm");
+            };
+            let g = grouping.clone().unwrap_or(Grouping { without: false, labels: Vec::new() });
+            let vs = match eval_range(store, *op, *param, range, Some(&g), q, steps)? {
+                StepValues::Vectors(vs) => vs,
+                StepValues::Scalar(_) => unreachable!("range aggregations yield vectors"),
+            };
+            let out = vs.into_iter().map(|v| vector_agg(VecOp::Sum, Some(&g), None, v)).collect::<Result<_, _>>()?;
+            Ok(StepValues::Vectors(out))
+        }
         SampleExpr::Vector { op, grouping, param, inner } => {
             let inner = eval(store, inner, q, steps)?;
             let vs = match inner {
@@ -184,12 +216,49 @@ fn eval(store: &LogStore, expr: &SampleExpr, q: &MetricQuery<'_>, steps: &[i64])
                 vs.into_iter().map(|v| vector_agg(*op, grouping.as_ref(), *param, v)).collect::<Result<_, _>>()?;
             Ok(StepValues::Vectors(out))
         }
+        SampleExpr::LabelReplace { inner, dst, replacement, src, regex, .. } => {
+            let vs = match eval(store, inner, q, steps)? {
+                StepValues::Scalar(x) => {
+                    steps.iter().map(|_| vec![Sample { labels: Labels::empty(), value: x }]).collect()
+                }
+                StepValues::Vectors(vs) => vs,
+            };
+            let mut out = Vec::with_capacity(vs.len());
+            for v in vs {
+                let mut step: Vec<Sample> = v
+                    .into_iter()
+                    .map(|s| Sample { labels: label_replace(&s.labels, dst, replacement, src, regex), value: s.value })
+                    .collect();
+                step.sort_by(|a, b| a.labels.cmp(&b.labels));
+                if step.windows(2).any(|w| w[0].labels == w[1].labels) {
+                    return Err(EvalError::DuplicateLabelset);
+                }
+                out.push(step);
+            }
+            Ok(StepValues::Vectors(out))
+        }
         SampleExpr::Binary { op, return_bool, matching, lhs, rhs } => {
             let l = eval(store, lhs, q, steps)?;
             let r = eval(store, rhs, q, steps)?;
             binary(*op, *return_bool, matching.as_ref(), l, r)
         }
     }
+}
+
+/// Prometheus's label_replace on one label set: when `regex` matches the
+/// value of `src` ("" when absent), `dst` becomes the expanded replacement
+/// (removed when that is empty); otherwise the labels are unchanged.
+fn label_replace(labels: &Labels, dst: &str, replacement: &str, src: &str, regex: &regex::Regex) -> Labels {
+    let value = labels.get(src).unwrap_or("");
+    let Some(caps) = regex.captures(value) else {
+        return labels.clone();
+    };
+    let mut res = String::new();
+    caps.expand(replacement, &mut res);
+    let mut pairs: Vec<(&str, &str)> =
+        labels.iter().filter(|l| l.name != dst).map(|l| (l.name.as_str(), l.value.as_str())).collect();
+    pairs.push((dst, res.as_str()));
+    Labels::from_pairs(pairs).unwrap_or_else(|_| labels.clone())
 }
 
 /// A scalar operation; `None` for a comparison that is false without `bool`.
@@ -305,6 +374,11 @@ fn vector_binary(
         }
         _ => {}
     }
+    if let Some(m) = matching
+        && let Some(group) = &m.group
+    {
+        return grouped_binary(op, return_bool, m, group, l, r);
+    }
     let mut rmap: HashMap<Labels, &Sample> = HashMap::new();
     for (s, k) in r.iter().zip(rkeys) {
         if rmap.insert(k.clone(), s).is_some() {
@@ -327,6 +401,59 @@ fn vector_binary(
             Some(m) => match_key(&s.labels, Some(m)),
             None => s.labels,
         };
+        out.push(Sample { labels, value });
+    }
+    Ok(out)
+}
+
+/// `group_left` / `group_right`, as Prometheus evaluates them: the "one"
+/// side must be unique per match group; each "many" sample keeps its
+/// labels plus the included labels copied from its "one" match; the
+/// operands keep their written order.
+fn grouped_binary(
+    op: BinOp,
+    return_bool: bool,
+    m: &VectorMatching,
+    group: &Group,
+    l: Vec<Sample>,
+    r: Vec<Sample>,
+) -> Result<Vec<Sample>, EvalError> {
+    let (many, one, include, swapped) = match group {
+        Group::Left(inc) => (l, r, inc, false),
+        Group::Right(inc) => (r, l, inc, true),
+    };
+    let mut one_map: HashMap<Labels, &Sample> = HashMap::new();
+    for s in &one {
+        let k = match_key(&s.labels, Some(m));
+        if one_map.insert(k.clone(), s).is_some() {
+            return Err(EvalError::ManyToMany { labels: k.to_string() });
+        }
+    }
+    let mut out: Vec<Sample> = Vec::new();
+    let mut seen: HashMap<Labels, ()> = HashMap::new();
+    for s in many {
+        let k = match_key(&s.labels, Some(m));
+        let Some(o) = one_map.get(&k) else { continue };
+        let (vl, vr) = if swapped { (o.value, s.value) } else { (s.value, o.value) };
+        let Some(mut value) = scalar_op(op, vl, vr, return_bool) else { continue };
+        if op.is_comparison() && !return_bool {
+            value = vl;
+        }
+        let mut pairs: Vec<(&str, &str)> = s
+            .labels
+            .iter()
+            .filter(|x| !include.contains(&x.name))
+            .map(|x| (x.name.as_str(), x.value.as_str()))
+            .collect();
+        for name in include {
+            if let Some(v) = o.labels.get(name) {
+                pairs.push((name, v));
+            }
+        }
+        let labels = Labels::from_pairs(pairs).unwrap_or_default();
+        if seen.insert(labels.clone(), ()).is_some() {
+            return Err(EvalError::GroupingNotUnique);
+        }
         out.push(Sample { labels, value });
     }
     Ok(out)
@@ -466,6 +593,8 @@ fn eval_range(
     let mut state = PipelineState::default();
     let mut failure: Option<EvalError> = None;
     let static_labels = range.unwrap.is_none() && pipeline_keeps_labels(&range.selector.pipeline);
+    // Leading line filters run on the raw line before any label work.
+    let prefix = range.selector.pipeline.iter().take_while(|s| matches!(s, Stage::LineFilter(_))).count();
     let needles = range.selector.required_substrings();
     store.scan_needles(q.tenant, &range.selector.matchers, scan_start, scan_end, &needles, &mut |labels, entries| {
         if failure.is_some() {
@@ -494,8 +623,11 @@ fn eval_range(
                 }
                 continue;
             }
+            if !range.selector.pipeline[..prefix].iter().all(|s| matches!(s, Stage::LineFilter(f) if f.keep(&e.line))) {
+                continue;
+            }
             let mut lbs = LabelsBuilder::new(labels, &e.metadata);
-            let Some(line) = run_stages(&range.selector.pipeline, &mut state, &mut lbs, &e.line, e.ts) else {
+            let Some(line) = run_stages(&range.selector.pipeline[prefix..], &mut state, &mut lbs, &e.line, e.ts) else {
                 continue;
             };
             let value = match (&range.unwrap, op) {

@@ -6,8 +6,8 @@
 //! whose errors carry line and column, formatted as Loki formats them:
 //! `parse error at line 1, col 8: syntax error: unexpected …`.
 //!
-//! Supported: stream selectors; line filters (`|=`, `!=`, `|~`, `!~`, with
-//! `or` alternatives); parsers `json`, `logfmt` (`--strict`,
+//! Supported: stream selectors; line filters (`|=`, `!=`, `|~`, `!~`, `|>`,
+//! `!>`, with `or` alternatives); parsers `json`, `logfmt` (`--strict`,
 //! `--keep-empty`), `regexp`, `pattern`, `unpack`; label filters (string,
 //! numeric, duration, bytes; `and`, `or`, `,`, parentheses); `line_format`,
 //! `label_format` (see [`pipeline::Template`] for the template subset);
@@ -17,9 +17,10 @@
 //! and `rate_counter`) with `offset`; vector aggregations (`sum`, `avg`,
 //! `min`, `max`, `count`, `stddev`, `stdvar`, `topk`, `bottomk`, `sort`,
 //! `sort_desc`) with `by`/`without`; number literals, `vector(n)`, binary
-//! operators with `bool` and one-to-one `on`/`ignoring` matching.
-//! Refused by name: pattern line filters (`|>`), `ip()`, `label_replace`,
-//! `group_left`/`group_right`, template control structures.
+//! operators with `bool` and `on`/`ignoring` matching (with
+//! `group_left`/`group_right`);
+//! `label_replace`; `ip(…)` line and label filters. Refused by name:
+//! template control structures and functions Loki lacks.
 
 mod ast;
 mod detected;

@@ -6,11 +6,11 @@ use cairn_wire::{MatchOp, Matcher};
 use regex::Regex;
 
 use super::ast::{
-    BinOp, Expr, FilterOp, Grouping, JsonPathPart, LabelFmt, LineFilter, LogRange, LogSelector, NamedMatcher, RangeOp,
-    SampleExpr, Stage, Unwrap, UnwrapConv, VecOp, VectorMatching,
+    BinOp, Expr, FilterOp, Group, Grouping, JsonPathPart, LabelFmt, LineFilter, LogRange, LogSelector, NamedMatcher,
+    RangeOp, SampleExpr, Stage, Unwrap, UnwrapConv, VecOp, VectorMatching,
 };
 use super::lexer::{Tok, Token, lex};
-use super::pipeline::{CmpOp, LabelFilter, NumKind, Pattern, Template, parse_bytes, parse_go_duration};
+use super::pipeline::{CmpOp, IpMatcher, LabelFilter, NumKind, Pattern, Template, parse_bytes, parse_go_duration};
 
 /// Deepest nesting of sub-expressions accepted (guards the stack).
 const MAX_DEPTH: usize = 200;
@@ -166,15 +166,25 @@ impl Parser<'_> {
                 let on = s == "on";
                 self.next();
                 let labels = self.label_list()?;
-                matching = Some(VectorMatching { on, labels });
-                if let Tok::Ident(s) = self.peek()
-                    && (s == "group_left" || s == "group_right")
+                let mut group = None;
+                if let Tok::Ident(g) = self.peek().clone()
+                    && (g == "group_left" || g == "group_right")
                 {
-                    return Err(self.err_at(
-                        self.pos(),
-                        format!("{s} (many-to-one matching) is not supported by this Cairn version"),
-                    ));
+                    let gpos = self.pos();
+                    if op.is_set() {
+                        return Err(
+                            self.err_at(gpos, format!("no grouping allowed for \"{}\" operation", binop_name(op)))
+                        );
+                    }
+                    self.next();
+                    let include = if *self.peek() == Tok::OpenParen { self.label_list()? } else { Vec::new() };
+                    group = Some(if g == "group_left" { Group::Left(include) } else { Group::Right(include) });
                 }
+                matching = Some(VectorMatching { on, labels, group });
+            } else if let Tok::Ident(g) = self.peek()
+                && (g == "group_left" || g == "group_right")
+            {
+                return Err(self.unexpected("on or ignoring before group_left/group_right"));
             }
             let next_min = if op == BinOp::Pow { prec } else { prec + 1 };
             let rhs = self.sample_expr(next_min)?;
@@ -260,8 +270,11 @@ impl Parser<'_> {
                         self.expect(Tok::CloseParen, ")")?;
                         Ok(SampleExpr::VectorLit(v))
                     }
-                    "label_replace" | "absent" | "approx_topk" | "count_values" | "group" | "sum_of_squares"
-                    | "timestamp" => Err(self.err_at(
+                    "label_replace" => {
+                        self.next();
+                        self.label_replace()
+                    }
+                    "absent" | "approx_topk" | "count_values" | "group" | "sum_of_squares" | "timestamp" => Err(self.err_at(
                         pos,
                         format!("{name} is not supported by this Cairn version"),
                     )),
@@ -317,6 +330,27 @@ impl Parser<'_> {
                 }
             }
         }
+    }
+
+    fn label_replace(&mut self) -> Result<SampleExpr, ParseError> {
+        self.expect(Tok::OpenParen, "(")?;
+        let inner = self.sample_expr(0)?;
+        let mut args = Vec::with_capacity(4);
+        let mut positions = Vec::with_capacity(4);
+        for _ in 0..4 {
+            self.expect(Tok::Comma, ",")?;
+            positions.push(self.pos());
+            args.push(self.string()?);
+        }
+        self.expect(Tok::CloseParen, ")")?;
+        let (dst, replacement, src, regex_src) = (args[0].clone(), args[1].clone(), args[2].clone(), args[3].clone());
+        if !cairn_wire::labels::is_valid_label_name(&dst) {
+            return Err(self.err_at(positions[0], format!("invalid destination label name in label_replace(): {dst}")));
+        }
+        let regex = Regex::new(&format!("^(?s:{regex_src})$")).map_err(|e| {
+            self.err_at(positions[3], format!("invalid regular expression in label_replace(): {regex_src}: {e}"))
+        })?;
+        Ok(SampleExpr::LabelReplace { inner: Box::new(inner), dst, replacement, src, regex_src, regex })
     }
 
     fn vector_agg(&mut self, op: VecOp) -> Result<SampleExpr, ParseError> {
@@ -479,13 +513,30 @@ impl Parser<'_> {
         }
     }
 
+    /// `("spec")` after `ip`.
+    fn ip_arg(&mut self) -> Result<IpMatcher, ParseError> {
+        self.expect(Tok::OpenParen, "(")?;
+        let pos = self.pos();
+        let spec = self.string()?;
+        self.expect(Tok::CloseParen, ")")?;
+        IpMatcher::new(&spec).map_err(|e| self.err_at(pos, e))
+    }
+
     fn line_filter(&mut self, op: FilterOp) -> Result<LineFilter, ParseError> {
         let mut patterns = Vec::new();
         let mut res = Vec::new();
+        let mut pats = Vec::new();
         loop {
             let pos = self.pos();
             if matches!(self.peek(), Tok::Ident(s) if s == "ip") {
-                return Err(self.err_at(pos, "ip() line filters are not supported by this Cairn version".into()));
+                let op = match op {
+                    FilterOp::Contains => FilterOp::IpMatch,
+                    FilterOp::NotContains => FilterOp::IpNotMatch,
+                    _ => return Err(self.err_at(pos, "ip() is only allowed after |= and !=".into())),
+                };
+                self.next();
+                let m = self.ip_arg()?;
+                return Ok(LineFilter { op, patterns: vec![m.source().to_string()], res, pats, ips: vec![m] });
             }
             let pattern = self.string()?;
             if matches!(op, FilterOp::Match | FilterOp::NotMatch) {
@@ -494,6 +545,9 @@ impl Parser<'_> {
                         .map_err(|e| self.err_at(pos, format!("invalid regular expression {pattern:?}: {e}")))?,
                 );
             }
+            if matches!(op, FilterOp::PatternMatch | FilterOp::PatternNotMatch) {
+                pats.push(Pattern::new_filter(&pattern).map_err(|e| self.err_at(pos, e))?);
+            }
             patterns.push(pattern);
             if matches!(self.peek(), Tok::Ident(s) if s == "or")
                 && matches!(self.toks.get(self.i + 1).map(|t| &t.tok), Some(Tok::Str(_)))
@@ -501,7 +555,7 @@ impl Parser<'_> {
                 self.next();
                 continue;
             }
-            return Ok(LineFilter { op, patterns, res });
+            return Ok(LineFilter { op, patterns, res, pats, ips: Vec::new() });
         }
     }
 
@@ -515,12 +569,8 @@ impl Parser<'_> {
                 Tok::Neq => FilterOp::NotContains,
                 Tok::PipeMatch => FilterOp::Match,
                 Tok::Nre => FilterOp::NotMatch,
-                Tok::PipePattern | Tok::NotPipePattern => {
-                    return Err(self.err_at(
-                        self.pos(),
-                        "pattern line filters (|> and !>) are not supported by this Cairn version".into(),
-                    ));
-                }
+                Tok::PipePattern => FilterOp::PatternMatch,
+                Tok::NotPipePattern => FilterOp::PatternNotMatch,
                 Tok::Pipe => {
                     self.next();
                     if matches!(self.peek(), Tok::Ident(s) if s == "unwrap") {
@@ -849,8 +899,13 @@ impl Parser<'_> {
                 };
                 Ok(LabelFilter::Numeric { name, op, kind, value })
             }
+            (Tok::Ident(f), Some(MatchOp::Equal | MatchOp::NotEqual), _) if f == "ip" => {
+                let negate = str_op == Some(MatchOp::NotEqual);
+                let matcher = self.ip_arg()?;
+                Ok(LabelFilter::Ip { name, negate, matcher })
+            }
             (Tok::Ident(f), _, _) if f == "ip" => {
-                Err(self.err_at(vpos, "ip() label filters are not supported by this Cairn version".into()))
+                Err(self.err_at(vpos, "ip() label filters allow only = and !=".into()))
             }
             (Tok::Sub, _, Some(op)) => {
                 self.i -= 1;
@@ -921,7 +976,7 @@ fn parse_number(s: &str) -> Option<f64> {
         return i64::from_str_radix(h, 16).ok().map(|v| v as f64);
     }
     if s.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E') {
-        return s.parse().ok();
+        return s.parse().ok().filter(|v: &f64| v.is_finite());
     }
     None
 }
@@ -961,6 +1016,15 @@ fn parse_json_path(s: &str) -> Option<Vec<JsonPathPart>> {
         }
     }
     if out.is_empty() { None } else { Some(out) }
+}
+
+fn binop_name(op: BinOp) -> &'static str {
+    match op {
+        BinOp::Or => "or",
+        BinOp::And => "and",
+        BinOp::Unless => "unless",
+        _ => "arithmetic",
+    }
 }
 
 /// Builds a binary node, folding literal–literal arithmetic as Loki does.
@@ -1025,13 +1089,12 @@ mod tests {
         );
         assert!(parse("{}").is_err());
         assert!(parse(r#"{job="x"} |~ "(""#).is_err());
-        assert!(parse(r#"{job="x"} |> "<_> x""#).unwrap_err().to_string().contains("not supported"));
-        assert!(
-            parse(r#"label_replace(rate({job="x"}[1m]), "a", "b", "c", "d")"#)
-                .unwrap_err()
-                .to_string()
-                .contains("label_replace is not supported")
-        );
+        assert!(parse(r#"{job="x"} |> "<_> x""#).is_ok());
+        assert!(parse(r#"{job="x"} |> "<_><_>""#).is_err());
+        assert!(parse(r#"label_replace(rate({job="x"}[1m]), "a", "b", "c", "d")"#).is_ok());
+        assert!(parse(r#"label_replace(rate({job="x"}[1m]), "1a", "b", "c", "d")"#).is_err());
+        assert!(parse(r#"label_replace(rate({job="x"}[1m]), "a", "b", "c", "(")"#).is_err());
+        assert!(parse(r#"absent(rate({job="x"}[1m]))"#).unwrap_err().to_string().contains("absent is not supported"));
         assert!(parse(r#"rate({job="x"})"#).is_err());
         assert!(parse(r#"{job="x"}[1m]"#).is_err());
         assert_eq!(
@@ -1051,7 +1114,9 @@ mod tests {
         assert!(parse(r#"{job="x"} | line_format "{{ if .a }}{{ end }}""#).unwrap_err().to_string().contains("\"if\""));
         assert!(parse(r#"{job="x"} | nosuchstage"#).is_err());
         assert!(parse("1 + bool 2").is_err());
-        assert!(parse(r#"sum(rate({a="b"}[1m])) group_left sum(rate({a="b"}[1m]))"#).is_err());
+        assert!(parse(r#"sum(rate({a="b"}[1m])) * group_left sum(rate({a="b"}[1m]))"#).is_err());
+        assert!(parse(r#"sum(rate({a="b"}[1m])) * on(a) group_left(c) sum(rate({a="b"}[1m]))"#).is_ok());
+        assert!(parse(r#"sum(rate({a="b"}[1m])) and on(a) group_left sum(rate({a="b"}[1m]))"#).is_err());
         assert!(parse(r#"{job="x"} extra"#).is_err());
         for junk in ["", "{", "{job", "{job=", "{job=\"x\"", "}", "|=", "{job=\"x\"} |="] {
             assert!(parse(junk).is_err(), "{junk:?}");
@@ -1086,6 +1151,9 @@ mod tests {
             r#"rate({job="x"} | logfmt | unwrap n [5m])"#,
             r#"stddev(rate({job="x"}[1m])) and stdvar(rate({job="x"}[1m])) or count(rate({job="x"}[1m])) unless min(rate({job="x"}[1m]))"#,
             "2 ^ 3 ^ 2",
+            // exactly as Grafana's log volume histogram sends it
+            r#"sum by (level, detected_level) (count_over_time({job="x"} |= "x" | drop __error__[1m0s]))"#,
+            r#"sum by (level, detected_level) (count_over_time({job="x"} | drop __error__[1h0m0s]))"#,
         ] {
             match parse(q) {
                 Ok(Expr::Sample(_)) => {}

@@ -242,6 +242,15 @@ pub enum LabelFilter {
     Or(Box<LabelFilter>, Box<LabelFilter>),
     /// `name op "string"`.
     String(Matcher),
+    /// `name = ip("…")` or `name != ip("…")`.
+    Ip {
+        /// Label name.
+        name: String,
+        /// `!=`.
+        negate: bool,
+        /// The address set.
+        matcher: IpMatcher,
+    },
     /// `name op number|duration|bytes`.
     Numeric {
         /// Label name.
@@ -273,6 +282,12 @@ impl LabelFilter {
                     return true;
                 }
                 m.matches(lbs.get(&m.name).unwrap_or(""))
+            }
+            LabelFilter::Ip { name, negate, matcher } => {
+                if lbs.has_err() {
+                    return true;
+                }
+                matcher.matches_str(lbs.get(name).unwrap_or("")) != *negate
             }
             LabelFilter::Numeric { name, op, kind, value } => {
                 if lbs.has_err() {
@@ -366,6 +381,79 @@ pub fn parse_bytes(s: &str) -> Option<f64> {
     Some(num * mult)
 }
 
+/// An `ip("…")` matcher: a single address, a CIDR block or an inclusive
+/// range `a-b`, IPv4 or IPv6.
+#[derive(Debug, Clone)]
+pub struct IpMatcher {
+    src: String,
+    lo: std::net::IpAddr,
+    hi: std::net::IpAddr,
+}
+
+fn ip_bits(ip: std::net::IpAddr) -> (bool, u128) {
+    match ip {
+        std::net::IpAddr::V4(a) => (true, u32::from(a) as u128),
+        std::net::IpAddr::V6(a) => (false, u128::from(a)),
+    }
+}
+
+impl IpMatcher {
+    /// Parses `192.168.0.1`, `10.0.0.0/8`, `10.0.0.1-10.0.0.9`, or IPv6 forms.
+    pub fn new(src: &str) -> Result<IpMatcher, String> {
+        let bad = || format!("invalid ip() argument {src:?}: expected an address, a CIDR block or a range a-b");
+        let s = src.trim();
+        let (lo, hi) = if let Some((a, b)) = s.split_once('-') {
+            (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?)
+        } else if let Some((a, n)) = s.split_once('/') {
+            let base: std::net::IpAddr = a.trim().parse().map_err(|_| bad())?;
+            let n: u32 = n.trim().parse().map_err(|_| bad())?;
+            let (v4, bits) = ip_bits(base);
+            let width = if v4 { 32 } else { 128 };
+            if n > width {
+                return Err(bad());
+            }
+            let host = if n == width { 0 } else { (u128::MAX >> (128 - width)) >> n };
+            let lo = bits & !host;
+            let hi = lo | host;
+            let mk = |x: u128| -> std::net::IpAddr {
+                if v4 { std::net::Ipv4Addr::from(x as u32).into() } else { std::net::Ipv6Addr::from(x).into() }
+            };
+            (mk(lo), mk(hi))
+        } else {
+            let a: std::net::IpAddr = s.parse().map_err(|_| bad())?;
+            (a, a)
+        };
+        if ip_bits(lo).0 != ip_bits(hi).0 || ip_bits(lo).1 > ip_bits(hi).1 {
+            return Err(bad());
+        }
+        Ok(IpMatcher { src: src.to_string(), lo, hi })
+    }
+
+    /// The argument as written.
+    pub fn source(&self) -> &str {
+        &self.src
+    }
+
+    /// Is `ip` inside?
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let (v4, x) = ip_bits(ip);
+        let (lv4, lo) = ip_bits(self.lo);
+        v4 == lv4 && lo <= x && x <= ip_bits(self.hi).1
+    }
+
+    /// Does the text parse as an address inside?
+    pub fn matches_str(&self, s: &str) -> bool {
+        s.trim().parse().is_ok_and(|ip| self.contains(ip))
+    }
+
+    /// Does any address-looking token of `line` fall inside?
+    pub fn matches_line(&self, line: &str) -> bool {
+        line.split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
+            .filter(|t| t.contains('.') || t.contains(':'))
+            .any(|t| self.matches_str(t) || self.matches_str(t.trim_matches(|c| c == '.' || c == ':')))
+    }
+}
+
 /// A compiled `pattern` expression: literals and `<name>` captures.
 #[derive(Debug, Clone)]
 pub struct Pattern {
@@ -381,9 +469,19 @@ enum PatternPart {
 }
 
 impl Pattern {
-    /// Compiles a pattern; at least one named capture, no two consecutive
-    /// captures, no duplicate names.
+    /// Compiles a pattern for the `pattern` parser: at least one named
+    /// capture, no two consecutive captures, no duplicate names.
     pub fn new(src: &str) -> Result<Pattern, String> {
+        let p = Self::new_filter(src)?;
+        if !p.parts.iter().any(|x| matches!(x, PatternPart::Cap(Some(_)))) {
+            return Err("at least one capture is required".into());
+        }
+        Ok(p)
+    }
+
+    /// Compiles a pattern for the `|>` / `!>` line filters (no named
+    /// capture needed).
+    pub fn new_filter(src: &str) -> Result<Pattern, String> {
         let mut parts = Vec::new();
         let mut rest = src;
         let mut lit = String::new();
@@ -413,9 +511,6 @@ impl Pattern {
         }
         let names: Vec<&String> =
             parts.iter().filter_map(|p| if let PatternPart::Cap(Some(n)) = p { Some(n) } else { None }).collect();
-        if names.is_empty() {
-            return Err("at least one capture is required".into());
-        }
         let uniq: HashSet<&&String> = names.iter().collect();
         if uniq.len() != names.len() {
             return Err("duplicate capture name".into());
@@ -426,6 +521,29 @@ impl Pattern {
     /// The pattern as written.
     pub fn source(&self) -> &str {
         &self.src
+    }
+
+    /// Does `line` match, as Loki's pattern line filter tests it: each
+    /// literal found after the previous one, no empty capture before a
+    /// literal; a pattern ending in a literal must consume the whole line,
+    /// one ending in a capture must leave something for it.
+    pub fn test(&self, line: &str) -> bool {
+        if line.is_empty() || self.parts.is_empty() {
+            return line.is_empty() && self.parts.is_empty();
+        }
+        let mut off = 0;
+        for (i, p) in self.parts.iter().enumerate() {
+            let PatternPart::Lit(lit) = p else { continue };
+            let Some(j) = line[off..].find(lit.as_str()) else {
+                return false;
+            };
+            if i != 0 && j == 0 {
+                return false;
+            }
+            off += j + lit.len();
+        }
+        let ends_in_capture = matches!(self.parts.last(), Some(PatternPart::Cap(_)));
+        ends_in_capture == (off != line.len())
     }
 
     /// Captures of `line`, (name, value), as Loki's pattern matcher finds them.
@@ -478,13 +596,15 @@ impl Pattern {
 /// Supported: literal text; actions `{{ pipeline }}` (with `{{-`/`-}}` trim
 /// markers) where a pipeline is commands joined by `|`, the previous result
 /// passed as the last argument; arguments `.label`, `"string"`, `` `raw` ``,
-/// numbers, and nested `(…)`. Functions: `__line__`, `__timestamp__` (RFC
-/// 3339), `ToLower`, `ToUpper`, `lower`, `upper`, `title`, `Title`,
+/// numbers, and nested `(…)`. Functions: `__line__`, `__timestamp__` (in
+/// the `2006-01-02 15:04:05 +0000 UTC` form Go prints), `ToLower`,
+/// `ToUpper`, `lower`, `upper`, `title`, `Title`,
 /// `TrimSpace`, `trimSpace`, `trim`, `Trim`, `TrimLeft`, `TrimRight`,
 /// `TrimPrefix`, `TrimSuffix`, `trimPrefix`, `trimSuffix`, `trimAll`,
 /// `Replace`, `replace`, `default`, `contains`, `hasPrefix`, `hasSuffix`,
 /// `repeat`, `trunc`, `substr`, `regexReplaceAll`, `regexReplaceAllLiteral`,
-/// `printf` (verbs `%s %v %d %q %f` and `%%`), `len`, `count`, `abs`,
+/// `printf` (verbs `%s %v %d %q %f` and `%%`; labels are strings, so `%d`
+/// of a label prints Go's `%!d(string=…)`), `len`, `count`, `abs`,
 /// `add`, `sub`, `mul`, `div`, `mod`, `alignLeft`, `alignRight`.
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -883,7 +1003,11 @@ impl Ctx<'_> {
         let st = |x: String| Ok(TVal::Str(x));
         match f {
             "__line__" => st(self.line.to_string()),
-            "__timestamp__" => st(cairn_wire::time::format_rfc3339_ns(self.ts)),
+            // Go prints the time.Time Loki passes as `2006-01-02 15:04:05.999999999 +0000 UTC`.
+            "__timestamp__" => {
+                let r = cairn_wire::time::format_rfc3339_ns(self.ts);
+                st(format!("{} +0000 UTC", r.trim_end_matches('Z').replacen('T', " ", 1)))
+            }
             "ToLower" | "lower" => {
                 need(1)?;
                 st(s(0).to_lowercase())
@@ -1101,13 +1225,16 @@ fn go_printf(fmt: &str, args: &[TVal]) -> String {
         let prec: Option<usize> = spec.split_once('.').and_then(|(_, p)| p.parse().ok());
         let width: usize = spec.split('.').next().unwrap_or("").trim_start_matches(['-', '+']).parse().unwrap_or(0);
         let body = match verb {
-            'd' => match arg.as_num() {
-                Ok(v) => format!("{}", v.trunc() as i64),
-                Err(_) => format!("%!d(string={})", arg.as_string()),
+            // Labels are strings in Loki's templates, so %d/%f of a label
+            // is Go's bad-verb output; only number literals and arithmetic
+            // results format as numbers.
+            'd' => match arg {
+                TVal::Num(v) => format!("{}", v.trunc() as i64),
+                TVal::Str(s) => format!("%!d(string={s})"),
             },
-            'f' => match arg.as_num() {
-                Ok(v) => format!("{:.*}", prec.unwrap_or(6), v),
-                Err(_) => format!("%!f(string={})", arg.as_string()),
+            'f' => match arg {
+                TVal::Num(v) => format!("{:.*}", prec.unwrap_or(6), v),
+                TVal::Str(s) => format!("%!f(string={s})"),
             },
             'q' => format!("{:?}", arg.as_string()),
             _ => arg.as_string(),
@@ -1489,6 +1616,20 @@ mod tests {
             vec![("ip", "1.2.3.4"), ("method", "GET"), ("uri", "/a.gif"), ("status", "200"), ("size", "2326")]
         );
         assert!(Pattern::new("<a><b>").is_err());
+        let m = IpMatcher::new("192.168.4.5-192.168.4.20").unwrap();
+        assert!(m.matches_line("from 192.168.4.7: ok") && !m.matches_line("from 192.168.4.21"));
+        let m = IpMatcher::new("10.0.0.0/8").unwrap();
+        assert!(m.matches_str("10.255.0.1") && !m.matches_str("11.0.0.1") && !m.matches_str("::1"));
+        assert!(IpMatcher::new("::1").unwrap().matches_line("[::1]:80"));
+        assert!(IpMatcher::new("fe80::/10").unwrap().matches_str("fe80::1"));
+        assert!(IpMatcher::new("10.0.0.0/33").is_err() && IpMatcher::new("x").is_err());
+        let f = Pattern::new_filter("<_> bar <_>").unwrap();
+        assert!(f.test("foo bar baz"));
+        assert!(!f.test(" bar baz"), "empty capture before a literal");
+        assert!(!f.test("foo bar "), "empty final capture");
+        assert!(!Pattern::new_filter("<_> bar").unwrap().test("foo bar baz"));
+        assert!(Pattern::new_filter("<_> baz").unwrap().test("foo bar baz"));
+        assert!(Pattern::new_filter("foo <_>").unwrap().test("foo bar baz"));
         assert!(Pattern::new("abc").is_err());
     }
 
@@ -1501,6 +1642,8 @@ mod tests {
         assert_eq!(r(r#"{{ default "none" .missing }}"#, &l), "none");
         assert_eq!(r(r#"{{ replace "World" "There" .msg }}"#, &l), "Hello There");
         assert_eq!(r(r#"{{ printf "%s=%d" .job 42 }}"#, &l), "x=42");
+        assert_eq!(r(r#"{{ printf "%d" .job }}"#, &l), "%!d(string=x)");
+        assert_eq!(r("{{ __timestamp__ }}", &l), "1970-01-01 00:00:00 +0000 UTC");
         assert_eq!(r(r#"{{ __line__ | lower }}"#, &l), "the line");
         assert_eq!(r(r#"{{ .msg | trunc 5 }}"#, &l), "Hello");
         assert!(Template::new("{{ if .a }}x{{ end }}").unwrap_err().contains("\"if\""));
