@@ -104,10 +104,7 @@ pub(crate) async fn push(State(agg): State<Arc<Aggregator>>, headers: HeaderMap,
     for (n, _) in &pre_refused {
         sm.reject("entries", Refusal::InvalidLabels.as_str(), *n as u64);
     }
-    let res = match blocking(move || agg.ingest_logs(&tenant, batch)).await {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+    let res = try_resp!(blocking(move || agg.ingest_logs(&tenant, batch)).await);
     match res {
         Ok(mut report) if !pre_refused.is_empty() => {
             let mut msgs: Vec<String> = pre_refused.iter().map(|(_, m)| m.clone()).collect();
@@ -336,10 +333,7 @@ pub(crate) async fn query_range(
     body: Bytes,
 ) -> Response {
     let p = Params::parse(q.as_deref(), &headers, &body);
-    let spec = match range_spec(&p, &headers, &agg) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let spec = try_resp!(range_spec(&p, &headers, &agg));
     run_query(&agg, spec, "loki_query_range").await
 }
 
@@ -485,14 +479,8 @@ pub(crate) async fn labels(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = match meta_request(agg, q, &headers, &body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let (start, end, matchers) = match meta_range(&r.p).and_then(|(s, e)| Ok((s, e, optional_matchers(&r.p)?))) {
-        Ok(x) => x,
-        Err(e) => return e,
-    };
+    let r = try_resp!(meta_request(agg, q, &headers, &body));
+    let (start, end, matchers) = try_resp!(meta_range(&r.p).and_then(|(s, e)| Ok((s, e, optional_matchers(&r.p)?))));
     let res = blocking(move || {
         let mut names: Vec<String> = Vec::new();
         for (l, _) in r.agg.logs.streams(&r.tenant, &matchers, start, end) {
@@ -517,14 +505,8 @@ pub(crate) async fn label_values(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = match meta_request(agg, q, &headers, &body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let (start, end, matchers) = match meta_range(&r.p).and_then(|(s, e)| Ok((s, e, optional_matchers(&r.p)?))) {
-        Ok(x) => x,
-        Err(e) => return e,
-    };
+    let r = try_resp!(meta_request(agg, q, &headers, &body));
+    let (start, end, matchers) = try_resp!(meta_range(&r.p).and_then(|(s, e)| Ok((s, e, optional_matchers(&r.p)?))));
     let res = blocking(move || {
         let mut values: Vec<String> = r
             .agg
@@ -553,14 +535,8 @@ pub(crate) async fn series(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = match meta_request(agg, q, &headers, &body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let (start, end) = match meta_range(&r.p) {
-        Ok(x) => x,
-        Err(e) => return e,
-    };
+    let r = try_resp!(meta_request(agg, q, &headers, &body));
+    let (start, end) = try_resp!(meta_range(&r.p));
     let mut sets = Vec::new();
     for m in r.p.all("match[]") {
         match selector_matchers(m) {
@@ -595,21 +571,12 @@ pub(crate) async fn index_stats(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = match meta_request(agg, q, &headers, &body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let (start, end) = match meta_range(&r.p) {
-        Ok(x) => x,
-        Err(e) => return e,
-    };
+    let r = try_resp!(meta_request(agg, q, &headers, &body));
+    let (start, end) = try_resp!(meta_range(&r.p));
     let Some(query) = r.p.get("query") else {
         return bad("query parameter is required");
     };
-    let matchers = match selector_matchers(query) {
-        Ok(m) => m,
-        Err(e) => return e,
-    };
+    let matchers = try_resp!(selector_matchers(query));
     let res = blocking(move || {
         let s = r.agg.logs.streams(&r.tenant, &matchers, start, end);
         let (mut chunks, mut entries, mut bytes) = (0u64, 0u64, 0u64);
@@ -685,14 +652,8 @@ pub(crate) async fn index_volume(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = match meta_request(agg, q, &headers, &body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let (start, end, spec) = match meta_range(&r.p).and_then(|(s, e)| Ok((s, e, volume_spec(&r.p)?))) {
-        Ok(x) => x,
-        Err(e) => return e,
-    };
+    let r = try_resp!(meta_request(agg, q, &headers, &body));
+    let (start, end, spec) = try_resp!(meta_range(&r.p).and_then(|(s, e)| Ok((s, e, volume_spec(&r.p)?))));
     let res = blocking(move || {
         let mut groups: std::collections::HashMap<VolumeKey, u64> = Default::default();
         for (l, st) in r.agg.logs.streams(&r.tenant, &spec.matchers, start, end) {
@@ -723,14 +684,8 @@ pub(crate) async fn index_volume_range(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = match meta_request(agg, q, &headers, &body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let (start, end, spec) = match meta_range(&r.p).and_then(|(s, e)| Ok((s, e, volume_spec(&r.p)?))) {
-        Ok(x) => x,
-        Err(e) => return e,
-    };
+    let r = try_resp!(meta_request(agg, q, &headers, &body));
+    let (start, end, spec) = try_resp!(meta_range(&r.p).and_then(|(s, e)| Ok((s, e, volume_spec(&r.p)?))));
     let step = match r.p.get("step") {
         None => default_step_ns(start, end),
         Some(s) => match time::parse_loki_duration_ns(s) {
@@ -798,14 +753,8 @@ pub(crate) async fn detected_labels(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = match meta_request(agg, q, &headers, &body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let (start, end, matchers) = match meta_range(&r.p).and_then(|(s, e)| Ok((s, e, optional_matchers(&r.p)?))) {
-        Ok(x) => x,
-        Err(e) => return e,
-    };
+    let r = try_resp!(meta_request(agg, q, &headers, &body));
+    let (start, end, matchers) = try_resp!(meta_range(&r.p).and_then(|(s, e)| Ok((s, e, optional_matchers(&r.p)?))));
     let res = blocking(move || {
         let mut values: std::collections::BTreeMap<String, std::collections::HashSet<String>> = Default::default();
         for (l, _) in r.agg.logs.streams(&r.tenant, &matchers, start, end) {
@@ -880,10 +829,7 @@ pub(crate) async fn detected_fields(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = match meta_request(agg, q, &headers, &body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
+    let r = try_resp!(meta_request(agg, q, &headers, &body));
     let parsed = (|| {
         let (start, end) = meta_range(&r.p)?;
         let sel = log_selector_param(&r.p)?;
@@ -891,10 +837,7 @@ pub(crate) async fn detected_fields(
         let field_limit = usize_param(&r.p, &["field_limit", "limit"], 1000)?;
         Ok::<_, Response>((start, end, sel, line_limit, field_limit))
     })();
-    let (start, end, sel, line_limit, field_limit) = match parsed {
-        Ok(x) => x,
-        Err(e) => return e,
-    };
+    let (start, end, sel, line_limit, field_limit) = try_resp!(parsed);
     let res = blocking(move || {
         logql::detect_fields(&r.agg.logs, &sel, &r.tenant, start, end, line_limit, field_limit)
             .into_iter()
@@ -928,10 +871,7 @@ pub(crate) async fn detected_field_values(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let r = match meta_request(agg, q, &headers, &body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
+    let r = try_resp!(meta_request(agg, q, &headers, &body));
     let parsed = (|| {
         let (start, end) = meta_range(&r.p)?;
         let sel = log_selector_param(&r.p)?;
@@ -939,10 +879,7 @@ pub(crate) async fn detected_field_values(
         let limit = usize_param(&r.p, &["limit"], 1000)?;
         Ok::<_, Response>((start, end, sel, line_limit, limit))
     })();
-    let (start, end, sel, line_limit, limit) = match parsed {
-        Ok(x) => x,
-        Err(e) => return e,
-    };
+    let (start, end, sel, line_limit, limit) = try_resp!(parsed);
     let res = blocking(move || {
         let mut v = logql::detected_field_values(&r.agg.logs, &sel, &r.tenant, start, end, line_limit, &name);
         v.truncate(limit);

@@ -5,6 +5,17 @@
 // the error path runs once per failed request, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
+/// `expr?` for handlers that return a plain `Response`: the `Ok` value, or
+/// an early return of the `Err` response.
+macro_rules! try_resp {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(r) => return r,
+        }
+    };
+}
+
 mod loki;
 mod prom;
 mod tail;

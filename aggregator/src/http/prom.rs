@@ -77,10 +77,7 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
         }
     }
     let res = blocking(move || agg.ingest_metrics(&tenant, batch)).await;
-    let res = match res {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+    let res = try_resp!(res);
     match res {
         Ok(mut report) if !pre_refused.is_empty() => {
             report.refused += pre_refused.len();
@@ -453,10 +450,7 @@ pub(crate) async fn series(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let m = match meta_query(q.as_deref(), &headers, &body, true) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let m = try_resp!(meta_query(q.as_deref(), &headers, &body, true));
     let limit = m.limit;
     match blocking(move || matching_series(&agg, &m)).await {
         Ok(mut v) => {
@@ -474,10 +468,7 @@ pub(crate) async fn labels(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let m = match meta_query(q.as_deref(), &headers, &body, false) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let m = try_resp!(meta_query(q.as_deref(), &headers, &body, false));
     let limit = m.limit;
     let res = blocking(move || {
         let names: std::collections::BTreeSet<String> = matching_series(&agg, &m)
@@ -507,10 +498,7 @@ pub(crate) async fn label_values(
     if !cairn_wire::labels::is_valid_label_name(&name) {
         return api_error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid label name: {name:?}"));
     }
-    let m = match meta_query(q.as_deref(), &headers, &body, false) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let m = try_resp!(meta_query(q.as_deref(), &headers, &body, false));
     let limit = m.limit;
     let res = blocking(move || {
         let values: std::collections::BTreeSet<String> =
