@@ -47,9 +47,14 @@ impl Cairn {
     /// Starts `cairn <args> --listen 127.0.0.1:0 --data-dir <dir> <extra>` and
     /// waits until it answers `/ready`.
     pub fn start(args: &[&str], data_dir: &Path, extra: &[&str]) -> Cairn {
+        Self::start_on("127.0.0.1:0", args, data_dir, extra)
+    }
+
+    /// Like [`Cairn::start`] on a given listen address.
+    pub fn start_on(listen: &str, args: &[&str], data_dir: &Path, extra: &[&str]) -> Cairn {
         let mut child = Command::new(cairn_bin())
             .args(args)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -237,6 +242,27 @@ impl Cairn {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Sends `sig` to a child and waits for it, returning its exit status.
+pub fn stop_child(mut child: Child, sig: &str, within: Duration) -> ExitStatus {
+    signal(&child, sig);
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {within:?} of SIG{sig}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

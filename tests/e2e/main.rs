@@ -5,6 +5,7 @@ mod harness;
 
 mod bad_input;
 mod cli;
+mod collect;
 mod golden;
 mod logs;
 mod loki_api;
