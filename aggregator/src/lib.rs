@@ -223,7 +223,7 @@ impl Aggregator {
             }
         }
         let outcome = self.metrics.append(tenant, ok)?;
-        if self.metrics.head_samples() >= self.config.storage.metrics.head_max_samples {
+        if self.metrics.flush_due() {
             self.flush_wanted.notify_one();
         }
         for (r, _) in &outcome.rejected {
@@ -278,7 +278,7 @@ impl Aggregator {
             ok.push(s);
         }
         let outcome = self.logs.push(tenant, ok)?;
-        if self.logs.head_bytes() >= self.config.storage.logs.head_max_size.0 {
+        if self.logs.flush_due() {
             self.flush_wanted.notify_one();
         }
         self.self_metrics.lines_ingested.inc_by(outcome.accepted as u64);

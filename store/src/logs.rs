@@ -405,9 +405,7 @@ impl LogStore {
     /// (streams with none are skipped), streams in label order. Entries come
     /// from blocks, the head being flushed and the head, each exactly once.
     pub fn scan(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64, f: &mut dyn FnMut(&Labels, &[Entry])) {
-        if let Err(e) = self.try_scan(tenant, matchers, start, end, f) {
-            tracing::error!(error = %e, "log block read failed; results are incomplete");
-        }
+        self.scan_needles(tenant, matchers, start, end, &[], f);
     }
 
     /// [`LogStore::scan_filtered`] that logs block read errors instead of

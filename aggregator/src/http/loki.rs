@@ -777,16 +777,6 @@ pub(crate) async fn rules_yaml() -> Response {
     ([(header::CONTENT_TYPE, "application/yaml")], "{}\n").into_response()
 }
 
-/// `GET /prometheus/api/v1/rules`: no rule groups.
-pub(crate) async fn prom_rules() -> Response {
-    success(json!({"groups": []}))
-}
-
-/// `GET /prometheus/api/v1/alerts`: no alerts.
-pub(crate) async fn prom_alerts() -> Response {
-    success(json!({"alerts": []}))
-}
-
 /// `GET|POST /loki/api/v1/format_query?query=…`: the query in canonical
 /// single-line form (see `cairn_query::logql` `format.rs`).
 pub(crate) async fn format_query(RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {

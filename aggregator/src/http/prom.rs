@@ -218,6 +218,43 @@ fn query_options(agg: &Aggregator, started: Instant, timeout: Option<std::time::
     }
 }
 
+/// The `query` parameter, or Prometheus's error for a request without one.
+fn query_param(p: &Params) -> Result<&str, Response> {
+    p.get("query").ok_or_else(|| {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "invalid parameter \"query\": unknown position: parse error: no expression found in input",
+        )
+    })
+}
+
+/// Runs a PromQL evaluation for `api`: engine options from the config and
+/// the request's `timeout`, a `query.max_concurrency` slot, a blocking
+/// thread, and the latency in `cairn_query_duration_seconds`.
+async fn evaluate<T: Send + 'static>(
+    agg: &Arc<Aggregator>,
+    api: &'static str,
+    timeout: Option<std::time::Duration>,
+    f: impl FnOnce(&Aggregator, &promql::QueryOptions) -> Result<T, QueryError> + Send + 'static,
+) -> Result<Result<T, QueryError>, Response> {
+    let started = Instant::now();
+    let opts = query_options(agg, started, timeout);
+    let agg2 = agg.clone();
+    let res = match agg.query_slots.clone().acquire_owned().await {
+        Ok(slot) => {
+            blocking(move || {
+                let _slot = slot;
+                f(&agg2, &opts)
+            })
+            .await
+        }
+        Err(_) => Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "query slots closed")),
+    };
+    agg.self_metrics.observe_query(api, started.elapsed().as_secs_f64());
+    res
+}
+
 /// `GET|POST /api/v1/query`
 pub(crate) async fn query(
     State(agg): State<Arc<Aggregator>>,
@@ -230,13 +267,7 @@ pub(crate) async fn query(
         Ok(t) => t,
         Err(m) => return api_error(StatusCode::BAD_REQUEST, "bad_data", m),
     };
-    let Some(qs) = p.get("query").map(str::to_string) else {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "bad_data",
-            "invalid parameter \"query\": unknown position: parse error: no expression found in input",
-        );
-    };
+    let qs = try_resp!(query_param(&p)).to_string();
     let t = match param_time(&p, "time") {
         Ok(t) => t.unwrap_or_else(time::now_ms),
         Err(r) => return r,
@@ -245,21 +276,11 @@ pub(crate) async fn query(
         (Ok(l), Ok(t)) => (l, t),
         (Err(r), _) | (_, Err(r)) => return r,
     };
-    let started = Instant::now();
-    let opts = query_options(&agg, started, timeout);
-    let agg2 = agg.clone();
-    let res = match agg.query_slots.clone().acquire_owned().await {
-        Ok(slot) => {
-            blocking(move || {
-                let _slot = slot;
-                let expr = promql::parse(&qs)?;
-                promql::instant_query(&agg2.metrics, &tenant, &expr, t, &opts)
-            })
-            .await
-        }
-        Err(_) => Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "query slots closed")),
-    };
-    agg.self_metrics.observe_query("prometheus_query", started.elapsed().as_secs_f64());
+    let res = evaluate(&agg, "prometheus_query", timeout, move |agg, opts| {
+        let expr = promql::parse(&qs)?;
+        promql::instant_query(&agg.metrics, &tenant, &expr, t, opts)
+    })
+    .await;
     match res {
         Ok(Ok(mut v)) => {
             let truncated = match &mut v {
@@ -286,13 +307,7 @@ pub(crate) async fn query_range(
         Ok(t) => t,
         Err(m) => return api_error(StatusCode::BAD_REQUEST, "bad_data", m),
     };
-    let Some(qs) = p.get("query").map(str::to_string) else {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "bad_data",
-            "invalid parameter \"query\": unknown position: parse error: no expression found in input",
-        );
-    };
+    let qs = try_resp!(query_param(&p)).to_string();
     let (start, end) = match (param_time(&p, "start"), param_time(&p, "end")) {
         (Ok(Some(s)), Ok(Some(e))) => (s, e),
         (Err(r), _) | (_, Err(r)) => return r,
@@ -316,21 +331,11 @@ pub(crate) async fn query_range(
         (Ok(l), Ok(t)) => (l, t),
         (Err(r), _) | (_, Err(r)) => return r,
     };
-    let started = Instant::now();
-    let opts = query_options(&agg, started, timeout);
-    let agg2 = agg.clone();
-    let res = match agg.query_slots.clone().acquire_owned().await {
-        Ok(slot) => {
-            blocking(move || {
-                let _slot = slot;
-                let expr = promql::parse(&qs)?;
-                promql::range_query(&agg2.metrics, &tenant, &expr, start, end, step, &opts)
-            })
-            .await
-        }
-        Err(_) => Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "query slots closed")),
-    };
-    agg.self_metrics.observe_query("prometheus_query_range", started.elapsed().as_secs_f64());
+    let res = evaluate(&agg, "prometheus_query_range", timeout, move |agg, opts| {
+        let expr = promql::parse(&qs)?;
+        promql::range_query(&agg.metrics, &tenant, &expr, start, end, step, opts)
+    })
+    .await;
     match res {
         Ok(Ok(mut m)) => {
             let truncated = truncate(&mut m, limit);
@@ -556,11 +561,7 @@ pub(crate) async fn metadata(
 /// `GET|POST /api/v1/query_exemplars`: Cairn stores no exemplars.
 pub(crate) async fn query_exemplars(RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
     let p = Params::parse(q.as_deref(), &headers, &body);
-    let parsed = match p.get("query") {
-        Some(qs) => promql::parse(qs).map_err(|e| e.to_string()),
-        None => Err("unknown position: parse error: no expression found in input".to_string()),
-    };
-    if let Err(e) = parsed {
+    if let Err(e) = promql::parse(try_resp!(query_param(&p))) {
         return api_error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"query\": {e}"));
     }
     for key in ["start", "end"] {
@@ -584,13 +585,7 @@ pub(crate) async fn alerts() -> Response {
 /// `GET|POST /api/v1/format_query`
 pub(crate) async fn format_query(RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
     let p = Params::parse(q.as_deref(), &headers, &body);
-    let Some(qs) = p.get("query") else {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "bad_data",
-            "invalid parameter \"query\": unknown position: parse error: no expression found in input",
-        );
-    };
+    let qs = try_resp!(query_param(&p));
     match promql::parse(qs) {
         Ok(e) => success(json!(e.prettify())),
         Err(e) => api_error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"query\": {e}")),

@@ -828,27 +828,9 @@ fn ttokens(s: &str) -> Result<Vec<TTok>, String> {
                 i = j;
             }
             b'"' => {
-                let mut v = String::new();
-                let mut chars = s[i + 1..].char_indices();
-                let mut end = None;
-                while let Some((off, ch)) = chars.next() {
-                    match ch {
-                        '"' => {
-                            end = Some(i + 1 + off + 1);
-                            break;
-                        }
-                        '\\' => match chars.next() {
-                            Some((_, 'n')) => v.push('\n'),
-                            Some((_, 't')) => v.push('\t'),
-                            Some((_, 'r')) => v.push('\r'),
-                            Some((_, e)) => v.push(e),
-                            None => return Err("template: unterminated string".into()),
-                        },
-                        ch => v.push(ch),
-                    }
-                }
+                let (v, end) = scan_quoted(s, i).ok_or_else(|| "template: unterminated string".to_string())?;
                 out.push(TTok::Str(v));
-                i = end.ok_or_else(|| "template: unterminated string".to_string())?;
+                i = end;
             }
             b'`' => {
                 let end = s[i + 1..].find('`').ok_or_else(|| "template: unterminated raw string".to_string())?;
@@ -1522,27 +1504,8 @@ pub(crate) fn logfmt_pairs(line: &str) -> (Vec<LogfmtPair>, Option<(usize, Strin
         }
         i += 1;
         if i < b.len() && b[i] == b'"' {
-            let mut v = String::new();
-            let mut chars = line[i + 1..].char_indices();
-            let mut end = None;
-            while let Some((off, c)) = chars.next() {
-                match c {
-                    '"' => {
-                        end = Some(i + 1 + off + 1);
-                        break;
-                    }
-                    '\\' => match chars.next() {
-                        Some((_, 'n')) => v.push('\n'),
-                        Some((_, 't')) => v.push('\t'),
-                        Some((_, 'r')) => v.push('\r'),
-                        Some((_, e)) => v.push(e),
-                        None => break,
-                    },
-                    c => v.push(c),
-                }
-            }
-            match end {
-                Some(e) => {
+            match scan_quoted(line, i) {
+                Some((v, e)) => {
                     i = e;
                     out.push((key, Some(v)));
                 }
@@ -1597,6 +1560,28 @@ fn logfmt_stage(strict: bool, keep_empty: bool, params: &[(String, String)], lin
             }
         }
     }
+}
+
+/// Reads a double-quoted string whose opening quote is at byte `open` of
+/// `s`, with `\n`, `\t`, `\r` escapes (any other escaped character stands
+/// for itself). Returns the value and the index after the closing quote,
+/// or `None` when the string is unterminated. Used by templates and logfmt.
+fn scan_quoted(s: &str, open: usize) -> Option<(String, usize)> {
+    let mut v = String::new();
+    let mut chars = s[open + 1..].char_indices();
+    while let Some((off, c)) = chars.next() {
+        match c {
+            '"' => return Some((v, open + 1 + off + 1)),
+            '\\' => match chars.next()? {
+                (_, 'n') => v.push('\n'),
+                (_, 't') => v.push('\t'),
+                (_, 'r') => v.push('\r'),
+                (_, e) => v.push(e),
+            },
+            c => v.push(c),
+        }
+    }
+    None
 }
 
 #[cfg(test)]
