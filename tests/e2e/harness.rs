@@ -216,19 +216,7 @@ impl Cairn {
 
     /// Sends SIGTERM and waits for exit (at most `within`).
     pub fn stop_within(mut self, within: Duration) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        signal(&child, "TERM");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("cairn did not exit within {within:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        stop_child(self.child.take().unwrap(), "TERM", within)
     }
 
     /// Graceful stop, asserting exit status 0.
