@@ -60,6 +60,8 @@ impl Encoder {
         self.body.clear();
         let n = entries.clone().count();
         put_uvarint(&mut self.head, n as u64);
+        let meta = entries.clone().any(|e| !e.metadata.is_empty());
+        self.head.push(u8::from(meta));
         // Timestamps as delta-of-delta from the first (the chunk's min_ts).
         let (mut prev, mut prev_delta) = (None::<i64>, 0i64);
         for e in entries.clone() {
@@ -68,14 +70,11 @@ impl Encoder {
             prev = Some(e.ts);
             prev_delta = delta;
         }
-        let mut meta = false;
         for e in entries.clone() {
             put_uvarint(&mut self.head, e.line.len() as u64);
             self.body.extend_from_slice(e.line);
-            meta |= !e.metadata.is_empty();
         }
-        // Metadata: a flag, then one pair list per entry when any has some.
-        self.head.push(u8::from(meta));
+        // Metadata: one pair list per entry when any has some.
         if meta {
             for e in entries {
                 crate::codec::put_pairs(&mut self.body, e.metadata);
@@ -96,7 +95,12 @@ impl Encoder {
     fn compress_head(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
         self.scratch.clear();
         self.scratch.reserve(zstd::zstd_safe::compress_bound(self.head.len()));
-        self.cctx.compress_to_buffer(&self.head, &mut self.scratch)?;
+        // The head frame carries zstd's content checksum: readers that
+        // decode only the head do not read (or CRC) the rest of the chunk.
+        self.cctx.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+        let res = self.cctx.compress_to_buffer(&self.head, &mut self.scratch);
+        self.cctx.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(false))?;
+        res?;
         put_uvarint(out, self.scratch.len() as u64);
         out.extend_from_slice(&self.scratch);
         Ok(())
@@ -126,6 +130,8 @@ pub(crate) struct Decoded {
     /// contiguous at the start of the body).
     pub lines_len: usize,
     head_buf: Vec<u8>,
+    /// Where the line lengths start in `head_buf` (decoded on demand).
+    lens_at: usize,
     has_meta: bool,
     v1: bool,
     /// Byte range of the body frame in the chunk (version 2).
@@ -141,9 +147,9 @@ impl Decoded {
         self.dctx.as_mut().ok_or(DecodeError { offset: 0, reason: "zstd context" })
     }
 
-    /// Decodes the timestamps (and, for version 2, the line lengths) of
-    /// `chunk`, whose first timestamp is `min_ts` and whose body is at most
-    /// `payload` bytes. A version 1 chunk is decoded whole here.
+    /// Decodes the timestamps of `chunk`, whose first timestamp is
+    /// `min_ts` and whose body is at most `payload` bytes (line lengths:
+    /// [`Decoded::decode_lens`]). A version 1 chunk is decoded whole here.
     pub fn decode_head(&mut self, chunk: &[u8], min_ts: i64, payload: u64) -> Result<(), DecodeError> {
         self.ts.clear();
         self.lens.clear();
@@ -169,37 +175,49 @@ impl Decoded {
         let res = self.dctx()?.decompress_to_buffer(&rest[..zlen], &mut head).map_err(zstd_err);
         let out = res.and_then(|_| self.parse_head(&head, min_ts));
         self.head_buf = head;
-        out?;
+        self.lens_at = out?;
         self.body_frame = (chunk.len() - rest.len() + zlen, chunk.len());
         Ok(())
     }
 
-    fn parse_head(&mut self, head: &[u8], min_ts: i64) -> Result<(), DecodeError> {
+    fn parse_head(&mut self, head: &[u8], min_ts: i64) -> Result<usize, DecodeError> {
         let mut r = Reader::new(head);
         let n = r.count(2)?;
-        self.ts.reserve(n);
+        let flag = r.rest().first().copied().ok_or(DecodeError { offset: 0, reason: "missing metadata flag" })?;
+        self.has_meta = flag != 0;
+        let mut pos = head.len() - r.rest().len() + 1;
+        self.ts.resize(n, 0);
         let (mut ts, mut delta) = (min_ts, 0i64);
-        for i in 0..n {
-            let dod = r.varint()?;
+        for (i, out) in self.ts.iter_mut().enumerate() {
+            let z = fast_uvarint(head, &mut pos).ok_or(DecodeError { offset: pos, reason: "bad timestamp" })?;
             if i > 0 {
-                delta = delta.wrapping_add(dod);
+                delta = delta.wrapping_add(((z >> 1) as i64) ^ -((z & 1) as i64));
                 ts = ts.wrapping_add(delta);
             }
-            self.ts.push(ts);
+            *out = ts;
         }
-        self.lens.reserve(n);
+        Ok(pos)
+    }
+
+    /// Decodes the line lengths of the chunk whose head was just decoded
+    /// (version 2; version 1 has them already).
+    pub fn decode_lens(&mut self) -> Result<(), DecodeError> {
+        if self.v1 || self.lens.len() == self.ts.len() {
+            return Ok(());
+        }
+        let head = &self.head_buf;
+        let mut pos = self.lens_at;
+        self.lens.resize(self.ts.len(), 0);
         let mut total: u64 = 0;
-        for _ in 0..n {
-            let l = r.uvarint()?;
+        for out in self.lens.iter_mut() {
+            let l = fast_uvarint(head, &mut pos).ok_or(DecodeError { offset: pos, reason: "bad line length" })?;
             total += l;
             if total > u32::MAX as u64 {
-                return Err(DecodeError { offset: 0, reason: "lines longer than 4 GiB" });
+                return Err(DecodeError { offset: pos, reason: "lines longer than 4 GiB" });
             }
-            self.lens.push(l as u32);
+            *out = l as u32;
         }
         self.lines_len = total as usize;
-        let flag = *r.rest().first().ok_or(DecodeError { offset: 0, reason: "missing metadata flag" })?;
-        self.has_meta = flag != 0;
         Ok(())
     }
 
@@ -209,6 +227,7 @@ impl Decoded {
         if self.v1 {
             return Ok(());
         }
+        self.decode_lens()?;
         let (a, b) = self.body_frame;
         let frame = chunk.get(a..b).ok_or(DecodeError { offset: 0, reason: "body frame outside the chunk" })?;
         let mut body = std::mem::take(&mut self.body);
@@ -302,6 +321,27 @@ impl Decoded {
         let s = self.slots[i];
         (s.meta != u32::MAX).then(|| &self.body[s.meta as usize..])
     }
+}
+
+/// Reads an unsigned LEB128 varint at `*pos`, advancing it; one-byte
+/// values (the common case) take one branch.
+#[inline]
+fn fast_uvarint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let b0 = *buf.get(*pos)?;
+    *pos += 1;
+    if b0 < 0x80 {
+        return Some(u64::from(b0));
+    }
+    let mut v = u64::from(b0 & 0x7f);
+    for shift in (7..64).step_by(7) {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
 }
 
 /// Iterates over encoded metadata pairs (`count` then name/value strings),

@@ -161,6 +161,14 @@ impl EntryRef<'_> {
     }
 }
 
+/// A chunk's bytes for decoding its head frame: unchecked for version 2
+/// chunks, whose head frame carries its own zstd checksum (so the lines are
+/// never read for it), CRC-checked otherwise.
+fn head_bytes<'b>(b: &'b Block, c: &block::ChunkMeta) -> Result<&'b [u8], StoreError> {
+    let raw = b.chunk_unchecked(c)?;
+    if raw.first() == Some(&logchunk::V2_TAG) { Ok(raw) } else { b.chunk_slice(c) }
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     memchr::memmem::find(hay, needle).is_some()
 }
@@ -623,21 +631,21 @@ impl LogStore {
                     stats.chunks += 1;
                     if !needles.is_empty() && c.filter_len > 0 {
                         let filter = b.chunk_filter(c)?;
-                        if !needles.iter().all(|n| trigram::may_contain(&filter, n)) {
+                        if !needles.iter().all(|n| trigram::may_contain(filter, n)) {
                             stats.chunks_skipped += 1;
                             continue;
                         }
                     }
-                    let bytes = b.chunk_bytes(c)?;
-                    stats.bytes_read += bytes.len() as u64;
                     let corrupt = |e: crate::codec::DecodeError| b.corrupt(c, format!("chunk: {e}"));
-                    dec.decode_head(&bytes, c.min_ts, c.payload).map_err(corrupt)?;
+                    dec.decode_head(head_bytes(b, c)?, c.min_ts, c.payload).map_err(corrupt)?;
                     let lo = dec.ts.partition_point(|&t| t < req.start);
                     let hi = dec.ts.partition_point(|&t| t < req.end);
                     if lo >= hi {
                         continue;
                     }
-                    dec.decode_body(&bytes, c.payload).map_err(corrupt)?;
+                    let bytes = b.chunk_slice(c)?;
+                    stats.bytes_read += bytes.len() as u64;
+                    dec.decode_body(bytes, c.payload).map_err(corrupt)?;
                     stats.bytes_decompressed += dec.body.len() as u64;
                     let mut keep = |i: usize| -> Result<(), StoreError> {
                         let line = std::str::from_utf8(dec.line(i))
@@ -701,7 +709,8 @@ impl LogStore {
         Ok(stats)
     }
 
-    /// Calls `f(labels, timestamps, line_lengths, entries)` for the entries
+    /// Calls `f(labels, timestamps, line_lengths, entries)` (line lengths
+    /// only when `want_lens`; otherwise an empty slice) for the entries
     /// in `[start, end)` of every stream of `tenant` matching `matchers`,
     /// in batches (one per chunk or in-memory stream), each sorted, in no
     /// particular order. Reads only the small timestamp frame of each
@@ -714,6 +723,7 @@ impl LogStore {
         matchers: &[Matcher],
         start: i64,
         end: i64,
+        want_lens: bool,
         f: &mut TimestampSink<'_>,
     ) -> Result<ScanStats, StoreError> {
         let mut stats = ScanStats::default();
@@ -741,20 +751,25 @@ impl LogStore {
                 }
                 Src::Chunk(b, c) => {
                     stats.chunks += 1;
-                    let bytes = b.chunk_bytes(c)?;
-                    stats.bytes_read += bytes.len() as u64;
                     let corrupt = |e: crate::codec::DecodeError| b.corrupt(c, format!("chunk: {e}"));
-                    dec.decode_head(&bytes, c.min_ts, c.payload).map_err(corrupt)?;
+                    dec.decode_head(head_bytes(b, c)?, c.min_ts, c.payload).map_err(corrupt)?;
                     let lo = dec.ts.partition_point(|&t| t < start);
                     let hi = dec.ts.partition_point(|&t| t < end);
                     if lo >= hi {
                         continue;
                     }
                     if !dec.may_have_metadata() {
-                        f(src.labels, &dec.ts[lo..hi], &dec.lens[lo..hi], None);
+                        if want_lens {
+                            dec.decode_lens().map_err(corrupt)?;
+                            f(src.labels, &dec.ts[lo..hi], &dec.lens[lo..hi], None);
+                        } else {
+                            f(src.labels, &dec.ts[lo..hi], &[], None);
+                        }
                         continue;
                     }
-                    dec.decode_body(&bytes, c.payload).map_err(corrupt)?;
+                    let bytes = b.chunk_slice(c)?;
+                    stats.bytes_read += bytes.len() as u64;
+                    dec.decode_body(bytes, c.payload).map_err(corrupt)?;
                     stats.bytes_decompressed += dec.body.len() as u64;
                     let mut refs = Vec::with_capacity(hi - lo);
                     for i in lo..hi {
@@ -816,11 +831,12 @@ impl LogStore {
                 Src::Mem(es) => add(src.labels, es.len() as u64, es.iter().map(|e| e.line.len() as u64).sum(), 1),
                 Src::Chunk(_, c) if c.min_ts >= start && c.max_ts < end => add(src.labels, c.entries, c.raw_bytes, 1),
                 Src::Chunk(b, c) => {
-                    let bytes = b.chunk_bytes(c)?;
-                    dec.decode_head(&bytes, c.min_ts, c.payload).map_err(|e| b.corrupt(c, format!("chunk: {e}")))?;
+                    dec.decode_head(head_bytes(b, c)?, c.min_ts, c.payload)
+                        .map_err(|e| b.corrupt(c, format!("chunk: {e}")))?;
                     let lo = dec.ts.partition_point(|&t| t < start);
                     let hi = dec.ts.partition_point(|&t| t < end);
                     let n = hi.saturating_sub(lo);
+                    dec.decode_lens().map_err(|e| b.corrupt(c, format!("chunk: {e}")))?;
                     add(src.labels, n as u64, dec.lens[lo..lo + n].iter().map(|&l| u64::from(l)).sum(), 1);
                 }
             }
@@ -1091,6 +1107,31 @@ mod tests {
         assert_eq!((got.len(), chunks), (51, 5));
     }
 
+    /// A flipped bit in a chunk's head frame is caught by the frame's own
+    /// checksum on head-only reads, and by the chunk CRC on full reads.
+    #[test]
+    fn damaged_head_frame_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
+        push(&s, (0..100).map(|i| e(i * 1_000_003 + (i % 7), &format!("line {i}"))).collect());
+        s.flush().unwrap();
+        let (path, c) = {
+            let (p, _h) = s.t.read();
+            let b = &p.blocks[0];
+            (b.path().to_path_buf(), b.streams[0].chunks[0])
+        };
+        drop(s);
+        let mut bytes = fs::read(&path).unwrap();
+        // tag, two one-byte varints, then the head frame: hit its middle
+        let head_zlen = bytes[c.offset as usize + 2] as usize;
+        bytes[c.offset as usize + 3 + head_zlen / 2] ^= 0x10;
+        fs::write(&path, &bytes).unwrap();
+        let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
+        let r = s.scan_timestamps("t", &[], 0, i64::MAX, false, &mut |_, _, _, _| {});
+        assert!(matches!(r, Err(StoreError::Corrupt { .. })), "{r:?}");
+        assert!(s.try_scan("t", &[], 0, i64::MAX, &mut |_, _| {}).is_err());
+    }
+
     #[test]
     fn timestamps_only() {
         let d = tempfile::tempdir().unwrap();
@@ -1099,7 +1140,7 @@ mod tests {
         s.flush().unwrap();
         push(&s, vec![e(500, "tail")]);
         let mut got = Vec::new();
-        s.scan_timestamps("t", &[], 15, 501, &mut |_, ts, lens, es| {
+        s.scan_timestamps("t", &[], 15, 501, true, &mut |_, ts, lens, es| {
             assert!(es.is_none(), "no metadata: no entries");
             got.extend(ts.iter().copied().zip(lens.iter().copied()))
         })

@@ -718,6 +718,7 @@ pub(crate) async fn index_volume_range(
             &spec.matchers,
             start.saturating_sub(step).saturating_add(1),
             end.saturating_add(1),
+            true,
             &mut |l, ts, lens, _| {
                 for key in volume_keys(&spec, l) {
                     let buckets = groups.entry(key).or_insert_with(|| vec![0; nsteps]);
