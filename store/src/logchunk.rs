@@ -298,6 +298,28 @@ impl Decoded {
         Ok(())
     }
 
+    /// Moves the decoded data out, keeping the zstd context (and no
+    /// buffers) here.
+    pub fn split_off(&mut self) -> Decoded {
+        let mut out = std::mem::take(self);
+        self.dctx = out.dctx.take();
+        out
+    }
+
+    /// Takes back the buffers of a [`Decoded::split_off`] result for reuse.
+    pub fn recycle(&mut self, mut other: Decoded) {
+        if self.body.capacity() < other.body.capacity() {
+            std::mem::swap(&mut self.body, &mut other.body);
+            std::mem::swap(&mut self.ts, &mut other.ts);
+            std::mem::swap(&mut self.lens, &mut other.lens);
+            std::mem::swap(&mut self.slots, &mut other.slots);
+            std::mem::swap(&mut self.head_buf, &mut other.head_buf);
+        }
+        if self.dctx.is_none() {
+            self.dctx = other.dctx.take();
+        }
+    }
+
     /// False when no entry of the chunk whose head was just decoded has
     /// structured metadata (version 1 chunks: known after the full decode).
     pub fn may_have_metadata(&self) -> bool {
