@@ -135,6 +135,65 @@ fn extrapolated_rate(p: &[(i64, f64)], w: Window, is_counter: bool, is_rate: boo
     Some(result * factor)
 }
 
+/// Linear interpolation at `t` between two samples; across a counter reset
+/// the counter is taken to restart from 0 at the first sample.
+fn interpolate(p1: (i64, f64), p2: (i64, f64), t: i64, is_counter: bool) -> f64 {
+    let (mut y1, y2) = (p1.1, p2.1);
+    if is_counter && y2 < y1 {
+        y1 = 0.0;
+    }
+    y1 + (y2 - y1) * (t - p1.0) as f64 / (p2.0 - p1.0) as f64
+}
+
+/// Prometheus's `extendedRate`: `rate`/`increase`/`delta` over an
+/// `anchored` or `smoothed` range, whose points include the sample before
+/// the range start (and, smoothed, the one after its end).
+fn extended_rate(p: &[(i64, f64)], w: Window, smoothed: bool, is_counter: bool, is_rate: bool) -> Option<f64> {
+    if p.is_empty() {
+        return None;
+    }
+    let (rs, re) = (w.end - w.range, w.end);
+    let mut last = p.len() - 1;
+    let mut first = p[..last].partition_point(|x| x.0 <= rs).saturating_sub(1);
+    if smoothed {
+        last = p[..last].partition_point(|x| x.0 < re);
+    }
+    if p[last].0 <= rs {
+        return None;
+    }
+    let left = if smoothed && p[first].0 < rs && first + 1 < p.len() {
+        interpolate(p[first], p[first + 1], rs, is_counter)
+    } else {
+        p[first].1
+    };
+    let right = if smoothed && last > 0 && p[last].0 > re {
+        interpolate(p[last - 1], p[last], re, is_counter)
+    } else {
+        p[last].1
+    };
+    let mut result = right - left;
+    if is_counter {
+        if p[first].0 <= rs {
+            first += 1;
+        }
+        let end = if p[last].0 >= re { last } else { last + 1 };
+        let mut prev = left;
+        for &(_, v) in p.get(first..end).unwrap_or(&[]) {
+            if v < prev {
+                result += prev;
+            }
+            prev = v;
+        }
+        if right < prev {
+            result += prev;
+        }
+    }
+    if is_rate {
+        result /= w.range as f64 / 1000.0;
+    }
+    Some(result)
+}
+
 fn instant_value(p: &[(i64, f64)], is_rate: bool) -> Option<f64> {
     if p.len() < 2 {
         return None;
@@ -338,10 +397,19 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         check_unique(&v)?;
         Ok(Value::Vector(v))
     };
+    // `anchored` / `smoothed` on the range argument.
+    let ext = match args.first().map(|a| unparen(a)) {
+        Some(Expr::MatrixSelector(ms)) => super::eval::ext_of(&ms.vs),
+        _ => None,
+    };
+    let rate = |p: &[(i64, f64)], w: Window, is_counter: bool, is_rate: bool| match ext {
+        Some(x) => extended_rate(p, w, x == super::eval::Ext::Smoothed, is_counter, is_rate),
+        None => extrapolated_rate(p, w, is_counter, is_rate),
+    };
     match name {
-        "rate" => range_fn(&|p, w| extrapolated_rate(p, w, true, true), false),
-        "increase" => range_fn(&|p, w| extrapolated_rate(p, w, true, false), false),
-        "delta" => range_fn(&|p, w| extrapolated_rate(p, w, false, false), false),
+        "rate" => range_fn(&|p, w| rate(p, w, true, true), false),
+        "increase" => range_fn(&|p, w| rate(p, w, true, false), false),
+        "delta" => range_fn(&|p, w| rate(p, w, false, false), false),
         "irate" => range_fn(&|p, _| instant_value(p, true), false),
         "idelta" => range_fn(&|p, _| instant_value(p, false), false),
         "avg_over_time" => range_fn(
