@@ -135,6 +135,16 @@ fn extrapolated_rate(p: &[(i64, f64)], w: Window, is_counter: bool, is_rate: boo
     Some(result * factor)
 }
 
+/// Go's `math.Max`: NaN if either is NaN.
+fn go_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) }
+}
+
+/// Go's `math.Min`: NaN if either is NaN.
+fn go_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) }
+}
+
 /// Linear interpolation at `t` between two samples; across a counter reset
 /// the counter is taken to restart from 0 at the first sample.
 fn interpolate(p1: (i64, f64), p2: (i64, f64), t: i64, is_counter: bool) -> f64 {
@@ -471,6 +481,9 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         "stdvar_over_time" => range_fn(&|p, _| Some(variance(p)), false),
         "mad_over_time" => range_fn(
             &|p, _| {
+                if p.iter().any(|x| x.1.is_nan()) {
+                    return Some(f64::NAN);
+                }
                 let mut vals: Vec<f64> = p.iter().map(|x| x.1).collect();
                 let med = quantile_of(0.5, &mut vals);
                 let mut dev: Vec<f64> = p.iter().map(|x| (x.1 - med).abs()).collect();
@@ -585,15 +598,15 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
             if hi < lo {
                 return Ok(Value::Vector(Vec::new()));
             }
-            map_fn(arg(0)?, &|v| v.max(lo).min(hi))
+            map_fn(arg(0)?, &|v| go_max(lo, go_min(hi, v)))
         }
         "clamp_min" => {
             let lo = ctx.eval_scalar(arg(1)?, t)?;
-            map_fn(arg(0)?, &|v| v.max(lo))
+            map_fn(arg(0)?, &|v| go_max(v, lo))
         }
         "clamp_max" => {
             let hi = ctx.eval_scalar(arg(1)?, t)?;
-            map_fn(arg(0)?, &|v| v.min(hi))
+            map_fn(arg(0)?, &|v| go_min(v, hi))
         }
         "time" => Ok(Value::Scalar(t, t as f64 / 1000.0)),
         "start" => Ok(Value::Scalar(t, ctx.start as f64 / 1000.0)),
@@ -733,12 +746,7 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
                 }
             };
             // Info series are read as of the base selector's `@`/`offset`.
-            let t_info = match unparen(arg(0)?) {
-                Expr::VectorSelector(vs) => super::eval::at_ms(&vs.at, ctx.start, ctx.end)
-                    .unwrap_or(t)
-                    .saturating_sub(super::eval::offset_ms(&vs.offset)),
-                _ => t,
-            };
+            let t_info = info_ref_time(ctx, arg(0)?, t);
             Ok(Value::Vector(info(ctx, base, sel, t_info)?))
         }
         "histogram_quantile" => {
@@ -765,6 +773,35 @@ const IDENTIFYING: [&str; 2] = ["instance", "job"];
 
 /// `info(v, {selector})`: adds the data labels of info series (default
 /// `target_info`) with the same `instance` and `job` to each sample.
+/// The time `info()` reads its info series at: the data time of its
+/// argument, following `@` and `offset` down through selectors, subqueries
+/// (into their inner expression), functions and aggregations.
+fn info_ref_time(ctx: &Ctx<'_>, e: &Expr, t: i64) -> i64 {
+    use super::eval::{at_ms, offset_ms};
+    match e {
+        Expr::Paren(p) => info_ref_time(ctx, &p.expr, t),
+        Expr::VectorSelector(vs) => {
+            at_ms(&vs.at, ctx.start, ctx.end).unwrap_or(t).saturating_sub(offset_ms(&vs.offset))
+        }
+        Expr::MatrixSelector(ms) => {
+            at_ms(&ms.vs.at, ctx.start, ctx.end).unwrap_or(t).saturating_sub(offset_ms(&ms.vs.offset))
+        }
+        Expr::Subquery(sq) => {
+            let end = at_ms(&sq.at, ctx.start, ctx.end).unwrap_or(t).saturating_sub(offset_ms(&sq.offset));
+            info_ref_time(ctx, &sq.expr, end)
+        }
+        Expr::Call(c) => {
+            use promql_parser::parser::value::ValueType;
+            match c.args.args.iter().find(|a| matches!(a.value_type(), ValueType::Vector | ValueType::Matrix)) {
+                Some(a) => info_ref_time(ctx, a, t),
+                None => t,
+            }
+        }
+        Expr::Aggregate(a) => info_ref_time(ctx, &a.expr, t),
+        _ => t,
+    }
+}
+
 fn info(
     ctx: &Ctx<'_>,
     base: Vec<Sample>,
@@ -778,7 +815,7 @@ fn info(
         if let Some(n) = &vs.name {
             name_ms.push(Matcher::equal(METRIC_NAME, n.clone()));
         }
-        for m in &vs.matchers.matchers {
+        for m in vs.matchers.matchers.iter().filter(|m| m.name != super::rewrite::EXT_LABEL) {
             let op = match m.op {
                 PMatchOp::Equal => MatchOp::Equal,
                 PMatchOp::NotEqual => MatchOp::NotEqual,

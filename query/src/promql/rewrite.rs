@@ -217,6 +217,24 @@ impl<'a> Rw<'a> {
                 Tok::Ident if self.is(i, "offset") && i > 0 && self.ends_operand(i - 1) => {
                     i = self.offset(i + 1)?;
                 }
+                Tok::Ident if self.is(i, "info") && self.text(i + 1) == "(" => {
+                    // info()'s label selector may match only empty values
+                    // (`{data=~".*"}`), which the parser refuses for a
+                    // selector: mark it, so it is one.
+                    let close = self.matching(i + 1)?;
+                    if let Some(c) = (i + 2..close).find(|&j| self.text(j) == "," && self.depth_in(i + 2, j) == 0)
+                        && self.text(c + 1) == "{"
+                    {
+                        let empty = self.text(c + 2) == "}";
+                        let m = format!("{EXT_LABEL}=\"info\"");
+                        self.edits.push((
+                            self.t[c + 1].end,
+                            self.t[c + 1].end,
+                            if empty { m } else { format!("{m},") },
+                        ));
+                    }
+                    i += 2;
+                }
                 Tok::Ident => {
                     let next = self.text(i + 1);
                     if next == "(" || KEYWORDS.iter().any(|k| self.is(i, k)) || self.is(i, "inf") || self.is(i, "nan") {
