@@ -154,7 +154,16 @@ pub fn parse(q: &str) -> Result<Expr, QueryError> {
 /// for. Errors read as Prometheus's: `line:col: parse error: …`.
 pub fn parse_for(q: &str, step_ms: i64, range_ms: i64) -> Result<Expr, QueryError> {
     let text = rewrite::rewrite(q, step_ms, range_ms)?;
-    let expr = parser::parse(&text).map_err(|m| QueryError::Parse(parse_error_at(q, 0, &m)))?;
+    let expr = parser::parse(&text).map_err(|m| {
+        // promql-parser gives no position: find one. A syntax error the
+        // token scan sees wins over the crate's generic message; otherwise
+        // the message names the offending token, found in the query text.
+        if let Some((pos, msg)) = rewrite::locate_syntax_error(q) {
+            return QueryError::Parse(parse_error_at(q, pos, &msg));
+        }
+        let named = m.split('"').nth(1).filter(|n| !n.is_empty()).and_then(|n| q.find(n));
+        QueryError::Parse(parse_error_at(q, named.unwrap_or(0), &m))
+    })?;
     eval::check_extended(&expr)?;
     Ok(expr)
 }

@@ -526,6 +526,184 @@ pub(crate) fn rewrite(q: &str, step_ms: i64, range_ms: i64) -> Result<Cow<'_, st
     Ok(Cow::Owned(out))
 }
 
+/// Binary operators (and the keywords that act as one).
+const BINARY_OPS: [&str; 16] =
+    ["+", "-", "*", "/", "%", "^", "==", "!=", ">", "<", ">=", "<=", "and", "or", "unless", "atan2"];
+
+fn describe(q: &str, t: &Token) -> String {
+    let s = &q[t.start..t.end];
+    match t.kind {
+        Tok::Ident => format!("identifier {s:?}"),
+        Tok::Number => format!("number {s:?}"),
+        Tok::Str => format!("string {s:?}"),
+        _ => match s {
+            "(" => "left parenthesis \"(\"".into(),
+            ")" => "right parenthesis \")\"".into(),
+            "[" => "left bracket \"[\"".into(),
+            "]" => "right bracket \"]\"".into(),
+            "{" => "left brace \"{\"".into(),
+            "}" => "right brace \"}\"".into(),
+            "," => "\",\"".into(),
+            _ => format!("{s:?}"),
+        },
+    }
+}
+
+/// Finds where a query the parser refused goes wrong: a byte offset and a
+/// message in Prometheus's words, for the syntax errors a token scan can
+/// see (unbalanced or stray brackets, characters PromQL has no use for, an
+/// operand where an operator belongs or the reverse, a missing operand at
+/// the end). `None` when the scan sees nothing wrong.
+pub(crate) fn locate_syntax_error(q: &str) -> Option<(usize, String)> {
+    let toks: Vec<Token> = match lex(q) {
+        Ok(t) => t.into_iter().filter(|t| t.kind != Tok::Space).collect(),
+        Err(e) => return Some((e.pos, e.msg)),
+    };
+    if toks.is_empty() {
+        return Some((0, "no expression found in input".into()));
+    }
+    let text = |t: &Token| &q[t.start..t.end];
+    let is_kw = |t: &Token, k: &str| t.kind == Tok::Ident && text(t).eq_ignore_ascii_case(k);
+    // Bracket balance first.
+    let mut stack: Vec<&Token> = Vec::new();
+    for t in &toks {
+        if t.kind != Tok::Punct {
+            continue;
+        }
+        match text(t) {
+            "(" | "[" | "{" => stack.push(t),
+            c @ (")" | "]" | "}") => {
+                let want = match c {
+                    ")" => "(",
+                    "]" => "[",
+                    _ => "{",
+                };
+                match stack.pop() {
+                    Some(o) if text(o) == want => {}
+                    _ => return Some((t.start, format!("unexpected {}", describe(q, t)))),
+                }
+            }
+            "$" | "&" | "|" | ";" | "?" | "\\" | "'" | "#" => {
+                return Some((t.start, format!("unexpected character: {:?}", text(t))));
+            }
+            _ => {}
+        }
+    }
+    if let Some(o) = stack.pop() {
+        let what = match text(o) {
+            "(" => "unclosed left parenthesis",
+            "[" => "unclosed left bracket",
+            _ => "unexpected end of input inside braces",
+        };
+        // Prometheus's lexer reports these at the end of the input.
+        return Some((q.len(), what.into()));
+    }
+    // Operand / operator alternation, outside braces and brackets.
+    let mut want_operand = true;
+    let mut i = 0;
+    while i < toks.len() {
+        let t = &toks[i];
+        let s = text(t);
+        if t.kind == Tok::Punct && (s == "{" || s == "[") {
+            // Skip the group: label matchers or a range/subquery.
+            let close = if s == "{" { "}" } else { "]" };
+            let mut depth = 0;
+            let mut j = i;
+            while j < toks.len() {
+                let x = text(&toks[j]);
+                if x == s {
+                    depth += 1;
+                } else if x == close {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                j += 1;
+            }
+            if s == "[" && want_operand {
+                return Some((t.start, format!("unexpected {}", describe(q, t))));
+            }
+            want_operand = false;
+            i = j + 1;
+            continue;
+        }
+        if want_operand {
+            match t.kind {
+                Tok::Number | Tok::Str => want_operand = false,
+                Tok::Ident if ["bool", "on", "ignoring", "group_left", "group_right"].iter().any(|k| is_kw(t, k)) => {
+                    // Binary-operator modifiers: the operand still follows.
+                    if toks.get(i + 1).map(text) == Some("(") {
+                        while i < toks.len() && text(&toks[i]) != ")" {
+                            i += 1;
+                        }
+                    }
+                }
+                Tok::Ident => {
+                    let next = toks.get(i + 1);
+                    if next.is_some_and(|n| is_kw(n, "by") || is_kw(n, "without")) {
+                        // `sum by (x) (...)`: skip the grouping list; the
+                        // aggregation's parenthesis follows.
+                        i += 2;
+                        if toks.get(i).map(text) == Some("(") {
+                            while i < toks.len() && text(&toks[i]) != ")" {
+                                i += 1;
+                            }
+                        }
+                    } else if next.map(text) != Some("(") {
+                        // A selector (a call keeps wanting its parenthesis).
+                        want_operand = false;
+                    }
+                }
+                Tok::Punct if s == "(" || s == "-" || s == "+" => {}
+                Tok::Punct if s == ")" && i > 0 && text(&toks[i - 1]) == "(" => want_operand = false,
+                _ => return Some((t.start, format!("unexpected {}", describe(q, t)))),
+            }
+        } else {
+            match t.kind {
+                Tok::Punct if s == ")" || s == "," => want_operand = s == ",",
+                Tok::Punct if BINARY_OPS.contains(&s) => want_operand = true,
+                Tok::Punct if s == "@" => {
+                    // `@ <number>` or `@ start()` / `@ end()`.
+                    i += 1;
+                    if toks.get(i).map(text) == Some("-") || toks.get(i).map(text) == Some("+") {
+                        i += 1;
+                    }
+                    if toks.get(i).is_some_and(|n| is_kw(n, "start") || is_kw(n, "end")) {
+                        i += 2;
+                    }
+                }
+                Tok::Ident if BINARY_OPS.iter().any(|k| is_kw(t, k)) => want_operand = true,
+                Tok::Ident
+                    if ["bool", "on", "ignoring", "group_left", "group_right", "by", "without"]
+                        .iter()
+                        .any(|k| is_kw(t, k)) =>
+                {
+                    if toks.get(i + 1).map(text) == Some("(") {
+                        while i < toks.len() && text(&toks[i]) != ")" {
+                            i += 1;
+                        }
+                    }
+                }
+                Tok::Ident if is_kw(t, "offset") => {
+                    // The offset's duration (signed, maybe an expression).
+                    i += 1;
+                    if matches!(toks.get(i).map(text), Some("-" | "+")) {
+                        i += 1;
+                    }
+                }
+                Tok::Ident if is_kw(t, "anchored") || is_kw(t, "smoothed") => {}
+                _ => return Some((t.start, format!("unexpected {}", describe(q, t)))),
+            }
+        }
+        i += 1;
+    }
+    if want_operand {
+        return Some((q.len(), "unexpected end of input".into()));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,6 +737,27 @@ mod tests {
         assert_eq!(rw("x offset (-2 ^ 2)"), "x offset -4000ms");
         assert_eq!(rw("x offset -(min_of(step(), 2s)-5)+8000"), "x offset 3000ms+8000");
         assert_eq!(rw("x offset step()*0"), "x offset 5000ms*0");
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let at = |q: &str| locate_syntax_error(q);
+        assert_eq!(at("sum(rate(x[5m])"), Some((15, "unclosed left parenthesis".into())));
+        assert_eq!(at("foo bar"), Some((4, "unexpected identifier \"bar\"".into())));
+        assert_eq!(at("1 +"), Some((3, "unexpected end of input".into())));
+        assert_eq!(at("up{job=\"x\"}) "), Some((11, "unexpected right parenthesis \")\"".into())));
+        assert_eq!(at("up $ 1"), Some((3, "unexpected character: \"$\"".into())));
+        for ok in [
+            "sum by (job) (rate(x[5m]))",
+            "sum(rate(x{a=\"b\"}[5m] offset 1m)) by (job) / on(job) group_left(x) y",
+            "x @ start() + x @ 100",
+            "-x offset -5m",
+            "x > bool 1 and on() y",
+            "topk(3, x)",
+            "time()",
+        ] {
+            assert_eq!(at(ok), None, "{ok}");
+        }
     }
 
     #[test]
