@@ -12,6 +12,7 @@ mod loki_api;
 mod metrics;
 mod ops;
 mod prom_api;
+mod promtool;
 mod restart;
 mod tail;
 mod up;
