@@ -91,7 +91,30 @@ enum ConfigCommand {
     },
 }
 
+/// Tunes glibc's allocator for a long-running server whose hot path
+/// allocates and frees megabyte-sized buffers from several threads
+/// (request bodies, decoded batches, flushed chunks): two arenas instead
+/// of eight per core, and a fixed mmap threshold, so large buffers go back
+/// to the system when freed instead of fragmenting the heap. Measured with
+/// `cargo bench --bench ingest_logs` (30 replays): peak RSS 302 MB → 234 MB
+/// (arenas alone: 272 MB); mimalloc instead was worse (516 MB at 100
+/// replays against glibc's 382 MB).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    // SAFETY: mallopt only sets allocator parameters; called first thing in
+    // main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
