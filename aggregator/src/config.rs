@@ -47,6 +47,10 @@ pub struct MetricsStorageConfig {
     pub head_max_samples: u64,
     /// Flush the head once its oldest sample was written this long ago.
     pub flush_interval: ConfigDuration,
+    /// Accept a sample up to this much older than its series' newest sample
+    /// (merged in time order at query time); older samples are refused as
+    /// "too old sample" (`0s`: strictly in order, "out of order sample").
+    pub out_of_order_window: ConfigDuration,
     /// Delete metric blocks whose newest sample is older than this; `0s`
     /// keeps them forever.
     pub retention_time: ConfigDuration,
@@ -60,6 +64,7 @@ impl Default for MetricsStorageConfig {
         MetricsStorageConfig {
             head_max_samples: 4 << 20,
             flush_interval: ConfigDuration::from_secs(3600),
+            out_of_order_window: ConfigDuration(cairn_store::metrics::DEFAULT_OUT_OF_ORDER_WINDOW),
             retention_time: ConfigDuration::from_secs(15 * 86_400),
             retention_size: ByteSize(0),
         }

@@ -136,6 +136,7 @@ impl Aggregator {
                 wal: wal.clone(),
                 head_max_samples: config.storage.metrics.head_max_samples,
                 flush_interval: config.storage.metrics.flush_interval.0,
+                out_of_order_window: config.storage.metrics.out_of_order_window.0,
             },
         )?;
         let logs = LogStore::open_with(

@@ -72,6 +72,12 @@ pub enum RejectReason {
     DuplicateTimestamp,
     /// A label set that is empty or has no metric name.
     MissingMetricName,
+    /// Older than its series' newest sample while no out-of-order window is
+    /// configured (Prometheus's "out of order sample").
+    OutOfOrder,
+    /// Older than its series' newest sample by more than the out-of-order
+    /// window (Prometheus's "too old sample").
+    TooOld,
 }
 
 impl RejectReason {
@@ -81,6 +87,8 @@ impl RejectReason {
         match self {
             RejectReason::DuplicateTimestamp => "duplicate_timestamp",
             RejectReason::MissingMetricName => "missing_metric_name",
+            RejectReason::OutOfOrder => "out_of_order",
+            RejectReason::TooOld => "too_old",
         }
     }
 }

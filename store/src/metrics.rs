@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use cairn_wire::SeriesSamples;
@@ -46,6 +47,11 @@ struct Head {
 /// Samples per chunk in a block (one hour at a 15 s scrape interval).
 pub const CHUNK_SAMPLES: usize = 240;
 
+/// Default of [`MetricsStoreOptions::out_of_order_window`]: ten minutes,
+/// enough for a sender catching up with concurrent requests or a collector
+/// re-sending after an outage, small enough that late data lands in the head.
+pub const DEFAULT_OUT_OF_ORDER_WINDOW: Duration = Duration::from_secs(600);
+
 /// Settings of the metrics store.
 #[derive(Debug, Clone)]
 pub struct MetricsStoreOptions {
@@ -55,6 +61,12 @@ pub struct MetricsStoreOptions {
     pub head_max_samples: u64,
     /// Flush the head once its oldest data is this old.
     pub flush_interval: Duration,
+    /// How far behind its series' newest sample a sample may be and still be
+    /// accepted (merged in time order at query time). Older samples are
+    /// refused: [`RejectReason::OutOfOrder`] when the window is zero,
+    /// [`RejectReason::TooOld`] otherwise (Prometheus's "out of order
+    /// sample" / "too old sample").
+    pub out_of_order_window: Duration,
 }
 
 impl Default for MetricsStoreOptions {
@@ -63,6 +75,7 @@ impl Default for MetricsStoreOptions {
             wal: WalOptions::default(),
             head_max_samples: 4 << 20,
             flush_interval: Duration::from_secs(3600),
+            out_of_order_window: DEFAULT_OUT_OF_ORDER_WINDOW,
         }
     }
 }
@@ -71,6 +84,10 @@ impl Default for MetricsStoreOptions {
 pub struct MetricsStore {
     t: Tiered<Head>,
     opts: MetricsStoreOptions,
+    /// Newest timestamp of every series (head and blocks), per tenant: the
+    /// reference point of the out-of-order window. Written under the write
+    /// lock; survives flushes; rebuilt at open from block indexes and the head.
+    newest: Mutex<HashMap<String, HashMap<Labels, i64>>>,
 }
 
 impl HeadData for Head {
@@ -227,8 +244,35 @@ impl MetricsStore {
     /// Opens the store in `dir`: loads every block, deletes leftover
     /// temporary files, and replays the WAL segments no block covers.
     pub fn open_with(dir: &Path, opts: MetricsStoreOptions) -> Result<Self, StoreError> {
-        let t = Tiered::open(dir, BlockKind::Metrics, RECORD_SAMPLES, opts.wal.clone())?;
-        Ok(MetricsStore { t, opts })
+        let t: Tiered<Head> = Tiered::open(dir, BlockKind::Metrics, RECORD_SAMPLES, opts.wal.clone())?;
+        let mut newest: HashMap<String, HashMap<Labels, i64>> = HashMap::new();
+        {
+            let (persisted, head) = t.read();
+            let mut note = |tenant: &str, labels: &Labels, ts: i64| {
+                let m = newest.entry(tenant.to_string()).or_default();
+                match m.get_mut(labels) {
+                    Some(n) => *n = (*n).max(ts),
+                    None => {
+                        m.insert(labels.clone(), ts);
+                    }
+                }
+            };
+            for b in &persisted.blocks {
+                for s in &b.streams {
+                    if let Some(mx) = s.chunks.iter().map(|c| c.max_ts).max() {
+                        note(&s.tenant, &s.labels, mx);
+                    }
+                }
+            }
+            for (tenant, th) in &head.tenants {
+                for s in &th.series {
+                    if let Some(&(t, _)) = s.samples.last() {
+                        note(tenant, &s.labels, t);
+                    }
+                }
+            }
+        }
+        Ok(MetricsStore { t, opts, newest: Mutex::new(newest) })
     }
 
     /// What the WAL replay at open found.
@@ -260,6 +304,9 @@ impl MetricsStore {
             merged.entry(s.labels).or_default().extend(s.samples);
         }
         let mut to_write = Vec::with_capacity(merged.len());
+        let window = i64::try_from(self.opts.out_of_order_window.as_millis()).unwrap_or(i64::MAX);
+        let mut newest_all = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = newest_all.get(tenant);
         {
             let head = self.t.head.read().unwrap_or_else(|p| p.into_inner());
             let th = head.tenants.get(tenant);
@@ -267,8 +314,31 @@ impl MetricsStore {
                 samples.sort_by_key(|p| p.0);
                 let existing =
                     th.and_then(|t| t.by_labels.get(&labels)).and_then(|&i| th.map(|t| &t.series[i].samples));
+                let last = newest.and_then(|m| m.get(&labels)).copied();
                 let mut keep = Vec::with_capacity(samples.len());
                 for (t, v) in samples {
+                    if let Some(last) = last
+                        && t < last.saturating_sub(window)
+                    {
+                        outcome.rejected.push(if window == 0 {
+                            (
+                                RejectReason::OutOfOrder,
+                                format!(
+                                    "out of order sample: timestamp {t} is older than the newest sample ({last}) \
+                                     of series {labels} and storage.metrics.out_of_order_window is 0"
+                                ),
+                            )
+                        } else {
+                            (
+                                RejectReason::TooOld,
+                                format!(
+                                    "too old sample: timestamp {t} is more than storage.metrics.out_of_order_window \
+                                     ({window} ms) older than the newest sample ({last}) of series {labels}"
+                                ),
+                            )
+                        });
+                        continue;
+                    }
                     let prior = match keep.last() {
                         Some(&(lt, lv)) if lt == t => Some(lv),
                         _ => existing
@@ -297,6 +367,20 @@ impl MetricsStore {
         let mut buf = Vec::new();
         encode_batch(&mut buf, tenant, &to_write);
         self.t.wal.append(RECORD_SAMPLES, &buf)?;
+        let m = match newest_all.get_mut(tenant) {
+            Some(m) => m,
+            None => newest_all.entry(tenant.to_string()).or_default(),
+        };
+        for s in &to_write {
+            let max = s.samples.last().map_or(i64::MIN, |p| p.0);
+            match m.get_mut(&s.labels) {
+                Some(n) => *n = (*n).max(max),
+                None => {
+                    m.insert(s.labels.clone(), max);
+                }
+            }
+        }
+        drop(newest_all);
         let mut head = self.t.head.write().unwrap_or_else(|p| p.into_inner());
         apply(&mut head, tenant, to_write);
         Ok(outcome)
@@ -326,6 +410,15 @@ impl MetricsStore {
     /// `max_bytes` (0: no limit). Returns (blocks, bytes) deleted. Data still
     /// in the head is not affected.
     pub fn apply_retention(&self, min_ts: Option<i64>, max_bytes: u64) -> Result<(usize, u64), StoreError> {
+        if let Some(min_ts) = min_ts {
+            // series gone quiet before the retention limit: forget them
+            let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+            for m in newest.values_mut() {
+                m.retain(|_, t| *t >= min_ts);
+            }
+            newest.retain(|_, m| !m.is_empty());
+        }
         self.t.apply_retention(min_ts, max_bytes)
     }
 
@@ -503,8 +596,9 @@ mod tests {
         let write = |s: &MetricsStore, pts: &[(i64, f64)]| {
             s.append("t", vec![SeriesSamples { labels: up.clone(), samples: pts.to_vec() }]).unwrap();
         };
+        let wide = || MetricsStoreOptions { out_of_order_window: Duration::from_secs(86_400), ..Default::default() };
         {
-            let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+            let s = MetricsStore::open_with(d.path(), wide()).unwrap();
             let many: Vec<(i64, f64)> = (0..1000).map(|i| (i * 15_000, i as f64)).collect();
             write(&s, &many);
             write(&s, &[(1000 * 15_000, stale)]);
@@ -534,6 +628,51 @@ mod tests {
         assert_eq!(s.block_stats().0, 2);
         assert_eq!(s.counts().1, 0);
         assert_eq!(s.select("t", &[], i64::MIN, i64::MAX)[0].samples.len(), 1004);
+    }
+
+    #[test]
+    fn out_of_order_window() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = MetricsStoreOptions { out_of_order_window: Duration::from_secs(60), ..Default::default() };
+        let m = ls(&[("__name__", "m")]);
+        let other = ls(&[("__name__", "other")]);
+        let put = |s: &MetricsStore, l: &Labels, pts: &[(i64, f64)]| {
+            s.append("t", vec![SeriesSamples { labels: l.clone(), samples: pts.to_vec() }]).unwrap()
+        };
+        {
+            let s = MetricsStore::open_with(d.path(), opts.clone()).unwrap();
+            assert_eq!(put(&s, &m, &[(100_000, 1.0), (115_000, 2.0)]).accepted, 2);
+            // within 60 s of the newest (115 s): accepted, merged in order
+            assert_eq!(put(&s, &m, &[(60_000, 0.5), (107_000, 1.5)]).accepted, 2);
+            // 54.999 s: too old, by the series' own newest sample
+            let o = put(&s, &m, &[(54_999, 9.0), (55_000, 0.25)]);
+            assert_eq!(o.accepted, 1);
+            assert_eq!(o.rejected.len(), 1);
+            assert_eq!(o.rejected[0].0, RejectReason::TooOld);
+            assert!(o.rejected[0].1.starts_with("too old sample"), "{}", o.rejected[0].1);
+            // another series has its own reference point
+            assert_eq!(put(&s, &other, &[(1_000, 1.0)]).accepted, 1);
+            let got = s.select("t", &[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX);
+            let ts: Vec<i64> = got[0].samples.iter().map(|p| p.0).collect();
+            assert_eq!(ts, vec![55_000, 60_000, 100_000, 107_000, 115_000]);
+            // the reference survives a flush (series no longer in the head)
+            s.flush().unwrap();
+            assert_eq!(put(&s, &m, &[(10_000, 1.0)]).rejected[0].0, RejectReason::TooOld);
+            assert_eq!(put(&s, &m, &[(56_000, 1.0)]).accepted, 1);
+        }
+        // ... and a restart (rebuilt from blocks and WAL)
+        let s = MetricsStore::open_with(d.path(), opts).unwrap();
+        assert_eq!(put(&s, &m, &[(10_000, 1.0)]).rejected[0].0, RejectReason::TooOld);
+        assert_eq!(put(&s, &m, &[(57_000, 1.0)]).accepted, 1);
+        assert_eq!(s.select("t", &[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX)[0].samples.len(), 7);
+        drop(s);
+        // window 0: strictly in order per series, Prometheus's "out of order sample"
+        let strict = MetricsStoreOptions { out_of_order_window: Duration::ZERO, ..Default::default() };
+        let s = MetricsStore::open_with(d.path(), strict).unwrap();
+        let o = put(&s, &m, &[(114_999, 1.0), (115_000, 2.0), (116_000, 3.0)]);
+        assert_eq!(o.accepted, 2, "exact duplicate of the newest is a no-op, newer is stored");
+        assert_eq!(o.rejected[0].0, RejectReason::OutOfOrder);
+        assert!(o.rejected[0].1.starts_with("out of order sample"));
     }
 
     #[test]
