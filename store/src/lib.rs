@@ -34,6 +34,7 @@ pub mod xor;
 
 use std::path::PathBuf;
 
+pub use tiered::{CompactionPolicy, CompactionStats};
 pub use wal::{FsyncPolicy, WalOptions};
 
 /// Errors of the storage engines.

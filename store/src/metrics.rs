@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 pub use cairn_wire::SeriesSamples;
 use cairn_wire::{Labels, Matcher, matcher::matches_all};
 
-use crate::block::{BlockKind, EncodedChunk, SeriesChunks};
+use crate::block::{Block, BlockKind, BlockStream, EncodedChunk, SeriesChunks};
 use crate::codec::{Reader, put_bytes, put_labels, put_uvarint, put_varint};
-use crate::tiered::{HeadData, Tiered};
+use crate::tiered::{CompactionPolicy, CompactionStats, HeadData, Tiered};
 use crate::wal::{ReplayStats, WalOptions};
 use crate::{RejectReason, StoreError, WriteOutcome, xor};
 
@@ -105,27 +105,25 @@ impl HeadData for Head {
         let mut out = Vec::new();
         for (tenant, th) in &self.tenants {
             for s in &th.series {
-                let chunks = s
-                    .samples
-                    .chunks(CHUNK_SAMPLES)
-                    .map(|c| {
-                        let mut bytes = Vec::new();
-                        xor::encode(&mut bytes, c);
-                        EncodedChunk {
-                            bytes,
-                            min_ts: c[0].0,
-                            max_ts: c[c.len() - 1].0,
-                            count: c.len() as u64,
-                            raw_bytes: 16 * c.len() as u64,
-                            payload: 0,
-                            filter: Vec::new(),
-                        }
-                    })
-                    .collect();
-                out.push((tenant.as_str(), &s.labels, chunks));
+                out.push((tenant.as_str(), &s.labels, encode_chunks(&s.samples)));
             }
         }
         Ok(out)
+    }
+
+    /// Decodes the stream's chunks of every source, merges them by
+    /// timestamp (for equal timestamps the later block wins, as at query
+    /// time) and re-encodes full chunks: partial chunks of small blocks
+    /// become fewer, larger ones.
+    fn merge_chunks(sources: &[(&Block, &BlockStream)]) -> Result<Vec<EncodedChunk>, StoreError> {
+        let mut samples = Vec::new();
+        for (b, s) in sources {
+            for c in &s.chunks {
+                let bytes = b.chunk_bytes(c)?;
+                xor::decode(&bytes, &mut samples).map_err(|e| b.corrupt(c, format!("chunk: {}", e.reason)))?;
+            }
+        }
+        Ok(encode_chunks(&dedup_newest(samples)))
     }
 
     fn merge_back(&mut self, failed: &Self) {
@@ -168,6 +166,39 @@ impl Head {
             }
         }
     }
+}
+
+/// Sorts by timestamp (stable) and keeps the last sample of each timestamp.
+fn dedup_newest(mut samples: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
+    samples.sort_by_key(|p| p.0);
+    let mut out: Vec<(i64, f64)> = Vec::with_capacity(samples.len());
+    for p in samples {
+        match out.last_mut() {
+            Some(last) if last.0 == p.0 => *last = p,
+            _ => out.push(p),
+        }
+    }
+    out
+}
+
+/// Cuts sorted, unique samples into encoded chunks of [`CHUNK_SAMPLES`].
+fn encode_chunks(samples: &[(i64, f64)]) -> Vec<EncodedChunk> {
+    samples
+        .chunks(CHUNK_SAMPLES)
+        .map(|c| {
+            let mut bytes = Vec::new();
+            xor::encode(&mut bytes, c);
+            EncodedChunk {
+                bytes,
+                min_ts: c[0].0,
+                max_ts: c[c.len() - 1].0,
+                count: c.len() as u64,
+                raw_bytes: 16 * c.len() as u64,
+                payload: 0,
+                filter: Vec::new(),
+            }
+        })
+        .collect()
 }
 
 fn encode_batch(buf: &mut Vec<u8>, tenant: &str, batch: &[SeriesSamples]) {
@@ -422,6 +453,12 @@ impl MetricsStore {
         self.t.apply_retention(min_ts, max_bytes)
     }
 
+    /// Merges adjacent small blocks per `policy` (at most `max_runs`
+    /// merges); queries give the same answers before and after.
+    pub fn compact(&self, policy: &CompactionPolicy, max_runs: usize) -> Result<CompactionStats, StoreError> {
+        self.t.compact(policy, max_runs)
+    }
+
     /// Number of blocks and their bytes on disk.
     pub fn block_stats(&self) -> (usize, u64) {
         self.t.block_stats()
@@ -443,10 +480,7 @@ impl MetricsStore {
             if b.min_ts > maxt || b.max_ts < mint {
                 continue;
             }
-            for s in b.tenant_streams(tenant) {
-                if !matches_all(matchers, &s.labels) {
-                    continue;
-                }
+            for s in b.select(tenant, matchers) {
                 let mut got = Vec::new();
                 for c in s.chunks.iter().filter(|c| c.min_ts <= maxt && c.max_ts >= mint) {
                     let bytes = b.chunk_bytes(c)?;
@@ -463,15 +497,8 @@ impl MetricsStore {
         }
         head.collect(tenant, matchers, mint, maxt, |l, ss| by.entry(l.clone()).or_default().extend_from_slice(ss));
         for samples in by.values_mut() {
-            samples.sort_by_key(|p| p.0); // stable: later sources stay later
-            let mut out: Vec<(i64, f64)> = Vec::with_capacity(samples.len());
-            for &p in samples.iter() {
-                match out.last_mut() {
-                    Some(last) if last.0 == p.0 => *last = p,
-                    _ => out.push(p),
-                }
-            }
-            *samples = out;
+            // stable: later sources stay later
+            *samples = dedup_newest(std::mem::take(samples));
         }
         Ok(by)
     }
@@ -499,8 +526,8 @@ impl MetricsStore {
             if b.min_ts > maxt || b.max_ts < mint {
                 continue;
             }
-            for s in b.tenant_streams(tenant) {
-                if matches_all(matchers, &s.labels) && s.chunks.iter().any(|c| c.min_ts <= maxt && c.max_ts >= mint) {
+            for s in b.select(tenant, matchers) {
+                if s.chunks.iter().any(|c| c.min_ts <= maxt && c.max_ts >= mint) {
                     out.insert(s.labels.clone());
                 }
             }
@@ -673,6 +700,136 @@ mod tests {
         assert_eq!(o.accepted, 2, "exact duplicate of the newest is a no-op, newer is stored");
         assert_eq!(o.rejected[0].0, RejectReason::OutOfOrder);
         assert!(o.rejected[0].1.starts_with("out of order sample"));
+    }
+
+    /// Several small blocks (with overlapping, re-sent and late samples);
+    /// every query answer is the same before and after compaction, the
+    /// blocks shrink, and the result survives a restart.
+    fn small_blocks(dir: &Path) -> MetricsStore {
+        let opts = MetricsStoreOptions { out_of_order_window: Duration::from_secs(86_400), ..Default::default() };
+        let s = MetricsStore::open_with(dir, opts).unwrap();
+        for block in 0..6i64 {
+            let mut batch = Vec::new();
+            for inst in 0..20 {
+                let labels = ls(&[("__name__", "m"), ("inst", &format!("i{inst}")), ("odd", ["a", "b"][inst % 2])]);
+                let mut pts: Vec<(i64, f64)> = (0..50)
+                    .map(|i| ((block * 50 + i) * 15_000 + inst as i64, (block * 50 + i) as f64 * 0.25))
+                    .collect();
+                if block > 0 {
+                    // a re-sent sample with a new value (the later block wins)
+                    pts.push(((block * 50 - 1) * 15_000 + inst as i64, -1.0));
+                }
+                batch.push(SeriesSamples { labels, samples: pts });
+            }
+            if block == 3 {
+                batch.push(SeriesSamples { labels: ls(&[("__name__", "late")]), samples: vec![(5, 5.0)] });
+            }
+            s.append("t", batch).unwrap();
+            s.flush().unwrap();
+        }
+        s
+    }
+
+    fn snapshot(s: &MetricsStore) -> Vec<(Labels, Vec<(i64, u64)>)> {
+        let mut out = Vec::new();
+        for m in [
+            vec![],
+            vec![Matcher::equal("odd", "a")],
+            vec![Matcher::new(MatchOp::NotRegex, "inst", "i1.*").unwrap(), Matcher::equal("__name__", "m")],
+            vec![Matcher::new(MatchOp::Equal, "odd", "").unwrap()],
+        ] {
+            for (mint, maxt) in [(i64::MIN, i64::MAX), (100_000, 2_000_000)] {
+                for x in s.select("t", &m, mint, maxt) {
+                    out.push((x.labels, x.samples.iter().map(|p| (p.0, p.1.to_bits())).collect()));
+                }
+            }
+        }
+        out
+    }
+
+    fn policy() -> CompactionPolicy {
+        CompactionPolicy { ranges: vec![3_600_000, 86_400_000], max_block_bytes: 0 }
+    }
+
+    #[test]
+    fn compaction_keeps_answers_and_shrinks() {
+        let d = tempfile::tempdir().unwrap();
+        let s = small_blocks(d.path());
+        let before = snapshot(&s);
+        assert_eq!(before.iter().filter(|x| x.0.get("__name__") == Some("late")).count(), 2);
+        let (n, bytes) = s.block_stats();
+        assert_eq!(n, 6);
+        let st = s.compact(&policy(), 100).unwrap();
+        assert_eq!(s.block_stats().0, 1, "{st:?}");
+        assert_eq!(st.blocks_merged, 6 + st.runs - 1);
+        assert!(st.bytes_after < st.bytes_before, "{st:?}");
+        assert!(s.block_stats().1 < bytes);
+        assert_eq!(snapshot(&s), before);
+        assert_eq!(s.compact(&policy(), 100).unwrap(), CompactionStats::default(), "nothing left to merge");
+        drop(s);
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!(s.block_stats().0, 1);
+        assert_eq!(snapshot(&s), before);
+        // one series of one block: 300 samples in 2 chunks, not 6 small ones
+        let b = &s.t.read().0.blocks[0];
+        assert_eq!(b.streams.iter().find(|x| x.labels.get("inst") == Some("i0")).unwrap().chunks.len(), 2);
+    }
+
+    /// A crash at each step of a compaction (simulated by putting back the
+    /// files that step would not have reached) changes no answer.
+    #[test]
+    fn compaction_crash_at_each_step() {
+        let d = tempfile::tempdir().unwrap();
+        let s = small_blocks(d.path());
+        let before = snapshot(&s);
+        drop(s);
+        let blocks = d.path().join("blocks");
+        let saved: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(&blocks)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+            .collect();
+        let restore = || {
+            for e in std::fs::read_dir(&blocks).unwrap() {
+                std::fs::remove_file(e.unwrap().path()).unwrap();
+            }
+            for (p, b) in &saved {
+                std::fs::write(p, b).unwrap();
+            }
+        };
+        // the merged result, computed once
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        let one = CompactionPolicy { ranges: vec![86_400_000], max_block_bytes: 0 };
+        assert_eq!(s.compact(&one, 1).unwrap().blocks_merged, 6);
+        drop(s);
+        let merged_path = std::fs::read_dir(&blocks).unwrap().next().unwrap().unwrap().path();
+        let merged = std::fs::read(&merged_path).unwrap();
+        let count = || std::fs::read_dir(&blocks).unwrap().count();
+        // 1. crash while writing the temporary file (or before its rename)
+        restore();
+        std::fs::write(
+            blocks.join(format!("{}.compact.tmp", merged_path.file_name().unwrap().to_str().unwrap())),
+            &merged[..merged.len() / 2],
+        )
+        .unwrap();
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!((s.block_stats().0, count()), (6, 6), "tmp removed, sources kept");
+        assert_eq!(snapshot(&s), before);
+        drop(s);
+        // 2. crash after the rename, before any source was deleted
+        restore();
+        std::fs::write(&merged_path, &merged).unwrap();
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!((s.block_stats().0, count()), (1, 1), "replaced sources deleted at start");
+        assert_eq!(snapshot(&s), before);
+        drop(s);
+        // 3. crash after some sources were deleted
+        restore();
+        std::fs::write(&merged_path, &merged).unwrap();
+        std::fs::remove_file(saved.iter().map(|x| &x.0).filter(|p| **p != merged_path).min().unwrap()).unwrap();
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!((s.block_stats().0, count()), (1, 1));
+        assert_eq!(snapshot(&s), before);
     }
 
     #[test]
