@@ -36,6 +36,33 @@ pub struct StorageConfig {
     pub logs: LogsStorageConfig,
     /// `[storage.metrics]`: metrics store settings.
     pub metrics: MetricsStorageConfig,
+    /// `[storage.compaction]`: merging of small blocks (both engines).
+    pub compaction: CompactionConfig,
+}
+
+/// `[storage.compaction]`: background merging of adjacent small blocks into
+/// larger ones, in both engines (`docs/format/tsdb.md`, "Compaction").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionConfig {
+    /// Levels, smallest first: adjacent blocks whose data together spans
+    /// less than a level are merged into one. Empty: no compaction.
+    pub ranges: Vec<ConfigDuration>,
+    /// Never make a merged block larger than this (sum of its sources).
+    pub max_block_size: ByteSize,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            ranges: vec![
+                ConfigDuration::from_secs(4 * 3600),
+                ConfigDuration::from_secs(86_400),
+                ConfigDuration::from_secs(3 * 86_400),
+            ],
+            max_block_size: ByteSize::mib(2048),
+        }
+    }
 }
 
 /// `[storage.metrics]`: when in-memory samples are written to blocks.
@@ -78,6 +105,7 @@ impl Default for StorageConfig {
             wal: WalConfig::default(),
             logs: LogsStorageConfig::default(),
             metrics: MetricsStorageConfig::default(),
+            compaction: CompactionConfig::default(),
         }
     }
 }

@@ -64,9 +64,9 @@ pub(crate) trait HeadData: Default + Send + Sync + 'static {
 /// When compaction merges blocks (`docs/format/tsdb.md`, "Compaction").
 #[derive(Debug, Clone)]
 pub struct CompactionPolicy {
-    /// Window lengths in the engine's time unit, smallest first: adjacent
-    /// blocks (in `wal_through` order) whose data all falls inside one
-    /// aligned window of a level are merged into one block.
+    /// Level ranges in the engine's time unit, smallest first: adjacent
+    /// blocks (in `wal_through` order) whose data together spans less than
+    /// a level's range are merged into one block.
     pub ranges: Vec<i64>,
     /// A merged block is never made larger than this many bytes (sum of its
     /// sources); 0: no limit.
@@ -87,33 +87,30 @@ pub struct CompactionStats {
 }
 
 /// Picks the first run of at least two adjacent blocks (by `wal_through`)
-/// that fit one aligned window of the smallest possible level and
-/// `max_block_bytes` together. Returns indexes into `blocks`.
+/// whose data together spans less than a level's range (smallest level
+/// first) and whose sizes add up to at most `max_block_bytes`. Returns
+/// indexes into `blocks`.
 pub(crate) fn plan_compaction(blocks: &[Arc<Block>], policy: &CompactionPolicy) -> Option<std::ops::Range<usize>> {
     for &range in policy.ranges.iter().filter(|&&r| r > 0) {
-        let window = |b: &Block| {
-            let w = b.min_ts.div_euclid(range);
-            (w == b.max_ts.div_euclid(range)).then_some(w)
-        };
         let mut i = 0;
         while i < blocks.len() {
-            let Some(w) = window(&blocks[i]) else {
-                i += 1;
-                continue;
-            };
+            let (mut lo, mut hi, mut bytes) = (blocks[i].min_ts, blocks[i].max_ts, blocks[i].size);
             let mut j = i + 1;
-            let mut bytes = blocks[i].size;
-            while j < blocks.len()
-                && window(&blocks[j]) == Some(w)
-                && (policy.max_block_bytes == 0 || bytes + blocks[j].size <= policy.max_block_bytes)
-            {
-                bytes += blocks[j].size;
+            while j < blocks.len() {
+                let b = &blocks[j];
+                let (l, h) = (lo.min(b.min_ts), hi.max(b.max_ts));
+                if h.saturating_sub(l) >= range
+                    || (policy.max_block_bytes > 0 && bytes + b.size > policy.max_block_bytes)
+                {
+                    break;
+                }
+                (lo, hi, bytes) = (l, h, bytes + b.size);
                 j += 1;
             }
             if j - i >= 2 {
                 return Some(i..j);
             }
-            i = j;
+            i += 1;
         }
     }
     None
