@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 pub use cairn_wire::SeriesSamples;
 use cairn_wire::{Labels, Matcher, matcher::matches_all};
 
-use crate::block::{Block, BlockKind, BlockStream, EncodedChunk, SeriesChunks};
+use crate::block::{Block, BlockKind, BlockStream, ChunkMeta, EncodedChunk, SeriesChunks};
 use crate::codec::{Reader, put_bytes, put_labels, put_uvarint, put_varint};
 use crate::tiered::{CompactionPolicy, CompactionStats, HeadData, Tiered};
 use crate::wal::{ReplayStats, WalOptions};
@@ -119,8 +119,7 @@ impl HeadData for Head {
         let mut samples = Vec::new();
         for (b, s) in sources {
             for c in &s.chunks {
-                let bytes = b.chunk_bytes(c)?;
-                xor::decode(&bytes, &mut samples).map_err(|e| b.corrupt(c, format!("chunk: {}", e.reason)))?;
+                decode_block_chunk(b, c, &mut samples)?;
             }
         }
         Ok(encode_chunks(&dedup_newest(samples)))
@@ -168,6 +167,14 @@ impl Head {
     }
 }
 
+/// Reads and decodes one chunk of a block (version 1: Gorilla only;
+/// version 2: a leading encoding byte).
+fn decode_block_chunk(b: &Block, c: &ChunkMeta, out: &mut Vec<(i64, f64)>) -> Result<(), StoreError> {
+    let bytes = b.chunk_bytes(c)?;
+    let res = if b.version == 1 { xor::decode(&bytes, out) } else { xor::decode_chunk(&bytes, out) };
+    res.map_err(|e| b.corrupt(c, format!("chunk: {}", e.reason)))
+}
+
 /// Sorts by timestamp (stable) and keeps the last sample of each timestamp.
 fn dedup_newest(mut samples: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
     samples.sort_by_key(|p| p.0);
@@ -187,7 +194,7 @@ fn encode_chunks(samples: &[(i64, f64)]) -> Vec<EncodedChunk> {
         .chunks(CHUNK_SAMPLES)
         .map(|c| {
             let mut bytes = Vec::new();
-            xor::encode(&mut bytes, c);
+            xor::encode_chunk(&mut bytes, c);
             EncodedChunk {
                 bytes,
                 min_ts: c[0].0,
@@ -483,8 +490,7 @@ impl MetricsStore {
             for s in b.select(tenant, matchers) {
                 let mut got = Vec::new();
                 for c in s.chunks.iter().filter(|c| c.min_ts <= maxt && c.max_ts >= mint) {
-                    let bytes = b.chunk_bytes(c)?;
-                    xor::decode(&bytes, &mut got).map_err(|e| b.corrupt(c, format!("chunk: {}", e.reason)))?;
+                    decode_block_chunk(b, c, &mut got)?;
                 }
                 got.retain(|p| p.0 >= mint && p.0 <= maxt);
                 if !got.is_empty() {
