@@ -5,13 +5,19 @@
 //! gauges drift and half stay constant, values rounded to the precision the
 //! exporter shows, timestamps with ±3 ms jitter. Sent as remote_write 1.0
 //! requests of 10 samples × 507 series (960 requests) by 4 concurrent
-//! senders into a real `cairn serve`; reports samples/s, server CPU per
-//! sample, peak RSS and disk bytes per sample after flush and stop, next to
-//! PEERS.md's Prometheus and VictoriaMetrics figures (those peers are
-//! installable from Debian; running them side by side in this benchmark is
-//! the metrics-storage issue's next step).
+//! senders into a real `cairn serve`, and — in the same run, when their
+//! binaries are installed (Debian packages `prometheus` and
+//! `victoria-metrics`) — into Prometheus (`--web.enable-remote-write-receiver`)
+//! and VictoriaMetrics, each on a free loopback port with its own temporary
+//! data directory. Reports, per server: samples/s, server CPU per sample,
+//! peak RSS, disk bytes per sample (all files after a clean stop; Cairn's
+//! after a restart let compaction run), and the time of one PromQL query
+//! that selects and decodes 1,014 series over 24 h and returns their
+//! samples (`{job="node",instance=~"host-[01]:9100"}[24h]`), plus
+//! Cairn's ratio to each peer.
 //!
-//! Run: `cargo bench --bench ingest_metrics`. Numbers are printed, never asserted.
+//! Run: `cargo bench --bench ingest_metrics` (release build). Numbers are
+//! printed, never asserted. `CAIRN_BENCH_PEERS=0` skips the peers.
 
 mod common;
 
@@ -20,6 +26,9 @@ use std::time::Instant;
 use cairn_wire::proto::{Label, Sample, TimeSeries, WriteRequest, snappy_compress};
 use common::{Server, dir_size, proc_usage, send_all, shared_dir};
 use prost::Message;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 struct Template {
     labels: Vec<(String, String)>,
@@ -147,50 +156,312 @@ fn main() {
         }
     }
 
+    let total_series = templates.len() * instances;
+    println!("ingest_metrics: {total_series} series x {steps} samples = {total} samples");
+    let mut results: Vec<Figures> = Vec::new();
+
+    // Cairn
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path());
     let pid = server.pid();
+    let (ingest, cpu, hwm) =
+        ingest(&server.client, &format!("{}/api/v1/write", server.url), pid, ordered.clone(), total);
+    server.stop();
+    // restart so the maintenance task compacts the flushed blocks, then stop again
+    let server = Server::start(data.path());
+    let compacted = wait_for(Duration::from_secs(30), || {
+        let m = server.client.get(format!("{}/metrics", server.url)).send().and_then(|r| r.text()).unwrap_or_default();
+        m.lines().any(|l| l.starts_with("cairn_blocks{engine=\"metrics\"} 1"))
+    });
+    let query = time_query(&server.client, &format!("{}/api/v1/query", server.url), now_ms);
+    server.stop();
+    if !compacted {
+        println!("note: Cairn's metric blocks were not compacted into one within 30 s");
+    }
+    results.push(Figures {
+        name: "cairn",
+        samples_s: ingest,
+        cpu_us: cpu,
+        rss: hwm,
+        disk: dir_size(data.path()),
+        query,
+    });
+    disk_breakdown(&data.path().join("metrics/blocks"), total);
+
+    let peers = std::env::var("CAIRN_BENCH_PEERS").map(|v| v != "0").unwrap_or(true);
+    if peers {
+        match run_prometheus(&ordered, total, now_ms) {
+            Ok(f) => results.push(f),
+            Err(e) => println!("Prometheus: not run: {e}"),
+        }
+        match run_victoria(&ordered, total, now_ms) {
+            Ok(f) => results.push(f),
+            Err(e) => println!("VictoriaMetrics: not run: {e}"),
+        }
+    }
+    print_table(&results, total);
+}
+
+struct Figures {
+    name: &'static str,
+    samples_s: f64,
+    cpu_us: f64,
+    rss: u64,
+    disk: u64,
+    /// (first, warm median of 3) seconds, or None when the query failed.
+    query: Option<(f64, f64, usize)>,
+}
+
+const RW_HEADERS: [(&str, &str); 3] = [
+    ("Content-Type", "application/x-protobuf"),
+    ("Content-Encoding", "snappy"),
+    ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+];
+
+/// Sends everything; returns (samples/s, server CPU µs/sample, peak RSS).
+fn ingest(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    pid: u32,
+    bodies: Vec<Vec<u8>>,
+    total: u64,
+) -> (f64, f64, u64) {
     let (cpu0, _) = proc_usage(pid);
     let started = Instant::now();
-    send_all(
-        &server.client,
-        &format!("{}/api/v1/write", server.url),
-        &[
-            ("Content-Type", "application/x-protobuf"),
-            ("Content-Encoding", "snappy"),
-            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-        ],
-        ordered,
-        4,
-    );
+    send_all(client, url, &RW_HEADERS, bodies, 4);
     let wall = started.elapsed().as_secs_f64();
     let (cpu1, hwm) = proc_usage(pid);
-    server.stop();
-    let disk = dir_size(data.path());
+    (total as f64 / wall, (cpu1 - cpu0) * 1e6 / total as f64, hwm)
+}
 
-    println!("ingest_metrics: {} series x {steps} samples = {total} samples", templates.len() * instances);
-    println!("{:<44} {:>12} {:>14} {:>16}", "figure", "cairn", "Prometheus", "VictoriaMetrics");
+/// [`ingest`] into a peer, turning a refused request into an error (so the
+/// peer is still stopped) instead of a panic.
+fn guarded_ingest(
+    c: &reqwest::blocking::Client,
+    url: &str,
+    child: &Child,
+    bodies: &[Vec<u8>],
+    total: u64,
+) -> Result<(f64, f64, u64), String> {
+    let (c, url, pid, bodies) = (c.clone(), url.to_string(), child.id(), bodies.to_vec());
+    std::thread::spawn(move || ingest(&c, &url, pid, bodies, total))
+        .join()
+        .map_err(|_| "a remote_write request was refused (see the panic above)".to_string())
+}
+
+fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// Runs the 1,014-series query three times: (first, best of the next two,
+/// series in the answer).
+fn time_query(client: &reqwest::blocking::Client, url: &str, now_ms: i64) -> Option<(f64, f64, usize)> {
+    // the raw samples, as a matrix: every sample of the range is selected,
+    // decoded and returned (the over_time functions drop __name__ and then
+    // collide on these label sets)
+    let q = r#"{job="node",instance=~"host-[01]:9100"}[24h]"#;
+    let t = format!("{}", now_ms / 1000);
+    let mut times = Vec::new();
+    let mut n = 0;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = client.post(url).form(&[("query", q), ("time", t.as_str())]).send().ok()?;
+        let body = r.text().ok()?;
+        let took = started.elapsed().as_secs_f64();
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        n = v["data"]["result"].as_array().map_or(0, |a| a.len());
+        // a failed answer has no time
+        times.push(if n > 0 { took } else { f64::NAN });
+        if n == 0 {
+            println!("query {q} at {t} answered no series: {}", &body[..body.len().min(300)]);
+        }
+    }
+    let warm = times[1].min(times[2]); // NaN only when both failed
+    Some((times[0], warm, n))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}
+
+fn start_peer(
+    bin: &str,
+    args: &[String],
+    ready_url: &str,
+    client: &reqwest::blocking::Client,
+) -> Result<Child, String> {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{bin}: {e}"))?;
+    let up = wait_for(Duration::from_secs(30), || {
+        client.get(ready_url).send().map(|r| r.status().is_success()).unwrap_or(false)
+    });
+    if !up {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("{bin} did not become ready at {ready_url} within 30 s"));
+    }
+    Ok(child)
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(300)).build().expect("client")
+}
+
+fn run_prometheus(bodies: &[Vec<u8>], total: u64, now_ms: i64) -> Result<Figures, String> {
+    let bin = "/usr/bin/prometheus";
+    if !Path::new(bin).exists() {
+        return Err(format!("{bin} not installed (apt-get install prometheus)"));
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let cfg = dir.path().join("prometheus.yml");
+    // the same out-of-order allowance as Cairn's default: 4 concurrent
+    // senders can deliver one series' requests slightly out of order
+    std::fs::write(&cfg, "global:\n  scrape_interval: 15s\nstorage:\n  tsdb:\n    out_of_order_time_window: 10m\n")
+        .map_err(|e| e.to_string())?;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let c = client();
+    let args = vec![
+        format!("--config.file={}", cfg.display()),
+        format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        "--web.enable-remote-write-receiver".to_string(),
+    ];
+    let child = start_peer(bin, &args, &format!("{base}/-/ready"), &c)?;
+    let (samples_s, cpu_us, rss) = match guarded_ingest(&c, &format!("{base}/api/v1/write"), &child, bodies, total) {
+        Ok(x) => x,
+        Err(e) => {
+            stop(child);
+            return Err(e);
+        }
+    };
+    let query = time_query(&c, &format!("{base}/api/v1/query"), now_ms);
+    stop(child);
+    Ok(Figures { name: "Prometheus", samples_s, cpu_us, rss, disk: dir_size(&dir.path().join("data")), query })
+}
+
+fn run_victoria(bodies: &[Vec<u8>], total: u64, now_ms: i64) -> Result<Figures, String> {
+    let bin = "/usr/bin/victoria-metrics";
+    if !Path::new(bin).exists() {
+        return Err(format!("{bin} not installed (apt-get install victoria-metrics)"));
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let c = client();
+    let args = vec![
+        format!("-storageDataPath={}", dir.path().join("data").display()),
+        format!("-httpListenAddr=127.0.0.1:{port}"),
+        "-retentionPeriod=1y".to_string(),
+    ];
+    let child = start_peer(bin, &args, &format!("{base}/health"), &c)?;
+    let (samples_s, cpu_us, rss) = match guarded_ingest(&c, &format!("{base}/api/v1/write"), &child, bodies, total) {
+        Ok(x) => x,
+        Err(e) => {
+            stop(child);
+            return Err(e);
+        }
+    };
+    let _ = c.get(format!("{base}/internal/force_flush")).send();
+    let query = time_query(&c, &format!("{base}/api/v1/query"), now_ms);
+    stop(child);
+    Ok(Figures { name: "VictoriaMetrics", samples_s, cpu_us, rss, disk: dir_size(&dir.path().join("data")), query })
+}
+
+fn print_table(results: &[Figures], total: u64) {
+    print!("{:<46}", "figure");
+    for r in results {
+        print!(" {:>16}", r.name);
+    }
+    for r in &results[1..] {
+        print!(" {:>18}", format!("cairn/{}", r.name));
+    }
+    println!();
+    let row = |label: &str, f: &dyn Fn(&Figures) -> f64, prec: usize| {
+        print!("{label:<46}");
+        for r in results {
+            print!(" {:>16.prec$}", f(r));
+        }
+        let c = f(&results[0]);
+        for r in &results[1..] {
+            print!(" {:>18.3}", c / f(r));
+        }
+        println!();
+    };
+    row("samples/s (client on the same 2 cores)", &|r| r.samples_s, 0);
+    row("server CPU µs per sample", &|r| r.cpu_us, 3);
+    row("peak RSS MB", &|r| r.rss as f64 / 1e6, 0);
+    row("disk bytes/sample (all files, after stop)", &|r| r.disk as f64 / total as f64, 2);
+    row("query 1,014 series x 24 h, first, ms", &|r| r.query.map_or(f64::NAN, |q| q.0 * 1e3), 1);
+    row("query 1,014 series x 24 h, warm, ms", &|r| r.query.map_or(f64::NAN, |q| q.1 * 1e3), 1);
+    for r in results {
+        println!("{}: query answered {} series", r.name, r.query.map_or(0, |q| q.2));
+    }
     println!(
-        "{:<44} {:>12.0} {:>14} {:>16}",
-        "samples/s (client on same 2 cores)",
-        total as f64 / wall,
-        "1.45-2.16 M",
-        "3.24-3.28 M"
+        "(PEERS.md, same workload: Prometheus 1.45-2.16 M/s, 0.78-1.20 µs, 181-187 MB, 3.5-3.7 B/sample in blocks;"
     );
+    println!(" VictoriaMetrics 3.24-3.28 M/s, 0.45-0.49 µs, 163-218 MB, 2.6-2.8 B/sample)");
+}
+
+/// Where Cairn's block bytes go, and what the chunks would take as plain
+/// Gorilla XOR (re-encoded here from the decoded samples) — the measurement
+/// behind the decimal encoding (`docs/format/tsdb.md`, "Measurements").
+fn disk_breakdown(blocks: &Path, total: u64) {
+    use cairn_store::block::{Block, BlockKind};
+    use cairn_store::xor;
+    let (mut size, mut data, mut xor_bytes, mut n_blocks) = (0u64, 0u64, 0u64, 0);
+    let mut by_enc = [(0u64, 0u64, 0u64); 2]; // chunks, bytes, samples
+    let Ok(rd) = std::fs::read_dir(blocks) else { return };
+    for e in rd.flatten() {
+        let Ok(b) = Block::open(&e.path(), BlockKind::Metrics) else { continue };
+        n_blocks += 1;
+        size += b.size;
+        for s in &b.streams {
+            for c in &s.chunks {
+                data += c.len + c.filter_len;
+                let Ok(bytes) = b.chunk_bytes(c) else { continue };
+                let mut samples = Vec::new();
+                if xor::decode_chunk(&bytes, &mut samples).is_err() {
+                    continue;
+                }
+                let enc = usize::from(bytes[0] == xor::ENC_DECIMAL);
+                by_enc[enc].0 += 1;
+                by_enc[enc].1 += c.len;
+                by_enc[enc].2 += samples.len() as u64;
+                let mut x = Vec::new();
+                xor::encode(&mut x, &samples);
+                xor_bytes += x.len() as u64 + 1;
+            }
+        }
+    }
+    let per = |b: u64| b as f64 / total as f64;
     println!(
-        "{:<44} {:>12.3} {:>14} {:>16}",
-        "server CPU µs per sample",
-        (cpu1 - cpu0) * 1e6 / total as f64,
-        "0.78-1.20",
-        "0.45-0.49"
+        "cairn blocks: {n_blocks} block(s), {:.3} B/sample: chunks {:.3} + index/header/footer {:.3}",
+        per(size),
+        per(data),
+        per(size - data)
     );
-    println!("{:<44} {:>12.0} {:>14} {:>16}", "peak RSS MB", hwm as f64 / 1e6, "181-187", "163-218");
-    println!(
-        "{:<44} {:>12.2} {:>14} {:>16}",
-        "disk bytes/sample after flush + stop",
-        disk as f64 / total as f64,
-        "3.5-3.7",
-        "2.6-2.8"
-    );
-    println!("(peers: ../shared/PEERS.md, same workload, measured on this machine kind)");
+    for (name, (chunks, bytes, samples)) in ["xor", "decimal"].iter().zip(by_enc) {
+        println!(
+            "  {name:<8} chunks {chunks:>6}, samples {samples:>8}, {:.3} B/sample of those",
+            bytes as f64 / samples.max(1) as f64
+        );
+    }
+    println!("  the same chunks all as Gorilla XOR: {:.3} B/sample", per(xor_bytes));
 }

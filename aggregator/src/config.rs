@@ -36,6 +36,33 @@ pub struct StorageConfig {
     pub logs: LogsStorageConfig,
     /// `[storage.metrics]`: metrics store settings.
     pub metrics: MetricsStorageConfig,
+    /// `[storage.compaction]`: merging of small blocks (both engines).
+    pub compaction: CompactionConfig,
+}
+
+/// `[storage.compaction]`: background merging of adjacent small blocks into
+/// larger ones, in both engines (`docs/format/tsdb.md`, "Compaction").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionConfig {
+    /// Levels, smallest first: adjacent blocks whose data together spans
+    /// less than a level are merged into one. Empty: no compaction.
+    pub ranges: Vec<ConfigDuration>,
+    /// Never make a merged block larger than this (sum of its sources).
+    pub max_block_size: ByteSize,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            ranges: vec![
+                ConfigDuration::from_secs(4 * 3600),
+                ConfigDuration::from_secs(86_400),
+                ConfigDuration::from_secs(3 * 86_400),
+            ],
+            max_block_size: ByteSize::mib(2048),
+        }
+    }
 }
 
 /// `[storage.metrics]`: when in-memory samples are written to blocks.
@@ -47,6 +74,10 @@ pub struct MetricsStorageConfig {
     pub head_max_samples: u64,
     /// Flush the head once its oldest sample was written this long ago.
     pub flush_interval: ConfigDuration,
+    /// Accept a sample up to this much older than its series' newest sample
+    /// (merged in time order at query time); older samples are refused as
+    /// "too old sample" (`0s`: strictly in order, "out of order sample").
+    pub out_of_order_window: ConfigDuration,
     /// Delete metric blocks whose newest sample is older than this; `0s`
     /// keeps them forever.
     pub retention_time: ConfigDuration,
@@ -60,6 +91,7 @@ impl Default for MetricsStorageConfig {
         MetricsStorageConfig {
             head_max_samples: 4 << 20,
             flush_interval: ConfigDuration::from_secs(3600),
+            out_of_order_window: ConfigDuration(cairn_store::metrics::DEFAULT_OUT_OF_ORDER_WINDOW),
             retention_time: ConfigDuration::from_secs(15 * 86_400),
             retention_size: ByteSize(0),
         }
@@ -73,6 +105,7 @@ impl Default for StorageConfig {
             wal: WalConfig::default(),
             logs: LogsStorageConfig::default(),
             metrics: MetricsStorageConfig::default(),
+            compaction: CompactionConfig::default(),
         }
     }
 }

@@ -136,6 +136,7 @@ impl Aggregator {
                 wal: wal.clone(),
                 head_max_samples: config.storage.metrics.head_max_samples,
                 flush_interval: config.storage.metrics.flush_interval.0,
+                out_of_order_window: config.storage.metrics.out_of_order_window.0,
             },
         )?;
         let logs = LogStore::open_with(
@@ -361,8 +362,39 @@ impl Aggregator {
         }
     }
 
+    /// Merges small blocks in both engines (blocking; at most a few merges
+    /// per call so shutdown is never held up long); counted in
+    /// `cairn_compaction*`.
+    pub fn compact(&self) {
+        let c = &self.config.storage.compaction;
+        let ms: Vec<i64> = c.ranges.iter().map(|d| d.as_millis()).filter(|&m| m > 0).collect();
+        if ms.is_empty() {
+            return;
+        }
+        let metrics = cairn_store::CompactionPolicy { ranges: ms.clone(), max_block_bytes: c.max_block_size.0 };
+        let logs = cairn_store::CompactionPolicy {
+            ranges: ms.iter().map(|m| m.saturating_mul(1_000_000)).collect(),
+            max_block_bytes: c.max_block_size.0,
+        };
+        for (engine, r) in [("metrics", self.metrics.compact(&metrics, 4)), ("logs", self.logs.compact(&logs, 4))] {
+            match r {
+                Ok(st) if st.runs > 0 => {
+                    let l = vec![("engine", engine.to_string())];
+                    let m = &self.self_metrics;
+                    m.compactions.get_or_create(&l).inc_by(st.runs);
+                    m.compaction_blocks.get_or_create(&l).inc_by(st.blocks_merged);
+                    m.compaction_bytes_before.get_or_create(&l).inc_by(st.bytes_before);
+                    m.compaction_bytes_after.get_or_create(&l).inc_by(st.bytes_after);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(engine, error = %e, "compaction failed; the blocks stay as they are"),
+            }
+        }
+    }
+
     /// Background upkeep until `stop` turns true: head flushes (when a head
-    /// fills, or by age), retention once a minute and, with
+    /// fills, or by age), retention and compaction after each flush and once
+    /// a minute and, with
     /// `fsync = "interval"`, periodic WAL fsync.
     pub async fn run_maintenance(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let fsync_every = (self.config.storage.wal.fsync == cairn_store::FsyncPolicy::Interval)
@@ -391,6 +423,7 @@ impl Aggregator {
                 // the total over `retention_size`.
                 if agg.flush_if_due() || retention_now {
                     agg.apply_retention();
+                    agg.compact();
                 }
                 if sync_now && let Err(e) = agg.sync() {
                     tracing::error!(error = %e, "WAL fsync failed");

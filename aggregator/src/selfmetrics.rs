@@ -47,6 +47,14 @@ pub struct SelfMetrics {
     pub retention_blocks: Family<L, Counter>,
     /// Bytes of blocks deleted by retention, by engine.
     pub retention_bytes: Family<L, Counter>,
+    /// Compaction merges done, by engine.
+    pub compactions: Family<L, Counter>,
+    /// Blocks merged away by compaction, by engine.
+    pub compaction_blocks: Family<L, Counter>,
+    /// Bytes of the blocks compaction merged, by engine.
+    pub compaction_bytes_before: Family<L, Counter>,
+    /// Bytes of the blocks compaction wrote, by engine.
+    pub compaction_bytes_after: Family<L, Counter>,
 }
 
 impl Default for SelfMetrics {
@@ -75,6 +83,10 @@ impl SelfMetrics {
             flushes: Family::default(),
             retention_blocks: Family::default(),
             retention_bytes: Family::default(),
+            compactions: Family::default(),
+            compaction_blocks: Family::default(),
+            compaction_bytes_before: Family::default(),
+            compaction_bytes_after: Family::default(),
             registry: Registry::default(),
         };
         registry.register("cairn_ingest_samples", "Metric samples stored", m.samples_ingested.clone());
@@ -107,6 +119,22 @@ impl SelfMetrics {
             "cairn_retention_deleted_bytes",
             "Bytes of blocks deleted by retention, by engine",
             m.retention_bytes.clone(),
+        );
+        registry.register("cairn_compactions", "Compaction merges done, by engine", m.compactions.clone());
+        registry.register(
+            "cairn_compaction_blocks_merged",
+            "Blocks merged away by compaction, by engine",
+            m.compaction_blocks.clone(),
+        );
+        registry.register(
+            "cairn_compaction_bytes_before",
+            "Bytes of the blocks compaction merged, by engine",
+            m.compaction_bytes_before.clone(),
+        );
+        registry.register(
+            "cairn_compaction_bytes_after",
+            "Bytes of the blocks compaction wrote, by engine",
+            m.compaction_bytes_after.clone(),
         );
         SelfMetrics { registry, ..m }
     }

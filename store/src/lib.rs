@@ -34,6 +34,7 @@ pub mod xor;
 
 use std::path::PathBuf;
 
+pub use tiered::{CompactionPolicy, CompactionStats};
 pub use wal::{FsyncPolicy, WalOptions};
 
 /// Errors of the storage engines.
@@ -73,6 +74,12 @@ pub enum RejectReason {
     DuplicateTimestamp,
     /// A label set that is empty or has no metric name.
     MissingMetricName,
+    /// Older than its series' newest sample while no out-of-order window is
+    /// configured (Prometheus's "out of order sample").
+    OutOfOrder,
+    /// Older than its series' newest sample by more than the out-of-order
+    /// window (Prometheus's "too old sample").
+    TooOld,
 }
 
 impl RejectReason {
@@ -82,6 +89,8 @@ impl RejectReason {
         match self {
             RejectReason::DuplicateTimestamp => "duplicate_timestamp",
             RejectReason::MissingMetricName => "missing_metric_name",
+            RejectReason::OutOfOrder => "out_of_order",
+            RejectReason::TooOld => "too_old",
         }
     }
 }

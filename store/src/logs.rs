@@ -1044,6 +1044,16 @@ impl LogStore {
         self.t.apply_retention(min_ts, max_bytes)
     }
 
+    /// Merges adjacent small blocks per `policy` (at most `max_runs`
+    /// merges), copying chunks and filters byte for byte.
+    pub fn compact(
+        &self,
+        policy: &crate::CompactionPolicy,
+        max_runs: usize,
+    ) -> Result<crate::CompactionStats, StoreError> {
+        self.t.compact(policy, max_runs)
+    }
+
     /// Number of blocks and their bytes on disk.
     pub fn block_stats(&self) -> (usize, u64) {
         self.t.block_stats()

@@ -8,14 +8,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use cairn_wire::SeriesSamples;
 use cairn_wire::{Labels, Matcher, matcher::matches_all};
 
-use crate::block::{BlockKind, EncodedChunk, SeriesChunks};
+use crate::block::{Block, BlockKind, BlockStream, ChunkMeta, EncodedChunk, SeriesChunks};
 use crate::codec::{Reader, put_bytes, put_labels, put_uvarint, put_varint};
-use crate::tiered::{HeadData, Tiered};
+use crate::tiered::{CompactionPolicy, CompactionStats, HeadData, Tiered};
 use crate::wal::{ReplayStats, WalOptions};
 use crate::{RejectReason, StoreError, WriteOutcome, xor};
 
@@ -46,6 +47,11 @@ struct Head {
 /// Samples per chunk in a block (one hour at a 15 s scrape interval).
 pub const CHUNK_SAMPLES: usize = 240;
 
+/// Default of [`MetricsStoreOptions::out_of_order_window`]: ten minutes,
+/// enough for a sender catching up with concurrent requests or a collector
+/// re-sending after an outage, small enough that late data lands in the head.
+pub const DEFAULT_OUT_OF_ORDER_WINDOW: Duration = Duration::from_secs(600);
+
 /// Settings of the metrics store.
 #[derive(Debug, Clone)]
 pub struct MetricsStoreOptions {
@@ -55,6 +61,12 @@ pub struct MetricsStoreOptions {
     pub head_max_samples: u64,
     /// Flush the head once its oldest data is this old.
     pub flush_interval: Duration,
+    /// How far behind its series' newest sample a sample may be and still be
+    /// accepted (merged in time order at query time). Older samples are
+    /// refused: [`RejectReason::OutOfOrder`] when the window is zero,
+    /// [`RejectReason::TooOld`] otherwise (Prometheus's "out of order
+    /// sample" / "too old sample").
+    pub out_of_order_window: Duration,
 }
 
 impl Default for MetricsStoreOptions {
@@ -63,6 +75,7 @@ impl Default for MetricsStoreOptions {
             wal: WalOptions::default(),
             head_max_samples: 4 << 20,
             flush_interval: Duration::from_secs(3600),
+            out_of_order_window: DEFAULT_OUT_OF_ORDER_WINDOW,
         }
     }
 }
@@ -71,6 +84,10 @@ impl Default for MetricsStoreOptions {
 pub struct MetricsStore {
     t: Tiered<Head>,
     opts: MetricsStoreOptions,
+    /// Newest timestamp of every series (head and blocks), per tenant: the
+    /// reference point of the out-of-order window. Written under the write
+    /// lock; survives flushes; rebuilt at open from block indexes and the head.
+    newest: Mutex<HashMap<String, HashMap<Labels, i64>>>,
 }
 
 impl HeadData for Head {
@@ -88,27 +105,24 @@ impl HeadData for Head {
         let mut out = Vec::new();
         for (tenant, th) in &self.tenants {
             for s in &th.series {
-                let chunks = s
-                    .samples
-                    .chunks(CHUNK_SAMPLES)
-                    .map(|c| {
-                        let mut bytes = Vec::new();
-                        xor::encode(&mut bytes, c);
-                        EncodedChunk {
-                            bytes,
-                            min_ts: c[0].0,
-                            max_ts: c[c.len() - 1].0,
-                            count: c.len() as u64,
-                            raw_bytes: 16 * c.len() as u64,
-                            payload: 0,
-                            filter: Vec::new(),
-                        }
-                    })
-                    .collect();
-                out.push((tenant.as_str(), &s.labels, chunks));
+                out.push((tenant.as_str(), &s.labels, encode_chunks(&s.samples)));
             }
         }
         Ok(out)
+    }
+
+    /// Decodes the stream's chunks of every source, merges them by
+    /// timestamp (for equal timestamps the later block wins, as at query
+    /// time) and re-encodes full chunks: partial chunks of small blocks
+    /// become fewer, larger ones.
+    fn merge_chunks(sources: &[(&Block, &BlockStream)]) -> Result<Vec<EncodedChunk>, StoreError> {
+        let mut samples = Vec::new();
+        for (b, s) in sources {
+            for c in &s.chunks {
+                decode_block_chunk(b, c, &mut samples)?;
+            }
+        }
+        Ok(encode_chunks(&dedup_newest(samples)))
     }
 
     fn merge_back(&mut self, failed: &Self) {
@@ -151,6 +165,47 @@ impl Head {
             }
         }
     }
+}
+
+/// Reads and decodes one chunk of a block (version 1: Gorilla only;
+/// version 2: a leading encoding byte).
+fn decode_block_chunk(b: &Block, c: &ChunkMeta, out: &mut Vec<(i64, f64)>) -> Result<(), StoreError> {
+    let bytes = b.chunk_bytes(c)?;
+    let res = if b.version == 1 { xor::decode(&bytes, out) } else { xor::decode_chunk(&bytes, out) };
+    res.map_err(|e| b.corrupt(c, format!("chunk: {}", e.reason)))
+}
+
+/// Sorts by timestamp (stable) and keeps the last sample of each timestamp.
+fn dedup_newest(mut samples: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
+    samples.sort_by_key(|p| p.0);
+    let mut out: Vec<(i64, f64)> = Vec::with_capacity(samples.len());
+    for p in samples {
+        match out.last_mut() {
+            Some(last) if last.0 == p.0 => *last = p,
+            _ => out.push(p),
+        }
+    }
+    out
+}
+
+/// Cuts sorted, unique samples into encoded chunks of [`CHUNK_SAMPLES`].
+fn encode_chunks(samples: &[(i64, f64)]) -> Vec<EncodedChunk> {
+    samples
+        .chunks(CHUNK_SAMPLES)
+        .map(|c| {
+            let mut bytes = Vec::new();
+            xor::encode_chunk(&mut bytes, c);
+            EncodedChunk {
+                bytes,
+                min_ts: c[0].0,
+                max_ts: c[c.len() - 1].0,
+                count: c.len() as u64,
+                raw_bytes: 16 * c.len() as u64,
+                payload: 0,
+                filter: Vec::new(),
+            }
+        })
+        .collect()
 }
 
 fn encode_batch(buf: &mut Vec<u8>, tenant: &str, batch: &[SeriesSamples]) {
@@ -227,8 +282,35 @@ impl MetricsStore {
     /// Opens the store in `dir`: loads every block, deletes leftover
     /// temporary files, and replays the WAL segments no block covers.
     pub fn open_with(dir: &Path, opts: MetricsStoreOptions) -> Result<Self, StoreError> {
-        let t = Tiered::open(dir, BlockKind::Metrics, RECORD_SAMPLES, opts.wal.clone())?;
-        Ok(MetricsStore { t, opts })
+        let t: Tiered<Head> = Tiered::open(dir, BlockKind::Metrics, RECORD_SAMPLES, opts.wal.clone())?;
+        let mut newest: HashMap<String, HashMap<Labels, i64>> = HashMap::new();
+        {
+            let (persisted, head) = t.read();
+            let mut note = |tenant: &str, labels: &Labels, ts: i64| {
+                let m = newest.entry(tenant.to_string()).or_default();
+                match m.get_mut(labels) {
+                    Some(n) => *n = (*n).max(ts),
+                    None => {
+                        m.insert(labels.clone(), ts);
+                    }
+                }
+            };
+            for b in &persisted.blocks {
+                for s in &b.streams {
+                    if let Some(mx) = s.chunks.iter().map(|c| c.max_ts).max() {
+                        note(&s.tenant, &s.labels, mx);
+                    }
+                }
+            }
+            for (tenant, th) in &head.tenants {
+                for s in &th.series {
+                    if let Some(&(t, _)) = s.samples.last() {
+                        note(tenant, &s.labels, t);
+                    }
+                }
+            }
+        }
+        Ok(MetricsStore { t, opts, newest: Mutex::new(newest) })
     }
 
     /// What the WAL replay at open found.
@@ -260,6 +342,9 @@ impl MetricsStore {
             merged.entry(s.labels).or_default().extend(s.samples);
         }
         let mut to_write = Vec::with_capacity(merged.len());
+        let window = i64::try_from(self.opts.out_of_order_window.as_millis()).unwrap_or(i64::MAX);
+        let mut newest_all = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = newest_all.get(tenant);
         {
             let head = self.t.head.read().unwrap_or_else(|p| p.into_inner());
             let th = head.tenants.get(tenant);
@@ -267,8 +352,31 @@ impl MetricsStore {
                 samples.sort_by_key(|p| p.0);
                 let existing =
                     th.and_then(|t| t.by_labels.get(&labels)).and_then(|&i| th.map(|t| &t.series[i].samples));
+                let last = newest.and_then(|m| m.get(&labels)).copied();
                 let mut keep = Vec::with_capacity(samples.len());
                 for (t, v) in samples {
+                    if let Some(last) = last
+                        && t < last.saturating_sub(window)
+                    {
+                        outcome.rejected.push(if window == 0 {
+                            (
+                                RejectReason::OutOfOrder,
+                                format!(
+                                    "out of order sample: timestamp {t} is older than the newest sample ({last}) \
+                                     of series {labels} and storage.metrics.out_of_order_window is 0"
+                                ),
+                            )
+                        } else {
+                            (
+                                RejectReason::TooOld,
+                                format!(
+                                    "too old sample: timestamp {t} is more than storage.metrics.out_of_order_window \
+                                     ({window} ms) older than the newest sample ({last}) of series {labels}"
+                                ),
+                            )
+                        });
+                        continue;
+                    }
                     let prior = match keep.last() {
                         Some(&(lt, lv)) if lt == t => Some(lv),
                         _ => existing
@@ -297,6 +405,20 @@ impl MetricsStore {
         let mut buf = Vec::new();
         encode_batch(&mut buf, tenant, &to_write);
         self.t.wal.append(RECORD_SAMPLES, &buf)?;
+        let m = match newest_all.get_mut(tenant) {
+            Some(m) => m,
+            None => newest_all.entry(tenant.to_string()).or_default(),
+        };
+        for s in &to_write {
+            let max = s.samples.last().map_or(i64::MIN, |p| p.0);
+            match m.get_mut(&s.labels) {
+                Some(n) => *n = (*n).max(max),
+                None => {
+                    m.insert(s.labels.clone(), max);
+                }
+            }
+        }
+        drop(newest_all);
         let mut head = self.t.head.write().unwrap_or_else(|p| p.into_inner());
         apply(&mut head, tenant, to_write);
         Ok(outcome)
@@ -326,7 +448,22 @@ impl MetricsStore {
     /// `max_bytes` (0: no limit). Returns (blocks, bytes) deleted. Data still
     /// in the head is not affected.
     pub fn apply_retention(&self, min_ts: Option<i64>, max_bytes: u64) -> Result<(usize, u64), StoreError> {
+        if let Some(min_ts) = min_ts {
+            // series gone quiet before the retention limit: forget them
+            let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+            for m in newest.values_mut() {
+                m.retain(|_, t| *t >= min_ts);
+            }
+            newest.retain(|_, m| !m.is_empty());
+        }
         self.t.apply_retention(min_ts, max_bytes)
+    }
+
+    /// Merges adjacent small blocks per `policy` (at most `max_runs`
+    /// merges); queries give the same answers before and after.
+    pub fn compact(&self, policy: &CompactionPolicy, max_runs: usize) -> Result<CompactionStats, StoreError> {
+        self.t.compact(policy, max_runs)
     }
 
     /// Number of blocks and their bytes on disk.
@@ -350,14 +487,10 @@ impl MetricsStore {
             if b.min_ts > maxt || b.max_ts < mint {
                 continue;
             }
-            for s in b.tenant_streams(tenant) {
-                if !matches_all(matchers, &s.labels) {
-                    continue;
-                }
+            for s in b.select(tenant, matchers) {
                 let mut got = Vec::new();
                 for c in s.chunks.iter().filter(|c| c.min_ts <= maxt && c.max_ts >= mint) {
-                    let bytes = b.chunk_bytes(c)?;
-                    xor::decode(&bytes, &mut got).map_err(|e| b.corrupt(c, format!("chunk: {}", e.reason)))?;
+                    decode_block_chunk(b, c, &mut got)?;
                 }
                 got.retain(|p| p.0 >= mint && p.0 <= maxt);
                 if !got.is_empty() {
@@ -370,15 +503,8 @@ impl MetricsStore {
         }
         head.collect(tenant, matchers, mint, maxt, |l, ss| by.entry(l.clone()).or_default().extend_from_slice(ss));
         for samples in by.values_mut() {
-            samples.sort_by_key(|p| p.0); // stable: later sources stay later
-            let mut out: Vec<(i64, f64)> = Vec::with_capacity(samples.len());
-            for &p in samples.iter() {
-                match out.last_mut() {
-                    Some(last) if last.0 == p.0 => *last = p,
-                    _ => out.push(p),
-                }
-            }
-            *samples = out;
+            // stable: later sources stay later
+            *samples = dedup_newest(std::mem::take(samples));
         }
         Ok(by)
     }
@@ -406,8 +532,8 @@ impl MetricsStore {
             if b.min_ts > maxt || b.max_ts < mint {
                 continue;
             }
-            for s in b.tenant_streams(tenant) {
-                if matches_all(matchers, &s.labels) && s.chunks.iter().any(|c| c.min_ts <= maxt && c.max_ts >= mint) {
+            for s in b.select(tenant, matchers) {
+                if s.chunks.iter().any(|c| c.min_ts <= maxt && c.max_ts >= mint) {
                     out.insert(s.labels.clone());
                 }
             }
@@ -503,8 +629,9 @@ mod tests {
         let write = |s: &MetricsStore, pts: &[(i64, f64)]| {
             s.append("t", vec![SeriesSamples { labels: up.clone(), samples: pts.to_vec() }]).unwrap();
         };
+        let wide = || MetricsStoreOptions { out_of_order_window: Duration::from_secs(86_400), ..Default::default() };
         {
-            let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+            let s = MetricsStore::open_with(d.path(), wide()).unwrap();
             let many: Vec<(i64, f64)> = (0..1000).map(|i| (i * 15_000, i as f64)).collect();
             write(&s, &many);
             write(&s, &[(1000 * 15_000, stale)]);
@@ -534,6 +661,181 @@ mod tests {
         assert_eq!(s.block_stats().0, 2);
         assert_eq!(s.counts().1, 0);
         assert_eq!(s.select("t", &[], i64::MIN, i64::MAX)[0].samples.len(), 1004);
+    }
+
+    #[test]
+    fn out_of_order_window() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = MetricsStoreOptions { out_of_order_window: Duration::from_secs(60), ..Default::default() };
+        let m = ls(&[("__name__", "m")]);
+        let other = ls(&[("__name__", "other")]);
+        let put = |s: &MetricsStore, l: &Labels, pts: &[(i64, f64)]| {
+            s.append("t", vec![SeriesSamples { labels: l.clone(), samples: pts.to_vec() }]).unwrap()
+        };
+        {
+            let s = MetricsStore::open_with(d.path(), opts.clone()).unwrap();
+            assert_eq!(put(&s, &m, &[(100_000, 1.0), (115_000, 2.0)]).accepted, 2);
+            // within 60 s of the newest (115 s): accepted, merged in order
+            assert_eq!(put(&s, &m, &[(60_000, 0.5), (107_000, 1.5)]).accepted, 2);
+            // 54.999 s: too old, by the series' own newest sample
+            let o = put(&s, &m, &[(54_999, 9.0), (55_000, 0.25)]);
+            assert_eq!(o.accepted, 1);
+            assert_eq!(o.rejected.len(), 1);
+            assert_eq!(o.rejected[0].0, RejectReason::TooOld);
+            assert!(o.rejected[0].1.starts_with("too old sample"), "{}", o.rejected[0].1);
+            // another series has its own reference point
+            assert_eq!(put(&s, &other, &[(1_000, 1.0)]).accepted, 1);
+            let got = s.select("t", &[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX);
+            let ts: Vec<i64> = got[0].samples.iter().map(|p| p.0).collect();
+            assert_eq!(ts, vec![55_000, 60_000, 100_000, 107_000, 115_000]);
+            // the reference survives a flush (series no longer in the head)
+            s.flush().unwrap();
+            assert_eq!(put(&s, &m, &[(10_000, 1.0)]).rejected[0].0, RejectReason::TooOld);
+            assert_eq!(put(&s, &m, &[(56_000, 1.0)]).accepted, 1);
+        }
+        // ... and a restart (rebuilt from blocks and WAL)
+        let s = MetricsStore::open_with(d.path(), opts).unwrap();
+        assert_eq!(put(&s, &m, &[(10_000, 1.0)]).rejected[0].0, RejectReason::TooOld);
+        assert_eq!(put(&s, &m, &[(57_000, 1.0)]).accepted, 1);
+        assert_eq!(s.select("t", &[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX)[0].samples.len(), 7);
+        drop(s);
+        // window 0: strictly in order per series, Prometheus's "out of order sample"
+        let strict = MetricsStoreOptions { out_of_order_window: Duration::ZERO, ..Default::default() };
+        let s = MetricsStore::open_with(d.path(), strict).unwrap();
+        let o = put(&s, &m, &[(114_999, 1.0), (115_000, 2.0), (116_000, 3.0)]);
+        assert_eq!(o.accepted, 2, "exact duplicate of the newest is a no-op, newer is stored");
+        assert_eq!(o.rejected[0].0, RejectReason::OutOfOrder);
+        assert!(o.rejected[0].1.starts_with("out of order sample"));
+    }
+
+    /// Several small blocks (with overlapping, re-sent and late samples);
+    /// every query answer is the same before and after compaction, the
+    /// blocks shrink, and the result survives a restart.
+    fn small_blocks(dir: &Path) -> MetricsStore {
+        let opts = MetricsStoreOptions { out_of_order_window: Duration::from_secs(86_400), ..Default::default() };
+        let s = MetricsStore::open_with(dir, opts).unwrap();
+        for block in 0..6i64 {
+            let mut batch = Vec::new();
+            for inst in 0..20 {
+                let labels = ls(&[("__name__", "m"), ("inst", &format!("i{inst}")), ("odd", ["a", "b"][inst % 2])]);
+                let mut pts: Vec<(i64, f64)> = (0..50)
+                    .map(|i| ((block * 50 + i) * 15_000 + inst as i64, (block * 50 + i) as f64 * 0.25))
+                    .collect();
+                if block > 0 {
+                    // a re-sent sample with a new value (the later block wins)
+                    pts.push(((block * 50 - 1) * 15_000 + inst as i64, -1.0));
+                }
+                batch.push(SeriesSamples { labels, samples: pts });
+            }
+            if block == 3 {
+                batch.push(SeriesSamples { labels: ls(&[("__name__", "late")]), samples: vec![(5, 5.0)] });
+            }
+            s.append("t", batch).unwrap();
+            s.flush().unwrap();
+        }
+        s
+    }
+
+    fn snapshot(s: &MetricsStore) -> Vec<(Labels, Vec<(i64, u64)>)> {
+        let mut out = Vec::new();
+        for m in [
+            vec![],
+            vec![Matcher::equal("odd", "a")],
+            vec![Matcher::new(MatchOp::NotRegex, "inst", "i1.*").unwrap(), Matcher::equal("__name__", "m")],
+            vec![Matcher::new(MatchOp::Equal, "odd", "").unwrap()],
+        ] {
+            for (mint, maxt) in [(i64::MIN, i64::MAX), (100_000, 2_000_000)] {
+                for x in s.select("t", &m, mint, maxt) {
+                    out.push((x.labels, x.samples.iter().map(|p| (p.0, p.1.to_bits())).collect()));
+                }
+            }
+        }
+        out
+    }
+
+    fn policy() -> CompactionPolicy {
+        CompactionPolicy { ranges: vec![3_600_000, 86_400_000], max_block_bytes: 0 }
+    }
+
+    #[test]
+    fn compaction_keeps_answers_and_shrinks() {
+        let d = tempfile::tempdir().unwrap();
+        let s = small_blocks(d.path());
+        let before = snapshot(&s);
+        assert_eq!(before.iter().filter(|x| x.0.get("__name__") == Some("late")).count(), 2);
+        let (n, bytes) = s.block_stats();
+        assert_eq!(n, 6);
+        let st = s.compact(&policy(), 100).unwrap();
+        assert_eq!(s.block_stats().0, 1, "{st:?}");
+        assert_eq!(st.blocks_merged, 6 + st.runs - 1);
+        assert!(st.bytes_after < st.bytes_before, "{st:?}");
+        assert!(s.block_stats().1 < bytes);
+        assert_eq!(snapshot(&s), before);
+        assert_eq!(s.compact(&policy(), 100).unwrap(), CompactionStats::default(), "nothing left to merge");
+        drop(s);
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!(s.block_stats().0, 1);
+        assert_eq!(snapshot(&s), before);
+        // one series of one block: 300 samples in 2 chunks, not 6 small ones
+        let b = &s.t.read().0.blocks[0];
+        assert_eq!(b.streams.iter().find(|x| x.labels.get("inst") == Some("i0")).unwrap().chunks.len(), 2);
+    }
+
+    /// A crash at each step of a compaction (simulated by putting back the
+    /// files that step would not have reached) changes no answer.
+    #[test]
+    fn compaction_crash_at_each_step() {
+        let d = tempfile::tempdir().unwrap();
+        let s = small_blocks(d.path());
+        let before = snapshot(&s);
+        drop(s);
+        let blocks = d.path().join("blocks");
+        let saved: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(&blocks)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+            .collect();
+        let restore = || {
+            for e in std::fs::read_dir(&blocks).unwrap() {
+                std::fs::remove_file(e.unwrap().path()).unwrap();
+            }
+            for (p, b) in &saved {
+                std::fs::write(p, b).unwrap();
+            }
+        };
+        // the merged result, computed once
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        let one = CompactionPolicy { ranges: vec![86_400_000], max_block_bytes: 0 };
+        assert_eq!(s.compact(&one, 1).unwrap().blocks_merged, 6);
+        drop(s);
+        let merged_path = std::fs::read_dir(&blocks).unwrap().next().unwrap().unwrap().path();
+        let merged = std::fs::read(&merged_path).unwrap();
+        let count = || std::fs::read_dir(&blocks).unwrap().count();
+        // 1. crash while writing the temporary file (or before its rename)
+        restore();
+        std::fs::write(
+            blocks.join(format!("{}.compact.tmp", merged_path.file_name().unwrap().to_str().unwrap())),
+            &merged[..merged.len() / 2],
+        )
+        .unwrap();
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!((s.block_stats().0, count()), (6, 6), "tmp removed, sources kept");
+        assert_eq!(snapshot(&s), before);
+        drop(s);
+        // 2. crash after the rename, before any source was deleted
+        restore();
+        std::fs::write(&merged_path, &merged).unwrap();
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!((s.block_stats().0, count()), (1, 1), "replaced sources deleted at start");
+        assert_eq!(snapshot(&s), before);
+        drop(s);
+        // 3. crash after some sources were deleted
+        restore();
+        std::fs::write(&merged_path, &merged).unwrap();
+        std::fs::remove_file(saved.iter().map(|x| &x.0).filter(|p| **p != merged_path).min().unwrap()).unwrap();
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!((s.block_stats().0, count()), (1, 1));
+        assert_eq!(snapshot(&s), before);
     }
 
     #[test]

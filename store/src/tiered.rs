@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use crate::block::{self, Block, BlockKind, SeriesChunks};
+use crate::block::{self, Block, BlockKind, BlockStream, BlockWriter, EncodedChunk, SeriesChunks};
 use crate::codec::DecodeError;
 use crate::wal::{ReplayStats, Wal, WalOptions};
 use crate::{StoreError, layout};
@@ -37,6 +37,83 @@ pub(crate) trait HeadData: Default + Send + Sync + 'static {
     fn merge_back(&mut self, failed: &Self);
     /// Samples or entries held (for flush results and metrics).
     fn count(&self) -> u64;
+    /// Compaction: the chunks of one stream that appears in `sources`
+    /// (blocks in `wal_through` order, so for equal timestamps the later
+    /// source is the newer write). The default copies every chunk and its
+    /// filter byte for byte, sorted by start time (they may overlap).
+    fn merge_chunks(sources: &[(&Block, &BlockStream)]) -> Result<Vec<EncodedChunk>, StoreError> {
+        let mut out = Vec::new();
+        for (b, s) in sources {
+            for c in &s.chunks {
+                out.push(EncodedChunk {
+                    bytes: b.chunk_bytes(c)?,
+                    min_ts: c.min_ts,
+                    max_ts: c.max_ts,
+                    count: c.entries,
+                    raw_bytes: c.raw_bytes,
+                    payload: c.payload,
+                    filter: b.chunk_filter(c)?.to_vec(),
+                });
+            }
+        }
+        out.sort_by_key(|c| c.min_ts);
+        Ok(out)
+    }
+}
+
+/// When compaction merges blocks (`docs/format/tsdb.md`, "Compaction").
+#[derive(Debug, Clone)]
+pub struct CompactionPolicy {
+    /// Level ranges in the engine's time unit, smallest first: adjacent
+    /// blocks (in `wal_through` order) whose data together spans less than
+    /// a level's range are merged into one block.
+    pub ranges: Vec<i64>,
+    /// A merged block is never made larger than this many bytes (sum of its
+    /// sources); 0: no limit.
+    pub max_block_bytes: u64,
+}
+
+/// What a compaction pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionStats {
+    /// Merges done (new blocks written).
+    pub runs: u64,
+    /// Source blocks merged away.
+    pub blocks_merged: u64,
+    /// Bytes of the source blocks.
+    pub bytes_before: u64,
+    /// Bytes of the blocks written.
+    pub bytes_after: u64,
+}
+
+/// Picks the first run of at least two adjacent blocks (by `wal_through`)
+/// whose data together spans less than a level's range (smallest level
+/// first) and whose sizes add up to at most `max_block_bytes`. Returns
+/// indexes into `blocks`.
+pub(crate) fn plan_compaction(blocks: &[Arc<Block>], policy: &CompactionPolicy) -> Option<std::ops::Range<usize>> {
+    for &range in policy.ranges.iter().filter(|&&r| r > 0) {
+        let mut i = 0;
+        while i < blocks.len() {
+            let (mut lo, mut hi, mut bytes) = (blocks[i].min_ts, blocks[i].max_ts, blocks[i].size);
+            let mut j = i + 1;
+            while j < blocks.len() {
+                let b = &blocks[j];
+                let (l, h) = (lo.min(b.min_ts), hi.max(b.max_ts));
+                if h.saturating_sub(l) >= range
+                    || (policy.max_block_bytes > 0 && bytes + b.size > policy.max_block_bytes)
+                {
+                    break;
+                }
+                (lo, hi, bytes) = (l, h, bytes + b.size);
+                j += 1;
+            }
+            if j - i >= 2 {
+                return Some(i..j);
+            }
+            i += 1;
+        }
+    }
+    None
 }
 
 /// Blocks and the head being flushed, swapped together so a query sees every
@@ -54,6 +131,7 @@ pub(crate) struct Tiered<H> {
     /// Serialises writers (and the freeze step of a flush).
     pub write_lock: Mutex<()>,
     flush_lock: Mutex<()>,
+    compact_lock: Mutex<()>,
     pub persisted: RwLock<Persisted<H>>,
     pub head: RwLock<H>,
     pub replay: ReplayStats,
@@ -79,6 +157,20 @@ impl<H: HeadData> Tiered<H> {
             }
         }
         blocks.sort_by_key(|b| b.wal_through);
+        // A compacted block names the blocks it replaced; any of them still
+        // here is left over from a crash before their deletion: drop them
+        // (their data is in the newer block) — see "Compaction" in tsdb.md.
+        let replaced: std::collections::HashSet<u64> =
+            blocks.iter().flat_map(|b| b.replaces.iter().copied().filter(move |&r| r < b.wal_through)).collect();
+        if !replaced.is_empty() {
+            let (gone, keep): (Vec<_>, Vec<_>) = blocks.into_iter().partition(|b| replaced.contains(&b.wal_through));
+            blocks = keep;
+            for b in gone {
+                tracing::warn!(path = %b.path().display(), "removing block already merged by compaction");
+                fs::remove_file(b.path()).map_err(StoreError::io("remove", b.path()))?;
+            }
+            block::sync_dir(&blocks_dir)?;
+        }
         let covered = blocks.iter().map(|b| b.wal_through).max().unwrap_or(0);
         let mut head = H::default();
         let wal_dir = dir.join(layout::WAL_DIR);
@@ -102,6 +194,7 @@ impl<H: HeadData> Tiered<H> {
             wal,
             write_lock: Mutex::new(()),
             flush_lock: Mutex::new(()),
+            compact_lock: Mutex::new(()),
             persisted: RwLock::new(Persisted { blocks, frozen: None }),
             head: RwLock::new(head),
             replay,
@@ -230,6 +323,89 @@ impl<H: HeadData> Tiered<H> {
                 .map_err(StoreError::io("fsync directory", self.dir.join(layout::BLOCKS_DIR)))?;
         }
         Ok((removed.len(), bytes))
+    }
+
+    /// Merges adjacent small blocks per `policy` until none qualifies (at
+    /// most `max_runs` merges). Each merge: write `<last>.blk.compact` with
+    /// every stream of the sources (chunks merged by [`HeadData::merge_chunks`])
+    /// and the list of the sources it replaces; fsync; under the lock, check
+    /// the sources are all still there, rename it over the last source
+    /// (`<last>.blk`), swap it in; then delete the other sources. See
+    /// `docs/format/tsdb.md`, "Compaction", for what a crash at each step leaves.
+    pub fn compact(&self, policy: &CompactionPolicy, max_runs: usize) -> Result<CompactionStats, StoreError> {
+        let _c = self.compact_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stats = CompactionStats::default();
+        for _ in 0..max_runs {
+            let sources: Vec<Arc<Block>> = {
+                let p = self.persisted.read().unwrap_or_else(|p| p.into_inner());
+                match plan_compaction(&p.blocks, policy) {
+                    Some(r) => p.blocks[r].to_vec(),
+                    None => break,
+                }
+            };
+            let (before, after) = self.merge_blocks(&sources)?;
+            stats.runs += 1;
+            stats.blocks_merged += sources.len() as u64;
+            stats.bytes_before += before;
+            stats.bytes_after += after;
+        }
+        Ok(stats)
+    }
+
+    /// One merge of `sources` (adjacent, in `wal_through` order). Returns
+    /// (bytes before, bytes after); (0, 0) when retention took a source
+    /// away meanwhile (nothing changed).
+    fn merge_blocks(&self, sources: &[Arc<Block>]) -> Result<(u64, u64), StoreError> {
+        use std::collections::BTreeMap;
+        let dir = self.dir.join(layout::BLOCKS_DIR);
+        let Some(last) = sources.last() else {
+            return Ok((0, 0));
+        };
+        let mut keys: BTreeMap<(&str, &cairn_wire::Labels), Vec<(&Block, &BlockStream)>> = BTreeMap::new();
+        for b in sources {
+            for s in &b.streams {
+                keys.entry((s.tenant.as_str(), &s.labels)).or_default().push((b.as_ref(), s));
+            }
+        }
+        let mut replaces: Vec<u64> = sources.iter().flat_map(|b| b.replaces.iter().copied()).collect();
+        replaces.extend(sources[..sources.len() - 1].iter().map(|b| b.wal_through));
+        replaces.sort_unstable();
+        replaces.dedup();
+        let mut w = BlockWriter::create(&dir, self.kind, last.wal_through, "compact.tmp")?;
+        for ((tenant, labels), srcs) in &keys {
+            let chunks = H::merge_chunks(srcs)?;
+            w.add(tenant, labels, chunks)?;
+        }
+        let pending = w.finish(&replaces)?;
+        let before: u64 = sources.iter().map(|b| b.size).sum();
+        let block = {
+            let mut p = self.persisted.write().unwrap_or_else(|p| p.into_inner());
+            let pos: Option<Vec<usize>> =
+                sources.iter().map(|s| p.blocks.iter().position(|b| Arc::ptr_eq(b, s))).collect();
+            let Some(pos) = pos else {
+                drop(p);
+                pending.abort();
+                return Ok((0, 0));
+            };
+            let block = Arc::new(pending.commit()?);
+            let first = pos.iter().copied().min().unwrap_or(0);
+            p.blocks.retain(|b| !sources.iter().any(|s| Arc::ptr_eq(b, s)));
+            let at = first.min(p.blocks.len());
+            p.blocks.insert(at, block.clone());
+            block
+        };
+        for b in &sources[..sources.len() - 1] {
+            fs::remove_file(b.path()).map_err(StoreError::io("remove", b.path()))?;
+        }
+        block::sync_dir(&dir)?;
+        tracing::info!(
+            blocks = sources.len(),
+            bytes_before = before,
+            bytes_after = block.size,
+            path = %block.path().display(),
+            "blocks compacted"
+        );
+        Ok((before, block.size))
     }
 
     /// Number of blocks and their bytes on disk.

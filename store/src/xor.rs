@@ -179,6 +179,170 @@ pub fn decode(chunk: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), DecodeError
     Ok(())
 }
 
+/// Chunk encodings of version-2 blocks (first byte of the chunk).
+pub const ENC_XOR: u8 = 0;
+/// Decimal values with a regular interval (see [`encode_chunk`]).
+pub const ENC_DECIMAL: u8 = 1;
+
+/// Largest decimal exponent tried (10^15 is exact in f64).
+const MAX_EXP: u32 = 15;
+const POW10: [f64; 16] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+
+/// The smallest `e` such that every value is exactly `m / 10^e` for an
+/// integer `|m| ≤ 2^53` (bit-exact, so `-0.0`, NaN and infinities never
+/// qualify), with the mantissas.
+fn as_decimals(samples: &[(i64, f64)]) -> Option<(u32, Vec<i64>)> {
+    let exact = |v: f64, e: u32| -> Option<i64> {
+        let m = (v * POW10[e as usize]).round();
+        if m.is_nan() || m.abs() > 9_007_199_254_740_992.0 {
+            return None;
+        }
+        let m = m as i64;
+        // through the integer, as the decoder computes it (so -0.0 fails)
+        ((m as f64 / POW10[e as usize]).to_bits() == v.to_bits()).then_some(m)
+    };
+    let mut e = 0u32;
+    'grow: loop {
+        let mut ms = Vec::with_capacity(samples.len());
+        for &(_, v) in samples {
+            match exact(v, e) {
+                Some(m) => ms.push(m),
+                None => {
+                    // find this value's exponent, then retry the chunk with it
+                    let need = (e + 1..=MAX_EXP).find(|&x| exact(v, x).is_some())?;
+                    e = need;
+                    continue 'grow;
+                }
+            }
+        }
+        return Some((e, ms));
+    }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(u: u64) -> i64 {
+    ((u >> 1) as i64) ^ -((u & 1) as i64)
+}
+
+/// Timestamp residual buckets of [`ENC_DECIMAL`]: the residual is the
+/// delta minus the chunk's interval (scrape jitter), mostly a few ms.
+const TS_BUCKETS: [(u64, u32, u32); 3] = [(0b10, 2, 4), (0b110, 3, 14), (0b1110, 4, 20)];
+
+/// Appends one chunk of a version-2 block: [`ENC_DECIMAL`] when every value
+/// is an exact decimal (what exporters print), else [`ENC_XOR`] followed by
+/// the Gorilla chunk of [`encode`]. Layout in `docs/format/tsdb.md`.
+pub fn encode_chunk(buf: &mut Vec<u8>, samples: &[(i64, f64)]) {
+    let Some((exp, ms)) = (samples.len() >= 2).then(|| as_decimals(samples)).flatten() else {
+        buf.push(ENC_XOR);
+        encode(buf, samples);
+        return;
+    };
+    buf.push(ENC_DECIMAL);
+    put_uvarint(buf, samples.len() as u64);
+    put_varint(buf, samples[0].0);
+    let interval = samples[1].0.wrapping_sub(samples[0].0);
+    put_varint(buf, interval);
+    buf.push(exp as u8);
+    put_varint(buf, ms[0]);
+    // value deltas: width of the widest zigzag delta
+    let mut width = 0u32;
+    for w in ms.windows(2) {
+        width = width.max(64 - zigzag(w[1].wrapping_sub(w[0])).leading_zeros());
+    }
+    buf.push(width as u8);
+    let mut w = BitWriter { buf, used: 0 };
+    for pair in samples.windows(2) {
+        let r = pair[1].0.wrapping_sub(pair[0].0).wrapping_sub(interval);
+        if r == 0 {
+            w.bit(false);
+        } else if let Some(&(prefix, plen, vbits)) = TS_BUCKETS.iter().find(|b| fits(r, b.2)) {
+            w.bits(prefix, plen);
+            w.bits(r as u64, vbits);
+        } else {
+            w.bits(0b1111, 4);
+            w.bits(r as u64, 64);
+        }
+    }
+    let mut prev_d = 0i64;
+    for pair in ms.windows(2) {
+        let d = pair[1].wrapping_sub(pair[0]);
+        if d == prev_d {
+            w.bit(false);
+        } else {
+            w.bit(true);
+            w.bits(zigzag(d), width);
+        }
+        prev_d = d;
+    }
+}
+
+/// Decodes a chunk written by [`encode_chunk`], appending to `out`.
+pub fn decode_chunk(chunk: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), DecodeError> {
+    let (&enc, rest) = chunk.split_first().ok_or(DecodeError { offset: 0, reason: "empty chunk" })?;
+    match enc {
+        ENC_XOR => decode(rest, out),
+        ENC_DECIMAL => decode_decimal(rest, out),
+        _ => Err(DecodeError { offset: 0, reason: "unknown chunk encoding" }),
+    }
+}
+
+fn decode_decimal(chunk: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), DecodeError> {
+    let mut r = Reader::new(chunk);
+    let n = r.uvarint()? as usize;
+    // each sample after the first takes at least 2 bits
+    if n < 2 || n > 1 + chunk.len() * 4 {
+        return Err(DecodeError { offset: 0, reason: "sample count the chunk cannot hold" });
+    }
+    let t0 = r.varint()?;
+    let interval = r.varint()?;
+    let hdr = r.rest();
+    let (&exp, hdr) = hdr.split_first().ok_or(DecodeError { offset: 0, reason: "truncated chunk header" })?;
+    if u32::from(exp) > MAX_EXP {
+        return Err(DecodeError { offset: 0, reason: "decimal exponent out of range" });
+    }
+    let scale = POW10[exp as usize];
+    let mut r = Reader::new(hdr);
+    let m0 = r.varint()?;
+    let rest = r.rest();
+    let (&width, bits) = rest.split_first().ok_or(DecodeError { offset: 0, reason: "truncated chunk header" })?;
+    if width > 64 {
+        return Err(DecodeError { offset: 0, reason: "value width over 64 bits" });
+    }
+    let mut br = BitReader { buf: bits, pos: 0 };
+    let start = out.len();
+    out.reserve(n);
+    out.push((t0, 0.0));
+    let mut t = t0;
+    for _ in 1..n {
+        let res = if !br.bit()? {
+            0
+        } else if !br.bit()? {
+            sign_extend(br.bits(4)?, 4)
+        } else if !br.bit()? {
+            sign_extend(br.bits(14)?, 14)
+        } else if !br.bit()? {
+            sign_extend(br.bits(20)?, 20)
+        } else {
+            br.bits(64)? as i64
+        };
+        t = t.wrapping_add(interval).wrapping_add(res);
+        out.push((t, 0.0));
+    }
+    let (mut m, mut d) = (m0, 0i64);
+    out[start].1 = m as f64 / scale;
+    for slot in &mut out[start + 1..] {
+        if br.bit()? {
+            d = unzigzag(br.bits(u32::from(width))?);
+        }
+        m = m.wrapping_add(d);
+        slot.1 = m as f64 / scale;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +412,82 @@ mod tests {
             let len = (x % 40) as usize;
             let buf: Vec<u8> = (0..len).map(|i| (x >> (i % 8 * 8)) as u8 ^ i as u8).collect();
             let _ = decode(&buf, &mut Vec::new());
+        }
+    }
+
+    fn round_trip_v2(samples: &[(i64, f64)]) -> (u8, usize) {
+        let mut buf = Vec::new();
+        encode_chunk(&mut buf, samples);
+        let mut out = Vec::new();
+        decode_chunk(&buf, &mut out).unwrap();
+        assert_eq!(out.len(), samples.len());
+        for (a, b) in out.iter().zip(samples) {
+            assert_eq!((a.0, a.1.to_bits()), (b.0, b.1.to_bits()), "at t={}", b.0);
+        }
+        for cut in 0..buf.len() {
+            let _ = decode_chunk(&buf[..cut], &mut Vec::new());
+        }
+        (buf[0], buf.len())
+    }
+
+    #[test]
+    fn decimal_chunks_round_trip_and_fall_back() {
+        let mut x: u64 = 99;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let base = 1_700_000_000_000i64;
+        let jitter = |i: i64, r: u64| base + i * 15_000 + (r % 7) as i64 - 3;
+        // counter at 2 decimals, gauge at 9, constant, integers
+        let mut v = 1234.5;
+        let counter: Vec<(i64, f64)> = (0..240)
+            .map(|i| {
+                v = ((v + (rnd() % 1000) as f64 / 100.0) * 100.0).round() / 100.0;
+                (jitter(i, rnd()), v)
+            })
+            .collect();
+        let (enc, n) = round_trip_v2(&counter);
+        assert_eq!(enc, ENC_DECIMAL);
+        let mut xor = Vec::new();
+        encode(&mut xor, &counter);
+        eprintln!("decimal counter: {n} bytes, XOR {} bytes", xor.len());
+        assert!(n < xor.len() * 2 / 3, "{n} vs {}", xor.len());
+        let gauge: Vec<(i64, f64)> =
+            (0..240).map(|i| (jitter(i, rnd()), ((rnd() % 1_000_000) as f64 / 1e9 * 1e9).round() / 1e9)).collect();
+        assert_eq!(round_trip_v2(&gauge).0, ENC_DECIMAL);
+        let constant: Vec<(i64, f64)> = (0..240).map(|i| (jitter(i, rnd()), 42.0)).collect();
+        let (enc, n) = round_trip_v2(&constant);
+        assert_eq!(enc, ENC_DECIMAL);
+        assert!(n < 240, "constant jittered series: {n} bytes");
+        // not decimals: XOR, still exact
+        let stale = f64::from_bits(cairn_wire::STALE_NAN_BITS);
+        assert_eq!(round_trip_v2(&[(1, 1.0), (2, stale)]).0, ENC_XOR);
+        assert_eq!(round_trip_v2(&[(1, 1.0), (2, -0.0)]).0, ENC_XOR);
+        assert_eq!(round_trip_v2(&[(1, 1.0 / 3.0), (2, 0.5)]).0, ENC_XOR);
+        assert_eq!(round_trip_v2(&[(1, f64::INFINITY), (2, 0.5)]).0, ENC_XOR);
+        assert_eq!(round_trip_v2(&[(5, 1.5)]).0, ENC_XOR);
+        round_trip_v2(&[]);
+        // edges: huge mantissas, negative values, wild timestamps
+        round_trip_v2(&[(i64::MIN, 9_007_199_254_740_992.0), (0, -9_007_199_254_740_992.0), (i64::MAX, 0.1)]);
+        round_trip_v2(&[(0, 1e-15), (1, -1e-15), (1_000_000_000, 123_456_789.123_456), (-5, 0.0)]);
+    }
+
+    #[test]
+    fn decimal_garbage_never_panics() {
+        let mut x: u64 = 11;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 40) as usize;
+            let mut buf: Vec<u8> = (0..len).map(|i| (x >> (i % 8 * 8)) as u8 ^ i as u8).collect();
+            if let Some(b) = buf.first_mut() {
+                *b = ENC_DECIMAL;
+            }
+            let _ = decode_chunk(&buf, &mut Vec::new());
         }
     }
 }

@@ -83,3 +83,41 @@ fn remote_write_then_range_query() {
         c.prom("/api/v1/query_range", &[("query", "nothing_here"), ("start", &start), ("end", &end), ("step", "15s")]);
     assert_eq!(v["data"]["result"], json!([]));
 }
+
+/// `storage.metrics.out_of_order_window`: late samples inside the window are
+/// stored and merged in order; older ones get a 400 naming "too old sample"
+/// and are counted by reason in /metrics.
+#[test]
+fn out_of_order_window_over_remote_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cairn.toml");
+    std::fs::write(&cfg, "[storage.metrics]\nout_of_order_window = \"2m\"\n").unwrap();
+    let c = Cairn::start(&["serve"], &dir.path().join("data"), &["--config", cfg.to_str().unwrap()]);
+    let t0 = (now_ns() / 1_000_000 / 1000 - 600) * 1000;
+    let l: TestLabels = &[("__name__", "ooo_metric"), ("job", "x")];
+    let (s, b) = c.remote_write(&[(l, vec![(t0 + 300_000, 3.0)])]);
+    assert_eq!(s, 204, "{b}");
+    // 60 s late: inside the window
+    let (s, b) = c.remote_write(&[(l, vec![(t0 + 240_000, 2.0)])]);
+    assert_eq!(s, 204, "{b}");
+    // 5 minutes late: refused, the rest of the request is stored
+    let (s, b) = c.remote_write(&[(l, vec![(t0, 0.0), (t0 + 270_000, 2.5)])]);
+    assert_eq!(s, 400, "{b}");
+    assert!(b.contains("too old sample"), "{b}");
+    assert!(b.contains("1 of 2"), "{b}");
+    let (s, v) = c.prom(
+        "/api/v1/query_range",
+        &[
+            ("query", "ooo_metric"),
+            ("start", &(t0 / 1000).to_string()),
+            ("end", &((t0 + 300_000) / 1000).to_string()),
+            ("step", "30s"),
+        ],
+    );
+    assert_eq!(s, 200, "{v}");
+    let secs = t0 / 1000;
+    assert_eq!(v["data"]["result"][0]["values"], json!([[secs + 240, "2"], [secs + 270, "2.5"], [secs + 300, "3"]]));
+    let (_, m) = c.get("/metrics");
+    assert!(m.contains(r#"cairn_ingest_rejected_total{kind="samples",reason="too_old"} 1"#), "{m}");
+    c.stop();
+}

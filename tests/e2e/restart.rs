@@ -71,7 +71,8 @@ fn second_process_on_same_data_dir_is_refused() {
 fn log_blocks_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("cairn.toml");
-    std::fs::write(&cfg, "[storage.logs]\nhead_max_size = \"16KiB\"\n").unwrap();
+    // compaction off: the test counts the flushed blocks on disk
+    std::fs::write(&cfg, "[storage.logs]\nhead_max_size = \"16KiB\"\n[storage.compaction]\nranges = []\n").unwrap();
     let data = dir.path().join("data");
     let c = crate::harness::Cairn::start(&["serve"], &data, &["--config", cfg.to_str().unwrap()]);
     let t0 = (now_ns() / 1_000_000_000 - 600) * 1_000_000_000;
