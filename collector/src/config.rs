@@ -77,11 +77,33 @@ pub struct NodeConfig {
     /// Where the proc filesystem is mounted. In a container, mount the
     /// host's `/proc` (e.g. at `/host/proc`) and point this at it.
     pub proc_path: PathBuf,
+    /// Where sysfs is mounted (hwmon sensors, thermal zones); in a
+    /// container e.g. `/host/sys`.
+    pub sys_path: PathBuf,
+    /// Where the host's root filesystem is visible: filesystems are
+    /// `statfs`ed at `<rootfs_path>/<mount point>`, the prefix is stripped
+    /// from the `mountpoint` label, and `etc/os-release` is read from it.
+    /// In a container, mount the host's `/` read-only at e.g. `/host/root`.
+    pub rootfs_path: PathBuf,
+    /// Mount points to leave out of `node_filesystem_*` (a regex;
+    /// node_exporter 1.5's default).
+    pub mount_points_exclude: String,
+    /// Filesystem types to leave out of `node_filesystem_*` (a regex;
+    /// node_exporter 1.5's default: pseudo filesystems, overlay, squashfs).
+    pub fs_types_exclude: String,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { enabled: true, interval: ConfigDuration::from_secs(15), proc_path: PathBuf::from("/proc") }
+        NodeConfig {
+            enabled: true,
+            interval: ConfigDuration::from_secs(15),
+            proc_path: PathBuf::from("/proc"),
+            sys_path: PathBuf::from("/sys"),
+            rootfs_path: PathBuf::from("/"),
+            mount_points_exclude: crate::node::filesystem::DEFAULT_MOUNT_POINTS_EXCLUDE.to_string(),
+            fs_types_exclude: crate::node::filesystem::DEFAULT_FS_TYPES_EXCLUDE.to_string(),
+        }
     }
 }
 
@@ -196,6 +218,12 @@ impl CollectorConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node.enabled && self.node.interval.0.is_zero() {
             return Err(cerr("node.interval", "must be greater than 0"));
+        }
+        for (key, pat) in [
+            ("node.mount_points_exclude", &self.node.mount_points_exclude),
+            ("node.fs_types_exclude", &self.node.fs_types_exclude),
+        ] {
+            regex::Regex::new(pat).map_err(|e| cerr(key, format!("invalid regex: {e}")))?;
         }
         if self.poll_interval.0.is_zero() {
             return Err(cerr("poll_interval", "must be greater than 0"));

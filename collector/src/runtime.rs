@@ -41,6 +41,9 @@ pub const BACKOFF_START: Duration = Duration::from_millis(250);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// Time allowed at shutdown to deliver the pending log batch.
 pub const FINAL_FLUSH: Duration = Duration::from_secs(2);
+/// How often the type and help of metric families are sent (Prometheus's
+/// remote_write `metadata_config.send_interval` default).
+pub const METADATA_INTERVAL: Duration = Duration::from_secs(60);
 /// Node metric collections kept while the receiver is unreachable
 /// (40 × 15 s = 10 minutes at the default interval).
 pub const MAX_PENDING_COLLECTIONS: usize = 40;
@@ -121,6 +124,9 @@ pub enum CollectorError {
     /// The tailer could not start (positions file unreadable, …).
     #[error(transparent)]
     Tail(#[from] TailError),
+    /// The node collector could not be set up.
+    #[error("node metrics: {0}")]
+    Node(String),
     /// A blocking task panicked (a bug).
     #[error("collector task failed (this is a bug): {0}")]
     Task(String),
@@ -169,7 +175,8 @@ pub async fn run_with_stats<S: Sink>(
 
     let node = async {
         if cfg.node.enabled {
-            let nc = NodeCollector::new(cfg.node.proc_path.clone(), host.clone());
+            // The patterns were checked by `validate`.
+            let nc = NodeCollector::new(&cfg.node, host.clone()).map_err(|e| CollectorError::Node(e.to_string()))?;
             node_loop(nc, cfg.node.interval.0, &*sink, shutdown.clone(), &stats).await
         } else {
             Ok(())
@@ -394,6 +401,7 @@ async fn node_loop<S: Sink>(
     let mut queue: VecDeque<Vec<SeriesSamples>> = VecDeque::new();
     let mut backoff = Backoff::new();
     let mut retry_at: Option<Instant> = None;
+    let mut metadata_sent: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -437,6 +445,16 @@ async fn node_loop<S: Sink>(
                 }
                 queue.clear();
                 backoff = Backoff::new();
+                if metadata_sent.is_none_or(|t| t.elapsed() >= METADATA_INTERVAL) {
+                    let res = tokio::select! {
+                        r = sink.push_metadata(nc.metadata()) => r,
+                        _ = stopped(&mut shutdown) => break,
+                    };
+                    match res {
+                        Ok(()) => metadata_sent = Some(Instant::now()),
+                        Err(e) => tracing::debug!(error = %e, "metric metadata not delivered; trying again later"),
+                    }
+                }
             }
             Err(SinkError::Permanent(msg)) => {
                 stats.batches_dropped.fetch_add(1, Relaxed);
