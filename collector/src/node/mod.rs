@@ -8,7 +8,7 @@
 //! | `<proc>/stat`    | `node_cpu_seconds_total{cpu,mode}`, `node_boot_time_seconds`, `node_context_switches_total`, `node_intr_total`, `node_forks_total`, `node_procs_running`, `node_procs_blocked` |
 //! | `<proc>/meminfo` | `node_memory_<Field>_bytes` (fields with a `kB` unit) and `node_memory_<Field>` (unitless ones such as `HugePages_Total`), one per line of the file |
 //! | `<proc>/loadavg` | `node_load1`, `node_load5`, `node_load15` |
-//! | `<proc>/net/dev` | `node_network_<column>_total{device}` (not `lo`) |
+//! | `<proc>/net/dev`, `<sys>/class/net/*/statistics/rx_nohandler` | `node_network_<column>_total{device}`, `node_network_receive_nohandler_total{device}` (not `lo`) |
 //! | `<proc>/diskstats` | `node_disk_*{device}` (partitions excluded as node_exporter does) |
 //! | `<proc>/pressure/*` | `node_pressure_*_seconds_total` |
 //! | `<proc>/sys/fs/file-nr`, `…/kernel/random/*` | `node_filefd_*`, `node_entropy_*` |
@@ -180,6 +180,8 @@ impl NodeCollector {
         }
         let res = filesystem::collect(&self.proc_path, &self.rootfs_path, &self.fs_filter);
         let _ = self.take(self.proc_path.join("1/mounts"), res, ts_ms, &mut out)?;
+        let res = collect_nohandler(&self.sys_path);
+        let _ = self.take(self.sys_path.join("class/net"), res, ts_ms, &mut out)?;
         let res = hwmon::collect_hwmon(&self.sys_path, &mut self.dynamic);
         let _ = self.take(self.sys_path.join("class/hwmon"), res, ts_ms, &mut out)?;
         let res = hwmon::collect_thermal(&self.sys_path);
@@ -450,6 +452,27 @@ fn parse_netdev(text: &str) -> Result<Vec<Metric>, String> {
     }
     if out.is_empty() && !text.contains('|') {
         return Err("not a /proc/net/dev file".into());
+    }
+    Ok(out)
+}
+
+/// `node_network_receive_nohandler_total{device}` from
+/// `<sys>/class/net/<device>/statistics/rx_nohandler` (node_exporter 1.5
+/// reads it over netlink beside the `/proc/net/dev` columns), `lo` left out.
+fn collect_nohandler(sys: &Path) -> Result<Vec<Metric>, String> {
+    let entries = match std::fs::read_dir(sys.join("class/net")) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut devs: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    devs.sort();
+    let mut out = Vec::new();
+    for dev in devs.iter().filter(|d| *d != "lo") {
+        let path = sys.join("class/net").join(dev).join("statistics/rx_nohandler");
+        if let Some(v) = read_small(&path).ok().and_then(|t| t.trim().parse::<f64>().ok()) {
+            out.push(Metric::device("node_network_receive_nohandler_total".into(), dev, v));
+        }
     }
     Ok(out)
 }
@@ -725,6 +748,8 @@ Broken:   x kB
             ("sys/fs/file-nr", "4478\t0\t2466170\n"),
             ("sys/kernel/random/entropy_avail", "256\n"),
             ("sys/kernel/random/poolsize", "256\n"),
+            ("no-sys/class/net/eth0/statistics/rx_nohandler", "7\n"),
+            ("no-sys/class/net/lo/statistics/rx_nohandler", "1\n"),
         ] {
             let p = dir.path().join(path);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -754,6 +779,7 @@ Broken:   x kB
         assert_eq!(v("node_network_receive_multicast_total", &[("device", "eth0")]), 3.0);
         assert_eq!(v("node_network_transmit_bytes_total", &[("device", "eth0")]), 52000000.0);
         assert!(!out.iter().any(|s| s.labels.get("device") == Some("lo")), "lo is left out");
+        assert_eq!(v("node_network_receive_nohandler_total", &[("device", "eth0")]), 7.0);
         assert_eq!(v("node_disk_read_bytes_total", &[("device", "vda")]), 7959754.0 * 512.0);
         assert_eq!(v("node_disk_io_time_seconds_total", &[("device", "vda")]), 4.5);
         assert_eq!(v("node_disk_flush_requests_total", &[("device", "vda")]), 50.0);
