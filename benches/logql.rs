@@ -80,6 +80,7 @@ fn main() {
                         categorize: false,
                     },
                 )
+                .expect("eval")
                 .iter()
                 .map(|s| s.entries.len())
                 .sum(),

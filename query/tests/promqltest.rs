@@ -285,7 +285,10 @@ enum Got {
 }
 
 fn evaluate(store: &MetricsStore, e: &Eval) -> Result<Got, QueryError> {
-    let expr = promql::parse(&e.expr)?;
+    let expr = match e.kind {
+        EvalKind::Range { start, end, step } => promql::parse_for(&e.expr, step, end - start)?,
+        EvalKind::Instant { .. } => promql::parse(&e.expr)?,
+    };
     match e.kind {
         EvalKind::Instant { at } => {
             let at = e.range_vector.map_or(at, |rv| rv.1);

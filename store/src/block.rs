@@ -6,7 +6,8 @@
 //! records which WAL segments the block covers. The two kinds differ only
 //! in their magic bytes and in what a chunk's bytes mean (zstd-compressed
 //! log entries, or Gorilla-encoded samples), which the engines decode.
-//! Chunks are read with `pread` and CRC-checked before they are decoded.
+//! Block files are memory-mapped; chunks are CRC-checked before they are
+//! decoded.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -106,11 +107,12 @@ pub struct BlockStream {
     pub chunks: Vec<ChunkMeta>,
 }
 
-/// An open block: index in memory, chunks on disk.
+/// An open block: index in memory, chunks on disk (memory-mapped).
 #[derive(Debug)]
 pub struct Block {
     path: PathBuf,
-    file: File,
+    /// The whole file, mapped read-only (see [`Block::open`]).
+    map: memmap2::Mmap,
     /// Highest WAL segment whose data this block holds.
     pub wal_through: u64,
     /// Smallest timestamp in the block, ns.
@@ -244,7 +246,16 @@ impl Block {
         }
         let streams = Self::parse_index(&index, index_off)
             .map_err(|e| corrupt(index_off + e.offset as u64, format!("index: {}", e.reason)))?;
-        Ok(Block { path: path.to_path_buf(), file, wal_through, min_ts, max_ts, streams, size })
+        // SAFETY: a block file is immutable once renamed into place: nothing
+        // writes or truncates it afterwards (retention unlinks it, which
+        // keeps the mapping valid). Chunk reads then cost no system call
+        // and no copy, and a query that needs only part of a chunk (its
+        // timestamp frame) touches only those pages.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(StoreError::io("mmap", path))?;
+        if map.len() as u64 != size {
+            return Err(corrupt(0, format!("mapped {} bytes of a {size}-byte file", map.len())));
+        }
+        Ok(Block { path: path.to_path_buf(), map, wal_through, min_ts, max_ts, streams, size })
     }
 
     fn parse_index(index: &[u8], index_off: u64) -> Result<Vec<BlockStream>, crate::codec::DecodeError> {
@@ -297,28 +308,46 @@ impl Block {
 
     /// Reads one chunk's bytes and checks them against its CRC.
     pub fn chunk_bytes(&self, c: &ChunkMeta) -> Result<Vec<u8>, StoreError> {
-        let mut buf = vec![0u8; c.len as usize];
-        self.file.read_exact_at(&mut buf, c.offset).map_err(StoreError::io("read", &self.path))?;
-        let crc = crc32c::crc32c(&buf);
+        self.chunk_slice(c).map(<[u8]>::to_vec)
+    }
+
+    /// One chunk's bytes, checked against its CRC, without copying.
+    pub fn chunk_slice(&self, c: &ChunkMeta) -> Result<&[u8], StoreError> {
+        let buf = self.chunk_unchecked(c)?;
+        let crc = crc32c::crc32c(buf);
         if crc != c.crc {
             return Err(self.corrupt(c, format!("chunk checksum {crc:#010x}, want {:#010x}", c.crc)));
         }
         Ok(buf)
     }
 
+    /// One chunk's bytes without the CRC check, for a reader that checks
+    /// the part it decodes another way (a log chunk's checksummed
+    /// timestamp frame).
+    pub fn chunk_unchecked(&self, c: &ChunkMeta) -> Result<&[u8], StoreError> {
+        self.range(c, c.offset, c.len)
+    }
+
     /// Reads a chunk's content filter (empty when it has none), checked
     /// against its CRC: a corrupt filter must never prune data silently.
-    pub fn chunk_filter(&self, c: &ChunkMeta) -> Result<Vec<u8>, StoreError> {
+    pub fn chunk_filter(&self, c: &ChunkMeta) -> Result<&[u8], StoreError> {
         if c.filter_len == 0 {
-            return Ok(Vec::new());
+            return Ok(&[]);
         }
-        let mut buf = vec![0u8; c.filter_len as usize];
-        self.file.read_exact_at(&mut buf, c.offset + c.len).map_err(StoreError::io("read", &self.path))?;
-        let crc = crc32c::crc32c(&buf);
+        let buf = self.range(c, c.offset + c.len, c.filter_len)?;
+        let crc = crc32c::crc32c(buf);
         if crc != c.filter_crc {
             return Err(self.corrupt(c, format!("filter checksum {crc:#010x}, want {:#010x}", c.filter_crc)));
         }
         Ok(buf)
+    }
+
+    fn range(&self, c: &ChunkMeta, offset: u64, len: u64) -> Result<&[u8], StoreError> {
+        let end = offset.checked_add(len).filter(|&e| e <= self.map.len() as u64);
+        match end {
+            Some(end) => Ok(&self.map[offset as usize..end as usize]),
+            None => Err(self.corrupt(c, format!("{len} bytes at {offset} lie outside the file"))),
+        }
     }
 
     /// A corruption error about chunk `c` of this block.

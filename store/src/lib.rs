@@ -24,6 +24,7 @@
 pub mod block;
 pub mod codec;
 pub mod layout;
+pub mod logchunk;
 pub mod logs;
 pub mod metrics;
 mod tiered;

@@ -13,6 +13,7 @@ mod metrics;
 mod node_exporter;
 mod ops;
 mod prom_api;
+mod promtool;
 mod restart;
 mod tail;
 mod up;

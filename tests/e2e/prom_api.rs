@@ -198,3 +198,57 @@ fn response_bytes_match_prometheus() {
     let (_, b) = c.get("/api/v1/status/buildinfo");
     assert!(b.starts_with(r#"{"status":"success","data":{"version":"#), "{b}");
 }
+
+/// Parse errors come back as Prometheus formats them: HTTP 400,
+/// `errorType` `bad_data`, and `invalid parameter "query": line:col: parse
+/// error: …` with the position of the fault (1-based byte column), on both
+/// GET and POST and on query_range; duration expressions and the
+/// `anchored`/`smoothed` modifiers parse and evaluate.
+#[test]
+fn parse_errors_carry_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cairn::serve(dir.path());
+    let t0 = seed(&c);
+    let cases = [
+        ("foo bar", "1:5: parse error: unexpected identifier \"bar\""),
+        ("sum(rate(x[5m])", "1:16: parse error: unclosed left parenthesis"),
+        ("1 +", "1:4: parse error: unexpected end of input"),
+        ("up{job=\"x\"})", "1:12: parse error: unexpected right parenthesis \")\""),
+        ("up\n  $ 1", "2:3: parse error: unexpected character: \"$\""),
+        ("x[1m-2m]", "1:3: parse error: range duration must be greater than 0, got -60s"),
+    ];
+    for (q, want) in cases {
+        let want = format!("invalid parameter \"query\": {want}");
+        let (s, v) = c.prom("/api/v1/query", &[("query", q)]);
+        assert_eq!(s, 400, "{q}: {v}");
+        assert_eq!(v["status"], "error", "{v}");
+        assert_eq!(v["errorType"], "bad_data", "{v}");
+        assert_eq!(v["error"], want.as_str(), "{q}");
+        let (s, b) = c.post_form("/api/v1/query_range", &[("query", q), ("start", "1"), ("end", "2"), ("step", "1")]);
+        let v: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!((s, v["error"].as_str()), (400, Some(want.as_str())), "{q}");
+    }
+    // Extended syntax evaluates: node_load1{instance="a"} is 1 at t0, 2 at
+    // t0+15s.
+    let t = ((t0 + 15_000) / 1000).to_string();
+    for (q, want) in [
+        ("node_load1{instance=\"a\"} offset (10s+5s)", "1"),
+        ("delta(node_load1{instance=\"a\"}[10s+10s] anchored)", "1"),
+        ("node_load1{instance=\"a\"} offset 5s smoothed", "1.6666666666666665"),
+    ] {
+        let (s, v) = c.prom("/api/v1/query", &[("query", q), ("time", &t)]);
+        let r = &ok_data(s, &v)["result"];
+        assert_eq!(r[0]["value"][1], want, "{q}: {v}");
+    }
+    // step() and range() in a range query: a range of step() + 15s.
+    let (s, v) = c.prom(
+        "/api/v1/query_range",
+        &[
+            ("query", "count_over_time(node_load1{instance=\"a\"}[step()+15s])"),
+            ("start", &t),
+            ("end", &t),
+            ("step", "1"),
+        ],
+    );
+    assert_eq!(ok_data(s, &v)["result"][0]["values"][0][1], "2", "{v}");
+}

@@ -236,18 +236,29 @@ enum QueryOutcome {
     Metric(MetricValue),
 }
 
-/// A query failure: a 400 with Loki's message.
-struct QueryFailure(String);
+/// A query failure: a 400 with Loki's message, or a 500 when stored data
+/// could not be read.
+struct QueryFailure(StatusCode, String);
+
+impl QueryFailure {
+    fn into_response(self) -> Response {
+        text_error(self.0, self.1)
+    }
+}
 
 impl From<logql::ParseError> for QueryFailure {
     fn from(e: logql::ParseError) -> Self {
-        QueryFailure(e.to_string())
+        QueryFailure(StatusCode::BAD_REQUEST, e.to_string())
     }
 }
 
 impl From<logql::EvalError> for QueryFailure {
     fn from(e: logql::EvalError) -> Self {
-        QueryFailure(e.to_string())
+        let status = match e {
+            logql::EvalError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        QueryFailure(status, e.to_string())
     }
 }
 
@@ -272,6 +283,7 @@ async fn run_query(agg: &Arc<Aggregator>, spec: QuerySpec, api: &'static str) ->
             Expr::Log(sel) => {
                 if spec.instant {
                     return Err(QueryFailure(
+                        StatusCode::BAD_REQUEST,
                         "log queries are not supported as an instant query type, please change your query to a range query type"
                             .into(),
                     ));
@@ -284,7 +296,7 @@ async fn run_query(agg: &Arc<Aggregator>, spec: QuerySpec, api: &'static str) ->
                     direction: spec.direction,
                     categorize: spec.categorize,
                 };
-                Ok(QueryOutcome::Streams(logql::eval_log_query(&agg2.logs, &sel, &q)))
+                Ok(QueryOutcome::Streams(logql::eval_log_query(&agg2.logs, &sel, &q)?))
             }
             Expr::Sample(e) => {
                 let q = MetricQuery {
@@ -302,7 +314,7 @@ async fn run_query(agg: &Arc<Aggregator>, spec: QuerySpec, api: &'static str) ->
     agg.self_metrics.observe_query(api, elapsed);
     let out = match res {
         Ok(Ok(o)) => o,
-        Ok(Err(QueryFailure(m))) => return bad(m),
+        Ok(Err(f)) => return f.into_response(),
         Err(r) => return r,
     };
     let (result_type, result, returned) = match &out {
@@ -701,25 +713,29 @@ pub(crate) async fn index_volume_range(
     let res = blocking(move || {
         let nsteps = (end.saturating_sub(start) / step + 1) as usize;
         let mut groups: std::collections::HashMap<VolumeKey, Vec<u64>> = Default::default();
-        r.agg.logs.scan(
+        let scanned = r.agg.logs.scan_timestamps(
             &r.tenant,
             &spec.matchers,
             start.saturating_sub(step).saturating_add(1),
             end.saturating_add(1),
-            &mut |l, entries| {
+            true,
+            &mut |l, ts, lens, _| {
                 for key in volume_keys(&spec, l) {
                     let buckets = groups.entry(key).or_insert_with(|| vec![0; nsteps]);
-                    for e in entries {
+                    for (&t, &len) in ts.iter().zip(lens) {
                         // smallest k with start + k*step >= ts
-                        let k = ((e.ts as i128 - start as i128 + step as i128 - 1).div_euclid(step as i128)).max(0)
-                            as usize;
+                        let k =
+                            ((t as i128 - start as i128 + step as i128 - 1).div_euclid(step as i128)).max(0) as usize;
                         if let Some(b) = buckets.get_mut(k) {
-                            *b += e.line.len() as u64;
+                            *b += u64::from(len);
                         }
                     }
                 }
             },
         );
+        if let Err(e) = scanned {
+            tracing::error!(error = %e, "log block read failed; volume is incomplete");
+        }
         let mut v: Vec<(VolumeKey, Vec<u64>)> = groups.into_iter().collect();
         v.sort_by(|a, b| b.1.iter().sum::<u64>().cmp(&a.1.iter().sum::<u64>()).then(a.0.cmp(&b.0)));
         v.truncate(spec.limit);
@@ -829,26 +845,30 @@ pub(crate) async fn detected_fields(
     })();
     let (start, end, sel, line_limit, field_limit) = try_resp!(parsed);
     let res = blocking(move || {
-        logql::detect_fields(&r.agg.logs, &sel, &r.tenant, start, end, line_limit, field_limit)
-            .into_iter()
-            .map(|f| {
-                let mut o = json!({
-                    "label": f.label,
-                    "type": f.kind,
-                    "cardinality": f.cardinality,
-                    "parsers": if f.parsers.is_empty() { serde_json::Value::Null } else { json!(f.parsers) },
-                });
-                if !f.json_path.is_empty() {
-                    o["jsonPath"] = json!(f.json_path);
-                }
-                o
-            })
-            .collect::<Vec<_>>()
+        let fields = logql::detect_fields(&r.agg.logs, &sel, &r.tenant, start, end, line_limit, field_limit)
+            .map_err(|e| QueryFailure::from(e).into_response())?;
+        Ok::<_, Response>(
+            fields
+                .into_iter()
+                .map(|f| {
+                    let mut o = json!({
+                        "label": f.label,
+                        "type": f.kind,
+                        "cardinality": f.cardinality,
+                        "parsers": if f.parsers.is_empty() { serde_json::Value::Null } else { json!(f.parsers) },
+                    });
+                    if !f.json_path.is_empty() {
+                        o["jsonPath"] = json!(f.json_path);
+                    }
+                    o
+                })
+                .collect::<Vec<_>>(),
+        )
     })
     .await;
     match res {
-        Ok(fields) => Json(json!({"fields": fields, "limit": field_limit})).into_response(),
-        Err(e) => e,
+        Ok(Ok(fields)) => Json(json!({"fields": fields, "limit": field_limit})).into_response(),
+        Ok(Err(e)) | Err(e) => e,
     }
 }
 
@@ -871,13 +891,14 @@ pub(crate) async fn detected_field_values(
     })();
     let (start, end, sel, line_limit, limit) = try_resp!(parsed);
     let res = blocking(move || {
-        let mut v = logql::detected_field_values(&r.agg.logs, &sel, &r.tenant, start, end, line_limit, &name);
+        let mut v = logql::detected_field_values(&r.agg.logs, &sel, &r.tenant, start, end, line_limit, &name)
+            .map_err(|e| QueryFailure::from(e).into_response())?;
         v.truncate(limit);
-        v
+        Ok::<_, Response>(v)
     })
     .await;
     match res {
-        Ok(values) => Json(json!({"values": values, "limit": limit})).into_response(),
-        Err(e) => e,
+        Ok(Ok(values)) => Json(json!({"values": values, "limit": limit})).into_response(),
+        Ok(Err(e)) | Err(e) => e,
     }
 }

@@ -332,7 +332,7 @@ pub(crate) async fn query_range(
         (Err(r), _) | (_, Err(r)) => return r,
     };
     let res = evaluate(&agg, "prometheus_query_range", timeout, move |agg, opts| {
-        let expr = promql::parse(&qs)?;
+        let expr = promql::parse_for(&qs, step, end.saturating_sub(start))?;
         promql::range_query(&agg.metrics, &tenant, &expr, start, end, step, opts)
     })
     .await;

@@ -109,7 +109,14 @@ async fn session(
         })
         .await;
         first = false;
-        let Ok(streams) = res else { break };
+        let Ok(res) = res else { break };
+        let streams = match res {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "live tail query failed; retrying");
+                continue;
+            }
+        };
         if let Some(max) = streams.iter().flat_map(|s| s.entries.iter().map(|e| e.ts)).max() {
             from = max.saturating_add(1);
             let body = json!({

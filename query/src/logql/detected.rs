@@ -16,6 +16,7 @@ use cairn_store::logs::LogStore;
 
 use super::ast::{Direction, LogSelector};
 use super::eval::{LogQuery, eval_log_query};
+use super::metric::EvalError;
 use super::pipeline::{logfmt_pairs, parse_bytes, parse_go_duration, sanitize_label_name};
 
 /// One detected field.
@@ -95,8 +96,8 @@ pub fn detect_fields(
     end: i64,
     line_limit: usize,
     field_limit: usize,
-) -> Vec<DetectedField> {
-    collect(store, sel, tenant, start, end, line_limit)
+) -> Result<Vec<DetectedField>, EvalError> {
+    Ok(collect(store, sel, tenant, start, end, line_limit)?
         .into_iter()
         .take(field_limit)
         .map(|(label, a)| DetectedField {
@@ -106,7 +107,7 @@ pub fn detect_fields(
             json_path: a.json_path,
             label,
         })
-        .collect()
+        .collect())
 }
 
 /// Distinct values of field `name` in the newest `line_limit` entries, sorted.
@@ -118,11 +119,11 @@ pub fn detected_field_values(
     end: i64,
     line_limit: usize,
     name: &str,
-) -> Vec<String> {
-    collect(store, sel, tenant, start, end, line_limit)
+) -> Result<Vec<String>, EvalError> {
+    Ok(collect(store, sel, tenant, start, end, line_limit)?
         .remove(name)
         .map(|a| a.values.into_iter().collect())
-        .unwrap_or_default()
+        .unwrap_or_default())
 }
 
 fn collect(
@@ -132,10 +133,10 @@ fn collect(
     start: i64,
     end: i64,
     line_limit: usize,
-) -> BTreeMap<String, Acc> {
+) -> Result<BTreeMap<String, Acc>, EvalError> {
     let q = LogQuery { tenant, start, end, limit: line_limit, direction: Direction::Backward, categorize: true };
     let mut fields: BTreeMap<String, Acc> = BTreeMap::new();
-    for stream in eval_log_query(store, sel, &q) {
+    for stream in eval_log_query(store, sel, &q)? {
         for e in &stream.entries {
             for (k, v) in &e.metadata {
                 fields.entry(k.clone()).or_default().values.insert(v.clone());
@@ -160,7 +161,7 @@ fn collect(
             }
         }
     }
-    fields
+    Ok(fields)
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
 //! Log query evaluation over the log store.
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 
-use cairn_store::logs::LogStore;
+use cairn_store::logs::{EntryRef, LogStore, Order, ScanRequest};
 use cairn_wire::Labels;
 
 use super::ast::{Direction, LogSelector, Stage};
+use super::metric::EvalError;
 use super::pipeline::{Category, LabelsBuilder, PipelineState, run_stages};
 
 /// Parameters of a log query, in Loki's terms.
@@ -49,34 +50,70 @@ pub struct StreamResult {
     pub entries: Vec<LogEntry>,
 }
 
+/// A result candidate; `key` orders candidates worst-last for a max-heap:
+/// the timestamp (bit-inverted when newest first) then the scan order.
+struct Cand {
+    key: (i64, u64),
+    group: u32,
+    entry: LogEntry,
+}
+
+impl PartialEq for Cand {
+    fn eq(&self, o: &Self) -> bool {
+        self.key == o.key
+    }
+}
+impl Eq for Cand {}
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Cand {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&o.key)
+    }
+}
+
 /// Runs a log query: entries of matching streams in `[start, end)` that pass
 /// the pipeline; of those, the `limit` newest (backward) or oldest
 /// (forward) over all streams, grouped by their final label set (stream
 /// labels, structured metadata and parsed labels), each group's entries in
 /// the query's direction, groups ordered by labels.
-pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> Vec<StreamResult> {
-    // Each scanned stream contributes at most `limit` candidates; the global
-    // cut happens after merging. Candidates: (ts, scan order, group, entry).
+///
+/// The best `limit` candidates are kept in a heap; once it is full, entries
+/// that cannot make it are dropped before the pipeline runs, and the store
+/// is told not to read chunks lying wholly beyond the worst one kept.
+pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> Result<Vec<StreamResult>, EvalError> {
+    if q.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let backward = q.direction == Direction::Backward;
+    let rank = |ts: i64| if backward { !ts } else { ts };
     let mut groups: Vec<Labels> = Vec::new();
     let mut group_idx: HashMap<Labels, u32> = HashMap::new();
-    let mut cand: Vec<(i64, u64, u32, LogEntry)> = Vec::new();
+    let mut heap: BinaryHeap<Cand> = BinaryHeap::with_capacity(q.limit.min(1 << 16) + 1);
     let mut state = PipelineState::default();
     let mut seq: u64 = 0;
     let prefix = sel.pipeline.iter().take_while(|s| matches!(s, Stage::LineFilter(_))).count();
     let needles = sel.required_substrings();
-    store.scan_needles(q.tenant, &sel.matchers, q.start, q.end, &needles, &mut |labels, entries| {
-        let mut taken = 0usize;
-        let mut take = |e: &cairn_store::logs::Entry| {
-            if taken >= q.limit {
-                return false;
+    let order = if backward { Order::Backward } else { Order::Forward };
+    let req =
+        ScanRequest { tenant: q.tenant, matchers: &sel.matchers, start: q.start, end: q.end, needles: &needles, order };
+    let res = store.scan_entries(&req, &mut |labels: &Labels, entries: &[EntryRef<'_>]| {
+        let n = entries.len();
+        for i in 0..n {
+            let e = if backward { &entries[n - 1 - i] } else { &entries[i] };
+            if heap.len() >= q.limit && heap.peek().is_some_and(|w| rank(e.ts) >= w.key.0) {
+                continue;
             }
             // Leading line filters need no labels: reject early, cheaply.
-            if !sel.pipeline[..prefix].iter().all(|s| matches!(s, Stage::LineFilter(f) if f.keep(&e.line))) {
-                return true;
+            if !sel.pipeline[..prefix].iter().all(|s| matches!(s, Stage::LineFilter(f) if f.keep(e.line))) {
+                continue;
             }
-            let mut lbs = LabelsBuilder::new(labels, &e.metadata);
-            let Some(line) = run_stages(&sel.pipeline[prefix..], &mut state, &mut lbs, &e.line, e.ts) else {
-                return true;
+            let mut lbs = LabelsBuilder::new(labels, e.metadata.iter());
+            let Some(line) = run_stages(&sel.pipeline[prefix..], &mut state, &mut lbs, e.line, e.ts) else {
+                continue;
             };
             let (key, metadata, parsed) = if q.categorize {
                 (
@@ -87,7 +124,7 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
             } else {
                 (lbs.labels(), Vec::new(), Vec::new())
             };
-            let g = match group_idx.get(&key) {
+            let group = match group_idx.get(&key) {
                 Some(&g) => g,
                 None => {
                     let g = groups.len() as u32;
@@ -96,36 +133,21 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
                     g
                 }
             };
-            cand.push((e.ts, seq, g, LogEntry { ts: e.ts, line, metadata, parsed }));
+            heap.push(Cand { key: (rank(e.ts), seq), group, entry: LogEntry { ts: e.ts, line, metadata, parsed } });
             seq += 1;
-            taken += 1;
-            true
-        };
-        match q.direction {
-            Direction::Forward => {
-                for e in entries {
-                    if !take(e) {
-                        break;
-                    }
-                }
-            }
-            Direction::Backward => {
-                for e in entries.iter().rev() {
-                    if !take(e) {
-                        break;
-                    }
-                }
+            if heap.len() > q.limit {
+                heap.pop();
             }
         }
+        // Full: nothing beyond the worst kept entry can make it any more.
+        if heap.len() >= q.limit { heap.peek().map(|w| rank(w.key.0)) } else { None }
     });
-    match q.direction {
-        Direction::Forward => cand.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1))),
-        Direction::Backward => cand.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1))),
-    }
-    cand.truncate(q.limit);
+    res.map_err(|e| EvalError::Store(e.to_string()))?;
+    let mut cand = heap.into_vec();
+    cand.sort();
     let mut per: Vec<Vec<LogEntry>> = vec![Vec::new(); groups.len()];
-    for (_, _, g, e) in cand {
-        per[g as usize].push(e);
+    for c in cand {
+        per[c.group as usize].push(c.entry);
     }
     let mut out: Vec<StreamResult> = groups
         .into_iter()
@@ -134,7 +156,7 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
         .map(|(labels, entries)| StreamResult { labels, entries })
         .collect();
     out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -162,6 +184,7 @@ mod tests {
     fn run(s: &LogStore, q: &str, limit: usize, direction: Direction) -> Vec<(String, Vec<i64>)> {
         let Ok(Expr::Log(sel)) = parse(q) else { panic!("not a log query: {q}") };
         eval_log_query(s, &sel, &LogQuery { tenant: "t", start: 0, end: 100, limit, direction, categorize: false })
+            .unwrap()
             .into_iter()
             .map(|r| (r.labels.get("job").unwrap().to_string(), r.entries.iter().map(|e| e.ts).collect()))
             .collect()

@@ -54,16 +54,16 @@ pub struct LabelsBuilder {
 
 impl LabelsBuilder {
     /// Starts from stream labels and an entry's structured metadata.
-    pub fn new(stream: &Labels, metadata: &[(String, String)]) -> Self {
+    pub fn new<'m>(stream: &Labels, metadata: impl IntoIterator<Item = (&'m str, &'m str)>) -> Self {
         let mut labels: Vec<(String, String, Category)> =
             stream.iter().map(|l| (l.name.clone(), l.value.clone(), Category::Stream)).collect();
         for (k, v) in metadata {
             let k = sanitize_label_name(k);
             if let Some(e) = labels.iter_mut().find(|e| e.0 == k) {
-                e.1 = v.clone();
+                e.1 = v.to_string();
                 e.2 = Category::Metadata;
             } else {
-                labels.push((k, v.clone(), Category::Metadata));
+                labels.push((k, v.to_string(), Category::Metadata));
             }
         }
         LabelsBuilder { labels, err: None, err_details: None }
@@ -1589,7 +1589,7 @@ mod tests {
     use super::*;
 
     fn b() -> LabelsBuilder {
-        LabelsBuilder::new(&Labels::from_pairs([("job", "x"), ("level", "info")]).unwrap(), &[])
+        LabelsBuilder::new(&Labels::from_pairs([("job", "x"), ("level", "info")]).unwrap(), [])
     }
 
     #[test]

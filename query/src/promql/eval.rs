@@ -102,7 +102,7 @@ pub(crate) fn at_ms(at: &Option<AtModifier>, start: i64, end: i64) -> Option<i64
 pub(crate) fn matcher_groups(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, QueryError> {
     let conv = |ms: &[promql_parser::label::Matcher]| -> Result<Vec<Matcher>, QueryError> {
         let mut out = Vec::with_capacity(ms.len() + 1);
-        for m in ms {
+        for m in ms.iter().filter(|m| m.name != super::rewrite::EXT_LABEL) {
             let op = match m.op {
                 PMatchOp::Equal => MatchOp::Equal,
                 PMatchOp::NotEqual => MatchOp::NotEqual,
@@ -129,6 +129,68 @@ pub(crate) fn matcher_groups(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, Q
         return Err(QueryError::BadData("vector selector must contain at least one non-empty matcher".into()));
     }
     Ok(groups)
+}
+
+/// Prometheus 3's extended selector modifiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ext {
+    /// `anchored`: a range also holds the last sample at or before its start
+    /// (within the lookback delta).
+    Anchored,
+    /// `smoothed`: as anchored, plus the first sample after the end; rates
+    /// interpolate at both boundaries, instant selectors between neighbours.
+    Smoothed,
+}
+
+/// The extended modifier of a selector (carried as a synthetic matcher, see
+/// `rewrite`).
+pub(crate) fn ext_of(vs: &VectorSelector) -> Option<Ext> {
+    let m = vs.matchers.matchers.iter().find(|m| m.name == super::rewrite::EXT_LABEL)?;
+    match m.value.as_str() {
+        "anchored" => Some(Ext::Anchored),
+        "smoothed" => Some(Ext::Smoothed),
+        _ => None,
+    }
+}
+
+const ANCHORED_SAFE: [&str; 5] = ["changes", "delta", "increase", "rate", "resets"];
+const SMOOTHED_SAFE: [&str; 3] = ["delta", "increase", "rate"];
+
+/// Rejects `anchored`/`smoothed` range selectors passed to functions that
+/// cannot take them, with Prometheus's messages.
+pub(crate) fn check_extended(e: &Expr) -> Result<(), QueryError> {
+    let mut err = None;
+    let _ = promql_parser::util::walk_expr(&mut ExtCheck { err: &mut err }, e);
+    match err {
+        Some(m) => Err(QueryError::BadData(m)),
+        None => Ok(()),
+    }
+}
+
+struct ExtCheck<'a> {
+    err: &'a mut Option<String>,
+}
+
+impl promql_parser::util::ExprVisitor for ExtCheck<'_> {
+    type Error = ();
+    fn pre_visit(&mut self, e: &Expr) -> Result<bool, ()> {
+        if let Expr::Call(c) = e
+            && let Some(Expr::MatrixSelector(ms)) = c.args.args.first().map(|a| unparen(a))
+            && let Some(x) = ext_of(&ms.vs)
+        {
+            let name = c.func.name;
+            let (safe, what): (&[&str], &str) = match x {
+                Ext::Anchored => (&ANCHORED_SAFE, "anchored"),
+                Ext::Smoothed => (&SMOOTHED_SAFE, "smoothed"),
+            };
+            if !safe.contains(&name) {
+                *self.err =
+                    Some(format!("{what} modifier can only be used with: {} - not with {name}", safe.join(", ")));
+                return Err(());
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// The time window a range function reads: `(end - range, end]`.
@@ -192,12 +254,23 @@ impl Ctx<'_> {
         match e {
             Expr::VectorSelector(vs) => {
                 let (lo, hi) = self.effective(&vs.at, offset_ms(&vs.offset), lo, hi);
+                let hi = if ext_of(vs) == Some(Ext::Smoothed) { hi.saturating_add(self.lookback) } else { hi };
                 self.fetch(vs, lo.saturating_sub(self.lookback).saturating_add(1), hi)?;
             }
             Expr::MatrixSelector(ms) => {
                 let vs = &ms.vs;
                 let (lo, hi) = self.effective(&vs.at, offset_ms(&vs.offset), lo, hi);
-                self.fetch(vs, lo.saturating_sub(ms.range.as_millis() as i64).saturating_add(1), hi)?;
+                let mut lo = lo.saturating_sub(ms.range.as_millis() as i64);
+                let mut hi = hi;
+                match ext_of(vs) {
+                    Some(Ext::Anchored) => lo = lo.saturating_sub(self.lookback),
+                    Some(Ext::Smoothed) => {
+                        lo = lo.saturating_sub(self.lookback);
+                        hi = hi.saturating_add(self.lookback);
+                    }
+                    None => {}
+                }
+                self.fetch(vs, lo.saturating_add(1), hi)?;
             }
             Expr::Subquery(sq) => {
                 let (lo, hi) = self.effective(&sq.at, offset_ms(&sq.offset), lo, hi);
@@ -233,6 +306,7 @@ impl Ctx<'_> {
     pub fn eval_vs(&self, vs: &VectorSelector, t: i64, keep_ts: bool) -> Vec<Sample> {
         let series = self.cache.get(&(vs as *const _ as usize)).map(Vec::as_slice).unwrap_or(&[]);
         let rt = at_ms(&vs.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&vs.offset));
+        let smoothed = ext_of(vs) == Some(Ext::Smoothed);
         let mut out = Vec::new();
         for s in series {
             let hi = s.samples.partition_point(|p| p.0 <= rt);
@@ -241,7 +315,16 @@ impl Ctx<'_> {
             }
             let (st, sv) = s.samples[hi - 1];
             if st > rt.saturating_sub(self.lookback) && !is_stale_nan(sv) {
-                out.push(Sample::new(s.labels.clone(), if keep_ts { st } else { t }, sv));
+                let mut v = sv;
+                if smoothed
+                    && st < rt
+                    && let Some(&(nt, nv)) = s.samples.get(hi)
+                    && nt <= rt.saturating_add(self.lookback)
+                    && !is_stale_nan(nv)
+                {
+                    v = sv + (nv - sv) * (rt - st) as f64 / (nt - st) as f64;
+                }
+                out.push(Sample::new(s.labels.clone(), if keep_ts { st } else { t }, v));
             }
         }
         out
@@ -261,10 +344,35 @@ impl Ctx<'_> {
         let series = self.cache.get(&(vs as *const _ as usize)).map(Vec::as_slice).unwrap_or(&[]);
         let rt = at_ms(&vs.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&vs.offset));
         let range = ms.range.as_millis() as i64;
+        let ext = ext_of(vs);
         let mut buf: Vec<(i64, f64)> = Vec::new();
         for s in series {
-            let lo = s.samples.partition_point(|p| p.0 <= rt.saturating_sub(range));
-            let hi = s.samples.partition_point(|p| p.0 <= rt);
+            let mut lo = s.samples.partition_point(|p| p.0 <= rt.saturating_sub(range));
+            let mut hi = s.samples.partition_point(|p| p.0 <= rt);
+            if ext.is_some() {
+                if ext == Some(Ext::Anchored) && !s.samples[lo..hi].iter().any(|p| !is_stale_nan(p.1)) {
+                    // Nothing in the range itself: no value.
+                    continue;
+                }
+                // The last sample at or before the range start, within the
+                // lookback delta (stale markers do not anchor).
+                let floor = rt.saturating_sub(range).saturating_sub(self.lookback);
+                if lo > 0 && s.samples[lo - 1].0 > floor && !is_stale_nan(s.samples[lo - 1].1) {
+                    lo -= 1;
+                }
+                if ext == Some(Ext::Smoothed) {
+                    // Nothing at or before the end: no value.
+                    if hi == lo {
+                        continue;
+                    }
+                    if let Some(&(nt, nv)) = s.samples.get(hi)
+                        && nt <= rt.saturating_add(self.lookback)
+                        && !is_stale_nan(nv)
+                    {
+                        hi += 1;
+                    }
+                }
+            }
             let win = &s.samples[lo..hi];
             if win.iter().any(|p| is_stale_nan(p.1)) {
                 buf.clear();

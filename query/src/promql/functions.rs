@@ -135,6 +135,75 @@ fn extrapolated_rate(p: &[(i64, f64)], w: Window, is_counter: bool, is_rate: boo
     Some(result * factor)
 }
 
+/// Go's `math.Max`: NaN if either is NaN.
+fn go_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) }
+}
+
+/// Go's `math.Min`: NaN if either is NaN.
+fn go_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) }
+}
+
+/// Linear interpolation at `t` between two samples; across a counter reset
+/// the counter is taken to restart from 0 at the first sample.
+fn interpolate(p1: (i64, f64), p2: (i64, f64), t: i64, is_counter: bool) -> f64 {
+    let (mut y1, y2) = (p1.1, p2.1);
+    if is_counter && y2 < y1 {
+        y1 = 0.0;
+    }
+    y1 + (y2 - y1) * (t - p1.0) as f64 / (p2.0 - p1.0) as f64
+}
+
+/// Prometheus's `extendedRate`: `rate`/`increase`/`delta` over an
+/// `anchored` or `smoothed` range, whose points include the sample before
+/// the range start (and, smoothed, the one after its end).
+fn extended_rate(p: &[(i64, f64)], w: Window, smoothed: bool, is_counter: bool, is_rate: bool) -> Option<f64> {
+    if p.is_empty() {
+        return None;
+    }
+    let (rs, re) = (w.end - w.range, w.end);
+    let mut last = p.len() - 1;
+    let mut first = p[..last].partition_point(|x| x.0 <= rs).saturating_sub(1);
+    if smoothed {
+        last = p[..last].partition_point(|x| x.0 < re);
+    }
+    if p[last].0 <= rs {
+        return None;
+    }
+    let left = if smoothed && p[first].0 < rs && first + 1 < p.len() {
+        interpolate(p[first], p[first + 1], rs, is_counter)
+    } else {
+        p[first].1
+    };
+    let right = if smoothed && last > 0 && p[last].0 > re {
+        interpolate(p[last - 1], p[last], re, is_counter)
+    } else {
+        p[last].1
+    };
+    let mut result = right - left;
+    if is_counter {
+        if p[first].0 <= rs {
+            first += 1;
+        }
+        let end = if p[last].0 >= re { last } else { last + 1 };
+        let mut prev = left;
+        for &(_, v) in p.get(first..end).unwrap_or(&[]) {
+            if v < prev {
+                result += prev;
+            }
+            prev = v;
+        }
+        if right < prev {
+            result += prev;
+        }
+    }
+    if is_rate {
+        result /= w.range as f64 / 1000.0;
+    }
+    Some(result)
+}
+
 fn instant_value(p: &[(i64, f64)], is_rate: bool) -> Option<f64> {
     if p.len() < 2 {
         return None;
@@ -338,10 +407,19 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         check_unique(&v)?;
         Ok(Value::Vector(v))
     };
+    // `anchored` / `smoothed` on the range argument.
+    let ext = match args.first().map(|a| unparen(a)) {
+        Some(Expr::MatrixSelector(ms)) => super::eval::ext_of(&ms.vs),
+        _ => None,
+    };
+    let rate = |p: &[(i64, f64)], w: Window, is_counter: bool, is_rate: bool| match ext {
+        Some(x) => extended_rate(p, w, x == super::eval::Ext::Smoothed, is_counter, is_rate),
+        None => extrapolated_rate(p, w, is_counter, is_rate),
+    };
     match name {
-        "rate" => range_fn(&|p, w| extrapolated_rate(p, w, true, true), false),
-        "increase" => range_fn(&|p, w| extrapolated_rate(p, w, true, false), false),
-        "delta" => range_fn(&|p, w| extrapolated_rate(p, w, false, false), false),
+        "rate" => range_fn(&|p, w| rate(p, w, true, true), false),
+        "increase" => range_fn(&|p, w| rate(p, w, true, false), false),
+        "delta" => range_fn(&|p, w| rate(p, w, false, false), false),
         "irate" => range_fn(&|p, _| instant_value(p, true), false),
         "idelta" => range_fn(&|p, _| instant_value(p, false), false),
         "avg_over_time" => range_fn(
@@ -403,6 +481,9 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         "stdvar_over_time" => range_fn(&|p, _| Some(variance(p)), false),
         "mad_over_time" => range_fn(
             &|p, _| {
+                if p.iter().any(|x| x.1.is_nan()) {
+                    return Some(f64::NAN);
+                }
                 let mut vals: Vec<f64> = p.iter().map(|x| x.1).collect();
                 let med = quantile_of(0.5, &mut vals);
                 let mut dev: Vec<f64> = p.iter().map(|x| (x.1 - med).abs()).collect();
@@ -517,15 +598,15 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
             if hi < lo {
                 return Ok(Value::Vector(Vec::new()));
             }
-            map_fn(arg(0)?, &|v| v.max(lo).min(hi))
+            map_fn(arg(0)?, &|v| go_max(lo, go_min(hi, v)))
         }
         "clamp_min" => {
             let lo = ctx.eval_scalar(arg(1)?, t)?;
-            map_fn(arg(0)?, &|v| v.max(lo))
+            map_fn(arg(0)?, &|v| go_max(v, lo))
         }
         "clamp_max" => {
             let hi = ctx.eval_scalar(arg(1)?, t)?;
-            map_fn(arg(0)?, &|v| v.min(hi))
+            map_fn(arg(0)?, &|v| go_min(v, hi))
         }
         "time" => Ok(Value::Scalar(t, t as f64 / 1000.0)),
         "start" => Ok(Value::Scalar(t, ctx.start as f64 / 1000.0)),
@@ -665,12 +746,7 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
                 }
             };
             // Info series are read as of the base selector's `@`/`offset`.
-            let t_info = match unparen(arg(0)?) {
-                Expr::VectorSelector(vs) => super::eval::at_ms(&vs.at, ctx.start, ctx.end)
-                    .unwrap_or(t)
-                    .saturating_sub(super::eval::offset_ms(&vs.offset)),
-                _ => t,
-            };
+            let t_info = info_ref_time(ctx, arg(0)?, t);
             Ok(Value::Vector(info(ctx, base, sel, t_info)?))
         }
         "histogram_quantile" => {
@@ -697,6 +773,35 @@ const IDENTIFYING: [&str; 2] = ["instance", "job"];
 
 /// `info(v, {selector})`: adds the data labels of info series (default
 /// `target_info`) with the same `instance` and `job` to each sample.
+/// The time `info()` reads its info series at: the data time of its
+/// argument, following `@` and `offset` down through selectors, subqueries
+/// (into their inner expression), functions and aggregations.
+fn info_ref_time(ctx: &Ctx<'_>, e: &Expr, t: i64) -> i64 {
+    use super::eval::{at_ms, offset_ms};
+    match e {
+        Expr::Paren(p) => info_ref_time(ctx, &p.expr, t),
+        Expr::VectorSelector(vs) => {
+            at_ms(&vs.at, ctx.start, ctx.end).unwrap_or(t).saturating_sub(offset_ms(&vs.offset))
+        }
+        Expr::MatrixSelector(ms) => {
+            at_ms(&ms.vs.at, ctx.start, ctx.end).unwrap_or(t).saturating_sub(offset_ms(&ms.vs.offset))
+        }
+        Expr::Subquery(sq) => {
+            let end = at_ms(&sq.at, ctx.start, ctx.end).unwrap_or(t).saturating_sub(offset_ms(&sq.offset));
+            info_ref_time(ctx, &sq.expr, end)
+        }
+        Expr::Call(c) => {
+            use promql_parser::parser::value::ValueType;
+            match c.args.args.iter().find(|a| matches!(a.value_type(), ValueType::Vector | ValueType::Matrix)) {
+                Some(a) => info_ref_time(ctx, a, t),
+                None => t,
+            }
+        }
+        Expr::Aggregate(a) => info_ref_time(ctx, &a.expr, t),
+        _ => t,
+    }
+}
+
 fn info(
     ctx: &Ctx<'_>,
     base: Vec<Sample>,
@@ -710,7 +815,7 @@ fn info(
         if let Some(n) = &vs.name {
             name_ms.push(Matcher::equal(METRIC_NAME, n.clone()));
         }
-        for m in &vs.matchers.matchers {
+        for m in vs.matchers.matchers.iter().filter(|m| m.name != super::rewrite::EXT_LABEL) {
             let op = match m.op {
                 PMatchOp::Equal => MatchOp::Equal,
                 PMatchOp::NotEqual => MatchOp::NotEqual,

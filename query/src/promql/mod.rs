@@ -11,6 +11,7 @@ mod aggregate;
 mod binary;
 mod eval;
 mod functions;
+mod rewrite;
 
 use eval::Ctx;
 
@@ -142,9 +143,39 @@ impl Value {
     }
 }
 
-/// Parses a PromQL expression; errors are Prometheus-style `bad_data`.
+/// Parses a PromQL expression for an instant query (`step()` and
+/// `range()` are 0); errors are Prometheus-style `bad_data`.
 pub fn parse(q: &str) -> Result<Expr, QueryError> {
-    parser::parse(q).map_err(QueryError::Parse)
+    parse_for(q, 0, 0)
+}
+
+/// Parses a PromQL expression for a query with this step and range (end −
+/// start), ms: what `step()` and `range()` in duration expressions stand
+/// for. Errors read as Prometheus's: `line:col: parse error: …`.
+pub fn parse_for(q: &str, step_ms: i64, range_ms: i64) -> Result<Expr, QueryError> {
+    let text = rewrite::rewrite(q, step_ms, range_ms)?;
+    let expr = parser::parse(&text).map_err(|m| {
+        // promql-parser gives no position: find one. A syntax error the
+        // token scan sees wins over the crate's generic message; otherwise
+        // the message names the offending token, found in the query text.
+        if let Some((pos, msg)) = rewrite::locate_syntax_error(q) {
+            return QueryError::Parse(parse_error_at(q, pos, &msg));
+        }
+        let named = m.split('"').nth(1).filter(|n| !n.is_empty()).and_then(|n| q.find(n));
+        QueryError::Parse(parse_error_at(q, named.unwrap_or(0), &m))
+    })?;
+    eval::check_extended(&expr)?;
+    Ok(expr)
+}
+
+/// Prometheus's `ParseErr` text: `line:col: parse error: msg`, where `col`
+/// counts bytes from the start of the line (1-based) up to `pos`.
+pub(crate) fn parse_error_at(q: &str, pos: usize, msg: &str) -> String {
+    let pos = pos.min(q.len());
+    let head = &q.as_bytes()[..pos];
+    let line = 1 + head.iter().filter(|&&c| c == b'\n').count();
+    let col = pos - head.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1) + 1;
+    format!("{line}:{col}: parse error: {msg}")
 }
 
 /// True for the labels dropped together with the metric name: `__name__`
