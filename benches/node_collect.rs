@@ -55,14 +55,9 @@ fn main() {
 
     // Cairn.
     let mut nc = NodeCollector::new(&NodeConfig::default(), "bench").expect("node collector");
-    let mut series = 0;
-    let mut body_bytes = 0;
-    for i in 0..3 + n {
-        if i == 3 {
-            // Warm-up done.
-            series = 0;
-            body_bytes = 0;
-        }
+    // Warm-up (the first collection records family names and metadata).
+    let (mut series, mut body_bytes) = (0, 0);
+    for _ in 0..3 {
         let out = nc.collect(cairn_wire::time::now_ms()).expect("collect");
         series = out.len();
         body_bytes = encode_write_request(&out).len();
