@@ -262,6 +262,18 @@ impl Sink for InProcessSink {
     async fn push_logs(&self, batch: Vec<StreamEntries>) -> Result<(), SinkError> {
         self.ingest(move |a, t| a.ingest_logs(t, batch)).await
     }
+
+    async fn push_metadata(&self, metadata: Vec<cairn_wire::proto::MetricMetadata>) -> Result<(), SinkError> {
+        for m in metadata {
+            let meta = cairn_aggregator::metadata::MetricMeta {
+                kind: cairn_aggregator::metadata::type_name(m.r#type).to_string(),
+                help: m.help,
+                unit: m.unit,
+            };
+            self.agg.metadata.record(&self.tenant, &m.metric_family_name, meta);
+        }
+        Ok(())
+    }
 }
 
 async fn serve(cfg: Config, with_collector: bool) -> anyhow::Result<()> {

@@ -45,6 +45,9 @@ pub struct CollectorConfig {
     /// lines. This is also the most log data held in memory while the
     /// receiver is unreachable.
     pub batch_max_bytes: ByteSize,
+    /// `[[collector.scrape]]`: Prometheus `/metrics` endpoints to scrape, in
+    /// groups sharing a job. An empty list scrapes nothing.
+    pub scrape: Vec<ScrapeConfig>,
     /// `[collector.push]`: where `cairn collect` sends metrics and logs.
     /// Ignored by `cairn up`, whose collector writes into its own aggregator.
     pub push: PushConfig,
@@ -60,6 +63,7 @@ impl Default for CollectorConfig {
             max_line_bytes: ByteSize::kib(256),
             batch_wait: ConfigDuration::from_secs(1),
             batch_max_bytes: ByteSize::mib(1),
+            scrape: Vec::new(),
             push: PushConfig::default(),
         }
     }
@@ -77,11 +81,33 @@ pub struct NodeConfig {
     /// Where the proc filesystem is mounted. In a container, mount the
     /// host's `/proc` (e.g. at `/host/proc`) and point this at it.
     pub proc_path: PathBuf,
+    /// Where sysfs is mounted (hwmon sensors, thermal zones); in a
+    /// container e.g. `/host/sys`.
+    pub sys_path: PathBuf,
+    /// Where the host's root filesystem is visible: filesystems are
+    /// `statfs`ed at `<rootfs_path>/<mount point>`, the prefix is stripped
+    /// from the `mountpoint` label, and `etc/os-release` is read from it.
+    /// In a container, mount the host's `/` read-only at e.g. `/host/root`.
+    pub rootfs_path: PathBuf,
+    /// Mount points to leave out of `node_filesystem_*` (a regex;
+    /// node_exporter 1.5's default).
+    pub mount_points_exclude: String,
+    /// Filesystem types to leave out of `node_filesystem_*` (a regex;
+    /// node_exporter 1.5's default: pseudo filesystems, overlay, squashfs).
+    pub fs_types_exclude: String,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { enabled: true, interval: ConfigDuration::from_secs(15), proc_path: PathBuf::from("/proc") }
+        NodeConfig {
+            enabled: true,
+            interval: ConfigDuration::from_secs(15),
+            proc_path: PathBuf::from("/proc"),
+            sys_path: PathBuf::from("/sys"),
+            rootfs_path: PathBuf::from("/"),
+            mount_points_exclude: crate::node::filesystem::DEFAULT_MOUNT_POINTS_EXCLUDE.to_string(),
+            fs_types_exclude: crate::node::filesystem::DEFAULT_FS_TYPES_EXCLUDE.to_string(),
+        }
     }
 }
 
@@ -109,6 +135,57 @@ impl Default for FileTarget {
             labels: BTreeMap::from([("job".to_string(), "varlogs".to_string())]),
             exclude: Vec::new(),
         }
+    }
+}
+
+/// `[[collector.scrape]]`: a group of targets exposing Prometheus text or
+/// OpenMetrics, scraped with Prometheus's semantics (see
+/// [`crate::scrape`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScrapeConfig {
+    /// The `job` label of every series of these targets.
+    pub job: String,
+    /// Targets as `host:port`; each becomes the `instance` label.
+    pub targets: Vec<String>,
+    /// Time between two scrapes of a target.
+    pub interval: ConfigDuration,
+    /// Time limit of one scrape; at most `interval`.
+    pub timeout: ConfigDuration,
+    /// HTTP path of the metrics.
+    pub path: String,
+    /// Keep scraped labels that clash with target labels (`job`,
+    /// `instance`, `labels`) instead of renaming them `exported_<name>`.
+    pub honor_labels: bool,
+    /// Keep timestamps the target gives instead of the scrape time.
+    pub honor_timestamps: bool,
+    /// Labels added to every series of these targets, e.g. `{ env = "prod" }`.
+    pub labels: BTreeMap<String, String>,
+    /// Largest response body accepted; a larger one fails the scrape (`up 0`).
+    pub body_size_limit: ByteSize,
+}
+
+impl Default for ScrapeConfig {
+    fn default() -> Self {
+        ScrapeConfig {
+            job: String::new(),
+            targets: Vec::new(),
+            interval: ConfigDuration::from_secs(15),
+            timeout: ConfigDuration::from_secs(10),
+            path: "/metrics".to_string(),
+            honor_labels: false,
+            honor_timestamps: true,
+            labels: BTreeMap::new(),
+            body_size_limit: ByteSize::mib(64),
+        }
+    }
+}
+
+impl ScrapeConfig {
+    /// The scrape URL of `target`: `http://<target><path>`.
+    pub fn url_of(&self, target: &str) -> String {
+        let path = if self.path.starts_with('/') { self.path.clone() } else { format!("/{}", self.path) };
+        format!("http://{}{path}", target.trim())
     }
 }
 
@@ -197,6 +274,12 @@ impl CollectorConfig {
         if self.node.enabled && self.node.interval.0.is_zero() {
             return Err(cerr("node.interval", "must be greater than 0"));
         }
+        for (key, pat) in [
+            ("node.mount_points_exclude", &self.node.mount_points_exclude),
+            ("node.fs_types_exclude", &self.node.fs_types_exclude),
+        ] {
+            regex::Regex::new(pat).map_err(|e| cerr(key, format!("invalid regex: {e}")))?;
+        }
         if self.poll_interval.0.is_zero() {
             return Err(cerr("poll_interval", "must be greater than 0"));
         }
@@ -233,6 +316,37 @@ impl CollectorConfig {
             }
             Labels::from_pairs(t.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .map_err(|e| cerr(format!("files[{i}].labels"), e.to_string()))?;
+        }
+        for (i, sc) in self.scrape.iter().enumerate() {
+            let key = |k: &str| format!("scrape[{i}].{k}");
+            if sc.job.trim().is_empty() {
+                return Err(cerr(key("job"), "must be set"));
+            }
+            if sc.targets.is_empty() {
+                return Err(cerr(key("targets"), "must list at least one host:port"));
+            }
+            if sc.interval.0.is_zero() {
+                return Err(cerr(key("interval"), "must be greater than 0"));
+            }
+            if sc.timeout.0.is_zero() || sc.timeout.0 > sc.interval.0 {
+                return Err(cerr(key("timeout"), "must be greater than 0 and at most interval"));
+            }
+            if sc.body_size_limit.0 == 0 {
+                return Err(cerr(key("body_size_limit"), "must be greater than 0"));
+            }
+            for (j, t) in sc.targets.iter().enumerate() {
+                let u = reqwest::Url::parse(&sc.url_of(t))
+                    .ok()
+                    .filter(|u| u.host_str().is_some() && u.username().is_empty() && u.query().is_none());
+                if t.trim().is_empty() || t.contains('/') || u.is_none() {
+                    return Err(cerr(format!("scrape[{i}].targets[{j}]"), format!("{t:?} is not host:port")));
+                }
+            }
+            if let Some(k) = sc.labels.keys().find(|k| k.starts_with("__")) {
+                return Err(cerr(key("labels"), format!("{k}: names starting with __ are reserved")));
+            }
+            Labels::from_pairs(sc.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .map_err(|e| cerr(key("labels"), e.to_string()))?;
         }
         for (key, url) in [
             ("push.url", &self.push.url),
@@ -366,6 +480,34 @@ mod tests {
         let mut c = CollectorConfig::default();
         c.push.logs_url = "not a url".into();
         assert_eq!(c.validate().unwrap_err().key, "push.logs_url");
+    }
+
+    #[test]
+    fn scrape_groups() {
+        let c: CollectorConfig = toml::from_str(
+            r#"
+            [[scrape]]
+            job = "app"
+            targets = ["127.0.0.1:8080", "db:9187"]
+            interval = "30s"
+            labels = { env = "prod" }
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.scrape[0].timeout.as_millis(), 10_000);
+        assert_eq!(c.scrape[0].url_of("db:9187"), "http://db:9187/metrics");
+        assert!(c.scrape[0].honor_timestamps && !c.scrape[0].honor_labels);
+        for (bad, key) in [
+            ("job = \"\"\ntargets = [\"a:1\"]", "scrape[0].job"),
+            ("job = \"a\"\ntargets = []", "scrape[0].targets"),
+            ("job = \"a\"\ntargets = [\"http://a:1/x\"]", "scrape[0].targets[0]"),
+            ("job = \"a\"\ntargets = [\"a:1\"]\ninterval = \"5s\"\ntimeout = \"6s\"", "scrape[0].timeout"),
+            ("job = \"a\"\ntargets = [\"a:1\"]\nlabels = { __x = \"1\" }", "scrape[0].labels"),
+        ] {
+            let c: CollectorConfig = toml::from_str(&format!("[[scrape]]\n{bad}\n")).unwrap();
+            assert_eq!(c.validate().unwrap_err().key, key, "{bad}");
+        }
     }
 
     #[test]

@@ -2,10 +2,15 @@
 //! public protocols (Prometheus remote_write 1.0, Loki push).
 //!
 //! # What it collects
-//! - **Node metrics** ([`node`]): CPU, memory, load, boot time, context
-//!   switches, interrupts, forks, process counts and the clock, read from
-//!   `/proc` (configurable root) with node_exporter 1.x's metric names,
+//! - **Node metrics** ([`node`]): CPU, memory, load, pressure, disks,
+//!   filesystems, network, hwmon and thermal zones, boot time and clock,
+//!   uname and OS release, entropy, file descriptors, context switches and
+//!   the collector's own `process_*`, read from `/proc`, `/sys` and `/`
+//!   (each root configurable) with node_exporter 1.5's metric names, types,
 //!   units and labels, plus `job="node"` and `instance=<host>`.
+//! - **Scrape targets** ([`scrape`]): Prometheus text / OpenMetrics
+//!   endpoints from a static list, with `job`/`instance` labels and `up`,
+//!   `scrape_duration_seconds`, `scrape_samples_scraped` per target.
 //! - **Log files** ([`tail`]): files matched by globs, followed across
 //!   rename rotation and copytruncate; each complete line becomes an entry
 //!   in the stream `{<target labels>, filename, host}`.
@@ -42,6 +47,7 @@
 pub mod config;
 pub mod node;
 pub mod runtime;
+pub mod scrape;
 pub mod sink;
 pub mod tail;
 

@@ -32,8 +32,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::{CollectorConfig, ConfigError};
 use crate::node::NodeCollector;
+use crate::scrape::Scraper;
 use crate::sink::{Sink, SinkError};
 use crate::tail::{LogBatch, TailError, Tailer, count_files};
+use cairn_wire::proto::MetricMetadata;
 
 /// First retry delay.
 pub const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -41,6 +43,9 @@ pub const BACKOFF_START: Duration = Duration::from_millis(250);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// Time allowed at shutdown to deliver the pending log batch.
 pub const FINAL_FLUSH: Duration = Duration::from_secs(2);
+/// How often the type and help of metric families are sent (Prometheus's
+/// remote_write `metadata_config.send_interval` default).
+pub const METADATA_INTERVAL: Duration = Duration::from_secs(60);
 /// Node metric collections kept while the receiver is unreachable
 /// (40 × 15 s = 10 minutes at the default interval).
 pub const MAX_PENDING_COLLECTIONS: usize = 40;
@@ -121,6 +126,9 @@ pub enum CollectorError {
     /// The tailer could not start (positions file unreadable, …).
     #[error(transparent)]
     Tail(#[from] TailError),
+    /// The node collector could not be set up.
+    #[error("node metrics: {0}")]
+    Node(String),
     /// A blocking task panicked (a bug).
     #[error("collector task failed (this is a bug): {0}")]
     Task(String),
@@ -169,8 +177,9 @@ pub async fn run_with_stats<S: Sink>(
 
     let node = async {
         if cfg.node.enabled {
-            let nc = NodeCollector::new(cfg.node.proc_path.clone(), host.clone());
-            node_loop(nc, cfg.node.interval.0, &*sink, shutdown.clone(), &stats).await
+            // The patterns were checked by `validate`.
+            let nc = NodeCollector::new(&cfg.node, host.clone()).map_err(|e| CollectorError::Node(e.to_string()))?;
+            metrics_loop(NodeSource(Some(nc)), cfg.node.interval.0, &*sink, shutdown.clone(), &stats).await
         } else {
             Ok(())
         }
@@ -181,9 +190,101 @@ pub async fn run_with_stats<S: Sink>(
             None => Ok(()),
         }
     };
-    let (a, b) = tokio::join!(node, files);
+    let scrapes = async {
+        if cfg.scrape.is_empty() {
+            return Ok(());
+        }
+        let client = reqwest::Client::builder()
+            .user_agent(crate::sink::USER_AGENT)
+            .build()
+            .map_err(|e| CollectorError::Node(format!("cannot build the scrape HTTP client: {e}")))?;
+        let (sink, stats, shutdown) = (&*sink, &*stats, &shutdown);
+        let mut loops = Vec::new();
+        for sc in &cfg.scrape {
+            for t in &sc.targets {
+                let scraper = Scraper::new(sc, t, client.clone());
+                loops.push(metrics_loop(ScrapeSource(scraper), sc.interval.0, sink, shutdown.clone(), stats));
+            }
+        }
+        futures_join_all(loops).await
+    };
+    let (a, b, c) = tokio::join!(node, files, scrapes);
     tracing::info!("collector stopped");
-    a.and(b)
+    a.and(b).and(c)
+}
+
+/// Runs `futs` concurrently on this task; the first error wins.
+async fn futures_join_all<F: Future<Output = Result<(), CollectorError>>>(futs: Vec<F>) -> Result<(), CollectorError> {
+    let mut set = Vec::with_capacity(futs.len());
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut results: Vec<Option<Result<(), CollectorError>>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, r) in set.iter_mut().zip(results.iter_mut()) {
+            if r.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *r = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}
+
+/// Something producing metric samples at an interval: node metrics or a
+/// scrape target.
+trait MetricSource: Send {
+    /// One collection stamped `ts_ms`; `None` when nothing could be read.
+    fn collect(
+        &mut self,
+        ts_ms: i64,
+    ) -> impl Future<Output = Result<Option<Vec<SeriesSamples>>, CollectorError>> + Send;
+    /// Type and help of the families produced so far.
+    fn metadata(&self) -> Vec<MetricMetadata>;
+}
+
+/// Node metrics, read on a blocking thread.
+struct NodeSource(Option<NodeCollector>);
+
+impl MetricSource for NodeSource {
+    async fn collect(&mut self, ts_ms: i64) -> Result<Option<Vec<SeriesSamples>>, CollectorError> {
+        let Some(mut nc) = self.0.take() else { return Ok(None) };
+        let (nc, res) = blocking(move || {
+            let r = nc.collect(ts_ms);
+            (nc, r)
+        })
+        .await?;
+        self.0 = Some(nc);
+        match res {
+            Ok(series) => Ok(Some(series)),
+            Err(e) => {
+                tracing::debug!(error = %e, "no node metrics this time");
+                Ok(None)
+            }
+        }
+    }
+
+    fn metadata(&self) -> Vec<MetricMetadata> {
+        self.0.as_ref().map(NodeCollector::metadata).unwrap_or_default()
+    }
+}
+
+/// One scrape target.
+struct ScrapeSource(Scraper);
+
+impl MetricSource for ScrapeSource {
+    async fn collect(&mut self, ts_ms: i64) -> Result<Option<Vec<SeriesSamples>>, CollectorError> {
+        Ok(Some(self.0.scrape(ts_ms).await))
+    }
+
+    fn metadata(&self) -> Vec<MetricMetadata> {
+        self.0.metadata()
+    }
 }
 
 /// One short line of what is collected, for start-up banners: e.g.
@@ -382,8 +483,8 @@ async fn commit(mut tailer: Tailer, batch: LogBatch) -> Result<Tailer, Collector
     .await
 }
 
-async fn node_loop<S: Sink>(
-    mut nc: NodeCollector,
+async fn metrics_loop<S: Sink, M: MetricSource>(
+    mut source: M,
     interval: Duration,
     sink: &S,
     mut shutdown: watch::Receiver<bool>,
@@ -394,26 +495,18 @@ async fn node_loop<S: Sink>(
     let mut queue: VecDeque<Vec<SeriesSamples>> = VecDeque::new();
     let mut backoff = Backoff::new();
     let mut retry_at: Option<Instant> = None;
+    let mut metadata_sent: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 let ts = cairn_wire::time::now_ms();
-                let (n, res) = blocking(move || {
-                    let r = nc.collect(ts);
-                    (nc, r)
-                })
-                .await?;
-                nc = n;
-                match res {
-                    Ok(series) => {
-                        queue.push_back(series);
-                        if queue.len() > MAX_PENDING_COLLECTIONS {
-                            queue.pop_front();
-                            stats.batches_dropped.fetch_add(1, Relaxed);
-                            tracing::warn!(kept = MAX_PENDING_COLLECTIONS, "metrics receiver unreachable for long; dropped the oldest node metrics");
-                        }
+                if let Some(series) = source.collect(ts).await? {
+                    queue.push_back(series);
+                    if queue.len() > MAX_PENDING_COLLECTIONS {
+                        queue.pop_front();
+                        stats.batches_dropped.fetch_add(1, Relaxed);
+                        tracing::warn!(kept = MAX_PENDING_COLLECTIONS, "metrics receiver unreachable for long; dropped the oldest collection");
                     }
-                    Err(e) => tracing::debug!(error = %e, "no node metrics this time"),
                 }
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
@@ -437,6 +530,16 @@ async fn node_loop<S: Sink>(
                 }
                 queue.clear();
                 backoff = Backoff::new();
+                if metadata_sent.is_none_or(|t| t.elapsed() >= METADATA_INTERVAL) {
+                    let res = tokio::select! {
+                        r = sink.push_metadata(source.metadata()) => r,
+                        _ = stopped(&mut shutdown) => break,
+                    };
+                    match res {
+                        Ok(()) => metadata_sent = Some(Instant::now()),
+                        Err(e) => tracing::debug!(error = %e, "metric metadata not delivered; trying again later"),
+                    }
+                }
             }
             Err(SinkError::Permanent(msg)) => {
                 stats.batches_dropped.fetch_add(1, Relaxed);
@@ -733,6 +836,74 @@ mod tests {
         let cpu = m.iter().find(|s| s.labels.get("__name__") == Some("node_cpu_seconds_total")).unwrap();
         assert_eq!(cpu.labels.get("instance"), Some("h1"));
         assert_eq!(cpu.labels.get("job"), Some("node"));
+    }
+
+    /// Serves `body` as text-format metrics to every connection.
+    async fn metrics_server(body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = c.read(&mut buf).await;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = c.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scrapes_targets_with_up_and_target_labels() {
+        let good = metrics_server("# TYPE app_hits counter\napp_hits{path=\"/\"} 3\n").await;
+        let bad = metrics_server("app_hits{ broken\n").await;
+        let state = tempfile::tempdir().unwrap();
+        let mut cfg = CollectorConfig { host: "h".into(), files: vec![], ..CollectorConfig::default() };
+        cfg.node.enabled = false;
+        cfg.scrape = vec![crate::config::ScrapeConfig {
+            job: "app".into(),
+            targets: vec![good.clone(), bad.clone(), "127.0.0.1:1".into()],
+            interval: crate::config::ConfigDuration::from_millis(100),
+            timeout: crate::config::ConfigDuration::from_millis(100),
+            ..Default::default()
+        }];
+        let sink = Arc::new(MemSink::default());
+        let (tx, h, _) = start(cfg, sink.clone(), state.path().into()).await;
+        let up = |inst: &str| {
+            sink.metrics
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|s| s.labels.get("__name__") == Some("up") && s.labels.get("instance") == Some(inst))
+                .map(|s| s.samples[0].1)
+        };
+        wait_for("up of every target", || up(&good).is_some() && up(&bad).is_some() && up("127.0.0.1:1").is_some())
+            .await;
+        tx.send(true).unwrap();
+        h.await.unwrap().unwrap();
+        assert_eq!(up(&good), Some(1.0));
+        assert_eq!(up(&bad), Some(0.0), "a malformed exposition fails the scrape");
+        assert_eq!(up("127.0.0.1:1"), Some(0.0));
+        let m = sink.metrics.lock().unwrap();
+        let hits = m.iter().find(|s| s.labels.get("__name__") == Some("app_hits")).unwrap();
+        assert_eq!(hits.labels.get("job"), Some("app"));
+        assert_eq!(hits.labels.get("instance"), Some(good.as_str()));
+        assert_eq!(hits.samples[0].1, 3.0);
+        assert!(!m.iter().any(|s| s.labels.get("__name__") == Some("app_hits") && s.labels.get("instance") == Some(bad.as_str())));
+        let n = m
+            .iter()
+            .find(|s| {
+                s.labels.get("__name__") == Some("scrape_samples_scraped")
+                    && s.labels.get("instance") == Some(good.as_str())
+            })
+            .unwrap();
+        assert_eq!(n.samples[0].1, 1.0);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use cairn_wire::proto::{
-    EntryAdapter, Label, LabelPairAdapter, PushRequest, Sample, StreamAdapter, TimeSeries, Timestamp, WriteRequest,
-    snappy_compress,
+    EntryAdapter, Label, LabelPairAdapter, MetricMetadata, PushRequest, Sample, StreamAdapter, TimeSeries, Timestamp,
+    WriteRequest, snappy_compress,
 };
 use cairn_wire::{SeriesSamples, StreamEntries};
 use prost::Message;
@@ -48,6 +48,13 @@ pub trait Sink: Send + Sync + 'static {
     /// Delivers log entries; `Ok` means the receiver has accepted them, and
     /// only then are the files' positions checkpointed.
     fn push_logs(&self, batch: Vec<StreamEntries>) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Delivers the type and help of metric families (remote_write
+    /// metadata), sent now and then beside the samples as Prometheus does.
+    /// Best effort; the default drops them.
+    fn push_metadata(&self, metadata: Vec<MetricMetadata>) -> impl Future<Output = Result<(), SinkError>> + Send {
+        let _ = metadata;
+        async { Ok(()) }
+    }
 }
 
 /// The HTTP sink could not be set up from its configuration.
@@ -159,6 +166,14 @@ impl Sink for HttpSink {
         }
         let body = encode_off_reactor(move || encode_push_request(&batch)).await?;
         self.post(&self.logs_url, body, false).await
+    }
+
+    async fn push_metadata(&self, metadata: Vec<MetricMetadata>) -> Result<(), SinkError> {
+        if metadata.is_empty() {
+            return Ok(());
+        }
+        let body = snappy_compress(&WriteRequest { timeseries: Vec::new(), metadata }.encode_to_vec());
+        self.post(&self.metrics_url, body, true).await
     }
 }
 

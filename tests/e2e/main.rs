@@ -10,6 +10,7 @@ mod golden;
 mod logs;
 mod loki_api;
 mod metrics;
+mod node_exporter;
 mod ops;
 mod prom_api;
 mod promtool;
