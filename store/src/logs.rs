@@ -510,11 +510,52 @@ pub const BACKPRESSURE_MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// Raw line bytes per chunk before a new chunk is started.
 pub const CHUNK_RAW_BYTES: usize = 1 << 20;
-/// zstd level for chunks (see `docs/format/logs.md`).
+/// zstd level for chunks written by a flush (see `docs/format/logs.md`).
 pub const ZSTD_LEVEL: i32 = 3;
+/// zstd level for chunks rewritten by compaction, off the ingest path
+/// (see `docs/format/logs.md`, "Choices and measurements").
+pub const COMPACT_ZSTD_LEVEL: i32 = 9;
 
 fn zstd_error(e: std::io::Error) -> StoreError {
     StoreError::Corrupt { path: PathBuf::new(), offset: 0, reason: format!("zstd: {e}") }
+}
+
+/// Encodes `entries` (sorted, at least one) as one chunk with its filter.
+fn encode_one(
+    enc: &mut logchunk::Encoder,
+    filter: &mut trigram::Builder,
+    bytes: &mut Vec<u8>,
+    c: &[Entry],
+) -> Result<EncodedChunk, StoreError> {
+    let it = c.iter().map(|e| logchunk::EncEntry { ts: e.ts, line: e.line.as_bytes(), metadata: &e.metadata });
+    let payload = enc.encode(it, bytes).map_err(zstd_error)?;
+    filter.clear();
+    for e in c {
+        filter.add(e.line.as_bytes());
+    }
+    Ok(EncodedChunk {
+        // exact-size copy: the buffer is reused
+        bytes: bytes.clone(),
+        min_ts: c[0].ts,
+        max_ts: c[c.len() - 1].ts,
+        count: c.len() as u64,
+        raw_bytes: c.iter().map(|e| e.line.len() as u64).sum(),
+        payload,
+        filter: filter.finish(),
+    })
+}
+
+/// End (exclusive) of the first chunk's worth of `entries`: about
+/// [`CHUNK_RAW_BYTES`] of lines, at least one entry.
+fn chunk_end(entries: &[Entry]) -> usize {
+    let mut raw = 0usize;
+    for (i, e) in entries.iter().enumerate() {
+        raw += e.line.len();
+        if raw >= CHUNK_RAW_BYTES {
+            return i + 1;
+        }
+    }
+    entries.len()
 }
 
 /// Splits every stream of `head` into chunks of about [`CHUNK_RAW_BYTES`]
@@ -527,39 +568,111 @@ fn encode_streams(head: &Head) -> Result<Vec<SeriesChunks<'_>>, StoreError> {
     for (tenant, t) in &head.tenants {
         for s in &t.streams {
             let mut chunks = Vec::new();
-            let mut start = 0;
-            let mut raw = 0usize;
-            for (i, e) in s.entries.iter().enumerate() {
-                raw += e.line.len();
-                if raw >= CHUNK_RAW_BYTES || i + 1 == s.entries.len() {
-                    let c = &s.entries[start..=i];
-                    let it = c.iter().map(|e| logchunk::EncEntry {
-                        ts: e.ts,
-                        line: e.line.as_bytes(),
-                        metadata: &e.metadata,
-                    });
-                    let payload = enc.encode(it, &mut bytes).map_err(zstd_error)?;
-                    filter.clear();
-                    for e in c {
-                        filter.add(e.line.as_bytes());
-                    }
-                    chunks.push(EncodedChunk {
-                        // exact-size copy: the buffer is reused
-                        bytes: bytes.clone(),
-                        min_ts: c[0].ts,
-                        max_ts: c[c.len() - 1].ts,
-                        count: c.len() as u64,
-                        raw_bytes: c.iter().map(|e| e.line.len() as u64).sum(),
-                        payload,
-                        filter: filter.finish(),
-                    });
-                    start = i + 1;
-                    raw = 0;
-                }
+            let mut rest = &s.entries[..];
+            while !rest.is_empty() {
+                let n = chunk_end(rest);
+                chunks.push(encode_one(&mut enc, &mut filter, &mut bytes, &rest[..n])?);
+                rest = &rest[n..];
             }
             out.push((tenant.as_str(), &s.labels, chunks));
         }
     }
+    Ok(out)
+}
+
+/// Compaction of one stream's chunks from several blocks. Chunks of blocks
+/// straight from a flush (level [`ZSTD_LEVEL`], cut by flush boundaries)
+/// are decoded, merged in time order with exact duplicates dropped, and
+/// re-encoded in full chunks at [`COMPACT_ZSTD_LEVEL`]; chunks of blocks a
+/// compaction already wrote are copied byte for byte when full and not
+/// overlapping others, so each byte is recompressed at most once. Memory
+/// stays at about one chunk beyond what overlaps.
+fn merge_log_chunks(sources: &[(&Block, &block::BlockStream)]) -> Result<Vec<EncodedChunk>, StoreError> {
+    let mut all: Vec<(&Block, &block::ChunkMeta)> =
+        sources.iter().flat_map(|(b, s)| s.chunks.iter().map(move |c| (*b, c))).collect();
+    all.sort_by_key(|(_, c)| (c.min_ts, c.max_ts));
+    let mut enc = logchunk::Encoder::new(COMPACT_ZSTD_LEVEL).map_err(zstd_error)?;
+    let mut filter = trigram::Builder::default();
+    let mut bytes = Vec::new();
+    let mut dec = logchunk::Decoded::default();
+    let mut out: Vec<EncodedChunk> = Vec::new();
+    let mut pending: Vec<Entry> = Vec::new();
+    let mut emit = |pending: &mut Vec<Entry>, upto: Option<i64>, out: &mut Vec<EncodedChunk>| {
+        loop {
+            if pending.is_empty() {
+                return Ok::<(), StoreError>(());
+            }
+            let n = chunk_end(pending);
+            if let Some(u) = upto {
+                // a partial chunk waits for more; entries at or after `u`
+                // may still get company from the next chunk
+                let full = pending[..n].iter().map(|e| e.line.len()).sum::<usize>() >= CHUNK_RAW_BYTES;
+                if !full || pending[n - 1].ts >= u {
+                    return Ok(());
+                }
+            }
+            out.push(encode_one(&mut enc, &mut filter, &mut bytes, &pending[..n])?);
+            pending.drain(..n);
+        }
+    };
+    for (i, &(b, c)) in all.iter().enumerate() {
+        let next_min = all.get(i + 1).map(|(_, n)| n.min_ts);
+        let clear_before = pending.is_empty() && out.last().is_none_or(|o| o.max_ts < c.min_ts);
+        let clear_after = next_min.is_none_or(|m| m > c.max_ts);
+        if !b.replaces.is_empty() && clear_before && clear_after && c.raw_bytes as usize >= CHUNK_RAW_BYTES / 2 {
+            out.push(EncodedChunk {
+                bytes: b.chunk_slice(c)?.to_vec(),
+                min_ts: c.min_ts,
+                max_ts: c.max_ts,
+                count: c.entries,
+                raw_bytes: c.raw_bytes,
+                payload: c.payload,
+                filter: b.chunk_filter(c)?.to_vec(),
+            });
+            continue;
+        }
+        let corrupt = |e: crate::codec::DecodeError| b.corrupt(c, format!("chunk: {e}"));
+        dec.decode_head(b.chunk_slice(c)?, c.min_ts, c.payload).map_err(corrupt)?;
+        dec.decode_body(b.chunk_slice(c)?, c.payload).map_err(corrupt)?;
+        let mut got = Vec::with_capacity(dec.ts.len());
+        for i in 0..dec.ts.len() {
+            let line = std::str::from_utf8(dec.line(i)).map_err(|_| b.corrupt(c, format!("line {i} is not UTF-8")))?;
+            let metadata = dec
+                .meta(i)
+                .map_or(Vec::new(), |m| logchunk::meta_pairs(m).map(|(k, v)| (k.into(), v.into())).collect());
+            got.push(Entry { ts: dec.ts[i], line: line.to_string(), metadata });
+        }
+        if pending.last().is_some_and(|l| l.ts > c.min_ts) {
+            // overlap: merge (stable, earlier sources first), drop exact repeats
+            pending.extend(got);
+            pending.sort_by_key(|e| e.ts);
+            let mut kept: Vec<Entry> = Vec::with_capacity(pending.len());
+            for e in pending.drain(..) {
+                let dup = kept
+                    .iter()
+                    .rev()
+                    .take_while(|k| k.ts == e.ts)
+                    .any(|k| k.line == e.line && k.metadata == e.metadata);
+                if !dup {
+                    kept.push(e);
+                }
+            }
+            pending = kept;
+        } else {
+            for e in got {
+                let dup = pending
+                    .iter()
+                    .rev()
+                    .take_while(|k| k.ts == e.ts)
+                    .any(|k| k.line == e.line && k.metadata == e.metadata);
+                if !dup {
+                    pending.push(e);
+                }
+            }
+        }
+        emit(&mut pending, next_min, &mut out)?;
+    }
+    emit(&mut pending, None, &mut out)?;
     Ok(out)
 }
 
@@ -659,6 +772,10 @@ impl HeadData for Head {
 
     fn count(&self) -> u64 {
         self.tenants.values().flat_map(|t| &t.streams).map(|s| s.entries.len() as u64).sum()
+    }
+
+    fn merge_chunks(sources: &[(&Block, &block::BlockStream)]) -> Result<Vec<EncodedChunk>, StoreError> {
+        merge_log_chunks(sources)
     }
 }
 
@@ -1364,6 +1481,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn chunks_of(s: &LogStore) -> Vec<Vec<u8>> {
+        let (p, _h) = s.t.read();
+        p.blocks
+            .iter()
+            .flat_map(|b| b.streams.iter().flat_map(move |st| st.chunks.iter().map(move |c| (b.clone(), *c))))
+            .map(|(b, c)| b.chunk_slice(&c).unwrap().to_vec())
+            .collect()
+    }
+
+    /// Compaction rewrites flushed chunks: overlapping blocks merge in
+    /// time order, exact repeats across blocks go, small chunks become one;
+    /// a chunk a compaction already wrote is later copied byte for byte.
+    #[test]
+    fn compaction_recompresses_once() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
+        let policy = crate::CompactionPolicy { ranges: vec![1 << 60], max_block_bytes: 0 };
+        push(&s, (0..100).map(|i| e(i * 10, &format!("a{i}"))).collect());
+        s.flush().unwrap();
+        // overlaps the first block; ts 500..590 repeat lines exactly
+        push(&s, (50..150).map(|i| e(i * 10, &format!("{}{i}", if i < 60 { "a" } else { "b" }))).collect());
+        s.flush().unwrap();
+        let mut want: Vec<(i64, String)> = (0..100).map(|i| (i * 10, format!("a{i}"))).collect();
+        want.extend((60..150).map(|i| (i * 10, format!("b{i}"))));
+        want.sort();
+        let st = s.compact(&policy, 10).unwrap();
+        assert_eq!(st.blocks_merged, 2);
+        let mut got = lines(&s, 0, 10_000);
+        got.sort();
+        assert_eq!(got, want, "merged, exact repeats dropped");
+        assert_eq!(chunks_of(&s).len(), 1, "two small chunks became one");
+
+        // a full chunk from the compacted block is copied, not recompressed
+        let big = "x".repeat(1000);
+        push(&s, (0..1200).map(|i| e(100_000 + i, &format!("{big}{i}"))).collect());
+        s.flush().unwrap();
+        s.compact(&policy, 10).unwrap();
+        let compacted = chunks_of(&s);
+        assert_eq!(compacted.len(), 2, "1.2 MB of lines: a full chunk and the rest");
+        push(&s, vec![e(900_000, "later")]);
+        s.flush().unwrap();
+        s.compact(&policy, 10).unwrap();
+        let again = chunks_of(&s);
+        assert!(compacted.iter().any(|c| again.contains(c)), "a full compacted chunk was copied as is");
+        let n = lines(&s, 0, i64::MAX).len();
+        assert_eq!(n, want.len() + 1200 + 1);
+        drop(s);
+        let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!(lines(&s, 0, i64::MAX).len(), n);
     }
 
     #[test]
