@@ -937,6 +937,31 @@ impl LogStore {
         let mut needles: Vec<&[u8]> = req.needles.to_vec();
         needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
         let finder = needles.first().filter(|n| !n.is_empty()).map(memchr::memmem::Finder::new);
+        // The content filters first (cheap, no decompression): only chunks
+        // that may hold every needle are handed to the workers.
+        if !needles.is_empty() {
+            let mut err = None;
+            sources.retain(|src| match src.src {
+                Src::Chunk(b, c) if err.is_none() && c.filter_len > 0 => match b.chunk_filter(c) {
+                    Ok(filter) => {
+                        let keep = needles.iter().all(|n| trigram::may_contain(filter, n));
+                        if !keep {
+                            stats.chunks += 1;
+                            stats.chunks_skipped += 1;
+                        }
+                        keep
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        true
+                    }
+                },
+                _ => true,
+            });
+            if let Some(e) = err {
+                return Err(e);
+            }
+        }
         // Chunks are decompressed ahead by worker threads while this one
         // runs `f` (the query's pipeline), unless there are only a few.
         let chunks = sources.iter().filter(|s| matches!(s.src, Src::Chunk(..))).count();
