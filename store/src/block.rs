@@ -75,6 +75,22 @@ pub struct EncodedChunk {
     pub filter: Vec<u8>,
 }
 
+impl EncodedChunk {
+    /// Chunk `c` of block `b` and its filter, as stored (for compaction
+    /// copying chunks byte for byte).
+    pub fn copy_of(b: &Block, c: &ChunkMeta) -> Result<EncodedChunk, StoreError> {
+        Ok(EncodedChunk {
+            bytes: b.chunk_slice(c)?.to_vec(),
+            min_ts: c.min_ts,
+            max_ts: c.max_ts,
+            count: c.entries,
+            raw_bytes: c.raw_bytes,
+            payload: c.payload,
+            filter: b.chunk_filter(c)?.to_vec(),
+        })
+    }
+}
+
 /// Where a chunk is and what it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkMeta {

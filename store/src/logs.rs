@@ -620,15 +620,7 @@ fn merge_log_chunks(sources: &[(&Block, &block::BlockStream)]) -> Result<Vec<Enc
         let clear_before = pending.is_empty() && out.last().is_none_or(|o| o.max_ts < c.min_ts);
         let clear_after = next_min.is_none_or(|m| m > c.max_ts);
         if !b.replaces.is_empty() && clear_before && clear_after && c.raw_bytes as usize >= CHUNK_RAW_BYTES / 2 {
-            out.push(EncodedChunk {
-                bytes: b.chunk_slice(c)?.to_vec(),
-                min_ts: c.min_ts,
-                max_ts: c.max_ts,
-                count: c.entries,
-                raw_bytes: c.raw_bytes,
-                payload: c.payload,
-                filter: b.chunk_filter(c)?.to_vec(),
-            });
+            out.push(EncodedChunk::copy_of(b, c)?);
             continue;
         }
         let corrupt = |e: crate::codec::DecodeError| b.corrupt(c, format!("chunk: {e}"));

@@ -45,15 +45,7 @@ pub(crate) trait HeadData: Default + Send + Sync + 'static {
         let mut out = Vec::new();
         for (b, s) in sources {
             for c in &s.chunks {
-                out.push(EncodedChunk {
-                    bytes: b.chunk_bytes(c)?,
-                    min_ts: c.min_ts,
-                    max_ts: c.max_ts,
-                    count: c.entries,
-                    raw_bytes: c.raw_bytes,
-                    payload: c.payload,
-                    filter: b.chunk_filter(c)?.to_vec(),
-                });
+                out.push(EncodedChunk::copy_of(b, c)?);
             }
         }
         out.sort_by_key(|c| c.min_ts);

@@ -6,7 +6,11 @@
 //! Regenerate only for a new format version, into a new directory:
 //! `CAIRN_WRITE_FROZEN=1 cargo test -p cairn-store --test frozen -- --ignored`.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
+
+use common::copy_dir;
 
 use cairn_store::WalOptions;
 use cairn_store::logs::LogStore;
@@ -14,20 +18,7 @@ use cairn_store::metrics::MetricsStore;
 use cairn_wire::{Entry, Labels, Matcher, SeriesSamples, StreamEntries};
 
 fn frozen() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/frozen/v1")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
+    common::frozen("v1")
 }
 
 fn entries(prefix: &str, base: i64) -> Vec<Entry> {

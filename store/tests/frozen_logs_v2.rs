@@ -6,27 +6,18 @@
 //! Regenerate only for a new format version, into a new directory:
 //! `CAIRN_WRITE_FROZEN=1 cargo test -p cairn-store --test frozen_logs_v2 -- --ignored`.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
+
+use common::copy_dir;
 
 use cairn_store::WalOptions;
 use cairn_store::logs::{LogStore, Order, ScanRequest};
 use cairn_wire::{Entry, Labels, Matcher, StreamEntries};
 
 fn frozen() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/frozen/logs-v2")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
+    common::frozen("logs-v2")
 }
 
 fn entries() -> Vec<Entry> {

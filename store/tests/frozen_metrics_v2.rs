@@ -7,27 +7,18 @@
 //! Regenerate only for a new format version, into a new directory:
 //! `CAIRN_WRITE_FROZEN=1 cargo test -p cairn-store --test frozen_metrics_v2 -- --ignored`.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
+
+use common::copy_dir;
 
 use cairn_store::metrics::MetricsStore;
 use cairn_store::{CompactionPolicy, WalOptions};
 use cairn_wire::{Labels, MatchOp, Matcher, SeriesSamples};
 
 fn frozen() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/frozen/metrics-v2")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
+    common::frozen("metrics-v2")
 }
 
 /// (labels, samples): a decimal counter, an XOR series (thirds, a stale
