@@ -80,13 +80,13 @@ impl EncodedChunk {
     /// copying chunks byte for byte).
     pub fn copy_of(b: &Block, c: &ChunkMeta) -> Result<EncodedChunk, StoreError> {
         Ok(EncodedChunk {
-            bytes: b.chunk_slice(c)?.to_vec(),
+            bytes: b.chunk_bytes(c)?,
             min_ts: c.min_ts,
             max_ts: c.max_ts,
             count: c.entries,
             raw_bytes: c.raw_bytes,
             payload: c.payload,
-            filter: b.chunk_filter(c)?.to_vec(),
+            filter: b.chunk_filter_bytes(c)?,
         })
     }
 }
@@ -141,6 +141,10 @@ pub struct Block {
     path: PathBuf,
     /// The whole file, mapped read-only (see [`Block::open`]).
     map: memmap2::Mmap,
+    /// The same file, for reads that should not become resident in this
+    /// process (compaction streams whole blocks through: with the mapping
+    /// they would count as RSS until the block is dropped).
+    file: File,
     /// Format version of the file.
     pub version: u8,
     /// Highest WAL segment whose data this block holds.
@@ -462,6 +466,7 @@ impl Block {
         Ok(Block {
             path: path.to_path_buf(),
             map,
+            file,
             version,
             wal_through,
             min_ts,
@@ -678,8 +683,36 @@ impl Block {
     }
 
     /// Reads one chunk's bytes and checks them against its CRC.
+    /// The bytes are read with `pread`, not through the mapping, so bulk
+    /// readers (compaction) do not grow the process's resident memory.
     pub fn chunk_bytes(&self, c: &ChunkMeta) -> Result<Vec<u8>, StoreError> {
-        self.chunk_slice(c).map(<[u8]>::to_vec)
+        let buf = self.read_owned(c, c.offset, c.len)?;
+        let crc = crc32c::crc32c(&buf);
+        if crc != c.crc {
+            return Err(self.corrupt(c, format!("chunk checksum {crc:#010x}, want {:#010x}", c.crc)));
+        }
+        Ok(buf)
+    }
+
+    /// A chunk's content filter read with `pread` (see
+    /// [`Block::chunk_bytes`]), checked against its CRC.
+    pub fn chunk_filter_bytes(&self, c: &ChunkMeta) -> Result<Vec<u8>, StoreError> {
+        if c.filter_len == 0 {
+            return Ok(Vec::new());
+        }
+        let buf = self.read_owned(c, c.offset + c.len, c.filter_len)?;
+        let crc = crc32c::crc32c(&buf);
+        if crc != c.filter_crc {
+            return Err(self.corrupt(c, format!("filter checksum {crc:#010x}, want {:#010x}", c.filter_crc)));
+        }
+        Ok(buf)
+    }
+
+    fn read_owned(&self, c: &ChunkMeta, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.range(c, offset, len)?; // bounds
+        let mut buf = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut buf, offset).map_err(StoreError::io("read", &self.path))?;
+        Ok(buf)
     }
 
     /// One chunk's bytes, checked against its CRC, without copying.

@@ -624,8 +624,9 @@ fn merge_log_chunks(sources: &[(&Block, &block::BlockStream)]) -> Result<Vec<Enc
             continue;
         }
         let corrupt = |e: crate::codec::DecodeError| b.corrupt(c, format!("chunk: {e}"));
-        dec.decode_head(b.chunk_slice(c)?, c.min_ts, c.payload).map_err(corrupt)?;
-        dec.decode_body(b.chunk_slice(c)?, c.payload).map_err(corrupt)?;
+        let bytes = b.chunk_bytes(c)?; // pread: not resident after the merge
+        dec.decode_head(&bytes, c.min_ts, c.payload).map_err(corrupt)?;
+        dec.decode_body(&bytes, c.payload).map_err(corrupt)?;
         let mut got = Vec::with_capacity(dec.ts.len());
         for i in 0..dec.ts.len() {
             let line = std::str::from_utf8(dec.line(i)).map_err(|_| b.corrupt(c, format!("line {i} is not UTF-8")))?;
