@@ -73,6 +73,34 @@ fn sign_extend(v: u64, bits: u32) -> i64 {
     ((v << shift) as i64) >> shift
 }
 
+/// Writes `v` with a bucket table: `0` for zero, a bucket's prefix and
+/// value bits for the first bucket it fits, else `1111` and 64 bits.
+fn put_bucketed(w: &mut BitWriter<'_>, v: i64, buckets: &[(u64, u32, u32); 3]) {
+    if v == 0 {
+        w.bit(false);
+    } else if let Some(&(prefix, plen, vbits)) = buckets.iter().find(|b| fits(v, b.2)) {
+        w.bits(prefix, plen);
+        w.bits(v as u64, vbits);
+    } else {
+        w.bits(0b1111, 4);
+        w.bits(v as u64, 64);
+    }
+}
+
+/// Reads a value written by [`put_bucketed`] with the same table (whose
+/// prefixes are `10`, `110`, `1110`).
+fn read_bucketed(br: &mut BitReader<'_>, buckets: &[(u64, u32, u32); 3]) -> Result<i64, DecodeError> {
+    if !br.bit()? {
+        return Ok(0);
+    }
+    for &(_, _, vbits) in buckets {
+        if !br.bit()? {
+            return Ok(sign_extend(br.bits(vbits)?, vbits));
+        }
+    }
+    Ok(br.bits(64)? as i64)
+}
+
 /// Appends an encoded chunk of `samples` (sorted by timestamp, unique) to `buf`.
 pub fn encode(buf: &mut Vec<u8>, samples: &[(i64, f64)]) {
     put_uvarint(buf, samples.len() as u64);
@@ -88,15 +116,7 @@ pub fn encode(buf: &mut Vec<u8>, samples: &[(i64, f64)]) {
     for &(t, v) in &samples[1..] {
         let delta = t.wrapping_sub(prev_t);
         let dod = delta.wrapping_sub(prev_delta);
-        if dod == 0 {
-            w.bit(false);
-        } else if let Some(&(prefix, plen, vbits)) = DOD_BUCKETS.iter().find(|b| fits(dod, b.2)) {
-            w.bits(prefix, plen);
-            w.bits(dod as u64, vbits);
-        } else {
-            w.bits(0b1111, 4);
-            w.bits(dod as u64, 64);
-        }
+        put_bucketed(&mut w, dod, &DOD_BUCKETS);
         prev_t = t;
         prev_delta = delta;
 
@@ -146,17 +166,7 @@ pub fn decode(chunk: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), DecodeError
     let mut v = v0;
     let (mut lead, mut trail) = (0u32, 0u32);
     for _ in 1..n {
-        let dod = if !br.bit()? {
-            0
-        } else if !br.bit()? {
-            sign_extend(br.bits(7)?, 7)
-        } else if !br.bit()? {
-            sign_extend(br.bits(14)?, 14)
-        } else if !br.bit()? {
-            sign_extend(br.bits(20)?, 20)
-        } else {
-            br.bits(64)? as i64
-        };
+        let dod = read_bucketed(&mut br, &DOD_BUCKETS)?;
         delta = delta.wrapping_add(dod);
         t = t.wrapping_add(delta);
         if br.bit()? {
@@ -256,15 +266,7 @@ pub fn encode_chunk(buf: &mut Vec<u8>, samples: &[(i64, f64)]) {
     let mut w = BitWriter { buf, used: 0 };
     for pair in samples.windows(2) {
         let r = pair[1].0.wrapping_sub(pair[0].0).wrapping_sub(interval);
-        if r == 0 {
-            w.bit(false);
-        } else if let Some(&(prefix, plen, vbits)) = TS_BUCKETS.iter().find(|b| fits(r, b.2)) {
-            w.bits(prefix, plen);
-            w.bits(r as u64, vbits);
-        } else {
-            w.bits(0b1111, 4);
-            w.bits(r as u64, 64);
-        }
+        put_bucketed(&mut w, r, &TS_BUCKETS);
     }
     let mut prev_d = 0i64;
     for pair in ms.windows(2) {
@@ -317,17 +319,7 @@ fn decode_decimal(chunk: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), DecodeE
     out.push((t0, 0.0));
     let mut t = t0;
     for _ in 1..n {
-        let res = if !br.bit()? {
-            0
-        } else if !br.bit()? {
-            sign_extend(br.bits(4)?, 4)
-        } else if !br.bit()? {
-            sign_extend(br.bits(14)?, 14)
-        } else if !br.bit()? {
-            sign_extend(br.bits(20)?, 20)
-        } else {
-            br.bits(64)? as i64
-        };
+        let res = read_bucketed(&mut br, &TS_BUCKETS)?;
         t = t.wrapping_add(interval).wrapping_add(res);
         out.push((t, 0.0));
     }
