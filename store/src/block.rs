@@ -687,10 +687,7 @@ impl Block {
     /// readers (compaction) do not grow the process's resident memory.
     pub fn chunk_bytes(&self, c: &ChunkMeta) -> Result<Vec<u8>, StoreError> {
         let buf = self.read_owned(c, c.offset, c.len)?;
-        let crc = crc32c::crc32c(&buf);
-        if crc != c.crc {
-            return Err(self.corrupt(c, format!("chunk checksum {crc:#010x}, want {:#010x}", c.crc)));
-        }
+        self.check(c, "chunk", &buf, c.crc)?;
         Ok(buf)
     }
 
@@ -701,10 +698,7 @@ impl Block {
             return Ok(Vec::new());
         }
         let buf = self.read_owned(c, c.offset + c.len, c.filter_len)?;
-        let crc = crc32c::crc32c(&buf);
-        if crc != c.filter_crc {
-            return Err(self.corrupt(c, format!("filter checksum {crc:#010x}, want {:#010x}", c.filter_crc)));
-        }
+        self.check(c, "filter", &buf, c.filter_crc)?;
         Ok(buf)
     }
 
@@ -718,10 +712,7 @@ impl Block {
     /// One chunk's bytes, checked against its CRC, without copying.
     pub fn chunk_slice(&self, c: &ChunkMeta) -> Result<&[u8], StoreError> {
         let buf = self.chunk_unchecked(c)?;
-        let crc = crc32c::crc32c(buf);
-        if crc != c.crc {
-            return Err(self.corrupt(c, format!("chunk checksum {crc:#010x}, want {:#010x}", c.crc)));
-        }
+        self.check(c, "chunk", buf, c.crc)?;
         Ok(buf)
     }
 
@@ -739,11 +730,17 @@ impl Block {
             return Ok(&[]);
         }
         let buf = self.range(c, c.offset + c.len, c.filter_len)?;
-        let crc = crc32c::crc32c(buf);
-        if crc != c.filter_crc {
-            return Err(self.corrupt(c, format!("filter checksum {crc:#010x}, want {:#010x}", c.filter_crc)));
-        }
+        self.check(c, "filter", buf, c.filter_crc)?;
         Ok(buf)
+    }
+
+    /// `buf` (the `what` of chunk `c`) against its CRC-32C `want`.
+    fn check(&self, c: &ChunkMeta, what: &str, buf: &[u8], want: u32) -> Result<(), StoreError> {
+        let crc = crc32c::crc32c(buf);
+        if crc != want {
+            return Err(self.corrupt(c, format!("{what} checksum {crc:#010x}, want {want:#010x}")));
+        }
+        Ok(())
     }
 
     fn range(&self, c: &ChunkMeta, offset: u64, len: u64) -> Result<&[u8], StoreError> {

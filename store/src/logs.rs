@@ -174,8 +174,6 @@ enum Prepared {
     Mem,
     /// Beyond the scan's cutoff: not read.
     Beyond,
-    /// Ruled out by the content filter: not read.
-    Skipped,
     /// No entry in the time range.
     Empty,
     /// Decoded, with the range of entries inside the time range.
@@ -189,30 +187,21 @@ struct ReadyChunk {
     chunk_len: u64,
 }
 
-/// Checks a chunk's filter, decodes its timestamps and, when any is in the
-/// range, its body. `scratch` lends its buffers and zstd context.
+/// Decodes a chunk's timestamps and, when any is in the range, its body
+/// (its content filter was checked by the scan already). `scratch` lends
+/// its buffers and zstd context.
 fn prepare(
     b: &Block,
     c: &block::ChunkMeta,
     req: &ScanRequest<'_>,
-    needles: &[&[u8]],
     scratch: &mut logchunk::Decoded,
 ) -> Result<Prepared, StoreError> {
-    if !needles.is_empty() && c.filter_len > 0 {
-        let filter = b.chunk_filter(c)?;
-        if !needles.iter().all(|n| trigram::may_contain(filter, n)) {
-            return Ok(Prepared::Skipped);
-        }
-    }
-    let corrupt = |e: crate::codec::DecodeError| b.corrupt(c, format!("chunk: {e}"));
-    scratch.decode_head(head_bytes(b, c)?, c.min_ts, c.payload).map_err(corrupt)?;
-    let lo = scratch.ts.partition_point(|&t| t < req.start);
-    let hi = scratch.ts.partition_point(|&t| t < req.end);
+    let (lo, hi) = decode_head_range(scratch, b, c, req.start, req.end)?;
     if lo >= hi {
         return Ok(Prepared::Empty);
     }
     let bytes = b.chunk_slice(c)?;
-    scratch.decode_body(bytes, c.payload).map_err(corrupt)?;
+    scratch.decode_body(bytes, c.payload).map_err(|e| b.corrupt(c, format!("chunk: {e}")))?;
     Ok(Prepared::Ready(Box::new(ReadyChunk { dec: scratch.split_off(), lo, hi, chunk_len: bytes.len() as u64 })))
 }
 
@@ -371,12 +360,22 @@ impl Ahead {
     }
 }
 
-/// A chunk's bytes for decoding its head frame: unchecked for version 2
-/// chunks, whose head frame carries its own zstd checksum (so the lines are
-/// never read for it), CRC-checked otherwise.
-fn head_bytes<'b>(b: &'b Block, c: &block::ChunkMeta) -> Result<&'b [u8], StoreError> {
+/// Decodes the timestamps of chunk `c` into `dec` and returns the range
+/// `lo..hi` of its entries in `[start, end)` (empty when `lo >= hi`).
+/// Version 2 chunks are read unchecked: their head frame carries its own
+/// zstd checksum, so the lines are never read for it; others are
+/// CRC-checked first.
+fn decode_head_range(
+    dec: &mut logchunk::Decoded,
+    b: &Block,
+    c: &block::ChunkMeta,
+    start: i64,
+    end: i64,
+) -> Result<(usize, usize), StoreError> {
     let raw = b.chunk_unchecked(c)?;
-    if raw.first() == Some(&logchunk::V2_TAG) { Ok(raw) } else { b.chunk_slice(c) }
+    let bytes = if raw.first() == Some(&logchunk::V2_TAG) { raw } else { b.chunk_slice(c)? };
+    dec.decode_head(bytes, c.min_ts, c.payload).map_err(|e| b.corrupt(c, format!("chunk: {e}")))?;
+    Ok((dec.ts.partition_point(|&t| t < start), dec.ts.partition_point(|&t| t < end)))
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -841,21 +840,7 @@ impl LogStore {
     /// This gathers every entry in memory first; queries use
     /// [`LogStore::scan_entries`], which streams and stops early.
     pub fn scan(&self, tenant: &str, matchers: &[Matcher], start: i64, end: i64, f: &mut dyn FnMut(&Labels, &[Entry])) {
-        self.scan_needles(tenant, matchers, start, end, &[], f);
-    }
-
-    /// [`LogStore::scan_filtered`] that logs block read errors instead of
-    /// returning them (results are then incomplete), like [`LogStore::scan`].
-    pub fn scan_needles(
-        &self,
-        tenant: &str,
-        matchers: &[Matcher],
-        start: i64,
-        end: i64,
-        needles: &[&[u8]],
-        f: &mut dyn FnMut(&Labels, &[Entry]),
-    ) {
-        if let Err(e) = self.scan_filtered(tenant, matchers, start, end, needles, f) {
+        if let Err(e) = self.try_scan(tenant, matchers, start, end, f) {
             tracing::error!(error = %e, "log block read failed; results are incomplete");
         }
     }
@@ -964,7 +949,7 @@ impl LogStore {
             match sources[i].src {
                 Src::Mem(_) => Ok(Prepared::Mem),
                 Src::Chunk(_, _) if ahead.beyond(req.order, &sources[i]) => Ok(Prepared::Beyond),
-                Src::Chunk(b, c) => prepare(b, c, req, &needles, scratch),
+                Src::Chunk(b, c) => prepare(b, c, req, scratch),
             }
         };
         std::thread::scope(|scope| {
@@ -981,9 +966,8 @@ impl LogStore {
                     let mut batch: Vec<EntryRef<'_>> = Vec::new();
                     let ready = match prepared {
                         Prepared::Beyond => break,
-                        Prepared::Skipped | Prepared::Empty => {
+                        Prepared::Empty => {
                             stats.chunks += 1;
-                            stats.chunks_skipped += u64::from(matches!(prepared, Prepared::Skipped));
                             continue;
                         }
                         Prepared::Mem => {
@@ -1071,9 +1055,7 @@ impl LogStore {
                 Src::Chunk(b, c) => {
                     stats.chunks += 1;
                     let corrupt = |e: crate::codec::DecodeError| b.corrupt(c, format!("chunk: {e}"));
-                    dec.decode_head(head_bytes(b, c)?, c.min_ts, c.payload).map_err(corrupt)?;
-                    let lo = dec.ts.partition_point(|&t| t < start);
-                    let hi = dec.ts.partition_point(|&t| t < end);
+                    let (lo, hi) = decode_head_range(&mut dec, b, c, start, end)?;
                     if lo >= hi {
                         continue;
                     }
@@ -1150,13 +1132,10 @@ impl LogStore {
                 Src::Mem(es) => add(src.labels, es.len() as u64, es.iter().map(|e| e.line.len() as u64).sum(), 1),
                 Src::Chunk(_, c) if c.min_ts >= start && c.max_ts < end => add(src.labels, c.entries, c.raw_bytes, 1),
                 Src::Chunk(b, c) => {
-                    dec.decode_head(head_bytes(b, c)?, c.min_ts, c.payload)
-                        .map_err(|e| b.corrupt(c, format!("chunk: {e}")))?;
-                    let lo = dec.ts.partition_point(|&t| t < start);
-                    let hi = dec.ts.partition_point(|&t| t < end);
-                    let n = hi.saturating_sub(lo);
+                    let (lo, hi) = decode_head_range(&mut dec, b, c, start, end)?;
+                    let hi = hi.max(lo);
                     dec.decode_lens().map_err(|e| b.corrupt(c, format!("chunk: {e}")))?;
-                    add(src.labels, n as u64, dec.lens[lo..lo + n].iter().map(|&l| u64::from(l)).sum(), 1);
+                    add(src.labels, (hi - lo) as u64, dec.lens[lo..hi].iter().map(|&l| u64::from(l)).sum(), 1);
                 }
             }
         }
@@ -1436,6 +1415,20 @@ mod tests {
         assert_eq!((got.len(), chunks), (51, 5));
     }
 
+    /// Changes the file bytes of the first chunk of block `n` (in load
+    /// order) of the store in `dir` with `f`; the store must be closed.
+    fn damage_first_chunk(dir: &Path, n: usize, f: impl FnOnce(&mut Vec<u8>, &block::ChunkMeta)) {
+        let (path, c) = {
+            let s = LogStore::open(dir, WalOptions::default()).unwrap();
+            let (p, _h) = s.t.read();
+            let b = &p.blocks[n];
+            (b.path().to_path_buf(), b.streams[0].chunks[0])
+        };
+        let mut bytes = fs::read(&path).unwrap();
+        f(&mut bytes, &c);
+        fs::write(&path, &bytes).unwrap();
+    }
+
     /// A flipped bit in a chunk's head frame is caught by the frame's own
     /// checksum on head-only reads, and by the chunk CRC on full reads.
     #[test]
@@ -1444,17 +1437,12 @@ mod tests {
         let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
         push(&s, (0..100).map(|i| e(i * 1_000_003 + (i % 7), &format!("line {i}"))).collect());
         s.flush().unwrap();
-        let (path, c) = {
-            let (p, _h) = s.t.read();
-            let b = &p.blocks[0];
-            (b.path().to_path_buf(), b.streams[0].chunks[0])
-        };
         drop(s);
-        let mut bytes = fs::read(&path).unwrap();
         // tag, two one-byte varints, then the head frame: hit its middle
-        let head_zlen = bytes[c.offset as usize + 2] as usize;
-        bytes[c.offset as usize + 3 + head_zlen / 2] ^= 0x10;
-        fs::write(&path, &bytes).unwrap();
+        damage_first_chunk(d.path(), 0, |bytes, c| {
+            let head_zlen = bytes[c.offset as usize + 2] as usize;
+            bytes[c.offset as usize + 3 + head_zlen / 2] ^= 0x10;
+        });
         let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
         let r = s.scan_timestamps("t", &[], 0, i64::MAX, false, &mut |_, _, _, _| {});
         assert!(matches!(r, Err(StoreError::Corrupt { .. })), "{r:?}");
@@ -1472,16 +1460,8 @@ mod tests {
             push(&s, (0..50).map(|i| e(b * 100 + i, &format!("block {b} line {i}"))).collect());
             s.flush().unwrap();
         }
-        let (path, c) = {
-            let (p, _h) = s.t.read();
-            let b = &p.blocks[3];
-            (b.path().to_path_buf(), b.streams[0].chunks[0])
-        };
         drop(s);
-        let mut bytes = fs::read(&path).unwrap();
-        let at = (c.offset + c.len - 3) as usize;
-        bytes[at] ^= 0x55;
-        fs::write(&path, &bytes).unwrap();
+        damage_first_chunk(d.path(), 3, |bytes, c| bytes[(c.offset + c.len - 3) as usize] ^= 0x55);
         let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
         for order in [Order::Forward, Order::Backward] {
             for need in [usize::MAX, 120] {

@@ -671,27 +671,41 @@ impl Acc {
         }
     }
 
-    /// Adds samples `(ts, value)` to series `key`; false when that would
-    /// exceed [`MAX_SERIES`].
-    fn add(&mut self, key: std::borrow::Cow<'_, Labels>, samples: impl Iterator<Item = (i64, f64)>) -> bool {
-        if !self.contains(&key) && self.len() >= MAX_SERIES {
-            return false;
+    /// The accumulator of series `key`, created if new; `None` when that
+    /// would exceed [`MAX_SERIES`].
+    fn series(&mut self, k: &Labels) -> Option<AccSeries<'_>> {
+        if !self.contains(k) && self.len() >= MAX_SERIES {
+            return None;
         }
+        // (insert, then look up: a conditional return of `get_mut`'s borrow
+        // does not pass the borrow checker)
         match self {
             Acc::Points(m) => {
-                let v = match m.get_mut(key.as_ref()) {
-                    Some(v) => v,
-                    None => m.entry(key.into_owned()).or_default(),
-                };
-                v.extend(samples);
+                if !m.contains_key(k) {
+                    m.insert(k.clone(), Vec::new());
+                }
+                m.get_mut(k).map(AccSeries::Points)
             }
             Acc::Cells(grid, m) => {
-                let c = match m.get_mut(key.as_ref()) {
-                    Some(c) => c,
-                    None => m
-                        .entry(key.into_owned())
-                        .or_insert_with(|| Cells { cnt: vec![0; grid.n + 1], sum: vec![0.0; grid.n + 1] }),
-                };
+                if !m.contains_key(k) {
+                    m.insert(k.clone(), Cells { cnt: vec![0; grid.n + 1], sum: vec![0.0; grid.n + 1] });
+                }
+                let grid = *grid;
+                m.get_mut(k).map(|c| AccSeries::Cells(grid, c))
+            }
+        }
+    }
+
+    /// Adds samples `(ts, value)` to series `key`; false when that would
+    /// exceed [`MAX_SERIES`].
+    fn add(&mut self, key: &Labels, samples: impl Iterator<Item = (i64, f64)>) -> bool {
+        match self.series(key) {
+            None => false,
+            Some(AccSeries::Points(v)) => {
+                v.extend(samples);
+                true
+            }
+            Some(AccSeries::Cells(grid, c)) => {
                 for (ts, v) in samples {
                     let (lo, hi) = grid.span(ts);
                     if lo < hi {
@@ -701,10 +715,33 @@ impl Acc {
                         c.sum[hi] -= v;
                     }
                 }
+                true
             }
         }
-        true
     }
+
+    /// Adds sorted timestamps to series `key`, each with value 1 or, given
+    /// `lens`, its line length; false when that would exceed [`MAX_SERIES`].
+    fn add_sorted(&mut self, key: &Labels, ts: &[i64], lens: Option<&[u32]>) -> bool {
+        match self.series(key) {
+            None => false,
+            Some(AccSeries::Cells(grid, c)) => {
+                grid.add_sorted(c, ts, lens);
+                true
+            }
+            Some(AccSeries::Points(v)) => {
+                let value = |i: usize| lens.map_or(1.0, |l| l.get(i).map_or(0.0, |&x| f64::from(x)));
+                v.extend(ts.iter().enumerate().map(|(i, &t)| (t, value(i))));
+                true
+            }
+        }
+    }
+}
+
+/// One series of an [`Acc`].
+enum AccSeries<'a> {
+    Points(&'a mut Vec<(i64, f64)>),
+    Cells(Grid, &'a mut Cells),
 }
 
 /// One range aggregation being evaluated: the pipeline run over entries,
@@ -735,29 +772,7 @@ impl RangeEval<'_> {
     fn plain(&mut self, labels: &Labels, ts: &[i64], lens: &[u32]) {
         let bytes = matches!(self.op, RangeOp::Bytes | RangeOp::BytesRate);
         let key = self.key(labels);
-        let ok = match &mut self.acc {
-            Acc::Cells(grid, map) if !map.contains_key(key.as_ref()) && map.len() >= MAX_SERIES => {
-                let _ = grid;
-                false
-            }
-            Acc::Cells(grid, map) => {
-                let grid = *grid;
-                let c = match map.get_mut(key.as_ref()) {
-                    Some(c) => c,
-                    None => map
-                        .entry(key.into_owned())
-                        .or_insert_with(|| Cells { cnt: vec![0; grid.n + 1], sum: vec![0.0; grid.n + 1] }),
-                };
-                grid.add_sorted(c, ts, bytes.then_some(lens));
-                true
-            }
-            acc => {
-                let len = |i: usize| lens.get(i).map_or(0.0, |&l| f64::from(l));
-                let it = ts.iter().enumerate().map(|(i, &t)| (t, if bytes { len(i) } else { 1.0 }));
-                acc.add(key, it)
-            }
-        };
-        if !ok {
+        if !self.acc.add_sorted(&key, ts, bytes.then_some(lens)) {
             self.failure = Some(EvalError::TooManySeries(MAX_SERIES));
         }
     }
@@ -796,7 +811,7 @@ impl RangeEval<'_> {
         }
         if !fast.is_empty() {
             let key = self.key(labels);
-            if !self.acc.add(key, fast.into_iter()) {
+            if !self.acc.add(&key, fast.into_iter()) {
                 self.failure = Some(EvalError::TooManySeries(MAX_SERIES));
             }
         }
@@ -852,7 +867,7 @@ impl RangeEval<'_> {
         if self.grouping.is_some() {
             out_labels = group_labels(&out_labels, self.grouping);
         }
-        if !self.acc.add(std::borrow::Cow::Owned(out_labels), std::iter::once((e.ts, value))) {
+        if !self.acc.add(&out_labels, std::iter::once((e.ts, value))) {
             self.failure = Some(EvalError::TooManySeries(MAX_SERIES));
         }
     }
