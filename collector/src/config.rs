@@ -11,6 +11,9 @@ use std::path::PathBuf;
 
 use cairn_wire::Labels;
 pub use cairn_wire::config::{ByteSize, ConfigDuration};
+
+pub use crate::logline::LogFormat;
+use crate::logline::Multiline;
 use serde::{Deserialize, Serialize};
 
 /// The config file's name for a duration such as `"15s"`: milliseconds
@@ -45,6 +48,8 @@ pub struct CollectorConfig {
     /// lines. This is also the most log data held in memory while the
     /// receiver is unreachable.
     pub batch_max_bytes: ByteSize,
+    /// `[collector.pods]`: Kubernetes container logs under `/var/log/pods`.
+    pub pods: PodLogsConfig,
     /// `[[collector.scrape]]`: Prometheus `/metrics` endpoints to scrape, in
     /// groups sharing a job. An empty list scrapes nothing.
     pub scrape: Vec<ScrapeConfig>,
@@ -63,6 +68,7 @@ impl Default for CollectorConfig {
             max_line_bytes: ByteSize::kib(256),
             batch_wait: ConfigDuration::from_secs(1),
             batch_max_bytes: ByteSize::mib(1),
+            pods: PodLogsConfig::default(),
             scrape: Vec::new(),
             push: PushConfig::default(),
         }
@@ -126,6 +132,14 @@ pub struct FileTarget {
     /// Glob patterns of files not to tail even if `paths` matches them
     /// (e.g. `"/var/log/*.gz"`).
     pub exclude: Vec<String>,
+    /// How lines are encoded: `plain` (each line is an entry, stamped with
+    /// the time it was read), `cri`, `docker` or `auto` (container runtime
+    /// formats: the runtime's time and stream are kept, split lines are
+    /// joined, and a `stream` label is added). See [`crate::logline`].
+    pub format: LogFormat,
+    /// Joining of multiline entries (stack traces); off unless
+    /// `multiline.first_line` is set.
+    pub multiline: MultilineConfig,
 }
 
 impl Default for FileTarget {
@@ -134,7 +148,100 @@ impl Default for FileTarget {
             paths: vec!["/var/log/*.log".into(), "/var/log/syslog".into(), "/var/log/messages".into()],
             labels: BTreeMap::from([("job".to_string(), "varlogs".to_string())]),
             exclude: Vec::new(),
+            format: LogFormat::Plain,
+            multiline: MultilineConfig::default(),
         }
+    }
+}
+
+/// `multiline`: joins continuation lines (e.g. of a Java or Python stack
+/// trace) into the entry of the line that started it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MultilineConfig {
+    /// Regex matched against each line (after container format decoding):
+    /// a matching line starts a new entry, any other line is appended, with
+    /// a `\n`, to the entry before it. Empty turns joining off. Example:
+    /// `'^\d{4}-\d{2}-\d{2}'` or `'^\S'`.
+    pub first_line: String,
+    /// An entry is sent once no line was added to it for this long.
+    pub max_wait: ConfigDuration,
+    /// An entry is sent once it holds this many lines.
+    pub max_lines: usize,
+}
+
+impl Default for MultilineConfig {
+    fn default() -> Self {
+        MultilineConfig { first_line: String::new(), max_wait: ConfigDuration::from_secs(3), max_lines: 128 }
+    }
+}
+
+impl MultilineConfig {
+    /// The compiled rules; `None` when joining is off.
+    pub fn compile(&self) -> Result<Option<Multiline>, String> {
+        if self.first_line.is_empty() {
+            return Ok(None);
+        }
+        let first_line = regex::bytes::Regex::new(&self.first_line).map_err(|e| format!("invalid regex: {e}"))?;
+        Ok(Some(Multiline { first_line, max_wait: self.max_wait.0, max_lines: self.max_lines.max(1) }))
+    }
+}
+
+/// `[collector.pods]`: Kubernetes container logs as kubelet writes them,
+/// `<root>/<namespace>_<pod>_<uid>/<container>/<restart>.log`, in CRI (or
+/// Docker json-file) format. Each stream is labelled `namespace`, `pod`,
+/// `container`, `node`, `stream` (`stdout`/`stderr`, as Promtail's `cri`
+/// stage does) and `job="<namespace>/<container>"`, plus `labels`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodLogsConfig {
+    /// Tail pod logs at all.
+    pub enabled: bool,
+    /// Where kubelet writes pod logs; in a DaemonSet, mount the host's
+    /// `/var/log/pods` and point this at it.
+    pub root: PathBuf,
+    /// Value of the `node` label. Empty means the `NODE_NAME` environment
+    /// variable (set it from `spec.nodeName` with the downward API), else
+    /// the collector's `host`.
+    pub node: String,
+    /// Line format: `auto` (per line: Docker json-file if it starts with
+    /// `{`, else CRI), `cri`, `docker` or `plain`.
+    pub format: LogFormat,
+    /// Labels added to every pod stream; a `job` here replaces the default
+    /// `<namespace>/<container>`.
+    pub labels: BTreeMap<String, String>,
+    /// Globs (full paths) of pod log files to leave out, e.g.
+    /// `"/var/log/pods/kube-system_*/**"`.
+    pub exclude: Vec<String>,
+    /// Multiline joining, as for `[[collector.files]]`.
+    pub multiline: MultilineConfig,
+}
+
+impl Default for PodLogsConfig {
+    fn default() -> Self {
+        PodLogsConfig {
+            enabled: false,
+            root: PathBuf::from("/var/log/pods"),
+            node: String::new(),
+            format: LogFormat::Auto,
+            labels: BTreeMap::new(),
+            exclude: Vec::new(),
+            multiline: MultilineConfig::default(),
+        }
+    }
+}
+
+impl PodLogsConfig {
+    /// The `node` label: `node`, else `$NODE_NAME`, else `host`.
+    pub fn resolved_node(&self, host: &str) -> String {
+        if !self.node.trim().is_empty() {
+            return self.node.trim().to_string();
+        }
+        std::env::var("NODE_NAME")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| host.to_string())
     }
 }
 
@@ -266,6 +373,10 @@ fn cerr(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 pub(crate) const FILENAME_LABEL: &str = "filename";
 /// Label holding the collector's host on log streams.
 pub(crate) const HOST_LABEL: &str = "host";
+/// Label holding `stdout`/`stderr` for container formats.
+pub(crate) const STREAM_LABEL: &str = "stream";
+/// Labels of pod log streams set from the path (and `stream`).
+pub(crate) const POD_LABELS: [&str; 5] = ["namespace", "pod", "container", "node", STREAM_LABEL];
 
 impl CollectorConfig {
     /// Checks values that parse but make no sense: zero intervals, empty or
@@ -316,6 +427,27 @@ impl CollectorConfig {
             }
             Labels::from_pairs(t.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .map_err(|e| cerr(format!("files[{i}].labels"), e.to_string()))?;
+            t.multiline.compile().map_err(|e| cerr(format!("files[{i}].multiline.first_line"), e))?;
+            if t.format != LogFormat::Plain && t.labels.contains_key(STREAM_LABEL) {
+                return Err(cerr(
+                    format!("files[{i}].labels.{STREAM_LABEL}"),
+                    "is set by the collector for container formats",
+                ));
+            }
+        }
+        if self.pods.enabled {
+            if self.pods.root.as_os_str().is_empty() {
+                return Err(cerr("pods.root", "must be set"));
+            }
+            for (j, p) in self.pods.exclude.iter().enumerate() {
+                glob::Pattern::new(p).map_err(|e| cerr(format!("pods.exclude[{j}]"), format!("invalid glob {p:?}: {e}")))?;
+            }
+            if let Some(k) = self.pods.labels.keys().find(|k| POD_LABELS.contains(&k.as_str())) {
+                return Err(cerr(format!("pods.labels.{k}"), "is set by the collector from the pod log's path"));
+            }
+            Labels::from_pairs(self.pods.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .map_err(|e| cerr("pods.labels", e.to_string()))?;
+            self.pods.multiline.compile().map_err(|e| cerr("pods.multiline.first_line", e))?;
         }
         for (i, sc) in self.scrape.iter().enumerate() {
             let key = |k: &str| format!("scrape[{i}].{k}");

@@ -45,6 +45,7 @@
 //! [`Stats`] (counters), [`node::NodeCollector`], [`tail::Tailer`].
 
 pub mod config;
+pub mod logline;
 pub mod node;
 pub mod runtime;
 pub mod scrape;

@@ -161,12 +161,21 @@ pub async fn run_with_stats<S: Sink>(
         .await
         .map_err(|source| CollectorError::StateDir { path: state_dir.clone(), source })?;
 
-    let tailer = if cfg.files.is_empty() {
+    let tailer = if cfg.files.is_empty() && !cfg.pods.enabled {
         None
     } else {
         let (c, h, s, d) = (cfg.clone(), host.clone(), stats.clone(), state_dir.clone());
         // Sizes were checked to fit in usize by `validate`.
-        Some(blocking(move || Tailer::new(&c.files, &h, c.max_line_bytes.0 as usize, &d, s)).await??)
+        Some(
+            blocking(move || {
+                let mut t = Tailer::new(&c.files, &h, c.max_line_bytes.0 as usize, &d, s)?;
+                if c.pods.enabled {
+                    t.add_pods(&c.pods, &c.pods.resolved_node(&h))?;
+                }
+                Ok::<_, TailError>(t)
+            })
+            .await??,
+        )
     };
     tracing::info!(
         host = %host,
@@ -303,7 +312,8 @@ pub fn describe(cfg: &CollectorConfig) -> String {
         let n = count_files(&cfg.files);
         format!("files: {} ({n} file{} now)", globs.join(", "), if n == 1 { "" } else { "s" })
     };
-    format!("{node}; {files}")
+    let pods = if cfg.pods.enabled { format!("; pod logs under {}", cfg.pods.root.display()) } else { String::new() };
+    format!("{node}; {files}{pods}")
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, CollectorError> {
@@ -638,6 +648,7 @@ mod tests {
                 paths: vec![format!("{}/*.log", dir.display())],
                 labels: BTreeMap::from([("job".to_string(), "t".to_string())]),
                 exclude: vec![],
+                ..FileTarget::default()
             }],
             poll_interval: crate::config::ConfigDuration::from_millis(20),
             batch_wait: crate::config::ConfigDuration::from_millis(50),

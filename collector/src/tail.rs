@@ -79,7 +79,8 @@ use cairn_wire::{Entry, Labels, StreamEntries};
 use serde::{Deserialize, Serialize};
 
 use crate::Stats;
-use crate::config::{FILENAME_LABEL, FileTarget, HOST_LABEL};
+use crate::config::{FILENAME_LABEL, FileTarget, HOST_LABEL, PodLogsConfig, STREAM_LABEL};
+use crate::logline::{Assembler, EntrySink, LogFormat, Multiline, STDERR, STDOUT, STREAM_NAMES};
 
 /// Name of the checkpoint file inside the state directory.
 pub const POSITIONS_FILE: &str = "positions.json";
@@ -237,8 +238,13 @@ struct Target {
     /// `patterns` compiled, to find the target of a checkpointed path.
     matchers: Vec<glob::Pattern>,
     exclude: Vec<glob::Pattern>,
-    /// Configured labels plus `host` (unless configured).
+    /// Configured labels plus `host` (unless configured), or for pods the
+    /// configured labels plus `node`.
     labels: Vec<(String, String)>,
+    format: LogFormat,
+    multiline: Option<Arc<Multiline>>,
+    /// Pod logs: labels come from the path below this root.
+    pods_root: Option<PathBuf>,
 }
 
 impl Target {
@@ -267,19 +273,90 @@ impl Target {
             .iter()
             .map(|p| glob::Pattern::new(p).map_err(|e| TailError::Target { index, reason: format!("path {p:?}: {e}") }))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Target { patterns: t.paths.clone(), matchers, exclude, labels })
+        let multiline =
+            t.multiline.compile().map_err(|reason| TailError::Target { index, reason })?.map(Arc::new);
+        Ok(Target { patterns: t.paths.clone(), matchers, exclude, labels, format: t.format, multiline, pods_root: None })
+    }
+
+    /// The target of Kubernetes pod logs: `<root>/*/*/*.log`.
+    fn pods(cfg: &PodLogsConfig, node: &str) -> Result<Target, TailError> {
+        let index = usize::MAX;
+        let root = cfg.root.to_string_lossy().trim_end_matches('/').to_string();
+        let pattern = format!("{}/*/*/*.log", glob::Pattern::escape(&root));
+        let file = FileTarget {
+            paths: vec![pattern],
+            labels: cfg.labels.clone(),
+            exclude: cfg.exclude.clone(),
+            format: cfg.format,
+            multiline: cfg.multiline.clone(),
+        };
+        let mut t = Target::compile(index, &file, node)
+            .map_err(|e| TailError::Target { index, reason: format!("pods: {e}") })?;
+        t.labels.retain(|(k, _)| k != HOST_LABEL);
+        t.labels.push(("node".to_string(), node.to_string()));
+        t.pods_root = Some(PathBuf::from(root));
+        Ok(t)
     }
 
     fn matches(&self, path: &Path) -> bool {
         self.matchers.iter().any(|m| m.matches_path(path)) && !self.exclude.iter().any(|e| e.matches_path(path))
     }
 
-    fn stream_labels(&self, path: &Path) -> Labels {
-        let name = path.to_string_lossy();
-        let pairs = self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain([(FILENAME_LABEL, name.as_ref())]);
-        // Names were validated in `compile`, which also refuses `filename`.
-        Labels::from_pairs(pairs).unwrap_or_default()
+    /// Labels of the `stdout` and `stderr` streams of `path` (the same for
+    /// plain files).
+    fn stream_labels(&self, path: &Path) -> [Labels; 2] {
+        let mut pairs: BTreeMap<&str, String> = self.labels.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        match &self.pods_root {
+            Some(root) => {
+                for (k, v) in pod_labels(root, path) {
+                    pairs.insert(k, v);
+                }
+                if !pairs.contains_key("job") {
+                    let job = format!(
+                        "{}/{}",
+                        pairs.get("namespace").map_or("", |s| s.as_str()),
+                        pairs.get("container").map_or("", |s| s.as_str())
+                    );
+                    pairs.insert("job", job);
+                }
+            }
+            None => {
+                pairs.insert(FILENAME_LABEL, path.to_string_lossy().into_owned());
+            }
+        }
+        let build = |stream: Option<&str>| {
+            let extra = stream.map(|s| (STREAM_LABEL, s.to_string()));
+            // Names were validated in `compile`, which also refuses the
+            // names the collector sets.
+            Labels::from_pairs(pairs.iter().map(|(k, v)| (*k, v.clone())).chain(extra)).unwrap_or_default()
+        };
+        if self.format == LogFormat::Plain {
+            let l = build(None);
+            [l.clone(), l]
+        } else {
+            [build(Some(STREAM_NAMES[STDOUT])), build(Some(STREAM_NAMES[STDERR]))]
+        }
     }
+}
+
+/// `namespace`, `pod`, `container` of a kubelet pod log path,
+/// `<root>/<namespace>_<pod>_<uid>/<container>/<n>.log`. Namespace and pod
+/// names cannot contain `_`, so the split is unambiguous; a directory not
+/// in that form yields `pod` only.
+fn pod_labels(root: &Path, path: &Path) -> Vec<(&'static str, String)> {
+    let Ok(rel) = path.strip_prefix(root) else { return Vec::new() };
+    let parts: Vec<String> = rel.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+    let [dir, container, _file] = parts.as_slice() else { return Vec::new() };
+    let mut out = vec![("container", container.clone())];
+    let mut it = dir.splitn(3, '_');
+    match (it.next(), it.next(), it.next()) {
+        (Some(ns), Some(pod), Some(_uid)) => {
+            out.push(("namespace", ns.to_string()));
+            out.push(("pod", pod.to_string()));
+        }
+        _ => out.push(("pod", dir.clone())),
+    }
+    out
 }
 
 /// Expands the targets' globs: every regular file matched, with the index of
@@ -335,7 +412,12 @@ struct Tracked {
     pending: Vec<u8>,
     /// The line being assembled was longer than `max_line_bytes`.
     overflow: bool,
-    labels: Labels,
+    /// Stream labels by [`STDOUT`] / [`STDERR`].
+    labels: [Labels; 2],
+    format: LogFormat,
+    multiline: Option<Arc<Multiline>>,
+    /// Split lines and multiline entries being joined.
+    asm: Assembler,
     head_len: u32,
     head_hash: u64,
     /// When the path stopped naming this file (rotation), if it did.
@@ -349,7 +431,7 @@ impl Tracked {
         Position {
             dev: self.dev,
             ino: self.ino,
-            offset: self.line_start,
+            offset: self.asm.low_water().map_or(self.line_start, |l| l.min(self.line_start)),
             head_len: self.head_len,
             head_hash: self.head_hash,
         }
@@ -454,6 +536,13 @@ impl Tailer {
         })
     }
 
+    /// Also follows Kubernetes pod logs (see [`PodLogsConfig`]), labelled
+    /// with `node`.
+    pub fn add_pods(&mut self, cfg: &PodLogsConfig, node: &str) -> Result<(), TailError> {
+        self.targets.push(Target::pods(cfg, node)?);
+        Ok(())
+    }
+
     /// Number of files open (followed or draining after rotation).
     pub fn open_files(&self) -> usize {
         self.current.len() + self.draining.len()
@@ -485,7 +574,7 @@ impl Tailer {
                     continue;
                 }
                 let Some(target) = self.targets.iter().find(|t| t.matches(path)) else { continue };
-                if let Some(mut t) = find_rotated(path, pos, target.stream_labels(path)) {
+                if let Some(mut t) = find_rotated(path, pos, target) {
                     rd.read(&mut t, batch, false);
                     self.draining.push(t);
                 }
@@ -556,9 +645,7 @@ impl Tailer {
             if idle && t.rotated_at.is_some_and(|r| r.elapsed() >= ROTATION_GRACE) {
                 let mut t = self.draining.swap_remove(i);
                 // The writer has moved on: a last line without '\n' is complete.
-                if !t.pending.is_empty() {
-                    rd.emit(&mut t, batch);
-                }
+                rd.finish(&mut t, batch);
                 tracing::debug!(path = %t.path.display(), "closed rotated file");
                 continue;
             }
@@ -622,6 +709,9 @@ fn open(path: &Path, target: &Target, resume: Option<&Position>, failures: &mut 
         pending: Vec::new(),
         overflow: false,
         labels: target.stream_labels(path),
+        format: target.format,
+        multiline: target.multiline.clone(),
+        asm: Assembler::default(),
         head_len: head_len as u32,
         head_hash: hash,
         rotated_at: None,
@@ -631,7 +721,7 @@ fn open(path: &Path, target: &Target, resume: Option<&Position>, failures: &mut 
 
 /// Looks in the directory of `path` for the file `pos` was checkpointed
 /// for, and opens it at the checkpoint as a rotated file.
-fn find_rotated(path: &Path, pos: &Position, labels: Labels) -> Option<Tracked> {
+fn find_rotated(path: &Path, pos: &Position, target: &Target) -> Option<Tracked> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -666,7 +756,10 @@ fn find_rotated(path: &Path, pos: &Position, labels: Labels) -> Option<Tracked> 
             line_start: pos.offset,
             pending: Vec::new(),
             overflow: false,
-            labels,
+            labels: target.stream_labels(path),
+            format: target.format,
+            multiline: target.multiline.clone(),
+            asm: Assembler::default(),
             head_len: pos.head_len,
             head_hash: pos.head_hash,
             rotated_at: Some(Instant::now()),
@@ -683,6 +776,10 @@ impl Reader<'_> {
     fn read(&mut self, t: &mut Tracked, batch: &mut LogBatch, checkpoint: bool) -> bool {
         let lines_before = batch.lines;
         let res = self.read_inner(t, batch);
+        if let Some(ml) = t.multiline.clone() {
+            let mut out = Emit { batch, labels: &t.labels, last_ts: self.last_ts, stats: self.stats };
+            t.asm.flush_idle(Some(&ml), &mut out);
+        }
         if checkpoint && batch.lines > lines_before {
             match batch.checkpoint.get_mut(&t.path) {
                 Some(p) => *p = t.position(),
@@ -713,6 +810,9 @@ impl Reader<'_> {
         let len = t.file.metadata()?.len();
         if len < t.read_pos {
             tracing::info!(path = %t.path.display(), size = len, offset = t.read_pos, "file truncated; reading from the start");
+            // Entries held for joining came from the old content: send them.
+            let mut out = Emit { batch, labels: &t.labels, last_ts: self.last_ts, stats: self.stats };
+            t.asm.flush_all(&mut out);
             t.read_pos = 0;
             t.line_start = 0;
             t.pending.clear();
@@ -733,7 +833,7 @@ impl Reader<'_> {
             let mut i = 0;
             while i < n {
                 let rest = &self.buf[i..n];
-                match rest.iter().position(|&b| b == b'\n') {
+                match memchr::memchr(b'\n', rest) {
                     Some(j) => {
                         let mut seg = &rest[..j];
                         if let Some(s) = seg.strip_suffix(b"\r") {
@@ -741,10 +841,17 @@ impl Reader<'_> {
                         } else if seg.is_empty() && !t.overflow && t.pending.last() == Some(&b'\r') {
                             t.pending.pop();
                         }
-                        append(t, seg, self.max_line);
+                        let line_len;
+                        if t.pending.is_empty() && seg.len() <= self.max_line {
+                            // The whole line is in the buffer: no copy.
+                            line_len = seg.len();
+                            self.line(t, batch, LineRef::Buf(i, i + seg.len()));
+                        } else {
+                            append(t, seg, self.max_line);
+                            line_len = t.pending.len();
+                            self.line(t, batch, LineRef::Pending);
+                        }
                         i += j + 1;
-                        let line_len = t.pending.len();
-                        self.emit_raw(t, batch);
                         t.line_start = t.read_pos + i as u64;
                         self.budget = self.budget.saturating_sub(line_len.max(1));
                         if self.budget == 0 {
@@ -767,16 +874,56 @@ impl Reader<'_> {
         self.stats.bytes_read.fetch_add(n as u64, Relaxed);
     }
 
-    /// Emits the pending bytes of `t` as a line and moves its checkpoint
-    /// past them (for a line completed without '\n', at rotation).
-    fn emit(&mut self, t: &mut Tracked, batch: &mut LogBatch) {
-        self.emit_raw(t, batch);
-        t.line_start = t.read_pos;
+    /// A complete raw line, starting at `t.line_start`: decoded, joined if
+    /// configured, and added to the batch.
+    fn line(&mut self, t: &mut Tracked, batch: &mut LogBatch, at: LineRef) {
+        let raw: &[u8] = match at {
+            LineRef::Buf(a, b) => &self.buf[a..b],
+            LineRef::Pending => &t.pending,
+        };
+        let mut out = Emit { batch, labels: &t.labels, last_ts: self.last_ts, stats: self.stats };
+        if t.format == LogFormat::Plain && t.multiline.is_none() {
+            out.entry(STDOUT, None, raw, t.overflow);
+        } else {
+            t.asm.line(t.format, t.multiline.as_deref(), raw, t.overflow, t.line_start, self.max_line, &mut out);
+        }
+        t.pending.clear();
+        t.overflow = false;
     }
 
-    fn emit_raw(&mut self, t: &mut Tracked, batch: &mut LogBatch) {
-        let mut line: &[u8] = &t.pending;
-        if t.overflow {
+    /// Emits everything `t` still holds (a last line without `\n`, entries
+    /// being joined) and moves its checkpoint past it: the file ended.
+    fn finish(&mut self, t: &mut Tracked, batch: &mut LogBatch) {
+        if !t.pending.is_empty() {
+            self.line(t, batch, LineRef::Pending);
+        }
+        let mut out = Emit { batch, labels: &t.labels, last_ts: self.last_ts, stats: self.stats };
+        t.asm.flush_all(&mut out);
+        t.line_start = t.read_pos;
+    }
+}
+
+/// Where a complete raw line is.
+#[derive(Clone, Copy)]
+enum LineRef {
+    /// `Reader::buf[a..b]`.
+    Buf(usize, usize),
+    /// `Tracked::pending`.
+    Pending,
+}
+
+/// Adds finished entries to a batch.
+struct Emit<'a> {
+    batch: &'a mut LogBatch,
+    labels: &'a [Labels; 2],
+    last_ts: &'a mut i64,
+    stats: &'a Stats,
+}
+
+impl EntrySink for Emit<'_> {
+    fn entry(&mut self, stream: usize, ts: Option<i64>, msg: &[u8], truncated: bool) {
+        let mut line = msg;
+        if truncated {
             // Do not end a truncated line with a partial character.
             if let Err(e) = std::str::from_utf8(line)
                 && e.error_len().is_none()
@@ -785,13 +932,18 @@ impl Reader<'_> {
             }
             self.stats.lines_truncated.fetch_add(1, Relaxed);
         }
-        let now = cairn_wire::time::now_ns();
-        let ts = if now > *self.last_ts { now } else { *self.last_ts + 1 };
-        *self.last_ts = ts;
-        batch.push(&t.labels, Entry { ts, line: String::from_utf8_lossy(line).into_owned(), metadata: Vec::new() });
+        let ts = ts.unwrap_or_else(|| {
+            let now = cairn_wire::time::now_ns();
+            let ts = if now > *self.last_ts { now } else { *self.last_ts + 1 };
+            *self.last_ts = ts;
+            ts
+        });
+        let line = match std::str::from_utf8(line) {
+            Ok(s) => s.to_owned(),
+            Err(_) => String::from_utf8_lossy(line).into_owned(),
+        };
+        self.batch.push(&self.labels[stream.min(STDERR)], Entry { ts, line, metadata: Vec::new() });
         self.stats.lines_read.fetch_add(1, Relaxed);
-        t.pending.clear();
-        t.overflow = false;
     }
 }
 
@@ -883,8 +1035,25 @@ mod tests {
                 paths: vec![format!("{}/*.log", self.dir.path().display())],
                 labels: BTreeMap::from([("job".to_string(), "test".to_string())]),
                 exclude: vec![format!("{}/skip*.log", self.dir.path().display())],
+                ..FileTarget::default()
             };
             Tailer::new(&[target], "box1", max_line, self.state.path(), self.stats.clone()).unwrap()
+        }
+
+        /// A tailer of pod logs under `dir` only.
+        fn pod_tailer(&self, multiline: &str) -> Tailer {
+            let mut t = Tailer::new(&[], "box1", 1024, self.state.path(), self.stats.clone()).unwrap();
+            let cfg = PodLogsConfig {
+                enabled: true,
+                root: self.dir.path().to_path_buf(),
+                multiline: crate::config::MultilineConfig {
+                    first_line: multiline.into(),
+                    ..Default::default()
+                },
+                ..PodLogsConfig::default()
+            };
+            t.add_pods(&cfg, "node-1").unwrap();
+            t
         }
 
         fn append(&self, name: &str, data: &[u8]) {
@@ -1125,6 +1294,91 @@ mod tests {
         std::fs::write(fx.state.path().join(POSITIONS_FILE), br#"{"version": 9, "positions": {}}"#).unwrap();
         let e = Tailer::new(&[], "h", 10, fx.state.path(), Arc::default()).unwrap_err();
         assert!(matches!(e, TailError::UnknownPositionsVersion { version: 9, .. }), "{e}");
+    }
+
+    const POD: &str = "default_web-7d4b9_0b1c2d3e-1111-2222-3333-444455556666/nginx";
+
+    #[test]
+    fn pod_logs_cri_with_partial_lines_and_checkpoints() {
+        let fx = Fixture::new();
+        std::fs::create_dir_all(fx.path(POD)).unwrap();
+        let f = format!("{POD}/0.log");
+        fx.append(&f, b"2024-05-01T10:00:00.000000001Z stdout F hello\n");
+        fx.append(&f, b"2024-05-01T10:00:00.000000002Z stdout P hel\n");
+        fx.append(&f, b"2024-05-01T10:00:00.000000003Z stderr F oops\n");
+        let mut t = fx.pod_tailer("");
+        let (_, b) = poll(&mut t);
+        let find = |b: &LogBatch, stream: &str| -> Vec<(i64, String)> {
+            b.streams()
+                .iter()
+                .filter(|s| s.labels.get("stream") == Some(stream))
+                .flat_map(|s| s.entries.iter().map(|e| (e.ts, e.line.clone())))
+                .collect()
+        };
+        let base = 1_714_557_600_000_000_000;
+        assert_eq!(find(&b, "stdout"), [(base + 1, "hello".to_string())]);
+        assert_eq!(find(&b, "stderr"), [(base + 3, "oops".to_string())]);
+        let s = b.streams().iter().find(|s| s.labels.get("stream") == Some("stderr")).unwrap();
+        assert_eq!(
+            s.labels.to_string(),
+            r#"{container="nginx", job="default/nginx", namespace="default", node="node-1", pod="web-7d4b9", stream="stderr"}"#
+        );
+        // The checkpoint stops before the held partial line.
+        let first_len = "2024-05-01T10:00:00.000000001Z stdout F hello\n".len() as u64;
+        assert_eq!(b.checkpoint()[&fx.path(&f)].offset, first_len);
+        t.commit(b.checkpoint()).unwrap();
+
+        // A restart re-reads the partial line, then joins it with its end.
+        fx.append(&f, b"2024-05-01T10:00:00.000000004Z stdout F lo again\n");
+        let mut t = fx.pod_tailer("");
+        let (_, b) = poll(&mut t);
+        // The stderr line after the partial one is read again, with the
+        // same timestamp (the receiver drops the identical copy).
+        assert_eq!(find(&b, "stderr"), [(base + 3, "oops".to_string())]);
+        assert_eq!(find(&b, "stdout"), [(base + 2, "hello again".to_string())]);
+        assert_eq!(b.checkpoint()[&fx.path(&f)].offset, std::fs::metadata(fx.path(&f)).unwrap().len());
+    }
+
+    #[test]
+    fn pod_logs_docker_json_and_multiline() {
+        let fx = Fixture::new();
+        std::fs::create_dir_all(fx.path(POD)).unwrap();
+        let f = format!("{POD}/1.log");
+        for (log, t) in [
+            (r#"2024-05-01 ERROR failed\n"#, 1),
+            (r#"Traceback (most recent call last):\n"#, 2),
+            (r#"  File \"x.py\", line 1\n"#, 3),
+            (r#"2024-05-01 INFO "#, 4),
+            (r#"recovered\n"#, 5),
+            (r#"2024-05-01 INFO next\n"#, 6),
+        ] {
+            fx.append(&f, format!(r#"{{"log":"{log}","stream":"stdout","time":"2024-05-01T10:00:0{t}Z"}}"#).as_bytes());
+            fx.append(&f, b"\n");
+        }
+        let mut t = fx.pod_tailer(r"^\d{4}-");
+        let (l, b) = poll(&mut t);
+        assert_eq!(
+            l,
+            [
+                "2024-05-01 ERROR failed\nTraceback (most recent call last):\n  File \"x.py\", line 1",
+                "2024-05-01 INFO recovered"
+            ]
+        );
+        let e = &b.streams()[0].entries[0];
+        assert_eq!(e.ts, 1_714_557_601_000_000_000);
+        // The last entry is held (more continuation lines may come).
+        let held_at: u64 = std::fs::read_to_string(fx.path(&f)).unwrap().lines().take(5).map(|l| l.len() as u64 + 1).sum();
+        assert_eq!(b.checkpoint()[&fx.path(&f)].offset, held_at);
+    }
+
+    #[test]
+    fn pod_paths_to_labels() {
+        let root = Path::new("/var/log/pods");
+        let l = pod_labels(root, Path::new("/var/log/pods/kube-system_coredns-1_abc/coredns/3.log"));
+        assert_eq!(l, [("container", "coredns".into()), ("namespace", "kube-system".into()), ("pod", "coredns-1".into())]);
+        let l = pod_labels(root, Path::new("/var/log/pods/odd/c/0.log"));
+        assert_eq!(l, [("container", "c".into()), ("pod", "odd".into())]);
+        assert!(pod_labels(root, Path::new("/elsewhere/a/b/0.log")).is_empty());
     }
 
     #[test]
