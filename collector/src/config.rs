@@ -48,8 +48,16 @@ pub struct CollectorConfig {
     /// lines. This is also the most log data held in memory while the
     /// receiver is unreachable.
     pub batch_max_bytes: ByteSize,
+    /// Most bytes of log batches kept on disk (in `<state_dir>/queue/`)
+    /// waiting for the receiver's acknowledgement. While the receiver is
+    /// down, reading goes on into this queue; once full, the oldest
+    /// batches are dropped and counted
+    /// (`cairn_collector_queue_dropped_lines_total`).
+    pub queue_max_bytes: ByteSize,
     /// `[collector.pods]`: Kubernetes container logs under `/var/log/pods`.
     pub pods: PodLogsConfig,
+    /// `[collector.journal]`: the systemd journal.
+    pub journal: JournalConfig,
     /// `[[collector.scrape]]`: Prometheus `/metrics` endpoints to scrape, in
     /// groups sharing a job. An empty list scrapes nothing.
     pub scrape: Vec<ScrapeConfig>,
@@ -68,7 +76,9 @@ impl Default for CollectorConfig {
             max_line_bytes: ByteSize::kib(256),
             batch_wait: ConfigDuration::from_secs(1),
             batch_max_bytes: ByteSize::mib(1),
+            queue_max_bytes: ByteSize::mib(256),
             pods: PodLogsConfig::default(),
+            journal: JournalConfig::default(),
             scrape: Vec::new(),
             push: PushConfig::default(),
         }
@@ -245,6 +255,38 @@ impl PodLogsConfig {
     }
 }
 
+/// `[collector.journal]`: the systemd journal, read through `journalctl`
+/// (see [`crate::journal`]). Streams are labelled `labels` plus `unit`,
+/// `priority` (syslog keyword) and `hostname`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Read the journal at all.
+    pub enabled: bool,
+    /// The `journalctl` program.
+    pub journalctl_path: PathBuf,
+    /// Journal directory to read (`journalctl --directory`), e.g. the
+    /// host's `/var/log/journal` mounted in a container; empty reads the
+    /// local system journal.
+    pub directory: PathBuf,
+    /// At the first start (no saved cursor), how far back to read.
+    pub max_age: ConfigDuration,
+    /// Labels of every journal stream.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            enabled: false,
+            journalctl_path: PathBuf::from("journalctl"),
+            directory: PathBuf::new(),
+            max_age: ConfigDuration::from_secs(7 * 3600),
+            labels: BTreeMap::from([("job".to_string(), "systemd-journal".to_string())]),
+        }
+    }
+}
+
 /// `[[collector.scrape]]`: a group of targets exposing Prometheus text or
 /// OpenMetrics, scraped with Prometheus's semantics (see
 /// [`crate::scrape`]).
@@ -318,6 +360,12 @@ pub struct PushConfig {
     /// Time limit of one push request, connection included; a request that
     /// times out is retried.
     pub timeout: ConfigDuration,
+    /// Sent as `Authorization: Bearer <token>` (e.g. Grafana Cloud, a
+    /// reverse proxy); empty sends none.
+    pub bearer_token: String,
+    /// File holding the bearer token (read at start, trimmed), instead of
+    /// `bearer_token` (e.g. a Kubernetes secret mounted as a file).
+    pub bearer_token_file: PathBuf,
 }
 
 impl Default for PushConfig {
@@ -328,6 +376,8 @@ impl Default for PushConfig {
             logs_url: String::new(),
             tenant: String::new(),
             timeout: ConfigDuration::from_secs(10),
+            bearer_token: String::new(),
+            bearer_token_file: PathBuf::new(),
         }
     }
 }
@@ -440,7 +490,8 @@ impl CollectorConfig {
                 return Err(cerr("pods.root", "must be set"));
             }
             for (j, p) in self.pods.exclude.iter().enumerate() {
-                glob::Pattern::new(p).map_err(|e| cerr(format!("pods.exclude[{j}]"), format!("invalid glob {p:?}: {e}")))?;
+                glob::Pattern::new(p)
+                    .map_err(|e| cerr(format!("pods.exclude[{j}]"), format!("invalid glob {p:?}: {e}")))?;
             }
             if let Some(k) = self.pods.labels.keys().find(|k| POD_LABELS.contains(&k.as_str())) {
                 return Err(cerr(format!("pods.labels.{k}"), "is set by the collector from the pod log's path"));
@@ -488,6 +539,26 @@ impl CollectorConfig {
             if !url.trim().is_empty() {
                 check_url(url.trim()).map_err(|reason| cerr(key, reason))?;
             }
+        }
+        if self.queue_max_bytes.0 < (1 << 20) {
+            return Err(cerr("queue_max_bytes", "must be at least 1MiB"));
+        }
+        if self.journal.enabled {
+            if self.journal.journalctl_path.as_os_str().is_empty() {
+                return Err(cerr("journal.journalctl_path", "must be set"));
+            }
+            if let Some(k) = self.journal.labels.keys().find(|k| ["unit", "priority", "hostname"].contains(&k.as_str()))
+            {
+                return Err(cerr(format!("journal.labels.{k}"), "is set by the collector from each entry"));
+            }
+            Labels::from_pairs(self.journal.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .map_err(|e| cerr("journal.labels", e.to_string()))?;
+        }
+        if self.push.bearer_token.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+            return Err(cerr("push.bearer_token", "must be printable ASCII (it is sent as an HTTP header)"));
+        }
+        if !self.push.bearer_token.is_empty() && !self.push.bearer_token_file.as_os_str().is_empty() {
+            return Err(cerr("push.bearer_token_file", "set either bearer_token or bearer_token_file, not both"));
         }
         if self.push.tenant.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
             return Err(cerr("push.tenant", "must be printable ASCII (it is sent as an HTTP header)"));

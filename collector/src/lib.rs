@@ -45,12 +45,16 @@
 //! [`Stats`] (counters), [`node::NodeCollector`], [`tail::Tailer`].
 
 pub mod config;
+pub mod journal;
 pub mod logline;
 pub mod node;
+pub mod queue;
 pub mod runtime;
 pub mod scrape;
+mod ship;
 pub mod sink;
 pub mod tail;
+pub mod watch;
 
 pub use config::CollectorConfig;
 pub use runtime::{CollectorError, Stats, StatsSnapshot, describe, run, run_with_stats};

@@ -194,24 +194,26 @@ pub trait EntrySink {
 /// Per-file state of partial-line reassembly and multiline joining.
 #[derive(Debug, Default)]
 pub struct Assembler {
+    format: LogFormat,
+    multiline: Option<std::sync::Arc<Multiline>>,
+    max: usize,
     partial: [Option<Held>; 2],
     multi: [Option<Held>; 2],
 }
 
 impl Assembler {
+    /// Joins lines in `format` by the `multiline` rules, keeping at most
+    /// `max` bytes of an entry.
+    pub fn new(format: LogFormat, multiline: Option<std::sync::Arc<Multiline>>, max: usize) -> Assembler {
+        Assembler { format, multiline, max, ..Assembler::default() }
+    }
+
     /// Feeds one raw line (without `\n`) that started at file offset
-    /// `start`; finished entries go to `out`. `max` bounds an entry's bytes.
-    pub fn line(
-        &mut self,
-        format: LogFormat,
-        ml: Option<&Multiline>,
-        raw: &[u8],
-        raw_truncated: bool,
-        start: u64,
-        max: usize,
-        out: &mut impl EntrySink,
-    ) {
-        let d = decode(format, raw);
+    /// `start`; finished entries go to `out`.
+    pub fn line(&mut self, raw: &[u8], raw_truncated: bool, start: u64, out: &mut impl EntrySink) {
+        let (max, multiline) = (self.max, self.multiline.clone());
+        let ml = multiline.as_deref();
+        let d = decode(self.format, raw);
         let s = d.stream;
         if d.partial {
             match &mut self.partial[s] {
@@ -264,8 +266,8 @@ impl Assembler {
     }
 
     /// Sends multiline entries to which no line was added for `max_wait`.
-    pub fn flush_idle(&mut self, ml: Option<&Multiline>, out: &mut impl EntrySink) {
-        let Some(ml) = ml else { return };
+    pub fn flush_idle(&mut self, out: &mut impl EntrySink) {
+        let Some(ml) = self.multiline.clone() else { return };
         for s in [STDOUT, STDERR] {
             if self.multi[s].as_ref().is_some_and(|h| h.touched.elapsed() >= ml.max_wait) {
                 Self::emit(&mut self.multi[s], s, out);
@@ -329,7 +331,8 @@ mod tests {
         let d = decode(LogFormat::Cri, l.as_bytes());
         assert_eq!(&*d.msg, b"");
         // Not CRI: kept whole.
-        for bad in ["plain text line", "2024-05-01 stdout F x", "2024-05-01T10:00:00Z stdin F x", "nonsense stdout F x"] {
+        for bad in ["plain text line", "2024-05-01 stdout F x", "2024-05-01T10:00:00Z stdin F x", "nonsense stdout F x"]
+        {
             let d = decode(LogFormat::Cri, bad.as_bytes());
             assert_eq!((d.ts, d.partial, &*d.msg), (None, false, bad.as_bytes()), "{bad}");
         }
@@ -354,17 +357,17 @@ mod tests {
 
     #[test]
     fn cri_partials_are_joined_per_stream() {
-        let mut a = Assembler::default();
+        let mut a = Assembler::new(LogFormat::Cri, None, 1024);
         let mut out = Out::default();
         let lines = [
             format!("{T0} stdout P one-"),
             format!("{T0} stderr F err line"),
-            format!("2024-05-01T10:00:01Z stdout P two-"),
-            format!("2024-05-01T10:00:02Z stdout F three"),
+            "2024-05-01T10:00:01Z stdout P two-".to_string(),
+            "2024-05-01T10:00:02Z stdout F three".to_string(),
         ];
         let mut off = 0;
         for (i, l) in lines.iter().enumerate() {
-            a.line(LogFormat::Cri, None, l.as_bytes(), false, off, 1024, &mut out);
+            a.line(l.as_bytes(), false, off, &mut out);
             if i < 3 {
                 assert_eq!(a.low_water(), Some(0));
             }
@@ -379,64 +382,61 @@ mod tests {
 
     #[test]
     fn joined_entries_are_bounded() {
-        let mut a = Assembler::default();
+        let mut a = Assembler::new(LogFormat::Cri, None, 8);
         let mut out = Out::default();
         for _ in 0..3 {
-            a.line(LogFormat::Cri, None, format!("{T0} stdout P 12345").as_bytes(), false, 0, 8, &mut out);
+            a.line(format!("{T0} stdout P 12345").as_bytes(), false, 0, &mut out);
         }
-        a.line(LogFormat::Cri, None, format!("{T0} stdout F end").as_bytes(), false, 0, 8, &mut out);
+        a.line(format!("{T0} stdout F end").as_bytes(), false, 0, &mut out);
         assert_eq!(out.0, [(STDOUT, Some(T0_NS), "12345123".into(), true)]);
     }
 
-    fn ml(max_lines: usize) -> Multiline {
-        Multiline {
+    fn ml(max_lines: usize) -> Option<std::sync::Arc<Multiline>> {
+        Some(std::sync::Arc::new(Multiline {
             first_line: regex::bytes::Regex::new(r"^\d{4}-").unwrap(),
             max_wait: Duration::from_millis(50),
             max_lines,
-        }
+        }))
     }
 
     #[test]
     fn multiline_joins_until_the_next_first_line() {
-        let ml = ml(100);
-        let mut a = Assembler::default();
+        let mut a = Assembler::new(LogFormat::Plain, ml(100), 1024);
         let mut out = Out::default();
         let text = "2024-01-01 ERROR boom\njava.lang.X: y\n\tat a.b(C.java:1)\n2024-01-01 INFO ok\n";
         let mut off = 0;
         for l in text.lines() {
-            a.line(LogFormat::Plain, Some(&ml), l.as_bytes(), false, off, 1024, &mut out);
+            a.line(l.as_bytes(), false, off, &mut out);
             off += l.len() as u64 + 1;
         }
         assert_eq!(out.0.len(), 1);
         assert_eq!(out.0[0].2, "2024-01-01 ERROR boom\njava.lang.X: y\n\tat a.b(C.java:1)");
         assert_eq!(a.low_water(), Some(55));
-        a.flush_idle(Some(&ml), &mut out);
+        a.flush_idle(&mut out);
         assert_eq!(out.0.len(), 1, "not idle yet");
         std::thread::sleep(Duration::from_millis(60));
-        a.flush_idle(Some(&ml), &mut out);
+        a.flush_idle(&mut out);
         assert_eq!(out.0[1].2, "2024-01-01 INFO ok");
         assert!(a.is_empty());
     }
 
     #[test]
     fn multiline_max_lines_and_flush_all() {
-        let ml = ml(2);
-        let mut a = Assembler::default();
+        let mut a = Assembler::new(LogFormat::Plain, ml(2), 1024);
         let mut out = Out::default();
         for l in ["2024-x", "a", "b", "c"] {
-            a.line(LogFormat::Plain, Some(&ml), l.as_bytes(), false, 0, 1024, &mut out);
+            a.line(l.as_bytes(), false, 0, &mut out);
         }
         // "b" starts a held entry of its own (no first line before it).
         assert_eq!(out.0.iter().map(|e| e.2.as_str()).collect::<Vec<_>>(), ["2024-x\na", "b\nc"]);
-        a.line(LogFormat::Plain, Some(&ml), b"2024-y", false, 0, 1024, &mut out);
+        a.line(b"2024-y", false, 0, &mut out);
         a.flush_all(&mut out);
         assert_eq!(out.0.last().unwrap().2, "2024-y");
     }
 
     #[test]
     fn cri_with_multiline() {
-        let ml = ml(100);
-        let mut a = Assembler::default();
+        let mut a = Assembler::new(LogFormat::Cri, ml(100), 1024);
         let mut out = Out::default();
         for l in [
             format!("{T0} stdout F 2024-01-01 first"),
@@ -444,7 +444,7 @@ mod tests {
             format!("{T0} stdout F inued"),
             format!("{T0} stdout F 2024-01-02 second"),
         ] {
-            a.line(LogFormat::Cri, Some(&ml), l.as_bytes(), false, 0, 1024, &mut out);
+            a.line(l.as_bytes(), false, 0, &mut out);
         }
         assert_eq!(out.0, [(STDOUT, Some(T0_NS), "2024-01-01 first\ncontinued".into(), false)]);
     }

@@ -31,10 +31,12 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::{CollectorConfig, ConfigError};
+use crate::journal::Journal;
 use crate::node::NodeCollector;
 use crate::scrape::Scraper;
+use crate::ship::Shipping;
 use crate::sink::{Sink, SinkError};
-use crate::tail::{LogBatch, TailError, Tailer, count_files};
+use crate::tail::{TailError, Tailer, count_files};
 use cairn_wire::proto::MetricMetadata;
 
 /// First retry delay.
@@ -70,6 +72,12 @@ pub struct Stats {
     pub lines_sent: AtomicU64,
     /// Log files open right now.
     pub files_open: AtomicU64,
+    /// Log lines dropped from the full on-disk queue.
+    pub queue_dropped_lines: AtomicU64,
+    /// Log batches dropped from the full on-disk queue.
+    pub queue_dropped_batches: AtomicU64,
+    /// Bytes of log batches queued, not yet acknowledged.
+    pub queue_bytes: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -91,6 +99,12 @@ pub struct StatsSnapshot {
     pub lines_sent: u64,
     /// See [`Stats::files_open`].
     pub files_open: u64,
+    /// See [`Stats::queue_dropped_lines`].
+    pub queue_dropped_lines: u64,
+    /// See [`Stats::queue_dropped_batches`].
+    pub queue_dropped_batches: u64,
+    /// See [`Stats::queue_bytes`].
+    pub queue_bytes: u64,
 }
 
 impl Stats {
@@ -105,6 +119,9 @@ impl Stats {
             batches_dropped: self.batches_dropped.load(Relaxed),
             lines_sent: self.lines_sent.load(Relaxed),
             files_open: self.files_open.load(Relaxed),
+            queue_dropped_lines: self.queue_dropped_lines.load(Relaxed),
+            queue_dropped_batches: self.queue_dropped_batches.load(Relaxed),
+            queue_bytes: self.queue_bytes.load(Relaxed),
         }
     }
 }
@@ -126,6 +143,9 @@ pub enum CollectorError {
     /// The tailer could not start (positions file unreadable, …).
     #[error(transparent)]
     Tail(#[from] TailError),
+    /// The on-disk log queue could not be opened.
+    #[error("log queue: {0}")]
+    Queue(crate::queue::QueueError),
     /// The node collector could not be set up.
     #[error("node metrics: {0}")]
     Node(String),
@@ -161,21 +181,30 @@ pub async fn run_with_stats<S: Sink>(
         .await
         .map_err(|source| CollectorError::StateDir { path: state_dir.clone(), source })?;
 
-    let tailer = if cfg.files.is_empty() && !cfg.pods.enabled {
-        None
-    } else {
+    let logs_on = !cfg.files.is_empty() || cfg.pods.enabled || cfg.journal.enabled;
+    let logs = if logs_on {
         let (c, h, s, d) = (cfg.clone(), host.clone(), stats.clone(), state_dir.clone());
-        // Sizes were checked to fit in usize by `validate`.
         Some(
             blocking(move || {
-                let mut t = Tailer::new(&c.files, &h, c.max_line_bytes.0 as usize, &d, s)?;
-                if c.pods.enabled {
-                    t.add_pods(&c.pods, &c.pods.resolved_node(&h))?;
-                }
-                Ok::<_, TailError>(t)
+                let (shipping, pending) = Shipping::open(&d, c.queue_max_bytes.0)?;
+                let tailer = if c.files.is_empty() && !c.pods.enabled {
+                    None
+                } else {
+                    // Sizes were checked to fit in usize by `validate`.
+                    let mut t = Tailer::new(&c.files, &h, c.max_line_bytes.0 as usize, &d, s.clone())?;
+                    if c.pods.enabled {
+                        t.add_pods(&c.pods, &c.pods.resolved_node(&h))?;
+                    }
+                    t.resume_from(&pending.positions);
+                    Some(t)
+                };
+                let cursor = shipping.resume_cursor(&pending);
+                Ok::<_, CollectorError>((tailer, cursor, shipping))
             })
             .await??,
         )
+    } else {
+        None
     };
     tracing::info!(
         host = %host,
@@ -194,8 +223,11 @@ pub async fn run_with_stats<S: Sink>(
         }
     };
     let files = async {
-        match tailer {
-            Some(t) => tail_loop(t, &cfg, &*sink, shutdown.clone(), &stats).await,
+        match logs {
+            Some((tailer, cursor, shipping)) => {
+                let journal = cfg.journal.enabled.then(|| Journal::start(&cfg.journal, cursor, stats.clone()));
+                crate::ship::run(tailer, journal, shipping, &cfg, &*sink, shutdown.clone(), &stats).await
+            }
             None => Ok(()),
         }
     };
@@ -316,181 +348,58 @@ pub fn describe(cfg: &CollectorConfig) -> String {
     format!("{node}; {files}{pods}")
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, CollectorError> {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, CollectorError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| CollectorError::Task(e.to_string()))
 }
 
 /// Resolves when shutdown is requested (or the sender is gone).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-fn is_stopped(rx: &watch::Receiver<bool>) -> bool {
+pub(crate) fn is_stopped(rx: &watch::Receiver<bool>) -> bool {
     *rx.borrow() || rx.has_changed().is_err()
 }
 
-/// Exponential backoff, [`BACKOFF_START`] doubling to [`BACKOFF_CAP`].
+/// Exponential backoff, [`BACKOFF_START`] doubling to [`BACKOFF_CAP`],
+/// with jitter: each delay is drawn uniformly from [d/2, d], so that
+/// collectors failing together do not retry together.
 #[derive(Debug)]
-struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
-    attempts: u32,
+    pub(crate) attempts: u32,
 }
 
 impl Backoff {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Backoff { next: BACKOFF_START, attempts: 0 }
     }
 
-    fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let d = self.next;
         self.next = (d * 2).min(BACKOFF_CAP);
         self.attempts += 1;
-        d
+        let half = d / 2;
+        half + half.mul_f64(random_unit())
     }
 }
 
-enum Delivery {
-    /// Acknowledged.
-    Sent,
-    /// Refused for good: dropped and counted.
-    Dropped,
-    /// Shutdown came first.
-    Interrupted,
-}
-
-/// Pushes with `attempt` until it succeeds, is refused for good, or
-/// `shutdown` (if given) fires.
-async fn deliver<F, Fut>(
-    what: &'static str,
-    mut attempt: F,
-    mut shutdown: Option<&mut watch::Receiver<bool>>,
-    stats: &Stats,
-) -> Delivery
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), SinkError>>,
-{
-    let mut backoff = Backoff::new();
-    loop {
-        let res = match shutdown.as_deref_mut() {
-            Some(rx) => tokio::select! {
-                r = attempt() => r,
-                _ = stopped(rx) => return Delivery::Interrupted,
-            },
-            None => attempt().await,
-        };
-        match res {
-            Ok(()) => {
-                stats.batches_sent.fetch_add(1, Relaxed);
-                if backoff.attempts > 0 {
-                    tracing::info!(what, failures = backoff.attempts, "push succeeded after retries");
-                }
-                return Delivery::Sent;
-            }
-            Err(SinkError::Permanent(msg)) => {
-                stats.batches_dropped.fetch_add(1, Relaxed);
-                tracing::error!(what, error = %msg, "receiver refused the batch; dropped");
-                return Delivery::Dropped;
-            }
-            Err(SinkError::Retryable(msg)) => {
-                stats.send_failures.fetch_add(1, Relaxed);
-                let delay = backoff.next_delay();
-                if backoff.attempts == 1 || backoff.attempts.is_multiple_of(10) {
-                    tracing::warn!(what, error = %msg, attempt = backoff.attempts, retry_in = ?delay, "push failed; retrying");
-                } else {
-                    tracing::debug!(what, error = %msg, attempt = backoff.attempts, retry_in = ?delay, "push failed; retrying");
-                }
-                match shutdown.as_deref_mut() {
-                    Some(rx) => tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stopped(rx) => return Delivery::Interrupted,
-                    },
-                    None => tokio::time::sleep(delay).await,
-                }
-            }
-        }
+/// A pseudo-random number in [0, 1) (splitmix64 over a per-process seed;
+/// for jitter only).
+fn random_unit() -> f64 {
+    use std::sync::atomic::AtomicU64;
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let mut s = STATE.load(Relaxed);
+    if s == 0 {
+        s = (cairn_wire::time::now_ns() as u64) ^ (u64::from(std::process::id()) << 32) | 1;
     }
-}
-
-async fn tail_loop<S: Sink>(
-    mut tailer: Tailer,
-    cfg: &CollectorConfig,
-    sink: &S,
-    mut shutdown: watch::Receiver<bool>,
-    stats: &Arc<Stats>,
-) -> Result<(), CollectorError> {
-    let max_bytes = cfg.batch_max_bytes.0 as usize;
-    let batch_wait = cfg.batch_wait.0;
-    let mut tick = tokio::time::interval(cfg.poll_interval.0);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut batch = LogBatch::new();
-    let mut more = false;
-    loop {
-        if more {
-            if is_stopped(&shutdown) {
-                break;
-            }
-        } else {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stopped(&mut shutdown) => break,
-            }
-        }
-        let budget = max_bytes.saturating_sub(batch.bytes());
-        more = false;
-        if budget > 0 {
-            let (t, b, outcome) = blocking(move || {
-                let o = tailer.poll(&mut batch, budget);
-                (tailer, batch, o)
-            })
-            .await?;
-            (tailer, batch) = (t, b);
-            more = outcome.more;
-            stats.files_open.store(tailer.open_files() as u64, Relaxed);
-        }
-        if batch.is_empty() || !(more || batch.bytes() >= max_bytes || batch.age() >= batch_wait) {
-            continue;
-        }
-        match deliver("logs", || sink.push_logs(batch.streams().to_vec()), Some(&mut shutdown), stats).await {
-            d @ (Delivery::Sent | Delivery::Dropped) => {
-                if matches!(d, Delivery::Sent) {
-                    stats.lines_sent.fetch_add(batch.lines() as u64, Relaxed);
-                }
-                tailer = commit(tailer, std::mem::take(&mut batch)).await?;
-            }
-            Delivery::Interrupted => break,
-        }
-    }
-
-    if !batch.is_empty() {
-        let lines = batch.lines();
-        let last = deliver("logs", || sink.push_logs(batch.streams().to_vec()), None, stats);
-        match tokio::time::timeout(FINAL_FLUSH, last).await {
-            Ok(d) => {
-                if matches!(d, Delivery::Sent) {
-                    stats.lines_sent.fetch_add(lines as u64, Relaxed);
-                }
-                commit(tailer, batch).await?;
-            }
-            Err(_) => tracing::warn!(
-                lines,
-                "could not deliver the last lines before stopping; they will be sent at the next start"
-            ),
-        }
-    }
-    Ok(())
-}
-
-/// Commits a delivered batch's positions. A failure to write them is logged,
-/// not fatal: it can only cause lines to be sent again after a restart.
-async fn commit(mut tailer: Tailer, batch: LogBatch) -> Result<Tailer, CollectorError> {
-    blocking(move || {
-        if let Err(e) = tailer.commit(batch.checkpoint()) {
-            tracing::error!(error = %e, "cannot checkpoint file positions; lines may be sent again after a restart");
-        }
-        tailer
-    })
-    .await
+    s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    STATE.store(s, Relaxed);
+    let mut z = s;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 async fn metrics_loop<S: Sink, M: MetricSource>(
@@ -929,10 +838,17 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_to_the_cap() {
+    fn backoff_doubles_to_the_cap_with_jitter() {
         let mut b = Backoff::new();
         let d: Vec<_> = (0..10).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(d, [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        let full = [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000];
+        for (got, max) in d.iter().zip(full) {
+            assert!(*got >= max / 2 && *got <= max, "{d:?}");
+        }
+        // Not all at the same point of their range.
+        let mut b = Backoff::new();
+        let again: Vec<_> = (0..10).map(|_| b.next_delay().as_millis()).collect();
+        assert_ne!(d, again);
     }
 
     #[test]

@@ -48,6 +48,16 @@ pub trait Sink: Send + Sync + 'static {
     /// Delivers log entries; `Ok` means the receiver has accepted them, and
     /// only then are the files' positions checkpointed.
     fn push_logs(&self, batch: Vec<StreamEntries>) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Delivers log entries already encoded as a Loki push body (protobuf,
+    /// snappy block format), as the on-disk queue holds them. The default
+    /// decodes the body and calls [`Sink::push_logs`]; [`HttpSink`] sends
+    /// it as it is.
+    fn push_log_body(&self, body: Vec<u8>) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async move {
+            let streams = decode_push_request(&body).map_err(SinkError::Permanent)?;
+            self.push_logs(streams).await
+        }
+    }
     /// Delivers the type and help of metric families (remote_write
     /// metadata), sent now and then beside the samples as Prometheus does.
     /// Best effort; the default drops them.
@@ -74,6 +84,9 @@ pub enum SinkSetupError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    /// The bearer token could not be read.
+    #[error("collector.push.bearer_token_file: {0}")]
+    Token(String),
 }
 
 /// Pushes over HTTP: remote_write 1.0 to the metrics URL and Loki push
@@ -84,6 +97,17 @@ pub struct HttpSink {
     metrics_url: String,
     logs_url: String,
     tenant: Option<String>,
+    bearer: Option<Secret>,
+}
+
+/// A header value kept out of `Debug` output.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 /// `User-Agent` of every push.
@@ -109,7 +133,19 @@ impl HttpSink {
             .build()
             .map_err(|e| SinkSetupError::Client(e.to_string()))?;
         let tenant = Some(cfg.tenant.trim().to_string()).filter(|t| !t.is_empty());
-        Ok(HttpSink { client, metrics_url, logs_url, tenant })
+        let token = if cfg.bearer_token_file.as_os_str().is_empty() {
+            cfg.bearer_token.trim().to_string()
+        } else {
+            std::fs::read_to_string(&cfg.bearer_token_file)
+                .map_err(|e| SinkSetupError::Token(format!("{}: {e}", cfg.bearer_token_file.display())))?
+                .trim()
+                .to_string()
+        };
+        if token.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+            return Err(SinkSetupError::Token("the bearer token must be printable ASCII".into()));
+        }
+        let bearer = Some(token).filter(|t| !t.is_empty()).map(|t| Secret(format!("Bearer {t}")));
+        Ok(HttpSink { client, metrics_url, logs_url, tenant, bearer })
     }
 
     /// The remote_write URL in use.
@@ -129,6 +165,9 @@ impl HttpSink {
         }
         if let Some(t) = &self.tenant {
             req = req.header("X-Scope-OrgID", t.as_str());
+        }
+        if let Some(b) = &self.bearer {
+            req = req.header("Authorization", b.0.as_str());
         }
         let resp = match req.send().await {
             Ok(r) => r,
@@ -165,6 +204,10 @@ impl Sink for HttpSink {
             return Ok(());
         }
         let body = encode_off_reactor(move || encode_push_request(&batch)).await?;
+        self.post(&self.logs_url, body, false).await
+    }
+
+    async fn push_log_body(&self, body: Vec<u8>) -> Result<(), SinkError> {
         self.post(&self.logs_url, body, false).await
     }
 
@@ -230,6 +273,29 @@ pub fn encode_write_request(batch: &[SeriesSamples]) -> Vec<u8> {
         metadata: Vec::new(),
     };
     snappy_compress(&req.encode_to_vec())
+}
+
+/// Decodes a body made by [`encode_push_request`].
+pub fn decode_push_request(body: &[u8]) -> Result<Vec<StreamEntries>, String> {
+    let raw = cairn_wire::proto::snappy_decompress(body, 1 << 30).map_err(|e| format!("queued batch: {e}"))?;
+    let req = PushRequest::decode(raw.as_slice()).map_err(|e| format!("queued batch: {e}"))?;
+    req.streams
+        .into_iter()
+        .map(|s| {
+            let labels = cairn_wire::Labels::parse(&s.labels).map_err(|e| format!("queued batch: labels: {e}"))?;
+            let entries = s
+                .entries
+                .into_iter()
+                .map(|e| cairn_wire::Entry {
+                    ts: e.timestamp.map_or(0, Timestamp::to_ns),
+                    line: String::from_utf8(e.line)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                    metadata: e.structured_metadata.into_iter().map(|p| (p.name, p.value)).collect(),
+                })
+                .collect();
+            Ok(StreamEntries { labels, entries })
+        })
+        .collect()
 }
 
 /// A Loki push body: `logproto.PushRequest`, snappy block format.
@@ -325,7 +391,7 @@ mod tests {
     }
 
     fn cfg(url: &str) -> PushConfig {
-        PushConfig { url: url.into(), tenant: "team-a".into(), ..PushConfig::default() }
+        PushConfig { url: url.into(), tenant: "team-a".into(), bearer_token: "s3cret".into(), ..PushConfig::default() }
     }
 
     fn has_header(head: &str, name: &str, value: &str) -> bool {
@@ -357,6 +423,7 @@ mod tests {
             ("x-prometheus-remote-write-version", "0.1.0"),
             ("user-agent", USER_AGENT),
             ("x-scope-orgid", "team-a"),
+            ("authorization", "Bearer s3cret"),
         ] {
             assert!(has_header(&m.head, n, v), "{n}: {v} missing in {}", m.head);
         }

@@ -159,6 +159,49 @@ pub struct Position {
 struct PositionsFile {
     version: u32,
     positions: BTreeMap<String, Position>,
+    /// Last on-disk queue record acknowledged (or dropped); 0 = none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    queue_acked: u64,
+    /// Journal cursor after the last acknowledged journal entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    journal_cursor: Option<String>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Everything `positions.json` holds: what was delivered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SavedState {
+    /// File positions by path.
+    pub positions: BTreeMap<PathBuf, Position>,
+    /// Last queue record acknowledged or dropped (see [`crate::queue`]).
+    pub queue_acked: u64,
+    /// Journal cursor (see [`crate::journal`]).
+    pub journal_cursor: Option<String>,
+}
+
+impl SavedState {
+    /// Reads `<dir>/positions.json` (empty if absent; moved aside if corrupt).
+    pub fn load(dir: &Path) -> Result<SavedState, TailError> {
+        load_positions(dir)
+    }
+
+    /// Writes `<dir>/positions.json` atomically and durably.
+    pub fn save(&self, dir: &Path) -> Result<(), TailError> {
+        save_positions(dir, self)
+    }
+
+    /// Merges a delivered checkpoint.
+    pub fn merge(&mut self, c: &crate::queue::Checkpoint) {
+        for (p, pos) in &c.positions {
+            self.positions.insert(p.clone(), *pos);
+        }
+        if c.cursor.is_some() {
+            self.journal_cursor.clone_from(&c.cursor);
+        }
+    }
 }
 
 /// Lines read but not yet delivered, grouped by stream, with the positions
@@ -170,6 +213,7 @@ pub struct LogBatch {
     bytes: usize,
     lines: usize,
     checkpoint: BTreeMap<PathBuf, Position>,
+    cursor: Option<String>,
     started: Option<Instant>,
 }
 
@@ -207,6 +251,19 @@ impl LogBatch {
     /// Positions to commit once the batch is delivered.
     pub fn checkpoint(&self) -> &BTreeMap<PathBuf, Position> {
         &self.checkpoint
+    }
+
+    /// Journal cursor after the batch's last journal entry, if any.
+    pub fn cursor(&self) -> Option<&str> {
+        self.cursor.as_deref()
+    }
+
+    pub(crate) fn set_cursor(&mut self, cursor: String) {
+        self.cursor = Some(cursor);
+    }
+
+    pub(crate) fn push_entry(&mut self, labels: &Labels, entry: Entry) {
+        self.push(labels, entry);
     }
 
     fn push(&mut self, labels: &Labels, entry: Entry) {
@@ -273,9 +330,16 @@ impl Target {
             .iter()
             .map(|p| glob::Pattern::new(p).map_err(|e| TailError::Target { index, reason: format!("path {p:?}: {e}") }))
             .collect::<Result<Vec<_>, _>>()?;
-        let multiline =
-            t.multiline.compile().map_err(|reason| TailError::Target { index, reason })?.map(Arc::new);
-        Ok(Target { patterns: t.paths.clone(), matchers, exclude, labels, format: t.format, multiline, pods_root: None })
+        let multiline = t.multiline.compile().map_err(|reason| TailError::Target { index, reason })?.map(Arc::new);
+        Ok(Target {
+            patterns: t.paths.clone(),
+            matchers,
+            exclude,
+            labels,
+            format: t.format,
+            multiline,
+            pods_root: None,
+        })
     }
 
     /// The target of Kubernetes pod logs: `<root>/*/*/*.log`.
@@ -481,8 +545,11 @@ pub struct Tailer {
     max_line: usize,
     current: BTreeMap<PathBuf, Tracked>,
     draining: Vec<Tracked>,
-    /// Committed positions (what `positions.json` holds).
+    /// Positions to resume from (what `positions.json` holds, plus the
+    /// positions of batches still queued).
     positions: BTreeMap<PathBuf, Position>,
+    /// The rest of `positions.json`, kept by [`Tailer::commit`].
+    saved: SavedState,
     /// Paths opened before in this process: they start at 0 when they reappear.
     opened: HashSet<PathBuf>,
     state_dir: PathBuf,
@@ -517,13 +584,15 @@ impl Tailer {
     ) -> Result<Tailer, TailError> {
         let targets =
             targets.iter().enumerate().map(|(i, t)| Target::compile(i, t, host)).collect::<Result<Vec<_>, _>>()?;
-        let positions = load_positions(state_dir)?;
+        let saved = load_positions(state_dir)?;
+        let positions = saved.positions.clone();
         Ok(Tailer {
             targets,
             max_line: max_line_bytes.max(1),
             current: BTreeMap::new(),
             draining: Vec::new(),
             positions,
+            saved,
             opened: HashSet::new(),
             state_dir: state_dir.to_path_buf(),
             buf: vec![0; READ_CHUNK],
@@ -541,6 +610,51 @@ impl Tailer {
     pub fn add_pods(&mut self, cfg: &PodLogsConfig, node: &str) -> Result<(), TailError> {
         self.targets.push(Target::pods(cfg, node)?);
         Ok(())
+    }
+
+    /// Resumes files from `later` (positions of batches read before a
+    /// restart and still queued) rather than from `positions.json`.
+    pub fn resume_from(&mut self, later: &BTreeMap<PathBuf, Position>) {
+        for (p, pos) in later {
+            self.positions.insert(p.clone(), *pos);
+        }
+    }
+
+    /// Directories where files of the targets may appear: the literal
+    /// prefix of each glob, the directories its parent glob matches now,
+    /// and those of the files followed (for [`crate::watch::Watcher`]).
+    pub fn watch_dirs(&self) -> std::collections::BTreeSet<PathBuf> {
+        let mut out = std::collections::BTreeSet::new();
+        for t in &self.targets {
+            for pat in &t.patterns {
+                let p = Path::new(pat);
+                let mut prefix = PathBuf::new();
+                for c in p.components() {
+                    let s = c.as_os_str().to_string_lossy();
+                    if s.contains(['*', '?', '[']) {
+                        break;
+                    }
+                    prefix.push(c);
+                }
+                if prefix.is_dir() {
+                    out.insert(prefix);
+                } else if let Some(parent) = prefix.parent().filter(|p| p.is_dir()) {
+                    out.insert(parent.to_path_buf());
+                }
+                if let Some(parent) = p.parent().map(|x| x.to_string_lossy().into_owned())
+                    && parent.contains(['*', '?', '['])
+                    && let Ok(dirs) = glob::glob(&parent)
+                {
+                    out.extend(dirs.flatten().filter(|d| d.is_dir()));
+                }
+            }
+        }
+        for path in self.current.keys() {
+            if let Some(d) = path.parent() {
+                out.insert(d.to_path_buf());
+            }
+        }
+        out
     }
 
     /// Number of files open (followed or draining after rotation).
@@ -574,7 +688,7 @@ impl Tailer {
                     continue;
                 }
                 let Some(target) = self.targets.iter().find(|t| t.matches(path)) else { continue };
-                if let Some(mut t) = find_rotated(path, pos, target) {
+                if let Some(mut t) = find_rotated(path, pos, target, self.max_line) {
                     rd.read(&mut t, batch, false);
                     self.draining.push(t);
                 }
@@ -609,7 +723,7 @@ impl Tailer {
             t.rotated_at = Some(Instant::now());
             self.draining.push(t);
             if let Some(&ti) = found.get(&path)
-                && let Some(mut nt) = open(&path, &self.targets[ti], None, &mut self.open_failures)
+                && let Some(mut nt) = open(&path, &self.targets[ti], None, self.max_line, &mut self.open_failures)
             {
                 rd.read(&mut nt, batch, true);
                 self.current.insert(path, nt);
@@ -626,7 +740,9 @@ impl Tailer {
             }
             // A checkpoint applies only to the first opening in this process.
             let resume = if self.opened.contains(path) { None } else { self.positions.get(path) };
-            let Some(mut t) = open(path, &self.targets[*ti], resume, &mut self.open_failures) else { continue };
+            let Some(mut t) = open(path, &self.targets[*ti], resume, self.max_line, &mut self.open_failures) else {
+                continue;
+            };
             self.opened.insert(path.clone());
             rd.read(&mut t, batch, true);
             self.current.insert(path.clone(), t);
@@ -662,13 +778,20 @@ impl Tailer {
             self.positions.insert(p.clone(), *pos);
         }
         self.positions.retain(|p, _| self.current.contains_key(p) || p.exists());
-        save_positions(&self.state_dir, &self.positions)
+        self.saved.positions.clone_from(&self.positions);
+        save_positions(&self.state_dir, &self.saved)
     }
 }
 
 /// Opens `path` for tailing; `resume` is its checkpoint, used if it still
 /// describes this file. Failures are logged once per path.
-fn open(path: &Path, target: &Target, resume: Option<&Position>, failures: &mut HashSet<PathBuf>) -> Option<Tracked> {
+fn open(
+    path: &Path,
+    target: &Target,
+    resume: Option<&Position>,
+    max_line: usize,
+    failures: &mut HashSet<PathBuf>,
+) -> Option<Tracked> {
     let opened = File::open(path).and_then(|f| {
         let m = f.metadata()?;
         Ok((f, m))
@@ -711,7 +834,7 @@ fn open(path: &Path, target: &Target, resume: Option<&Position>, failures: &mut 
         labels: target.stream_labels(path),
         format: target.format,
         multiline: target.multiline.clone(),
-        asm: Assembler::default(),
+        asm: Assembler::new(target.format, target.multiline.clone(), max_line),
         head_len: head_len as u32,
         head_hash: hash,
         rotated_at: None,
@@ -721,7 +844,7 @@ fn open(path: &Path, target: &Target, resume: Option<&Position>, failures: &mut 
 
 /// Looks in the directory of `path` for the file `pos` was checkpointed
 /// for, and opens it at the checkpoint as a rotated file.
-fn find_rotated(path: &Path, pos: &Position, target: &Target) -> Option<Tracked> {
+fn find_rotated(path: &Path, pos: &Position, target: &Target, max_line: usize) -> Option<Tracked> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -759,7 +882,7 @@ fn find_rotated(path: &Path, pos: &Position, target: &Target) -> Option<Tracked>
             labels: target.stream_labels(path),
             format: target.format,
             multiline: target.multiline.clone(),
-            asm: Assembler::default(),
+            asm: Assembler::new(target.format, target.multiline.clone(), max_line),
             head_len: pos.head_len,
             head_hash: pos.head_hash,
             rotated_at: Some(Instant::now()),
@@ -776,9 +899,9 @@ impl Reader<'_> {
     fn read(&mut self, t: &mut Tracked, batch: &mut LogBatch, checkpoint: bool) -> bool {
         let lines_before = batch.lines;
         let res = self.read_inner(t, batch);
-        if let Some(ml) = t.multiline.clone() {
+        if t.multiline.is_some() {
             let mut out = Emit { batch, labels: &t.labels, last_ts: self.last_ts, stats: self.stats };
-            t.asm.flush_idle(Some(&ml), &mut out);
+            t.asm.flush_idle(&mut out);
         }
         if checkpoint && batch.lines > lines_before {
             match batch.checkpoint.get_mut(&t.path) {
@@ -810,9 +933,15 @@ impl Reader<'_> {
         let len = t.file.metadata()?.len();
         if len < t.read_pos {
             tracing::info!(path = %t.path.display(), size = len, offset = t.read_pos, "file truncated; reading from the start");
+            // copytruncate: lines written after our last read and before
+            // the truncation are only in the copy. Read its rest if found.
+            self.read_copy(t, batch);
             // Entries held for joining came from the old content: send them.
             let mut out = Emit { batch, labels: &t.labels, last_ts: self.last_ts, stats: self.stats };
             t.asm.flush_all(&mut out);
+            if !t.pending.is_empty() {
+                self.line(t, batch, LineRef::Pending);
+            }
             t.read_pos = 0;
             t.line_start = 0;
             t.pending.clear();
@@ -869,6 +998,57 @@ impl Reader<'_> {
         }
     }
 
+    /// After `t` was truncated: looks in its directory for the copy
+    /// logrotate's `copytruncate` made (another regular file starting with
+    /// the same bytes, at least as long as what was read) and reads the
+    /// part of it not yet read, ending with a complete line.
+    fn read_copy(&mut self, t: &mut Tracked, batch: &mut LogBatch) {
+        if t.head_len == 0 {
+            return;
+        }
+        let dir = match t.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let Ok(m) = entry.metadata() else { continue };
+            if !m.is_file() || (m.dev(), m.ino()) == (t.dev, t.ino) || m.len() < t.read_pos {
+                continue;
+            }
+            let Ok(file) = File::open(entry.path()) else { continue };
+            let Ok((n, h)) = head_hash(&file, t.head_len as usize) else { continue };
+            if n != t.head_len as usize || h != t.head_hash {
+                continue;
+            }
+            tracing::info!(path = %t.path.display(), copy = %entry.path().display(), offset = t.read_pos, "reading the rest of the copy made before truncation");
+            let mut copy = Tracked {
+                path: entry.path(),
+                file,
+                dev: m.dev(),
+                ino: m.ino(),
+                read_pos: t.read_pos,
+                line_start: t.line_start,
+                pending: std::mem::take(&mut t.pending),
+                overflow: t.overflow,
+                labels: t.labels.clone(),
+                format: t.format,
+                multiline: t.multiline.clone(),
+                asm: std::mem::take(&mut t.asm),
+                head_len: t.head_len,
+                head_hash: t.head_hash,
+                rotated_at: None,
+                failing: false,
+            };
+            let budget = std::mem::replace(&mut self.budget, usize::MAX);
+            let _ = self.read_inner(&mut copy, batch);
+            self.budget = budget.saturating_sub(usize::MAX - self.budget);
+            self.finish(&mut copy, batch);
+            t.overflow = false;
+            return;
+        }
+    }
+
     fn consumed(&mut self, t: &mut Tracked, n: usize) {
         t.read_pos += n as u64;
         self.stats.bytes_read.fetch_add(n as u64, Relaxed);
@@ -885,7 +1065,7 @@ impl Reader<'_> {
         if t.format == LogFormat::Plain && t.multiline.is_none() {
             out.entry(STDOUT, None, raw, t.overflow);
         } else {
-            t.asm.line(t.format, t.multiline.as_deref(), raw, t.overflow, t.line_start, self.max_line, &mut out);
+            t.asm.line(raw, t.overflow, t.line_start, &mut out);
         }
         t.pending.clear();
         t.overflow = false;
@@ -956,11 +1136,11 @@ fn append(t: &mut Tracked, seg: &[u8], max: usize) {
     t.pending.extend_from_slice(&seg[..seg.len().min(room)]);
 }
 
-fn load_positions(dir: &Path) -> Result<BTreeMap<PathBuf, Position>, TailError> {
+fn load_positions(dir: &Path) -> Result<SavedState, TailError> {
     let path = dir.join(POSITIONS_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SavedState::default()),
         Err(source) => return Err(TailError::ReadPositions { path, source }),
     };
     #[derive(Deserialize)]
@@ -974,7 +1154,11 @@ fn load_positions(dir: &Path) -> Result<BTreeMap<PathBuf, Position>, TailError> 
         serde_json::from_slice::<PositionsFile>(&bytes).map(Ok)
     });
     match parsed {
-        Ok(Ok(f)) => Ok(f.positions.into_iter().map(|(k, v)| (PathBuf::from(k), v)).collect()),
+        Ok(Ok(f)) => Ok(SavedState {
+            positions: f.positions.into_iter().map(|(k, v)| (PathBuf::from(k), v)).collect(),
+            queue_acked: f.queue_acked,
+            journal_cursor: f.journal_cursor,
+        }),
         Ok(Err(version)) => Err(TailError::UnknownPositionsVersion { path, version }),
         Err(e) => {
             let aside = dir.join(POSITIONS_CORRUPT_FILE);
@@ -983,15 +1167,17 @@ fn load_positions(dir: &Path) -> Result<BTreeMap<PathBuf, Position>, TailError> 
                 "positions file is not valid; reading all files from the start (lines may be sent again)"
             );
             std::fs::rename(&path, &aside).map_err(|source| TailError::WritePositions { path, source })?;
-            Ok(BTreeMap::new())
+            Ok(SavedState::default())
         }
     }
 }
 
-fn save_positions(dir: &Path, positions: &BTreeMap<PathBuf, Position>) -> Result<(), TailError> {
+fn save_positions(dir: &Path, state: &SavedState) -> Result<(), TailError> {
     let file = PositionsFile {
         version: POSITIONS_VERSION,
-        positions: positions.iter().map(|(k, v)| (k.to_string_lossy().into_owned(), *v)).collect(),
+        positions: state.positions.iter().map(|(k, v)| (k.to_string_lossy().into_owned(), *v)).collect(),
+        queue_acked: state.queue_acked,
+        journal_cursor: state.journal_cursor.clone(),
     };
     let tmp = dir.join(POSITIONS_TMP_FILE);
     let dst = dir.join(POSITIONS_FILE);
@@ -1046,10 +1232,7 @@ mod tests {
             let cfg = PodLogsConfig {
                 enabled: true,
                 root: self.dir.path().to_path_buf(),
-                multiline: crate::config::MultilineConfig {
-                    first_line: multiline.into(),
-                    ..Default::default()
-                },
+                multiline: crate::config::MultilineConfig { first_line: multiline.into(), ..Default::default() },
                 ..PodLogsConfig::default()
             };
             t.add_pods(&cfg, "node-1").unwrap();
@@ -1178,6 +1361,22 @@ mod tests {
     }
 
     #[test]
+    fn copytruncate_reads_the_rest_of_the_copy() {
+        let fx = Fixture::new();
+        fx.append("app.log", b"aaaa\nbbbb\n");
+        let mut t = fx.tailer(1024);
+        assert_eq!(poll(&mut t).0, ["aaaa", "bbbb"]);
+        // Written after our last read, then copied away and truncated.
+        fx.append("app.log", b"cccc\n");
+        std::fs::copy(fx.path("app.log"), fx.dir.path().join("app.log.1")).unwrap();
+        OpenOptions::new().write(true).truncate(true).open(fx.path("app.log")).unwrap();
+        fx.append("app.log", b"d\n");
+        let (l, b) = poll(&mut t);
+        assert_eq!(l, ["cccc", "d"]);
+        assert_eq!(b.checkpoint()[&fx.path("app.log")].offset, 2);
+    }
+
+    #[test]
     fn restart_resumes_at_last_commit_without_loss_or_duplicates() {
         let fx = Fixture::new();
         fx.append("a.log", b"1\n2\n");
@@ -1233,7 +1432,7 @@ mod tests {
         // Same device and inode (as after inode reuse), different content.
         let mut pos = BTreeMap::new();
         pos.insert(fx.path("a.log"), Position { dev: m.dev(), ino: m.ino(), offset: 25, head_len: 30, head_hash: 42 });
-        save_positions(fx.state.path(), &pos).unwrap();
+        save_positions(fx.state.path(), &SavedState { positions: pos.clone(), ..Default::default() }).unwrap();
         let mut t = fx.tailer(1024);
         assert_eq!(poll(&mut t).0, ["first line of a new file", "second"]);
 
@@ -1243,7 +1442,7 @@ mod tests {
             fx.path("a.log"),
             Position { dev: m.dev(), ino: m.ino(), offset: 999, head_len: n as u32, head_hash: h },
         );
-        save_positions(fx.state.path(), &pos).unwrap();
+        save_positions(fx.state.path(), &SavedState { positions: pos.clone(), ..Default::default() }).unwrap();
         assert_eq!(poll(&mut fx.tailer(1024)).0.len(), 2);
 
         // The matching checkpoint is applied.
@@ -1251,7 +1450,7 @@ mod tests {
             fx.path("a.log"),
             Position { dev: m.dev(), ino: m.ino(), offset: 25, head_len: n as u32, head_hash: h },
         );
-        save_positions(fx.state.path(), &pos).unwrap();
+        save_positions(fx.state.path(), &SavedState { positions: pos.clone(), ..Default::default() }).unwrap();
         assert_eq!(poll(&mut fx.tailer(1024)).0, ["second"]);
     }
 
@@ -1367,7 +1566,8 @@ mod tests {
         let e = &b.streams()[0].entries[0];
         assert_eq!(e.ts, 1_714_557_601_000_000_000);
         // The last entry is held (more continuation lines may come).
-        let held_at: u64 = std::fs::read_to_string(fx.path(&f)).unwrap().lines().take(5).map(|l| l.len() as u64 + 1).sum();
+        let held_at: u64 =
+            std::fs::read_to_string(fx.path(&f)).unwrap().lines().take(5).map(|l| l.len() as u64 + 1).sum();
         assert_eq!(b.checkpoint()[&fx.path(&f)].offset, held_at);
     }
 
@@ -1375,7 +1575,10 @@ mod tests {
     fn pod_paths_to_labels() {
         let root = Path::new("/var/log/pods");
         let l = pod_labels(root, Path::new("/var/log/pods/kube-system_coredns-1_abc/coredns/3.log"));
-        assert_eq!(l, [("container", "coredns".into()), ("namespace", "kube-system".into()), ("pod", "coredns-1".into())]);
+        assert_eq!(
+            l,
+            [("container", "coredns".into()), ("namespace", "kube-system".into()), ("pod", "coredns-1".into())]
+        );
         let l = pod_labels(root, Path::new("/var/log/pods/odd/c/0.log"));
         assert_eq!(l, [("container", "c".into()), ("pod", "odd".into())]);
         assert!(pod_labels(root, Path::new("/elsewhere/a/b/0.log")).is_empty());

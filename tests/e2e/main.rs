@@ -6,6 +6,7 @@ mod harness;
 mod bad_input;
 mod cli;
 mod collect;
+mod collector_logs;
 mod golden;
 mod logs;
 mod loki_api;
