@@ -249,9 +249,18 @@ pub async fn run_with_stats<S: Sink>(
         }
         futures_join_all(loops).await
     };
-    let (a, b, c) = tokio::join!(node, files, scrapes);
+    let own = async {
+        if logs_on {
+            let src = SelfSource { stats: stats.clone(), host: host.clone() };
+            let every = cfg.node.interval.0.max(Duration::from_secs(1));
+            metrics_loop(src, every, &*sink, shutdown.clone(), &stats).await
+        } else {
+            Ok(())
+        }
+    };
+    let (a, b, c, d) = tokio::join!(node, files, scrapes, own);
     tracing::info!("collector stopped");
-    a.and(b).and(c)
+    a.and(b).and(c).and(d)
 }
 
 /// Runs `futs` concurrently on this task; the first error wins.
@@ -325,6 +334,88 @@ impl MetricSource for ScrapeSource {
 
     fn metadata(&self) -> Vec<MetricMetadata> {
         self.0.metadata()
+    }
+}
+
+/// The collector's own counters (`cairn_collector_*`), as series labelled
+/// `job="cairn-collector"`, `instance=<host>`.
+struct SelfSource {
+    stats: Arc<Stats>,
+    host: String,
+}
+
+/// (name, type, help, value) of the collector's own metrics.
+fn self_metrics(s: &StatsSnapshot) -> [(&'static str, &'static str, &'static str, u64); 11] {
+    [
+        ("cairn_collector_lines_read_total", "counter", "Log lines read (files, pod logs, journal).", s.lines_read),
+        ("cairn_collector_bytes_read_total", "counter", "Bytes read from log files.", s.bytes_read),
+        ("cairn_collector_lines_truncated_total", "counter", "Log lines cut to max_line_bytes.", s.lines_truncated),
+        ("cairn_collector_lines_sent_total", "counter", "Log lines the receiver acknowledged.", s.lines_sent),
+        (
+            "cairn_collector_batches_sent_total",
+            "counter",
+            "Batches (logs or metrics) the receiver acknowledged.",
+            s.batches_sent,
+        ),
+        (
+            "cairn_collector_send_failures_total",
+            "counter",
+            "Push attempts that failed and were retried.",
+            s.send_failures,
+        ),
+        (
+            "cairn_collector_batches_dropped_total",
+            "counter",
+            "Batches the receiver refused for good (HTTP 4xx other than 429), or metric collections dropped from a full queue.",
+            s.batches_dropped,
+        ),
+        (
+            "cairn_collector_queue_dropped_lines_total",
+            "counter",
+            "Log lines dropped from the full on-disk queue (queue_max_bytes) while the receiver was failing.",
+            s.queue_dropped_lines,
+        ),
+        (
+            "cairn_collector_queue_dropped_batches_total",
+            "counter",
+            "Log batches dropped from the full on-disk queue.",
+            s.queue_dropped_batches,
+        ),
+        (
+            "cairn_collector_queue_bytes",
+            "gauge",
+            "Bytes of log batches queued on disk, not yet acknowledged.",
+            s.queue_bytes,
+        ),
+        ("cairn_collector_files_open", "gauge", "Log files open.", s.files_open),
+    ]
+}
+
+impl MetricSource for SelfSource {
+    async fn collect(&mut self, ts_ms: i64) -> Result<Option<Vec<SeriesSamples>>, CollectorError> {
+        let snap = self.stats.snapshot();
+        let series = self_metrics(&snap)
+            .into_iter()
+            .filter_map(|(name, _, _, v)| {
+                let labels =
+                    Labels::from_pairs([("__name__", name), ("job", "cairn-collector"), ("instance", &self.host)])
+                        .ok()?;
+                Some(SeriesSamples { labels, samples: vec![(ts_ms, v as f64)] })
+            })
+            .collect();
+        Ok(Some(series))
+    }
+
+    fn metadata(&self) -> Vec<MetricMetadata> {
+        self_metrics(&StatsSnapshot::default())
+            .into_iter()
+            .map(|(name, kind, help, _)| MetricMetadata {
+                r#type: crate::node::metric_type_code(kind),
+                metric_family_name: name.to_string(),
+                help: help.to_string(),
+                unit: String::new(),
+            })
+            .collect()
     }
 }
 
@@ -714,6 +805,50 @@ mod tests {
         tx.send(true).unwrap();
         h.await.unwrap().unwrap();
         assert_eq!(up.lines(), expected(0..10));
+    }
+
+    /// The receiver is down and the queue overflows: the oldest lines are
+    /// dropped and counted, and every line is either delivered (once) or
+    /// counted as dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_queue_drops_oldest_and_counts_them() {
+        let logs = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let file = logs.path().join("a.log");
+        let total = 40_000;
+        {
+            // Lines that do not compress much, so the queue fills.
+            let mut f = std::fs::File::create(&file).unwrap();
+            let mut x: u64 = 1;
+            for i in 0..total {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                writeln!(f, "line {i} {:016x}{:016x}{:016x}", x, x.rotate_left(17), x.rotate_left(41)).unwrap();
+            }
+        }
+        let mut cfg = config(logs.path());
+        cfg.queue_max_bytes = crate::config::ByteSize::mib(1);
+        cfg.batch_max_bytes = crate::config::ByteSize::kib(64);
+        let down = Arc::new(MemSink { fail_first: usize::MAX, ..MemSink::default() });
+        let (tx, h, stats) = start(cfg.clone(), down.clone(), state.path().into()).await;
+        wait_for("all lines read", || stats.snapshot().lines_read >= total as u64).await;
+        tx.send(true).unwrap();
+        h.await.unwrap().unwrap();
+        let s = stats.snapshot();
+        assert!(s.queue_dropped_lines > 0 && s.queue_dropped_batches > 0, "{s:?}");
+        assert!(s.queue_bytes <= 1 << 20, "{s:?}");
+
+        let up = Arc::new(MemSink::default());
+        let (tx, h, _) = start(cfg, up.clone(), state.path().into()).await;
+        let want = total - s.queue_dropped_lines as usize;
+        wait_for("the queued lines", || up.lines().len() >= want).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tx.send(true).unwrap();
+        h.await.unwrap().unwrap();
+        let got: Vec<usize> = up.lines().iter().map(|l| l.split(' ').nth(1).unwrap().parse().unwrap()).collect();
+        // The newest lines survived, in order, each once.
+        let first = total - got.len();
+        assert_eq!(got, (first..total).collect::<Vec<_>>());
+        assert_eq!(got.len(), want);
     }
 
     #[tokio::test]

@@ -37,7 +37,7 @@ pub(crate) struct Shipping {
 
 /// Bytes the reader may queue ahead of the receiver while it accepts data.
 pub(crate) fn read_ahead(cfg: &CollectorConfig) -> u64 {
-    (cfg.batch_max_bytes.0.saturating_mul(4)).clamp(4 << 20, cfg.queue_max_bytes.0.max(1))
+    cfg.batch_max_bytes.0.saturating_mul(4).max(4 << 20).min(cfg.queue_max_bytes.0 / 2).max(1)
 }
 
 impl Shipping {

@@ -1481,6 +1481,25 @@ mod tests {
         assert!(poll(&mut fx.tailer(1024)).0.is_empty());
     }
 
+    /// `positions.json` as written before `queue_acked` and
+    /// `journal_cursor` existed still reads; the new fields round-trip.
+    #[test]
+    fn positions_file_without_and_with_the_optional_fields() {
+        let fx = Fixture::new();
+        std::fs::write(
+            fx.state.path().join(POSITIONS_FILE),
+            br#"{"version":1,"positions":{"/var/log/a.log":{"dev":1,"ino":2,"offset":3}}}"#,
+        )
+        .unwrap();
+        let s = SavedState::load(fx.state.path()).unwrap();
+        assert_eq!(s.queue_acked, 0);
+        assert_eq!(s.journal_cursor, None);
+        assert_eq!(s.positions[Path::new("/var/log/a.log")].offset, 3);
+        let s2 = SavedState { queue_acked: 7, journal_cursor: Some("s=1;i=2".into()), ..s };
+        s2.save(fx.state.path()).unwrap();
+        assert_eq!(SavedState::load(fx.state.path()).unwrap(), s2);
+    }
+
     #[test]
     fn corrupt_or_future_positions_files() {
         let fx = Fixture::new();
