@@ -54,9 +54,13 @@ pub struct Journal {
 /// The `journalctl` arguments for `cfg`, resuming after `cursor`.
 pub fn journalctl_args(cfg: &JournalConfig, cursor: Option<&str>) -> Vec<String> {
     let mut args: Vec<String> =
-        ["--output=json", "--follow", "--all", "--no-pager", "--quiet"].iter().map(|s| s.to_string()).collect();
+        // `--follow` alone shows only the last 10 entries: `--lines=all`.
+        ["--output=json", "--follow", "--lines=all", "--all", "--no-pager", "--quiet"].iter().map(|s| s.to_string()).collect();
     if !cfg.directory.as_os_str().is_empty() {
         args.push(format!("--directory={}", cfg.directory.display()));
+        // Every journal in the directory, whatever machine and boot wrote
+        // it (without this, --follow keeps to the current boot).
+        args.push("--merge".to_string());
     }
     match cursor {
         Some(c) => args.push(format!("--after-cursor={c}")),

@@ -248,3 +248,110 @@ fn aggregator_stopped_during_writes_gets_every_line_once() {
     collector.stop();
     agg.stop();
 }
+
+const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+
+/// Writes `n` journal entries (export format through the real
+/// `systemd-journal-remote`) as the journal file `file`.
+fn write_journal(file: &Path, from: usize, n: usize) -> Vec<String> {
+    let base_us = (now_ns() / 1000) - 60_000_000;
+    let mut export = Vec::new();
+    let mut want = Vec::new();
+    for i in from..from + n {
+        let msg = format!("journal line {i:05}");
+        write!(
+            export,
+            "__REALTIME_TIMESTAMP={}\n_HOSTNAME=node-j\n_SYSTEMD_UNIT={}\nPRIORITY={}\nMESSAGE={msg}\n\n",
+            base_us + i as i64,
+            if i % 2 == 0 { "app.service" } else { "db.service" },
+            if i % 3 == 0 { 3 } else { 6 }
+        )
+        .unwrap();
+        want.push(msg);
+    }
+    let mut child = Command::new(JOURNAL_REMOTE)
+        .arg(format!("--output={}", file.display()))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&export).unwrap();
+    assert!(child.wait().unwrap().success());
+    want
+}
+
+fn journal_lines(c: &Cairn) -> Vec<String> {
+    let start = (now_ns() - 600_000_000_000).to_string();
+    let end = (now_ns() + 60_000_000_000).to_string();
+    let v = c.loki_query_range(&[
+        ("query", r#"{job="systemd-journal"}"#),
+        ("start", &start),
+        ("end", &end),
+        ("limit", "5000"),
+    ]);
+    let mut out = Vec::new();
+    for s in v["data"]["result"].as_array().unwrap() {
+        let l = &s["stream"];
+        assert_eq!(l["hostname"], "node-j", "{l}");
+        for e in s["values"].as_array().unwrap() {
+            let line = e[1].as_str().unwrap().to_string();
+            let i: usize = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert_eq!(l["unit"], if i % 2 == 0 { "app.service" } else { "db.service" }, "{l} {line}");
+            assert_eq!(l["priority"], if i % 3 == 0 { "err" } else { "info" }, "{l} {line}");
+            out.push(line);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The journal through the real `journalctl`, resumed after the saved
+/// cursor across a restart, new journal files followed while running.
+#[test]
+fn journal_entries_arrive_once_across_a_restart() {
+    if !Path::new(JOURNAL_REMOTE).exists() || Command::new("journalctl").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "systemd-journal-remote and journalctl are needed (Debian: systemd-journal-remote)"
+        );
+        println!("skipped: needs journalctl and {JOURNAL_REMOTE} (Debian package systemd-journal-remote)");
+        return;
+    }
+    let jdir = tempfile::tempdir().unwrap();
+    let node = Node::new(&format!(
+        "[collector.journal]\nenabled = true\ndirectory = \"{}\"\nmax_age = \"1h\"\n",
+        jdir.path().display()
+    ));
+    let mut want = write_journal(&jdir.path().join("a.journal"), 0, 300);
+    let agg = Cairn::serve(&node.dir.path().join("agg"));
+    let collector = node.collect(&agg.url);
+    let wait = |want: &[String]| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = journal_lines(&agg);
+            if got.len() >= want.len() || Instant::now() > deadline {
+                std::thread::sleep(Duration::from_millis(300));
+                let got = journal_lines(&agg);
+                let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).take(5).collect();
+                assert!(
+                    got == sorted(want.to_vec()),
+                    "every journal entry exactly once: got {} of {}, missing e.g. {missing:?}",
+                    got.len(),
+                    want.len()
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait(&want);
+    collector.stop();
+    // Written while the collector is stopped: read after the saved cursor.
+    want.extend(write_journal(&jdir.path().join("b.journal"), 300, 200));
+    let collector = node.collect(&agg.url);
+    wait(&want);
+    collector.stop();
+    agg.stop();
+}
