@@ -263,7 +263,7 @@ fn write_journal(file: &Path, from: usize, n: usize) -> Vec<String> {
             export,
             "__REALTIME_TIMESTAMP={}\n_HOSTNAME=node-j\n_SYSTEMD_UNIT={}\nPRIORITY={}\nMESSAGE={msg}\n\n",
             base_us + i as i64,
-            if i % 2 == 0 { "app.service" } else { "db.service" },
+            if i.is_multiple_of(2) { "app.service" } else { "db.service" },
             if i % 3 == 0 { 3 } else { 6 }
         )
         .unwrap();
@@ -298,8 +298,8 @@ fn journal_lines(c: &Cairn) -> Vec<String> {
         for e in s["values"].as_array().unwrap() {
             let line = e[1].as_str().unwrap().to_string();
             let i: usize = line.rsplit(' ').next().unwrap().parse().unwrap();
-            assert_eq!(l["unit"], if i % 2 == 0 { "app.service" } else { "db.service" }, "{l} {line}");
-            assert_eq!(l["priority"], if i % 3 == 0 { "err" } else { "info" }, "{l} {line}");
+            assert_eq!(l["unit"], if i.is_multiple_of(2) { "app.service" } else { "db.service" }, "{l} {line}");
+            assert_eq!(l["priority"], if i.is_multiple_of(3) { "err" } else { "info" }, "{l} {line}");
             out.push(line);
         }
     }
