@@ -13,22 +13,31 @@
 //!   `scrape_duration_seconds`, `scrape_samples_scraped` per target.
 //! - **Log files** ([`tail`]): files matched by globs, followed across
 //!   rename rotation and copytruncate; each complete line becomes an entry
-//!   in the stream `{<target labels>, filename, host}`.
+//!   in the stream `{<target labels>, filename, host}`. Kubernetes pod logs
+//!   under `/var/log/pods` (CRI or Docker json-file, [`logline`]) in the
+//!   stream `{namespace, pod, container, node, stream, job}`; multiline
+//!   joining by a first-line regex.
+//! - **The systemd journal** ([`journal`]), through `journalctl`, resumed
+//!   after the last acknowledged cursor.
 //!
 //! # Delivery guarantee
 //! Everything goes through a [`Sink`] ([`sink::HttpSink`] over HTTP, or any
-//! in-process implementation). File positions are checkpointed (in
-//! `<state_dir>/positions.json`) **only after the sink acknowledged** the
-//! batch holding those lines, so delivery is **at-least-once across
-//! restarts and crashes**: a line is never skipped, and a line whose
-//! acknowledgement was lost may be sent again. A sink outage loses nothing:
-//! the pending batch is retried with exponential backoff (250 ms doubling to
-//! a 30 s cap) while held in memory, and no further lines are read until it
-//! is delivered, so memory stays bounded (one batch of logs, at most
-//! [`runtime::MAX_PENDING_COLLECTIONS`] node metric collections). A batch the
-//! receiver refuses for good (HTTP 4xx other than 429) is logged, counted
-//! and dropped. A durable on-disk queue is future work: today the files
-//! themselves are the buffer.
+//! in-process implementation). Log batches are appended to an on-disk
+//! queue ([`queue`]) before they are sent, and positions (file offsets,
+//! journal cursor, the queue's acknowledged sequence number) are
+//! checkpointed in `<state_dir>/positions.json` **only after the sink
+//! acknowledged** the batch. Nothing is skipped across restarts and
+//! crashes; a batch re-sent after a crash is byte-identical (same
+//! timestamps), so the receiver stores it once. While the receiver is down
+//! the collector reads on into the queue (at most `queue_max_bytes`);
+//! beyond that the oldest batches are dropped and counted
+//! (`cairn_collector_queue_dropped_lines_total`), never silently. Retries
+//! use exponential backoff with jitter; a batch the receiver refuses for
+//! good (HTTP 4xx other than 429) is logged, counted and dropped. Node
+//! metric collections wait in memory (at most
+//! [`runtime::MAX_PENDING_COLLECTIONS`], oldest dropped and counted).
+//! Byte layouts and the crash-consistency argument:
+//! `docs/format/collector.md`.
 //!
 //! # What it must never do
 //! - Depend on the store, query or aggregator crates: `collector → wire`
@@ -42,7 +51,8 @@
 //! # Main types
 //! [`CollectorConfig`] (the `[collector]` section), [`run`] (the loop),
 //! [`describe`] (a one-line summary), [`Sink`] / [`sink::HttpSink`],
-//! [`Stats`] (counters), [`node::NodeCollector`], [`tail::Tailer`].
+//! [`Stats`] (counters), [`node::NodeCollector`], [`tail::Tailer`],
+//! [`queue::Queue`], [`journal::Journal`].
 
 pub mod config;
 pub mod journal;
@@ -51,7 +61,7 @@ pub mod node;
 pub mod queue;
 pub mod runtime;
 pub mod scrape;
-mod ship;
+pub mod ship;
 pub mod sink;
 pub mod tail;
 pub mod watch;

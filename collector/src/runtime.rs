@@ -1,22 +1,23 @@
-//! The collector's main loop: node metrics every `node.interval`, files
-//! every `poll_interval`, both pushed to a [`Sink`] with retries.
+//! The collector's main loop: node metrics every `node.interval`, logs
+//! every `poll_interval` (and on inotify wake-ups), the collector's own
+//! `cairn_collector_*` counters every `node.interval`, all pushed to a
+//! [`Sink`] with retries.
 //!
-//! - **Logs**: lines are gathered into one batch until it holds
-//!   `batch_max_bytes` or its first line is `batch_wait` old, then pushed.
-//!   While a batch is being delivered (and retried) no more lines are read,
-//!   so memory stays bounded by one batch. Positions are committed only
-//!   after the sink acknowledged the batch. A batch the receiver refuses
-//!   permanently is dropped, counted and its positions committed, so one bad
-//!   batch cannot stall the files forever.
+//! - **Logs**: see [`crate::ship`]: batches of up to `batch_max_bytes` (or
+//!   `batch_wait` old) go through the on-disk queue; positions are
+//!   committed only after the sink acknowledged a batch. A batch the
+//!   receiver refuses permanently is dropped, counted and its positions
+//!   committed, so one bad batch cannot stall the files forever.
 //! - **Metrics**: each collection is queued; the queue (at most
 //!   [`MAX_PENDING_COLLECTIONS`] collections, oldest dropped first and
 //!   counted) is pushed as one request per attempt.
-//! - **Retries**: exponential backoff from 250 ms doubling to 30 s, for as
-//!   long as the receiver keeps failing.
+//! - **Retries**: exponential backoff from 250 ms doubling to 30 s, each
+//!   delay drawn from its upper half (jitter), for as long as the receiver
+//!   keeps failing.
 //! - **Shutdown**: when the watch flips to `true` (or its sender is
-//!   dropped), in-flight pushes are abandoned, the pending log batch gets a
-//!   last chance of about [`FINAL_FLUSH`], and `run` returns. Lines not
-//!   delivered by then are read again at the next start.
+//!   dropped), the reader queues what it holds, in-flight pushes get about
+//!   [`FINAL_FLUSH`] to finish, and `run` returns. Queued batches not
+//!   delivered by then are sent at the next start.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;

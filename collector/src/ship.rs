@@ -5,7 +5,7 @@
 //! `positions.json` (see [`crate::queue`] and `docs/format/collector.md`).
 //!
 //! Flow control: while the receiver accepts data, the reader stays at
-//! most [`read_ahead`] bytes ahead of it (the files are the buffer). While
+//! most `4 × batch_max_bytes` (at least 4 MiB) ahead of it (the files are the buffer). While
 //! pushes fail, it reads on into the queue, which drops its oldest records
 //! (counted) beyond `queue_max_bytes`.
 
