@@ -1,6 +1,6 @@
 //! Collector tailing benchmark (issue 7, benchmark a): the PEERS.md
 //! collector workload — the lines of `../shared/datasets/logs/` written
-//! round-robin into 50 files until they hold 200 MiB, each line with a
+//! round-robin into 50 files until they hold 200 MB, each line with a
 //! ` seq=N` suffix — read from the start by `cairn collect` and shipped
 //! (Loki push, through the on-disk queue, positions checkpointed only on
 //! acknowledgement) to a local `cairn serve`. The clock stops when the
@@ -37,8 +37,8 @@ fn build_dataset(dir: &Path, target_bytes: u64) -> (u64, u64) {
     let marker = dir.join("DONE");
     if let Ok(s) = std::fs::read_to_string(&marker) {
         let mut it = s.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
-        if let (Some(l), Some(b)) = (it.next(), it.next())
-            && b >= target_bytes
+        if let (Some(l), Some(b), Some(t)) = (it.next(), it.next(), it.next())
+            && t == target_bytes
         {
             return (l, b);
         }
@@ -78,7 +78,7 @@ fn build_dataset(dir: &Path, target_bytes: u64) -> (u64, u64) {
     for mut o in outs {
         o.flush().unwrap();
     }
-    std::fs::write(marker, format!("{lines} {bytes}\n")).unwrap();
+    std::fs::write(marker, format!("{lines} {bytes} {target_bytes}\n")).unwrap();
     (lines, bytes)
 }
 
@@ -100,7 +100,7 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let data = std::env::var("CAIRN_BENCH_DATA").map(PathBuf::from).unwrap_or_else(|_| tmp.path().join("data"));
     let t = Instant::now();
-    let (lines, bytes) = build_dataset(&data, mb << 20);
+    let (lines, bytes) = build_dataset(&data, mb * 1_000_000);
     println!(
         "data: {lines} lines, {:.1} MB in {FILES} files under {} (built in {:.1}s)",
         bytes as f64 / 1e6,

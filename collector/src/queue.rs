@@ -315,35 +315,38 @@ impl Queue {
         payload: &[u8],
     ) -> Result<Dropped, QueueError> {
         let seq = self.next_seq;
-        let mut body = std::mem::take(&mut self.scratch);
-        body.clear();
-        encode_meta(&mut body, seq, lines, bytes, &checkpoint);
-        let payload_off = body.len();
-        body.extend_from_slice(payload);
+        // The record prefix and metadata go through `scratch`; the payload
+        // is written from the caller's buffer (no copy).
+        let mut head = std::mem::take(&mut self.scratch);
+        head.clear();
+        head.extend_from_slice(&[0u8; RECORD_PREFIX]);
+        encode_meta(&mut head, seq, lines, bytes, &checkpoint);
+        let meta_len = head.len() - RECORD_PREFIX;
+        let body_len = meta_len + payload.len();
         let len =
-            u32::try_from(body.len()).ok().filter(|&l| (l as usize) <= MAX_RECORD).ok_or_else(|| QueueError::Io {
+            u32::try_from(body_len).ok().filter(|&l| (l as usize) <= MAX_RECORD).ok_or_else(|| QueueError::Io {
                 path: self.dir.clone(),
                 source: io::Error::new(io::ErrorKind::InvalidInput, "batch too large for the queue"),
             })?;
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&head[RECORD_PREFIX..]), payload);
+        head[..4].copy_from_slice(&len.to_le_bytes());
+        head[4..RECORD_PREFIX].copy_from_slice(&crc.to_le_bytes());
         let needs_new = self.segments.back().is_none_or(|s| s.len >= self.segment_bytes) || self.active.is_none();
         if needs_new {
             self.start_segment(seq)?;
         }
         let Some(seg) = self.segments.back_mut() else { unreachable!("a segment was just started") };
         let Some((_, file)) = &mut self.active else { unreachable!("a segment was just started") };
-        let mut prefix = [0u8; RECORD_PREFIX];
-        prefix[..4].copy_from_slice(&len.to_le_bytes());
-        prefix[4..].copy_from_slice(&crc32c::crc32c(&body).to_le_bytes());
         let at = seg.len;
-        let res = file.write_all_at(&prefix, at).and_then(|()| file.write_all_at(&body, at + RECORD_PREFIX as u64));
+        let res = file.write_all_at(&head, at).and_then(|()| file.write_all_at(payload, at + head.len() as u64));
         if let Err(source) = res {
             // Leave no half record behind.
             let _ = file.set_len(at);
             self.active = None;
-            self.scratch = body;
+            self.scratch = head;
             return Err(QueueError::Io { path: seg.path.clone(), source });
         }
-        let disk_len = (RECORD_PREFIX + body.len()) as u64;
+        let disk_len = (RECORD_PREFIX + body_len) as u64;
         seg.len += disk_len;
         seg.last_seq = seq;
         self.records.push_back(RecordMeta {
@@ -352,13 +355,13 @@ impl Queue {
             bytes,
             checkpoint,
             segment: seg.first_seq,
-            payload_at: at + (RECORD_PREFIX + payload_off) as u64,
+            payload_at: at + head.len() as u64,
             payload_len: payload.len(),
             disk_len,
         });
         self.live_bytes += disk_len;
         self.next_seq += 1;
-        self.scratch = body;
+        self.scratch = head;
 
         let mut dropped = Dropped::default();
         while self.live_bytes > self.max_bytes && self.records.len() > 1 {

@@ -20,7 +20,7 @@ use crate::config::CollectorConfig;
 use crate::journal::Journal;
 use crate::queue::{Checkpoint, Queue, QueueError};
 use crate::runtime::{Backoff, CollectorError, FINAL_FLUSH, Stats, blocking, is_stopped, stopped};
-use crate::sink::{Sink, SinkError, encode_push_request};
+use crate::sink::{Sink, SinkError};
 use crate::tail::{LogBatch, SavedState, Tailer};
 
 /// State shared by the reader and the sender.
@@ -161,6 +161,7 @@ async fn read_loop(
     let mut tick = tokio::time::interval(cfg.poll_interval.0);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut batch = LogBatch::new();
+    let mut enc = BodyEncoder::default();
     let mut more = false;
     let watcher = tailer.as_ref().and_then(|t| crate::watch::Watcher::new(&t.watch_dirs()));
     let journal_ready = journal.as_ref().map(Journal::notifier);
@@ -237,11 +238,12 @@ async fn read_loop(
         if batch.is_empty() || !(more || batch.bytes() >= max_bytes || batch.age() >= batch_wait) {
             continue;
         }
-        batch = enqueue(batch, &shared, stats).await?;
+        (batch, enc) = enqueue(batch, enc, &shared, stats).await?;
         wake_sender.notify_one();
     }
     if !batch.is_empty() {
-        batch = enqueue(batch, &shared, stats).await?;
+        (batch, enc) = enqueue(batch, enc, &shared, stats).await?;
+        drop(enc);
         if !batch.is_empty() {
             tracing::warn!(
                 lines = batch.lines(),
@@ -257,24 +259,44 @@ async fn read_loop(
     Ok(())
 }
 
-/// Encodes `batch` and appends it to the queue; returns an empty batch, or
-/// `batch` itself if the queue could not take it (tried again later).
+/// Reusable buffers of batch encoding.
+#[derive(Default)]
+pub(crate) struct BodyEncoder {
+    pb: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl BodyEncoder {
+    /// The Loki push body of `batch`: protobuf, snappy block format.
+    fn encode(&mut self, batch: &LogBatch) -> &[u8] {
+        self.pb.clear();
+        batch.encode_push_request(&mut self.pb);
+        self.body.resize(snap::raw::max_compress_len(self.pb.len()), 0);
+        // Compressing an in-memory slice fails only beyond 4 GiB.
+        let n = snap::raw::Encoder::new().compress(&self.pb, &mut self.body).unwrap_or(0);
+        self.body.truncate(n);
+        &self.body
+    }
+}
+
+/// Encodes `batch` and appends it to the queue; returns the batch cleared,
+/// or unchanged if the queue could not take it (tried again later).
 async fn enqueue(
-    batch: LogBatch,
+    mut batch: LogBatch,
+    mut enc: BodyEncoder,
     shared: &Arc<Mutex<Shipping>>,
     stats: &Arc<Stats>,
-) -> Result<LogBatch, CollectorError> {
+) -> Result<(LogBatch, BodyEncoder), CollectorError> {
     let (shared, stats) = (shared.clone(), stats.clone());
     blocking(move || {
-        let body = encode_push_request(batch.streams());
+        let body = enc.encode(&batch);
         let mut s = lock(&shared);
-        match s.push(&batch, &body, &stats) {
-            Ok(()) => LogBatch::new(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot write to the log queue; holding the batch and retrying");
-                batch
-            }
+        match s.push(&batch, body, &stats) {
+            Ok(()) => batch.clear(),
+            Err(e) => tracing::error!(error = %e, "cannot write to the log queue; holding the batch and retrying"),
         }
+        drop(s);
+        (batch, enc)
     })
     .await
 }

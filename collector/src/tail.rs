@@ -205,11 +205,20 @@ impl SavedState {
 }
 
 /// Lines read but not yet delivered, grouped by stream, with the positions
-/// to checkpoint once they are.
+/// to checkpoint once they are. Line bytes live in one buffer (no
+/// allocation per line), and [`LogBatch::clear`] keeps the allocations for
+/// the next batch.
 #[derive(Debug, Default)]
 pub struct LogBatch {
-    streams: Vec<StreamEntries>,
+    labels: Vec<Labels>,
+    /// Per stream: (timestamp, start in `arena`, length).
+    entries: Vec<Vec<(i64, u32, u32)>>,
+    /// The lines' bytes, each valid UTF-8.
+    arena: Vec<u8>,
     index: HashMap<Labels, usize>,
+    /// Changes on every clear: stream indexes cached by readers are valid
+    /// only for one generation.
+    generation: u64,
     bytes: usize,
     lines: usize,
     checkpoint: BTreeMap<PathBuf, Position>,
@@ -217,10 +226,28 @@ pub struct LogBatch {
     started: Option<Instant>,
 }
 
+static BATCH_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl LogBatch {
     /// An empty batch.
     pub fn new() -> Self {
-        Self::default()
+        LogBatch { generation: BATCH_GENERATION.fetch_add(1, Relaxed), ..LogBatch::default() }
+    }
+
+    /// Empties the batch, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.labels.clear();
+        for e in &mut self.entries {
+            e.clear();
+        }
+        self.arena.clear();
+        self.index.clear();
+        self.generation = BATCH_GENERATION.fetch_add(1, Relaxed);
+        self.bytes = 0;
+        self.lines = 0;
+        self.checkpoint.clear();
+        self.cursor = None;
+        self.started = None;
     }
 
     /// True when the batch holds no line.
@@ -243,9 +270,23 @@ impl LogBatch {
         self.started.map(|s| s.elapsed()).unwrap_or_default()
     }
 
-    /// The entries, by stream.
-    pub fn streams(&self) -> &[StreamEntries] {
-        &self.streams
+    /// The entries, by stream (a copy).
+    pub fn streams(&self) -> Vec<StreamEntries> {
+        self.labels
+            .iter()
+            .zip(&self.entries)
+            .map(|(l, es)| StreamEntries {
+                labels: l.clone(),
+                entries: es
+                    .iter()
+                    .map(|&(ts, at, len)| Entry {
+                        ts,
+                        line: String::from_utf8_lossy(&self.arena[at as usize..(at + len) as usize]).into_owned(),
+                        metadata: Vec::new(),
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Positions to commit once the batch is delivered.
@@ -263,18 +304,90 @@ impl LogBatch {
     }
 
     pub(crate) fn push_entry(&mut self, labels: &Labels, entry: Entry) {
-        self.push(labels, entry);
+        let i = self.stream_index(labels);
+        self.push_line(i, entry.ts, &entry.line);
     }
 
-    fn push(&mut self, labels: &Labels, entry: Entry) {
-        self.bytes += entry.line.len();
+    /// Index of the stream `labels`, added if new.
+    pub(crate) fn stream_index(&mut self, labels: &Labels) -> usize {
+        if let Some(&i) = self.index.get(labels) {
+            return i;
+        }
+        let i = self.labels.len();
+        self.index.insert(labels.clone(), i);
+        self.labels.push(labels.clone());
+        if self.entries.len() <= i {
+            self.entries.push(Vec::new());
+        }
+        i
+    }
+
+    /// Adds a line to stream `i` (from [`LogBatch::stream_index`]).
+    pub(crate) fn push_line(&mut self, i: usize, ts: i64, line: &str) {
+        self.bytes += line.len();
         self.lines += 1;
         self.started.get_or_insert_with(Instant::now);
-        match self.index.get(labels) {
-            Some(&i) => self.streams[i].entries.push(entry),
-            None => {
-                self.index.insert(labels.clone(), self.streams.len());
-                self.streams.push(StreamEntries { labels: labels.clone(), entries: vec![entry] });
+        // Offsets are u32: a batch is far below 4 GiB (batch_max_bytes plus
+        // one line of at most max_line_bytes).
+        let at = self.arena.len() as u32;
+        self.arena.extend_from_slice(line.as_bytes());
+        self.entries[i].push((ts, at, line.len() as u32));
+    }
+
+    /// Appends the batch as a Loki `logproto.PushRequest` (protobuf, not
+    /// compressed) to `out`, without copying lines into messages first.
+    pub fn encode_push_request(&self, out: &mut Vec<u8>) {
+        use prost::encoding::{encode_varint, encoded_len_varint as vlen};
+        fn ts_parts(ts: i64) -> (i64, i64) {
+            (ts.div_euclid(1_000_000_000), ts.rem_euclid(1_000_000_000))
+        }
+        fn ts_len(ts: i64) -> usize {
+            let (s, n) = ts_parts(ts);
+            (if s != 0 { 1 + vlen(s as u64) } else { 0 }) + (if n != 0 { 1 + vlen(n as u64) } else { 0 })
+        }
+        // proto3: an empty line is left out, as prost does.
+        fn entry_len(ts: i64, len: usize) -> usize {
+            let t = ts_len(ts);
+            1 + vlen(t as u64) + t + if len > 0 { 1 + vlen(len as u64) + len } else { 0 }
+        }
+        let mut text = String::new();
+        for (labels, entries) in self.labels.iter().zip(&self.entries) {
+            if entries.is_empty() {
+                continue;
+            }
+            text.clear();
+            use std::fmt::Write as _;
+            let _ = write!(text, "{labels}");
+            let mut stream_len = 1 + vlen(text.len() as u64) + text.len();
+            for &(ts, _, len) in entries {
+                let e = entry_len(ts, len as usize);
+                stream_len += 1 + vlen(e as u64) + e;
+            }
+            out.reserve(stream_len + 10);
+            out.push(0x0a); // PushRequest.streams
+            encode_varint(stream_len as u64, out);
+            out.push(0x0a); // StreamAdapter.labels
+            encode_varint(text.len() as u64, out);
+            out.extend_from_slice(text.as_bytes());
+            for &(ts, at, len) in entries {
+                out.push(0x12); // StreamAdapter.entries
+                encode_varint(entry_len(ts, len as usize) as u64, out);
+                out.push(0x0a); // EntryAdapter.timestamp
+                encode_varint(ts_len(ts) as u64, out);
+                let (secs, nanos) = ts_parts(ts);
+                if secs != 0 {
+                    out.push(0x08);
+                    encode_varint(secs as u64, out);
+                }
+                if nanos != 0 {
+                    out.push(0x10);
+                    encode_varint(nanos as u64, out);
+                }
+                if len > 0 {
+                    out.push(0x12); // EntryAdapter.line
+                    encode_varint(u64::from(len), out);
+                    out.extend_from_slice(&self.arena[at as usize..(at + len) as usize]);
+                }
             }
         }
     }
@@ -482,6 +595,8 @@ struct Tracked {
     multiline: Option<Arc<Multiline>>,
     /// Split lines and multiline entries being joined.
     asm: Assembler,
+    /// Batch generation and indexes of `labels` in that batch.
+    stream_cache: (u64, [Option<usize>; 2]),
     head_len: u32,
     head_hash: u64,
     /// When the path stopped naming this file (rotation), if it did.
@@ -566,6 +681,8 @@ pub struct Tailer {
 /// Per-poll reading context, split from [`Tailer`] for the borrow checker.
 struct Reader<'a> {
     buf: &'a mut Vec<u8>,
+    /// Read time stamped on lines without their own: taken once per read.
+    now: i64,
     max_line: usize,
     budget: usize,
     last_ts: &'a mut i64,
@@ -673,6 +790,7 @@ impl Tailer {
         let found = expand(&self.targets, &mut self.glob_errors);
         let mut rd = Reader {
             buf: &mut self.buf,
+            now: cairn_wire::time::now_ns(),
             max_line: self.max_line,
             budget: budget.max(1),
             last_ts: &mut self.last_ts,
@@ -835,6 +953,7 @@ fn open(
         format: target.format,
         multiline: target.multiline.clone(),
         asm: Assembler::new(target.format, target.multiline.clone(), max_line),
+        stream_cache: (0, [None, None]),
         head_len: head_len as u32,
         head_hash: hash,
         rotated_at: None,
@@ -883,6 +1002,7 @@ fn find_rotated(path: &Path, pos: &Position, target: &Target, max_line: usize) -
             format: target.format,
             multiline: target.multiline.clone(),
             asm: Assembler::new(target.format, target.multiline.clone(), max_line),
+            stream_cache: (0, [None, None]),
             head_len: pos.head_len,
             head_hash: pos.head_hash,
             rotated_at: Some(Instant::now()),
@@ -900,7 +1020,14 @@ impl Reader<'_> {
         let lines_before = batch.lines;
         let res = self.read_inner(t, batch);
         if t.multiline.is_some() {
-            let mut out = Emit { batch, labels: &t.labels, last_ts: self.last_ts, stats: self.stats };
+            let mut out = Emit {
+                batch,
+                labels: &t.labels,
+                cache: &mut t.stream_cache,
+                last_ts: self.last_ts,
+                now: cairn_wire::time::now_ns(),
+                stats: self.stats,
+            };
             t.asm.flush_idle(&mut out);
         }
         if checkpoint && batch.lines > lines_before {
@@ -937,7 +1064,14 @@ impl Reader<'_> {
             // the truncation are only in the copy. Read its rest if found.
             self.read_copy(t, batch);
             // Entries held for joining came from the old content: send them.
-            let mut out = Emit { batch, labels: &t.labels, last_ts: self.last_ts, stats: self.stats };
+            let mut out = Emit {
+                batch,
+                labels: &t.labels,
+                cache: &mut t.stream_cache,
+                last_ts: self.last_ts,
+                now: cairn_wire::time::now_ns(),
+                stats: self.stats,
+            };
             t.asm.flush_all(&mut out);
             if !t.pending.is_empty() {
                 self.line(t, batch, LineRef::Pending);
@@ -955,7 +1089,10 @@ impl Reader<'_> {
             }
             let n = match t.file.read_at(self.buf, t.read_pos) {
                 Ok(0) => return Ok(true),
-                Ok(n) => n,
+                Ok(n) => {
+                    self.now = cairn_wire::time::now_ns();
+                    n
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
@@ -1035,6 +1172,7 @@ impl Reader<'_> {
                 format: t.format,
                 multiline: t.multiline.clone(),
                 asm: std::mem::take(&mut t.asm),
+                stream_cache: (0, [None, None]),
                 head_len: t.head_len,
                 head_hash: t.head_hash,
                 rotated_at: None,
@@ -1061,7 +1199,14 @@ impl Reader<'_> {
             LineRef::Buf(a, b) => &self.buf[a..b],
             LineRef::Pending => &t.pending,
         };
-        let mut out = Emit { batch, labels: &t.labels, last_ts: self.last_ts, stats: self.stats };
+        let mut out = Emit {
+            batch,
+            labels: &t.labels,
+            cache: &mut t.stream_cache,
+            last_ts: self.last_ts,
+            now: self.now,
+            stats: self.stats,
+        };
         if t.format == LogFormat::Plain && t.multiline.is_none() {
             out.entry(STDOUT, None, raw, t.overflow);
         } else {
@@ -1077,7 +1222,14 @@ impl Reader<'_> {
         if !t.pending.is_empty() {
             self.line(t, batch, LineRef::Pending);
         }
-        let mut out = Emit { batch, labels: &t.labels, last_ts: self.last_ts, stats: self.stats };
+        let mut out = Emit {
+            batch,
+            labels: &t.labels,
+            cache: &mut t.stream_cache,
+            last_ts: self.last_ts,
+            now: cairn_wire::time::now_ns(),
+            stats: self.stats,
+        };
         t.asm.flush_all(&mut out);
         t.line_start = t.read_pos;
     }
@@ -1096,7 +1248,11 @@ enum LineRef {
 struct Emit<'a> {
     batch: &'a mut LogBatch,
     labels: &'a [Labels; 2],
+    /// Stream indexes in `batch` of `labels`, valid for `cache.0`.
+    cache: &'a mut (u64, [Option<usize>; 2]),
     last_ts: &'a mut i64,
+    /// The read time of lines without their own timestamp.
+    now: i64,
     stats: &'a Stats,
 }
 
@@ -1113,16 +1269,26 @@ impl EntrySink for Emit<'_> {
             self.stats.lines_truncated.fetch_add(1, Relaxed);
         }
         let ts = ts.unwrap_or_else(|| {
-            let now = cairn_wire::time::now_ns();
-            let ts = if now > *self.last_ts { now } else { *self.last_ts + 1 };
+            let ts = if self.now > *self.last_ts { self.now } else { *self.last_ts + 1 };
             *self.last_ts = ts;
             ts
         });
-        let line = match std::str::from_utf8(line) {
-            Ok(s) => s.to_owned(),
-            Err(_) => String::from_utf8_lossy(line).into_owned(),
+        let s = stream.min(STDERR);
+        if self.cache.0 != self.batch.generation {
+            *self.cache = (self.batch.generation, [None, None]);
+        }
+        let i = match self.cache.1[s] {
+            Some(i) => i,
+            None => {
+                let i = self.batch.stream_index(&self.labels[s]);
+                self.cache.1[s] = Some(i);
+                i
+            }
         };
-        self.batch.push(&self.labels[stream.min(STDERR)], Entry { ts, line, metadata: Vec::new() });
+        match std::str::from_utf8(line) {
+            Ok(text) => self.batch.push_line(i, ts, text),
+            Err(_) => self.batch.push_line(i, ts, &String::from_utf8_lossy(line)),
+        }
         self.stats.lines_read.fetch_add(1, Relaxed);
     }
 }
@@ -1253,7 +1419,8 @@ mod tests {
     }
 
     fn lines(b: &LogBatch) -> Vec<String> {
-        let mut all: Vec<&Entry> = b.streams().iter().flat_map(|s| &s.entries).collect();
+        let streams = b.streams();
+        let mut all: Vec<&Entry> = streams.iter().flat_map(|s| &s.entries).collect();
         all.sort_by_key(|e| e.ts);
         all.iter().map(|e| e.line.clone()).collect()
     }
@@ -1267,7 +1434,8 @@ mod tests {
         let mut t = fx.tailer(1024);
         let (l, b) = poll(&mut t);
         assert_eq!(l, ["one", "two"]);
-        let s = &b.streams()[0];
+        let streams = b.streams();
+        let s = &streams[0];
         assert_eq!(s.labels.get("job"), Some("test"));
         assert_eq!(s.labels.get("host"), Some("box1"));
         assert_eq!(s.labels.get("filename"), Some(fx.path("a.log").to_str().unwrap()));
@@ -1282,6 +1450,38 @@ mod tests {
         assert_eq!(got, ["bee", "three"]);
         assert_eq!(fx.stats.lines_read.load(Relaxed), 4);
         assert_eq!(t.open_files(), 2);
+    }
+
+    /// The batch's own protobuf encoder produces what prost produces from
+    /// the same entries.
+    #[test]
+    fn batch_encoding_matches_prost() {
+        use cairn_wire::proto::PushRequest;
+        use prost::Message;
+        let mut b = LogBatch::new();
+        let a = Labels::from_pairs([("job", "a"), ("host", "h")]).unwrap();
+        let z = Labels::from_pairs([("job", "z")]).unwrap();
+        for (l, ts, line) in [
+            (&a, 1_700_000_000_123_456_789, "first ü"),
+            (&z, 5, ""),
+            (&a, 0, "zero time"),
+            (&z, 2_000_000_000, "whole second"),
+            (&a, -1_500_000_000, "before 1970"),
+        ] {
+            b.push_entry(l, Entry { ts, line: line.into(), metadata: vec![] });
+        }
+        let mut ours = Vec::new();
+        b.encode_push_request(&mut ours);
+        let theirs =
+            cairn_wire::proto::snappy_decompress(&crate::sink::encode_push_request(&b.streams()), 1 << 20).unwrap();
+        assert_eq!(PushRequest::decode(ours.as_slice()).unwrap(), PushRequest::decode(theirs.as_slice()).unwrap());
+        assert_eq!(ours, theirs);
+        // Cleared batches reuse their buffers and start over.
+        b.clear();
+        assert!(b.is_empty() && b.streams().is_empty());
+        b.push_entry(&z, Entry { ts: 1, line: "again".into(), metadata: vec![] });
+        assert_eq!(b.streams().len(), 1);
+        assert_eq!(b.streams()[0].entries[0].line, "again");
     }
 
     #[test]
@@ -1536,7 +1736,8 @@ mod tests {
         let base = 1_714_557_600_000_000_000;
         assert_eq!(find(&b, "stdout"), [(base + 1, "hello".to_string())]);
         assert_eq!(find(&b, "stderr"), [(base + 3, "oops".to_string())]);
-        let s = b.streams().iter().find(|s| s.labels.get("stream") == Some("stderr")).unwrap();
+        let streams = b.streams();
+        let s = streams.iter().find(|s| s.labels.get("stream") == Some("stderr")).unwrap();
         assert_eq!(
             s.labels.to_string(),
             r#"{container="nginx", job="default/nginx", namespace="default", node="node-1", pod="web-7d4b9", stream="stderr"}"#
@@ -1582,7 +1783,8 @@ mod tests {
                 "2024-05-01 INFO recovered"
             ]
         );
-        let e = &b.streams()[0].entries[0];
+        let streams = b.streams();
+        let e = &streams[0].entries[0];
         assert_eq!(e.ts, 1_714_557_601_000_000_000);
         // The last entry is held (more continuation lines may come).
         let held_at: u64 =
