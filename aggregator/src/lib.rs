@@ -226,7 +226,8 @@ impl Aggregator {
                 }
             }
         }
-        let outcome = self.metrics.append(tenant, ok)?;
+        let n: usize = ok.iter().map(|s| s.samples.len()).sum();
+        let outcome = self.metrics.append(tenant, ok).inspect_err(|e| self.count_store_failure(e, "samples", n))?;
         if self.metrics.flush_due() {
             self.flush_wanted.notify_one();
         }
@@ -281,7 +282,8 @@ impl Aggregator {
             }
             ok.push(s);
         }
-        let outcome = self.logs.push(tenant, ok)?;
+        let n: usize = ok.iter().map(|s| s.entries.len()).sum();
+        let outcome = self.logs.push(tenant, ok).inspect_err(|e| self.count_store_failure(e, "entries", n))?;
         if self.logs.flush_due() {
             self.flush_wanted.notify_one();
         }
@@ -289,6 +291,12 @@ impl Aggregator {
         self.self_metrics.line_bytes_ingested.inc_by(bytes);
         report.merge_store(outcome);
         Ok(report)
+    }
+
+    /// Counts the `n` items of a write the store failed, by cause.
+    fn count_store_failure(&self, e: &StoreError, kind: &'static str, n: usize) {
+        let reason = if e.is_disk_full() { "disk_full" } else { "store_error" };
+        self.self_metrics.reject(kind, reason, n as u64);
     }
 
     /// Writes each engine's head to a block if it is due (size or age),
