@@ -159,12 +159,27 @@ impl Aggregator {
                 "WAL replayed"
             );
         }
+        let self_metrics = SelfMetrics::new();
+        let found = [
+            ("metrics", metrics.replay_stats(), metrics.corrupt_blocks()),
+            ("logs", logs.replay_stats(), logs.corrupt_blocks()),
+        ];
+        for (engine, r, corrupt) in found {
+            for (what, n) in [
+                ("corrupt_blocks", corrupt.len() as u64),
+                ("wal_corrupt_segments", r.corrupt_segments as u64),
+                ("wal_torn_tail_bytes", r.torn_tail_bytes),
+            ] {
+                let l = vec![("engine", engine.to_string()), ("finding", what.to_string())];
+                self_metrics.recovery.get_or_create(&l).set(n as i64);
+            }
+        }
         let query_slots = Arc::new(tokio::sync::Semaphore::new(config.query.max_concurrency.max(1)));
         Ok(Arc::new(Aggregator {
             metrics,
             logs,
             config,
-            self_metrics: SelfMetrics::new(),
+            self_metrics,
             flush_wanted: tokio::sync::Notify::new(),
             compact_wanted: tokio::sync::Notify::new(),
             metadata: metadata::MetadataCache::default(),

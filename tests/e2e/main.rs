@@ -15,6 +15,7 @@ mod node_exporter;
 mod ops;
 mod prom_api;
 mod promtool;
+mod recovery;
 mod restart;
 mod tail;
 mod up;
