@@ -120,6 +120,10 @@ pub struct LogsStorageConfig {
     pub head_max_size: ByteSize,
     /// Flush the head once its oldest data is this old, so the WAL stays short.
     pub flush_interval: ConfigDuration,
+    /// Accept entries up to this much older than their stream's newest
+    /// entry; older ones are refused as "entry too far behind" (`0s`:
+    /// strictly in order).
+    pub out_of_order_window: ConfigDuration,
     /// Delete log blocks whose newest line is older than this; `0s` keeps
     /// them forever.
     pub retention_time: ConfigDuration,
@@ -133,6 +137,7 @@ impl Default for LogsStorageConfig {
         LogsStorageConfig {
             head_max_size: ByteSize::mib(64),
             flush_interval: ConfigDuration::from_secs(600),
+            out_of_order_window: ConfigDuration(cairn_store::logs::DEFAULT_OUT_OF_ORDER_WINDOW),
             retention_time: ConfigDuration::from_secs(30 * 86_400),
             retention_size: ByteSize(0),
         }

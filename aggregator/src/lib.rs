@@ -147,6 +147,7 @@ impl Aggregator {
                 wal,
                 head_max_bytes: config.storage.logs.head_max_size.0,
                 flush_interval: config.storage.logs.flush_interval.0,
+                out_of_order_window: config.storage.logs.out_of_order_window.0,
             },
         )?;
         for (engine, r) in [("metrics", metrics.replay_stats()), ("logs", logs.replay_stats())] {
@@ -301,6 +302,9 @@ impl Aggregator {
         let outcome = self.logs.push(tenant, ok).inspect_err(|e| self.count_store_failure(e, "entries", n))?;
         if self.logs.flush_due() {
             self.flush_wanted.notify_one();
+        }
+        for (r, _) in &outcome.rejected {
+            self.self_metrics.reject("entries", r.as_str(), 1);
         }
         self.self_metrics.lines_ingested.inc_by(outcome.accepted as u64);
         self.self_metrics.line_bytes_ingested.inc_by(bytes);

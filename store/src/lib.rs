@@ -27,6 +27,9 @@ pub mod layout;
 pub mod logchunk;
 pub mod logs;
 pub mod metrics;
+mod newest;
+#[doc(hidden)]
+pub mod testing;
 mod tiered;
 pub mod trigram;
 pub mod wal;
@@ -59,6 +62,13 @@ pub enum StoreError {
     Locked { path: PathBuf },
 }
 
+/// Whether a checksum matches. Fuzzing builds (`--cfg fuzzing`, set by
+/// cargo-fuzz) accept any, so the fuzzer reaches the decoders behind the
+/// checksums instead of stopping at them.
+pub(crate) fn crc_matches(got: u32, want: u32) -> bool {
+    got == want || cfg!(fuzzing)
+}
+
 impl StoreError {
     /// True when the file system is out of space (or quota, or the file
     /// size limit): the write may succeed once space is freed.
@@ -88,6 +98,9 @@ pub enum RejectReason {
     /// Older than its series' newest sample by more than the out-of-order
     /// window (Prometheus's "too old sample").
     TooOld,
+    /// A log entry older than its stream's newest by more than the
+    /// out-of-order window (Loki's "entry too far behind").
+    TooFarBehind,
 }
 
 impl RejectReason {
@@ -99,6 +112,7 @@ impl RejectReason {
             RejectReason::MissingMetricName => "missing_metric_name",
             RejectReason::OutOfOrder => "out_of_order",
             RejectReason::TooOld => "too_old",
+            RejectReason::TooFarBehind => "too_far_behind",
         }
     }
 }

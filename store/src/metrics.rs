@@ -87,7 +87,7 @@ pub struct MetricsStore {
     /// Newest timestamp of every series (head and blocks), per tenant: the
     /// reference point of the out-of-order window. Written under the write
     /// lock; survives flushes; rebuilt at open from block indexes and the head.
-    newest: Mutex<HashMap<String, HashMap<Labels, i64>>>,
+    newest: Mutex<crate::newest::NewestMap>,
 }
 
 impl HeadData for Head {
@@ -283,29 +283,14 @@ impl MetricsStore {
     /// temporary files, and replays the WAL segments no block covers.
     pub fn open_with(dir: &Path, opts: MetricsStoreOptions) -> Result<Self, StoreError> {
         let t: Tiered<Head> = Tiered::open(dir, BlockKind::Metrics, RECORD_SAMPLES, opts.wal.clone())?;
-        let mut newest: HashMap<String, HashMap<Labels, i64>> = HashMap::new();
+        let mut newest;
         {
             let (persisted, head) = t.read();
-            let mut note = |tenant: &str, labels: &Labels, ts: i64| {
-                let m = newest.entry(tenant.to_string()).or_default();
-                match m.get_mut(labels) {
-                    Some(n) => *n = (*n).max(ts),
-                    None => {
-                        m.insert(labels.clone(), ts);
-                    }
-                }
-            };
-            for b in &persisted.blocks {
-                for s in &b.streams {
-                    if let Some(mx) = s.chunks.iter().map(|c| c.max_ts).max() {
-                        note(&s.tenant, &s.labels, mx);
-                    }
-                }
-            }
+            newest = crate::newest::from_blocks(&persisted.blocks);
             for (tenant, th) in &head.tenants {
                 for s in &th.series {
                     if let Some(&(t, _)) = s.samples.last() {
-                        note(tenant, &s.labels, t);
+                        crate::newest::note(&mut newest, tenant, &s.labels, t);
                     }
                 }
             }
@@ -409,17 +394,9 @@ impl MetricsStore {
         let mut buf = Vec::new();
         encode_batch(&mut buf, tenant, &to_write);
         self.t.wal.append(RECORD_SAMPLES, &buf)?;
-        let m = match newest_all.get_mut(tenant) {
-            Some(m) => m,
-            None => newest_all.entry(tenant.to_string()).or_default(),
-        };
         for s in &to_write {
-            let max = s.samples.last().map_or(i64::MIN, |p| p.0);
-            match m.get_mut(&s.labels) {
-                Some(n) => *n = (*n).max(max),
-                None => {
-                    m.insert(s.labels.clone(), max);
-                }
+            if let Some(&(max, _)) = s.samples.last() {
+                crate::newest::note(&mut newest_all, tenant, &s.labels, max);
             }
         }
         drop(newest_all);
@@ -456,10 +433,7 @@ impl MetricsStore {
             // series gone quiet before the retention limit: forget them
             let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
-            for m in newest.values_mut() {
-                m.retain(|_, t| *t >= min_ts);
-            }
-            newest.retain(|_, m| !m.is_empty());
+            crate::newest::forget_before(&mut newest, min_ts);
         }
         self.t.apply_retention(min_ts, max_bytes)
     }
