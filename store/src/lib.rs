@@ -37,7 +37,7 @@ pub mod xor;
 
 use std::path::PathBuf;
 
-pub use tiered::{CompactionPolicy, CompactionStats};
+pub use tiered::{CompactionPolicy, CompactionStats, Retention, RetentionStats};
 pub use wal::{FsyncPolicy, WalOptions};
 
 /// Errors of the storage engines.

@@ -987,6 +987,9 @@ impl LogStore {
         req: &ScanRequest<'_>,
         f: &mut dyn FnMut(&Labels, &[EntryRef<'_>]) -> Option<i64>,
     ) -> Result<ScanStats, StoreError> {
+        let hidden_before = self.t.visible_from(req.tenant);
+        let clamped = ScanRequest { start: req.start.max(hidden_before), ..*req };
+        let req = &clamped;
         let mut stats = ScanStats::default();
         let (persisted, head) = self.t.read();
         let mut sources = Vec::new();
@@ -1113,6 +1116,7 @@ impl LogStore {
         want_lens: bool,
         f: &mut TimestampSink<'_>,
     ) -> Result<ScanStats, StoreError> {
+        let start = start.max(self.t.visible_from(tenant));
         let mut stats = ScanStats::default();
         let (persisted, head) = self.t.read();
         let mut sources = Vec::new();
@@ -1195,6 +1199,7 @@ impl LogStore {
         start: i64,
         end: i64,
     ) -> Result<Vec<(Labels, StreamStats)>, StoreError> {
+        let start = start.max(self.t.visible_from(tenant));
         let (persisted, head) = self.t.read();
         let mut by: std::collections::BTreeMap<Labels, StreamStats> = Default::default();
         let mut add = |labels: &Labels, entries: u64, bytes: u64, chunks: u64| {
@@ -1234,6 +1239,27 @@ impl LogStore {
         })
     }
 
+    /// Sets how long data is kept: the default age limit, per-tenant
+    /// overrides (their data past it is hidden from reads at once) and the
+    /// size limit, enforced by [`Self::apply_retention_policy`].
+    pub fn set_retention(&self, r: crate::Retention) {
+        self.t.set_retention(r);
+    }
+
+    /// Enforces the retention set by [`Self::set_retention`]: deletes
+    /// expired blocks, then the oldest past the size limit, and rewrites
+    /// blocks holding data of tenants past their own limit
+    /// (`docs/format/logs.md`, "Retention").
+    pub fn apply_retention_policy(&self) -> Result<crate::RetentionStats, StoreError> {
+        {
+            // series and streams gone quiet before the limit: forget them
+            let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+            crate::newest::forget_before(&mut newest, |tenant| self.t.cutoff(tenant));
+        }
+        self.t.apply_retention_policy()
+    }
+
     /// Deletes blocks whose data is all older than `min_ts` (ns; `None`:
     /// no age limit), then the oldest blocks while blocks take more than
     /// `max_bytes` (0: no limit). Returns (blocks, bytes) deleted. Data still
@@ -1243,7 +1269,7 @@ impl LogStore {
             // streams gone quiet before the retention limit: forget them
             let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
-            crate::newest::forget_before(&mut newest, min_ts);
+            crate::newest::forget_before(&mut newest, |_| Some(min_ts));
         }
         self.t.apply_retention(min_ts, max_bytes)
     }

@@ -424,6 +424,27 @@ impl MetricsStore {
         self.t.flush()
     }
 
+    /// Sets how long data is kept: the default age limit, per-tenant
+    /// overrides (their data past it is hidden from reads at once) and the
+    /// size limit, enforced by [`Self::apply_retention_policy`].
+    pub fn set_retention(&self, r: crate::Retention) {
+        self.t.set_retention(r);
+    }
+
+    /// Enforces the retention set by [`Self::set_retention`]: deletes
+    /// expired blocks, then the oldest past the size limit, and rewrites
+    /// blocks holding data of tenants past their own limit
+    /// (`docs/format/logs.md`, "Retention").
+    pub fn apply_retention_policy(&self) -> Result<crate::RetentionStats, StoreError> {
+        {
+            // series and streams gone quiet before the limit: forget them
+            let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+            crate::newest::forget_before(&mut newest, |tenant| self.t.cutoff(tenant));
+        }
+        self.t.apply_retention_policy()
+    }
+
     /// Deletes blocks whose data is all older than `min_ts` (ms; `None`:
     /// no age limit), then the oldest blocks while blocks take more than
     /// `max_bytes` (0: no limit). Returns (blocks, bytes) deleted. Data still
@@ -433,7 +454,7 @@ impl MetricsStore {
             // series gone quiet before the retention limit: forget them
             let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
-            crate::newest::forget_before(&mut newest, min_ts);
+            crate::newest::forget_before(&mut newest, |_| Some(min_ts));
         }
         self.t.apply_retention(min_ts, max_bytes)
     }
@@ -459,6 +480,7 @@ impl MetricsStore {
         mint: i64,
         maxt: i64,
     ) -> Result<BTreeMap<Labels, Vec<(i64, f64)>>, StoreError> {
+        let mint = mint.max(self.t.visible_from(tenant));
         let (persisted, head) = self.t.read();
         let mut by: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
         for b in &persisted.blocks {
@@ -504,6 +526,7 @@ impl MetricsStore {
     /// least one sample in `[mint, maxt]`, sorted. Empty `matchers` match
     /// every series. Backs `/api/v1/series`, `/labels` and `/label/…/values`.
     pub fn series(&self, tenant: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Labels> {
+        let mint = mint.max(self.t.visible_from(tenant));
         let (persisted, head) = self.t.read();
         let mut out: std::collections::BTreeSet<Labels> = Default::default();
         for b in &persisted.blocks {

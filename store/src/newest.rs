@@ -39,11 +39,13 @@ pub(crate) fn from_blocks<'a>(blocks: impl IntoIterator<Item = &'a std::sync::Ar
     m
 }
 
-/// Forgets series and streams whose newest data is older than `min_ts`
-/// (gone quiet before the retention limit).
-pub(crate) fn forget_before(m: &mut NewestMap, min_ts: i64) {
-    for per in m.values_mut() {
-        per.retain(|_, t| *t >= min_ts);
+/// Forgets series and streams whose newest data is older than their
+/// tenant's `cutoff` (gone quiet before the retention limit).
+pub(crate) fn forget_before(m: &mut NewestMap, cutoff: impl Fn(&str) -> Option<i64>) {
+    for (tenant, per) in m.iter_mut() {
+        if let Some(min_ts) = cutoff(tenant) {
+            per.retain(|_, t| *t >= min_ts);
+        }
     }
     m.retain(|_, per| !per.is_empty());
 }

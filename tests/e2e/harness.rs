@@ -129,6 +129,16 @@ impl Cairn {
         (r.status().as_u16(), r.text().unwrap())
     }
 
+    /// GET with query parameters and headers, returning status and body.
+    pub fn get_with(&self, path: &str, params: &[(&str, &str)], headers: &[(&str, &str)]) -> (u16, String) {
+        let mut req = self.http.get(format!("{}{}", self.url, path)).query(params);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    }
+
     /// POST a form, returning status and body.
     pub fn post_form(&self, path: &str, params: &[(&str, &str)]) -> (u16, String) {
         let r = self.http.post(format!("{}{}", self.url, path)).form(params).send().unwrap();

@@ -17,5 +17,6 @@ mod prom_api;
 mod promtool;
 mod recovery;
 mod restart;
+mod retention;
 mod tail;
 mod up;
