@@ -6,6 +6,7 @@ mod harness;
 mod bad_input;
 mod cli;
 mod collect;
+mod crash;
 mod disk_full;
 mod golden;
 mod logs;
