@@ -20,4 +20,5 @@ mod recovery;
 mod restart;
 mod retention;
 mod tail;
+mod tenants;
 mod up;
