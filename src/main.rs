@@ -204,25 +204,36 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
-/// Resolves when SIGINT (Ctrl-C) or SIGTERM arrives.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGINT (Ctrl-C) and SIGTERM handlers now and returns a future
+/// that resolves when either arrives. Called before the server starts
+/// answering, so a signal sent as soon as `/ready` answers is never met by
+/// the default action (termination without a flush).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (int, term) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (signal(SignalKind::interrupt()).ok(), signal(SignalKind::terminate()).ok())
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(int) => {},
+                _ = wait(term) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -278,6 +289,7 @@ impl Sink for InProcessSink {
 
 async fn serve(cfg: Config, with_collector: bool) -> anyhow::Result<()> {
     cfg.validate()?;
+    let shutdown = shutdown_signal();
     let listen = cfg.server.listen;
     let data_dir = cfg.storage.data_dir.clone();
     let agg_cfg = cfg.aggregator();
@@ -316,7 +328,7 @@ async fn serve(cfg: Config, with_collector: bool) -> anyhow::Result<()> {
     };
 
     print_banner(&cfg, bound, with_collector);
-    shutdown_signal().await;
+    shutdown.await;
     eprintln!("cairn: shutting down…");
     let _ = stop_tx.send(true);
     if let Some(c) = collector {
@@ -367,6 +379,7 @@ fn print_banner(cfg: &Config, listen: SocketAddr, with_collector: bool) {
 }
 
 async fn collect(cfg: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let sink =
         Arc::new(cairn_collector::sink::HttpSink::new(&cfg.collector.push).context("cannot set up the HTTP client")?);
     let state_dir = cfg.storage.data_dir.join("collector");
@@ -378,7 +391,7 @@ async fn collect(cfg: Config) -> anyhow::Result<()> {
         if cfg.collector.push.url.is_empty() { &cfg.collector.push.metrics_url } else { &cfg.collector.push.url },
         cairn_collector::describe(&cfg.collector)
     );
-    shutdown_signal().await;
+    shutdown.await;
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(5), task).await {
         Ok(Ok(r)) => r.context("collector stopped with an error")?,
