@@ -208,6 +208,13 @@ impl Assembler {
         Assembler { format, multiline, max, ..Assembler::default() }
     }
 
+    /// Moves the held state out, leaving an empty assembler with the same
+    /// rules in its place.
+    pub fn take(&mut self) -> Assembler {
+        let empty = Assembler::new(self.format, self.multiline.clone(), self.max);
+        std::mem::replace(self, empty)
+    }
+
     /// Feeds one raw line (without `\n`) that started at file offset
     /// `start`; finished entries go to `out`.
     pub fn line(&mut self, raw: &[u8], raw_truncated: bool, start: u64, out: &mut impl EntrySink) {

@@ -16,7 +16,9 @@
 //!   grace period ([`ROTATION_GRACE`]) in case the writer has not yet
 //!   reopened; the new file is read from offset 0.
 //! - **Copytruncate**: when a file is shorter than the offset already read,
-//!   it was truncated, and reading restarts at 0.
+//!   or its first bytes (up to 256, hashed) changed, it was truncated: the
+//!   rest of the copy (a file in the same directory starting with the same
+//!   bytes) is read first, then the file from 0.
 //! - Each entry is stamped with the time it was read, in nanoseconds,
 //!   strictly increasing across all files of one [`Tailer`].
 //!
@@ -61,8 +63,8 @@
 //!   it stayed, uncompressed, in the same directory.
 //! - A file created and rotated away between two polls, or entirely while
 //!   the collector was stopped, is never seen.
-//! - A file truncated and regrown past the old offset between two polls
-//!   looks unchanged, as in every offset-based tailer.
+//! - A file truncated and regrown past the old offset between two polls,
+//!   with the same first bytes as before, looks unchanged.
 //!
 //! All methods do blocking file I/O: call them from a blocking thread.
 
@@ -1058,7 +1060,13 @@ impl Reader<'_> {
 
     fn read_inner(&mut self, t: &mut Tracked, batch: &mut LogBatch) -> io::Result<bool> {
         let len = t.file.metadata()?.len();
-        if len < t.read_pos {
+        // Truncated (copytruncate) — also when it grew past our offset again
+        // before we looked: then its first bytes changed.
+        let regrown = len != t.read_pos
+            && t.head_len > 0
+            && len >= u64::from(t.head_len)
+            && head_hash(&t.file, t.head_len as usize).is_ok_and(|(n, h)| n == t.head_len as usize && h != t.head_hash);
+        if len < t.read_pos || regrown {
             tracing::info!(path = %t.path.display(), size = len, offset = t.read_pos, "file truncated; reading from the start");
             // copytruncate: lines written after our last read and before
             // the truncation are only in the copy. Read its rest if found.
@@ -1171,7 +1179,7 @@ impl Reader<'_> {
                 labels: t.labels.clone(),
                 format: t.format,
                 multiline: t.multiline.clone(),
-                asm: std::mem::take(&mut t.asm),
+                asm: t.asm.take(),
                 stream_cache: (0, [None, None]),
                 head_len: t.head_len,
                 head_hash: t.head_hash,
@@ -1790,6 +1798,30 @@ mod tests {
         let held_at: u64 =
             std::fs::read_to_string(fx.path(&f)).unwrap().lines().take(5).map(|l| l.len() as u64 + 1).sum();
         assert_eq!(b.checkpoint()[&fx.path(&f)].offset, held_at);
+    }
+
+    /// Regression: after reading the rest of a copytruncate copy, the
+    /// truncated file's lines were no longer decoded (its line assembler
+    /// was replaced by a plain-text one).
+    #[test]
+    fn pod_log_copytruncate_keeps_decoding() {
+        let fx = Fixture::new();
+        std::fs::create_dir_all(fx.path(POD)).unwrap();
+        let f = format!("{POD}/0.log");
+        fx.append(&f, b"2024-05-01T10:00:00Z stdout F one\n");
+        let mut t = fx.pod_tailer("");
+        assert_eq!(poll(&mut t).0, ["one"]);
+        fx.append(&f, b"2024-05-01T10:00:01Z stderr F two\n");
+        std::fs::copy(fx.path(&f), fx.path(&format!("{f}.1"))).unwrap();
+        OpenOptions::new().write(true).truncate(true).open(fx.path(&f)).unwrap();
+        fx.append(&f, b"2024-05-01T10:00:02Z stdout F three\n");
+        let (l, b) = poll(&mut t);
+        assert_eq!(l, ["two", "three"]);
+        assert!(b.streams().iter().all(|s| s.labels.get("stream").is_some()));
+        fx.append(&f, b"2024-05-01T10:00:03Z stderr F four\n");
+        let (l, b) = poll(&mut t);
+        assert_eq!(l, ["four"]);
+        assert_eq!(b.streams()[0].labels.get("stream"), Some("stderr"));
     }
 
     #[test]
