@@ -829,9 +829,19 @@ mod tests {
         let mut cfg = config(logs.path());
         cfg.queue_max_bytes = crate::config::ByteSize::mib(1);
         cfg.batch_max_bytes = crate::config::ByteSize::kib(64);
+        cfg.node.interval = crate::config::ConfigDuration::from_millis(100);
         let down = Arc::new(MemSink { fail_first: usize::MAX, ..MemSink::default() });
         let (tx, h, stats) = start(cfg.clone(), down.clone(), state.path().into()).await;
         wait_for("all lines read", || stats.snapshot().lines_read >= total as u64).await;
+        // The drop is visible as a metric (metrics still get through).
+        wait_for("the dropped-lines metric", || {
+            down.metrics.lock().unwrap().iter().any(|s| {
+                s.labels.get("__name__") == Some("cairn_collector_queue_dropped_lines_total")
+                    && s.labels.get("job") == Some("cairn-collector")
+                    && s.samples.iter().any(|&(_, v)| v > 0.0)
+            })
+        })
+        .await;
         tx.send(true).unwrap();
         h.await.unwrap().unwrap();
         let s = stats.snapshot();
