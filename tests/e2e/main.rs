@@ -6,6 +6,7 @@ mod harness;
 mod bad_input;
 mod cli;
 mod collect;
+mod deploy;
 mod golden;
 mod logs;
 mod loki_api;
