@@ -40,7 +40,8 @@ fn shared_dir(test: &str) -> Option<PathBuf> {
 /// `.ci/run` installs Python tools). `None` (after printing why) on a dev
 /// machine without it, a panic under CI.
 fn tool(test: &str, name: &str, install: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.push(repo().join("target/ci-tools/bin"));
     if let Some(found) = dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file()) {
         return Some(found);
@@ -285,13 +286,16 @@ fn fake_sysfs(dir: &Path) {
     std::fs::write(tz.join("temp"), "47500\n").unwrap();
 }
 
-/// (namespace, pod, container, dataset file): real logs as pods would write them.
+/// (namespace, pod, container, dataset file): real logs as pods would write
+/// them. Every namespace has some error lines, so the error panels have data
+/// whichever namespace is picked.
 const POD_LOGS: &[(&str, &str, &str, &str)] = &[
     ("kube-system", "coredns-5d78c9869d-x7k2p", "coredns", "loki-drain-kubernetes.log"),
     ("kube-system", "calico-node-7xk2p", "calico-node", "loki-drain-calico.log"),
     ("monitoring", "grafana-agent-0", "agent", "loki-drain-agent-logfmt.log"),
     ("web", "laravel-6c5f7b-x2x9q", "php", "lnav-laravel-stacktrace.log"),
     ("db", "mongo-0", "mongod", "mtools-mongod-3.6.23.log"),
+    ("data", "rsync-0", "rsyncd", "mtail-rsyncd.log"),
     ("data", "kafka-0", "kafka", "elastic-kafka-controller.log"),
 ];
 
@@ -375,17 +379,13 @@ timeout = "1s"
     let cfg_path = dir.path().join("cairn.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
     let data = dir.path().join("data");
-    let c = Cairn::start_on(
-        &format!("127.0.0.1:{port}"),
-        &["up"],
-        &data,
-        &["--config", cfg_path.to_str().unwrap()],
-    );
+    let c = Cairn::start_on(&format!("127.0.0.1:{port}"), &["up"], &data, &["--config", cfg_path.to_str().unwrap()]);
 
     let lines = push_pod_logs(&c, &shared, host);
     assert!(lines > 3000, "only {lines} lines pushed");
     // One refused write, so the rejections panel has something to show.
-    let (st, _) = c.remote_write(&[(&[("__name__", "bad_series"), ("bad-label", "x")], vec![(now_ns() / 1_000_000, 1.0)])]);
+    let (st, _) =
+        c.remote_write(&[(&[("__name__", "bad_series"), ("bad-label", "x")], vec![(now_ns() / 1_000_000, 1.0)])]);
     assert_eq!(st, 400);
 
     let mut dashboards = files_with(&repo().join("deploy/grafana/dashboards"), ".json");
@@ -407,8 +407,7 @@ timeout = "1s"
         variables.extend(query_variables(&name, &dash).into_iter().map(|v| (name.clone(), dash.clone(), v)));
     }
     // The provisioned data sources are the ones the dashboards default to.
-    let ds_yaml =
-        std::fs::read_to_string(repo().join("deploy/grafana/provisioning/datasources/cairn.yaml")).unwrap();
+    let ds_yaml = std::fs::read_to_string(repo().join("deploy/grafana/provisioning/datasources/cairn.yaml")).unwrap();
     for f in &dashboards {
         let dash: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
         for v in dash["templating"]["list"].as_array().unwrap().iter().filter(|v| v["type"] == "datasource") {
@@ -426,8 +425,9 @@ timeout = "1s"
     let _ = c.prom("/api/v1/query", &[("query", "up")]);
     let _ = c.get_params("/loki/api/v1/query", &[("query", "count_over_time({job=\"kubernetes-pods\"}[5m])")]);
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut ran = 0usize;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let mut ran;
     loop {
         let mut failures = Vec::new();
         // Variable values first: "All" and then each dashboard's first value.
@@ -487,7 +487,11 @@ timeout = "1s"
         }
         std::thread::sleep(Duration::from_millis(1000));
     }
-    println!("dashboards: {} queries x 2 variable settings, all answered with data ({ran} runs)", queries.len());
+    println!(
+        "dashboards: {} queries x 2 variable settings answered with data ({ran} runs, {:.1}s)",
+        queries.len(),
+        started.elapsed().as_secs_f64()
+    );
     c.stop();
 }
 
@@ -583,20 +587,13 @@ fn kubernetes_manifests_render_and_validate() {
     let k8s = repo().join("deploy/kubernetes");
     let dir = tempfile::tempdir().unwrap();
     let mut rendered = Vec::new();
-    let mut kustomizations: Vec<PathBuf> = files_with(&k8s, "kustomization.yaml")
-        .into_iter()
-        .map(|p| p.parent().unwrap().to_path_buf())
-        .collect();
+    let mut kustomizations: Vec<PathBuf> =
+        files_with(&k8s, "kustomization.yaml").into_iter().map(|p| p.parent().unwrap().to_path_buf()).collect();
     kustomizations.sort();
     assert!(kustomizations.len() >= 3, "base and two overlays expected: {kustomizations:?}");
     for k in &kustomizations {
         let out = Command::new(&kubectl).arg("kustomize").arg(k).output().unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl kustomize {}: {}",
-            k.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "kubectl kustomize {}: {}", k.display(), String::from_utf8_lossy(&out.stderr));
         let yaml = String::from_utf8(out.stdout).unwrap();
         let name = k.strip_prefix(&k8s).unwrap().to_string_lossy().replace('/', "-");
         let path = dir.path().join(format!("{name}.yaml"));
@@ -616,7 +613,8 @@ fn kubernetes_manifests_render_and_validate() {
         ] {
             assert!(yaml.contains(kind), "{name}: no {kind}");
         }
-        for must in ["namespace: cairn", "fieldPath: spec.nodeName", "name: NODE_NAME", "readOnlyRootFilesystem: true"] {
+        for must in ["namespace: cairn", "fieldPath: spec.nodeName", "name: NODE_NAME", "readOnlyRootFilesystem: true"]
+        {
             assert!(yaml.contains(must), "{name}: missing {must:?}");
         }
     }
@@ -637,15 +635,9 @@ fn kubernetes_manifests_render_and_validate() {
     }
     // Schema validation: the rendered output and every resource file.
     let mut files: Vec<PathBuf> = rendered.iter().map(|r| r.2.clone()).collect();
-    files.extend(
-        files_with(&k8s, ".yaml").into_iter().filter(|p| !p.ends_with("kustomization.yaml")),
-    );
+    files.extend(files_with(&k8s, ".yaml").into_iter().filter(|p| !p.ends_with("kustomization.yaml")));
     for v in K8S_VERSIONS {
-        let out = Command::new(&validate)
-            .args(["--strict", "--quiet", "-k", v])
-            .args(&files)
-            .output()
-            .unwrap();
+        let out = Command::new(&validate).args(["--strict", "--quiet", "-k", v]).args(&files).output().unwrap();
         assert!(
             out.status.success(),
             "kubernetes-validate -k {v}: {}{}",
@@ -655,7 +647,8 @@ fn kubernetes_manifests_render_and_validate() {
     }
     // And it does reject a broken manifest.
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, rendered[0].1.replace("hostNetwork: true", "hostNetwork: true\n      hostNetwrk: true")).unwrap();
+    std::fs::write(&bad, rendered[0].1.replace("hostNetwork: true", "hostNetwork: true\n      hostNetwrk: true"))
+        .unwrap();
     let out = Command::new(&validate).args(["--strict", "--quiet", "-k", K8S_VERSIONS[0]]).arg(&bad).output().unwrap();
     assert!(!out.status.success(), "kubernetes-validate accepted an unknown field");
 }
