@@ -9,12 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Cairn, cairn_bin, free_port, now_ns, run_cli};
+use crate::harness::{Cairn, cairn_bin, free_port, now_ns, run_cli, stop_child};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -352,34 +352,63 @@ fn dashboards_queries_return_data() {
     fake_sysfs(&sys);
     let port = free_port();
     let host = "node-a";
-    // The aggregator's shipped config (self-scrape), with test paths, a
-    // fast collection cycle and a small log head so flushes and
-    // compactions happen within the test.
-    let cfg = format!(
-        r#"
-[storage.logs]
-head_max_size = "128KiB"
-
-[collector]
-host = "{host}"
-files = []
-
-[collector.node]
-interval = "1s"
-sys_path = "{sys}"
-
-[[collector.scrape]]
-job = "cairn"
-targets = ["127.0.0.1:{port}"]
-interval = "1s"
-timeout = "1s"
-"#,
-        sys = sys.display()
+    // The Kubernetes deployment's two configs, as shipped, with test paths,
+    // a 1 s cycle, and a small log head so flushes and compactions happen
+    // within the test: the aggregator (`cairn up`, scraping its own
+    // /metrics) and a `cairn collect` (node metrics, pod log files and the
+    // node's log files) pushing to it.
+    let k8s = repo().join("deploy/kubernetes/base");
+    let agg_cfg = edit_config(
+        &std::fs::read_to_string(k8s.join("aggregator.toml")).unwrap(),
+        &[
+            ("targets = [\"127.0.0.1:3100\"]", format!("targets = [\"127.0.0.1:{port}\"]")),
+            ("interval = \"15s\"", "interval = \"1s\"\ntimeout = \"1s\"".into()),
+            ("[storage.logs]\n", "[storage.logs]\nhead_max_size = \"128KiB\"\n".into()),
+        ],
     );
-    let cfg_path = dir.path().join("cairn.toml");
-    std::fs::write(&cfg_path, cfg).unwrap();
+    let agg_path = dir.path().join("aggregator.toml");
+    std::fs::write(&agg_path, agg_cfg).unwrap();
     let data = dir.path().join("data");
-    let c = Cairn::start_on(&format!("127.0.0.1:{port}"), &["up"], &data, &["--config", cfg_path.to_str().unwrap()]);
+    let c = Cairn::start_on(&format!("127.0.0.1:{port}"), &["up"], &data, &["--config", agg_path.to_str().unwrap()]);
+
+    // A node's log files: one pod's container log (CRI format, as the
+    // kubelet writes it) and a syslog file.
+    let pod_dir = dir.path().join("pods/kube-system_coredns-5d78c9869d-x7k2p_0c6a/coredns");
+    std::fs::create_dir_all(&pod_dir).unwrap();
+    let kube = std::fs::read_to_string(shared.join("datasets/logs/loki-drain-kubernetes.log")).unwrap();
+    let cri: String =
+        kube.lines().take(200).map(|l| format!("2026-01-01T00:00:00.000000000Z stdout F {l}\n")).collect();
+    std::fs::write(pod_dir.join("0.log"), cri).unwrap();
+    let varlog = dir.path().join("varlog");
+    std::fs::create_dir_all(&varlog).unwrap();
+    std::fs::copy(shared.join("datasets/logs/lnav-syslog-centos.log"), varlog.join("syslog.log")).unwrap();
+    let col_cfg = edit_config(
+        &std::fs::read_to_string(k8s.join("collector.toml")).unwrap(),
+        &[
+            ("host = \"\"", format!("host = \"{host}\"")),
+            ("proc_path = \"/host/proc\"", "proc_path = \"/proc\"\ninterval = \"1s\"".into()),
+            ("sys_path = \"/host/sys\"", format!("sys_path = \"{}\"", sys.display())),
+            ("rootfs_path = \"/host/root\"", "rootfs_path = \"/\"".into()),
+            ("\"/var/log/pods/*/*/*.log\"", format!("\"{}/pods/*/*/*.log\"", dir.path().display())),
+            (
+                "paths = [\"/var/log/*.log\", \"/var/log/syslog\", \"/var/log/messages\"]",
+                format!("paths = [\"{}/*.log\"]", varlog.display()),
+            ),
+            ("http://cairn.cairn.svc.cluster.local:3100", c.url.clone()),
+        ],
+    );
+    let col_path = dir.path().join("collector.toml");
+    std::fs::write(&col_path, col_cfg).unwrap();
+    let collector = Collector(Some(
+        Command::new(cairn_bin())
+            .args(["collect", "--config", col_path.to_str().unwrap(), "--data-dir"])
+            .arg(dir.path().join("collector-state"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn cairn collect"),
+    ));
 
     let lines = push_pod_logs(&c, &shared, host);
     assert!(lines > 3000, "only {lines} lines pushed");
@@ -391,7 +420,35 @@ timeout = "1s"
     let mut dashboards = files_with(&repo().join("deploy/grafana/dashboards"), ".json");
     assert!(dashboards.len() >= 3, "dashboards missing: {dashboards:?}");
     dashboards.sort();
-    let mut queries = Vec::new();
+    // Besides the dashboards: what the shipped collector config must deliver.
+    let mut queries = vec![
+        DashQuery {
+            origin: "collector.toml: node metrics".into(),
+            kind: "prometheus".into(),
+            expr: format!("node_load1{{instance=\"{host}\", job=\"node\"}}"),
+            instant: true,
+        },
+        DashQuery {
+            origin: "collector.toml: pod log files".into(),
+            kind: "loki".into(),
+            expr: format!(
+                "sum(count_over_time({{job=\"kubernetes-pods\", host=\"{host}\", filename=~\".+/coredns/0.log\"}}[1h]))"
+            ),
+            instant: true,
+        },
+        DashQuery {
+            origin: "collector.toml: node log files".into(),
+            kind: "loki".into(),
+            expr: format!("sum(count_over_time({{job=\"varlogs\", host=\"{host}\"}}[1h]))"),
+            instant: true,
+        },
+        DashQuery {
+            origin: "aggregator.toml: self-scrape".into(),
+            kind: "prometheus".into(),
+            expr: "up{job=\"cairn\"} == 1".into(),
+            instant: true,
+        },
+    ];
     let mut variables = Vec::new();
     let mut uids = std::collections::BTreeSet::new();
     for f in &dashboards {
@@ -492,7 +549,39 @@ timeout = "1s"
         queries.len(),
         started.elapsed().as_secs_f64()
     );
+    collector.stop();
     c.stop();
+}
+
+/// Applies (from, to) replacements to a shipped config, each of which must
+/// match, so a changed config file fails here rather than silently testing
+/// something else.
+fn edit_config(text: &str, edits: &[(&str, String)]) -> String {
+    let mut s = text.to_string();
+    for (from, to) in edits {
+        assert!(s.contains(from), "shipped config no longer contains {from:?}");
+        s = s.replacen(from, to, 1);
+    }
+    s
+}
+
+/// A `cairn collect` child, killed if the test fails.
+struct Collector(Option<std::process::Child>);
+
+impl Collector {
+    fn stop(mut self) {
+        let st = stop_child(self.0.take().unwrap(), "TERM", Duration::from_secs(10));
+        assert!(st.success(), "cairn collect exited with {st}");
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 // ---------------------------------------------------------------- configs
