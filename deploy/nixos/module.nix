@@ -160,8 +160,9 @@ in
             StateDirectory = "cairn-collector";
             StateDirectoryMode = "0700";
             TimeoutStopSec = 30;
-            # Reading logs: the journal's group, and adm where log files use it.
-            SupplementaryGroups = [ "systemd-journal" "adm" ];
+            # Reading the journal. (No `adm`: NixOS has no such group by
+            # default, and a missing group stops the unit from starting.)
+            SupplementaryGroups = [ "systemd-journal" ];
             ReadOnlyPaths = [ "/proc" "/sys" "-/var/log" "-/run/log/journal" ];
             ProtectHome = "read-only";
             RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" ];

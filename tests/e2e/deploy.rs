@@ -664,8 +664,8 @@ fn nix_files_parse() {
 
 // ---------------------------------------------------------------- kubernetes
 
-/// Kubernetes versions the manifests are validated against: the minor k3s
-/// ships on its stable channel and the newest the validator knows.
+/// Kubernetes versions the manifests are validated against: recent minors
+/// (k3s releases follow upstream's), up to the newest the validator ships.
 const K8S_VERSIONS: &[&str] = &["1.34.0", "1.35.0", "1.37.0"];
 
 #[test]
@@ -722,8 +722,24 @@ fn kubernetes_manifests_render_and_validate() {
             assert_eq!(code, 0, "{name}: {file}: {err}{out}");
         }
     }
+    // The Grafana ConfigMaps (for the Helm chart's sidecar): every
+    // dashboard and the data sources, labelled for the sidecar.
+    let out = Command::new(&kubectl).arg("kustomize").arg(repo().join("deploy/grafana")).output().unwrap();
+    assert!(out.status.success(), "kubectl kustomize deploy/grafana: {}", String::from_utf8_lossy(&out.stderr));
+    let grafana = String::from_utf8(out.stdout).unwrap();
+    for must in ["grafana_dashboard: \"1\"", "grafana_datasource: \"1\"", "uid: cairn-prometheus", "namespace: cairn"] {
+        assert!(grafana.contains(must), "deploy/grafana: missing {must:?}");
+    }
+    for f in files_with(&repo().join("deploy/grafana/dashboards"), ".json") {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(grafana.contains(&format!("  {name}: |")), "deploy/grafana: {name} is not in the ConfigMap");
+    }
+    let grafana_path = dir.path().join("grafana.yaml");
+    std::fs::write(&grafana_path, &grafana).unwrap();
+
     // Schema validation: the rendered output and every resource file.
     let mut files: Vec<PathBuf> = rendered.iter().map(|r| r.2.clone()).collect();
+    files.push(grafana_path);
     files.extend(files_with(&k8s, ".yaml").into_iter().filter(|p| !p.ends_with("kustomization.yaml")));
     for v in K8S_VERSIONS {
         let out = Command::new(&validate).args(["--strict", "--quiet", "-k", v]).args(&files).output().unwrap();
