@@ -627,6 +627,23 @@ fn systemd_units_verify() {
             out.status
         );
     }
+    // The sandboxing holds: systemd's own exposure score (0 = fully locked
+    // down, 10 = unprotected; these units score 1.5-1.9, an unhardened
+    // service about 9.6).
+    for u in &units {
+        let copy = dir.path().join(u.file_name().unwrap());
+        let out = Command::new(&sa).args(["security", "--offline=true", "--no-pager"]).arg(&copy).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let score: f64 = text
+            .lines()
+            .find_map(|l| l.split_once("Overall exposure level for ").map(|(_, r)| r))
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level from systemd-analyze security {}: {text}", u.display()));
+        println!("{}: exposure {score}", u.display());
+        assert!(score <= 2.0, "{}: systemd-analyze security exposure {score} > 2.0:\n{text}", u.display());
+    }
+
     // And it does catch mistakes: a misspelt key and a bad value.
     let bad = dir.path().join("bad.service");
     std::fs::write(
