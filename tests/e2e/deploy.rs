@@ -793,3 +793,107 @@ fn configmap_file(yaml: &str, file: &str) -> Option<String> {
     }
     Some(out)
 }
+
+// ---------------------------------------------------------------- container image
+
+/// The Dockerfile parsed with BuildKit's own parser (PyPI `dockerfile`,
+/// which wraps it), checked for what deploy/README.md promises; the binary
+/// needs no library beyond the distroless `cc` base's glibc and libgcc; and
+/// `.dockerignore` leaves every tracked source file in the build context.
+/// Building the image needs a container daemon and is not done here.
+#[test]
+fn dockerfile_parses_and_fits_its_base() {
+    let t = "dockerfile_parses_and_fits_its_base";
+    let Some(python) = tool(t, "python3", "apt-get install python3") else { return };
+    // .ci/run installs the parser into target/ci-tools; prefer that Python.
+    let venv = repo().join("target/ci-tools/bin/python3");
+    let python = if venv.is_file() { venv } else { python };
+    let probe = Command::new(&python).args(["-c", "import dockerfile"]).output().unwrap();
+    if !probe.status.success() {
+        assert!(!in_ci(), "{t}: the Python package `dockerfile` is missing (.ci/run installs it)");
+        println!("{t}: skipped: the Python package `dockerfile` is missing (pip install dockerfile)");
+        return;
+    }
+    let script = "import dockerfile, json, sys\n\
+                  print(json.dumps([[c.cmd, list(c.flags), list(c.value)] for c in dockerfile.parse_file(sys.argv[1])]))";
+    let out = Command::new(&python).args(["-c", script]).arg(repo().join("Dockerfile")).output().unwrap();
+    assert!(out.status.success(), "Dockerfile does not parse: {}", String::from_utf8_lossy(&out.stderr));
+    let ins: Vec<(String, Vec<String>, Vec<String>)> = serde_json::from_slice(&out.stdout).unwrap();
+    const KNOWN: &[&str] = &[
+        "ADD",
+        "ARG",
+        "CMD",
+        "COPY",
+        "ENTRYPOINT",
+        "ENV",
+        "EXPOSE",
+        "FROM",
+        "HEALTHCHECK",
+        "LABEL",
+        "MAINTAINER",
+        "ONBUILD",
+        "RUN",
+        "SHELL",
+        "STOPSIGNAL",
+        "USER",
+        "VOLUME",
+        "WORKDIR",
+    ];
+    for i in &ins {
+        assert!(KNOWN.contains(&i.0.as_str()), "Dockerfile: unknown instruction {}", i.0);
+        assert!(!i.2.is_empty(), "Dockerfile: {} without arguments", i.0);
+    }
+    let froms: Vec<&Vec<String>> = ins.iter().filter(|i| i.0 == "FROM").map(|i| &i.2).collect();
+    assert!(froms.len() >= 2, "not multi-stage: {froms:?}");
+    let stages: Vec<String> =
+        froms.iter().filter(|v| v.len() == 3 && v[1].eq_ignore_ascii_case("as")).map(|v| v[2].clone()).collect();
+    for i in ins.iter().filter(|i| i.0 == "COPY") {
+        for f in &i.1 {
+            if let Some(stage) = f.strip_prefix("--from=") {
+                assert!(stages.contains(&stage.to_string()), "COPY --from={stage}: no such stage in {stages:?}");
+            }
+        }
+    }
+    let run = ins.iter().filter(|i| i.0 == "RUN").map(|i| i.2.join(" ")).collect::<String>();
+    assert!(run.contains("cargo build --release --locked --package cairn"), "no release build: {run}");
+    let last_from = ins.iter().rposition(|i| i.0 == "FROM").unwrap();
+    let user = ins[last_from..].iter().rfind(|i| i.0 == "USER").map(|i| i.2[0].clone());
+    let user = user.expect("the runtime stage sets no USER (runs as root)");
+    assert!(!user.starts_with("0") && !user.starts_with("root"), "runtime USER is root: {user}");
+    let entry = ins.iter().rfind(|i| i.0 == "ENTRYPOINT").map(|i| i.2.clone()).expect("no ENTRYPOINT");
+    assert_eq!(entry, vec!["/usr/local/bin/cairn".to_string()]);
+
+    // The runtime base holds glibc and libgcc only.
+    if let Some(ldd) = tool(t, "ldd", "apt-get install libc-bin") {
+        let out = Command::new(ldd).arg(cairn_bin()).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        for l in text.lines() {
+            let lib = l.split_whitespace().next().unwrap_or("");
+            let ok = ["linux-vdso.so", "libgcc_s.so", "libm.so", "libc.so", "ld-linux", "libpthread.so", "libdl.so"]
+                .iter()
+                .any(|p| lib.contains(p));
+            assert!(ok, "cairn links {lib}, which the distroless cc base does not have:\n{text}");
+        }
+    }
+
+    // .dockerignore keeps every tracked source file.
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    let patterns: Vec<&str> = ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let Ok(out) = Command::new("git").args(["ls-files"]).current_dir(repo()).output() else { return };
+    if !out.status.success() {
+        return;
+    }
+    for f in String::from_utf8_lossy(&out.stdout).lines() {
+        let excluded = patterns.iter().any(|p| match p.strip_suffix('/') {
+            Some(dir) => f.starts_with(&format!("{dir}/")),
+            None => match p.strip_prefix("**/*") {
+                Some(suffix) => f.ends_with(suffix),
+                None => f == *p,
+            },
+        });
+        assert!(
+            !excluded || f == "Dockerfile" || f == ".dockerignore",
+            ".dockerignore leaves out the tracked file {f}"
+        );
+    }
+}
