@@ -182,7 +182,7 @@ impl HeadChunk {
 #[derive(Default)]
 struct TenantHead {
     series: Vec<Series>,
-    by_labels: HashMap<Labels, usize>,
+    by_labels: crate::LabelMap<usize>,
 }
 
 /// In-memory samples not yet in a block.
@@ -475,7 +475,8 @@ impl MetricsStore {
         let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut outcome = WriteOutcome::default();
         // Merge series that appear more than once in the batch.
-        let mut merged: HashMap<Labels, Vec<(i64, f64)>> = HashMap::with_capacity(batch.len());
+        let mut merged: crate::LabelMap<Vec<(i64, f64)>> =
+            crate::LabelMap::with_capacity_and_hasher(batch.len(), Default::default());
         for s in batch {
             if s.labels.get(cairn_wire::METRIC_NAME).is_none() {
                 outcome.rejected.extend(
