@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod collect;
 mod crash;
+mod deploy;
 mod disk_full;
 mod golden;
 mod logs;
