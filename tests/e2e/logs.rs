@@ -130,3 +130,36 @@ fn protobuf_push_with_metadata_and_out_of_order() {
     let got = c.loki_lines(&[("query", r#"{job="bytes"}"#)]);
     assert_eq!(got.iter().map(|l| l.2.as_str()).collect::<Vec<_>>(), ["ok \u{fffd}\u{fffd} then \u{fffd} end é"]);
 }
+
+#[test]
+fn logql_query_length_and_series_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cairn.toml");
+    std::fs::write(&cfg, "[query]\nlogql_max_query_length = \"2h\"\nlogql_max_series = 3\n").unwrap();
+    let c = Cairn::start(&["serve"], &dir.path().join("data"), &["--config", cfg.to_str().unwrap()]);
+    let t = now_ns() - 60_000_000_000;
+    let streams: Vec<(Vec<(&str, String)>, Vec<(i64, String)>)> = (0..5)
+        .map(|i| (vec![("job", "lim".to_string()), ("n", i.to_string())], vec![(t, format!("line {i}"))]))
+        .collect();
+    for (labels, entries) in &streams {
+        let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (s, b) = c.push_logs_json(&[(&l, entries.clone())]);
+        assert_eq!(s, 204, "{b}");
+    }
+    let now_s = now_ns() / 1_000_000_000;
+    let range = |from: i64, q: &str| {
+        c.get_params(
+            "/loki/api/v1/query_range",
+            &[("query", q), ("start", &(now_s - from).to_string()), ("end", &now_s.to_string()), ("step", "60")],
+        )
+    };
+    let (s, b) = range(3 * 3600, r#"{job="lim"}"#);
+    assert_eq!(s, 400, "{b}");
+    assert!(b.contains("the query time range exceeds the limit (query length: 3h0m0s, limit: 2h0m0s)"), "{b}");
+    let (s, b) = range(3600, r#"count_over_time({job="lim"}[5m])"#);
+    assert_eq!(s, 400, "{b}");
+    assert!(b.contains("maximum number of series (3) reached for a single query"), "{b}");
+    let (s, b) = range(3600, r#"sum(count_over_time({job="lim"}[5m]))"#);
+    assert_eq!(s, 200, "{b}");
+    c.stop();
+}
