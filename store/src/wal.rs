@@ -308,7 +308,15 @@ impl Wal {
         // The writer slot holds a read-only handle that is never written:
         // every writing method checks `read_only` first.
         let file = File::open("/dev/null").map_err(StoreError::io("open", "/dev/null"))?;
-        let w = Writer { file, path: dir.to_path_buf(), seq: 0, len: 0, dirty: false, sealed_bytes: 0, scratch: Vec::new() };
+        let w = Writer {
+            file,
+            path: dir.to_path_buf(),
+            seq: 0,
+            len: 0,
+            dirty: false,
+            sealed_bytes: 0,
+            scratch: Vec::new(),
+        };
         Ok(Wal { dir: dir.to_path_buf(), opts: WalOptions::default(), w: Mutex::new(w), read_only: true })
     }
 
