@@ -519,7 +519,7 @@ fn search(a: &GrepArgs, be: &dyn Backend, plan: &Plan, start: i64, end: i64, out
     }
     let before = a.before_context.or(a.context).unwrap_or(0);
     let after = a.after_context.or(a.context).unwrap_or(0);
-    let mut ctx = if before > 0 || after > 0 {
+    let mut ctx = if a.context.or(a.after_context).or(a.before_context).is_some() {
         Some(Context { before, after, start, end, label_names: be.log_labels(None, start, end)?, ..Default::default() })
     } else {
         None
@@ -549,7 +549,7 @@ fn search(a: &GrepArgs, be: &dyn Backend, plan: &Plan, start: i64, end: i64, out
                 }
                 match ctx.as_mut() {
                     None => output::write_line(out, &fmt, &it.0, &it.1, false)?,
-                    Some(c) => c.print(be, plan, &fmt, &it, out)?,
+                    Some(c) => c.print(be, &fmt, &it, out)?,
                 }
             }
             Ok(max.is_none_or(|m| matches < m))
@@ -603,6 +603,8 @@ struct Context {
     end: i64,
     label_names: Vec<String>,
     printed: HashSet<(Rc<Pairs>, i64, String)>,
+    /// The line right after the last one printed, when known.
+    follow: Option<(Rc<Pairs>, i64, String)>,
     any: bool,
 }
 
@@ -618,10 +620,19 @@ impl Context {
         format!("{{{}}}", m.join(", "))
     }
 
-    /// Up to `n` lines of the stream next to `m` (before or after it).
-    fn around(&self, be: &dyn Backend, labels: &Pairs, m: &LogLine, n: usize, dir: Dir) -> CliResult<Vec<LogLine>> {
-        if n == 0 {
-            return Ok(Vec::new());
+    /// Up to `n` lines of the stream next to `m` (before or after it), and
+    /// the line after those (forward only; to know whether the next match
+    /// continues the same group).
+    fn around(
+        &self,
+        be: &dyn Backend,
+        labels: &Pairs,
+        m: &LogLine,
+        n: usize,
+        dir: Dir,
+    ) -> CliResult<(Vec<LogLine>, Option<LogLine>)> {
+        if n == 0 && dir == Dir::Backward {
+            return Ok((Vec::new(), None));
         }
         let sel = self.exact(labels);
         let mut extra = 16;
@@ -636,37 +647,31 @@ impl Context {
             let full = entries.len() >= n + extra;
             if let Some(i) = entries.iter().position(|e| e.ts == m.ts && e.line == m.line) {
                 let mut v: Vec<LogLine> = entries[i + 1..].iter().take(n).cloned().collect();
-                if v.len() == n || !full {
+                let next = entries.get(i + 1 + n).cloned();
+                if (v.len() == n && (next.is_some() || dir == Dir::Backward)) || !full {
                     if dir == Dir::Backward {
                         v.reverse();
                     }
-                    return Ok(v);
+                    return Ok((v, next));
                 }
             } else if !full {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), None));
             }
             if extra > 1 << 16 {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), None));
             }
             extra *= 4;
         }
     }
 
-    fn print(
-        &mut self,
-        be: &dyn Backend,
-        _plan: &Plan,
-        fmt: &LineFormat,
-        it: &Item,
-        out: &mut dyn Write,
-    ) -> CliResult<()> {
+    fn print(&mut self, be: &dyn Backend, fmt: &LineFormat, it: &Item, out: &mut dyn Write) -> CliResult<()> {
         let key = |l: &LogLine| (it.0.clone(), l.ts, l.line.clone());
         let before = if self.printed.contains(&key(&it.1)) {
             Vec::new()
         } else {
-            self.around(be, &it.0, &it.1, self.before, Dir::Backward)?
+            self.around(be, &it.0, &it.1, self.before, Dir::Backward)?.0
         };
-        let after = self.around(be, &it.0, &it.1, self.after, Dir::Forward)?;
+        let (after, next) = self.around(be, &it.0, &it.1, self.after, Dir::Forward)?;
         let block: Vec<(&LogLine, bool)> = before
             .iter()
             .map(|l| (l, true))
@@ -680,7 +685,9 @@ impl Context {
                 prev_printed = true;
                 continue;
             }
-            if self.any && (i == 0 || !prev_printed) {
+            // grep's `--` between groups that are not adjacent lines.
+            let adjacent = if i == 0 { self.follow.as_ref() == Some(&k) } else { prev_printed };
+            if self.any && !adjacent {
                 output::write_group_sep(out, fmt)?;
             }
             output::write_line(out, fmt, &it.0, l, *is_ctx)?;
@@ -688,6 +695,7 @@ impl Context {
             self.any = true;
             prev_printed = true;
         }
+        self.follow = next.map(|n| key(&n));
         Ok(())
     }
 }

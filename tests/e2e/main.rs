@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod collect;
 mod golden;
+mod grep;
 mod logs;
 mod loki_api;
 mod metrics;
