@@ -17,7 +17,9 @@
 //! Cairn's ratio to each peer.
 //!
 //! Run: `cargo bench --bench ingest_metrics` (release build). Numbers are
-//! printed, never asserted. `CAIRN_BENCH_PEERS=0` skips the peers.
+//! printed, never asserted. `CAIRN_BENCH_PEERS=0` skips the peers;
+//! `CAIRN_BENCH_INSTANCES` (10) and `CAIRN_BENCH_STEPS` (960 at 15 s) set
+//! the size: 20 × 5760 is 10,140 series × 24 h.
 
 mod common;
 
@@ -87,7 +89,10 @@ fn main() {
     let path = shared_dir().join("datasets/node-exporter/node-exporter-1.5.0.prom");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (set CAIRN_SHARED)", path.display()));
     let templates = parse_scrape(&text);
-    let (instances, steps, per_request) = (10usize, 960usize, 10usize);
+    // PEERS.md's workload by default; CAIRN_BENCH_INSTANCES=20
+    // CAIRN_BENCH_STEPS=5760 gives the 10,000 series × 24 h.
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (instances, steps, per_request) = (env("CAIRN_BENCH_INSTANCES", 10), env("CAIRN_BENCH_STEPS", 960), 10usize);
     let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
         rng ^= rng << 13;
@@ -96,7 +101,7 @@ fn main() {
         rng
     };
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let t0 = now_ms - 5 * 3_600_000;
+    let t0 = now_ms - (steps as i64 * 15_000 + 3_600_000);
     // Per instance and series: the generated samples.
     let mut requests = Vec::new();
     let mut total = 0u64;

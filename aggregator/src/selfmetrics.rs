@@ -47,6 +47,8 @@ pub struct SelfMetrics {
     pub retention_blocks: Family<L, Counter>,
     /// Bytes of blocks deleted by retention, by engine.
     pub retention_bytes: Family<L, Counter>,
+    /// Blocks rewritten by retention without a tenant's expired data.
+    pub retention_rewrites: Family<L, Counter>,
     /// Compaction merges done, by engine.
     pub compactions: Family<L, Counter>,
     /// Blocks merged away by compaction, by engine.
@@ -55,6 +57,8 @@ pub struct SelfMetrics {
     pub compaction_bytes_before: Family<L, Counter>,
     /// Bytes of the blocks compaction wrote, by engine.
     pub compaction_bytes_after: Family<L, Counter>,
+    /// What start-up recovery found, by engine and finding.
+    pub recovery: Family<L, Gauge>,
 }
 
 impl Default for SelfMetrics {
@@ -83,10 +87,12 @@ impl SelfMetrics {
             flushes: Family::default(),
             retention_blocks: Family::default(),
             retention_bytes: Family::default(),
+            retention_rewrites: Family::default(),
             compactions: Family::default(),
             compaction_blocks: Family::default(),
             compaction_bytes_before: Family::default(),
             compaction_bytes_after: Family::default(),
+            recovery: Family::default(),
             registry: Registry::default(),
         };
         registry.register("cairn_ingest_samples", "Metric samples stored", m.samples_ingested.clone());
@@ -117,8 +123,13 @@ impl SelfMetrics {
         );
         registry.register(
             "cairn_retention_deleted_bytes",
-            "Bytes of blocks deleted by retention, by engine",
+            "Bytes freed by retention (blocks deleted or rewritten), by engine",
             m.retention_bytes.clone(),
+        );
+        registry.register(
+            "cairn_retention_rewritten_blocks",
+            "Blocks rewritten by retention without the data of tenants past their own limit, by engine",
+            m.retention_rewrites.clone(),
         );
         registry.register("cairn_compactions", "Compaction merges done, by engine", m.compactions.clone());
         registry.register(
@@ -135,6 +146,12 @@ impl SelfMetrics {
             "cairn_compaction_bytes_after",
             "Bytes of the blocks compaction wrote, by engine",
             m.compaction_bytes_after.clone(),
+        );
+        registry.register(
+            "cairn_recovery",
+            "What start-up recovery found, by engine and finding: corrupt_blocks (set aside as *.blk.corrupt), \
+             wal_corrupt_segments (rest of a segment skipped), wal_torn_tail_bytes (cut off the newest segment)",
+            m.recovery.clone(),
         );
         SelfMetrics { registry, ..m }
     }

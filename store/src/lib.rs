@@ -27,6 +27,9 @@ pub mod layout;
 pub mod logchunk;
 pub mod logs;
 pub mod metrics;
+mod newest;
+#[doc(hidden)]
+pub mod testing;
 mod tiered;
 pub mod trigram;
 pub mod wal;
@@ -34,7 +37,7 @@ pub mod xor;
 
 use std::path::PathBuf;
 
-pub use tiered::{CompactionPolicy, CompactionStats};
+pub use tiered::{CompactionPolicy, CompactionStats, Retention, RetentionStats};
 pub use wal::{FsyncPolicy, WalOptions};
 
 /// Errors of the storage engines.
@@ -62,7 +65,22 @@ pub enum StoreError {
     ReadOnly { path: PathBuf },
 }
 
+/// Whether a checksum matches. Fuzzing builds (`--cfg fuzzing`, set by
+/// cargo-fuzz) accept any, so the fuzzer reaches the decoders behind the
+/// checksums instead of stopping at them.
+pub(crate) fn crc_matches(got: u32, want: u32) -> bool {
+    got == want || cfg!(fuzzing)
+}
+
 impl StoreError {
+    /// True when the file system is out of space (or quota, or the file
+    /// size limit): the write may succeed once space is freed.
+    pub fn is_disk_full(&self) -> bool {
+        use std::io::ErrorKind;
+        matches!(self, StoreError::Io { source, .. }
+            if matches!(source.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge))
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
         let path = path.into();
         move |source| StoreError::Io { op, path, source }
@@ -83,6 +101,9 @@ pub enum RejectReason {
     /// Older than its series' newest sample by more than the out-of-order
     /// window (Prometheus's "too old sample").
     TooOld,
+    /// A log entry older than its stream's newest by more than the
+    /// out-of-order window (Loki's "entry too far behind").
+    TooFarBehind,
 }
 
 impl RejectReason {
@@ -94,6 +115,7 @@ impl RejectReason {
             RejectReason::MissingMetricName => "missing_metric_name",
             RejectReason::OutOfOrder => "out_of_order",
             RejectReason::TooOld => "too_old",
+            RejectReason::TooFarBehind => "too_far_behind",
         }
     }
 }

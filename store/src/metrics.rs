@@ -87,7 +87,7 @@ pub struct MetricsStore {
     /// Newest timestamp of every series (head and blocks), per tenant: the
     /// reference point of the out-of-order window. Written under the write
     /// lock; survives flushes; rebuilt at open from block indexes and the head.
-    newest: Mutex<HashMap<String, HashMap<Labels, i64>>>,
+    newest: Mutex<crate::newest::NewestMap>,
 }
 
 impl HeadData for Head {
@@ -283,29 +283,14 @@ impl MetricsStore {
     /// temporary files, and replays the WAL segments no block covers.
     pub fn open_with(dir: &Path, opts: MetricsStoreOptions) -> Result<Self, StoreError> {
         let t: Tiered<Head> = Tiered::open(dir, BlockKind::Metrics, RECORD_SAMPLES, opts.wal.clone())?;
-        let mut newest: HashMap<String, HashMap<Labels, i64>> = HashMap::new();
+        let mut newest;
         {
             let (persisted, head) = t.read();
-            let mut note = |tenant: &str, labels: &Labels, ts: i64| {
-                let m = newest.entry(tenant.to_string()).or_default();
-                match m.get_mut(labels) {
-                    Some(n) => *n = (*n).max(ts),
-                    None => {
-                        m.insert(labels.clone(), ts);
-                    }
-                }
-            };
-            for b in &persisted.blocks {
-                for s in &b.streams {
-                    if let Some(mx) = s.chunks.iter().map(|c| c.max_ts).max() {
-                        note(&s.tenant, &s.labels, mx);
-                    }
-                }
-            }
+            newest = crate::newest::from_blocks(&persisted.blocks);
             for (tenant, th) in &head.tenants {
                 for s in &th.series {
                     if let Some(&(t, _)) = s.samples.last() {
-                        note(tenant, &s.labels, t);
+                        crate::newest::note(&mut newest, tenant, &s.labels, t);
                     }
                 }
             }
@@ -319,7 +304,7 @@ impl MetricsStore {
     /// [`StoreError::ReadOnly`].
     pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
         let t: Tiered<Head> = Tiered::open_read_only(dir, BlockKind::Metrics, RECORD_SAMPLES)?;
-        Ok(MetricsStore { t, opts: MetricsStoreOptions::default(), newest: Mutex::new(HashMap::new()) })
+        Ok(MetricsStore { t, opts: MetricsStoreOptions::default(), newest: Default::default() })
     }
 
     /// What the WAL replay at open found.
@@ -327,6 +312,10 @@ impl MetricsStore {
         &self.t.replay
     }
 
+    /// Block files found corrupt at open and set aside (`*.blk.corrupt`).
+    pub fn corrupt_blocks(&self) -> &[std::path::PathBuf] {
+        &self.t.corrupt_blocks
+    }
     /// Writes a batch. Exact duplicates (same series, timestamp and value bits)
     /// are accepted as no-ops; the same timestamp with another value, or a
     /// series without `__name__`, is rejected for that sample only. Returns
@@ -414,17 +403,9 @@ impl MetricsStore {
         let mut buf = Vec::new();
         encode_batch(&mut buf, tenant, &to_write);
         self.t.wal.append(RECORD_SAMPLES, &buf)?;
-        let m = match newest_all.get_mut(tenant) {
-            Some(m) => m,
-            None => newest_all.entry(tenant.to_string()).or_default(),
-        };
         for s in &to_write {
-            let max = s.samples.last().map_or(i64::MIN, |p| p.0);
-            match m.get_mut(&s.labels) {
-                Some(n) => *n = (*n).max(max),
-                None => {
-                    m.insert(s.labels.clone(), max);
-                }
+            if let Some(&(max, _)) = s.samples.last() {
+                crate::newest::note(&mut newest_all, tenant, &s.labels, max);
             }
         }
         drop(newest_all);
@@ -452,6 +433,27 @@ impl MetricsStore {
         self.t.flush()
     }
 
+    /// Sets how long data is kept: the default age limit, per-tenant
+    /// overrides (their data past it is hidden from reads at once) and the
+    /// size limit, enforced by [`Self::apply_retention_policy`].
+    pub fn set_retention(&self, r: crate::Retention) {
+        self.t.set_retention(r);
+    }
+
+    /// Enforces the retention set by [`Self::set_retention`]: deletes
+    /// expired blocks, then the oldest past the size limit, and rewrites
+    /// blocks holding data of tenants past their own limit
+    /// (`docs/format/logs.md`, "Retention").
+    pub fn apply_retention_policy(&self) -> Result<crate::RetentionStats, StoreError> {
+        {
+            // series and streams gone quiet before the limit: forget them
+            let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+            crate::newest::forget_before(&mut newest, |tenant| self.t.cutoff(tenant));
+        }
+        self.t.apply_retention_policy()
+    }
+
     /// Deletes blocks whose data is all older than `min_ts` (ms; `None`:
     /// no age limit), then the oldest blocks while blocks take more than
     /// `max_bytes` (0: no limit). Returns (blocks, bytes) deleted. Data still
@@ -461,10 +463,7 @@ impl MetricsStore {
             // series gone quiet before the retention limit: forget them
             let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
-            for m in newest.values_mut() {
-                m.retain(|_, t| *t >= min_ts);
-            }
-            newest.retain(|_, m| !m.is_empty());
+            crate::newest::forget_before(&mut newest, |_| Some(min_ts));
         }
         self.t.apply_retention(min_ts, max_bytes)
     }
@@ -490,6 +489,7 @@ impl MetricsStore {
         mint: i64,
         maxt: i64,
     ) -> Result<BTreeMap<Labels, Vec<(i64, f64)>>, StoreError> {
+        let mint = mint.max(self.t.visible_from(tenant));
         let (persisted, head) = self.t.read();
         let mut by: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
         for b in &persisted.blocks {
@@ -535,6 +535,7 @@ impl MetricsStore {
     /// least one sample in `[mint, maxt]`, sorted. Empty `matchers` match
     /// every series. Backs `/api/v1/series`, `/labels` and `/label/…/values`.
     pub fn series(&self, tenant: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Labels> {
+        let mint = mint.max(self.t.visible_from(tenant));
         let (persisted, head) = self.t.read();
         let mut out: std::collections::BTreeSet<Labels> = Default::default();
         for b in &persisted.blocks {

@@ -24,7 +24,7 @@
 //!   rewritten, only deleted whole once their data is persisted elsewhere.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -94,6 +94,22 @@ struct Writer {
     /// Bytes in all older segments still on disk.
     sealed_bytes: u64,
     scratch: Vec<u8>,
+    /// A failed record could not be cut off: append to a new segment.
+    broken: bool,
+}
+
+impl Writer {
+    /// Truncates the segment to `good` bytes and writes from there on. If
+    /// that fails the segment may end in junk, which replay reads as a torn
+    /// tail; nothing more may follow it, so the next append starts a new
+    /// segment.
+    fn undo_to(&mut self, good: u64) {
+        let res = self.file.set_len(good).and_then(|()| self.file.seek(SeekFrom::Start(good)).map(|_| ()));
+        if let Err(e) = res {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not cut a failed WAL record off");
+            self.broken = true;
+        }
+    }
 }
 
 /// An open write-ahead log.
@@ -135,8 +151,14 @@ type RecordFn<'a> = dyn FnMut(u8, &[u8]) -> Result<(), StoreError> + 'a;
 
 /// Reads one segment, calling `f` for each good record; stops at the first
 /// bad one.
-fn read_segment(path: &Path, f: &mut RecordFn<'_>, records: &mut u64) -> Result<SegmentEnd, StoreError> {
+fn read_segment(
+    path: &Path,
+    f: &mut RecordFn<'_>,
+    records: &mut u64,
+    bad_header: &mut bool,
+) -> Result<SegmentEnd, StoreError> {
     let file = File::open(path).map_err(StoreError::io("open", path))?;
+    let file_len = file.metadata().map_err(StoreError::io("stat", path))?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut header = [0u8; HEADER_LEN as usize];
     if let Err(e) = r.read_exact(&mut header) {
@@ -146,11 +168,10 @@ fn read_segment(path: &Path, f: &mut RecordFn<'_>, records: &mut u64) -> Result<
         return Err(StoreError::io("read", path)(e));
     }
     if &header[..8] != MAGIC {
-        return Err(StoreError::Corrupt {
-            path: path.into(),
-            offset: 0,
-            reason: format!("bad magic {:?}, want {:?}", &header[..8], MAGIC),
-        });
+        // Damaged, but every record carries its own checksum: keep what
+        // still reads, and count the segment as corrupt.
+        tracing::error!(path = %path.display(), "WAL segment header damaged (bad magic); reading its records anyway");
+        *bad_header = true;
     }
     if header[8] != VERSION {
         return Err(StoreError::UnsupportedVersion { path: path.into(), version: header[8], supported: VERSION });
@@ -178,13 +199,18 @@ fn read_segment(path: &Path, f: &mut RecordFn<'_>, records: &mut u64) -> Result<
                 reason: format!("record length {len} exceeds the maximum {MAX_RECORD_LEN}"),
             });
         }
+        let left = file_len.saturating_sub(offset + RECORD_HEADER_LEN as u64);
+        if len as u64 > left {
+            // Checked before allocating: junk lengths must not cost memory.
+            return Ok(SegmentEnd::Bad { offset, reason: format!("record payload cut short ({left} of {len} bytes)") });
+        }
         payload.resize(len, 0);
         let got = read_full(&mut r, &mut payload).map_err(StoreError::io("read", path))?;
         if got < len {
             return Ok(SegmentEnd::Bad { offset, reason: format!("record payload cut short ({got} of {len} bytes)") });
         }
         let crc = crc32c::crc32c_append(crc32c::crc32c(&[typ]), &payload);
-        if crc != want_crc {
+        if !crate::crc_matches(crc, want_crc) {
             return Ok(SegmentEnd::Bad {
                 offset,
                 reason: format!("checksum mismatch: got {crc:#010x}, want {want_crc:#010x}"),
@@ -232,8 +258,12 @@ impl Wal {
         let mut sealed_bytes = 0;
         for (i, (_, path)) in segs.iter().enumerate() {
             stats.segments += 1;
-            let end = read_segment(path, &mut f, &mut stats.records)?;
+            let mut bad_header = false;
+            let end = read_segment(path, &mut f, &mut stats.records, &mut bad_header)?;
             let newest = i + 1 == segs.len();
+            if bad_header {
+                stats.corrupt_segments += 1;
+            }
             if let SegmentEnd::Bad { offset, reason } = end {
                 let size = fs::metadata(path).map_err(StoreError::io("stat", path))?.len();
                 if newest {
@@ -249,7 +279,7 @@ impl Wal {
                     file.sync_all().map_err(StoreError::io("fsync", path))?;
                 } else {
                     tracing::error!(path = %path.display(), offset, reason, "corrupt WAL segment; rest of segment skipped");
-                    stats.corrupt_segments += 1;
+                    stats.corrupt_segments += usize::from(!bad_header);
                 }
             }
             sealed_bytes += fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -283,13 +313,17 @@ impl Wal {
         let live: Vec<_> = segs.iter().filter(|(n, _)| *n > skip_through).collect();
         for (i, (_, path)) in live.iter().enumerate() {
             stats.segments += 1;
-            let end = match read_segment(path, &mut f, &mut stats.records) {
+            let mut bad_header = false;
+            let end = match read_segment(path, &mut f, &mut stats.records, &mut bad_header) {
                 Ok(end) => end,
                 Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                     return Ok(None);
                 }
                 Err(e) => return Err(e),
             };
+            if bad_header {
+                stats.corrupt_segments += 1;
+            }
             if let SegmentEnd::Bad { offset, .. } = end {
                 if i + 1 == live.len() {
                     let size = fs::metadata(path).map(|m| m.len()).unwrap_or(offset);
@@ -309,6 +343,7 @@ impl Wal {
         // every writing method checks `read_only` first.
         let file = File::open("/dev/null").map_err(StoreError::io("open", "/dev/null"))?;
         let w = Writer {
+            broken: false,
             file,
             path: dir.to_path_buf(),
             seq: 0,
@@ -336,10 +371,20 @@ impl Wal {
         let mut header = [0u8; HEADER_LEN as usize];
         header[..8].copy_from_slice(MAGIC);
         header[8] = VERSION;
-        file.write_all(&header).map_err(StoreError::io("write", &path))?;
-        file.sync_all().map_err(StoreError::io("fsync", &path))?;
-        sync_dir(dir)?;
-        Ok(Writer { file, path, seq, len: HEADER_LEN, dirty: false, sealed_bytes, scratch: Vec::new() })
+        let res = file
+            .write_all(&header)
+            .map_err(StoreError::io("write", &path))
+            .and_then(|()| file.sync_all().map_err(StoreError::io("fsync", &path)))
+            .and_then(|()| sync_dir(dir));
+        if let Err(e) = res {
+            // A segment without a durable header must not stay behind: the
+            // next attempt (e.g. once a full disk has space again) creates
+            // the same name with `create_new`.
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(Writer { file, path, seq, len: HEADER_LEN, dirty: false, sealed_bytes, scratch: Vec::new(), broken: false })
     }
 
     /// Appends one record; returns once it is durable per the fsync policy.
@@ -353,7 +398,7 @@ impl Wal {
             });
         }
         let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
-        if w.len >= self.opts.segment_bytes {
+        if w.len >= self.opts.segment_bytes || w.broken {
             // Seal the current segment durably before starting the next one.
             w.file.sync_data().map_err(StoreError::io("fsync", &w.path))?;
             let sealed = w.sealed_bytes + w.len;
@@ -367,22 +412,23 @@ impl Wal {
         rec.extend_from_slice(&crc.to_le_bytes());
         rec.push(typ);
         rec.extend_from_slice(payload);
-        let res = w.file.write_all(&rec);
+        let mut res = w.file.write_all(&rec).map_err(StoreError::io("write", &w.path));
         let written = rec.len() as u64;
         w.scratch = rec;
+        if res.is_ok() && self.opts.fsync == FsyncPolicy::Always {
+            res = w.file.sync_data().map_err(StoreError::io("fsync", &w.path));
+        }
         if let Err(e) = res {
-            // A partial write leaves a torn record; put the file back to the
-            // last good length so later records stay readable.
+            // Not acknowledged, so it must not come back at replay either:
+            // cut a partial (torn) or unsynced record off and move the write
+            // position back, so the next record follows the last good one
+            // with no gap (e.g. after a full disk has space again).
             let good = w.len;
-            let _ = w.file.set_len(good);
-            return Err(StoreError::io("write", &w.path)(e));
+            w.undo_to(good);
+            return Err(e);
         }
         w.len += written;
-        w.dirty = true;
-        if self.opts.fsync == FsyncPolicy::Always {
-            w.file.sync_data().map_err(StoreError::io("fsync", &w.path))?;
-            w.dirty = false;
-        }
+        w.dirty = self.opts.fsync != FsyncPolicy::Always;
         Ok(())
     }
 
