@@ -461,7 +461,24 @@ fn tail_follows_and_resumes_after_a_server_restart_without_repeats() {
         got.push(l);
     }
     let want: Vec<String> = (0..7).map(|i| format!("tail line {i}")).collect();
-    crate::harness::stop_child(child, "INT", Duration::from_secs(5));
+    // Ctrl-C: a clean stop with grep's 130.
+    let st = crate::harness::stop_child(child, "INT", Duration::from_secs(5));
     assert_eq!(got, want);
+    assert_eq!(st.code(), Some(130), "{st}");
     c.stop();
+}
+
+#[test]
+fn every_cli_subcommand_has_help() {
+    let (_, top, _) = run_cli(&["--help"]);
+    for sub in ["grep", "query", "tail", "labels", "series", "completions"] {
+        assert!(top.contains(sub), "top-level help lacks {sub}: {top}");
+        let (code, out, err) = run_cli(&[sub, "--help"]);
+        assert_eq!(code, 0, "{sub} --help: {err}");
+        assert!(out.contains("Usage") && (sub == "completions" || out.contains("--data-dir")), "{out}");
+    }
+    // A usage error is exit 2, as grep.
+    let (code, _, err) = run_cli(&["grep"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("PATTERN"), "{err}");
 }
