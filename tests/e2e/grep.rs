@@ -375,6 +375,12 @@ fn query_labels_series_and_completions() {
     assert_eq!(out, "GET /x9\nGET /x8\nGET /x7\n");
     let (_, out, _) = cli(&c, &["query", "{job=\"web\"}", "--limit", "2", "--forward", "--only-line"]);
     assert_eq!(out, "GET /x0\nGET /x1\n");
+    // Both parsers accept `rate({…}[1m])`: the language whose data the
+    // selector matches wins.
+    let (_, out, _) = cli(&c, &["query", "rate({job=\"web\"}[1m])", "--json"]);
+    assert!(out.contains("\"level\":\"info\"") && out.contains("0.16666"), "{out}");
+    let (_, out, _) = cli(&c, &["query", "count_over_time({job=\"node\"}[5m])", "--json"]);
+    assert!(out.contains("\"instance\":\"a:9100\"") && out.contains("\"1\""), "{out}");
     let (code, _, err) = cli(&c, &["query", "sum(rate({job=\"web\"} |= [1m]))"]);
     assert_eq!(code, 2);
     assert!(err.contains("col"), "{err}");
