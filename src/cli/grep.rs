@@ -473,7 +473,18 @@ fn pages(
             Some(m) => ((m.saturating_sub(got)) as usize + seen_at_lo.len()).min(batch).max(1),
             None => batch,
         };
-        let streams = be.log_query(q, lo, hi, want, Dir::Forward, true)?;
+        let streams = match be.log_query(q, lo, hi, want, Dir::Forward, true) {
+            Ok(s) => s,
+            // A server configured with a smaller `query.max_entries_limit`.
+            Err(CliError::Usage(m)) if m.contains("max_entries_limit") => match server_max_entries(&m) {
+                Some(max) if max > 0 && max < want => {
+                    batch = max;
+                    continue;
+                }
+                _ => return Err(CliError::Usage(m)),
+            },
+            Err(e) => return Err(e),
+        };
         let mut items: Vec<Item> = Vec::new();
         for s in streams {
             let l = Rc::new(s.labels);
@@ -507,6 +518,12 @@ fn pages(
             return Ok(());
         }
     }
+}
+
+/// The limit in Loki's "… (5001 > 5000)" refusal.
+fn server_max_entries(msg: &str) -> Option<usize> {
+    let inner = msg.rsplit('(').next()?.split(')').next()?;
+    inner.split('>').nth(1)?.trim().parse().ok()
 }
 
 /// Prints matches (with context) window by window; returns the number of
@@ -579,7 +596,7 @@ fn search(a: &GrepArgs, be: &dyn Backend, plan: &Plan, start: i64, end: i64, out
             done = true;
         }
         out.flush()?;
-        if !done && progress_wanted(&progress) {
+        if !done && progress.is_on() {
             for s in &plan.selectors {
                 bytes += be.log_stats(s, ws, we)?.bytes;
             }
@@ -588,10 +605,6 @@ fn search(a: &GrepArgs, be: &dyn Backend, plan: &Plan, start: i64, end: i64, out
     }
     progress.clear();
     Ok(matches)
-}
-
-fn progress_wanted(p: &Progress) -> bool {
-    p.is_on()
 }
 
 /// Context lines: per match, the stream's lines around it.
@@ -731,6 +744,13 @@ mod tests {
         assert_eq!(f(&["-e", "a", "-e", "b"]), r#"|~ "(?:a)|(?:b)""#);
         let a = args(&["a(b"]);
         assert!(line_filter(&a.pattern_opts(), &["a(b".into()]).unwrap_err().to_string().contains("invalid pattern"));
+    }
+
+    #[test]
+    fn server_limit_is_read_from_its_refusal() {
+        let m = "max entries limit per query exceeded, limit > max_entries_limit (5000 > 1000)";
+        assert_eq!(server_max_entries(m), Some(1000));
+        assert_eq!(server_max_entries("other"), None);
     }
 
     #[test]

@@ -488,3 +488,20 @@ fn every_cli_subcommand_has_help() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("PATTERN"), "{err}");
 }
+
+#[test]
+fn grep_pages_within_a_smaller_server_entry_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[query]\nmax_entries_limit = 50\n").unwrap();
+    let c = Cairn::start(&["serve"], &dir.path().join("data"), &["--config", cfg.to_str().unwrap()]);
+    let base = now_ns() - 60_000_000_000;
+    // 130 lines, some sharing a timestamp across a page boundary.
+    let entries: Vec<(i64, String)> = (0..130).map(|i| (base + (i / 3) * 1_000_000, format!("entry {i:03}"))).collect();
+    assert_eq!(c.push_logs_json(&[(&[("job", "p")], entries)]).0, 204);
+    let (code, out, err) = cli(&c, &["--only-line", "entry", "{job=\"p\"}"]);
+    assert_eq!(code, 0, "{err}");
+    let want: String = (0..130).map(|i| format!("entry {i:03}\n")).collect();
+    assert_eq!(out, want);
+    c.stop();
+}
