@@ -38,7 +38,7 @@ struct Stream {
 #[derive(Default)]
 struct TenantLogs {
     streams: Vec<Stream>,
-    by_labels: HashMap<Labels, usize>,
+    by_labels: crate::LabelMap<usize>,
 }
 
 /// In-memory entries not yet in a block.

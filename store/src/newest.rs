@@ -10,7 +10,7 @@ use cairn_wire::Labels;
 use crate::block::Block;
 
 /// Tenant → labels → newest timestamp (the engine's unit).
-pub(crate) type NewestMap = HashMap<String, HashMap<Labels, i64>>;
+pub(crate) type NewestMap = HashMap<String, crate::LabelMap<i64>>;
 
 /// Raises the newest timestamp of `labels` in `tenant` to `ts`.
 pub(crate) fn note(m: &mut NewestMap, tenant: &str, labels: &Labels, ts: i64) {

@@ -21,4 +21,5 @@ mod recovery;
 mod restart;
 mod retention;
 mod tail;
+mod tenants;
 mod up;
