@@ -10,6 +10,9 @@
 //!   the content index);
 //! - `zstdcat lines.zst | rg -F ZQX9rareTOKEN` (ripgrep from Debian).
 //!
+//! The same `cairn grep` against the restarted server (`--addr`) is timed
+//! too, for reference.
+//!
 //! Both must print the same number of lines. Reports the first run and the
 //! median of three more, and the ratio `zstdcat | rg` / `cairn grep`
 //! (above 1: cairn grep is faster).
@@ -98,9 +101,22 @@ fn main() {
         c
     });
     let (cf, cw) = first_and_median(&cairn_t);
+    // The same search against the restarted server, over HTTP.
+    let server = Server::start(&data);
+    let (http_t, http_n) =
+        time_runs(4, || {
+            let mut c = Command::new(bin);
+            c.args(["grep", "-F", RARE_TOKEN, r#"{job="bench"}"#, "--only-line", "--no-progress", "--from", &from])
+                .args(["--to", &to, "--addr", &server.url]);
+            c
+        });
+    server.stop();
+    let (hf, hw) = first_and_median(&http_t);
     println!("{:<48} {:>10} {:>10} {:>8}", "search for the rare token (seconds)", "first", "warm", "lines");
     println!("{:<48} {:>10.3} {:>10.3} {:>8}", "cairn grep -F --data-dir", cf, cw, cairn_n);
+    println!("{:<48} {:>10.3} {:>10.3} {:>8}", "cairn grep -F --addr (server restarted)", hf, hw, http_n);
     println!("  data directory: {:.1} MB", dir_size(&data) as f64 / 1e6);
+    assert_eq!(cairn_n, http_n, "offline and HTTP found different numbers of lines");
 
     if !(have("zstd") && have("rg")) {
         println!("zstdcat | rg: not run (apt-get install -y zstd ripgrep)");
