@@ -482,6 +482,15 @@ impl MetricsStore {
         Ok(MetricsStore { t, opts, newest: Mutex::new(newest) })
     }
 
+    /// Opens the store in `dir` read-only (see
+    /// [`crate::logs::LogStore::open_read_only`]): nothing in `dir` is
+    /// changed, no lock is taken, and every write fails with
+    /// [`StoreError::ReadOnly`].
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        let t: Tiered<Head> = Tiered::open_read_only(dir, BlockKind::Metrics, RECORD_SAMPLES)?;
+        Ok(MetricsStore { t, opts: MetricsStoreOptions::default(), newest: Default::default() })
+    }
+
     /// What the WAL replay at open found.
     pub fn replay_stats(&self) -> &ReplayStats {
         &self.t.replay

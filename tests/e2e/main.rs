@@ -10,6 +10,7 @@ mod crash;
 mod deploy;
 mod disk_full;
 mod golden;
+mod grep;
 mod logs;
 mod loki_api;
 mod metrics;
