@@ -36,7 +36,8 @@ pub struct CollectorConfig {
     /// `host`. An empty list tails nothing.
     pub files: Vec<FileTarget>,
     /// How often the file globs are expanded and files are checked for new
-    /// lines, rotation and truncation.
+    /// lines, rotation and truncation. Files created, moved or deleted in
+    /// the watched directories also wake the collector at once (inotify).
     pub poll_interval: ConfigDuration,
     /// Longest log line kept, in bytes; longer lines are truncated to this
     /// size (at a character boundary) and counted in the collector's
