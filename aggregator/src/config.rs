@@ -217,8 +217,11 @@ pub struct QueryConfig {
     /// range-query result points); more fail with HTTP 422 (Prometheus's
     /// `--query.max-samples`).
     pub max_samples: usize,
-    /// Most PromQL queries evaluated at once; more wait for a free slot
-    /// (Prometheus's `--query.max-concurrency`).
+    /// Most series one PromQL query may select, summed over its selectors;
+    /// more fail with HTTP 422 `execution`.
+    pub max_series: usize,
+    /// Most PromQL queries evaluated at once; more wait for a free slot, at
+    /// most until their timeout (Prometheus's `--query.max-concurrency`).
     pub max_concurrency: usize,
 }
 
@@ -229,6 +232,7 @@ impl Default for QueryConfig {
             max_entries_limit: 5000,
             timeout: ConfigDuration::from_secs(120),
             max_samples: 50_000_000,
+            max_series: 1_000_000,
             max_concurrency: 20,
         }
     }

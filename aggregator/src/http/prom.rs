@@ -123,7 +123,9 @@ fn api_error(status: StatusCode, error_type: &str, msg: impl Into<String>) -> Re
 
 fn query_error(e: QueryError) -> Response {
     let status = match e {
-        QueryError::Execution(_) | QueryError::TooManySamples { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        QueryError::Execution(_) | QueryError::TooManySamples { .. } | QueryError::TooManySeries { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         QueryError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
         QueryError::Parse(m) => {
             return api_error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"query\": {m}"));
@@ -215,6 +217,7 @@ fn query_options(agg: &Aggregator, started: Instant, timeout: Option<std::time::
         lookback_ms: cfg.lookback_delta.as_millis(),
         deadline: (!t.is_zero()).then(|| started + t),
         max_samples: cfg.max_samples,
+        max_series: cfg.max_series,
     }
 }
 
@@ -241,7 +244,19 @@ async fn evaluate<T: Send + 'static>(
     let started = Instant::now();
     let opts = query_options(agg, started, timeout);
     let agg2 = agg.clone();
-    let res = match agg.query_slots.clone().acquire_owned().await {
+    // Waiting for a slot counts toward the deadline, as in Prometheus.
+    let acquire = agg.query_slots.clone().acquire_owned();
+    let slot = match opts.deadline {
+        Some(d) => match tokio::time::timeout_at(d.into(), acquire).await {
+            Ok(s) => s,
+            Err(_) => {
+                agg.self_metrics.observe_query(api, started.elapsed().as_secs_f64());
+                return Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "timeout", "query timed out in query queue"));
+            }
+        },
+        None => acquire.await,
+    };
+    let res = match slot {
         Ok(slot) => {
             blocking(move || {
                 let _slot = slot;

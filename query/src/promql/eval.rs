@@ -12,12 +12,19 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use cairn_store::metrics::{MetricsStore, SeriesSamples};
+use cairn_store::metrics::{MetricsStore, SelectLimit, SelectLimits, SeriesSamples};
 use cairn_wire::{Labels, METRIC_NAME, MatchOp, Matcher, is_stale_nan};
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
 
 use super::{QueryError, Sample, Series, Value, aggregate, binary, functions};
+
+/// Cached inner steps of one subquery: (step time, value, cost in samples).
+pub(crate) type SubqueryCache = std::collections::VecDeque<(i64, Rc<Value>, usize)>;
+
+/// What one cached subquery step costs against `max_samples` beyond its
+/// samples: the bookkeeping of an entry is about as big as 4 samples.
+const CACHE_ENTRY_COST: usize = 4;
 
 /// Prometheus's default subquery resolution (its global evaluation interval).
 pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
@@ -36,11 +43,19 @@ pub(crate) struct Ctx<'a> {
     /// Samples selected so far.
     pub selected: usize,
     pub max_samples: usize,
+    /// Series selected so far (summed over selectors).
+    pub series: usize,
+    pub max_series: usize,
     pub deadline: Option<std::time::Instant>,
     /// Inner results of subqueries by (node address, inner step time).
-    pub subquery_cache: RefCell<HashMap<(usize, i64), Rc<Value>>>,
-    /// Samples held in `subquery_cache`, counted against `max_samples`.
+    /// Inner results of each subquery node (by address) by inner step
+    /// time, ascending; steps before the node's latest window are evicted.
+    pub subquery_cache: RefCell<HashMap<usize, SubqueryCache>>,
+    /// Samples held in `subquery_cache` (plus [`CACHE_ENTRY_COST`] per
+    /// step), counted against `max_samples`.
     pub cached_samples: Cell<usize>,
+    /// Subqueries being evaluated around the current node.
+    pub subquery_depth: Cell<usize>,
 }
 
 impl<'a> Ctx<'a> {
@@ -62,9 +77,12 @@ impl<'a> Ctx<'a> {
             cache: HashMap::new(),
             selected: 0,
             max_samples: opts.max_samples,
+            series: 0,
+            max_series: opts.max_series,
             deadline: opts.deadline,
             subquery_cache: RefCell::new(HashMap::new()),
             cached_samples: Cell::new(0),
+            subquery_depth: Cell::new(0),
         }
     }
 
@@ -210,14 +228,26 @@ fn unparen(e: &Expr) -> &Expr {
 }
 
 impl Ctx<'_> {
+    /// Selects the series of `vs` in `[mint, maxt]`, reading no more than
+    /// the query's remaining series and sample budgets allow.
     fn select(&self, vs: &VectorSelector, mint: i64, maxt: i64) -> Result<Vec<SeriesSamples>, QueryError> {
         let groups = matcher_groups(vs)?;
+        let limits = SelectLimits {
+            series: self.max_series.saturating_sub(self.series),
+            samples: self.max_samples.saturating_sub(self.selected),
+        };
+        let limited = |g: &[Matcher]| {
+            self.store.select_limited(self.tenant, g, mint, maxt, limits).map_err(|l| match l {
+                SelectLimit::Series => QueryError::TooManySeries { max_series: self.max_series },
+                SelectLimit::Samples => QueryError::TooManySamples { max_samples: self.max_samples },
+            })
+        };
         if groups.len() == 1 {
-            return Ok(self.store.select(self.tenant, &groups[0], mint, maxt));
+            return limited(&groups[0]);
         }
         let mut by: std::collections::BTreeMap<Labels, SeriesSamples> = Default::default();
         for g in groups {
-            for s in self.store.select(self.tenant, &g, mint, maxt) {
+            for s in limited(&g)? {
                 by.entry(s.labels.clone()).or_insert(s);
             }
         }
@@ -231,6 +261,10 @@ impl Ctx<'_> {
         }
         let s = self.select(vs, mint, maxt)?;
         self.selected = self.selected.saturating_add(s.iter().map(|x| x.samples.len()).sum());
+        self.series = self.series.saturating_add(s.len());
+        if self.series > self.max_series {
+            return Err(QueryError::TooManySeries { max_series: self.max_series });
+        }
         self.check_samples(0)?;
         if self.deadline.is_some_and(|d| std::time::Instant::now() > d) {
             return Err(QueryError::Timeout);
@@ -415,25 +449,56 @@ impl Ctx<'_> {
         if it <= from {
             it += step;
         }
+        let node = sq as *const _ as usize;
+        // Outer steps move forward, so inner steps at or before this
+        // window's start are not needed again: evict them, which bounds the
+        // cache by one window per subquery.
+        if let Some(q) = self.subquery_cache.borrow_mut().get_mut(&node) {
+            while q.front().is_some_and(|e| e.0 <= from) {
+                if let Some((_, _, cost)) = q.pop_front() {
+                    self.cached_samples.set(self.cached_samples.get().saturating_sub(cost));
+                }
+            }
+        }
+        // Only a range query or an enclosing subquery evaluates this node
+        // at more than one time; a top-level subquery of an instant query
+        // has nothing to share.
+        let reused = self.step > 0 || self.subquery_depth.get() > 0;
         let mut by: HashMap<Labels, usize> = HashMap::new();
         let mut out: Vec<Series> = Vec::new();
         let mut points = 0usize;
         while it <= end {
             self.check_samples(points.saturating_add(self.cached_samples.get()))?;
             // Inner steps are aligned to the subquery step, so consecutive
-            // outer steps share most of them: evaluate each once per query.
-            let key = (sq as *const _ as usize, it);
-            let cached = self.subquery_cache.borrow().get(&key).cloned();
-            let value = match cached {
+            // outer steps share most of them: evaluate each once.
+            let found = self
+                .subquery_cache
+                .borrow()
+                .get(&node)
+                .and_then(|q| q.binary_search_by_key(&it, |e| e.0).ok().map(|i| q[i].1.clone()));
+            let value = match found {
                 Some(v) => v,
+                None if !reused => {
+                    self.subquery_depth.set(self.subquery_depth.get() + 1);
+                    let v = self.eval(&sq.expr, it);
+                    self.subquery_depth.set(self.subquery_depth.get() - 1);
+                    Rc::new(v?)
+                }
                 None => {
-                    let v = Rc::new(self.eval(&sq.expr, it)?);
-                    let n = match &*v {
-                        Value::Vector(vs) => vs.len(),
-                        _ => 1,
-                    };
-                    self.cached_samples.set(self.cached_samples.get().saturating_add(n));
-                    self.subquery_cache.borrow_mut().insert(key, v.clone());
+                    self.subquery_depth.set(self.subquery_depth.get() + 1);
+                    let v = self.eval(&sq.expr, it);
+                    self.subquery_depth.set(self.subquery_depth.get() - 1);
+                    let v = Rc::new(v?);
+                    let cost = CACHE_ENTRY_COST
+                        + match &*v {
+                            Value::Vector(vs) => vs.len(),
+                            _ => 1,
+                        };
+                    self.cached_samples.set(self.cached_samples.get().saturating_add(cost));
+                    let mut cache = self.subquery_cache.borrow_mut();
+                    let q = cache.entry(node).or_default();
+                    let at = q.partition_point(|e| e.0 < it);
+                    q.insert(at, (it, v.clone(), cost));
                     v
                 }
             };

@@ -45,6 +45,13 @@ pub enum QueryError {
         /// The limit in force.
         max_samples: usize,
     },
+    /// The query's selectors would select more than `max_series` series
+    /// together (Prometheus `execution`).
+    #[error("query would select more than {max_series} series (query.max_series)")]
+    TooManySeries {
+        /// The limit in force.
+        max_series: usize,
+    },
 }
 
 impl QueryError {
@@ -52,7 +59,9 @@ impl QueryError {
     pub fn error_type(&self) -> &'static str {
         match self {
             QueryError::Parse(_) | QueryError::BadData(_) | QueryError::Unsupported(_) => "bad_data",
-            QueryError::Execution(_) | QueryError::TooManySamples { .. } => "execution",
+            QueryError::Execution(_) | QueryError::TooManySamples { .. } | QueryError::TooManySeries { .. } => {
+                "execution"
+            }
             QueryError::Timeout => "timeout",
         }
     }
@@ -60,6 +69,8 @@ impl QueryError {
 
 /// Prometheus's default `--query.max-samples`.
 pub const DEFAULT_MAX_SAMPLES: usize = 50_000_000;
+/// Default most series one query may select (over all its selectors).
+pub const DEFAULT_MAX_SERIES: usize = 1_000_000;
 
 /// Limits and settings of one query evaluation.
 #[derive(Debug, Clone)]
@@ -71,11 +82,19 @@ pub struct QueryOptions {
     /// Most samples a query may load (selected samples plus range-query
     /// result points); more fail with [`QueryError::TooManySamples`].
     pub max_samples: usize,
+    /// Most series the query's selectors may select together; more fail
+    /// with [`QueryError::TooManySeries`].
+    pub max_series: usize,
 }
 
 impl Default for QueryOptions {
     fn default() -> Self {
-        QueryOptions { lookback_ms: DEFAULT_LOOKBACK_MS, deadline: None, max_samples: DEFAULT_MAX_SAMPLES }
+        QueryOptions {
+            lookback_ms: DEFAULT_LOOKBACK_MS,
+            deadline: None,
+            max_samples: DEFAULT_MAX_SAMPLES,
+            max_series: DEFAULT_MAX_SERIES,
+        }
     }
 }
 
