@@ -159,12 +159,27 @@ impl Aggregator {
                 "WAL replayed"
             );
         }
+        let self_metrics = SelfMetrics::new();
+        let found = [
+            ("metrics", metrics.replay_stats(), metrics.corrupt_blocks()),
+            ("logs", logs.replay_stats(), logs.corrupt_blocks()),
+        ];
+        for (engine, r, corrupt) in found {
+            for (what, n) in [
+                ("corrupt_blocks", corrupt.len() as u64),
+                ("wal_corrupt_segments", r.corrupt_segments as u64),
+                ("wal_torn_tail_bytes", r.torn_tail_bytes),
+            ] {
+                let l = vec![("engine", engine.to_string()), ("finding", what.to_string())];
+                self_metrics.recovery.get_or_create(&l).set(n as i64);
+            }
+        }
         let query_slots = Arc::new(tokio::sync::Semaphore::new(config.query.max_concurrency.max(1)));
         Ok(Arc::new(Aggregator {
             metrics,
             logs,
             config,
-            self_metrics: SelfMetrics::new(),
+            self_metrics,
             flush_wanted: tokio::sync::Notify::new(),
             compact_wanted: tokio::sync::Notify::new(),
             metadata: metadata::MetadataCache::default(),
@@ -226,7 +241,8 @@ impl Aggregator {
                 }
             }
         }
-        let outcome = self.metrics.append(tenant, ok)?;
+        let n: usize = ok.iter().map(|s| s.samples.len()).sum();
+        let outcome = self.metrics.append(tenant, ok).inspect_err(|e| self.count_store_failure(e, "samples", n))?;
         if self.metrics.flush_due() {
             self.flush_wanted.notify_one();
         }
@@ -281,7 +297,8 @@ impl Aggregator {
             }
             ok.push(s);
         }
-        let outcome = self.logs.push(tenant, ok)?;
+        let n: usize = ok.iter().map(|s| s.entries.len()).sum();
+        let outcome = self.logs.push(tenant, ok).inspect_err(|e| self.count_store_failure(e, "entries", n))?;
         if self.logs.flush_due() {
             self.flush_wanted.notify_one();
         }
@@ -289,6 +306,12 @@ impl Aggregator {
         self.self_metrics.line_bytes_ingested.inc_by(bytes);
         report.merge_store(outcome);
         Ok(report)
+    }
+
+    /// Counts the `n` items of a write the store failed, by cause.
+    fn count_store_failure(&self, e: &StoreError, kind: &'static str, n: usize) {
+        let reason = if e.is_disk_full() { "disk_full" } else { "store_error" };
+        self.self_metrics.reject(kind, reason, n as u64);
     }
 
     /// Writes each engine's head to a block if it is due (size or age),

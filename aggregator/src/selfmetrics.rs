@@ -55,6 +55,8 @@ pub struct SelfMetrics {
     pub compaction_bytes_before: Family<L, Counter>,
     /// Bytes of the blocks compaction wrote, by engine.
     pub compaction_bytes_after: Family<L, Counter>,
+    /// What start-up recovery found, by engine and finding.
+    pub recovery: Family<L, Gauge>,
 }
 
 impl Default for SelfMetrics {
@@ -87,6 +89,7 @@ impl SelfMetrics {
             compaction_blocks: Family::default(),
             compaction_bytes_before: Family::default(),
             compaction_bytes_after: Family::default(),
+            recovery: Family::default(),
             registry: Registry::default(),
         };
         registry.register("cairn_ingest_samples", "Metric samples stored", m.samples_ingested.clone());
@@ -135,6 +138,12 @@ impl SelfMetrics {
             "cairn_compaction_bytes_after",
             "Bytes of the blocks compaction wrote, by engine",
             m.compaction_bytes_after.clone(),
+        );
+        registry.register(
+            "cairn_recovery",
+            "What start-up recovery found, by engine and finding: corrupt_blocks (set aside as *.blk.corrupt), \
+             wal_corrupt_segments (rest of a segment skipped), wal_torn_tail_bytes (cut off the newest segment)",
+            m.recovery.clone(),
         );
         SelfMetrics { registry, ..m }
     }

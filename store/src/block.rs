@@ -196,6 +196,20 @@ pub struct BlockWriter {
     w: BufWriter<File>,
     offset: u64,
     streams: Vec<(String, Labels, Vec<ChunkMeta>)>,
+    cleanup: RemoveOnDrop,
+}
+
+/// Deletes a temporary file when dropped while armed: a block write that
+/// fails half-way (a full disk, a dropped compaction) leaves nothing behind
+/// to take up space until the next restart.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
 }
 
 impl BlockWriter {
@@ -211,14 +225,12 @@ impl BlockWriter {
             .write(true)
             .open(&tmp)
             .map_err(StoreError::io("create", &tmp))?;
+        let cleanup = RemoveOnDrop(Some(tmp.clone()));
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let mut header = [0u8; HEADER_LEN as usize];
         header[..8].copy_from_slice(kind.magic());
         header[8] = VERSION;
-        if let Err(e) = w.write_all(&header) {
-            let _ = fs::remove_file(&tmp);
-            return Err(StoreError::io("write", &tmp)(e));
-        }
+        w.write_all(&header).map_err(StoreError::io("write", &tmp))?;
         Ok(BlockWriter {
             dir: dir.to_path_buf(),
             kind,
@@ -228,6 +240,7 @@ impl BlockWriter {
             w,
             offset: HEADER_LEN,
             streams: Vec::new(),
+            cleanup,
         })
     }
 
@@ -296,12 +309,11 @@ impl BlockWriter {
             let file = self.w.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()
         })();
-        let pending = PendingBlock { dir: self.dir, kind: self.kind, path: self.path, tmp: self.tmp };
-        if let Err(e) = res {
-            let _ = fs::remove_file(&pending.tmp);
-            return Err(StoreError::io("write", &pending.tmp)(e));
-        }
-        Ok(pending)
+        // On error the writer's guard deletes the temporary file.
+        res.map_err(StoreError::io("write", &self.tmp))?;
+        let mut cleanup = self.cleanup;
+        cleanup.0 = None;
+        Ok(PendingBlock { dir: self.dir, kind: self.kind, path: self.path, tmp: self.tmp })
     }
 }
 
@@ -322,7 +334,10 @@ impl PendingBlock {
 
     /// Renames the block into place, fsyncs the directory, opens it.
     pub fn commit(self) -> Result<Block, StoreError> {
-        fs::rename(&self.tmp, &self.path).map_err(StoreError::io("rename", &self.tmp))?;
+        if let Err(e) = fs::rename(&self.tmp, &self.path) {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(StoreError::io("rename", &self.tmp)(e));
+        }
         sync_dir(&self.dir)?;
         Block::open(&self.path, self.kind)
     }
@@ -822,6 +837,29 @@ mod tests {
         // the wrong kind is refused
         assert!(matches!(Block::open(blk.path(), BlockKind::Logs), Err(StoreError::Corrupt { .. })));
         assert!(!d.path().join(format!("{}.tmp", crate::layout::block_name(9))).exists());
+    }
+
+    #[test]
+    fn abandoned_or_failed_writes_leave_no_temporary_file() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Labels::from_pairs([("job", "a")]).unwrap();
+        let mut w = BlockWriter::create(d.path(), BlockKind::Logs, 3, "compact.tmp").unwrap();
+        w.add("t", &a, vec![chunk(1, 2, b"payload")]).unwrap();
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+        drop(w);
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0, "a dropped writer left its file");
+        // a stream out of order is an error; the writer's file goes with it
+        let mut w = BlockWriter::create(d.path(), BlockKind::Logs, 3, "tmp").unwrap();
+        w.add("t", &a, vec![chunk(1, 2, b"payload")]).unwrap();
+        assert!(w.add("t", &a, vec![chunk(1, 2, b"payload")]).is_err());
+        drop(w);
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
+        // a finished and committed block stays
+        let w = BlockWriter::create(d.path(), BlockKind::Logs, 3, "tmp").unwrap();
+        w.finish(&[]).unwrap().commit().unwrap();
+        let names: Vec<_> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1);
+        assert!(!names[0].to_string_lossy().ends_with("tmp"), "{names:?}");
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub const WAL_SEGMENT_EXT: &str = "wal";
 pub const BLOCKS_DIR: &str = "blocks";
 /// Extension of block files.
 pub const BLOCK_EXT: &str = "blk";
+/// Suffix appended to a block file found corrupt at open (`<name>.blk.corrupt`).
+pub const CORRUPT_SUFFIX: &str = "corrupt";
 
 /// File name of the block covering WAL segments up to `wal_through`.
 pub fn block_name(wal_through: u64) -> String {

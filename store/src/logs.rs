@@ -790,6 +790,11 @@ impl LogStore {
         &self.t.replay
     }
 
+    /// Block files found corrupt at open and set aside (`*.blk.corrupt`).
+    pub fn corrupt_blocks(&self) -> &[std::path::PathBuf] {
+        &self.t.corrupt_blocks
+    }
+
     /// Writes a batch; returns once it is in the WAL. Validation of lines and
     /// labels against limits happens before this call, in the aggregator.
     pub fn push(&self, tenant: &str, batch: Vec<StreamEntries>) -> Result<WriteOutcome, StoreError> {

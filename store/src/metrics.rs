@@ -339,6 +339,10 @@ impl MetricsStore {
         &self.t.replay
     }
 
+    /// Block files found corrupt at open and set aside (`*.blk.corrupt`).
+    pub fn corrupt_blocks(&self) -> &[std::path::PathBuf] {
+        &self.t.corrupt_blocks
+    }
     /// Writes a batch. Exact duplicates (same series, timestamp and value bits)
     /// are accepted as no-ops; the same timestamp with another value, or a
     /// series without `__name__`, is rejected for that sample only. Returns

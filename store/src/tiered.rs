@@ -127,6 +127,9 @@ pub(crate) struct Tiered<H> {
     pub persisted: RwLock<Persisted<H>>,
     pub head: RwLock<H>,
     pub replay: ReplayStats,
+    /// Block files found corrupt at open and set aside (`*.blk.corrupt`),
+    /// this time or earlier.
+    pub corrupt_blocks: Vec<PathBuf>,
     /// Signalled whenever a flush ends (for writer backpressure).
     flush_done: (Mutex<u64>, Condvar),
 }
@@ -137,6 +140,7 @@ impl<H: HeadData> Tiered<H> {
         let blocks_dir = dir.join(layout::BLOCKS_DIR);
         fs::create_dir_all(&blocks_dir).map_err(StoreError::io("create directory", &blocks_dir))?;
         let mut blocks = Vec::new();
+        let mut corrupt = Vec::new();
         for e in fs::read_dir(&blocks_dir).map_err(StoreError::io("read directory", &blocks_dir))? {
             let e = e.map_err(StoreError::io("read directory", &blocks_dir))?;
             let path = e.path();
@@ -145,8 +149,28 @@ impl<H: HeadData> Tiered<H> {
                 tracing::warn!(path = %path.display(), "removing unfinished block from an interrupted flush");
                 fs::remove_file(&path).map_err(StoreError::io("remove", &path))?;
             } else if name.ends_with(layout::BLOCK_EXT) {
-                blocks.push(Arc::new(Block::open(&path, kind)?));
+                match Block::open(&path, kind) {
+                    Ok(b) => blocks.push(Arc::new(b)),
+                    Err(e @ StoreError::Corrupt { .. }) => {
+                        // Its index is unreadable, so none of its chunks can
+                        // be found; set it aside (not deleted: an operator
+                        // may still want it) and start with the rest.
+                        let aside = path.with_file_name(format!("{name}.{}", layout::CORRUPT_SUFFIX));
+                        tracing::error!(path = %path.display(), moved_to = %aside.display(), error = %e,
+                            "corrupt block set aside; its data is not queryable");
+                        fs::rename(&path, &aside).map_err(StoreError::io("rename", &path))?;
+                        corrupt.push(aside);
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else if name.ends_with(layout::CORRUPT_SUFFIX) {
+                corrupt.push(path);
             }
+        }
+        if !corrupt.is_empty() {
+            block::sync_dir(&blocks_dir)?;
+            tracing::warn!(dir = %blocks_dir.display(), count = corrupt.len(),
+                "corrupt blocks set aside in this directory (*.corrupt); inspect or delete them");
         }
         blocks.sort_by_key(|b| b.wal_through);
         // A compacted block names the blocks it replaced; any of them still
@@ -190,6 +214,7 @@ impl<H: HeadData> Tiered<H> {
             persisted: RwLock::new(Persisted { blocks, frozen: None }),
             head: RwLock::new(head),
             replay,
+            corrupt_blocks: corrupt,
             flush_done: (Mutex::new(0), Condvar::new()),
         })
     }

@@ -24,7 +24,7 @@
 //!   rewritten, only deleted whole once their data is persisted elsewhere.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -94,6 +94,22 @@ struct Writer {
     /// Bytes in all older segments still on disk.
     sealed_bytes: u64,
     scratch: Vec<u8>,
+    /// A failed record could not be cut off: append to a new segment.
+    broken: bool,
+}
+
+impl Writer {
+    /// Truncates the segment to `good` bytes and writes from there on. If
+    /// that fails the segment may end in junk, which replay reads as a torn
+    /// tail; nothing more may follow it, so the next append starts a new
+    /// segment.
+    fn undo_to(&mut self, good: u64) {
+        let res = self.file.set_len(good).and_then(|()| self.file.seek(SeekFrom::Start(good)).map(|_| ()));
+        if let Err(e) = res {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not cut a failed WAL record off");
+            self.broken = true;
+        }
+    }
 }
 
 /// An open write-ahead log.
@@ -264,10 +280,20 @@ impl Wal {
         let mut header = [0u8; HEADER_LEN as usize];
         header[..8].copy_from_slice(MAGIC);
         header[8] = VERSION;
-        file.write_all(&header).map_err(StoreError::io("write", &path))?;
-        file.sync_all().map_err(StoreError::io("fsync", &path))?;
-        sync_dir(dir)?;
-        Ok(Writer { file, path, seq, len: HEADER_LEN, dirty: false, sealed_bytes, scratch: Vec::new() })
+        let res = file
+            .write_all(&header)
+            .map_err(StoreError::io("write", &path))
+            .and_then(|()| file.sync_all().map_err(StoreError::io("fsync", &path)))
+            .and_then(|()| sync_dir(dir));
+        if let Err(e) = res {
+            // A segment without a durable header must not stay behind: the
+            // next attempt (e.g. once a full disk has space again) creates
+            // the same name with `create_new`.
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(Writer { file, path, seq, len: HEADER_LEN, dirty: false, sealed_bytes, scratch: Vec::new(), broken: false })
     }
 
     /// Appends one record; returns once it is durable per the fsync policy.
@@ -280,7 +306,7 @@ impl Wal {
             });
         }
         let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
-        if w.len >= self.opts.segment_bytes {
+        if w.len >= self.opts.segment_bytes || w.broken {
             // Seal the current segment durably before starting the next one.
             w.file.sync_data().map_err(StoreError::io("fsync", &w.path))?;
             let sealed = w.sealed_bytes + w.len;
@@ -294,22 +320,23 @@ impl Wal {
         rec.extend_from_slice(&crc.to_le_bytes());
         rec.push(typ);
         rec.extend_from_slice(payload);
-        let res = w.file.write_all(&rec);
+        let mut res = w.file.write_all(&rec).map_err(StoreError::io("write", &w.path));
         let written = rec.len() as u64;
         w.scratch = rec;
+        if res.is_ok() && self.opts.fsync == FsyncPolicy::Always {
+            res = w.file.sync_data().map_err(StoreError::io("fsync", &w.path));
+        }
         if let Err(e) = res {
-            // A partial write leaves a torn record; put the file back to the
-            // last good length so later records stay readable.
+            // Not acknowledged, so it must not come back at replay either:
+            // cut a partial (torn) or unsynced record off and move the write
+            // position back, so the next record follows the last good one
+            // with no gap (e.g. after a full disk has space again).
             let good = w.len;
-            let _ = w.file.set_len(good);
-            return Err(StoreError::io("write", &w.path)(e));
+            w.undo_to(good);
+            return Err(e);
         }
         w.len += written;
-        w.dirty = true;
-        if self.opts.fsync == FsyncPolicy::Always {
-            w.file.sync_data().map_err(StoreError::io("fsync", &w.path))?;
-            w.dirty = false;
-        }
+        w.dirty = self.opts.fsync != FsyncPolicy::Always;
         Ok(())
     }
 

@@ -214,11 +214,26 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
 
 /// Maps an ingest result to the response remote_write and Loki push clients
 /// expect: 204 when everything was stored, 400 naming what was refused
-/// (after storing the rest), 500 when the store failed.
+/// (after storing the rest), 507 while the disk is full (clients retry 5xx,
+/// so nothing is lost once space returns), 500 when the store failed
+/// otherwise.
 pub(crate) fn ingest_response(res: Result<crate::IngestReport, cairn_store::StoreError>) -> Response {
     match res {
         Ok(r) if r.refused == 0 => StatusCode::NO_CONTENT.into_response(),
         Ok(r) => text_error(StatusCode::BAD_REQUEST, r.error_message()),
+        Err(e) if e.is_disk_full() => {
+            tracing::error!(error = %e, "write refused: disk full");
+            let mut resp = text_error(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!(
+                    "disk full: nothing from this request was stored ({e}); writes resume by themselves once \
+                     space is freed (free disk space, or lower storage.logs.retention_size / \
+                     storage.metrics.retention_size)"
+                ),
+            );
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("30"));
+            resp
+        }
         Err(e) => {
             tracing::error!(error = %e, "write failed");
             text_error(
