@@ -6,7 +6,8 @@
 //! Cairn, and in the same run on the same data Prometheus and
 //! VictoriaMetrics (Debian packages; skipped with a note when missing).
 //!
-//! Each server gets the data by remote_write, is given time to settle
+//! Each server gets the data by remote_write (one sender, in time order: no
+//! out-of-order refusals whatever the machine load), is given time to settle
 //! (Cairn is restarted so its head is flushed and its blocks compacted;
 //! Prometheus is waited for until its head compaction has cut blocks;
 //! VictoriaMetrics is flushed), then every query runs once ("first") and
@@ -16,7 +17,11 @@
 //! to each peer.
 //!
 //! Run: `cargo bench --bench promql`. `CAIRN_BENCH_PEERS=0` skips the peers;
-//! `CAIRN_BENCH_RUNS=N` sets the warm runs (default 3).
+//! `CAIRN_BENCH_RUNS=N` sets the warm runs (default 3). Profiling: start
+//! `cairn serve` yourself, run once with `CAIRN_BENCH_URL=http://…` to load
+//! it, then restart it under `perf record` and run with `CAIRN_BENCH_URL`
+//! and `CAIRN_BENCH_INGEST=0` (the data is generated relative to the hour,
+//! so reuse it within the same hour).
 
 mod common;
 
@@ -125,10 +130,10 @@ fn main() {
         return;
     }
     let runs: usize = std::env::var("CAIRN_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let (instances, steps, per_request) = (2usize, 5760usize, 60usize);
+    let (instances, steps, per_request) = (2usize, 5760usize, 10usize);
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    // 24 h ending a minute-aligned hour ago.
-    let data_end = (now_ms - 3_600_000) / 60_000 * 60_000;
+    // 24 h ending at the last full hour at least an hour ago.
+    let data_end = (now_ms - 3_600_000) / 3_600_000 * 3_600_000;
     let t0 = data_end - (steps as i64 - 1) * 15_000;
     let w = workload(instances, steps, per_request, t0);
     let (start, end) = (t0, data_end);
@@ -143,9 +148,13 @@ fn main() {
     // Cairn: ingest, restart (flush, compaction), query.
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path());
-    let began = Instant::now();
-    send_all(&server.client, &format!("{}/api/v1/write", server.url), &RW_HEADERS, w.bodies.clone(), 4);
-    println!("cairn: ingested in {:.1} s", began.elapsed().as_secs_f64());
+    // With CAIRN_BENCH_URL (a server run under a profiler) and
+    // CAIRN_BENCH_INGEST=0, the server already holds the data.
+    if std::env::var("CAIRN_BENCH_INGEST").as_deref() != Ok("0") {
+        let began = Instant::now();
+        send_all(&server.client, &format!("{}/api/v1/write", server.url), &RW_HEADERS, w.bodies.clone(), 1);
+        println!("cairn: ingested in {:.1} s", began.elapsed().as_secs_f64());
+    }
     server.stop();
     let server = Server::start(data.path());
     let mut last = String::new();
@@ -167,16 +176,19 @@ fn main() {
         match Peer::prometheus(&[]) {
             Ok(p) => {
                 let began = Instant::now();
-                send_all(&c, &format!("{}/api/v1/write", p.base), &RW_HEADERS, w.bodies.clone(), 4);
+                send_all(&c, &format!("{}/api/v1/write", p.base), &RW_HEADERS, w.bodies.clone(), 1);
                 println!("Prometheus: ingested in {:.1} s", began.elapsed().as_secs_f64());
                 // Head compaction runs once a minute: wait until the head
                 // no longer spans the whole day (blocks cut).
+                let mut blocks = -1.0;
+                let mut stable = 0;
                 let cut = wait_for(Duration::from_secs(150), || {
                     let m = c.get(format!("{}/metrics", p.base)).send().and_then(|r| r.text()).unwrap_or_default();
                     let min = gauge(&m, "prometheus_tsdb_head_min_time").unwrap_or(0.0);
-                    let busy = gauge(&m, "prometheus_tsdb_compactions_triggered_total").unwrap_or(0.0)
-                        > gauge(&m, "prometheus_tsdb_compactions_total").unwrap_or(0.0);
-                    min > (data_end - 5 * 3_600_000) as f64 && !busy
+                    let now = gauge(&m, "prometheus_tsdb_blocks_loaded").unwrap_or(0.0);
+                    stable = if now == blocks { stable + 1 } else { 0 };
+                    blocks = now;
+                    min > (data_end - 4 * 3_600_000) as f64 && stable >= 10
                 });
                 let m = c.get(format!("{}/metrics", p.base)).send().and_then(|r| r.text()).unwrap_or_default();
                 println!(
@@ -192,7 +204,7 @@ fn main() {
         match Peer::victoria_metrics(&[]) {
             Ok(p) => {
                 let began = Instant::now();
-                send_all(&c, &format!("{}/api/v1/write", p.base), &RW_HEADERS, w.bodies.clone(), 4);
+                send_all(&c, &format!("{}/api/v1/write", p.base), &RW_HEADERS, w.bodies.clone(), 1);
                 println!("VictoriaMetrics: ingested in {:.1} s", began.elapsed().as_secs_f64());
                 let _ = c.get(format!("{}/internal/force_flush", p.base)).send();
                 std::thread::sleep(Duration::from_secs(2));

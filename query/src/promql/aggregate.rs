@@ -12,6 +12,26 @@ use super::eval::Ctx;
 use super::functions::{kahan_inc, quantile_of};
 use super::{QueryError, Sample, Value};
 
+/// The labels of `ls` that make its group key under the modifier, in order.
+fn key_labels<'a>(ls: &'a Labels, m: Option<&'a LabelModifier>) -> impl Iterator<Item = &'a Label> + 'a {
+    ls.iter().filter(move |l| match m {
+        None => false,
+        Some(LabelModifier::Include(names)) => names.labels.contains(&l.name),
+        Some(LabelModifier::Exclude(names)) => l.name != METRIC_NAME && !names.labels.contains(&l.name),
+    })
+}
+
+/// Hash of the group key of `ls`, computed without building it.
+fn key_hash(ls: &Labels, m: Option<&LabelModifier>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for l in key_labels(ls, m) {
+        l.name.hash(&mut h);
+        l.value.hash(&mut h);
+    }
+    h.finish()
+}
+
 /// Group key labels of `ls` under the modifier.
 fn group_labels(ls: &Labels, m: Option<&LabelModifier>) -> Labels {
     match m {
@@ -108,6 +128,28 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
     }
     // Names pending a drop still partition groups (`by (__name__)`), and the
     // pending drop carries over to the group, as in Prometheus.
+    // Without count_values, the key's hash picks the group and the key is
+    // built only for a new group (one allocation per group, not per sample).
+    let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
+    let input = if count_values_label.is_none() {
+        for s in input {
+            let h = key_hash(&s.labels, m);
+            let cands = by_hash.entry(h).or_default();
+            let found = cands.iter().copied().find(|&i| groups[i].labels.iter().eq(key_labels(&s.labels, m)));
+            let i = match found {
+                Some(i) => i,
+                None => {
+                    cands.push(groups.len());
+                    groups.push(Group { labels: keyed(&s), samples: Vec::new() });
+                    groups.len() - 1
+                }
+            };
+            groups[i].samples.push(s);
+        }
+        Vec::new()
+    } else {
+        input
+    };
     for s in input {
         let mut key = keyed(&s);
         if let Some(name) = &count_values_label {

@@ -19,6 +19,40 @@ use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelect
 
 use super::{QueryError, Sample, Series, Value, aggregate, binary, functions};
 
+/// Lookup hints of one series: indexes the last window start and end
+/// lookups returned.
+#[derive(Default)]
+pub(crate) struct Cursor {
+    lo: Cell<usize>,
+    hi: Cell<usize>,
+}
+
+/// `samples.partition_point(|p| p.0 <= t)`, starting from `hint` (a
+/// previous answer): when `t` has not moved back past the hint, a short
+/// forward scan (sequential memory) finds it; otherwise a binary search.
+fn upper(samples: &[(i64, f64)], t: i64, hint: &Cell<usize>) -> usize {
+    let h = hint.get().min(samples.len());
+    let i = if h == 0 || samples[h - 1].0 <= t {
+        // Everything before h is at or before t.
+        let mut i = h;
+        loop {
+            match samples.get(i) {
+                Some(p) if p.0 <= t => {
+                    i += 1;
+                    if i - h == 16 {
+                        break i + samples[i..].partition_point(|p| p.0 <= t);
+                    }
+                }
+                _ => break i,
+            }
+        }
+    } else {
+        samples[..h].partition_point(|p| p.0 <= t)
+    };
+    hint.set(i);
+    i
+}
+
 /// Cached inner steps of one subquery: (step time, value, cost in samples).
 pub(crate) type SubqueryCache = std::collections::VecDeque<(i64, Rc<Value>, usize)>;
 
@@ -40,6 +74,10 @@ pub(crate) struct Ctx<'a> {
     pub step: i64,
     /// Selected series per selector node, keyed by the node's address.
     pub cache: HashMap<usize, Vec<SeriesSamples>>,
+    /// Per selector node and series, where the last lookups landed (window
+    /// start, window end): a range query's steps move forward, so the next
+    /// lookup scans on from there instead of searching the whole series.
+    pub cursors: HashMap<usize, Vec<Cursor>>,
     /// Samples selected so far.
     pub selected: usize,
     pub max_samples: usize,
@@ -75,6 +113,7 @@ impl<'a> Ctx<'a> {
             end,
             step,
             cache: HashMap::new(),
+            cursors: HashMap::new(),
             selected: 0,
             max_samples: opts.max_samples,
             series: 0,
@@ -269,6 +308,7 @@ impl Ctx<'_> {
         if self.deadline.is_some_and(|d| std::time::Instant::now() > d) {
             return Err(QueryError::Timeout);
         }
+        self.cursors.insert(key, (0..s.len()).map(|_| Cursor::default()).collect());
         self.cache.insert(key, s);
         Ok(())
     }
@@ -338,12 +378,14 @@ impl Ctx<'_> {
     /// Evaluates an instant vector selector at `t`. With `keep_ts` the
     /// samples carry their own timestamps (for `timestamp()`), else `t`.
     pub fn eval_vs(&self, vs: &VectorSelector, t: i64, keep_ts: bool) -> Vec<Sample> {
-        let series = self.cache.get(&(vs as *const _ as usize)).map(Vec::as_slice).unwrap_or(&[]);
+        let key = vs as *const _ as usize;
+        let series = self.cache.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let cursors = self.cursors.get(&key).map(Vec::as_slice).unwrap_or(&[]);
         let rt = at_ms(&vs.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&vs.offset));
         let smoothed = ext_of(vs) == Some(Ext::Smoothed);
         let mut out = Vec::new();
-        for s in series {
-            let hi = s.samples.partition_point(|p| p.0 <= rt);
+        for (s, c) in series.iter().zip(cursors) {
+            let hi = upper(&s.samples, rt, &c.hi);
             if hi == 0 {
                 continue;
             }
@@ -375,14 +417,16 @@ impl Ctx<'_> {
         mut f: impl FnMut(&Labels, &[(i64, f64)]),
     ) {
         let vs = &ms.vs;
-        let series = self.cache.get(&(vs as *const _ as usize)).map(Vec::as_slice).unwrap_or(&[]);
+        let key = vs as *const _ as usize;
+        let series = self.cache.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let cursors = self.cursors.get(&key).map(Vec::as_slice).unwrap_or(&[]);
         let rt = at_ms(&vs.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&vs.offset));
         let range = ms.range.as_millis() as i64;
         let ext = ext_of(vs);
         let mut buf: Vec<(i64, f64)> = Vec::new();
-        for s in series {
-            let mut lo = s.samples.partition_point(|p| p.0 <= rt.saturating_sub(range));
-            let mut hi = s.samples.partition_point(|p| p.0 <= rt);
+        for (s, c) in series.iter().zip(cursors) {
+            let mut lo = upper(&s.samples, rt.saturating_sub(range), &c.lo);
+            let mut hi = upper(&s.samples, rt, &c.hi);
             if ext.is_some() {
                 if ext == Some(Ext::Anchored) && !s.samples[lo..hi].iter().any(|p| !is_stale_nan(p.1)) {
                     // Nothing in the range itself: no value.
@@ -634,4 +678,23 @@ pub(crate) fn check_unique(v: &[Sample]) -> Result<(), QueryError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod cursor_tests {
+    use super::*;
+
+    /// `upper` answers as a fresh binary search whatever the hint, for
+    /// times moving forward, backward and jumping.
+    #[test]
+    fn upper_matches_partition_point_from_any_hint() {
+        let samples: Vec<(i64, f64)> = (0..100).map(|i| (i * 10 + (i % 3), 0.0)).collect();
+        let hint = Cell::new(0);
+        let mut times: Vec<i64> = (-20..1100).step_by(7).collect();
+        times.extend([500, 3, 999, 0, 1000, -5, 250, 251, 252, 1200, 10]);
+        for t in times {
+            assert_eq!(upper(&samples, t, &hint), samples.partition_point(|p| p.0 <= t), "t={t}");
+        }
+        assert_eq!(upper(&[], 5, &Cell::new(7)), 0);
+    }
 }
