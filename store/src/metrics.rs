@@ -198,6 +198,10 @@ fn decode_block_chunk(b: &Block, c: &ChunkMeta, out: &mut Vec<(i64, f64)>) -> Re
 
 /// Sorts by timestamp (stable) and keeps the last sample of each timestamp.
 fn dedup_newest(mut samples: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
+    if samples.windows(2).all(|w| w[0].0 < w[1].0) {
+        // The common case (one source, in order): nothing to do, no copy.
+        return samples;
+    }
     samples.sort_by_key(|p| p.0);
     let mut out: Vec<(i64, f64)> = Vec::with_capacity(samples.len());
     for p in samples {
@@ -528,8 +532,9 @@ impl MetricsStore {
                 continue;
             }
             for s in b.select(tenant, matchers) {
-                let mut got = Vec::new();
-                for c in s.chunks.iter().filter(|c| c.min_ts <= maxt && c.max_ts >= mint) {
+                let wanted = || s.chunks.iter().filter(|c| c.min_ts <= maxt && c.max_ts >= mint);
+                let mut got = Vec::with_capacity(wanted().map(|c| c.entries as usize).sum::<usize>().min(1 << 20));
+                for c in wanted() {
                     decode_block_chunk(b, c, &mut got)?;
                     if held.saturating_add(got.len()) > max.samples {
                         return Ok(Err(SelectLimit::Samples));
@@ -538,7 +543,12 @@ impl MetricsStore {
                 got.retain(|p| p.0 >= mint && p.0 <= maxt);
                 if !got.is_empty() {
                     held += got.len();
-                    by.entry(s.labels.clone()).or_default().extend(got);
+                    match by.entry(s.labels.clone()) {
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert(got);
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().extend(got),
+                    }
                     if let Some(l) = over(&by, held) {
                         return Ok(Err(l));
                     }

@@ -21,15 +21,28 @@ fn key_labels<'a>(ls: &'a Labels, m: Option<&'a LabelModifier>) -> impl Iterator
     })
 }
 
-/// Hash of the group key of `ls`, computed without building it.
+/// Hash of the group key of `ls`, computed without building it (FxHash
+/// style: a multiply and rotate per 8 bytes; collisions are resolved by
+/// comparing labels).
 fn key_hash(ls: &Labels, m: Option<&LabelModifier>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = 0u64;
+    let mut add = |bytes: &[u8]| {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        // The length separates "ab","c" from "a","bc".
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(tail) ^ ((bytes.len() as u64) << 56)).wrapping_mul(K);
+    };
     for l in key_labels(ls, m) {
-        l.name.hash(&mut h);
-        l.value.hash(&mut h);
+        add(l.name.as_bytes());
+        add(l.value.as_bytes());
     }
-    h.finish()
+    h
 }
 
 /// Group key labels of `ls` under the modifier.
@@ -130,16 +143,21 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
     // pending drop carries over to the group, as in Prometheus.
     // Without count_values, the key's hash picks the group and the key is
     // built only for a new group (one allocation per group, not per sample).
-    let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut by_hash: HashMap<u64, usize> = HashMap::new();
     let input = if count_values_label.is_none() {
         for s in input {
             let h = key_hash(&s.labels, m);
-            let cands = by_hash.entry(h).or_default();
-            let found = cands.iter().copied().find(|&i| groups[i].labels.iter().eq(key_labels(&s.labels, m)));
+            let same = |g: &Group| g.labels.iter().eq(key_labels(&s.labels, m));
+            let found = match by_hash.get(&h) {
+                Some(&i) if same(&groups[i]) => Some(i),
+                // A hash collision (or none): look through the groups.
+                Some(_) => groups.iter().position(same),
+                None => None,
+            };
             let i = match found {
                 Some(i) => i,
                 None => {
-                    cands.push(groups.len());
+                    by_hash.entry(h).or_insert(groups.len());
                     groups.push(Group { labels: keyed(&s), samples: Vec::new() });
                     groups.len() - 1
                 }
