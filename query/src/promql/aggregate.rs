@@ -143,7 +143,7 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
     // pending drop carries over to the group, as in Prometheus.
     // Without count_values, the key's hash picks the group and the key is
     // built only for a new group (one allocation per group, not per sample).
-    let mut by_hash: HashMap<u64, usize> = HashMap::new();
+    let mut by_hash: super::FxMap<u64, usize> = Default::default();
     let input = if count_values_label.is_none() {
         for s in input {
             let h = key_hash(&s.labels, m);
@@ -158,7 +158,17 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
                 Some(i) => i,
                 None => {
                     by_hash.entry(h).or_insert(groups.len());
-                    groups.push(Group { labels: keyed(&s), samples: Vec::new() });
+                    let node = a as *const _ as usize;
+                    let cached = ctx.group_keys.borrow().get(&(node, h)).cloned();
+                    let labels = match cached {
+                        Some(l) if l.iter().eq(key_labels(&s.labels, m)) => l,
+                        _ => {
+                            let l = keyed(&s);
+                            ctx.group_keys.borrow_mut().insert((node, h), l.clone());
+                            l
+                        }
+                    };
+                    groups.push(Group { labels, samples: Vec::new() });
                     groups.len() - 1
                 }
             };

@@ -94,6 +94,9 @@ pub(crate) struct Ctx<'a> {
     pub cached_samples: Cell<usize>,
     /// Subqueries being evaluated around the current node.
     pub subquery_depth: Cell<usize>,
+    /// Group key label sets built by aggregation nodes, by (node address,
+    /// key hash): the same groups recur at every step of a range query.
+    pub group_keys: RefCell<super::FxMap<(usize, u64), Labels>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -122,6 +125,7 @@ impl<'a> Ctx<'a> {
             subquery_cache: RefCell::new(HashMap::new()),
             cached_samples: Cell::new(0),
             subquery_depth: Cell::new(0),
+            group_keys: RefCell::new(Default::default()),
         }
     }
 
@@ -671,7 +675,8 @@ pub(crate) fn check_unique(v: &[Sample]) -> Result<(), QueryError> {
     if v.len() < 2 {
         return Ok(());
     }
-    let mut seen = std::collections::HashSet::with_capacity(v.len());
+    let mut seen: std::collections::HashSet<&Labels, std::hash::BuildHasherDefault<super::FxHasher>> =
+        std::collections::HashSet::with_capacity_and_hasher(v.len(), Default::default());
     for s in v {
         if !seen.insert(&s.labels) {
             return Err(QueryError::Execution("vector cannot contain metrics with the same labelset".into()));

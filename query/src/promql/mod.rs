@@ -15,6 +15,43 @@ mod rewrite;
 
 use eval::Ctx;
 
+/// A fast non-cryptographic hasher (FxHash: rotate, xor, multiply per
+/// word) for the evaluator's per-step maps keyed by label sets and hashes.
+/// Not collision-resistant: a flood of crafted label values can only make
+/// a query slower, never wrong (maps still compare keys).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.write_u64(u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
+        }
+        let r = chunks.remainder();
+        if !r.is_empty() {
+            let mut tail = [0u8; 8];
+            tail[..r.len()].copy_from_slice(r);
+            self.write_u64(u64::from_le_bytes(tail));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(i as u64);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A `HashMap` with [`FxHasher`].
+pub(crate) type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+
 /// Prometheus's default lookback delta.
 pub const DEFAULT_LOOKBACK_MS: i64 = 5 * 60 * 1000;
 /// Prometheus's limit on points per series in a range query.
@@ -274,7 +311,7 @@ pub fn range_query(
     }
     let mut ctx = Ctx::new(store, tenant, opts, start, end, step);
     ctx.prefetch(expr, start, end)?;
-    let mut by: HashMap<Labels, Vec<(i64, f64)>> = HashMap::new();
+    let mut by: FxMap<Labels, Vec<(i64, f64)>> = FxMap::default();
     let mut t = start;
     let mut points = 0usize;
     while t <= end {
