@@ -7,7 +7,9 @@
 //! raw byte, next to the Loki and VictoriaLogs figures measured on this
 //! machine kind (`../shared/PEERS.md`; neither peer is installable here).
 //!
-//! Run: `cargo bench --bench ingest_logs` (env `CAIRN_BENCH_REPLAYS`, default 3).
+//! Run: `cargo bench --bench ingest_logs` (env `CAIRN_BENCH_REPLAYS`, default
+//! 3; `CAIRN_BENCH_STREAMS_PER_FILE`, default 4; `CAIRN_BENCH_EXTRA_LABELS`,
+//! default 0, labels added to each stream's 4).
 //! The numbers are printed, never asserted.
 
 mod common;
@@ -32,7 +34,12 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
     files.sort();
-    let replays: usize = std::env::var("CAIRN_BENCH_REPLAYS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let replays = env("CAIRN_BENCH_REPLAYS", 3);
+    // PEERS.md: 4 streams per file, 4 labels per stream. More streams or
+    // labels change the workload (and no longer match the peers' figures).
+    let streams_per_file = env("CAIRN_BENCH_STREAMS_PER_FILE", 4).max(1);
+    let extra_labels = env("CAIRN_BENCH_EXTRA_LABELS", 0);
 
     // With CAIRN_BENCH_DATA=DIR the data directory is kept (and DIR.span
     // records the time span); a later run with the same DIR skips ingest
@@ -84,11 +91,13 @@ fn main() {
         let (mut lines, mut raw_bytes) = (0u64, 0u64);
         let mut i_global: i64 = 0;
         let encode = |fi: usize, k: usize, entries: Vec<EntryAdapter>, names: &[(String, Vec<Vec<u8>>)]| -> Vec<u8> {
+            let extra: String = (0..extra_labels).map(|e| format!(r#", label_{e}="value-{}-{e}""#, k % 7)).collect();
             let req = PushRequest {
                 streams: vec![StreamAdapter {
                     labels: format!(
-                        r#"{{job="bench", source="{}", host="node-{k}", level="{}"}}"#,
-                        names[fi].0, LEVELS[k]
+                        r#"{{job="bench", source="{}", host="node-{k}", level="{}"{extra}}}"#,
+                        names[fi].0,
+                        LEVELS[k % 4]
                     ),
                     entries,
                 }],
@@ -121,7 +130,7 @@ fn main() {
                     if (i_global + 1) % 200_000 == 0 {
                         line.extend_from_slice(b" ZQX9rareTOKEN");
                     }
-                    let k = li % 4;
+                    let k = li % streams_per_file;
                     let ts = span_start + i_global * step;
                     i_global += 1;
                     lines += 1;

@@ -17,7 +17,9 @@
 //! Cairn's ratio to each peer.
 //!
 //! Run: `cargo bench --bench ingest_metrics` (release build). Numbers are
-//! printed, never asserted. `CAIRN_BENCH_PEERS=0` skips the peers.
+//! printed, never asserted. `CAIRN_BENCH_PEERS=0` skips the peers;
+//! `CAIRN_BENCH_INSTANCES` (10) and `CAIRN_BENCH_STEPS` (960 at 15 s) set
+//! the size: 20 × 5760 is 10,140 series × 24 h.
 
 mod common;
 
@@ -31,9 +33,12 @@ fn main() {
     if !common::is_bench_run("ingest_metrics") {
         return;
     }
-    let (instances, steps, per_request) = (10usize, 960usize, 10usize);
+    // PEERS.md's workload by default; CAIRN_BENCH_INSTANCES=20
+    // CAIRN_BENCH_STEPS=5760 gives the 10,000 series × 24 h.
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (instances, steps, per_request) = (env("CAIRN_BENCH_INSTANCES", 10), env("CAIRN_BENCH_STEPS", 960), 10usize);
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let t0 = now_ms - 5 * 3_600_000;
+    let t0 = now_ms - (steps as i64 * 15_000 + 3_600_000);
     let w = workload(instances, steps, per_request, t0);
     let (ordered, total) = (w.bodies, w.samples);
     let total_series = w.series;

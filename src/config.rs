@@ -6,7 +6,9 @@
 use std::path::Path;
 
 use anyhow::Context;
-use cairn_aggregator::config::{AggregatorConfig, LimitsConfig, QueryConfig, ServerConfig, StorageConfig};
+use cairn_aggregator::config::{
+    AggregatorConfig, LimitsConfig, QueryConfig, ServerConfig, StorageConfig, TenantConfig,
+};
 use cairn_collector::config::CollectorConfig;
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +29,8 @@ pub struct Config {
     pub query: QueryConfig,
     /// `[collector]`
     pub collector: CollectorConfig,
+    /// `[tenants."<id>"]`: per-tenant overrides.
+    pub tenants: std::collections::BTreeMap<String, TenantConfig>,
 }
 
 impl Config {
@@ -90,6 +94,7 @@ impl Config {
             storage: self.storage.clone(),
             limits: self.limits.clone(),
             query: self.query.clone(),
+            tenants: self.tenants.clone(),
         }
     }
 }

@@ -120,6 +120,10 @@ pub struct LogsStorageConfig {
     pub head_max_size: ByteSize,
     /// Flush the head once its oldest data is this old, so the WAL stays short.
     pub flush_interval: ConfigDuration,
+    /// Accept entries up to this much older than their stream's newest
+    /// entry; older ones are refused as "entry too far behind" (`0s`:
+    /// strictly in order).
+    pub out_of_order_window: ConfigDuration,
     /// Delete log blocks whose newest line is older than this; `0s` keeps
     /// them forever.
     pub retention_time: ConfigDuration,
@@ -133,6 +137,7 @@ impl Default for LogsStorageConfig {
         LogsStorageConfig {
             head_max_size: ByteSize::mib(64),
             flush_interval: ConfigDuration::from_secs(600),
+            out_of_order_window: ConfigDuration(cairn_store::logs::DEFAULT_OUT_OF_ORDER_WINDOW),
             retention_time: ConfigDuration::from_secs(30 * 86_400),
             retention_size: ByteSize(0),
         }
@@ -238,6 +243,19 @@ impl Default for QueryConfig {
     }
 }
 
+/// `[tenants."<id>"]`: settings of one tenant that differ from the
+/// defaults. Tenants not listed use the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// This tenant's log age limit instead of `storage.logs.retention_time`
+    /// (`0s`: forever). Its older logs are hidden from queries at once and
+    /// deleted within a day.
+    pub logs_retention_time: Option<ConfigDuration>,
+    /// Likewise for metrics, instead of `storage.metrics.retention_time`.
+    pub metrics_retention_time: Option<ConfigDuration>,
+}
+
 /// Everything the aggregator needs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AggregatorConfig {
@@ -249,4 +267,33 @@ pub struct AggregatorConfig {
     pub limits: LimitsConfig,
     /// `[query]`
     pub query: QueryConfig,
+    /// `[tenants."<id>"]`
+    pub tenants: std::collections::BTreeMap<String, TenantConfig>,
+}
+
+impl AggregatorConfig {
+    /// The retention of each engine, with the tenants' overrides.
+    pub fn retention(&self) -> (cairn_store::Retention, cairn_store::Retention) {
+        let limit = |d: &ConfigDuration| (!d.0.is_zero()).then_some(d.0);
+        let s = &self.storage;
+        let mut logs = cairn_store::Retention {
+            time: limit(&s.logs.retention_time),
+            size: s.logs.retention_size.0,
+            ..Default::default()
+        };
+        let mut metrics = cairn_store::Retention {
+            time: limit(&s.metrics.retention_time),
+            size: s.metrics.retention_size.0,
+            ..Default::default()
+        };
+        for (id, t) in &self.tenants {
+            if let Some(d) = &t.logs_retention_time {
+                logs.tenants.insert(id.clone(), limit(d));
+            }
+            if let Some(d) = &t.metrics_retention_time {
+                metrics.tenants.insert(id.clone(), limit(d));
+            }
+        }
+        (logs, metrics)
+    }
 }

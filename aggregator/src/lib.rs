@@ -147,8 +147,12 @@ impl Aggregator {
                 wal,
                 head_max_bytes: config.storage.logs.head_max_size.0,
                 flush_interval: config.storage.logs.flush_interval.0,
+                out_of_order_window: config.storage.logs.out_of_order_window.0,
             },
         )?;
+        let (logs_retention, metrics_retention) = config.retention();
+        logs.set_retention(logs_retention);
+        metrics.set_retention(metrics_retention);
         for (engine, r) in [("metrics", metrics.replay_stats()), ("logs", logs.replay_stats())] {
             tracing::info!(
                 engine,
@@ -302,6 +306,9 @@ impl Aggregator {
         if self.logs.flush_due() {
             self.flush_wanted.notify_one();
         }
+        for (r, _) in &outcome.rejected {
+            self.self_metrics.reject("entries", r.as_str(), 1);
+        }
         self.self_metrics.lines_ingested.inc_by(outcome.accepted as u64);
         self.self_metrics.line_bytes_ingested.inc_by(bytes);
         report.merge_store(outcome);
@@ -359,29 +366,26 @@ impl Aggregator {
         }
     }
 
-    /// Deletes blocks past `retention_time` / `retention_size` in both
-    /// engines (blocking); counted in `cairn_retention_deleted_*`.
+    /// Enforces retention in both engines (blocking): blocks past
+    /// `retention_time` (or a tenant's own) and past `retention_size` are
+    /// deleted, blocks holding data of tenants past their own limit
+    /// rewritten; counted in `cairn_retention_*`.
     pub fn apply_retention(&self) {
-        let now_ms = cairn_wire::time::now_ms();
-        let age = |d: &cairn_wire::config::ConfigDuration| (!d.0.is_zero()).then(|| now_ms - d.as_millis());
-        let s = &self.config.storage;
-        let results = [
-            (
-                "logs",
-                self.logs.apply_retention(
-                    age(&s.logs.retention_time).map(|ms| ms.saturating_mul(1_000_000)),
-                    s.logs.retention_size.0,
-                ),
-            ),
-            ("metrics", self.metrics.apply_retention(age(&s.metrics.retention_time), s.metrics.retention_size.0)),
-        ];
+        let results =
+            [("logs", self.logs.apply_retention_policy()), ("metrics", self.metrics.apply_retention_policy())];
         for (engine, r) in results {
             match r {
-                Ok((0, _)) => {}
-                Ok((n, bytes)) => {
+                Ok(st) => {
                     let l = vec![("engine", engine.to_string())];
-                    self.self_metrics.retention_blocks.get_or_create(&l).inc_by(n as u64);
-                    self.self_metrics.retention_bytes.get_or_create(&l).inc_by(bytes);
+                    let m = &self.self_metrics;
+                    if st.blocks_deleted > 0 {
+                        m.retention_blocks.get_or_create(&l).inc_by(st.blocks_deleted as u64);
+                        m.retention_bytes.get_or_create(&l).inc_by(st.bytes_deleted);
+                    }
+                    if st.blocks_rewritten > 0 {
+                        m.retention_rewrites.get_or_create(&l).inc_by(st.blocks_rewritten as u64);
+                        m.retention_bytes.get_or_create(&l).inc_by(st.bytes_dropped);
+                    }
                 }
                 Err(e) => tracing::error!(engine, error = %e, "retention failed"),
             }

@@ -47,6 +47,8 @@ pub struct SelfMetrics {
     pub retention_blocks: Family<L, Counter>,
     /// Bytes of blocks deleted by retention, by engine.
     pub retention_bytes: Family<L, Counter>,
+    /// Blocks rewritten by retention without a tenant's expired data.
+    pub retention_rewrites: Family<L, Counter>,
     /// Compaction merges done, by engine.
     pub compactions: Family<L, Counter>,
     /// Blocks merged away by compaction, by engine.
@@ -85,6 +87,7 @@ impl SelfMetrics {
             flushes: Family::default(),
             retention_blocks: Family::default(),
             retention_bytes: Family::default(),
+            retention_rewrites: Family::default(),
             compactions: Family::default(),
             compaction_blocks: Family::default(),
             compaction_bytes_before: Family::default(),
@@ -120,8 +123,13 @@ impl SelfMetrics {
         );
         registry.register(
             "cairn_retention_deleted_bytes",
-            "Bytes of blocks deleted by retention, by engine",
+            "Bytes freed by retention (blocks deleted or rewritten), by engine",
             m.retention_bytes.clone(),
+        );
+        registry.register(
+            "cairn_retention_rewritten_blocks",
+            "Blocks rewritten by retention without the data of tenants past their own limit, by engine",
+            m.retention_rewrites.clone(),
         );
         registry.register("cairn_compactions", "Compaction merges done, by engine", m.compactions.clone());
         registry.register(

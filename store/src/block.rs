@@ -459,7 +459,7 @@ impl Block {
         let mut index = vec![0u8; index_len as usize];
         file.read_exact_at(&mut index, index_off).map_err(StoreError::io("read", path))?;
         let crc = crc32c::crc32c(&index);
-        if crc != want_crc {
+        if !crate::crc_matches(crc, want_crc) {
             return Err(corrupt(index_off, format!("index checksum {crc:#010x}, want {want_crc:#010x}")));
         }
         let parsed = if version == 1 {
@@ -752,7 +752,7 @@ impl Block {
     /// `buf` (the `what` of chunk `c`) against its CRC-32C `want`.
     fn check(&self, c: &ChunkMeta, what: &str, buf: &[u8], want: u32) -> Result<(), StoreError> {
         let crc = crc32c::crc32c(buf);
-        if crc != want {
+        if !crate::crc_matches(crc, want) {
             return Err(self.corrupt(c, format!("{what} checksum {crc:#010x}, want {want:#010x}")));
         }
         Ok(())

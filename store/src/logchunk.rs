@@ -415,6 +415,34 @@ mod tests {
         assert_eq!(&d.body[..d.lines_len], "line onetwothree ünïcode".as_bytes());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Any sorted timestamps (ties included), any lines (empty,
+        /// multi-byte, control characters), metadata on some entries or none.
+        #[test]
+        fn any_entries_round_trip(
+            mut entries in proptest::collection::vec(
+                (
+                    proptest::prelude::any::<i64>(),
+                    ".{0,40}",
+                    proptest::collection::vec(("[a-z_]{1,8}", ".{0,12}"), 0..3),
+                ),
+                1..120,
+            ),
+            tie in 0usize..4,
+        ) {
+            entries.sort_by_key(|e| e.0);
+            if tie > 0 && entries.len() > tie {
+                let t = entries[0].0;
+                for e in entries.iter_mut().take(tie) {
+                    e.0 = t;
+                }
+            }
+            let cases: Vec<Case<'_>> = entries.iter().map(|(t, l, m)| (*t, l.as_str(), m.clone())).collect();
+            roundtrip(&cases);
+        }
+    }
+
     #[test]
     fn reads_v1_chunks() {
         // A version 1 chunk: one zstd frame of (ts delta, line, pairs).

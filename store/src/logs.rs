@@ -38,7 +38,7 @@ struct Stream {
 #[derive(Default)]
 struct TenantLogs {
     streams: Vec<Stream>,
-    by_labels: HashMap<Labels, usize>,
+    by_labels: crate::LabelMap<usize>,
 }
 
 /// In-memory entries not yet in a block.
@@ -441,7 +441,16 @@ pub struct LogStoreOptions {
     pub head_max_bytes: u64,
     /// Flush the head once its oldest data is this old.
     pub flush_interval: Duration,
+    /// How far behind its stream's newest entry an entry may be and still be
+    /// accepted (and returned in order); older ones are refused as
+    /// [`RejectReason::TooFarBehind`] (Loki's "entry too far behind"). Zero:
+    /// entries must come in order ([`RejectReason::OutOfOrder`]).
+    pub out_of_order_window: Duration,
 }
+
+/// Default of [`LogStoreOptions::out_of_order_window`]: one hour, Loki's
+/// (half its default `max_chunk_age`).
+pub const DEFAULT_OUT_OF_ORDER_WINDOW: Duration = Duration::from_secs(3600);
 
 impl Default for LogStoreOptions {
     fn default() -> Self {
@@ -449,6 +458,7 @@ impl Default for LogStoreOptions {
             wal: WalOptions::default(),
             head_max_bytes: 64 << 20,
             flush_interval: Duration::from_secs(600),
+            out_of_order_window: DEFAULT_OUT_OF_ORDER_WINDOW,
         }
     }
 }
@@ -457,6 +467,35 @@ impl Default for LogStoreOptions {
 pub struct LogStore {
     t: Tiered<Head>,
     opts: LogStoreOptions,
+    /// Newest timestamp per stream (ns), for the out-of-order window.
+    newest: std::sync::Mutex<crate::newest::NewestMap>,
+}
+
+/// The refusal of an entry `ts` behind its stream's newest entry `newest`
+/// by more than `window` (all ns), worded as Loki words it.
+fn too_far_behind(ts: i64, newest: i64, window: i64, labels: &Labels) -> (crate::RejectReason, String) {
+    let when = |ns: i64| cairn_wire::time::format_rfc3339_ns(ns);
+    if window == 0 {
+        (
+            crate::RejectReason::OutOfOrder,
+            format!(
+                "entry with timestamp {} ignored, reason: 'entry out of order' (newest is {} and \
+                 storage.logs.out_of_order_window is 0) for stream: {labels}",
+                when(ts),
+                when(newest)
+            ),
+        )
+    } else {
+        (
+            crate::RejectReason::TooFarBehind,
+            format!(
+                "entry with timestamp {} ignored, reason: 'entry too far behind, oldest acceptable timestamp is: {}' \
+                 (storage.logs.out_of_order_window) for stream: {labels}",
+                when(ts),
+                when(newest.saturating_sub(window))
+            ),
+        )
+    }
 }
 
 fn encode_batch(buf: &mut Vec<u8>, tenant: &str, batch: &[StreamEntries]) {
@@ -781,8 +820,20 @@ impl LogStore {
     /// Opens the store in `dir`: loads every block, deletes leftover
     /// temporary files, and replays the WAL segments no block covers.
     pub fn open_with(dir: &Path, opts: LogStoreOptions) -> Result<Self, StoreError> {
-        let t = Tiered::open(dir, BlockKind::Logs, RECORD_ENTRIES, opts.wal.clone())?;
-        Ok(LogStore { t, opts })
+        let t: Tiered<Head> = Tiered::open(dir, BlockKind::Logs, RECORD_ENTRIES, opts.wal.clone())?;
+        let mut newest;
+        {
+            let (persisted, head) = t.read();
+            newest = crate::newest::from_blocks(&persisted.blocks);
+            for (tenant, tl) in &head.tenants {
+                for s in &tl.streams {
+                    if let Some(e) = s.entries.last() {
+                        crate::newest::note(&mut newest, tenant, &s.labels, e.ts);
+                    }
+                }
+            }
+        }
+        Ok(LogStore { t, opts, newest: std::sync::Mutex::new(newest) })
     }
 
     /// What the WAL replay at open found.
@@ -798,23 +849,51 @@ impl LogStore {
     /// Writes a batch; returns once it is in the WAL. Validation of lines and
     /// labels against limits happens before this call, in the aggregator.
     pub fn push(&self, tenant: &str, batch: Vec<StreamEntries>) -> Result<WriteOutcome, StoreError> {
-        let accepted = batch.iter().map(|s| s.entries.len()).sum();
-        let batch: Vec<StreamEntries> = batch.into_iter().filter(|s| !s.entries.is_empty()).collect();
-        if !batch.is_empty() {
-            // Backpressure: a full head waits for the running flush, so at
-            // most two heads (one being flushed) are in memory. Measured with
-            // the ingest benchmark: waiting only at 2× let the frozen head
-            // itself reach 2× and peak RSS 580 MB on the PEERS workload.
-            let limit = self.opts.head_max_bytes;
-            self.t.wait_for_flush_while(|| self.head_bytes() >= limit, BACKPRESSURE_MAX_WAIT);
-            let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let mut buf = Vec::new();
-            encode_batch(&mut buf, tenant, &batch);
-            self.t.wal.append(RECORD_ENTRIES, &buf)?;
-            let mut head = self.t.head.write().unwrap_or_else(|p| p.into_inner());
-            apply(&mut head, tenant, batch);
+        let mut outcome = WriteOutcome::default();
+        let mut batch: Vec<StreamEntries> = batch.into_iter().filter(|s| !s.entries.is_empty()).collect();
+        if batch.is_empty() {
+            return Ok(outcome);
         }
-        Ok(WriteOutcome { accepted, rejected: Vec::new() })
+        // Backpressure: a full head waits for the running flush, so at
+        // most two heads (one being flushed) are in memory. Measured with
+        // the ingest benchmark: waiting only at 2× let the frozen head
+        // itself reach 2× and peak RSS 580 MB on the PEERS workload.
+        let limit = self.opts.head_max_bytes;
+        self.t.wait_for_flush_while(|| self.head_bytes() >= limit, BACKPRESSURE_MAX_WAIT);
+        let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        let window = i64::try_from(self.opts.out_of_order_window.as_nanos()).unwrap_or(i64::MAX);
+        for s in &mut batch {
+            let mut last = newest.get(tenant).and_then(|m| m.get(&s.labels)).copied();
+            let labels = &s.labels;
+            s.entries.retain(|e| {
+                if let Some(l) = last
+                    && e.ts < l.saturating_sub(window)
+                {
+                    outcome.rejected.push(too_far_behind(e.ts, l, window, labels));
+                    return false;
+                }
+                last = Some(last.map_or(e.ts, |l| l.max(e.ts)));
+                true
+            });
+        }
+        batch.retain(|s| !s.entries.is_empty());
+        outcome.accepted = batch.iter().map(|s| s.entries.len()).sum();
+        if batch.is_empty() {
+            return Ok(outcome);
+        }
+        let mut buf = Vec::new();
+        encode_batch(&mut buf, tenant, &batch);
+        self.t.wal.append(RECORD_ENTRIES, &buf)?;
+        for s in &batch {
+            if let Some(max) = s.entries.iter().map(|e| e.ts).max() {
+                crate::newest::note(&mut newest, tenant, &s.labels, max);
+            }
+        }
+        drop(newest);
+        let mut head = self.t.head.write().unwrap_or_else(|p| p.into_inner());
+        apply(&mut head, tenant, batch);
+        Ok(outcome)
     }
 
     /// True when the head is over `head_max_bytes` or its oldest data is
@@ -908,6 +987,9 @@ impl LogStore {
         req: &ScanRequest<'_>,
         f: &mut dyn FnMut(&Labels, &[EntryRef<'_>]) -> Option<i64>,
     ) -> Result<ScanStats, StoreError> {
+        let hidden_before = self.t.visible_from(req.tenant);
+        let clamped = ScanRequest { start: req.start.max(hidden_before), ..*req };
+        let req = &clamped;
         let mut stats = ScanStats::default();
         let (persisted, head) = self.t.read();
         let mut sources = Vec::new();
@@ -1034,6 +1116,7 @@ impl LogStore {
         want_lens: bool,
         f: &mut TimestampSink<'_>,
     ) -> Result<ScanStats, StoreError> {
+        let start = start.max(self.t.visible_from(tenant));
         let mut stats = ScanStats::default();
         let (persisted, head) = self.t.read();
         let mut sources = Vec::new();
@@ -1116,6 +1199,7 @@ impl LogStore {
         start: i64,
         end: i64,
     ) -> Result<Vec<(Labels, StreamStats)>, StoreError> {
+        let start = start.max(self.t.visible_from(tenant));
         let (persisted, head) = self.t.read();
         let mut by: std::collections::BTreeMap<Labels, StreamStats> = Default::default();
         let mut add = |labels: &Labels, entries: u64, bytes: u64, chunks: u64| {
@@ -1155,11 +1239,38 @@ impl LogStore {
         })
     }
 
+    /// Sets how long data is kept: the default age limit, per-tenant
+    /// overrides (their data past it is hidden from reads at once) and the
+    /// size limit, enforced by [`Self::apply_retention_policy`].
+    pub fn set_retention(&self, r: crate::Retention) {
+        self.t.set_retention(r);
+    }
+
+    /// Enforces the retention set by [`Self::set_retention`]: deletes
+    /// expired blocks, then the oldest past the size limit, and rewrites
+    /// blocks holding data of tenants past their own limit
+    /// (`docs/format/logs.md`, "Retention").
+    pub fn apply_retention_policy(&self) -> Result<crate::RetentionStats, StoreError> {
+        {
+            // series and streams gone quiet before the limit: forget them
+            let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+            crate::newest::forget_before(&mut newest, |tenant| self.t.cutoff(tenant));
+        }
+        self.t.apply_retention_policy()
+    }
+
     /// Deletes blocks whose data is all older than `min_ts` (ns; `None`:
     /// no age limit), then the oldest blocks while blocks take more than
     /// `max_bytes` (0: no limit). Returns (blocks, bytes) deleted. Data still
     /// in the head is not affected.
     pub fn apply_retention(&self, min_ts: Option<i64>, max_bytes: u64) -> Result<(usize, u64), StoreError> {
+        if let Some(min_ts) = min_ts {
+            // streams gone quiet before the retention limit: forget them
+            let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+            crate::newest::forget_before(&mut newest, |_| Some(min_ts));
+        }
         self.t.apply_retention(min_ts, max_bytes)
     }
 

@@ -23,17 +23,166 @@ use crate::{RejectReason, StoreError, WriteOutcome, xor};
 /// WAL record type of a metrics write batch.
 pub const RECORD_SAMPLES: u8 = 1;
 
+/// A full chunk of a series in the head, already encoded as it will be in a
+/// block (`xor::encode_chunk`), so the head holds ~1.5 bytes per sample
+/// instead of 16.
+struct HeadChunk {
+    bytes: Box<[u8]>,
+    min_ts: i64,
+    max_ts: i64,
+    count: u32,
+}
+
 #[derive(Default)]
 struct Series {
     labels: Labels,
-    /// Sorted by timestamp, unique timestamps.
+    /// Encoded chunks of [`CHUNK_SAMPLES`] (more after out-of-order
+    /// inserts), in time order, not overlapping, all older than `samples`.
+    sealed: Vec<HeadChunk>,
+    /// The newest samples, not yet a full chunk: sorted, unique timestamps.
     samples: Vec<(i64, f64)>,
+}
+
+impl Series {
+    fn new(labels: Labels) -> Series {
+        Series { labels, sealed: Vec::new(), samples: Vec::new() }
+    }
+
+    /// Newest timestamp held.
+    fn last_ts(&self) -> Option<i64> {
+        self.samples.last().map(|p| p.0).or_else(|| self.sealed.last().map(|c| c.max_ts))
+    }
+
+    /// Samples held.
+    fn len(&self) -> usize {
+        self.samples.len() + self.sealed.iter().map(|c| c.count as usize).sum::<usize>()
+    }
+
+    /// Index of the sealed chunk a sample at `t` belongs in: the first one
+    /// ending at or after `t`; `None` when `t` is newer than all of them.
+    fn sealed_for(&self, t: i64) -> Option<usize> {
+        let i = self.sealed.partition_point(|c| c.max_ts < t);
+        (i < self.sealed.len()).then_some(i)
+    }
+
+    /// The value stored at `t`, if any.
+    fn value_at(&self, t: i64) -> Option<f64> {
+        match self.sealed_for(t) {
+            Some(i) => {
+                let c = &self.sealed[i];
+                if t < c.min_ts {
+                    return None;
+                }
+                let mut out = Vec::with_capacity(c.count as usize);
+                xor::decode_chunk(&c.bytes, &mut out).ok()?;
+                out.binary_search_by_key(&t, |p| p.0).ok().map(|k| out[k].1)
+            }
+            None => self.samples.binary_search_by_key(&t, |p| p.0).ok().map(|k| self.samples[k].1),
+        }
+    }
+
+    /// Adds a sample; false when one with that timestamp is there already
+    /// (validated before the WAL; replay may repeat it).
+    fn insert(&mut self, t: i64, v: f64) -> bool {
+        if let Some(i) = self.sealed_for(t) {
+            // Older than the open tail: re-encode that chunk (out-of-order
+            // writes only, within the window).
+            let c = &mut self.sealed[i];
+            let mut out = Vec::with_capacity(c.count as usize + 1);
+            if xor::decode_chunk(&c.bytes, &mut out).is_err() {
+                return false; // written by this process: cannot happen
+            }
+            let Err(pos) = out.binary_search_by_key(&t, |p| p.0) else {
+                return false;
+            };
+            out.insert(pos, (t, v));
+            *c = HeadChunk::encode(&out);
+            return true;
+        }
+        match self.samples.last() {
+            Some(&(lt, _)) if lt >= t => match self.samples.binary_search_by_key(&t, |p| p.0) {
+                Ok(_) => return false,
+                Err(pos) => self.samples.insert(pos, (t, v)),
+            },
+            _ => self.samples.push((t, v)),
+        }
+        if self.samples.len() >= CHUNK_SAMPLES {
+            self.sealed.push(HeadChunk::encode(&self.samples));
+            self.samples = Vec::new();
+        }
+        true
+    }
+
+    /// Appends the samples in `[mint, maxt]` to `out`, sorted.
+    fn collect_into(&self, mint: i64, maxt: i64, out: &mut Vec<(i64, f64)>) {
+        for c in self.sealed.iter().filter(|c| c.min_ts <= maxt && c.max_ts >= mint) {
+            let from = out.len();
+            if xor::decode_chunk(&c.bytes, out).is_err() {
+                out.truncate(from); // written by this process: cannot happen
+                continue;
+            }
+            if c.min_ts < mint || c.max_ts > maxt {
+                let mut k = from;
+                for j in from..out.len() {
+                    if out[j].0 >= mint && out[j].0 <= maxt {
+                        out[k] = out[j];
+                        k += 1;
+                    }
+                }
+                out.truncate(k);
+            }
+        }
+        let lo = self.samples.partition_point(|p| p.0 < mint);
+        let hi = self.samples.partition_point(|p| p.0 <= maxt);
+        out.extend_from_slice(&self.samples[lo..hi.max(lo)]);
+    }
+
+    /// Whether any sample lies in `[mint, maxt]`.
+    fn any_in(&self, mint: i64, maxt: i64) -> bool {
+        self.sealed.iter().any(|c| c.min_ts <= maxt && c.max_ts >= mint) || {
+            let lo = self.samples.partition_point(|p| p.0 < mint);
+            self.samples.get(lo).is_some_and(|p| p.0 <= maxt)
+        }
+    }
+
+    /// The series' chunks as a block stores them.
+    fn encoded(&self) -> Vec<EncodedChunk> {
+        let mut out: Vec<EncodedChunk> = self
+            .sealed
+            .iter()
+            .map(|c| EncodedChunk {
+                bytes: c.bytes.to_vec(),
+                min_ts: c.min_ts,
+                max_ts: c.max_ts,
+                count: u64::from(c.count),
+                raw_bytes: 16 * u64::from(c.count),
+                payload: 0,
+                filter: Vec::new(),
+            })
+            .collect();
+        out.extend(encode_chunks(&self.samples));
+        out
+    }
+}
+
+impl HeadChunk {
+    /// Encodes sorted, unique, non-empty `samples`.
+    fn encode(samples: &[(i64, f64)]) -> HeadChunk {
+        let mut bytes = Vec::new();
+        xor::encode_chunk(&mut bytes, samples);
+        HeadChunk {
+            bytes: bytes.into_boxed_slice(),
+            min_ts: samples.first().map_or(0, |p| p.0),
+            max_ts: samples.last().map_or(0, |p| p.0),
+            count: samples.len() as u32,
+        }
+    }
 }
 
 #[derive(Default)]
 struct TenantHead {
     series: Vec<Series>,
-    by_labels: HashMap<Labels, usize>,
+    by_labels: crate::LabelMap<usize>,
 }
 
 /// In-memory samples not yet in a block.
@@ -87,7 +236,7 @@ pub struct MetricsStore {
     /// Newest timestamp of every series (head and blocks), per tenant: the
     /// reference point of the out-of-order window. Written under the write
     /// lock; survives flushes; rebuilt at open from block indexes and the head.
-    newest: Mutex<HashMap<String, HashMap<Labels, i64>>>,
+    newest: Mutex<crate::newest::NewestMap>,
 }
 
 impl HeadData for Head {
@@ -105,7 +254,7 @@ impl HeadData for Head {
         let mut out = Vec::new();
         for (tenant, th) in &self.tenants {
             for s in &th.series {
-                out.push((tenant.as_str(), &s.labels, encode_chunks(&s.samples)));
+                out.push((tenant.as_str(), &s.labels, s.encoded()));
             }
         }
         Ok(out)
@@ -130,7 +279,11 @@ impl HeadData for Head {
             let batch = th
                 .series
                 .iter()
-                .map(|s| SeriesSamples { labels: s.labels.clone(), samples: s.samples.clone() })
+                .map(|s| {
+                    let mut samples = Vec::with_capacity(s.len());
+                    s.collect_into(i64::MIN, i64::MAX, &mut samples);
+                    SeriesSamples { labels: s.labels.clone(), samples }
+                })
                 .collect();
             apply(self, tenant, batch);
         }
@@ -142,27 +295,39 @@ impl HeadData for Head {
 }
 
 impl Head {
-    /// Samples of matching series of `tenant` in `[mint, maxt]`.
-    fn collect<'a>(
-        &'a self,
+    /// Samples of matching series of `tenant` in `[mint, maxt]` (series
+    /// with none are skipped).
+    fn collect(
+        &self,
         tenant: &str,
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
-        mut f: impl FnMut(&'a Labels, &'a [(i64, f64)]),
+        mut f: impl FnMut(&Labels, &[(i64, f64)]),
     ) {
         let Some(th) = self.tenants.get(tenant) else {
             return;
         };
+        let mut buf = Vec::new();
         for s in &th.series {
             if !matches_all(matchers, &s.labels) {
                 continue;
             }
-            let lo = s.samples.partition_point(|p| p.0 < mint);
-            let hi = s.samples.partition_point(|p| p.0 <= maxt);
-            if lo < hi {
-                f(&s.labels, &s.samples[lo..hi]);
+            buf.clear();
+            s.collect_into(mint, maxt, &mut buf);
+            if !buf.is_empty() {
+                f(&s.labels, &buf);
             }
+        }
+    }
+
+    /// Matching series of `tenant` with a sample in `[mint, maxt]`.
+    fn series_in(&self, tenant: &str, matchers: &[Matcher], mint: i64, maxt: i64, mut f: impl FnMut(&Labels)) {
+        let Some(th) = self.tenants.get(tenant) else {
+            return;
+        };
+        for s in th.series.iter().filter(|s| matches_all(matchers, &s.labels) && s.any_in(mint, maxt)) {
+            f(&s.labels);
         }
     }
 }
@@ -277,21 +442,13 @@ fn apply(head: &mut Head, tenant: &str, batch: Vec<SeriesSamples>) {
             None => {
                 let i = th.series.len();
                 th.by_labels.insert(s.labels.clone(), i);
-                th.series.push(Series { labels: s.labels, samples: Vec::new() });
+                th.series.push(Series::new(s.labels));
                 i
             }
         };
         let series = &mut th.series[idx];
         for (t, v) in s.samples {
-            match series.samples.last() {
-                Some(&(lt, _)) if lt < t => series.samples.push((t, v)),
-                None => series.samples.push((t, v)),
-                _ => match series.samples.binary_search_by_key(&t, |p| p.0) {
-                    Ok(_) => continue, // duplicate: validated before the WAL; replay may repeat it
-                    Err(pos) => series.samples.insert(pos, (t, v)),
-                },
-            }
-            added += 1;
+            added += u64::from(series.insert(t, v));
         }
     }
     head.samples += added;
@@ -308,29 +465,14 @@ impl MetricsStore {
     /// temporary files, and replays the WAL segments no block covers.
     pub fn open_with(dir: &Path, opts: MetricsStoreOptions) -> Result<Self, StoreError> {
         let t: Tiered<Head> = Tiered::open(dir, BlockKind::Metrics, RECORD_SAMPLES, opts.wal.clone())?;
-        let mut newest: HashMap<String, HashMap<Labels, i64>> = HashMap::new();
+        let mut newest;
         {
             let (persisted, head) = t.read();
-            let mut note = |tenant: &str, labels: &Labels, ts: i64| {
-                let m = newest.entry(tenant.to_string()).or_default();
-                match m.get_mut(labels) {
-                    Some(n) => *n = (*n).max(ts),
-                    None => {
-                        m.insert(labels.clone(), ts);
-                    }
-                }
-            };
-            for b in &persisted.blocks {
-                for s in &b.streams {
-                    if let Some(mx) = s.chunks.iter().map(|c| c.max_ts).max() {
-                        note(&s.tenant, &s.labels, mx);
-                    }
-                }
-            }
+            newest = crate::newest::from_blocks(&persisted.blocks);
             for (tenant, th) in &head.tenants {
                 for s in &th.series {
-                    if let Some(&(t, _)) = s.samples.last() {
-                        note(tenant, &s.labels, t);
+                    if let Some(t) = s.last_ts() {
+                        crate::newest::note(&mut newest, tenant, &s.labels, t);
                     }
                 }
             }
@@ -358,7 +500,8 @@ impl MetricsStore {
         let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut outcome = WriteOutcome::default();
         // Merge series that appear more than once in the batch.
-        let mut merged: HashMap<Labels, Vec<(i64, f64)>> = HashMap::with_capacity(batch.len());
+        let mut merged: crate::LabelMap<Vec<(i64, f64)>> =
+            crate::LabelMap::with_capacity_and_hasher(batch.len(), Default::default());
         for s in batch {
             if s.labels.get(cairn_wire::METRIC_NAME).is_none() {
                 outcome.rejected.extend(
@@ -379,8 +522,7 @@ impl MetricsStore {
             let th = head.tenants.get(tenant);
             for (labels, mut samples) in merged {
                 samples.sort_by_key(|p| p.0);
-                let existing =
-                    th.and_then(|t| t.by_labels.get(&labels)).and_then(|&i| th.map(|t| &t.series[i].samples));
+                let existing = th.and_then(|t| t.by_labels.get(&labels).map(|&i| &t.series[i]));
                 let last = newest.and_then(|m| m.get(&labels)).copied();
                 let mut keep = Vec::with_capacity(samples.len());
                 for (t, v) in samples {
@@ -408,8 +550,7 @@ impl MetricsStore {
                     }
                     let prior = match keep.last() {
                         Some(&(lt, lv)) if lt == t => Some(lv),
-                        _ => existing
-                            .and_then(|ex| ex.binary_search_by_key(&t, |p: &(i64, f64)| p.0).ok().map(|i| ex[i].1)),
+                        _ => existing.and_then(|ex| ex.value_at(t)),
                     };
                     match prior {
                         Some(pv) if f64::to_bits(pv) == v.to_bits() => outcome.accepted += 1,
@@ -434,17 +575,9 @@ impl MetricsStore {
         let mut buf = Vec::new();
         encode_batch(&mut buf, tenant, &to_write);
         self.t.wal.append(RECORD_SAMPLES, &buf)?;
-        let m = match newest_all.get_mut(tenant) {
-            Some(m) => m,
-            None => newest_all.entry(tenant.to_string()).or_default(),
-        };
         for s in &to_write {
-            let max = s.samples.last().map_or(i64::MIN, |p| p.0);
-            match m.get_mut(&s.labels) {
-                Some(n) => *n = (*n).max(max),
-                None => {
-                    m.insert(s.labels.clone(), max);
-                }
+            if let Some(&(max, _)) = s.samples.last() {
+                crate::newest::note(&mut newest_all, tenant, &s.labels, max);
             }
         }
         drop(newest_all);
@@ -472,6 +605,27 @@ impl MetricsStore {
         self.t.flush()
     }
 
+    /// Sets how long data is kept: the default age limit, per-tenant
+    /// overrides (their data past it is hidden from reads at once) and the
+    /// size limit, enforced by [`Self::apply_retention_policy`].
+    pub fn set_retention(&self, r: crate::Retention) {
+        self.t.set_retention(r);
+    }
+
+    /// Enforces the retention set by [`Self::set_retention`]: deletes
+    /// expired blocks, then the oldest past the size limit, and rewrites
+    /// blocks holding data of tenants past their own limit
+    /// (`docs/format/logs.md`, "Retention").
+    pub fn apply_retention_policy(&self) -> Result<crate::RetentionStats, StoreError> {
+        {
+            // series and streams gone quiet before the limit: forget them
+            let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+            crate::newest::forget_before(&mut newest, |tenant| self.t.cutoff(tenant));
+        }
+        self.t.apply_retention_policy()
+    }
+
     /// Deletes blocks whose data is all older than `min_ts` (ms; `None`:
     /// no age limit), then the oldest blocks while blocks take more than
     /// `max_bytes` (0: no limit). Returns (blocks, bytes) deleted. Data still
@@ -481,10 +635,7 @@ impl MetricsStore {
             // series gone quiet before the retention limit: forget them
             let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
-            for m in newest.values_mut() {
-                m.retain(|_, t| *t >= min_ts);
-            }
-            newest.retain(|_, m| !m.is_empty());
+            crate::newest::forget_before(&mut newest, |_| Some(min_ts));
         }
         self.t.apply_retention(min_ts, max_bytes)
     }
@@ -515,6 +666,7 @@ impl MetricsStore {
         maxt: i64,
         max: SelectLimits,
     ) -> Result<Result<Gathered, SelectLimit>, StoreError> {
+        let mint = mint.max(self.t.visible_from(tenant));
         let (persisted, head) = self.t.read();
         let mut by: Gathered = BTreeMap::new();
         let mut held = 0usize;
@@ -611,6 +763,7 @@ impl MetricsStore {
     /// least one sample in `[mint, maxt]`, sorted. Empty `matchers` match
     /// every series. Backs `/api/v1/series`, `/labels` and `/label/…/values`.
     pub fn series(&self, tenant: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Labels> {
+        let mint = mint.max(self.t.visible_from(tenant));
         let (persisted, head) = self.t.read();
         let mut out: std::collections::BTreeSet<Labels> = Default::default();
         for b in &persisted.blocks {
@@ -624,11 +777,11 @@ impl MetricsStore {
             }
         }
         if let Some(fr) = &persisted.frozen {
-            fr.collect(tenant, matchers, mint, maxt, |l, _| {
+            fr.series_in(tenant, matchers, mint, maxt, |l| {
                 out.insert(l.clone());
             });
         }
-        head.collect(tenant, matchers, mint, maxt, |l, _| {
+        head.series_in(tenant, matchers, mint, maxt, |l| {
             out.insert(l.clone());
         });
         out.into_iter().collect()
@@ -639,7 +792,7 @@ impl MetricsStore {
         let head = self.t.head.read().unwrap_or_else(|p| p.into_inner());
         head.tenants
             .values()
-            .fold((0, 0), |(s, n), t| (s + t.series.len(), n + t.series.iter().map(|x| x.samples.len()).sum::<usize>()))
+            .fold((0, 0), |(s, n), t| (s + t.series.len(), n + t.series.iter().map(Series::len).sum::<usize>()))
     }
 
     /// Bytes of WAL on disk.
@@ -656,6 +809,48 @@ impl MetricsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// The compressed head series against a plain map: inserts in
+        /// nearly-sorted order (late samples, repeats), then reads of random
+        /// ranges, point lookups and the chunks a flush writes.
+        #[test]
+        fn head_series_matches_a_map(
+            ops in proptest::collection::vec((0i64..3_000, -40i64..0, 0u8..10), 1..1_500),
+            ranges in proptest::collection::vec((0i64..3_000, 0i64..3_000), 1..8),
+        ) {
+            let mut s = Series::new(Labels::default());
+            let mut model = std::collections::BTreeMap::new();
+            for (k, (base, back, late)) in ops.iter().enumerate() {
+                // mostly in order, sometimes a little behind, sometimes a repeat
+                let t = if *late < 2 { (k as i64 * 2 + back).max(0) } else { k as i64 * 2 + base % 2 };
+                let v = (t * 7 + *base) as f64 * 0.5;
+                let added = s.insert(t, v);
+                proptest::prop_assert_eq!(added, !model.contains_key(&t));
+                model.entry(t).or_insert(v);
+            }
+            proptest::prop_assert_eq!(s.len(), model.len());
+            proptest::prop_assert_eq!(s.last_ts(), model.keys().next_back().copied());
+            for (a, b) in ranges {
+                let (lo, hi) = (a.min(b), a.max(b));
+                let mut got = Vec::new();
+                s.collect_into(lo, hi, &mut got);
+                let want: Vec<(i64, f64)> = model.range(lo..=hi).map(|(&t, &v)| (t, v)).collect();
+                proptest::prop_assert_eq!(&got, &want);
+                proptest::prop_assert_eq!(s.any_in(lo, hi), !want.is_empty());
+                proptest::prop_assert_eq!(s.value_at(lo), model.get(&lo).copied());
+            }
+            let mut flushed = Vec::new();
+            let chunks = s.encoded();
+            proptest::prop_assert!(chunks.windows(2).all(|w| w[0].max_ts < w[1].min_ts));
+            for c in &chunks {
+                xor::decode_chunk(&c.bytes, &mut flushed).unwrap();
+            }
+            let want: Vec<(i64, f64)> = model.into_iter().collect();
+            proptest::prop_assert_eq!(flushed, want);
+        }
+    }
     use cairn_wire::MatchOp;
 
     fn ls(pairs: &[(&str, &str)]) -> Labels {

@@ -15,12 +15,12 @@
 //! `≤` the largest `wal_through` of any block are skipped (deleted), so data
 //! is never applied twice. Lock order everywhere: `persisted`, then `head`.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use crate::block::{self, Block, BlockKind, BlockStream, BlockWriter, EncodedChunk, SeriesChunks};
+use crate::block::{self, Block, BlockKind, BlockStream, BlockWriter, ChunkMeta, EncodedChunk, SeriesChunks};
 use crate::codec::DecodeError;
 use crate::wal::{ReplayStats, Wal, WalOptions};
 use crate::{StoreError, layout};
@@ -51,6 +51,41 @@ pub(crate) trait HeadData: Default + Send + Sync + 'static {
         out.sort_by_key(|c| c.min_ts);
         Ok(out)
     }
+}
+
+/// Chunks a rewrite leaves out: `drop(tenant, chunk)`.
+type ChunkFilter<'a> = dyn Fn(&str, &ChunkMeta) -> bool + 'a;
+
+fn duration_units(d: Duration, units_per_sec: i64) -> i64 {
+    let nanos = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    nanos / (1_000_000_000 / units_per_sec)
+}
+
+/// How long an engine keeps data (`docs/format/logs.md`, "Retention").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Age limit of every tenant without an override; `None`: forever.
+    pub time: Option<Duration>,
+    /// Tenants with their own age limit (`None`: forever for that tenant).
+    /// Their data past it is hidden from reads at once and deleted within a
+    /// day (whole blocks at once, chunks by rewriting the block).
+    pub tenants: std::collections::HashMap<String, Option<Duration>>,
+    /// The oldest blocks are deleted while all take more than this many
+    /// bytes; 0: no limit.
+    pub size: u64,
+}
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionStats {
+    /// Blocks deleted whole.
+    pub blocks_deleted: usize,
+    /// Their bytes.
+    pub bytes_deleted: u64,
+    /// Blocks rewritten without the chunks of tenants past their own limit.
+    pub blocks_rewritten: usize,
+    /// Bytes those rewrites freed.
+    pub bytes_dropped: u64,
 }
 
 /// When compaction merges blocks (`docs/format/tsdb.md`, "Compaction").
@@ -130,6 +165,8 @@ pub(crate) struct Tiered<H> {
     /// Block files found corrupt at open and set aside (`*.blk.corrupt`),
     /// this time or earlier.
     pub corrupt_blocks: Vec<PathBuf>,
+    /// What [`Tiered::apply_retention_policy`] enforces.
+    retention: RwLock<Retention>,
     /// Signalled whenever a flush ends (for writer backpressure).
     flush_done: (Mutex<u64>, Condvar),
 }
@@ -215,6 +252,7 @@ impl<H: HeadData> Tiered<H> {
             head: RwLock::new(head),
             replay,
             corrupt_blocks: corrupt,
+            retention: RwLock::new(Retention::default()),
             flush_done: (Mutex::new(0), Condvar::new()),
         })
     }
@@ -301,20 +339,118 @@ impl<H: HeadData> Tiered<H> {
         }
     }
 
-    /// Deletes blocks whose newest item is older than `min_ts` (in the
-    /// engine's time unit; `None`: no age limit), then the oldest blocks while
-    /// the blocks take more than `max_bytes` (0: no size limit). Returns the
-    /// number and bytes of blocks deleted. Queries already holding a block
-    /// keep reading it; the file is gone once they drop it.
-    pub fn apply_retention(&self, min_ts: Option<i64>, max_bytes: u64) -> Result<(usize, u64), StoreError> {
+    /// The engine's time units per second (logs: ns, metrics: ms).
+    fn units_per_sec(&self) -> i64 {
+        match self.kind {
+            BlockKind::Logs => 1_000_000_000,
+            BlockKind::Metrics => 1_000,
+        }
+    }
+
+    /// Now, in the engine's time unit.
+    fn now(&self) -> i64 {
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        match self.kind {
+            BlockKind::Logs => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+            BlockKind::Metrics => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Sets the retention [`Tiered::apply_retention_policy`] enforces and
+    /// reads hide by ([`Tiered::visible_from`]).
+    pub fn set_retention(&self, r: Retention) {
+        *self.retention.write().unwrap_or_else(|p| p.into_inner()) = r;
+    }
+
+    /// The age limit's cutoff (engine time unit) for `tenant` now; `None`:
+    /// kept forever.
+    pub fn cutoff(&self, tenant: &str) -> Option<i64> {
+        let r = self.retention.read().unwrap_or_else(|p| p.into_inner());
+        let limit = r.tenants.get(tenant).copied().unwrap_or(r.time);
+        limit.map(|d| self.now().saturating_sub(duration_units(d, self.units_per_sec())))
+    }
+
+    /// Oldest timestamp reads may return for `tenant`: data past a tenant's
+    /// own retention is hidden at once, before retention deletes it.
+    /// Tenants without an override see everything still stored.
+    pub fn visible_from(&self, tenant: &str) -> i64 {
+        let r = self.retention.read().unwrap_or_else(|p| p.into_inner());
+        match r.tenants.get(tenant) {
+            Some(Some(d)) => self.now().saturating_sub(duration_units(*d, self.units_per_sec())),
+            _ => i64::MIN,
+        }
+    }
+
+    /// Enforces the retention set by [`Tiered::set_retention`] (see
+    /// `docs/format/logs.md`, "Retention"): deletes every block all of whose
+    /// chunks are past their tenant's age limit, then the oldest blocks past
+    /// the size limit, then rewrites blocks holding chunks past a tenant
+    /// override once they make up a tenth of the block or have been expired
+    /// for a day. Returns (cutoff per tenant, what was done).
+    pub fn apply_retention_policy(&self) -> Result<RetentionStats, StoreError> {
+        let r = self.retention.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let now = self.now();
+        let ups = self.units_per_sec();
+        let cutoff = |tenant: &str| -> Option<i64> {
+            let limit = r.tenants.get(tenant).copied().unwrap_or(r.time);
+            limit.map(|d| now.saturating_sub(duration_units(d, ups)))
+        };
+        let mut stats = RetentionStats::default();
+        // Whole blocks: one age pass by tenant, then the size limit.
+        let expired = |b: &Block| {
+            b.streams.iter().all(|s| cutoff(&s.tenant).is_some_and(|c| s.chunks.iter().all(|ch| ch.max_ts < c)))
+        };
+        let (n, bytes) = self.remove_blocks(
+            |blocks| {
+                let (old, keep): (Vec<_>, Vec<_>) = blocks.drain(..).partition(|b| expired(b));
+                *blocks = keep;
+                old
+            },
+            r.size,
+        )?;
+        stats.blocks_deleted = n;
+        stats.bytes_deleted = bytes;
+        // Chunks of tenants with their own, shorter limit.
+        if r.tenants.is_empty() {
+            return Ok(stats);
+        }
+        let day = 86_400 * ups;
+        let drop = |tenant: &str, c: &ChunkMeta| {
+            r.tenants.contains_key(tenant) && cutoff(tenant).is_some_and(|cut| c.max_ts < cut)
+        };
+        let _c = self.compact_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let blocks: Vec<Arc<Block>> = self.persisted.read().unwrap_or_else(|p| p.into_inner()).blocks.clone();
+        for b in blocks {
+            let (mut dropped, mut overdue) = (0u64, false);
+            for s in &b.streams {
+                for c in s.chunks.iter().filter(|c| drop(&s.tenant, c)) {
+                    dropped += c.len + c.filter_len;
+                    overdue |= cutoff(&s.tenant).is_some_and(|cut| c.max_ts < cut.saturating_sub(day));
+                }
+            }
+            if dropped == 0 || !(overdue || dropped.saturating_mul(10) >= b.size) {
+                continue;
+            }
+            let (before, after) = self.rewrite_blocks(std::slice::from_ref(&b), Some(&drop))?;
+            if before > 0 {
+                stats.blocks_rewritten += 1;
+                stats.bytes_dropped += before.saturating_sub(after);
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Removes the blocks `pick` takes out of the list, then the oldest
+    /// while all take more than `max_bytes` (0: no limit); deletes their
+    /// files. Returns their number and bytes.
+    fn remove_blocks(
+        &self,
+        pick: impl FnOnce(&mut Vec<Arc<Block>>) -> Vec<Arc<Block>>,
+        max_bytes: u64,
+    ) -> Result<(usize, u64), StoreError> {
         let removed: Vec<Arc<Block>> = {
             let mut persisted = self.persisted.write().unwrap_or_else(|p| p.into_inner());
-            let mut removed = Vec::new();
-            if let Some(min_ts) = min_ts {
-                let (old, keep): (Vec<_>, Vec<_>) = persisted.blocks.drain(..).partition(|b| b.max_ts < min_ts);
-                persisted.blocks = keep;
-                removed.extend(old);
-            }
+            let mut removed = pick(&mut persisted.blocks);
             if max_bytes > 0 {
                 // oldest data first
                 persisted.blocks.sort_by_key(|b| (b.max_ts, b.wal_through));
@@ -335,11 +471,28 @@ impl<H: HeadData> Tiered<H> {
             tracing::info!(path = %b.path().display(), size = b.size, "block deleted by retention");
         }
         if !removed.is_empty() {
-            File::open(self.dir.join(layout::BLOCKS_DIR))
-                .and_then(|d| d.sync_all())
-                .map_err(StoreError::io("fsync directory", self.dir.join(layout::BLOCKS_DIR)))?;
+            block::sync_dir(&self.dir.join(layout::BLOCKS_DIR))?;
         }
         Ok((removed.len(), bytes))
+    }
+
+    /// Deletes blocks whose newest item is older than `min_ts` (in the
+    /// engine's time unit; `None`: no age limit), then the oldest blocks while
+    /// the blocks take more than `max_bytes` (0: no size limit). Returns the
+    /// number and bytes of blocks deleted. Queries already holding a block
+    /// keep reading it; the file is gone once they drop it.
+    pub fn apply_retention(&self, min_ts: Option<i64>, max_bytes: u64) -> Result<(usize, u64), StoreError> {
+        self.remove_blocks(
+            |blocks| match min_ts {
+                Some(min_ts) => {
+                    let (old, keep): (Vec<_>, Vec<_>) = blocks.drain(..).partition(|b| b.max_ts < min_ts);
+                    *blocks = keep;
+                    old
+                }
+                None => Vec::new(),
+            },
+            max_bytes,
+        )
     }
 
     /// Merges adjacent small blocks per `policy` until none qualifies (at
@@ -373,14 +526,40 @@ impl<H: HeadData> Tiered<H> {
     /// (bytes before, bytes after); (0, 0) when retention took a source
     /// away meanwhile (nothing changed).
     fn merge_blocks(&self, sources: &[Arc<Block>]) -> Result<(u64, u64), StoreError> {
+        self.rewrite_blocks(sources, None)
+    }
+
+    /// [`Tiered::merge_blocks`], leaving out the chunks `drop(tenant, chunk)`
+    /// picks (retention); with one source, that block is rewritten in place.
+    fn rewrite_blocks(
+        &self,
+        sources: &[Arc<Block>],
+        leave_out: Option<&ChunkFilter<'_>>,
+    ) -> Result<(u64, u64), StoreError> {
         use std::collections::BTreeMap;
         let dir = self.dir.join(layout::BLOCKS_DIR);
         let Some(last) = sources.last() else {
             return Ok((0, 0));
         };
+        let kept: Option<Vec<Vec<BlockStream>>> = leave_out.map(|drop| {
+            sources
+                .iter()
+                .map(|b| {
+                    b.streams
+                        .iter()
+                        .map(|s| BlockStream {
+                            tenant: s.tenant.clone(),
+                            labels: s.labels.clone(),
+                            chunks: s.chunks.iter().filter(|c| !drop(&s.tenant, c)).copied().collect(),
+                        })
+                        .collect()
+                })
+                .collect()
+        });
         let mut keys: BTreeMap<(&str, &cairn_wire::Labels), Vec<(&Block, &BlockStream)>> = BTreeMap::new();
-        for b in sources {
-            for s in &b.streams {
+        for (i, b) in sources.iter().enumerate() {
+            let streams = kept.as_ref().map_or(&b.streams, |k| &k[i]);
+            for s in streams.iter().filter(|s| !s.chunks.is_empty()) {
                 keys.entry((s.tenant.as_str(), &s.labels)).or_default().push((b.as_ref(), s));
             }
         }

@@ -149,8 +149,14 @@ type RecordFn<'a> = dyn FnMut(u8, &[u8]) -> Result<(), StoreError> + 'a;
 
 /// Reads one segment, calling `f` for each good record; stops at the first
 /// bad one.
-fn read_segment(path: &Path, f: &mut RecordFn<'_>, records: &mut u64) -> Result<SegmentEnd, StoreError> {
+fn read_segment(
+    path: &Path,
+    f: &mut RecordFn<'_>,
+    records: &mut u64,
+    bad_header: &mut bool,
+) -> Result<SegmentEnd, StoreError> {
     let file = File::open(path).map_err(StoreError::io("open", path))?;
+    let file_len = file.metadata().map_err(StoreError::io("stat", path))?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut header = [0u8; HEADER_LEN as usize];
     if let Err(e) = r.read_exact(&mut header) {
@@ -160,11 +166,10 @@ fn read_segment(path: &Path, f: &mut RecordFn<'_>, records: &mut u64) -> Result<
         return Err(StoreError::io("read", path)(e));
     }
     if &header[..8] != MAGIC {
-        return Err(StoreError::Corrupt {
-            path: path.into(),
-            offset: 0,
-            reason: format!("bad magic {:?}, want {:?}", &header[..8], MAGIC),
-        });
+        // Damaged, but every record carries its own checksum: keep what
+        // still reads, and count the segment as corrupt.
+        tracing::error!(path = %path.display(), "WAL segment header damaged (bad magic); reading its records anyway");
+        *bad_header = true;
     }
     if header[8] != VERSION {
         return Err(StoreError::UnsupportedVersion { path: path.into(), version: header[8], supported: VERSION });
@@ -192,13 +197,18 @@ fn read_segment(path: &Path, f: &mut RecordFn<'_>, records: &mut u64) -> Result<
                 reason: format!("record length {len} exceeds the maximum {MAX_RECORD_LEN}"),
             });
         }
+        let left = file_len.saturating_sub(offset + RECORD_HEADER_LEN as u64);
+        if len as u64 > left {
+            // Checked before allocating: junk lengths must not cost memory.
+            return Ok(SegmentEnd::Bad { offset, reason: format!("record payload cut short ({left} of {len} bytes)") });
+        }
         payload.resize(len, 0);
         let got = read_full(&mut r, &mut payload).map_err(StoreError::io("read", path))?;
         if got < len {
             return Ok(SegmentEnd::Bad { offset, reason: format!("record payload cut short ({got} of {len} bytes)") });
         }
         let crc = crc32c::crc32c_append(crc32c::crc32c(&[typ]), &payload);
-        if crc != want_crc {
+        if !crate::crc_matches(crc, want_crc) {
             return Ok(SegmentEnd::Bad {
                 offset,
                 reason: format!("checksum mismatch: got {crc:#010x}, want {want_crc:#010x}"),
@@ -246,8 +256,12 @@ impl Wal {
         let mut sealed_bytes = 0;
         for (i, (_, path)) in segs.iter().enumerate() {
             stats.segments += 1;
-            let end = read_segment(path, &mut f, &mut stats.records)?;
+            let mut bad_header = false;
+            let end = read_segment(path, &mut f, &mut stats.records, &mut bad_header)?;
             let newest = i + 1 == segs.len();
+            if bad_header {
+                stats.corrupt_segments += 1;
+            }
             if let SegmentEnd::Bad { offset, reason } = end {
                 let size = fs::metadata(path).map_err(StoreError::io("stat", path))?.len();
                 if newest {
@@ -263,7 +277,7 @@ impl Wal {
                     file.sync_all().map_err(StoreError::io("fsync", path))?;
                 } else {
                     tracing::error!(path = %path.display(), offset, reason, "corrupt WAL segment; rest of segment skipped");
-                    stats.corrupt_segments += 1;
+                    stats.corrupt_segments += usize::from(!bad_header);
                 }
             }
             sealed_bytes += fs::metadata(path).map(|m| m.len()).unwrap_or(0);

@@ -338,6 +338,7 @@ fn decode_decimal(chunk: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), DecodeE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
 
     fn round_trip(samples: &[(i64, f64)]) -> usize {
         let mut buf = Vec::new();
@@ -420,6 +421,59 @@ mod tests {
             let _ = decode_chunk(&buf[..cut], &mut Vec::new());
         }
         (buf[0], buf.len())
+    }
+
+    /// Any f64 bit pattern, with the values real series have mixed in:
+    /// staleness markers, other NaNs, ±0, ±∞, subnormals, decimals.
+    fn value_bits() -> impl proptest::strategy::Strategy<Value = u64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => any::<u64>(),
+            1 => Just(cairn_wire::STALE_NAN_BITS),
+            1 => Just(f64::NAN.to_bits()),
+            1 => Just(0u64),
+            1 => Just((-0.0f64).to_bits()),
+            1 => Just(f64::INFINITY.to_bits()),
+            1 => Just(f64::NEG_INFINITY.to_bits()),
+            1 => (1u64..1 << 52).prop_map(|m| m), // subnormal
+            4 => (any::<i32>(), 0u32..10).prop_map(|(m, d)| (f64::from(m) / 10f64.powi(d as i32)).to_bits()),
+        ]
+    }
+
+    /// Sorted timestamps: scrape-like (interval + jitter, from any start)
+    /// or anywhere in i64, gaps of any size.
+    fn timestamps(n: usize) -> impl proptest::strategy::Strategy<Value = Vec<i64>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (any::<i64>(), 1i64..100_000, proptest::collection::vec(-50i64..50, n)).prop_map(|(start, step, jit)| {
+                let start = start / 4;
+                jit.iter().enumerate().map(|(i, j)| start.saturating_add(i as i64 * step + j)).collect()
+            }),
+            proptest::collection::vec(any::<i64>(), n),
+        ]
+        .prop_map(|mut ts: Vec<i64>| {
+            ts.sort_unstable();
+            ts
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #[test]
+        fn every_bit_pattern_and_timestamp_round_trips(
+            (ts, bits) in (0usize..160).prop_flat_map(|n| (timestamps(n), proptest::collection::vec(value_bits(), n)))
+        ) {
+            let samples: Vec<(i64, f64)> = ts.iter().zip(&bits).map(|(&t, &b)| (t, f64::from_bits(b))).collect();
+            let want: Vec<(i64, u64)> = samples.iter().map(|&(t, v)| (t, v.to_bits())).collect();
+            for v2 in [false, true] {
+                let (mut buf, mut out) = (Vec::new(), Vec::new());
+                if v2 { encode_chunk(&mut buf, &samples) } else { encode(&mut buf, &samples) }
+                let res = if v2 { decode_chunk(&buf, &mut out) } else { decode(&buf, &mut out) };
+                proptest::prop_assert!(res.is_ok(), "{res:?}");
+                let got: Vec<(i64, u64)> = out.iter().map(|&(t, v)| (t, v.to_bits())).collect();
+                proptest::prop_assert_eq!(&got, &want);
+            }
+        }
     }
 
     #[test]

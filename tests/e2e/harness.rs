@@ -18,6 +18,25 @@ pub type TestStreams<'a> = [(TestLabels<'a>, Vec<(i64, String)>)];
 /// Series to write: labels and (ts ms, value) samples.
 pub type TestSeries<'a> = [(TestLabels<'a>, Vec<(i64, f64)>)];
 
+/// A remote_write body (snappy-compressed `WriteRequest`) of `series`.
+pub fn write_request(series: &TestSeries<'_>) -> Vec<u8> {
+    let req = WriteRequest {
+        timeseries: series
+            .iter()
+            .map(|(labels, samples)| proto::TimeSeries {
+                labels: labels
+                    .iter()
+                    .map(|(n, v)| proto::Label { name: n.to_string(), value: v.to_string() })
+                    .collect(),
+                samples: samples.iter().map(|&(t, v)| proto::Sample { value: v, timestamp: t }).collect(),
+                histograms: vec![],
+            })
+            .collect(),
+        metadata: vec![],
+    };
+    proto::snappy_compress(&req.encode_to_vec())
+}
+
 /// Path of the binary under test.
 pub fn cairn_bin() -> &'static str {
     env!("CARGO_BIN_EXE_cairn")
@@ -129,6 +148,16 @@ impl Cairn {
         (r.status().as_u16(), r.text().unwrap())
     }
 
+    /// GET with query parameters and headers, returning status and body.
+    pub fn get_with(&self, path: &str, params: &[(&str, &str)], headers: &[(&str, &str)]) -> (u16, String) {
+        let mut req = self.http.get(format!("{}{}", self.url, path)).query(params);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    }
+
     /// POST a form, returning status and body.
     pub fn post_form(&self, path: &str, params: &[(&str, &str)]) -> (u16, String) {
         let r = self.http.post(format!("{}{}", self.url, path)).form(params).send().unwrap();
@@ -158,20 +187,6 @@ impl Cairn {
 
     /// Remote-write `series` = [(labels, [(ts_ms, value)])] as snappy protobuf.
     pub fn remote_write(&self, series: &TestSeries<'_>) -> (u16, String) {
-        let req = WriteRequest {
-            timeseries: series
-                .iter()
-                .map(|(labels, samples)| proto::TimeSeries {
-                    labels: labels
-                        .iter()
-                        .map(|(n, v)| proto::Label { name: n.to_string(), value: v.to_string() })
-                        .collect(),
-                    samples: samples.iter().map(|&(t, v)| proto::Sample { value: v, timestamp: t }).collect(),
-                    histograms: vec![],
-                })
-                .collect(),
-            metadata: vec![],
-        };
         self.post_raw(
             "/api/v1/write",
             &[
@@ -179,7 +194,7 @@ impl Cairn {
                 ("Content-Encoding", "snappy"),
                 ("X-Prometheus-Remote-Write-Version", "0.1.0"),
             ],
-            proto::snappy_compress(&req.encode_to_vec()),
+            write_request(series),
         )
     }
 

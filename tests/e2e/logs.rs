@@ -97,7 +97,7 @@ fn protobuf_push_with_metadata_and_out_of_order() {
     let dir = tempfile::tempdir().unwrap();
     let c = Cairn::serve(dir.path());
     let t0 = now_ns() - 10_000_000_000;
-    let req = PushRequest {
+    let mut req = PushRequest {
         streams: vec![StreamAdapter {
             labels: r#"{job="proto", host="h1"}"#.into(),
             entries: [3, 1, 2]
@@ -110,6 +110,15 @@ fn protobuf_push_with_metadata_and_out_of_order() {
                 .collect(),
         }],
     };
+    // a line with invalid UTF-8: stored with U+FFFD in place of each bad sequence
+    req.streams.push(StreamAdapter {
+        labels: r#"{job="bytes"}"#.into(),
+        entries: vec![EntryAdapter {
+            timestamp: Some(Timestamp::from_ns(t0)),
+            line: b"ok \xff\xfe then \xc3 end \xc3\xa9".to_vec(),
+            structured_metadata: vec![],
+        }],
+    });
     let (s, b) = c.post_raw(
         "/loki/api/v1/push",
         &[("Content-Type", "application/x-protobuf")],
@@ -118,4 +127,6 @@ fn protobuf_push_with_metadata_and_out_of_order() {
     assert_eq!(s, 204, "{b}");
     let got = c.loki_lines(&[("query", r#"{job="proto"}"#), ("direction", "forward")]);
     assert_eq!(got.iter().map(|l| l.2.as_str()).collect::<Vec<_>>(), ["entry 1", "entry 2", "entry 3"]);
+    let got = c.loki_lines(&[("query", r#"{job="bytes"}"#)]);
+    assert_eq!(got.iter().map(|l| l.2.as_str()).collect::<Vec<_>>(), ["ok \u{fffd}\u{fffd} then \u{fffd} end é"]);
 }

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 /// A directory of committed sample files under `store/tests/frozen/`.
+#[allow(dead_code)] // not every test binary that shares this module uses it
 pub fn frozen(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/frozen").join(name)
 }
