@@ -305,6 +305,11 @@ fn result_labels(
 ) -> Labels {
     // A dropped name is only marked (see `Sample::drop_name`).
     let _ = (op, return_bool);
+    if include.is_empty() && (!one_to_one || (!mt.on && !many.iter().any(|l| mt.names.contains(&l.name)))) {
+        // Nothing to drop or add: the many side's labels as they are
+        // (a shared clone, no rebuilding at every step).
+        return many.clone();
+    }
     let mut ls: Vec<Label> = many.iter().cloned().collect();
     if one_to_one {
         if mt.on {

@@ -312,6 +312,7 @@ pub fn range_query(
     let mut ctx = Ctx::new(store, tenant, opts, start, end, step);
     ctx.prefetch(expr, start, end)?;
     let mut by: FxMap<Labels, Vec<(i64, f64)>> = FxMap::default();
+    let mut unnamed: FxMap<Labels, Labels> = FxMap::default();
     let mut t = start;
     let mut points = 0usize;
     while t <= end {
@@ -322,7 +323,20 @@ pub fn range_query(
             }
             Value::Vector(mut vs) => {
                 points += vs.len();
-                vs.iter_mut().for_each(Sample::clean);
+                // The same series lose their names at every step: build
+                // each name-less label set once.
+                for s in vs.iter_mut().filter(|s| s.drop_name) {
+                    let clean = match unnamed.get(&s.labels) {
+                        Some(l) => l.clone(),
+                        None => {
+                            let l = drop_metric_name(&s.labels);
+                            unnamed.insert(s.labels.clone(), l.clone());
+                            l
+                        }
+                    };
+                    s.labels = clean;
+                    s.drop_name = false;
+                }
                 eval::check_unique(&vs)?;
                 for s in vs {
                     by.entry(s.labels).or_default().push((t, s.v));
