@@ -2,6 +2,7 @@
 //! loading, wiring the aggregator and collector together, signals. The work
 //! lives in the library crates.
 
+mod cli;
 mod config;
 
 use std::net::SocketAddr;
@@ -43,6 +44,27 @@ enum Command {
     /// Show or check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Search logs like grep: `cairn grep PATTERN [SELECTOR]`.
+    ///
+    /// Searches all streams (or those a LogQL selector or -l KEY=VALUE
+    /// pick) over the last hour (--since, --from/--to), on a server
+    /// (--addr) or in a data directory (--data-dir). Exit status 0 when a
+    /// line matched, 1 when none did, 2 on error.
+    Grep(cli::grep::GrepArgs),
+    /// Run a LogQL or PromQL query, instant or range.
+    Query(cli::query::QueryArgs),
+    /// Follow new log lines of a selector (live tail).
+    Tail(cli::tail::TailArgs),
+    /// List label names, or the values of one label (logs and metrics).
+    Labels(cli::labels::LabelsArgs),
+    /// List the log streams and metric series a selector matches.
+    Series(cli::labels::SeriesArgs),
+    /// Print shell completions: `cairn completions bash > /etc/bash_completion.d/cairn`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args)]
@@ -114,9 +136,23 @@ fn tune_allocator() {
 fn tune_allocator() {}
 
 fn main() -> std::process::ExitCode {
-    tune_allocator();
     let cli = Cli::parse();
-    match run(cli) {
+    // The query subcommands exit as grep does (0, 1, 2; 130 on Ctrl-C).
+    let command = match cli.command {
+        Command::Grep(a) => return cli_exit(|| cli::grep::run(a)),
+        Command::Query(a) => return cli_exit(|| cli::query::run(a)),
+        Command::Tail(a) => return cli_exit(|| cli::tail::run(a)),
+        Command::Labels(a) => return cli_exit(|| cli::labels::run_labels(a)),
+        Command::Series(a) => return cli_exit(|| cli::labels::run_series(a)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
+            return std::process::ExitCode::SUCCESS;
+        }
+        other => other,
+    };
+    tune_allocator();
+    match run(command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cairn: error: {e:#}");
@@ -125,8 +161,22 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+/// Runs a CLI subcommand with the Ctrl-C handler installed and maps its
+/// result to an exit status.
+fn cli_exit(f: impl FnOnce() -> cli::CliResult<i32>) -> std::process::ExitCode {
+    cli::install_interrupt_handler();
+    match f() {
+        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
+        Err(cli::CliError::Interrupted) => std::process::ExitCode::from(130),
+        Err(e) => {
+            eprintln!("cairn: error: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_CONFIG}");
             Ok(())
@@ -146,6 +196,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(a.common.log_level.as_deref());
             runtime()?.block_on(serve(cfg, false))
         }
+        Command::Grep(_)
+        | Command::Query(_)
+        | Command::Tail(_)
+        | Command::Labels(_)
+        | Command::Series(_)
+        | Command::Completions { .. } => unreachable!("handled in main"),
         Command::Collect(a) => {
             let mut cfg = load_config(a.common.config.as_deref())?;
             if let Some(u) = a.push_url {
@@ -204,25 +260,36 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
-/// Resolves when SIGINT (Ctrl-C) or SIGTERM arrives.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGINT (Ctrl-C) and SIGTERM handlers now and returns a future
+/// that resolves when either arrives. Called before the server starts
+/// answering, so a signal sent as soon as `/ready` answers is never met by
+/// the default action (termination without a flush).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (int, term) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (signal(SignalKind::interrupt()).ok(), signal(SignalKind::terminate()).ok())
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(int) => {},
+                _ = wait(term) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -278,6 +345,7 @@ impl Sink for InProcessSink {
 
 async fn serve(cfg: Config, with_collector: bool) -> anyhow::Result<()> {
     cfg.validate()?;
+    let shutdown = shutdown_signal();
     let listen = cfg.server.listen;
     let data_dir = cfg.storage.data_dir.clone();
     let agg_cfg = cfg.aggregator();
@@ -316,7 +384,7 @@ async fn serve(cfg: Config, with_collector: bool) -> anyhow::Result<()> {
     };
 
     print_banner(&cfg, bound, with_collector);
-    shutdown_signal().await;
+    shutdown.await;
     eprintln!("cairn: shutting down…");
     let _ = stop_tx.send(true);
     if let Some(c) = collector {
@@ -367,6 +435,7 @@ fn print_banner(cfg: &Config, listen: SocketAddr, with_collector: bool) {
 }
 
 async fn collect(cfg: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let sink =
         Arc::new(cairn_collector::sink::HttpSink::new(&cfg.collector.push).context("cannot set up the HTTP client")?);
     let state_dir = cfg.storage.data_dir.join("collector");
@@ -378,7 +447,7 @@ async fn collect(cfg: Config) -> anyhow::Result<()> {
         if cfg.collector.push.url.is_empty() { &cfg.collector.push.metrics_url } else { &cfg.collector.push.url },
         cairn_collector::describe(&cfg.collector)
     );
-    shutdown_signal().await;
+    shutdown.await;
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(5), task).await {
         Ok(Ok(r)) => r.context("collector stopped with an error")?,

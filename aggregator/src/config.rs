@@ -228,6 +228,12 @@ pub struct QueryConfig {
     /// Most PromQL queries evaluated at once; more wait for a free slot, at
     /// most until their timeout (Prometheus's `--query.max-concurrency`).
     pub max_concurrency: usize,
+    /// Longest time range a LogQL query may cover (Loki's
+    /// `max_query_length`); `0s`: no limit.
+    pub logql_max_query_length: ConfigDuration,
+    /// Most series a LogQL metric query may return (Loki's
+    /// `max_query_series`); 0: no limit.
+    pub logql_max_series: usize,
 }
 
 impl Default for QueryConfig {
@@ -239,6 +245,8 @@ impl Default for QueryConfig {
             max_samples: 50_000_000,
             max_series: 1_000_000,
             max_concurrency: 20,
+            logql_max_query_length: ConfigDuration::from_secs(721 * 3600),
+            logql_max_series: 500,
         }
     }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod node;
+pub mod peers_logs;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -60,6 +60,9 @@ pub enum StoreError {
     /// Another process holds the data directory.
     #[error("data directory {path} is in use by another process")]
     Locked { path: PathBuf },
+    /// A write was attempted on a store opened read-only.
+    #[error("{path} is open read-only")]
+    ReadOnly { path: PathBuf },
 }
 
 /// Hash map keyed by label sets on the write path: foldhash instead of

@@ -836,6 +836,17 @@ impl LogStore {
         Ok(LogStore { t, opts, newest: std::sync::Mutex::new(newest) })
     }
 
+    /// Opens the store in `dir` read-only: for `cairn grep --data-dir`
+    /// next to a running server or after a crash. Nothing in `dir` is
+    /// created, changed or deleted and no lock is taken; the WAL is replayed
+    /// into memory, a torn tail is ignored rather than truncated. Writes,
+    /// flushes, retention and compaction fail with
+    /// [`StoreError::ReadOnly`]. See "Read-only open" in `docs/format/wal.md`.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        let t = Tiered::open_read_only(dir, BlockKind::Logs, RECORD_ENTRIES)?;
+        Ok(LogStore { t, opts: LogStoreOptions::default(), newest: Default::default() })
+    }
+
     /// What the WAL replay at open found.
     pub fn replay_stats(&self) -> &ReplayStats {
         &self.t.replay

@@ -260,18 +260,45 @@ impl HeadData for Head {
         Ok(out)
     }
 
-    /// Decodes the stream's chunks of every source, merges them by
-    /// timestamp (for equal timestamps the later block wins, as at query
-    /// time) and re-encodes full chunks: partial chunks of small blocks
-    /// become fewer, larger ones.
+    /// The series' chunks of every source, merged. When no two chunks
+    /// overlap in time (the usual case: in-order data flushed block after
+    /// block) full chunks are copied byte for byte and only partial ones
+    /// (a flushed head's tails) are decoded, each joined with what follows
+    /// it into one chunk, so nothing is re-encoded twice and no small chunk
+    /// survives a merge. Otherwise (out-of-order data, or version 1 chunks)
+    /// everything is decoded, merged by timestamp (for equal timestamps the
+    /// later block wins, as at query time) and re-encoded.
     fn merge_chunks(sources: &[(&Block, &BlockStream)]) -> Result<Vec<EncodedChunk>, StoreError> {
-        let mut samples = Vec::new();
-        for (b, s) in sources {
-            for c in &s.chunks {
-                decode_block_chunk(b, c, &mut samples)?;
+        let mut refs: Vec<(&Block, &ChunkMeta)> =
+            sources.iter().flat_map(|(b, s)| s.chunks.iter().map(move |c| (*b, c))).collect();
+        refs.sort_by_key(|(_, c)| (c.min_ts, c.max_ts));
+        let overlap = refs.windows(2).any(|w| w[1].1.min_ts <= w[0].1.max_ts);
+        if overlap || sources.iter().any(|(b, _)| b.version == 1) {
+            let mut samples = Vec::new();
+            for (b, s) in sources {
+                for c in &s.chunks {
+                    decode_block_chunk(b, c, &mut samples)?;
+                }
+            }
+            return Ok(encode_chunks(&dedup_newest(samples)));
+        }
+        let mut out = Vec::with_capacity(refs.len());
+        let mut pending: Vec<(i64, f64)> = Vec::new();
+        for (b, c) in refs {
+            if c.entries as usize >= CHUNK_SAMPLES && pending.is_empty() {
+                out.push(EncodedChunk::copy_of(b, c)?);
+                continue;
+            }
+            decode_block_chunk(b, c, &mut pending)?;
+            if pending.len() >= CHUNK_SAMPLES {
+                out.push(encode_one(&pending));
+                pending.clear();
             }
         }
-        Ok(encode_chunks(&dedup_newest(samples)))
+        if !pending.is_empty() {
+            out.push(encode_one(&pending));
+        }
+        Ok(out)
     }
 
     fn merge_back(&mut self, failed: &Self) {
@@ -380,22 +407,22 @@ fn dedup_newest(mut samples: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
 
 /// Cuts sorted, unique samples into encoded chunks of [`CHUNK_SAMPLES`].
 fn encode_chunks(samples: &[(i64, f64)]) -> Vec<EncodedChunk> {
-    samples
-        .chunks(CHUNK_SAMPLES)
-        .map(|c| {
-            let mut bytes = Vec::new();
-            xor::encode_chunk(&mut bytes, c);
-            EncodedChunk {
-                bytes,
-                min_ts: c[0].0,
-                max_ts: c[c.len() - 1].0,
-                count: c.len() as u64,
-                raw_bytes: 16 * c.len() as u64,
-                payload: 0,
-                filter: Vec::new(),
-            }
-        })
-        .collect()
+    samples.chunks(CHUNK_SAMPLES).map(encode_one).collect()
+}
+
+/// Encodes sorted, unique, non-empty samples as one chunk.
+fn encode_one(c: &[(i64, f64)]) -> EncodedChunk {
+    let mut bytes = Vec::new();
+    xor::encode_chunk(&mut bytes, c);
+    EncodedChunk {
+        bytes,
+        min_ts: c.first().map_or(0, |p| p.0),
+        max_ts: c.last().map_or(0, |p| p.0),
+        count: c.len() as u64,
+        raw_bytes: 16 * c.len() as u64,
+        payload: 0,
+        filter: Vec::new(),
+    }
 }
 
 fn encode_batch(buf: &mut Vec<u8>, tenant: &str, batch: &[SeriesSamples]) {
@@ -478,6 +505,15 @@ impl MetricsStore {
             }
         }
         Ok(MetricsStore { t, opts, newest: Mutex::new(newest) })
+    }
+
+    /// Opens the store in `dir` read-only (see
+    /// [`crate::logs::LogStore::open_read_only`]): nothing in `dir` is
+    /// changed, no lock is taken, and every write fails with
+    /// [`StoreError::ReadOnly`].
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        let t: Tiered<Head> = Tiered::open_read_only(dir, BlockKind::Metrics, RECORD_SAMPLES)?;
+        Ok(MetricsStore { t, opts: MetricsStoreOptions::default(), newest: Default::default() })
     }
 
     /// What the WAL replay at open found.
@@ -1083,6 +1119,36 @@ mod tests {
         // one series of one block: 300 samples in 2 chunks, not 6 small ones
         let b = &s.t.read().0.blocks[0];
         assert_eq!(b.streams.iter().find(|x| x.labels.get("inst") == Some("i0")).unwrap().chunks.len(), 2);
+    }
+
+    /// In-order data: full chunks are copied as they are, each flushed
+    /// tail is joined with the chunk after it, answers do not change.
+    #[test]
+    fn in_order_compaction_copies_full_chunks_and_joins_tails() {
+        let d = tempfile::tempdir().unwrap();
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        let labels = ls(&[("__name__", "m")]);
+        for block in 0..3i64 {
+            let pts = (0..600).map(|i| ((block * 600 + i) * 15_000, ((block * 600 + i) % 97) as f64)).collect();
+            s.append("t", vec![SeriesSamples { labels: labels.clone(), samples: pts }]).unwrap();
+            s.flush().unwrap();
+        }
+        let before = snapshot(&s);
+        let sources: Vec<Vec<u8>> = {
+            let p = s.t.read().0;
+            let b = &p.blocks[0];
+            b.streams[0].chunks.iter().filter(|c| c.entries == 240).map(|c| b.chunk_bytes(c).unwrap()).collect()
+        };
+        s.compact(&policy(), 100).unwrap();
+        assert_eq!(s.block_stats().0, 1);
+        assert_eq!(snapshot(&s), before);
+        let p = s.t.read().0;
+        let b = &p.blocks[0];
+        let counts: Vec<u64> = b.streams[0].chunks.iter().map(|c| c.entries).collect();
+        // per block 240 + 240 + a tail of 120; tails join the next chunk
+        assert_eq!(counts, [240, 240, 360, 240, 360, 240, 120], "{counts:?}");
+        let first = b.chunk_bytes(&b.streams[0].chunks[0]).unwrap();
+        assert_eq!(first, sources[0], "a full chunk is copied byte for byte");
     }
 
     /// A crash at each step of a compaction (simulated by putting back the

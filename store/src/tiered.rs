@@ -257,6 +257,129 @@ impl<H: HeadData> Tiered<H> {
         })
     }
 
+    /// Opens the engine in `dir` read-only (`docs/format/wal.md`, "Read-only
+    /// open"): nothing in `dir` is created, written, truncated or deleted and
+    /// no lock is taken, so this is safe next to a running server and on the
+    /// directory of a crashed one. Blocks are loaded (leftover `*.tmp` files
+    /// and blocks a compacted block replaces are ignored, not removed), then
+    /// the WAL segments no block covers are replayed into an in-memory head.
+    /// A flush, retention or compaction by a concurrent writer can move data
+    /// from the WAL into a new block (or between blocks) between those two
+    /// steps; the blocks directory is listed again afterwards and the open
+    /// starts over if it changed, so every item is seen exactly once.
+    pub fn open_read_only(dir: &Path, kind: BlockKind, record_type: u8) -> Result<Self, StoreError> {
+        const ATTEMPTS: usize = 20;
+        let blocks_dir = dir.join(layout::BLOCKS_DIR);
+        let wal_dir = dir.join(layout::WAL_DIR);
+        let list = || -> Result<Vec<(String, u64, u64)>, StoreError> {
+            use std::os::unix::fs::MetadataExt;
+            let mut v = Vec::new();
+            let rd = match fs::read_dir(&blocks_dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(v),
+                Err(e) => return Err(StoreError::io("read directory", &blocks_dir)(e)),
+            };
+            for e in rd {
+                let e = e.map_err(StoreError::io("read directory", &blocks_dir))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.ends_with(&format!(".{}", layout::BLOCK_EXT)) {
+                    continue;
+                }
+                match e.metadata() {
+                    Ok(m) => v.push((name, m.ino(), m.len())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StoreError::io("stat", blocks_dir.join(&name))(e)),
+                }
+            }
+            v.sort();
+            Ok(v)
+        };
+        let mut last_err = None;
+        for _ in 0..ATTEMPTS {
+            let before = list()?;
+            let mut blocks = Vec::new();
+            let mut corrupt = Vec::new();
+            let mut vanished = false;
+            for (name, _, _) in &before {
+                let path = blocks_dir.join(name);
+                match Block::open(&path, kind) {
+                    Ok(b) => blocks.push(Arc::new(b)),
+                    // Skipped, not set aside: a read-only open renames nothing.
+                    Err(e @ StoreError::Corrupt { .. }) => {
+                        tracing::error!(path = %path.display(), error = %e, "corrupt block skipped; its data is not shown");
+                        corrupt.push(path);
+                    }
+                    Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                        vanished = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if vanished {
+                continue;
+            }
+            blocks.sort_by_key(|b| b.wal_through);
+            let replaced: std::collections::HashSet<u64> =
+                blocks.iter().flat_map(|b| b.replaces.iter().copied().filter(move |&r| r < b.wal_through)).collect();
+            blocks.retain(|b| !replaced.contains(&b.wal_through));
+            let covered = blocks.iter().map(|b| b.wal_through).max().unwrap_or(0);
+            let mut head = H::default();
+            let replay = Wal::replay_read_only(&wal_dir, covered, |typ, payload| {
+                if typ != record_type {
+                    return Err(StoreError::Corrupt {
+                        path: wal_dir.clone(),
+                        offset: 0,
+                        reason: format!("unexpected WAL record type {typ}, want {record_type}"),
+                    });
+                }
+                head.replay(payload).map_err(|e| StoreError::Corrupt {
+                    path: wal_dir.clone(),
+                    offset: e.offset as u64,
+                    reason: format!("WAL record: {}", e.reason),
+                })
+            });
+            let replay = match replay {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                // A record that fails to decode while a writer is active
+                // may be one being written: try again before giving up.
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    last_err = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if list()? != before {
+                continue;
+            }
+            return Ok(Tiered {
+                dir: dir.to_path_buf(),
+                kind,
+                wal: Wal::read_only(&wal_dir)?,
+                write_lock: Mutex::new(()),
+                flush_lock: Mutex::new(()),
+                compact_lock: Mutex::new(()),
+                persisted: RwLock::new(Persisted { blocks, frozen: None }),
+                head: RwLock::new(head),
+                replay,
+                corrupt_blocks: corrupt,
+                retention: RwLock::new(Retention::default()),
+                flush_done: (Mutex::new(0), Condvar::new()),
+            });
+        }
+        Err(last_err.unwrap_or_else(|| StoreError::Corrupt {
+            path: dir.to_path_buf(),
+            offset: 0,
+            reason: format!("blocks and WAL kept changing under a read-only open ({ATTEMPTS} attempts)"),
+        }))
+    }
+
+    /// Refuses writes to a store opened with [`Tiered::open_read_only`].
+    fn check_writable(&self) -> Result<(), StoreError> {
+        if self.wal.is_read_only() { Err(StoreError::ReadOnly { path: self.dir.clone() }) } else { Ok(()) }
+    }
+
     /// True while a flush is writing a frozen head.
     pub fn flushing(&self) -> bool {
         self.persisted.read().unwrap_or_else(|p| p.into_inner()).frozen.is_some()
@@ -388,6 +511,7 @@ impl<H: HeadData> Tiered<H> {
     /// override once they make up a tenth of the block or have been expired
     /// for a day. Returns (cutoff per tenant, what was done).
     pub fn apply_retention_policy(&self) -> Result<RetentionStats, StoreError> {
+        self.check_writable()?;
         let r = self.retention.read().unwrap_or_else(|p| p.into_inner()).clone();
         let now = self.now();
         let ups = self.units_per_sec();
@@ -482,6 +606,7 @@ impl<H: HeadData> Tiered<H> {
     /// number and bytes of blocks deleted. Queries already holding a block
     /// keep reading it; the file is gone once they drop it.
     pub fn apply_retention(&self, min_ts: Option<i64>, max_bytes: u64) -> Result<(usize, u64), StoreError> {
+        self.check_writable()?;
         self.remove_blocks(
             |blocks| match min_ts {
                 Some(min_ts) => {
@@ -503,6 +628,7 @@ impl<H: HeadData> Tiered<H> {
     /// (`<last>.blk`), swap it in; then delete the other sources. See
     /// `docs/format/tsdb.md`, "Compaction", for what a crash at each step leaves.
     pub fn compact(&self, policy: &CompactionPolicy, max_runs: usize) -> Result<CompactionStats, StoreError> {
+        self.check_writable()?;
         let _c = self.compact_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut stats = CompactionStats::default();
         for _ in 0..max_runs {

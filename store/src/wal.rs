@@ -117,6 +117,8 @@ pub struct Wal {
     dir: PathBuf,
     opts: WalOptions,
     w: Mutex<Writer>,
+    /// Opened by [`Wal::read_only`]: every write is refused.
+    read_only: bool,
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
@@ -284,7 +286,82 @@ impl Wal {
         }
         let seq = next_after_skipped + 1;
         let w = Self::create_segment(dir, seq, sealed_bytes)?;
-        Ok((Wal { dir: dir.to_path_buf(), opts, w: Mutex::new(w) }, stats))
+        Ok((Wal { dir: dir.to_path_buf(), opts, w: Mutex::new(w), read_only: false }, stats))
+    }
+
+    /// Replays the WAL in `dir` without changing anything on disk (the
+    /// read-only open, `docs/format/wal.md`): segments `≤ skip_through` are
+    /// skipped but not deleted, a bad record ends its segment's replay (in
+    /// the newest segment it is counted in `torn_tail_bytes` but not
+    /// truncated: a running writer may be appending it right now), and no
+    /// segment is created. A missing directory is an empty WAL. Returns
+    /// `Ok(None)` when a segment vanished between listing and reading it (a
+    /// concurrent flush deleted it): the caller should start over.
+    pub fn replay_read_only(
+        dir: &Path,
+        skip_through: u64,
+        mut f: impl FnMut(u8, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<Option<ReplayStats>, StoreError> {
+        let segs = match list_segments(dir) {
+            Ok(s) => s,
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Some(ReplayStats::default()));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut stats = ReplayStats::default();
+        let live: Vec<_> = segs.iter().filter(|(n, _)| *n > skip_through).collect();
+        for (i, (_, path)) in live.iter().enumerate() {
+            stats.segments += 1;
+            let mut bad_header = false;
+            let end = match read_segment(path, &mut f, &mut stats.records, &mut bad_header) {
+                Ok(end) => end,
+                Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+            if bad_header {
+                stats.corrupt_segments += 1;
+            }
+            if let SegmentEnd::Bad { offset, .. } = end {
+                if i + 1 == live.len() {
+                    let size = fs::metadata(path).map(|m| m.len()).unwrap_or(offset);
+                    stats.torn_tail_bytes = size.saturating_sub(offset);
+                } else {
+                    stats.corrupt_segments += 1;
+                }
+            }
+        }
+        Ok(Some(stats))
+    }
+
+    /// A WAL handle that refuses every write ([`StoreError::ReadOnly`]), for
+    /// a store opened read-only. Creates nothing; `dir` need not exist.
+    pub fn read_only(dir: &Path) -> Result<Wal, StoreError> {
+        // The writer slot holds a read-only handle that is never written:
+        // every writing method checks `read_only` first.
+        let file = File::open("/dev/null").map_err(StoreError::io("open", "/dev/null"))?;
+        let w = Writer {
+            broken: false,
+            file,
+            path: dir.to_path_buf(),
+            seq: 0,
+            len: 0,
+            dirty: false,
+            sealed_bytes: 0,
+            scratch: Vec::new(),
+        };
+        Ok(Wal { dir: dir.to_path_buf(), opts: WalOptions::default(), w: Mutex::new(w), read_only: true })
+    }
+
+    /// True for a handle from [`Wal::read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        if self.read_only { Err(StoreError::ReadOnly { path: self.dir.clone() }) } else { Ok(()) }
     }
 
     fn create_segment(dir: &Path, seq: u64, sealed_bytes: u64) -> Result<Writer, StoreError> {
@@ -312,6 +389,7 @@ impl Wal {
 
     /// Appends one record; returns once it is durable per the fsync policy.
     pub fn append(&self, typ: u8, payload: &[u8]) -> Result<(), StoreError> {
+        self.check_writable()?;
         if payload.len() > MAX_RECORD_LEN {
             return Err(StoreError::Corrupt {
                 path: self.dir.clone(),
@@ -358,6 +436,7 @@ impl Wal {
     /// sealed segment's number. Every record appended before this call is in
     /// a segment `≤` the returned number, every later one after it.
     pub fn rotate(&self) -> Result<u64, StoreError> {
+        self.check_writable()?;
         let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
         w.file.sync_data().map_err(StoreError::io("fsync", &w.path))?;
         let sealed_seq = w.seq;
@@ -370,6 +449,7 @@ impl Wal {
     /// Deletes the sealed segments numbered `≤ through` (their data is
     /// persisted elsewhere). The current segment is never deleted.
     pub fn remove_through(&self, through: u64) -> Result<(), StoreError> {
+        self.check_writable()?;
         let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
         let mut remaining = 0;
         for (n, path) in list_segments(&self.dir)? {

@@ -81,7 +81,7 @@ fn start_end_limit_direction() {
     // RFC 3339 and float-seconds times are accepted too
     let got = c.loki_lines(&[
         ("query", r#"{job="api"}"#),
-        ("start", "2000-01-01T00:00:00Z"),
+        ("start", &cairn_wire::time::format_rfc3339_ns(t0 - 86_400_000_000_000)),
         ("end", &format!("{}.5", (t0 + 100_000_000_000) / 1_000_000_000)),
     ]);
     assert_eq!(got.len(), 10);
@@ -129,4 +129,34 @@ fn protobuf_push_with_metadata_and_out_of_order() {
     assert_eq!(got.iter().map(|l| l.2.as_str()).collect::<Vec<_>>(), ["entry 1", "entry 2", "entry 3"]);
     let got = c.loki_lines(&[("query", r#"{job="bytes"}"#)]);
     assert_eq!(got.iter().map(|l| l.2.as_str()).collect::<Vec<_>>(), ["ok \u{fffd}\u{fffd} then \u{fffd} end é"]);
+}
+
+#[test]
+fn logql_query_length_and_series_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cairn.toml");
+    std::fs::write(&cfg, "[query]\nlogql_max_query_length = \"2h\"\nlogql_max_series = 3\n").unwrap();
+    let c = Cairn::start(&["serve"], &dir.path().join("data"), &["--config", cfg.to_str().unwrap()]);
+    let t = now_ns() - 60_000_000_000;
+    for i in 0..5 {
+        let n = i.to_string();
+        let (s, b) = c.push_logs_json(&[(&[("job", "lim"), ("n", &n)], vec![(t, format!("line {i}"))])]);
+        assert_eq!(s, 204, "{b}");
+    }
+    let now_s = now_ns() / 1_000_000_000;
+    let range = |from: i64, q: &str| {
+        c.get_params(
+            "/loki/api/v1/query_range",
+            &[("query", q), ("start", &(now_s - from).to_string()), ("end", &now_s.to_string()), ("step", "60")],
+        )
+    };
+    let (s, b) = range(3 * 3600, r#"{job="lim"}"#);
+    assert_eq!(s, 400, "{b}");
+    assert!(b.contains("the query time range exceeds the limit (query length: 3h0m0s, limit: 2h0m0s)"), "{b}");
+    let (s, b) = range(3600, r#"count_over_time({job="lim"}[5m])"#);
+    assert_eq!(s, 400, "{b}");
+    assert!(b.contains("maximum number of series (3) reached for a single query"), "{b}");
+    let (s, b) = range(3600, r#"sum(count_over_time({job="lim"}[5m]))"#);
+    assert_eq!(s, 200, "{b}");
+    c.stop();
 }

@@ -305,7 +305,20 @@ async fn run_query(agg: &Arc<Aggregator>, spec: QuerySpec, api: &'static str) ->
                     end: spec.end,
                     step: if spec.instant { 0 } else { spec.step },
                 };
-                Ok(QueryOutcome::Metric(logql::eval_metric(&agg2.logs, &e, &q)?))
+                let v = logql::eval_metric(&agg2.logs, &e, &q)?;
+                let series = match &v {
+                    logql::MetricValue::Scalar(..) => 1,
+                    logql::MetricValue::Vector(_, s) => s.len(),
+                    logql::MetricValue::Matrix(m) => m.len(),
+                };
+                let max = agg2.config.query.logql_max_series;
+                if max > 0 && series > max {
+                    return Err(QueryFailure(
+                        StatusCode::BAD_REQUEST,
+                        format!("maximum number of series ({max}) reached for a single query"),
+                    ));
+                }
+                Ok(QueryOutcome::Metric(v))
             }
         }
     })
@@ -368,6 +381,14 @@ fn range_spec(p: &Params, headers: &HeaderMap, agg: &Aggregator) -> Result<Query
     };
     if step <= 0 {
         return Err(bad("zero or negative query resolution step widths are not accepted. Try a positive integer"));
+    }
+    let max_len = agg.config.query.logql_max_query_length.0;
+    if !max_len.is_zero() && end.saturating_sub(start) > i64::try_from(max_len.as_nanos()).unwrap_or(i64::MAX) {
+        return Err(bad(format!(
+            "the query time range exceeds the limit (query length: {}, limit: {})",
+            go_duration(end.saturating_sub(start)),
+            go_duration(i64::try_from(max_len.as_nanos()).unwrap_or(i64::MAX))
+        )));
     }
     if end.saturating_sub(start) / step > logql::MAX_POINTS {
         return Err(bad(
@@ -900,5 +921,39 @@ pub(crate) async fn detected_field_values(
     match res {
         Ok(Ok(values)) => Json(json!({"values": values, "limit": limit})).into_response(),
         Ok(Err(e)) | Err(e) => e,
+    }
+}
+
+/// A duration (ns, at least a second) as Go's `time.Duration` prints it
+/// (`721h0m0s`, `1m30.5s`), for Loki-worded errors.
+fn go_duration(ns: i64) -> String {
+    if ns == 0 {
+        return "0s".into();
+    }
+    let neg = if ns < 0 { "-" } else { "" };
+    let ns = ns.unsigned_abs();
+    let (h, rest) = (ns / 3_600_000_000_000, ns % 3_600_000_000_000);
+    let (m, rest) = (rest / 60_000_000_000, rest % 60_000_000_000);
+    let (s, frac) = (rest / 1_000_000_000, rest % 1_000_000_000);
+    let secs = if frac == 0 {
+        format!("{s}s")
+    } else {
+        let f = format!("{frac:09}");
+        format!("{s}.{}s", f.trim_end_matches('0'))
+    };
+    match (h, m) {
+        (0, 0) => format!("{neg}{secs}"),
+        (0, m) => format!("{neg}{m}m{secs}"),
+        (h, m) => format!("{neg}{h}h{m}m{secs}"),
+    }
+}
+
+#[cfg(test)]
+mod go_duration_tests {
+    #[test]
+    fn prints_as_go_does() {
+        assert_eq!(super::go_duration(721 * 3_600_000_000_000), "721h0m0s");
+        assert_eq!(super::go_duration(90_500_000_000), "1m30.5s");
+        assert_eq!(super::go_duration(0), "0s");
     }
 }

@@ -1,0 +1,33 @@
+# syntax=docker/dockerfile:1
+# Cairn container image: one binary for every role (`up`, `serve`, `collect`).
+#
+#   docker build -t cairn:0.1.0 .
+#
+# deploy/README.md: pushing to a registry, importing into k3s, running each
+# role. The build stage fetches crates from crates.io; the runtime image has
+# no shell and no package manager.
+
+# ---- build
+# Needs BuildKit (docker buildx, podman, nerdctl); the cache mounts keep
+# crates and compiled dependencies between builds.
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --package cairn --bin cairn \
+ && mkdir -p /out/var/lib/cairn /out/var/lib/cairn-collector \
+ && install -m 0755 -s target/release/cairn /out/cairn
+
+# ---- runtime: glibc + libgcc only (what `cairn` links), ~25 MB
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/cairn /usr/local/bin/cairn
+# Data directories owned by the image's non-root user (65532); the collector
+# runs as root in Kubernetes (deploy/kubernetes/base/collector.yaml) to read
+# the node's logs.
+COPY --from=build --chown=65532:65532 /out/var/lib/ /var/lib/
+USER 65532:65532
+EXPOSE 3100
+# `serve` listens on 127.0.0.1 by default; in a container listen everywhere.
+ENTRYPOINT ["/usr/local/bin/cairn"]
+CMD ["serve", "--listen", "0.0.0.0:3100", "--data-dir", "/var/lib/cairn"]
