@@ -23,145 +23,25 @@
 
 mod common;
 
-use std::time::Instant;
-
-use cairn_wire::proto::{Label, Sample, TimeSeries, WriteRequest, snappy_compress};
-use common::{Server, dir_size, proc_usage, send_all, shared_dir};
-use prost::Message;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-struct Template {
-    labels: Vec<(String, String)>,
-    counter: bool,
-    value: f64,
-    decimals: i32,
-}
-
-/// Decimal places the exporter printed (`1.445889e+06` has 0, `0.25` has 2).
-fn decimals(text: &str) -> i32 {
-    let (mant, exp) = match text.split_once(['e', 'E']) {
-        Some((m, e)) => (m, e.parse::<i32>().unwrap_or(0)),
-        None => (text, 0),
-    };
-    let frac = mant.split_once('.').map(|(_, f)| f.len() as i32).unwrap_or(0);
-    (frac - exp).max(0)
-}
-
-fn parse_scrape(text: &str) -> Vec<Template> {
-    let mut types = std::collections::HashMap::new();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut it = rest.split_whitespace();
-            if let (Some(n), Some(t)) = (it.next(), it.next()) {
-                types.insert(n.to_string(), t.to_string());
-            }
-            continue;
-        }
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect("value");
-        let (name, labels) = match series.find('{') {
-            Some(i) => (&series[..i], cairn_wire::Labels::parse(&series[i..]).expect("labels")),
-            None => (series, cairn_wire::Labels::empty()),
-        };
-        let family = name.trim_end_matches("_total").trim_end_matches("_sum").trim_end_matches("_count");
-        let counter = types
-            .get(name)
-            .or_else(|| types.get(family))
-            .is_some_and(|t| t == "counter" || t == "summary" || t == "histogram")
-            && !name.ends_with("_bucket")
-            || name.ends_with("_total");
-        let mut pairs = vec![("__name__".to_string(), name.to_string())];
-        pairs.extend(labels.iter().map(|l| (l.name.clone(), l.value.clone())));
-        out.push(Template { labels: pairs, counter, value: value.parse().unwrap_or(0.0), decimals: decimals(value) });
-    }
-    out
-}
+use common::node::{Peer, RW_HEADERS, client, wait_for, workload};
+use common::{Server, dir_size, proc_usage, send_all};
 
 fn main() {
     if !common::is_bench_run("ingest_metrics") {
         return;
     }
-    let path = shared_dir().join("datasets/node-exporter/node-exporter-1.5.0.prom");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (set CAIRN_SHARED)", path.display()));
-    let templates = parse_scrape(&text);
     // PEERS.md's workload by default; CAIRN_BENCH_INSTANCES=20
     // CAIRN_BENCH_STEPS=5760 gives the 10,000 series × 24 h.
     let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let (instances, steps, per_request) = (env("CAIRN_BENCH_INSTANCES", 10), env("CAIRN_BENCH_STEPS", 960), 10usize);
-    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let t0 = now_ms - (steps as i64 * 15_000 + 3_600_000);
-    // Per instance and series: the generated samples.
-    let mut requests = Vec::new();
-    let mut total = 0u64;
-    for inst in 0..instances {
-        let mut series: Vec<(Vec<Label>, Vec<Sample>)> = Vec::new();
-        for t in &templates {
-            let mut labels: Vec<Label> =
-                t.labels.iter().map(|(n, v)| Label { name: n.clone(), value: v.clone() }).collect();
-            labels.push(Label { name: "instance".into(), value: format!("host-{inst}:9100") });
-            labels.push(Label { name: "job".into(), value: "node".into() });
-            labels.sort_by(|a, b| a.name.cmp(&b.name));
-            let scale = 10f64.powi(t.decimals.min(9));
-            let round = |v: f64| (v * scale).round() / scale;
-            let moves = next() % 10 >= 3; // counters: 30 % do not move; gauges: half drift
-            let drift = next() % 2 == 0;
-            let rate = (next() % 10_000) as f64 / 100.0 / scale.max(1.0) + 1.0 / scale.max(1.0);
-            let mut v = t.value;
-            let mut samples = Vec::with_capacity(steps);
-            for k in 0..steps {
-                if t.counter && moves {
-                    v = round(v + rate * 15.0 * ((next() % 100) as f64 / 50.0));
-                } else if !t.counter && drift {
-                    let step = (t.value.abs().max(1.0)) * 0.001 * ((next() % 200) as f64 / 100.0 - 1.0);
-                    v = round(v + step);
-                }
-                let jitter = (next() % 7) as i64 - 3;
-                samples.push(Sample { value: v, timestamp: t0 + k as i64 * 15_000 + jitter });
-            }
-            total += steps as u64;
-            series.push((labels, samples));
-        }
-        for start in (0..steps).step_by(per_request) {
-            let req = WriteRequest {
-                timeseries: series
-                    .iter()
-                    .map(|(labels, samples)| TimeSeries {
-                        labels: labels.clone(),
-                        samples: samples[start..(start + per_request).min(steps)].to_vec(),
-                        histograms: vec![],
-                    })
-                    .collect(),
-                metadata: vec![],
-            };
-            requests.push(snappy_compress(&req.encode_to_vec()));
-        }
-    }
-    // Send in time order across instances.
-    let n_per = steps / per_request;
-    let mut ordered = Vec::with_capacity(requests.len());
-    let mut buckets: Vec<std::collections::VecDeque<Vec<u8>>> =
-        requests.chunks(n_per).map(|c| c.iter().cloned().collect()).collect();
-    for _ in 0..n_per {
-        for b in buckets.iter_mut() {
-            if let Some(r) = b.pop_front() {
-                ordered.push(r);
-            }
-        }
-    }
-
-    let total_series = templates.len() * instances;
+    let w = workload(instances, steps, per_request, t0);
+    let (ordered, total) = (w.bodies, w.samples);
+    let total_series = w.series;
     println!("ingest_metrics: {total_series} series x {steps} samples = {total} samples");
     let mut results: Vec<Figures> = Vec::new();
 
@@ -217,12 +97,6 @@ struct Figures {
     query: Option<(f64, f64, usize)>,
 }
 
-const RW_HEADERS: [(&str, &str); 3] = [
-    ("Content-Type", "application/x-protobuf"),
-    ("Content-Encoding", "snappy"),
-    ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-];
-
 /// Sends everything; returns (samples/s, server CPU µs/sample, peak RSS).
 fn ingest(
     client: &reqwest::blocking::Client,
@@ -244,25 +118,14 @@ fn ingest(
 fn guarded_ingest(
     c: &reqwest::blocking::Client,
     url: &str,
-    child: &Child,
+    pid: u32,
     bodies: &[Vec<u8>],
     total: u64,
 ) -> Result<(f64, f64, u64), String> {
-    let (c, url, pid, bodies) = (c.clone(), url.to_string(), child.id(), bodies.to_vec());
+    let (c, url, bodies) = (c.clone(), url.to_string(), bodies.to_vec());
     std::thread::spawn(move || ingest(&c, &url, pid, bodies, total))
         .join()
         .map_err(|_| "a remote_write request was refused (see the panic above)".to_string())
-}
-
-fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
 }
 
 /// Runs the 1,014-series query three times: (first, best of the next two,
@@ -292,101 +155,23 @@ fn time_query(client: &reqwest::blocking::Client, url: &str, now_ms: i64) -> Opt
     Some((times[0], warm, n))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let _ = child.wait();
-}
-
-fn start_peer(
-    bin: &str,
-    args: &[String],
-    ready_url: &str,
-    client: &reqwest::blocking::Client,
-) -> Result<Child, String> {
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{bin}: {e}"))?;
-    let up = wait_for(Duration::from_secs(30), || {
-        client.get(ready_url).send().map(|r| r.status().is_success()).unwrap_or(false)
-    });
-    if !up {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(format!("{bin} did not become ready at {ready_url} within 30 s"));
-    }
-    Ok(child)
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(300)).build().expect("client")
-}
-
 fn run_prometheus(bodies: &[Vec<u8>], total: u64, now_ms: i64) -> Result<Figures, String> {
-    let bin = "/usr/bin/prometheus";
-    if !Path::new(bin).exists() {
-        return Err(format!("{bin} not installed (apt-get install prometheus)"));
-    }
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let cfg = dir.path().join("prometheus.yml");
-    // the same out-of-order allowance as Cairn's default: 4 concurrent
-    // senders can deliver one series' requests slightly out of order
-    std::fs::write(&cfg, "global:\n  scrape_interval: 15s\nstorage:\n  tsdb:\n    out_of_order_time_window: 10m\n")
-        .map_err(|e| e.to_string())?;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
+    let mut p = Peer::prometheus(&[])?;
     let c = client();
-    let args = vec![
-        format!("--config.file={}", cfg.display()),
-        format!("--storage.tsdb.path={}", dir.path().join("data").display()),
-        format!("--web.listen-address=127.0.0.1:{port}"),
-        "--web.enable-remote-write-receiver".to_string(),
-    ];
-    let child = start_peer(bin, &args, &format!("{base}/-/ready"), &c)?;
-    let (samples_s, cpu_us, rss) = match guarded_ingest(&c, &format!("{base}/api/v1/write"), &child, bodies, total) {
-        Ok(x) => x,
-        Err(e) => {
-            stop(child);
-            return Err(e);
-        }
-    };
-    let query = time_query(&c, &format!("{base}/api/v1/query"), now_ms);
-    stop(child);
-    Ok(Figures { name: "Prometheus", samples_s, cpu_us, rss, disk: dir_size(&dir.path().join("data")), query })
+    let (samples_s, cpu_us, rss) = guarded_ingest(&c, &format!("{}/api/v1/write", p.base), p.pid(), bodies, total)?;
+    let query = time_query(&c, &format!("{}/api/v1/query", p.base), now_ms);
+    p.stop();
+    Ok(Figures { name: "Prometheus", samples_s, cpu_us, rss, disk: dir_size(&p.data), query })
 }
 
 fn run_victoria(bodies: &[Vec<u8>], total: u64, now_ms: i64) -> Result<Figures, String> {
-    let bin = "/usr/bin/victoria-metrics";
-    if !Path::new(bin).exists() {
-        return Err(format!("{bin} not installed (apt-get install victoria-metrics)"));
-    }
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
+    let mut p = Peer::victoria_metrics(&[])?;
     let c = client();
-    let args = vec![
-        format!("-storageDataPath={}", dir.path().join("data").display()),
-        format!("-httpListenAddr=127.0.0.1:{port}"),
-        "-retentionPeriod=1y".to_string(),
-    ];
-    let child = start_peer(bin, &args, &format!("{base}/health"), &c)?;
-    let (samples_s, cpu_us, rss) = match guarded_ingest(&c, &format!("{base}/api/v1/write"), &child, bodies, total) {
-        Ok(x) => x,
-        Err(e) => {
-            stop(child);
-            return Err(e);
-        }
-    };
-    let _ = c.get(format!("{base}/internal/force_flush")).send();
-    let query = time_query(&c, &format!("{base}/api/v1/query"), now_ms);
-    stop(child);
-    Ok(Figures { name: "VictoriaMetrics", samples_s, cpu_us, rss, disk: dir_size(&dir.path().join("data")), query })
+    let (samples_s, cpu_us, rss) = guarded_ingest(&c, &format!("{}/api/v1/write", p.base), p.pid(), bodies, total)?;
+    let _ = c.get(format!("{}/internal/force_flush", p.base)).send();
+    let query = time_query(&c, &format!("{}/api/v1/query", p.base), now_ms);
+    p.stop();
+    Ok(Figures { name: "VictoriaMetrics", samples_s, cpu_us, rss, disk: dir_size(&p.data), query })
 }
 
 fn print_table(results: &[Figures], total: u64) {

@@ -77,6 +77,9 @@ impl Config {
         if self.query.max_concurrency == 0 {
             anyhow::bail!("query.max_concurrency must be at least 1");
         }
+        if self.query.max_series == 0 {
+            anyhow::bail!("query.max_series must be at least 1");
+        }
         if self.query.max_samples == 0 {
             anyhow::bail!("query.max_samples must be at least 1");
         }

@@ -222,8 +222,11 @@ pub struct QueryConfig {
     /// range-query result points); more fail with HTTP 422 (Prometheus's
     /// `--query.max-samples`).
     pub max_samples: usize,
-    /// Most PromQL queries evaluated at once; more wait for a free slot
-    /// (Prometheus's `--query.max-concurrency`).
+    /// Most series one PromQL query may select, summed over its selectors;
+    /// more fail with HTTP 422 `execution`.
+    pub max_series: usize,
+    /// Most PromQL queries evaluated at once; more wait for a free slot, at
+    /// most until their timeout (Prometheus's `--query.max-concurrency`).
     pub max_concurrency: usize,
     /// Longest time range a LogQL query may cover (Loki's
     /// `max_query_length`); `0s`: no limit.
@@ -240,6 +243,7 @@ impl Default for QueryConfig {
             max_entries_limit: 5000,
             timeout: ConfigDuration::from_secs(120),
             max_samples: 50_000_000,
+            max_series: 1_000_000,
             max_concurrency: 20,
             logql_max_query_length: ConfigDuration::from_secs(721 * 3600),
             logql_max_series: 500,

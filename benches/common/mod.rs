@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod node;
 pub mod peers_logs;
 
 use std::io::{BufRead, BufReader};

@@ -359,6 +359,27 @@ impl Head {
     }
 }
 
+/// Selected samples by series.
+type Gathered = BTreeMap<Labels, Vec<(i64, f64)>>;
+
+/// Most series and samples one [`MetricsStore::select_limited`] may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelectLimits {
+    /// Most series.
+    pub series: usize,
+    /// Most samples, over all series.
+    pub samples: usize,
+}
+
+/// Which limit a [`MetricsStore::select_limited`] ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectLimit {
+    /// More series than `SelectLimits::series`.
+    Series,
+    /// More samples than `SelectLimits::samples`.
+    Samples,
+}
+
 /// Reads and decodes one chunk of a block (version 1: Gorilla only;
 /// version 2: a leading encoding byte).
 fn decode_block_chunk(b: &Block, c: &ChunkMeta, out: &mut Vec<(i64, f64)>) -> Result<(), StoreError> {
@@ -369,6 +390,10 @@ fn decode_block_chunk(b: &Block, c: &ChunkMeta, out: &mut Vec<(i64, f64)>) -> Re
 
 /// Sorts by timestamp (stable) and keeps the last sample of each timestamp.
 fn dedup_newest(mut samples: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
+    if samples.windows(2).all(|w| w[0].0 < w[1].0) {
+        // The common case (one source, in order): nothing to do, no copy.
+        return samples;
+    }
     samples.sort_by_key(|p| p.0);
     let mut out: Vec<(i64, f64)> = Vec::with_capacity(samples.len());
     for p in samples {
@@ -665,51 +690,107 @@ impl MetricsStore {
     /// Calls `f` for every matching series with its samples in `[mint, maxt]`
     /// from blocks, the frozen head and the head, merged by timestamp (for a
     /// timestamp present in several, the newest source wins).
+    ///
+    /// Gives up with `Ok(Err(limit))` as soon as more than `max.series`
+    /// series or `max.samples` samples are held, so a selection over the
+    /// limits never holds much more than the limits in memory.
     fn gather(
         &self,
         tenant: &str,
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
-    ) -> Result<BTreeMap<Labels, Vec<(i64, f64)>>, StoreError> {
+        max: SelectLimits,
+    ) -> Result<Result<Gathered, SelectLimit>, StoreError> {
         let mint = mint.max(self.t.visible_from(tenant));
         let (persisted, head) = self.t.read();
-        let mut by: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+        let mut by: Gathered = BTreeMap::new();
+        let mut held = 0usize;
+        let over = |by: &Gathered, held: usize| {
+            if by.len() > max.series {
+                Some(SelectLimit::Series)
+            } else if held > max.samples {
+                Some(SelectLimit::Samples)
+            } else {
+                None
+            }
+        };
         for b in &persisted.blocks {
             if b.min_ts > maxt || b.max_ts < mint {
                 continue;
             }
             for s in b.select(tenant, matchers) {
-                let mut got = Vec::new();
-                for c in s.chunks.iter().filter(|c| c.min_ts <= maxt && c.max_ts >= mint) {
+                let wanted = || s.chunks.iter().filter(|c| c.min_ts <= maxt && c.max_ts >= mint);
+                let mut got = Vec::with_capacity(wanted().map(|c| c.entries as usize).sum::<usize>().min(1 << 20));
+                for c in wanted() {
                     decode_block_chunk(b, c, &mut got)?;
+                    if held.saturating_add(got.len()) > max.samples {
+                        return Ok(Err(SelectLimit::Samples));
+                    }
                 }
                 got.retain(|p| p.0 >= mint && p.0 <= maxt);
                 if !got.is_empty() {
-                    by.entry(s.labels.clone()).or_default().extend(got);
+                    held += got.len();
+                    match by.entry(s.labels.clone()) {
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert(got);
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().extend(got),
+                    }
+                    if let Some(l) = over(&by, held) {
+                        return Ok(Err(l));
+                    }
                 }
             }
         }
+        let mut limit = None;
+        let mut add = |l: &Labels, ss: &[(i64, f64)]| {
+            if limit.is_none() {
+                held += ss.len();
+                by.entry(l.clone()).or_default().extend_from_slice(ss);
+                limit = over(&by, held);
+            }
+        };
         if let Some(fr) = &persisted.frozen {
-            fr.collect(tenant, matchers, mint, maxt, |l, ss| by.entry(l.clone()).or_default().extend_from_slice(ss));
+            fr.collect(tenant, matchers, mint, maxt, &mut add);
         }
-        head.collect(tenant, matchers, mint, maxt, |l, ss| by.entry(l.clone()).or_default().extend_from_slice(ss));
+        head.collect(tenant, matchers, mint, maxt, &mut add);
+        if let Some(l) = limit {
+            return Ok(Err(l));
+        }
         for samples in by.values_mut() {
             // stable: later sources stay later
             *samples = dedup_newest(std::mem::take(samples));
         }
-        Ok(by)
+        Ok(Ok(by))
     }
 
     /// Series of `tenant` matching all `matchers`, with their samples in
     /// `[mint, maxt]` (inclusive), sorted by labels. Series with no sample in
     /// the range are left out.
     pub fn select(&self, tenant: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesSamples> {
-        match self.gather(tenant, matchers, mint, maxt) {
-            Ok(by) => by.into_iter().map(|(labels, samples)| SeriesSamples { labels, samples }).collect(),
+        let unlimited = SelectLimits { series: usize::MAX, samples: usize::MAX };
+        self.select_limited(tenant, matchers, mint, maxt, unlimited).unwrap_or_default()
+    }
+
+    /// [`Self::select`] that stops reading, with `Err`, once the selection
+    /// holds more than `max.series` series or `max.samples` samples
+    /// (counted before duplicates across blocks and head are merged), so a
+    /// query over its limits cannot exhaust memory.
+    pub fn select_limited(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        max: SelectLimits,
+    ) -> Result<Vec<SeriesSamples>, SelectLimit> {
+        match self.gather(tenant, matchers, mint, maxt, max) {
+            Ok(Ok(by)) => Ok(by.into_iter().map(|(labels, samples)| SeriesSamples { labels, samples }).collect()),
+            Ok(Err(l)) => Err(l),
             Err(e) => {
                 tracing::error!(error = %e, "metric block read failed; results are incomplete");
-                Vec::new()
+                Ok(Vec::new())
             }
         }
     }
@@ -854,6 +935,30 @@ mod tests {
         assert_eq!(s.series("t", &[], 1500, 10_000), vec![up.clone()], "up_b has no sample after 1000");
         assert_eq!(s.series("t", &[Matcher::equal("job", "b")], 0, 1000), vec![up_b.clone()]);
         assert_eq!(s.select("t", &m, 1500, 2500)[0].samples, vec![(2000, 1.0)]);
+    }
+
+    #[test]
+    fn select_limited_stops_at_the_limits() {
+        let d = tempfile::tempdir().unwrap();
+        let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+        let batch = |job: &str, from: i64| SeriesSamples {
+            labels: ls(&[("__name__", "up"), ("job", job)]),
+            samples: (0..10).map(|i| ((from + i) * 1000, i as f64)).collect(),
+        };
+        s.append("t", vec![batch("a", 0), batch("b", 0)]).unwrap();
+        s.flush().unwrap();
+        s.append("t", vec![batch("a", 10), batch("c", 10)]).unwrap();
+        let lim = |series, samples| SelectLimits { series, samples };
+        let all = s.select_limited("t", &[], 0, 100_000, lim(3, 40)).unwrap();
+        assert_eq!(all, s.select("t", &[], 0, 100_000));
+        assert_eq!(all.iter().map(|x| x.samples.len()).sum::<usize>(), 40);
+        // Block samples, then head samples, then series over the limit.
+        assert_eq!(s.select_limited("t", &[], 0, 100_000, lim(3, 15)), Err(SelectLimit::Samples));
+        assert_eq!(s.select_limited("t", &[], 0, 100_000, lim(3, 39)), Err(SelectLimit::Samples));
+        assert_eq!(s.select_limited("t", &[], 0, 100_000, lim(2, 100)), Err(SelectLimit::Series));
+        assert_eq!(s.select_limited("t", &[], 0, 100_000, lim(1, 100)), Err(SelectLimit::Series));
+        // Only what the range holds counts.
+        assert_eq!(s.select_limited("t", &[], 10_000, 100_000, lim(2, 20)).map(|v| v.len()), Ok(2));
     }
 
     #[test]

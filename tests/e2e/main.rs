@@ -18,6 +18,7 @@ mod metrics;
 mod node_exporter;
 mod ops;
 mod prom_api;
+mod prom_compare;
 mod promtool;
 mod recovery;
 mod restart;

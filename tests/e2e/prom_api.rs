@@ -170,6 +170,66 @@ fn query_limits_from_config() {
     assert!(v["error"].as_str().unwrap().starts_with("invalid parameter \"query\": "), "{v}");
 }
 
+/// `query.max_series`, `query.timeout` and `query.max_concurrency`, each in
+/// Prometheus's error shape.
+#[test]
+fn query_series_timeout_and_concurrency_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cairn.toml");
+    std::fs::write(&cfg, "[query]\nmax_series = 2\nmax_concurrency = 1\ntimeout = \"3s\"\n").unwrap();
+    let c = Cairn::start(&["serve"], &dir.path().join("data"), &["--config", cfg.to_str().unwrap()]);
+    let t0 = seed(&c);
+    let t = ((t0 + 15_000) / 1000).to_string();
+    // node_load1 is 2 series; with up, 3.
+    let (s, v) = c.prom("/api/v1/query", &[("query", "node_load1"), ("time", &t)]);
+    assert_eq!(ok_data(s, &v)["result"].as_array().unwrap().len(), 2);
+    let (s, v) = c.prom("/api/v1/query", &[("query", "node_load1 + on(instance) group_left up"), ("time", &t)]);
+    assert_eq!((s, v["errorType"].as_str()), (422, Some("execution")), "{v}");
+    assert_eq!(v["error"], "query would select more than 2 series (query.max_series)");
+    let (s, v) =
+        c.prom("/api/v1/query_range", &[("query", r#"{job="node"}"#), ("start", &t), ("end", &t), ("step", "15")]);
+    assert_eq!((s, v["errorType"].as_str()), (422, Some("execution")), "{v}");
+
+    // A query needing millions of subquery steps cannot finish in 1 ms:
+    // 503 `timeout`, with Prometheus's message.
+    let slow = "count_over_time(vector(1)[300d:1s])";
+    let (s, v) = c.prom("/api/v1/query", &[("query", slow), ("timeout", "1ms")]);
+    assert_eq!((s, v["errorType"].as_str()), (503, Some("timeout")), "{v}");
+    assert_eq!(v["error"], "query timed out in expression evaluation");
+
+    // With one slot, a query arriving while the slow one runs (for up to
+    // the 3 s `query.timeout`) waits, and gives up when its own timeout
+    // passes in the queue. Quick queries that happen to arrive before the
+    // slow one took the slot just succeed; keep asking until one waits.
+    let url = c.url.clone();
+    let slow_one = std::thread::spawn(move || {
+        let r = reqwest::blocking::Client::new()
+            .get(format!("{url}/api/v1/query"))
+            .query(&[("query", slow)])
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    });
+    let mut queued = None;
+    while !slow_one.is_finished() {
+        let (s, v) = c.prom("/api/v1/query", &[("query", "1+1"), ("timeout", "200ms")]);
+        if s == 503 {
+            queued = Some(v);
+            break;
+        }
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, body) = slow_one.join().unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((s, v["errorType"].as_str()), (503, Some("timeout")), "{v}");
+    let q = queued.expect("no quick query waited for the slot while the slow one ran");
+    assert_eq!(q["errorType"], "timeout", "{q}");
+    assert_eq!(q["error"], "query timed out in query queue", "{q}");
+    // The slot is free again.
+    let (s, v) = c.prom("/api/v1/query", &[("query", "1+1"), ("timeout", "200ms")]);
+    assert_eq!(ok_data(s, &v)["result"][1], "2");
+}
+
 /// Byte-exact bodies: field order and number formatting as Prometheus writes them.
 #[test]
 fn response_bytes_match_prometheus() {

@@ -13,7 +13,7 @@ use crate::harness::{Cairn, TestLabels, now_ns};
 
 /// The peer program `name` from PATH; `None` (with a message) when absent
 /// outside CI; a panic when absent in CI.
-fn peer(name: &str, test: &str) -> Option<PathBuf> {
+pub(crate) fn peer(name: &str, test: &str) -> Option<PathBuf> {
     let found =
         std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file()));
     if found.is_none() {

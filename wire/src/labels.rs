@@ -26,8 +26,10 @@ pub enum LabelsError {
 }
 
 /// A label set sorted by name with unique names and no empty values.
+/// Immutable and shared: a clone is a reference-count increment (query
+/// evaluation copies label sets into every sample of every step).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(Vec<Label>);
+pub struct Labels(std::sync::Arc<[Label]>);
 
 /// True when `name` is a valid Prometheus/Loki label name.
 pub fn is_valid_label_name(name: &str) -> bool {
@@ -42,7 +44,7 @@ pub fn is_valid_label_name(name: &str) -> bool {
 impl Labels {
     /// The empty label set.
     pub fn empty() -> Self {
-        Labels(Vec::new())
+        Labels::default()
     }
 
     /// Builds a label set from pairs: validates names, drops empty values,
@@ -70,7 +72,7 @@ impl Labels {
                 return Err(LabelsError::Duplicate { name: w[0].name.clone() });
             }
         }
-        Ok(Labels(v))
+        Ok(Labels(v.into()))
     }
 
     /// The value of `name`, if present.
@@ -239,7 +241,7 @@ impl serde::Serialize for Labels {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(Some(self.0.len()))?;
-        for l in &self.0 {
+        for l in self.0.iter() {
             m.serialize_entry(&l.name, &l.value)?;
         }
         m.end()

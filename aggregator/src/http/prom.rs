@@ -109,11 +109,95 @@ struct SuccessBody<T> {
 }
 
 /// Query result data: `resultType` before `result`, as Prometheus writes it.
-#[derive(serde::Serialize)]
-struct QueryData {
-    #[serde(rename = "resultType")]
-    result_type: &'static str,
-    result: J,
+/// Serialised straight into the response body (no intermediate JSON tree:
+/// a day of points for hundreds of series is millions of values).
+struct QueryData<'a>(&'a Value);
+
+impl serde::Serialize for QueryData<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("resultType", self.0.type_name())?;
+        match self.0 {
+            Value::Scalar(t, v) => m.serialize_entry("result", &Point(*t, *v))?,
+            Value::String(t, text) => m.serialize_entry("result", &(Ts(*t), text))?,
+            Value::Vector(vs) => m.serialize_entry("result", &VectorResult(vs))?,
+            Value::Matrix(ms) => m.serialize_entry("result", &MatrixResult(ms))?,
+        }
+        m.end()
+    }
+}
+
+/// Prometheus JSON timestamp: float seconds, integer when whole.
+struct Ts(i64);
+
+impl serde::Serialize for Ts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 % 1000 == 0 { s.serialize_i64(self.0 / 1000) } else { s.serialize_f64(self.0 as f64 / 1000.0) }
+    }
+}
+
+/// `[ts, "value"]`.
+struct Point(i64, f64);
+
+impl serde::Serialize for Point {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (Ts(self.0), format_float(self.1)).serialize(s)
+    }
+}
+
+struct VectorResult<'a>(&'a [promql::Sample]);
+
+impl serde::Serialize for VectorResult<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        struct One<'a>(&'a promql::Sample);
+        impl serde::Serialize for One<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("metric", &self.0.labels)?;
+                m.serialize_entry("value", &Point(self.0.t, self.0.v))?;
+                m.end()
+            }
+        }
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for x in self.0 {
+            seq.serialize_element(&One(x))?;
+        }
+        seq.end()
+    }
+}
+
+struct MatrixResult<'a>(&'a [promql::Series]);
+
+impl serde::Serialize for MatrixResult<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        struct Points<'a>(&'a [(i64, f64)]);
+        impl serde::Serialize for Points<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for &(t, v) in self.0 {
+                    seq.serialize_element(&Point(t, v))?;
+                }
+                seq.end()
+            }
+        }
+        struct One<'a>(&'a promql::Series);
+        impl serde::Serialize for One<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("metric", &self.0.labels)?;
+                m.serialize_entry("values", &Points(&self.0.points))?;
+                m.end()
+            }
+        }
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for x in self.0 {
+            seq.serialize_element(&One(x))?;
+        }
+        seq.end()
+    }
 }
 
 /// Prometheus API error body.
@@ -123,7 +207,9 @@ fn api_error(status: StatusCode, error_type: &str, msg: impl Into<String>) -> Re
 
 fn query_error(e: QueryError) -> Response {
     let status = match e {
-        QueryError::Execution(_) | QueryError::TooManySamples { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        QueryError::Execution(_) | QueryError::TooManySamples { .. } | QueryError::TooManySeries { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         QueryError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
         QueryError::Parse(m) => {
             return api_error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"query\": {m}"));
@@ -131,43 +217,6 @@ fn query_error(e: QueryError) -> Response {
         _ => StatusCode::BAD_REQUEST,
     };
     api_error(status, e.error_type(), e.to_string())
-}
-
-/// Prometheus JSON timestamp: float seconds, integer when whole.
-fn ts_json(ms: i64) -> J {
-    if ms % 1000 == 0 { json!(ms / 1000) } else { json!(ms as f64 / 1000.0) }
-}
-
-fn point_json(ms: i64, v: f64) -> J {
-    json!([ts_json(ms), format_float(v)])
-}
-
-fn value_json(v: &Value) -> QueryData {
-    match v {
-        Value::Scalar(t, v) => QueryData { result_type: "scalar", result: point_json(*t, *v) },
-        Value::String(t, s) => QueryData { result_type: "string", result: json!([ts_json(*t), s]) },
-        Value::Vector(vs) => QueryData {
-            result_type: "vector",
-            result: J::Array(vs.iter().map(|s| json!({"metric": s.labels, "value": point_json(s.t, s.v)})).collect()),
-        },
-        Value::Matrix(ms) => matrix_json(ms),
-    }
-}
-
-fn matrix_json(ms: &[promql::Series]) -> QueryData {
-    QueryData {
-        result_type: "matrix",
-        result: J::Array(
-            ms.iter()
-                .map(|s| {
-                    json!({
-                        "metric": s.labels,
-                        "values": s.points.iter().map(|&(t, v)| point_json(t, v)).collect::<Vec<_>>(),
-                    })
-                })
-                .collect(),
-        ),
-    }
 }
 
 fn param_time(p: &Params, key: &str) -> Result<Option<i64>, Response> {
@@ -215,6 +264,7 @@ fn query_options(agg: &Aggregator, started: Instant, timeout: Option<std::time::
         lookback_ms: cfg.lookback_delta.as_millis(),
         deadline: (!t.is_zero()).then(|| started + t),
         max_samples: cfg.max_samples,
+        max_series: cfg.max_series,
     }
 }
 
@@ -241,7 +291,19 @@ async fn evaluate<T: Send + 'static>(
     let started = Instant::now();
     let opts = query_options(agg, started, timeout);
     let agg2 = agg.clone();
-    let res = match agg.query_slots.clone().acquire_owned().await {
+    // Waiting for a slot counts toward the deadline, as in Prometheus.
+    let acquire = agg.query_slots.clone().acquire_owned();
+    let slot = match opts.deadline {
+        Some(d) => match tokio::time::timeout_at(d.into(), acquire).await {
+            Ok(s) => s,
+            Err(_) => {
+                agg.self_metrics.observe_query(api, started.elapsed().as_secs_f64());
+                return Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "timeout", "query timed out in query queue"));
+            }
+        },
+        None => acquire.await,
+    };
+    let res = match slot {
         Ok(slot) => {
             blocking(move || {
                 let _slot = slot;
@@ -288,7 +350,7 @@ pub(crate) async fn query(
                 Value::Matrix(ms) => truncate(ms, limit),
                 _ => false,
             };
-            success_truncated(value_json(&v), truncated)
+            success_truncated(QueryData(&v), truncated)
         }
         Ok(Err(e)) => query_error(e),
         Err(r) => r,
@@ -339,7 +401,7 @@ pub(crate) async fn query_range(
     match res {
         Ok(Ok(mut m)) => {
             let truncated = truncate(&mut m, limit);
-            success_truncated(matrix_json(&m), truncated)
+            success_truncated(QueryData(&Value::Matrix(m)), truncated)
         }
         Ok(Err(e)) => query_error(e),
         Err(r) => r,

@@ -12,6 +12,39 @@ use super::eval::Ctx;
 use super::functions::{kahan_inc, quantile_of};
 use super::{QueryError, Sample, Value};
 
+/// The labels of `ls` that make its group key under the modifier, in order.
+fn key_labels<'a>(ls: &'a Labels, m: Option<&'a LabelModifier>) -> impl Iterator<Item = &'a Label> + 'a {
+    ls.iter().filter(move |l| match m {
+        None => false,
+        Some(LabelModifier::Include(names)) => names.labels.contains(&l.name),
+        Some(LabelModifier::Exclude(names)) => l.name != METRIC_NAME && !names.labels.contains(&l.name),
+    })
+}
+
+/// Hash of the group key of `ls`, computed without building it (FxHash
+/// style: a multiply and rotate per 8 bytes; collisions are resolved by
+/// comparing labels).
+fn key_hash(ls: &Labels, m: Option<&LabelModifier>) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = 0u64;
+    let mut add = |bytes: &[u8]| {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        // The length separates "ab","c" from "a","bc".
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(tail) ^ ((bytes.len() as u64) << 56)).wrapping_mul(K);
+    };
+    for l in key_labels(ls, m) {
+        add(l.name.as_bytes());
+        add(l.value.as_bytes());
+    }
+    h
+}
+
 /// Group key labels of `ls` under the modifier.
 fn group_labels(ls: &Labels, m: Option<&LabelModifier>) -> Labels {
     match m {
@@ -108,6 +141,43 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
     }
     // Names pending a drop still partition groups (`by (__name__)`), and the
     // pending drop carries over to the group, as in Prometheus.
+    // Without count_values, the key's hash picks the group and the key is
+    // built only for a new group (one allocation per group, not per sample).
+    let mut by_hash: super::FxMap<u64, usize> = Default::default();
+    let input = if count_values_label.is_none() {
+        for s in input {
+            let h = key_hash(&s.labels, m);
+            let same = |g: &Group| g.labels.iter().eq(key_labels(&s.labels, m));
+            let found = match by_hash.get(&h) {
+                Some(&i) if same(&groups[i]) => Some(i),
+                // A hash collision (or none): look through the groups.
+                Some(_) => groups.iter().position(same),
+                None => None,
+            };
+            let i = match found {
+                Some(i) => i,
+                None => {
+                    by_hash.entry(h).or_insert(groups.len());
+                    let node = a as *const _ as usize;
+                    let cached = ctx.group_keys.borrow().get(&(node, h)).cloned();
+                    let labels = match cached {
+                        Some(l) if l.iter().eq(key_labels(&s.labels, m)) => l,
+                        _ => {
+                            let l = keyed(&s);
+                            ctx.group_keys.borrow_mut().insert((node, h), l.clone());
+                            l
+                        }
+                    };
+                    groups.push(Group { labels, samples: Vec::new() });
+                    groups.len() - 1
+                }
+            };
+            groups[i].samples.push(s);
+        }
+        Vec::new()
+    } else {
+        input
+    };
     for s in input {
         let mut key = keyed(&s);
         if let Some(name) = &count_values_label {

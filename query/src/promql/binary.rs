@@ -164,7 +164,9 @@ impl<'a> Matching<'a> {
     }
 
     /// The matching signature of `ls`: the label pairs that take part.
-    fn signature(&self, ls: &Labels) -> Vec<(String, String)> {
+    /// The match-group labels of `ls`, borrowed (no string copies per
+    /// sample and step).
+    fn signature<'l>(&self, ls: &'l Labels) -> Vec<(&'l str, &'l str)> {
         ls.iter()
             .filter(|l| {
                 if self.on {
@@ -173,7 +175,7 @@ impl<'a> Matching<'a> {
                     l.name != METRIC_NAME && !self.names.contains(&l.name)
                 }
             })
-            .map(|l| (l.name.clone(), l.value.clone()))
+            .map(|l| (l.name.as_str(), l.value.as_str()))
             .collect()
     }
 
@@ -191,8 +193,10 @@ fn set_and(l: Vec<Sample>, r: Vec<Sample>, m: Option<&BinModifier>) -> Vec<Sampl
 fn set_or(l: Vec<Sample>, r: Vec<Sample>, m: Option<&BinModifier>) -> Vec<Sample> {
     let mt = Matching::new(m);
     let sigs: HashSet<_> = l.iter().map(|s| mt.signature(&s.labels)).collect();
+    let keep: Vec<bool> = r.iter().map(|s| !sigs.contains(&mt.signature(&s.labels))).collect();
+    drop(sigs);
     let mut out = l;
-    out.extend(r.into_iter().filter(|s| !sigs.contains(&mt.signature(&s.labels))));
+    out.extend(r.into_iter().zip(keep).filter_map(|(s, k)| k.then_some(s)));
     out
 }
 
@@ -224,7 +228,7 @@ fn vector_vector(
     let one_to_one = matches!(card, VectorMatchCardinality::OneToOne);
     let mt = Matching::new(m);
     let (many, one) = if one_to_many { (rhs, lhs) } else { (lhs, rhs) };
-    let mut one_by_sig: HashMap<Vec<(String, String)>, &Sample> = HashMap::with_capacity(one.len());
+    let mut one_by_sig: HashMap<Vec<(&str, &str)>, &Sample> = HashMap::with_capacity(one.len());
     for s in &one {
         let sig = mt.signature(&s.labels);
         if let Some(dup) = one_by_sig.get(&sig) {
@@ -238,7 +242,7 @@ fn vector_vector(
         }
         one_by_sig.insert(sig, s);
     }
-    let mut matched: HashMap<Vec<(String, String)>, HashSet<Labels>> = HashMap::new();
+    let mut matched: HashMap<Vec<(&str, &str)>, HashSet<Labels>> = HashMap::new();
     let mut out = Vec::new();
     let empty = Labels::empty();
     let calc = |many_v: f64, one_v: f64| -> Option<f64> {
@@ -301,6 +305,11 @@ fn result_labels(
 ) -> Labels {
     // A dropped name is only marked (see `Sample::drop_name`).
     let _ = (op, return_bool);
+    if include.is_empty() && (!one_to_one || (!mt.on && !many.iter().any(|l| mt.names.contains(&l.name)))) {
+        // Nothing to drop or add: the many side's labels as they are
+        // (a shared clone, no rebuilding at every step).
+        return many.clone();
+    }
     let mut ls: Vec<Label> = many.iter().cloned().collect();
     if one_to_one {
         if mt.on {

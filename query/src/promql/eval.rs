@@ -12,12 +12,53 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use cairn_store::metrics::{MetricsStore, SeriesSamples};
+use cairn_store::metrics::{MetricsStore, SelectLimit, SelectLimits, SeriesSamples};
 use cairn_wire::{Labels, METRIC_NAME, MatchOp, Matcher, is_stale_nan};
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
 
 use super::{QueryError, Sample, Series, Value, aggregate, binary, functions};
+
+/// Lookup hints of one series: indexes the last window start and end
+/// lookups returned.
+#[derive(Default)]
+pub(crate) struct Cursor {
+    lo: Cell<usize>,
+    hi: Cell<usize>,
+}
+
+/// `samples.partition_point(|p| p.0 <= t)`, starting from `hint` (a
+/// previous answer): when `t` has not moved back past the hint, a short
+/// forward scan (sequential memory) finds it; otherwise a binary search.
+fn upper(samples: &[(i64, f64)], t: i64, hint: &Cell<usize>) -> usize {
+    let h = hint.get().min(samples.len());
+    let i = if h == 0 || samples[h - 1].0 <= t {
+        // Everything before h is at or before t.
+        let mut i = h;
+        loop {
+            match samples.get(i) {
+                Some(p) if p.0 <= t => {
+                    i += 1;
+                    if i - h == 16 {
+                        break i + samples[i..].partition_point(|p| p.0 <= t);
+                    }
+                }
+                _ => break i,
+            }
+        }
+    } else {
+        samples[..h].partition_point(|p| p.0 <= t)
+    };
+    hint.set(i);
+    i
+}
+
+/// Cached inner steps of one subquery: (step time, value, cost in samples).
+pub(crate) type SubqueryCache = std::collections::VecDeque<(i64, Rc<Value>, usize)>;
+
+/// What one cached subquery step costs against `max_samples` beyond its
+/// samples: the bookkeeping of an entry is about as big as 4 samples.
+const CACHE_ENTRY_COST: usize = 4;
 
 /// Prometheus's default subquery resolution (its global evaluation interval).
 pub const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
@@ -33,14 +74,29 @@ pub(crate) struct Ctx<'a> {
     pub step: i64,
     /// Selected series per selector node, keyed by the node's address.
     pub cache: HashMap<usize, Vec<SeriesSamples>>,
+    /// Per selector node and series, where the last lookups landed (window
+    /// start, window end): a range query's steps move forward, so the next
+    /// lookup scans on from there instead of searching the whole series.
+    pub cursors: HashMap<usize, Vec<Cursor>>,
     /// Samples selected so far.
     pub selected: usize,
     pub max_samples: usize,
+    /// Series selected so far (summed over selectors).
+    pub series: usize,
+    pub max_series: usize,
     pub deadline: Option<std::time::Instant>,
     /// Inner results of subqueries by (node address, inner step time).
-    pub subquery_cache: RefCell<HashMap<(usize, i64), Rc<Value>>>,
-    /// Samples held in `subquery_cache`, counted against `max_samples`.
+    /// Inner results of each subquery node (by address) by inner step
+    /// time, ascending; steps before the node's latest window are evicted.
+    pub subquery_cache: RefCell<HashMap<usize, SubqueryCache>>,
+    /// Samples held in `subquery_cache` (plus [`CACHE_ENTRY_COST`] per
+    /// step), counted against `max_samples`.
     pub cached_samples: Cell<usize>,
+    /// Subqueries being evaluated around the current node.
+    pub subquery_depth: Cell<usize>,
+    /// Group key label sets built by aggregation nodes, by (node address,
+    /// key hash): the same groups recur at every step of a range query.
+    pub group_keys: RefCell<super::FxMap<(usize, u64), Labels>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -60,11 +116,16 @@ impl<'a> Ctx<'a> {
             end,
             step,
             cache: HashMap::new(),
+            cursors: HashMap::new(),
             selected: 0,
             max_samples: opts.max_samples,
+            series: 0,
+            max_series: opts.max_series,
             deadline: opts.deadline,
             subquery_cache: RefCell::new(HashMap::new()),
             cached_samples: Cell::new(0),
+            subquery_depth: Cell::new(0),
+            group_keys: RefCell::new(Default::default()),
         }
     }
 
@@ -210,14 +271,26 @@ fn unparen(e: &Expr) -> &Expr {
 }
 
 impl Ctx<'_> {
+    /// Selects the series of `vs` in `[mint, maxt]`, reading no more than
+    /// the query's remaining series and sample budgets allow.
     fn select(&self, vs: &VectorSelector, mint: i64, maxt: i64) -> Result<Vec<SeriesSamples>, QueryError> {
         let groups = matcher_groups(vs)?;
+        let limits = SelectLimits {
+            series: self.max_series.saturating_sub(self.series),
+            samples: self.max_samples.saturating_sub(self.selected),
+        };
+        let limited = |g: &[Matcher]| {
+            self.store.select_limited(self.tenant, g, mint, maxt, limits).map_err(|l| match l {
+                SelectLimit::Series => QueryError::TooManySeries { max_series: self.max_series },
+                SelectLimit::Samples => QueryError::TooManySamples { max_samples: self.max_samples },
+            })
+        };
         if groups.len() == 1 {
-            return Ok(self.store.select(self.tenant, &groups[0], mint, maxt));
+            return limited(&groups[0]);
         }
         let mut by: std::collections::BTreeMap<Labels, SeriesSamples> = Default::default();
         for g in groups {
-            for s in self.store.select(self.tenant, &g, mint, maxt) {
+            for s in limited(&g)? {
                 by.entry(s.labels.clone()).or_insert(s);
             }
         }
@@ -231,10 +304,15 @@ impl Ctx<'_> {
         }
         let s = self.select(vs, mint, maxt)?;
         self.selected = self.selected.saturating_add(s.iter().map(|x| x.samples.len()).sum());
+        self.series = self.series.saturating_add(s.len());
+        if self.series > self.max_series {
+            return Err(QueryError::TooManySeries { max_series: self.max_series });
+        }
         self.check_samples(0)?;
         if self.deadline.is_some_and(|d| std::time::Instant::now() > d) {
             return Err(QueryError::Timeout);
         }
+        self.cursors.insert(key, (0..s.len()).map(|_| Cursor::default()).collect());
         self.cache.insert(key, s);
         Ok(())
     }
@@ -304,12 +382,14 @@ impl Ctx<'_> {
     /// Evaluates an instant vector selector at `t`. With `keep_ts` the
     /// samples carry their own timestamps (for `timestamp()`), else `t`.
     pub fn eval_vs(&self, vs: &VectorSelector, t: i64, keep_ts: bool) -> Vec<Sample> {
-        let series = self.cache.get(&(vs as *const _ as usize)).map(Vec::as_slice).unwrap_or(&[]);
+        let key = vs as *const _ as usize;
+        let series = self.cache.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let cursors = self.cursors.get(&key).map(Vec::as_slice).unwrap_or(&[]);
         let rt = at_ms(&vs.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&vs.offset));
         let smoothed = ext_of(vs) == Some(Ext::Smoothed);
         let mut out = Vec::new();
-        for s in series {
-            let hi = s.samples.partition_point(|p| p.0 <= rt);
+        for (s, c) in series.iter().zip(cursors) {
+            let hi = upper(&s.samples, rt, &c.hi);
             if hi == 0 {
                 continue;
             }
@@ -341,14 +421,16 @@ impl Ctx<'_> {
         mut f: impl FnMut(&Labels, &[(i64, f64)]),
     ) {
         let vs = &ms.vs;
-        let series = self.cache.get(&(vs as *const _ as usize)).map(Vec::as_slice).unwrap_or(&[]);
+        let key = vs as *const _ as usize;
+        let series = self.cache.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let cursors = self.cursors.get(&key).map(Vec::as_slice).unwrap_or(&[]);
         let rt = at_ms(&vs.at, self.start, self.end).unwrap_or(t).saturating_sub(offset_ms(&vs.offset));
         let range = ms.range.as_millis() as i64;
         let ext = ext_of(vs);
         let mut buf: Vec<(i64, f64)> = Vec::new();
-        for s in series {
-            let mut lo = s.samples.partition_point(|p| p.0 <= rt.saturating_sub(range));
-            let mut hi = s.samples.partition_point(|p| p.0 <= rt);
+        for (s, c) in series.iter().zip(cursors) {
+            let mut lo = upper(&s.samples, rt.saturating_sub(range), &c.lo);
+            let mut hi = upper(&s.samples, rt, &c.hi);
             if ext.is_some() {
                 if ext == Some(Ext::Anchored) && !s.samples[lo..hi].iter().any(|p| !is_stale_nan(p.1)) {
                     // Nothing in the range itself: no value.
@@ -415,25 +497,56 @@ impl Ctx<'_> {
         if it <= from {
             it += step;
         }
+        let node = sq as *const _ as usize;
+        // Outer steps move forward, so inner steps at or before this
+        // window's start are not needed again: evict them, which bounds the
+        // cache by one window per subquery.
+        if let Some(q) = self.subquery_cache.borrow_mut().get_mut(&node) {
+            while q.front().is_some_and(|e| e.0 <= from) {
+                if let Some((_, _, cost)) = q.pop_front() {
+                    self.cached_samples.set(self.cached_samples.get().saturating_sub(cost));
+                }
+            }
+        }
+        // Only a range query or an enclosing subquery evaluates this node
+        // at more than one time; a top-level subquery of an instant query
+        // has nothing to share.
+        let reused = self.step > 0 || self.subquery_depth.get() > 0;
         let mut by: HashMap<Labels, usize> = HashMap::new();
         let mut out: Vec<Series> = Vec::new();
         let mut points = 0usize;
         while it <= end {
             self.check_samples(points.saturating_add(self.cached_samples.get()))?;
             // Inner steps are aligned to the subquery step, so consecutive
-            // outer steps share most of them: evaluate each once per query.
-            let key = (sq as *const _ as usize, it);
-            let cached = self.subquery_cache.borrow().get(&key).cloned();
-            let value = match cached {
+            // outer steps share most of them: evaluate each once.
+            let found = self
+                .subquery_cache
+                .borrow()
+                .get(&node)
+                .and_then(|q| q.binary_search_by_key(&it, |e| e.0).ok().map(|i| q[i].1.clone()));
+            let value = match found {
                 Some(v) => v,
+                None if !reused => {
+                    self.subquery_depth.set(self.subquery_depth.get() + 1);
+                    let v = self.eval(&sq.expr, it);
+                    self.subquery_depth.set(self.subquery_depth.get() - 1);
+                    Rc::new(v?)
+                }
                 None => {
-                    let v = Rc::new(self.eval(&sq.expr, it)?);
-                    let n = match &*v {
-                        Value::Vector(vs) => vs.len(),
-                        _ => 1,
-                    };
-                    self.cached_samples.set(self.cached_samples.get().saturating_add(n));
-                    self.subquery_cache.borrow_mut().insert(key, v.clone());
+                    self.subquery_depth.set(self.subquery_depth.get() + 1);
+                    let v = self.eval(&sq.expr, it);
+                    self.subquery_depth.set(self.subquery_depth.get() - 1);
+                    let v = Rc::new(v?);
+                    let cost = CACHE_ENTRY_COST
+                        + match &*v {
+                            Value::Vector(vs) => vs.len(),
+                            _ => 1,
+                        };
+                    self.cached_samples.set(self.cached_samples.get().saturating_add(cost));
+                    let mut cache = self.subquery_cache.borrow_mut();
+                    let q = cache.entry(node).or_default();
+                    let at = q.partition_point(|e| e.0 < it);
+                    q.insert(at, (it, v.clone(), cost));
                     v
                 }
             };
@@ -562,11 +675,31 @@ pub(crate) fn check_unique(v: &[Sample]) -> Result<(), QueryError> {
     if v.len() < 2 {
         return Ok(());
     }
-    let mut seen = std::collections::HashSet::with_capacity(v.len());
+    let mut seen: std::collections::HashSet<&Labels, std::hash::BuildHasherDefault<super::FxHasher>> =
+        std::collections::HashSet::with_capacity_and_hasher(v.len(), Default::default());
     for s in v {
         if !seen.insert(&s.labels) {
             return Err(QueryError::Execution("vector cannot contain metrics with the same labelset".into()));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod cursor_tests {
+    use super::*;
+
+    /// `upper` answers as a fresh binary search whatever the hint, for
+    /// times moving forward, backward and jumping.
+    #[test]
+    fn upper_matches_partition_point_from_any_hint() {
+        let samples: Vec<(i64, f64)> = (0..100).map(|i| (i * 10 + (i % 3), 0.0)).collect();
+        let hint = Cell::new(0);
+        let mut times: Vec<i64> = (-20..1100).step_by(7).collect();
+        times.extend([500, 3, 999, 0, 1000, -5, 250, 251, 252, 1200, 10]);
+        for t in times {
+            assert_eq!(upper(&samples, t, &hint), samples.partition_point(|p| p.0 <= t), "t={t}");
+        }
+        assert_eq!(upper(&[], 5, &Cell::new(7)), 0);
+    }
 }

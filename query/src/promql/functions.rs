@@ -387,6 +387,9 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
                     out.push(Sample { labels: labels.clone(), t, v, drop_name: !keep_name });
                 }
             });
+            // The series of one selector are distinct, and pending name
+            // drops still count as distinct here: nothing to check.
+            return Ok(Value::Vector(out));
         } else {
             for s in ctx.eval_matrix(e, t)? {
                 if let Some(v) = f(&s.points, w) {

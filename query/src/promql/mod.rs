@@ -15,6 +15,43 @@ mod rewrite;
 
 use eval::Ctx;
 
+/// A fast non-cryptographic hasher (FxHash: rotate, xor, multiply per
+/// word) for the evaluator's per-step maps keyed by label sets and hashes.
+/// Not collision-resistant: a flood of crafted label values can only make
+/// a query slower, never wrong (maps still compare keys).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.write_u64(u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
+        }
+        let r = chunks.remainder();
+        if !r.is_empty() {
+            let mut tail = [0u8; 8];
+            tail[..r.len()].copy_from_slice(r);
+            self.write_u64(u64::from_le_bytes(tail));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(i as u64);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A `HashMap` with [`FxHasher`].
+pub(crate) type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+
 /// Prometheus's default lookback delta.
 pub const DEFAULT_LOOKBACK_MS: i64 = 5 * 60 * 1000;
 /// Prometheus's limit on points per series in a range query.
@@ -45,6 +82,13 @@ pub enum QueryError {
         /// The limit in force.
         max_samples: usize,
     },
+    /// The query's selectors would select more than `max_series` series
+    /// together (Prometheus `execution`).
+    #[error("query would select more than {max_series} series (query.max_series)")]
+    TooManySeries {
+        /// The limit in force.
+        max_series: usize,
+    },
 }
 
 impl QueryError {
@@ -52,7 +96,9 @@ impl QueryError {
     pub fn error_type(&self) -> &'static str {
         match self {
             QueryError::Parse(_) | QueryError::BadData(_) | QueryError::Unsupported(_) => "bad_data",
-            QueryError::Execution(_) | QueryError::TooManySamples { .. } => "execution",
+            QueryError::Execution(_) | QueryError::TooManySamples { .. } | QueryError::TooManySeries { .. } => {
+                "execution"
+            }
             QueryError::Timeout => "timeout",
         }
     }
@@ -60,6 +106,8 @@ impl QueryError {
 
 /// Prometheus's default `--query.max-samples`.
 pub const DEFAULT_MAX_SAMPLES: usize = 50_000_000;
+/// Default most series one query may select (over all its selectors).
+pub const DEFAULT_MAX_SERIES: usize = 1_000_000;
 
 /// Limits and settings of one query evaluation.
 #[derive(Debug, Clone)]
@@ -71,11 +119,19 @@ pub struct QueryOptions {
     /// Most samples a query may load (selected samples plus range-query
     /// result points); more fail with [`QueryError::TooManySamples`].
     pub max_samples: usize,
+    /// Most series the query's selectors may select together; more fail
+    /// with [`QueryError::TooManySeries`].
+    pub max_series: usize,
 }
 
 impl Default for QueryOptions {
     fn default() -> Self {
-        QueryOptions { lookback_ms: DEFAULT_LOOKBACK_MS, deadline: None, max_samples: DEFAULT_MAX_SAMPLES }
+        QueryOptions {
+            lookback_ms: DEFAULT_LOOKBACK_MS,
+            deadline: None,
+            max_samples: DEFAULT_MAX_SAMPLES,
+            max_series: DEFAULT_MAX_SERIES,
+        }
     }
 }
 
@@ -255,7 +311,8 @@ pub fn range_query(
     }
     let mut ctx = Ctx::new(store, tenant, opts, start, end, step);
     ctx.prefetch(expr, start, end)?;
-    let mut by: HashMap<Labels, Vec<(i64, f64)>> = HashMap::new();
+    let mut by: FxMap<Labels, Vec<(i64, f64)>> = FxMap::default();
+    let mut unnamed: FxMap<Labels, Labels> = FxMap::default();
     let mut t = start;
     let mut points = 0usize;
     while t <= end {
@@ -266,7 +323,20 @@ pub fn range_query(
             }
             Value::Vector(mut vs) => {
                 points += vs.len();
-                vs.iter_mut().for_each(Sample::clean);
+                // The same series lose their names at every step: build
+                // each name-less label set once.
+                for s in vs.iter_mut().filter(|s| s.drop_name) {
+                    let clean = match unnamed.get(&s.labels) {
+                        Some(l) => l.clone(),
+                        None => {
+                            let l = drop_metric_name(&s.labels);
+                            unnamed.insert(s.labels.clone(), l.clone());
+                            l
+                        }
+                    };
+                    s.labels = clean;
+                    s.drop_name = false;
+                }
                 eval::check_unique(&vs)?;
                 for s in vs {
                     by.entry(s.labels).or_default().push((t, s.v));

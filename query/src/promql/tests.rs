@@ -105,6 +105,26 @@ fn limits_timeout_and_max_samples() {
     assert!(range_query(&s, "t", &e, 0, 120_000, 60_000, &eight).is_err());
 }
 
+#[test]
+fn max_series_counts_every_selector() {
+    let (_d, s) = store();
+    let two = QueryOptions { max_series: 2, ..QueryOptions::default() };
+    let too_many = QueryError::TooManySeries { max_series: 2 };
+    // up selects 2 series, {job="a"} 2: together 4.
+    assert!(instant_query(&s, "t", &parse("up").unwrap(), 0, &two).is_ok());
+    assert_eq!(instant_query(&s, "t", &parse(r#"up + on(job) {job="a"}"#).unwrap(), 0, &two), Err(too_many.clone()));
+    assert_eq!(instant_query(&s, "t", &parse(r#"{job=~"a|b"}"#).unwrap(), 0, &two), Err(too_many.clone()));
+    let rate = parse(r#"rate({job=~".+"}[5m])"#).unwrap();
+    assert_eq!(range_query(&s, "t", &rate, 0, 60_000, 1000, &two), Err(too_many));
+    assert_eq!(QueryError::TooManySeries { max_series: 2 }.error_type(), "execution");
+    // The sample limit also stops a selection part-way.
+    let one = QueryOptions { max_samples: 1, ..QueryOptions::default() };
+    assert_eq!(
+        instant_query(&s, "t", &parse("up[10m]").unwrap(), 120_000, &one),
+        Err(QueryError::TooManySamples { max_samples: 1 })
+    );
+}
+
 /// Odd but valid queries: each must evaluate or fail with a typed error,
 /// never panic, as instant and as range queries.
 #[test]
@@ -184,4 +204,52 @@ fn limit_ratio_splits_series_stably() {
     assert_eq!(count("limit_ratio(0, m)"), 0);
     assert_eq!(count("limitk(3, m)"), 3);
     assert_eq!(inst(&s, "limit_ratio(NaN, m)", 0), Err(QueryError::Execution("Ratio value is NaN".into())));
+}
+
+/// Deterministic garbage for the parser and evaluator (the `promql` fuzz
+/// target does this at scale): queries from a small corpus with bytes
+/// replaced, inserted and deleted must parse-and-evaluate or fail with a
+/// typed error, never panic.
+#[test]
+fn mutated_queries_never_panic() {
+    let (_d, s) = store();
+    let corpus = [
+        r#"sum by (job) (rate(up{job=~"a|b"}[5m] offset 1m))"#,
+        "histogram_quantile(0.9, sum by (le) (rate(x_bucket[5m])))",
+        "max_over_time(deriv(up[2m])[10m:30s] @ 120)",
+        r#"label_replace(up, "x", "$1", "job", "(.*)") or on(job) group_left topk(2, other)"#,
+        "absent_over_time(nothing[1m]) + count_values(\"v\", up) / quantile(0.5, up) > bool 1",
+    ];
+    let alphabet = b"()[]{}:,\"'=~!@+-*/^%<> 0123456789.eEsmhdwyabcdefgnopqrstuvxz_$\\\n";
+    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for round in 0..3000 {
+        let mut q = corpus[round % corpus.len()].as_bytes().to_vec();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() as usize) % (q.len() + 1);
+            let c = alphabet[(next() as usize) % alphabet.len()];
+            match next() % 3 {
+                0 if at < q.len() => q[at] = c,
+                1 => q.insert(at, c),
+                _ if at < q.len() => {
+                    q.remove(at);
+                }
+                _ => q.push(c),
+            }
+        }
+        let text = String::from_utf8_lossy(&q);
+        let Ok(expr) = parse_for(&text, 15_000, 600_000) else { continue };
+        let opts = QueryOptions {
+            deadline: Some(std::time::Instant::now() + std::time::Duration::from_millis(200)),
+            max_samples: 100_000,
+            ..QueryOptions::default()
+        };
+        let _ = instant_query(&s, "t", &expr, 120_000, &opts);
+        let _ = range_query(&s, "t", &expr, 0, 240_000, 30_000, &opts);
+    }
 }
