@@ -376,8 +376,11 @@ fn dashboards_queries_return_data() {
     let pod_dir = dir.path().join("pods/kube-system_coredns-5d78c9869d-x7k2p_0c6a/coredns");
     std::fs::create_dir_all(&pod_dir).unwrap();
     let kube = std::fs::read_to_string(shared.join("datasets/logs/loki-drain-kubernetes.log")).unwrap();
-    let cri: String =
-        kube.lines().take(200).map(|l| format!("2026-01-01T00:00:00.000000000Z stdout F {l}\n")).collect();
+    let cri: String = kube
+        .lines()
+        .take(200)
+        .map(|l| format!("{} stdout F {l}\n", cairn_wire::time::format_rfc3339_ns(now_ns() - 60_000_000_000)))
+        .collect();
     std::fs::write(pod_dir.join("0.log"), cri).unwrap();
     let varlog = dir.path().join("varlog");
     std::fs::create_dir_all(&varlog).unwrap();
@@ -389,7 +392,7 @@ fn dashboards_queries_return_data() {
             ("proc_path = \"/host/proc\"", "proc_path = \"/proc\"\ninterval = \"1s\"".into()),
             ("sys_path = \"/host/sys\"", format!("sys_path = \"{}\"", sys.display())),
             ("rootfs_path = \"/host/root\"", "rootfs_path = \"/\"".into()),
-            ("\"/var/log/pods/*/*/*.log\"", format!("\"{}/pods/*/*/*.log\"", dir.path().display())),
+            ("root = \"/var/log/pods\"", format!("root = \"{}/pods\"", dir.path().display())),
             (
                 "paths = [\"/var/log/*.log\", \"/var/log/syslog\", \"/var/log/messages\"]",
                 format!("paths = [\"{}/*.log\"]", varlog.display()),
@@ -432,7 +435,7 @@ fn dashboards_queries_return_data() {
             origin: "collector.toml: pod log files".into(),
             kind: "loki".into(),
             expr: format!(
-                "sum(count_over_time({{job=\"kubernetes-pods\", host=\"{host}\", filename=~\".+/coredns/0.log\"}}[1h]))"
+                "sum(count_over_time({{job=\"kubernetes-pods\", node=\"{host}\", namespace=\"kube-system\", container=\"coredns\", stream=\"stdout\"}}[1h]))"
             ),
             instant: true,
         },
