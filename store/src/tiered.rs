@@ -53,6 +53,36 @@ pub(crate) trait HeadData: Default + Send + Sync + 'static {
     }
 }
 
+/// The `wal_through` of every block some newer (compacted) block says it
+/// replaced: leftovers of a crash before their deletion, whose data is in
+/// the newer block (`docs/format/tsdb.md`, "Compaction").
+fn replaced_blocks(blocks: &[Arc<Block>]) -> std::collections::HashSet<u64> {
+    blocks.iter().flat_map(|b| b.replaces.iter().copied().filter(move |&r| r < b.wal_through)).collect()
+}
+
+/// Applies one WAL record of `wal_dir` to `head`; a record of another type
+/// or one that does not decode is corruption.
+fn replay_record<H: HeadData>(
+    head: &mut H,
+    wal_dir: &Path,
+    record_type: u8,
+    typ: u8,
+    payload: &[u8],
+) -> Result<(), StoreError> {
+    if typ != record_type {
+        return Err(StoreError::Corrupt {
+            path: wal_dir.to_path_buf(),
+            offset: 0,
+            reason: format!("unexpected WAL record type {typ}, want {record_type}"),
+        });
+    }
+    head.replay(payload).map_err(|e| StoreError::Corrupt {
+        path: wal_dir.to_path_buf(),
+        offset: e.offset as u64,
+        reason: format!("WAL record: {}", e.reason),
+    })
+}
+
 /// Chunks a rewrite leaves out: `drop(tenant, chunk)`.
 type ChunkFilter<'a> = dyn Fn(&str, &ChunkMeta) -> bool + 'a;
 
@@ -73,6 +103,15 @@ pub struct Retention {
     /// The oldest blocks are deleted while all take more than this many
     /// bytes; 0: no limit.
     pub size: u64,
+}
+
+impl Retention {
+    /// Oldest timestamp `tenant` keeps at `now` (both in the engine's unit,
+    /// `units_per_sec` of them a second); `None`: kept forever.
+    fn cutoff(&self, tenant: &str, now: i64, units_per_sec: i64) -> Option<i64> {
+        let limit = self.tenants.get(tenant).copied().unwrap_or(self.time);
+        limit.map(|d| now.saturating_sub(duration_units(d, units_per_sec)))
+    }
 }
 
 /// What one retention pass did.
@@ -213,8 +252,7 @@ impl<H: HeadData> Tiered<H> {
         // A compacted block names the blocks it replaced; any of them still
         // here is left over from a crash before their deletion: drop them
         // (their data is in the newer block) — see "Compaction" in tsdb.md.
-        let replaced: std::collections::HashSet<u64> =
-            blocks.iter().flat_map(|b| b.replaces.iter().copied().filter(move |&r| r < b.wal_through)).collect();
+        let replaced = replaced_blocks(&blocks);
         if !replaced.is_empty() {
             let (gone, keep): (Vec<_>, Vec<_>) = blocks.into_iter().partition(|b| replaced.contains(&b.wal_through));
             blocks = keep;
@@ -228,20 +266,22 @@ impl<H: HeadData> Tiered<H> {
         let mut head = H::default();
         let wal_dir = dir.join(layout::WAL_DIR);
         let (wal, replay) = Wal::open(&wal_dir, wal_opts, covered, |typ, payload| {
-            if typ != record_type {
-                return Err(StoreError::Corrupt {
-                    path: wal_dir.clone(),
-                    offset: 0,
-                    reason: format!("unexpected WAL record type {typ}, want {record_type}"),
-                });
-            }
-            head.replay(payload).map_err(|e| StoreError::Corrupt {
-                path: wal_dir.clone(),
-                offset: e.offset as u64,
-                reason: format!("WAL record: {}", e.reason),
-            })
+            replay_record(&mut head, &wal_dir, record_type, typ, payload)
         })?;
-        Ok(Tiered {
+        Ok(Self::assemble(dir, kind, wal, blocks, head, replay, corrupt))
+    }
+
+    /// The engine over what an open found.
+    fn assemble(
+        dir: &Path,
+        kind: BlockKind,
+        wal: Wal,
+        blocks: Vec<Arc<Block>>,
+        head: H,
+        replay: ReplayStats,
+        corrupt_blocks: Vec<PathBuf>,
+    ) -> Self {
+        Tiered {
             dir: dir.to_path_buf(),
             kind,
             wal,
@@ -251,10 +291,10 @@ impl<H: HeadData> Tiered<H> {
             persisted: RwLock::new(Persisted { blocks, frozen: None }),
             head: RwLock::new(head),
             replay,
-            corrupt_blocks: corrupt,
+            corrupt_blocks,
             retention: RwLock::new(Retention::default()),
             flush_done: (Mutex::new(0), Condvar::new()),
-        })
+        }
     }
 
     /// Opens the engine in `dir` read-only (`docs/format/wal.md`, "Read-only
@@ -320,24 +360,12 @@ impl<H: HeadData> Tiered<H> {
                 continue;
             }
             blocks.sort_by_key(|b| b.wal_through);
-            let replaced: std::collections::HashSet<u64> =
-                blocks.iter().flat_map(|b| b.replaces.iter().copied().filter(move |&r| r < b.wal_through)).collect();
+            let replaced = replaced_blocks(&blocks);
             blocks.retain(|b| !replaced.contains(&b.wal_through));
             let covered = blocks.iter().map(|b| b.wal_through).max().unwrap_or(0);
             let mut head = H::default();
             let replay = Wal::replay_read_only(&wal_dir, covered, |typ, payload| {
-                if typ != record_type {
-                    return Err(StoreError::Corrupt {
-                        path: wal_dir.clone(),
-                        offset: 0,
-                        reason: format!("unexpected WAL record type {typ}, want {record_type}"),
-                    });
-                }
-                head.replay(payload).map_err(|e| StoreError::Corrupt {
-                    path: wal_dir.clone(),
-                    offset: e.offset as u64,
-                    reason: format!("WAL record: {}", e.reason),
-                })
+                replay_record(&mut head, &wal_dir, record_type, typ, payload)
             });
             let replay = match replay {
                 Ok(Some(r)) => r,
@@ -353,20 +381,7 @@ impl<H: HeadData> Tiered<H> {
             if list()? != before {
                 continue;
             }
-            return Ok(Tiered {
-                dir: dir.to_path_buf(),
-                kind,
-                wal: Wal::read_only(&wal_dir)?,
-                write_lock: Mutex::new(()),
-                flush_lock: Mutex::new(()),
-                compact_lock: Mutex::new(()),
-                persisted: RwLock::new(Persisted { blocks, frozen: None }),
-                head: RwLock::new(head),
-                replay,
-                corrupt_blocks: corrupt,
-                retention: RwLock::new(Retention::default()),
-                flush_done: (Mutex::new(0), Condvar::new()),
-            });
+            return Ok(Self::assemble(dir, kind, Wal::read_only(&wal_dir)?, blocks, head, replay, corrupt));
         }
         Err(last_err.unwrap_or_else(|| StoreError::Corrupt {
             path: dir.to_path_buf(),
@@ -489,8 +504,7 @@ impl<H: HeadData> Tiered<H> {
     /// kept forever.
     pub fn cutoff(&self, tenant: &str) -> Option<i64> {
         let r = self.retention.read().unwrap_or_else(|p| p.into_inner());
-        let limit = r.tenants.get(tenant).copied().unwrap_or(r.time);
-        limit.map(|d| self.now().saturating_sub(duration_units(d, self.units_per_sec())))
+        r.cutoff(tenant, self.now(), self.units_per_sec())
     }
 
     /// Oldest timestamp reads may return for `tenant`: data past a tenant's
@@ -515,10 +529,7 @@ impl<H: HeadData> Tiered<H> {
         let r = self.retention.read().unwrap_or_else(|p| p.into_inner()).clone();
         let now = self.now();
         let ups = self.units_per_sec();
-        let cutoff = |tenant: &str| -> Option<i64> {
-            let limit = r.tenants.get(tenant).copied().unwrap_or(r.time);
-            limit.map(|d| now.saturating_sub(duration_units(d, ups)))
-        };
+        let cutoff = |tenant: &str| r.cutoff(tenant, now, ups);
         let mut stats = RetentionStats::default();
         // Whole blocks: one age pass by tenant, then the size limit.
         let expired = |b: &Block| {
