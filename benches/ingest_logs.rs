@@ -17,29 +17,21 @@ mod common;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use common::{Server, dir_size, proc_usage, send_all, shared_dir};
-
-use cairn_wire::proto::{EntryAdapter, PushRequest, StreamAdapter, Timestamp, snappy_compress};
-use prost::Message;
+use common::{Server, dir_size, peers_logs, proc_usage, send_all, shared_dir};
 
 fn main() {
     if !common::is_bench_run("ingest_logs") {
         return;
     }
-    let logs_dir = shared_dir().join("datasets/logs");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&logs_dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (set CAIRN_SHARED)", logs_dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    files.sort();
+    let files = peers_logs::files(&shared_dir().join("datasets/logs"));
     let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let replays = env("CAIRN_BENCH_REPLAYS", 3);
     // PEERS.md: 4 streams per file, 4 labels per stream. More streams or
     // labels change the workload (and no longer match the peers' figures).
-    let streams_per_file = env("CAIRN_BENCH_STREAMS_PER_FILE", 4).max(1);
-    let extra_labels = env("CAIRN_BENCH_EXTRA_LABELS", 0);
+    let shape = peers_logs::Shape {
+        streams_per_file: env("CAIRN_BENCH_STREAMS_PER_FILE", 4),
+        extra_labels: env("CAIRN_BENCH_EXTRA_LABELS", 0),
+    };
 
     // With CAIRN_BENCH_DATA=DIR the data directory is kept (and DIR.span
     // records the time span); a later run with the same DIR skips ingest
@@ -60,101 +52,10 @@ fn main() {
         println!("ingest_logs: reusing {} (queries only)", data_path.display());
         (a, b, None)
     } else {
-        // The PEERS.md workload: each file split round-robin into 4 streams
-        // (job, source, host=node-0..3, level), about half of the digit runs of
-        // every line re-randomised on each replay (so repetition does not flatter
-        // compression), timestamps spread evenly over the 24 h ending an hour ago,
-        // ~1 MB of lines per request, one stream per request, sent in time order.
-        let mut rng: u64 = 0x243f_6a88_85a3_08d3;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
-        let contents: Vec<(String, Vec<Vec<u8>>)> = files
-            .iter()
-            .map(|f| {
-                let text = std::fs::read(f).unwrap();
-                let lines = text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect();
-                (f.file_name().unwrap().to_string_lossy().to_string(), lines)
-            })
-            .collect();
-        let total_lines: usize = contents.iter().map(|c| c.1.len()).sum::<usize>() * replays;
-        let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
-        let span_start = now_ns - 25 * 3_600_000_000_000;
-        let step = (24 * 3_600_000_000_000i64) / total_lines.max(1) as i64;
-        const LEVELS: [&str; 4] = ["info", "warn", "error", "debug"];
-        // Per stream: pending entries; a request is cut at ~1 MB.
-        let mut pending: std::collections::HashMap<(usize, usize), (Vec<EntryAdapter>, usize)> = Default::default();
-        let mut requests: Vec<Vec<u8>> = Vec::new();
-        let (mut lines, mut raw_bytes) = (0u64, 0u64);
-        let mut i_global: i64 = 0;
-        let encode = |fi: usize, k: usize, entries: Vec<EntryAdapter>, names: &[(String, Vec<Vec<u8>>)]| -> Vec<u8> {
-            let extra: String = (0..extra_labels).map(|e| format!(r#", label_{e}="value-{}-{e}""#, k % 7)).collect();
-            let req = PushRequest {
-                streams: vec![StreamAdapter {
-                    labels: format!(
-                        r#"{{job="bench", source="{}", host="node-{k}", level="{}"{extra}}}"#,
-                        names[fi].0,
-                        LEVELS[k % 4]
-                    ),
-                    entries,
-                }],
-            };
-            snappy_compress(&req.encode_to_vec())
-        };
-        for _ in 0..replays {
-            // interleave files so requests go out roughly in time order
-            let longest = contents.iter().map(|c| c.1.len()).max().unwrap_or(0);
-            for li in 0..longest {
-                for (fi, (_, flines)) in contents.iter().enumerate() {
-                    let Some(line) = flines.get(li) else { continue };
-                    let mut line = line.clone();
-                    let mut j = 0;
-                    while j < line.len() {
-                        if line[j].is_ascii_digit() {
-                            let start = j;
-                            while j < line.len() && line[j].is_ascii_digit() {
-                                j += 1;
-                            }
-                            if next() % 2 == 0 {
-                                for d in &mut line[start..j] {
-                                    *d = b'0' + (next() % 10) as u8;
-                                }
-                            }
-                        } else {
-                            j += 1;
-                        }
-                    }
-                    if (i_global + 1) % 200_000 == 0 {
-                        line.extend_from_slice(b" ZQX9rareTOKEN");
-                    }
-                    let k = li % streams_per_file;
-                    let ts = span_start + i_global * step;
-                    i_global += 1;
-                    lines += 1;
-                    raw_bytes += line.len() as u64;
-                    let slot = pending.entry((fi, k)).or_default();
-                    slot.1 += line.len();
-                    slot.0.push(EntryAdapter {
-                        timestamp: Some(Timestamp::from_ns(ts)),
-                        line,
-                        structured_metadata: vec![],
-                    });
-                    if slot.1 >= 1 << 20 {
-                        let entries = std::mem::take(&mut slot.0);
-                        slot.1 = 0;
-                        requests.push(encode(fi, k, entries, &contents));
-                    }
-                }
-            }
-        }
-        let mut rest: Vec<_> = pending.into_iter().filter(|(_, v)| !v.0.is_empty()).collect();
-        rest.sort_by_key(|(key, _)| *key);
-        for ((fi, k), (entries, _)) in rest {
-            requests.push(encode(fi, k, entries, &contents));
-        }
+        // The PEERS.md workload (common/peers_logs.rs), sent in time order.
+        let w = peers_logs::build_shaped(&files, replays, shape, &mut |_| {});
+        let (requests, lines, raw_bytes, span_start, now_ns) =
+            (w.requests, w.lines, w.raw_bytes, w.span_start, w.now_ns);
 
         let server = Server::start(&data_path);
         let pid = server.pid();

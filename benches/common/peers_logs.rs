@@ -3,8 +3,8 @@
 //! (`job="bench"`, `source`, `host=node-0..3`, `level`), about half of the
 //! digit runs re-randomised per replay, ` ZQX9rareTOKEN` appended to every
 //! 200,000th line, timestamps spread evenly over the 24 h ending an hour
-//! ago, ~1 MB of lines per request, one stream per request. The same
-//! recipe as `ingest_logs.rs`.
+//! ago, ~1 MB of lines per request, one stream per request. Used by
+//! `ingest_logs.rs` and `grep.rs`.
 
 use std::path::{Path, PathBuf};
 
@@ -38,8 +38,27 @@ pub fn files(logs_dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// How the lines are cut into streams.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Streams each file is split into, round-robin (PEERS.md: 4).
+    pub streams_per_file: usize,
+    /// Labels added to each stream's four (PEERS.md: 0).
+    pub extra_labels: usize,
+}
+
+/// The PEERS.md shape.
+pub const PEERS: Shape = Shape { streams_per_file: 4, extra_labels: 0 };
+
 /// Builds the workload; `on_line` sees every line in generation (time) order.
 pub fn build(files: &[PathBuf], replays: usize, on_line: &mut dyn FnMut(&[u8])) -> Workload {
+    build_shaped(files, replays, PEERS, on_line)
+}
+
+/// [`build`] with another stream shape (which no longer matches the peers'
+/// figures).
+pub fn build_shaped(files: &[PathBuf], replays: usize, shape: Shape, on_line: &mut dyn FnMut(&[u8])) -> Workload {
+    let streams_per_file = shape.streams_per_file.max(1);
     let mut rng: u64 = 0x243f_6a88_85a3_08d3;
     let mut next = move || {
         rng ^= rng << 13;
@@ -65,11 +84,13 @@ pub fn build(files: &[PathBuf], replays: usize, on_line: &mut dyn FnMut(&[u8])) 
     let (mut lines, mut raw_bytes) = (0u64, 0u64);
     let mut i_global: i64 = 0;
     let encode = |fi: usize, k: usize, entries: Vec<EntryAdapter>| -> Vec<u8> {
+        let extra: String = (0..shape.extra_labels).map(|e| format!(r#", label_{e}="value-{}-{e}""#, k % 7)).collect();
         let req = PushRequest {
             streams: vec![StreamAdapter {
                 labels: format!(
-                    r#"{{job="bench", source="{}", host="node-{k}", level="{}"}}"#,
-                    contents[fi].0, LEVELS[k]
+                    r#"{{job="bench", source="{}", host="node-{k}", level="{}"{extra}}}"#,
+                    contents[fi].0,
+                    LEVELS[k % 4]
                 ),
                 entries,
             }],
@@ -102,7 +123,7 @@ pub fn build(files: &[PathBuf], replays: usize, on_line: &mut dyn FnMut(&[u8])) 
                     line.extend_from_slice(b" ");
                     line.extend_from_slice(RARE_TOKEN.as_bytes());
                 }
-                let k = li % 4;
+                let k = li % streams_per_file;
                 let ts = span_start + i_global * step;
                 i_global += 1;
                 lines += 1;
