@@ -292,3 +292,63 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A scrape target on a free 127.0.0.1 port: answers every request with
+/// `body(n)` (n = 0, 1, … per scrape) as Prometheus text format, until
+/// dropped.
+pub struct MetricsTarget {
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MetricsTarget {
+    /// Starts serving.
+    pub fn start(body: impl Fn(u64) -> String + Send + 'static) -> MetricsTarget {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut scrapes = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut req = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match c.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => req.extend_from_slice(&buf[..k]),
+                            }
+                        }
+                        let body = body(scrapes);
+                        scrapes += 1;
+                        let _ = write!(
+                            c,
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        MetricsTarget { addr, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for MetricsTarget {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

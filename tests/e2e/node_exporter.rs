@@ -8,18 +8,15 @@
 //! service's 9100) and is killed at the end, also on failure.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_collector::node::filesystem::DEFAULT_MOUNT_POINTS_EXCLUDE;
 use cairn_collector::scrape::parse::{Entry, Format, Parser};
 use serde_json::Value;
 
-use crate::harness::{Cairn, free_port};
+use crate::harness::{Cairn, MetricsTarget, free_port};
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 
@@ -298,57 +295,11 @@ fn node_metrics_match_node_exporter() {
     c.stop();
 }
 
-/// A one-page HTTP server on a free port, serving `body` as text-format
-/// metrics until dropped.
-struct TinyServer {
-    addr: String,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl TinyServer {
-    fn start(body: &'static str) -> TinyServer {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut c, _)) => {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut buf = [0u8; 4096];
-                        let _ = c.read(&mut buf);
-                        let _ = write!(
-                            c,
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        TinyServer { addr, stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for TinyServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 #[test]
 fn scrape_targets_through_cairn_up() {
-    let tiny = TinyServer::start(
-        "# HELP app_requests_total Requests served.\n# TYPE app_requests_total counter\napp_requests_total{code=\"200\",job=\"inner\"} 42\napp_temperature 21.5\n",
-    );
+    let tiny = MetricsTarget::start(|_| {
+        "# HELP app_requests_total Requests served.\n# TYPE app_requests_total counter\napp_requests_total{code=\"200\",job=\"inner\"} 42\napp_temperature 21.5\n".to_string()
+    });
     let ne = node_exporter_bin().map(NodeExporter::start);
     let closed = format!("127.0.0.1:{}", free_port());
     let mut extra = format!(

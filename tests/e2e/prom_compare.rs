@@ -19,22 +19,12 @@
 //! Without Prometheus the test prints why it skipped, unless `CI=true`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Cairn, free_port, now_ns, stop_child};
-
-/// The scrape target: an HTTP server whose metrics change on each scrape.
-struct Target {
-    addr: String,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+use crate::harness::{Cairn, MetricsTarget, free_port, now_ns, stop_child};
 
 /// The exposition for scrape number `n` (0, 1, …).
 fn exposition(n: u64) -> String {
@@ -87,52 +77,6 @@ fn exposition(n: u64) -> String {
     s.push_str("# HELP demo_build_info Build.\n# TYPE demo_build_info gauge\n");
     s.push_str("demo_build_info{version=\"1.4.2\",goversion=\"go1.21\"} 1\n");
     s
-}
-
-impl Target {
-    fn start() -> Target {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let scrapes = AtomicU64::new(0);
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut c, _)) => {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut req = Vec::new();
-                        let mut buf = [0u8; 4096];
-                        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match c.read(&mut buf) {
-                                Ok(0) | Err(_) => break,
-                                Ok(k) => req.extend_from_slice(&buf[..k]),
-                            }
-                        }
-                        let body = exposition(scrapes.fetch_add(1, Ordering::Relaxed));
-                        let _ = write!(
-                            c,
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Target { addr, stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// A running Prometheus, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -346,7 +290,8 @@ fn prometheus_and_cairn_agree_on_dashboard_queries() {
     };
     let dir = tempfile::tempdir().unwrap();
     let cairn = Cairn::serve(dir.path());
-    let target = Target::start();
+    // The scrape target: its metrics change on each scrape.
+    let target = MetricsTarget::start(exposition);
     let prom = Prometheus::start(&bin, &target.addr, &cairn.url);
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
 
