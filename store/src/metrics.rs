@@ -139,10 +139,16 @@ impl Series {
 
     /// Whether any sample lies in `[mint, maxt]`.
     fn any_in(&self, mint: i64, maxt: i64) -> bool {
-        self.sealed.iter().any(|c| c.min_ts <= maxt && c.max_ts >= mint) || {
-            let lo = self.samples.partition_point(|p| p.0 < mint);
-            self.samples.get(lo).is_some_and(|p| p.0 <= maxt)
-        }
+        let lo = self.samples.partition_point(|p| p.0 < mint);
+        self.samples.get(lo).is_some_and(|p| p.0 <= maxt)
+            || self.sealed.iter().filter(|c| c.min_ts <= maxt && c.max_ts >= mint).any(|c| {
+                // A chunk that straddles a range end may still have no
+                // sample inside the range: decode it to find out.
+                (c.min_ts >= mint && c.max_ts <= maxt) || {
+                    let mut out = Vec::with_capacity(c.count as usize);
+                    xor::decode_chunk(&c.bytes, &mut out).is_ok() && out.iter().any(|p| p.0 >= mint && p.0 <= maxt)
+                }
+            })
     }
 
     /// The series' chunks as a block stores them.
