@@ -8,8 +8,9 @@
 //! timestamps exactly, values within 1e-9 relative).
 //!
 //! Remote-write lag: the evaluation times end a few seconds in the past, and
-//! the test waits until Cairn holds as many samples at or before that end as
-//! Prometheus does. Window boundaries: Prometheus 2.42 (Debian 12) selects
+//! the test waits until Cairn holds as many samples as Prometheus does at or
+//! before the latest time a query reads (a negative offset reads past the
+//! end; CI once compared before the last of those samples had arrived). Window boundaries: Prometheus 2.42 (Debian 12) selects
 //! closed ranges `[t-r, t]`, Prometheus 3 and Cairn left-open `(t-r, t]`;
 //! the two agree unless a sample sits exactly on a boundary, so evaluation
 //! times get a millisecond phase no scraped sample has (and subqueries,
@@ -325,16 +326,20 @@ fn prometheus_and_cairn_agree_on_dashboard_queries() {
         .find(|p| !phases.contains(p))
         .unwrap_or_else(|| (1..1000).find(|p| !phases.contains(p)).expect("a free millisecond phase"));
     let whole_seconds_clear = !phases.contains(&0);
-    // The last full second before the newest scrape, minus some slack.
-    let end = (last_ts / 1000 - 2) * 1000 + phase;
+    // The last full second before the newest scrape, minus some slack: the
+    // `offset -2s` query reads up to two seconds past `end`.
+    let end = (last_ts / 1000 - 4) * 1000 + phase;
+    // The latest time any query reads (see `offset -2s` in QUERIES), still
+    // before the newest sample Prometheus holds.
+    let read_to = end + 3_000;
     let start = end - 12_000;
     let at = end - 7_000;
     assert!(start > started + 5_000, "too little data before the range");
 
-    // Wait for remote_write to deliver every sample up to `end`.
+    // Wait for remote_write to deliver every sample up to `read_to`.
     let count = |base: &str| -> usize {
         let (_, v) =
-            api(&http, base, "/api/v1/query", &[("query", r#"{__name__=~".+"}[2m]"#.into()), ("time", secs(end))]);
+            api(&http, base, "/api/v1/query", &[("query", r#"{__name__=~".+"}[2m]"#.into()), ("time", secs(read_to))]);
         v["data"]["result"].as_array().map_or(0, |a| a.iter().map(|s| s["values"].as_array().map_or(0, Vec::len)).sum())
     };
     let want = count(&prom.url);
@@ -344,7 +349,7 @@ fn prometheus_and_cairn_agree_on_dashboard_queries() {
         if got == want {
             break;
         }
-        assert!(Instant::now() < deadline, "Cairn holds {got} samples up to the end, Prometheus {want}");
+        assert!(Instant::now() < deadline, "Cairn holds {got} samples up to {read_to}, Prometheus {want}");
         std::thread::sleep(Duration::from_millis(200));
     }
 
