@@ -18,6 +18,7 @@
 //! `collector → wire`.
 
 pub mod config;
+pub mod histogram;
 pub mod labels;
 pub mod loki_json;
 pub mod matcher;
@@ -25,9 +26,10 @@ pub mod model;
 pub mod proto;
 pub mod time;
 
+pub use histogram::Histogram;
 pub use labels::{Label, Labels, LabelsError};
 pub use matcher::{MatchOp, Matcher, MatcherError};
-pub use model::{Entry, SeriesSamples, StreamEntries};
+pub use model::{Entry, SeriesHistograms, SeriesSamples, StreamEntries};
 
 /// The tenant used when a request carries no `X-Scope-OrgID` header, as Loki
 /// does with authentication disabled.

@@ -53,6 +53,7 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
         );
     }
     let mut batch = Vec::with_capacity(req.timeseries.len());
+    let mut hbatch = Vec::new();
     let mut pre_refused = Vec::new();
     for ts in req.timeseries {
         let n_hist = ts.histograms.len();
@@ -60,10 +61,20 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
         match labels {
             Ok(labels) => {
                 if n_hist > 0 {
-                    sm.reject("samples", Refusal::NativeHistogram.as_str(), n_hist as u64);
-                    pre_refused.push(format!(
-                        "{n_hist} native histogram samples for {labels} refused: native histograms are not stored by this Cairn version"
-                    ));
+                    let mut histograms = Vec::with_capacity(n_hist);
+                    for h in &ts.histograms {
+                        match h.to_model() {
+                            Ok(m) => histograms.push((h.timestamp, m)),
+                            Err(e) => {
+                                sm.reject("samples", Refusal::MalformedHistogram.as_str(), 1);
+                                pre_refused
+                                    .push(format!("native histogram at {} for {labels} refused: {e}", h.timestamp));
+                            }
+                        }
+                    }
+                    if !histograms.is_empty() {
+                        hbatch.push(cairn_wire::SeriesHistograms { labels: labels.clone(), histograms });
+                    }
                 }
                 batch.push(SeriesSamples {
                     labels,
@@ -76,7 +87,15 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
             }
         }
     }
-    let res = blocking(move || agg.ingest_metrics(&tenant, batch)).await;
+    let res = blocking(move || {
+        let mut r = agg.ingest_metrics(&tenant, batch)?;
+        if !hbatch.is_empty() {
+            let h = agg.ingest_histograms(&tenant, hbatch)?;
+            r.merge(h);
+        }
+        Ok::<_, cairn_store::StoreError>(r)
+    })
+    .await;
     let res = try_resp!(res);
     match res {
         Ok(mut report) if !pre_refused.is_empty() => {
@@ -146,6 +165,31 @@ impl serde::Serialize for Point {
     }
 }
 
+/// A native histogram as Prometheus's API writes it: `{"count": "…",
+/// "sum": "…", "buckets": [[boundary_rule, "lower", "upper", "count"], …]}`
+/// (empty buckets left out, no `buckets` key without any).
+struct HistJson<'a>(&'a promql::Histogram);
+
+impl serde::Serialize for HistJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let buckets: Vec<(u8, String, String, String)> = self
+            .0
+            .buckets()
+            .into_iter()
+            .filter(|b| b.count != 0.0)
+            .map(|b| (b.boundary_rule(), format_float(b.lower), format_float(b.upper), format_float(b.count)))
+            .collect();
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("count", &format_float(self.0.count))?;
+        m.serialize_entry("sum", &format_float(self.0.sum))?;
+        if !buckets.is_empty() {
+            m.serialize_entry("buckets", &buckets)?;
+        }
+        m.end()
+    }
+}
+
 struct VectorResult<'a>(&'a [promql::Sample]);
 
 impl serde::Serialize for VectorResult<'_> {
@@ -156,7 +200,10 @@ impl serde::Serialize for VectorResult<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("metric", &self.0.labels)?;
-                m.serialize_entry("value", &Point(self.0.t, self.0.v))?;
+                match &self.0.h {
+                    None => m.serialize_entry("value", &Point(self.0.t, self.0.v))?,
+                    Some(h) => m.serialize_entry("histogram", &(Ts(self.0.t), HistJson(h)))?,
+                }
                 m.end()
             }
         }
@@ -188,7 +235,13 @@ impl serde::Serialize for MatrixResult<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("metric", &self.0.labels)?;
-                m.serialize_entry("values", &Points(&self.0.points))?;
+                if !self.0.points.is_empty() || self.0.hist.is_empty() {
+                    m.serialize_entry("values", &Points(&self.0.points))?;
+                }
+                if !self.0.hist.is_empty() {
+                    let hs: Vec<(Ts, HistJson<'_>)> = self.0.hist.iter().map(|(t, h)| (Ts(*t), HistJson(h))).collect();
+                    m.serialize_entry("histograms", &hs)?;
+                }
                 m.end()
             }
         }

@@ -4,7 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cairn_wire::{Label, Labels, METRIC_NAME};
+use cairn_wire::histogram::ResetHint;
+use cairn_wire::{Histogram, Label, Labels, METRIC_NAME};
 use promql_parser::parser::{BinModifier, BinaryExpr, LabelModifier, VectorMatchCardinality};
 
 use super::eval::{Ctx, check_unique};
@@ -84,6 +85,54 @@ fn apply(op: Op, a: f64, b: f64) -> (f64, bool) {
     }
 }
 
+/// Prometheus's `vectorElemBinop` for operands of which at least one is a
+/// native histogram: `(value, histogram, keep)`, or `None` when the pair
+/// is dropped (an operation histograms do not support, or incompatible
+/// bucket layouts).
+fn apply_hist(
+    op: Op,
+    a: f64,
+    ah: Option<&Histogram>,
+    b: f64,
+    bh: Option<&Histogram>,
+) -> Option<(f64, Option<Box<Histogram>>)> {
+    let done = |mut h: Histogram| {
+        h.compact();
+        Some((0.0, Some(Box::new(h))))
+    };
+    match (ah, bh, op) {
+        (None, Some(h), Op::Mul) => {
+            let mut h = h.clone();
+            h.mul(a);
+            done(h)
+        }
+        (Some(h), None, Op::Mul) => {
+            let mut h = h.clone();
+            h.mul(b);
+            done(h)
+        }
+        (Some(h), None, Op::Div) => {
+            let mut h = h.clone();
+            h.div(b);
+            done(h)
+        }
+        (Some(x), Some(y), Op::Add) => {
+            let mut h = x.clone();
+            h.add(y).ok()?;
+            done(h)
+        }
+        (Some(x), Some(y), Op::Sub) => {
+            let mut h = x.clone();
+            h.sub(y).ok()?;
+            h.reset_hint = ResetHint::Gauge;
+            done(h)
+        }
+        (Some(x), Some(y), Op::Eq) => x.content_equals(y).then(|| (0.0, Some(Box::new(x.clone())))),
+        (Some(x), Some(y), Op::Ne) => (!x.content_equals(y)).then(|| (0.0, Some(Box::new(x.clone())))),
+        _ => None,
+    }
+}
+
 pub(crate) fn eval_binary(ctx: &Ctx<'_>, b: &BinaryExpr, t: i64) -> Result<Value, QueryError> {
     let op = Op::from_str(&b.op.to_string())?;
     let modifier = b.modifier.as_ref();
@@ -125,6 +174,21 @@ pub(crate) fn eval_binary(ctx: &Ctx<'_>, b: &BinaryExpr, t: i64) -> Result<Value
 fn vector_scalar(vs: Vec<Sample>, c: f64, op: Op, return_bool: bool, swap: bool) -> Result<Value, QueryError> {
     let mut out = Vec::with_capacity(vs.len());
     for mut s in vs {
+        if let Some(h) = s.h.take() {
+            if return_bool {
+                continue;
+            }
+            let r = if swap { apply_hist(op, c, None, 0.0, Some(&h)) } else { apply_hist(op, 0.0, Some(&h), c, None) };
+            if let Some((v, h)) = r {
+                if op.drops_name() {
+                    s.drop_name = true;
+                }
+                s.v = v;
+                s.h = h;
+                out.push(s);
+            }
+            continue;
+        }
         let (a, b) = if swap { (c, s.v) } else { (s.v, c) };
         let (mut v, mut keep) = apply(op, a, b);
         // A comparison keeps the vector's value even when it is on the right.
@@ -250,11 +314,28 @@ fn vector_vector(
         let (v, keep) = apply(op, a, b);
         if return_bool { Some(f64::from(u8::from(keep))) } else { keep.then_some(v) }
     };
+    let calc_h = |many_v: f64,
+                  many_h: Option<&Histogram>,
+                  one_v: f64,
+                  one_h: Option<&Histogram>|
+     -> Option<(f64, Option<Box<Histogram>>)> {
+        if many_h.is_none() && one_h.is_none() {
+            return calc(many_v, one_v).map(|v| (v, None));
+        }
+        let ((a, ah), (b, bh)) =
+            if one_to_many { ((one_v, one_h), (many_v, many_h)) } else { ((many_v, many_h), (one_v, one_h)) };
+        let r = apply_hist(op, a, ah, b, bh)?;
+        if return_bool {
+            // `h == bool h`: 1 or 0; other pairs were dropped above.
+            return Some((1.0, None));
+        }
+        Some(r)
+    };
     for ms in &many {
         let sig = mt.signature(&ms.labels);
-        let (one_labels, one_v) = match (one_by_sig.get(&sig), fill_one) {
-            (Some(os), _) => (&os.labels, os.v),
-            (None, Some(f)) => (&empty, f),
+        let (one_labels, one_v, one_h) = match (one_by_sig.get(&sig), fill_one) {
+            (Some(os), _) => (&os.labels, os.v, os.h.as_deref()),
+            (None, Some(f)) => (&empty, f, None),
             (None, None) => continue,
         };
         // One-to-one matching is checked before comparisons filter, as
@@ -269,14 +350,14 @@ fn vector_vector(
             }
             e.or_default();
         }
-        let Some(v) = calc(ms.v, one_v) else { continue };
+        let Some((v, h)) = calc_h(ms.v, ms.h.as_deref(), one_v, one_h) else { continue };
         let labels = result_labels(&ms.labels, one_labels, op, &mt, one_to_one, include, return_bool);
         if !one_to_one && !matched.entry(sig).or_default().insert(labels.clone()) {
             return Err(QueryError::Execution(
                 "multiple matches for labels: grouping labels must ensure unique matches".into(),
             ));
         }
-        out.push(Sample { labels, t: ms.t, v, drop_name: ms.drop_name || op.drops_name() || return_bool });
+        out.push(Sample { labels, t: ms.t, v, drop_name: ms.drop_name || op.drops_name() || return_bool, h });
     }
     if let Some(f) = fill_many {
         // One-side samples no many-side sample matched: one result each,
@@ -286,8 +367,10 @@ fn vector_vector(
             if many_sigs.contains(&mt.signature(&os.labels)) {
                 continue;
             }
-            if let Some(v) = calc(f, os.v) {
-                out.push(Sample::new(mt.signature_labels(&os.labels), os.t, v));
+            if let Some((v, h)) = calc_h(f, None, os.v, os.h.as_deref()) {
+                let mut s = Sample::new(mt.signature_labels(&os.labels), os.t, v);
+                s.h = h;
+                out.push(s);
             }
         }
     }

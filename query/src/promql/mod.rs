@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use cairn_store::metrics::MetricsStore;
+pub use cairn_wire::Histogram;
 use cairn_wire::Labels;
 use promql_parser::parser::{self, Expr};
 
@@ -11,6 +12,7 @@ mod aggregate;
 mod binary;
 mod eval;
 mod functions;
+mod histfn;
 mod rewrite;
 
 use eval::Ctx;
@@ -148,12 +150,19 @@ pub struct Sample {
     /// before aggregation): Prometheus's delayed name removal, which lets
     /// `label_replace` still read or restore `__name__`.
     pub drop_name: bool,
+    /// A native histogram value; when set, `v` is meaningless (0).
+    pub h: Option<Box<Histogram>>,
 }
 
 impl Sample {
     /// A sample that keeps its name.
     pub fn new(labels: Labels, t: i64, v: f64) -> Sample {
-        Sample { labels, t, v, drop_name: false }
+        Sample { labels, t, v, drop_name: false, h: None }
+    }
+
+    /// A native-histogram sample that keeps its name.
+    pub fn hist(labels: Labels, t: i64, h: Histogram) -> Sample {
+        Sample { labels, t, v: 0.0, drop_name: false, h: Some(Box::new(h)) }
     }
 
     /// Applies a pending name drop.
@@ -172,6 +181,16 @@ pub struct Series {
     pub labels: Labels,
     /// (timestamp ms, value), ascending.
     pub points: Vec<(i64, f64)>,
+    /// (timestamp ms, native histogram), ascending; a timestamp is never
+    /// in both `points` and `hist`.
+    pub hist: Vec<(i64, Histogram)>,
+}
+
+impl Series {
+    /// A float series.
+    pub fn floats(labels: Labels, points: Vec<(i64, f64)>) -> Series {
+        Series { labels, points, hist: Vec::new() }
+    }
 }
 
 /// A PromQL value.
@@ -312,6 +331,7 @@ pub fn range_query(
     let mut ctx = Ctx::new(store, tenant, opts, start, end, step);
     ctx.prefetch(expr, start, end)?;
     let mut by: FxMap<Labels, Vec<(i64, f64)>> = FxMap::default();
+    let mut hby: FxMap<Labels, Vec<(i64, Histogram)>> = FxMap::default();
     let mut unnamed: FxMap<Labels, Labels> = FxMap::default();
     let mut t = start;
     let mut points = 0usize;
@@ -339,7 +359,13 @@ pub fn range_query(
                 }
                 eval::check_unique(&vs)?;
                 for s in vs {
-                    by.entry(s.labels).or_default().push((t, s.v));
+                    match s.h {
+                        None => by.entry(s.labels).or_default().push((t, s.v)),
+                        Some(h) => {
+                            by.entry(s.labels.clone()).or_default();
+                            hby.entry(s.labels).or_default().push((t, *h));
+                        }
+                    }
                 }
             }
             other => {
@@ -349,7 +375,13 @@ pub fn range_query(
         ctx.check_samples(points)?;
         t += step;
     }
-    let mut out: Vec<Series> = by.into_iter().map(|(labels, points)| Series { labels, points }).collect();
+    let mut out: Vec<Series> = by
+        .into_iter()
+        .map(|(labels, points)| {
+            let hist = hby.remove(&labels).unwrap_or_default();
+            Series { labels, points, hist }
+        })
+        .collect();
     out.sort_by(|a, b| a.labels.cmp(&b.labels));
     Ok(out)
 }
