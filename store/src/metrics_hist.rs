@@ -3,7 +3,7 @@
 //! and the chunk helpers. A series holds float samples, histogram samples,
 //! or both at different timestamps (a series may switch type, as in
 //! Prometheus); each chunk holds one kind. Formats: `docs/format/wal.md`
-//! (record type 2) and `docs/format/tsdb.md` ("Histogram chunks").
+//! (record type 3) and `docs/format/tsdb.md` ("Histogram chunks").
 
 use cairn_wire::{Histogram, Labels, Matcher, SeriesHistograms, matcher::matches_all};
 
@@ -14,7 +14,7 @@ use crate::histchunk;
 use crate::{RejectReason, StoreError, WriteOutcome};
 
 /// WAL record type of a native-histogram write batch.
-pub const RECORD_HISTOGRAMS: u8 = 2;
+pub const RECORD_HISTOGRAMS: u8 = 3;
 
 /// Histogram samples per chunk (a histogram sample is ~10–40× a float's).
 pub const HIST_CHUNK_SAMPLES: usize = 120;

@@ -338,10 +338,12 @@ impl Histogram {
             });
         }
         for &(i, c) in &self.positive {
+            let lower = self.bound(i - 1);
             out.push(Bucket {
-                lower: self.bound(i - 1),
+                lower,
                 upper: self.bound(i),
-                lower_inclusive: false,
+                // Custom buckets: the first, from −Inf, is closed.
+                lower_inclusive: lower == f64::NEG_INFINITY,
                 upper_inclusive: true,
                 count: c,
             });
