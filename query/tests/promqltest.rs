@@ -80,8 +80,14 @@ struct Store {
 
 fn new_store() -> Result<Store, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-    let store = MetricsStore::open(dir.path(), WalOptions { fsync: FsyncPolicy::Never, ..Default::default() })
-        .map_err(|e| format!("open store: {e}"))?;
+    // Any out-of-order distance: a load appends a series' floats and its
+    // histograms separately, each in time order.
+    let opts = cairn_store::metrics::MetricsStoreOptions {
+        wal: WalOptions { fsync: FsyncPolicy::Never, ..Default::default() },
+        out_of_order_window: std::time::Duration::from_secs(100 * 365 * 86_400),
+        ..Default::default()
+    };
+    let store = MetricsStore::open_with(dir.path(), opts).map_err(|e| format!("open store: {e}"))?;
     Ok(Store { _dir: dir, store })
 }
 

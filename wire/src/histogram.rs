@@ -366,8 +366,18 @@ impl Histogram {
         self.negative.iter_mut().for_each(|b| b.1 *= f);
     }
 
-    /// Divides every count and the sum by `f`.
+    /// Divides every count and the sum by `f`. Division by zero leaves
+    /// every observation in the zero bucket (±Inf or NaN counts), as
+    /// Prometheus does.
     pub fn div(&mut self, f: f64) {
+        if f == 0.0 {
+            self.zero_count = self.count / f;
+            self.count /= f;
+            self.sum /= f;
+            self.positive.clear();
+            self.negative.clear();
+            return;
+        }
         self.zero_count /= f;
         self.count /= f;
         self.sum /= f;
@@ -483,9 +493,22 @@ impl Histogram {
         if self.uses_custom_buckets() != other.uses_custom_buckets() {
             return Err(HistogramError::MixedSchemas);
         }
-        if self.uses_custom_buckets() && !floats_match(&self.custom_values, &other.custom_values) {
-            return Err(HistogramError::IncompatibleBounds);
-        }
+        let reconciled;
+        let other = if self.uses_custom_buckets() && !floats_match(&self.custom_values, &other.custom_values) {
+            // Different custom bounds: both move to the bounds they share
+            // (Prometheus reconciles mismatched custom buckets this way).
+            let common: Vec<f64> =
+                self.custom_values.iter().copied().filter(|v| other.custom_values.contains(v)).collect();
+            self.positive = remap_custom(&self.positive, &self.custom_values, &common);
+            self.custom_values.clone_from(&common);
+            let mut o = other.clone();
+            o.positive = remap_custom(&other.positive, &other.custom_values, &common);
+            o.custom_values = common;
+            reconciled = o;
+            &reconciled
+        } else {
+            other
+        };
         let collision = self.adjust_reset_hint(other);
         if !self.uses_custom_buckets() {
             let oz = self.reconcile_zero_buckets(other);
@@ -534,10 +557,16 @@ impl Histogram {
         if self.count < previous.count {
             return true;
         }
-        if self.uses_custom_buckets() != previous.uses_custom_buckets()
-            || (self.uses_custom_buckets() && !floats_match(&self.custom_values, &previous.custom_values))
-        {
+        if self.uses_custom_buckets() != previous.uses_custom_buckets() {
             return true;
+        }
+        if self.uses_custom_buckets() && !floats_match(&self.custom_values, &previous.custom_values) {
+            // Compare at the bounds both share (as the subtraction does).
+            let common: Vec<f64> =
+                self.custom_values.iter().copied().filter(|v| previous.custom_values.contains(v)).collect();
+            let cur = remap_custom(&self.positive, &self.custom_values, &common);
+            let prev = remap_custom(&previous.positive, &previous.custom_values, &common);
+            return buckets_decreased(&cur, &prev);
         }
         if self.schema > previous.schema {
             return true;
@@ -562,23 +591,8 @@ impl Histogram {
             } else {
                 reduce(prev, previous.schema, schema).into_iter().filter(above).collect()
             };
-            let mut ci = cur.iter().peekable();
-            for &(pi, pc) in &prev {
-                while ci.peek().is_some_and(|c| c.0 < pi) {
-                    ci.next();
-                }
-                match ci.peek() {
-                    Some(&&(i, c)) if i == pi => {
-                        if c < pc {
-                            return true;
-                        }
-                    }
-                    _ => {
-                        if pc != 0.0 {
-                            return true;
-                        }
-                    }
-                }
+            if buckets_decreased(&cur, &prev) {
+                return true;
             }
         }
         false
@@ -622,6 +636,46 @@ impl Histogram {
         s.push('}');
         s
     }
+}
+
+/// Whether a bucket of `prev` holds more than the same bucket of `cur`
+/// (a bucket missing from `cur` holds 0).
+fn buckets_decreased(cur: &[(i32, f64)], prev: &[(i32, f64)]) -> bool {
+    let mut ci = cur.iter().peekable();
+    for &(pi, pc) in prev {
+        while ci.peek().is_some_and(|c| c.0 < pi) {
+            ci.next();
+        }
+        match ci.peek() {
+            Some(&&(i, c)) if i == pi => {
+                if c < pc {
+                    return true;
+                }
+            }
+            _ => {
+                if pc != 0.0 {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// Custom buckets with bounds `from` moved to `to` (a subset of `from`):
+/// each bucket goes to the first bucket of `to` whose upper bound is at or
+/// above its own.
+fn remap_custom(buckets: &[(i32, f64)], from: &[f64], to: &[f64]) -> Vec<(i32, f64)> {
+    let mut out: Vec<(i32, f64)> = Vec::with_capacity(buckets.len());
+    for &(i, c) in buckets {
+        let upper = from.get(i.max(0) as usize).copied().unwrap_or(f64::INFINITY);
+        let j = to.partition_point(|&b| b < upper) as i32;
+        match out.last_mut() {
+            Some(last) if last.0 == j => last.1 += c,
+            _ => out.push((j, c)),
+        }
+    }
+    out
 }
 
 /// Custom bounds equal (NaN-free by validation).
@@ -679,9 +733,14 @@ mod tests {
         let mut c = h(-53, &[(0, 1.0)]);
         c.custom_values = vec![1.0];
         assert_eq!(c.clone().add(&a), Err(HistogramError::MixedSchemas));
-        let mut d = c.clone();
+        // Different custom bounds: reconciled to the shared ones.
+        let mut c = h(-53, &[(0, 1.0), (1, 2.0), (2, 3.0)]);
+        c.custom_values = vec![1.0, 2.0];
+        let mut d = h(-53, &[(0, 10.0), (1, 20.0)]);
         d.custom_values = vec![2.0];
-        assert_eq!(c.add(&d), Err(HistogramError::IncompatibleBounds));
+        c.add(&d).unwrap();
+        assert_eq!(c.custom_values, vec![2.0]);
+        assert_eq!(c.positive, vec![(0, 13.0), (1, 23.0)]);
     }
 
     #[test]
