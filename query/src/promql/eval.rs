@@ -303,7 +303,10 @@ impl Ctx<'_> {
         if self.cache.contains_key(&key) {
             return Ok(());
         }
-        let s = self.select(vs, mint, maxt)?;
+        let mut s = self.select(vs, mint, maxt)?;
+        for x in s.iter_mut().filter(|x| !x.histograms.is_empty()) {
+            super::histfn::assign_reset_hints(&x.samples, &mut x.histograms);
+        }
         self.selected = self.selected.saturating_add(s.iter().map(|x| x.samples.len() + x.histograms.len()).sum());
         self.series = self.series.saturating_add(s.len());
         if self.series > self.max_series {
@@ -595,7 +598,15 @@ impl Ctx<'_> {
                         };
                         match &s.h {
                             None => out[i].points.push((it, s.v)),
-                            Some(h) => out[i].hist.push((it, (**h).clone())),
+                            Some(h) => {
+                                // Steps may skip stored samples: a stored
+                                // "no reset" no longer holds between steps.
+                                let mut h = (**h).clone();
+                                if h.reset_hint == cairn_wire::histogram::ResetHint::NotReset {
+                                    h.reset_hint = cairn_wire::histogram::ResetHint::Unknown;
+                                }
+                                out[i].hist.push((it, h))
+                            }
                         }
                     }
                 }

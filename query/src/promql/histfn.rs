@@ -9,25 +9,117 @@ use cairn_wire::histogram::ResetHint;
 use super::eval::Window;
 
 /// Sum (or mean, with `avg`) of histograms; `None` when two of them cannot
-/// be added (exponential and custom buckets, or different custom bounds).
-pub(crate) fn sum_histograms<'a>(hs: impl Iterator<Item = &'a Histogram>, avg: bool) -> Option<Histogram> {
+/// be added (exponential and custom buckets). Count and sum are
+/// Kahan-compensated; a mean whose sum overflows is computed incrementally
+/// instead, as Prometheus does.
+pub(crate) fn sum_histograms<'a>(hs: impl Iterator<Item = &'a Histogram> + Clone, avg: bool) -> Option<Histogram> {
+    use super::functions::kahan_inc;
     let mut acc: Option<Histogram> = None;
+    let (mut c_sum, mut c_count) = (0.0, 0.0);
     let mut n = 0.0;
-    for h in hs {
+    for h in hs.clone() {
         n += 1.0;
         match &mut acc {
             None => acc = Some(h.clone()),
             Some(a) => {
+                let (s0, n0) = (a.sum, a.count);
                 a.add(h).ok()?;
+                (a.sum, c_sum) = kahan_inc(h.sum, s0, c_sum);
+                (a.count, c_count) = kahan_inc(h.count, n0, c_count);
             }
         }
     }
     let mut a = acc?;
+    if c_sum.is_finite() {
+        a.sum += c_sum;
+    }
+    if c_count.is_finite() {
+        a.count += c_count;
+    }
     if avg && n > 1.0 {
-        a.div(n);
+        let overflow = a.count.is_infinite() || a.sum.is_infinite() || a.zero_count.is_infinite();
+        if overflow && hs.clone().all(|h| h.count.is_finite() && h.sum.is_finite()) {
+            // Incremental mean: m_k = m_{k-1} + x_k / k − m_{k-1} / k.
+            let mut mean: Option<Histogram> = None;
+            for (k, h) in hs.enumerate() {
+                let k = (k + 1) as f64;
+                match &mut mean {
+                    None => mean = Some(h.clone()),
+                    Some(m) => {
+                        let mut left = h.clone();
+                        left.div(k);
+                        let mut right = m.clone();
+                        right.div(k);
+                        left.sub(&right).ok()?;
+                        m.add(&left).ok()?;
+                    }
+                }
+            }
+            a = mean?;
+        } else {
+            a.div(n);
+        }
     }
     a.compact();
     Some(a)
+}
+
+/// The counter-reset hints Prometheus's TSDB gives histograms read back:
+/// it cuts a chunk at a series' first histogram, after a float, at a
+/// counter reset and at a layout change, marks the first sample of a chunk
+/// `Reset` (a detected or declared reset) or `Unknown`, the others
+/// `NotReset`; gauge histograms stay `Gauge`. Emulated over a selected
+/// series (floats and stale markers break the chain).
+pub(crate) fn assign_reset_hints(floats: &[(i64, f64)], hists: &mut [(i64, Histogram)]) {
+    let mut fi = 0;
+    let mut prev: Option<usize> = None;
+    for i in 0..hists.len() {
+        let t = hists[i].0;
+        // A float sample since the previous histogram starts a new chunk.
+        let mut after_float = false;
+        while fi < floats.len() && floats[fi].0 < t {
+            after_float = true;
+            fi += 1;
+        }
+        if after_float {
+            prev = None;
+        }
+        if hists[i].1.is_stale() {
+            prev = None;
+            continue;
+        }
+        let hint = hists[i].1.reset_hint;
+        if hint == ResetHint::Gauge {
+            prev = Some(i);
+            continue;
+        }
+        let new_hint = match prev {
+            None => {
+                if hint == ResetHint::Reset {
+                    ResetHint::Reset
+                } else {
+                    ResetHint::Unknown
+                }
+            }
+            Some(p) => {
+                let (before, cur) = (&hists[p].1, &hists[i].1);
+                if before.reset_hint == ResetHint::Gauge {
+                    ResetHint::Unknown
+                } else if cur.detect_reset(before) {
+                    ResetHint::Reset
+                } else if before.schema != cur.schema
+                    || before.zero_threshold != cur.zero_threshold
+                    || !cairn_wire::histogram::floats_match(&before.custom_values, &cur.custom_values)
+                {
+                    ResetHint::Unknown
+                } else {
+                    ResetHint::NotReset
+                }
+            }
+        };
+        hists[i].1.reset_hint = new_hint;
+        prev = Some(i);
+    }
 }
 
 /// `histogram_quantile` of a native histogram.
