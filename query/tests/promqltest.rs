@@ -9,7 +9,9 @@
 //! Every `eval` is one case. A case fails when its result differs from the
 //! expectation (Prometheus's comparison rules: relative tolerance 1e-6, NaN
 //! equals NaN, stale markers only equal stale markers) or when a check this
-//! engine cannot satisfy is required (annotations, native histograms).
+//! engine does not produce is required (an expected warning or info
+//! annotation missing, or one produced where `expect no_warn` / `no_info`
+//! forbids it).
 //! Like the reference harness, each successful instant case is also run as
 //! a range query from t−1m to t+1m (step 1m) whose middle step must agree,
 //! and with `@ t` added to every selector and subquery (outside subqueries
@@ -191,13 +193,19 @@ fn run_eval(store: &MetricsStore, e: &Eval) -> CaseResult {
             }
         };
     }
-    let got = res.map_err(|err| format!("query failed: {}", fmt_err(&err)))?;
+    let (got, ann) = res.map_err(|err| format!("query failed: {}", fmt_err(&err)))?;
     check_result(e, &got)?;
-    if e.expect_warn {
-        return Err("expected a warning annotation; annotations are not produced".into());
+    if e.expect_warn && ann.warnings.is_empty() {
+        return Err("expected a warning annotation, none produced".into());
     }
-    if e.expect_info {
-        return Err("expected an info annotation; annotations are not produced".into());
+    if e.expect_info && ann.infos.is_empty() {
+        return Err("expected an info annotation, none produced".into());
+    }
+    if e.expect_no_warn && !ann.warnings.is_empty() {
+        return Err(format!("unexpected warning: {}", ann.warnings[0]));
+    }
+    if e.expect_no_info && !ann.infos.is_empty() {
+        return Err(format!("unexpected info: {}", ann.infos[0]));
     }
     if let EvalKind::Instant { at } = e.kind
         && !e.ordered
@@ -305,7 +313,7 @@ enum Got {
     Range(Vec<promql::Series>),
 }
 
-fn evaluate(store: &MetricsStore, e: &Eval) -> Result<Got, QueryError> {
+fn evaluate(store: &MetricsStore, e: &Eval) -> Result<(Got, promql::Annotations), QueryError> {
     let expr = match e.kind {
         EvalKind::Range { start, end, step } => promql::parse_for(&e.expr, step, end - start)?,
         EvalKind::Instant { .. } => promql::parse(&e.expr)?,
@@ -313,10 +321,12 @@ fn evaluate(store: &MetricsStore, e: &Eval) -> Result<Got, QueryError> {
     match e.kind {
         EvalKind::Instant { at } => {
             let at = e.range_vector.map_or(at, |rv| rv.1);
-            promql::instant_query(store, TENANT, &expr, at, &QueryOptions::default()).map(Got::Instant)
+            promql::instant_query_annotated(store, TENANT, &expr, at, &QueryOptions::default())
+                .map(|(v, a)| (Got::Instant(v), a))
         }
         EvalKind::Range { start, end, step } => {
-            promql::range_query(store, TENANT, &expr, start, end, step, &QueryOptions::default()).map(Got::Range)
+            promql::range_query_annotated(store, TENANT, &expr, start, end, step, &QueryOptions::default())
+                .map(|(m, a)| (Got::Range(m), a))
         }
     }
 }

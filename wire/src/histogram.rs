@@ -64,6 +64,15 @@ pub enum HistogramError {
     SpansMismatch,
 }
 
+/// What an addition or subtraction did besides adding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AddOutcome {
+    /// The counter-reset hints collided (`Reset` + `NotReset`).
+    pub reset_collision: bool,
+    /// Different custom bounds were reconciled to the shared ones.
+    pub reconciled: bool,
+}
+
 /// One native histogram sample.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Histogram {
@@ -489,11 +498,12 @@ impl Histogram {
         }
     }
 
-    fn add_signed(&mut self, other: &Histogram, sign: f64) -> Result<bool, HistogramError> {
+    fn add_signed(&mut self, other: &Histogram, sign: f64) -> Result<AddOutcome, HistogramError> {
         if self.uses_custom_buckets() != other.uses_custom_buckets() {
             return Err(HistogramError::MixedSchemas);
         }
         let reconciled;
+        let was_reconciled = self.uses_custom_buckets() && !floats_match(&self.custom_values, &other.custom_values);
         let other = if self.uses_custom_buckets() && !floats_match(&self.custom_values, &other.custom_values) {
             // Different custom bounds: both move to the bounds they share
             // (Prometheus reconciles mismatched custom buckets this way).
@@ -509,7 +519,7 @@ impl Histogram {
         } else {
             other
         };
-        let collision = self.adjust_reset_hint(other);
+        let collision = AddOutcome { reset_collision: self.adjust_reset_hint(other), reconciled: was_reconciled };
         if !self.uses_custom_buckets() {
             let oz = self.reconcile_zero_buckets(other);
             self.zero_count += sign * oz;
@@ -535,14 +545,13 @@ impl Histogram {
         Ok(collision)
     }
 
-    /// Adds `other` (Prometheus's `FloatHistogram.Add`). Returns true when
-    /// the counter-reset hints collided (`Reset` + `NotReset`).
-    pub fn add(&mut self, other: &Histogram) -> Result<bool, HistogramError> {
+    /// Adds `other` (Prometheus's `FloatHistogram.Add`).
+    pub fn add(&mut self, other: &Histogram) -> Result<AddOutcome, HistogramError> {
         self.add_signed(other, 1.0)
     }
 
     /// Subtracts `other` (Prometheus's `FloatHistogram.Sub`).
-    pub fn sub(&mut self, other: &Histogram) -> Result<bool, HistogramError> {
+    pub fn sub(&mut self, other: &Histogram) -> Result<AddOutcome, HistogramError> {
         self.add_signed(other, -1.0)
     }
 

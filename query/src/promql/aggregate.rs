@@ -206,6 +206,7 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
     if matches!(op.as_str(), "min" | "max" | "stddev" | "stdvar" | "quantile" | "topk" | "bottomk")
         && groups.iter().any(|g| g.samples.iter().any(|s| s.h.is_some()))
     {
+        ctx.info(format!("ignored histogram in {op} aggregation"));
         for g in &mut groups {
             g.samples.retain(|s| s.h.is_none());
         }
@@ -223,13 +224,25 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
                 continue;
             }
             if n != g.samples.len() {
+                ctx.warn(format!("encountered a mix of histograms and floats for aggregation \"{op}\""));
                 continue;
             }
-            if let Some(h) = super::histfn::sum_histograms(g.samples.iter().filter_map(|s| s.h.as_deref()), op == "avg")
-            {
-                let mut s = one(&g, 0.0);
-                s.h = Some(Box::new(h));
-                results.push(s);
+            match super::histfn::sum_histograms_noted(g.samples.iter().filter_map(|s| s.h.as_deref()), op == "avg") {
+                Some((h, noted)) => {
+                    // A gauge result has no counter semantics to conflict.
+                    if noted.reset_collision && h.reset_hint != cairn_wire::histogram::ResetHint::Gauge {
+                        ctx.warn("conflicting counter resets during histogram aggregation".into());
+                    }
+                    if noted.reconciled {
+                        ctx.info("mismatched custom buckets were reconciled during aggregation".into());
+                    }
+                    let mut s = one(&g, 0.0);
+                    s.h = Some(Box::new(h));
+                    results.push(s);
+                }
+                None => ctx.warn(format!(
+                    "vector contains a mix of histograms with exponential and custom buckets schemas for aggregation \"{op}\""
+                )),
             }
         }
         groups = float_groups;

@@ -85,51 +85,119 @@ fn apply(op: Op, a: f64, b: f64) -> (f64, bool) {
     }
 }
 
+/// Why a pair with a histogram gave no result.
+enum HistDrop {
+    /// The operation is not defined for these types (an info).
+    Types,
+    /// The histograms cannot be combined (a warning).
+    Schemas,
+    /// A comparison that does not hold (no annotation).
+    Filtered,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Add => "+",
+            Op::Sub => "-",
+            Op::Mul => "*",
+            Op::Div => "/",
+            Op::Mod => "%",
+            Op::Pow => "^",
+            Op::Atan2 => "atan2",
+            Op::Eq => "==",
+            Op::Ne => "!=",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::And => "and",
+            Op::Or => "or",
+            Op::Unless => "unless",
+        }
+    }
+}
+
+/// Records the annotation for a dropped pair.
+fn annotate_drop(ctx: &Ctx<'_>, why: HistDrop, op: Op, lh: bool, rh: bool, reconciled: bool) {
+    let kind = |h: bool| if h { "histogram" } else { "float" };
+    match why {
+        HistDrop::Types => ctx.info(format!(
+            "incompatible sample types encountered for binary operator \"{}\": {} {} {}",
+            op.name(),
+            kind(lh),
+            op.name(),
+            kind(rh)
+        )),
+        HistDrop::Schemas => ctx.warn(format!(
+            "vector contains a mix of histograms with exponential and custom buckets schemas for binary operator \"{}\"",
+            op.name()
+        )),
+        HistDrop::Filtered => {}
+    }
+    if reconciled {
+        let what = if op == Op::Sub { "subtraction" } else { "addition" };
+        ctx.info(format!("mismatched custom buckets were reconciled during {what}"));
+    }
+}
+
 /// Prometheus's `vectorElemBinop` for operands of which at least one is a
-/// native histogram: `(value, histogram, keep)`, or `None` when the pair
-/// is dropped (an operation histograms do not support, or incompatible
-/// bucket layouts).
+/// native histogram: `(value, histogram, reconciled)`, or why the pair is
+/// dropped.
+#[allow(clippy::type_complexity)]
 fn apply_hist(
     op: Op,
     a: f64,
     ah: Option<&Histogram>,
     b: f64,
     bh: Option<&Histogram>,
-) -> Option<(f64, Option<Box<Histogram>>)> {
-    let done = |mut h: Histogram| {
+) -> Result<(f64, Option<Box<Histogram>>, bool), HistDrop> {
+    let done = |mut h: Histogram, reconciled: bool| {
         h.compact();
-        Some((0.0, Some(Box::new(h))))
+        Ok((0.0, Some(Box::new(h)), reconciled))
     };
     match (ah, bh, op) {
         (None, Some(h), Op::Mul) => {
             let mut h = h.clone();
             h.mul(a);
-            done(h)
+            done(h, false)
         }
         (Some(h), None, Op::Mul) => {
             let mut h = h.clone();
             h.mul(b);
-            done(h)
+            done(h, false)
         }
         (Some(h), None, Op::Div) => {
             let mut h = h.clone();
             h.div(b);
-            done(h)
+            done(h, false)
         }
         (Some(x), Some(y), Op::Add) => {
             let mut h = x.clone();
-            h.add(y).ok()?;
-            done(h)
+            let o = h.add(y).map_err(|_| HistDrop::Schemas)?;
+            done(h, o.reconciled)
         }
         (Some(x), Some(y), Op::Sub) => {
             let mut h = x.clone();
-            h.sub(y).ok()?;
+            let o = h.sub(y).map_err(|_| HistDrop::Schemas)?;
             h.reset_hint = ResetHint::Gauge;
-            done(h)
+            done(h, o.reconciled)
         }
-        (Some(x), Some(y), Op::Eq) => x.content_equals(y).then(|| (0.0, Some(Box::new(x.clone())))),
-        (Some(x), Some(y), Op::Ne) => (!x.content_equals(y)).then(|| (0.0, Some(Box::new(x.clone())))),
-        _ => None,
+        (Some(x), Some(y), Op::Eq) => {
+            if x.content_equals(y) {
+                Ok((0.0, Some(Box::new(x.clone())), false))
+            } else {
+                Err(HistDrop::Filtered)
+            }
+        }
+        (Some(x), Some(y), Op::Ne) => {
+            if !x.content_equals(y) {
+                Ok((0.0, Some(Box::new(x.clone())), false))
+            } else {
+                Err(HistDrop::Filtered)
+            }
+        }
+        _ => Err(HistDrop::Types),
     }
 }
 
@@ -150,14 +218,14 @@ pub(crate) fn eval_binary(ctx: &Ctx<'_>, b: &BinaryExpr, t: i64) -> Result<Value
             }
             Ok(Value::Scalar(t, v))
         }
-        (Value::Vector(vs), Value::Scalar(_, c)) => vector_scalar(vs, c, op, return_bool, false),
-        (Value::Scalar(_, c), Value::Vector(vs)) => vector_scalar(vs, c, op, return_bool, true),
+        (Value::Vector(vs), Value::Scalar(_, c)) => vector_scalar(ctx, vs, c, op, return_bool, false),
+        (Value::Scalar(_, c), Value::Vector(vs)) => vector_scalar(ctx, vs, c, op, return_bool, true),
         (Value::Vector(l), Value::Vector(r)) => {
             let out = match op {
                 Op::And => set_and(l, r, modifier),
                 Op::Or => set_or(l, r, modifier),
                 Op::Unless => set_unless(l, r, modifier),
-                _ => vector_vector(l, r, op, modifier, return_bool)?,
+                _ => vector_vector(ctx, l, r, op, modifier, return_bool)?,
             };
             check_unique(&out)?;
             Ok(Value::Vector(out))
@@ -171,21 +239,32 @@ pub(crate) fn eval_binary(ctx: &Ctx<'_>, b: &BinaryExpr, t: i64) -> Result<Value
     }
 }
 
-fn vector_scalar(vs: Vec<Sample>, c: f64, op: Op, return_bool: bool, swap: bool) -> Result<Value, QueryError> {
+fn vector_scalar(
+    ctx: &Ctx<'_>,
+    vs: Vec<Sample>,
+    c: f64,
+    op: Op,
+    return_bool: bool,
+    swap: bool,
+) -> Result<Value, QueryError> {
     let mut out = Vec::with_capacity(vs.len());
     for mut s in vs {
         if let Some(h) = s.h.take() {
-            if return_bool {
-                continue;
-            }
             let r = if swap { apply_hist(op, c, None, 0.0, Some(&h)) } else { apply_hist(op, 0.0, Some(&h), c, None) };
-            if let Some((v, h)) = r {
-                if op.drops_name() {
-                    s.drop_name = true;
+            match r {
+                Ok(_) if return_bool => annotate_drop(ctx, HistDrop::Types, op, !swap, swap, false),
+                Ok((v, h, _)) => {
+                    if op.drops_name() {
+                        s.drop_name = true;
+                    }
+                    s.v = v;
+                    s.h = h;
+                    out.push(s);
                 }
-                s.v = v;
-                s.h = h;
-                out.push(s);
+                Err(why) => {
+                    let why = if return_bool { HistDrop::Types } else { why };
+                    annotate_drop(ctx, why, op, !swap, swap, false)
+                }
             }
             continue;
         }
@@ -271,6 +350,7 @@ fn set_unless(l: Vec<Sample>, r: Vec<Sample>, m: Option<&BinModifier>) -> Vec<Sa
 }
 
 fn vector_vector(
+    ctx: &Ctx<'_>,
     lhs: Vec<Sample>,
     rhs: Vec<Sample>,
     op: Op,
@@ -324,12 +404,23 @@ fn vector_vector(
         }
         let ((a, ah), (b, bh)) =
             if one_to_many { ((one_v, one_h), (many_v, many_h)) } else { ((many_v, many_h), (one_v, one_h)) };
-        let r = apply_hist(op, a, ah, b, bh)?;
-        if return_bool {
-            // `h == bool h`: 1 or 0; other pairs were dropped above.
-            return Some((1.0, None));
+        match apply_hist(op, a, ah, b, bh) {
+            Ok((v, h, reconciled)) => {
+                if reconciled {
+                    annotate_drop(ctx, HistDrop::Filtered, op, true, true, true);
+                }
+                if return_bool {
+                    // `h == bool h`: 1 when equal.
+                    return Some((1.0, None));
+                }
+                Some((v, h))
+            }
+            Err(HistDrop::Filtered) if return_bool => Some((0.0, None)),
+            Err(why) => {
+                annotate_drop(ctx, why, op, ah.is_some(), bh.is_some(), false);
+                None
+            }
         }
-        Some(r)
     };
     for ms in &many {
         let sig = mt.signature(&ms.labels);

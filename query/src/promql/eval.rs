@@ -98,6 +98,8 @@ pub(crate) struct Ctx<'a> {
     /// Group key label sets built by aggregation nodes, by (node address,
     /// key hash): the same groups recur at every step of a range query.
     pub group_keys: RefCell<super::FxMap<(usize, u64), Labels>>,
+    /// Warnings and infos raised so far.
+    pub annotations: RefCell<super::Annotations>,
 }
 
 impl<'a> Ctx<'a> {
@@ -127,7 +129,18 @@ impl<'a> Ctx<'a> {
             cached_samples: Cell::new(0),
             subquery_depth: Cell::new(0),
             group_keys: RefCell::new(Default::default()),
+            annotations: RefCell::new(Default::default()),
         }
+    }
+
+    /// Records a warning annotation.
+    pub fn warn(&self, msg: String) {
+        self.annotations.borrow_mut().warn(msg);
+    }
+
+    /// Records an info annotation.
+    pub fn info(&self, msg: String) {
+        self.annotations.borrow_mut().info(msg);
     }
 
     /// Fails when the selected samples plus `extra` exceed the limit.

@@ -384,6 +384,16 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         // A window holding histograms: the function's histogram semantics,
         // or its floats alone for functions of floats only.
         let mut mixed = |labels: &Labels, points: &[(i64, f64)], hists: &[(i64, cairn_wire::Histogram)]| {
+            let metric = || labels.get(cairn_wire::METRIC_NAME).unwrap_or("").to_string();
+            if !hists.is_empty() && !points.is_empty() && !hist_aware {
+                ctx.info(format!(
+                    "ignored histograms in a range containing both floats and histograms for metric name \"{}\"",
+                    metric()
+                ));
+            }
+            if !hists.is_empty() && hist_aware {
+                super::histfn::annotate_range(ctx, name, points, hists, &metric());
+            }
             if hists.is_empty() || !hist_aware {
                 if !points.is_empty()
                     && let Some(v) = f(points, w)

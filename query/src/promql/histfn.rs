@@ -13,7 +13,17 @@ use super::eval::Window;
 /// Kahan-compensated; a mean whose sum overflows is computed incrementally
 /// instead, as Prometheus does.
 pub(crate) fn sum_histograms<'a>(hs: impl Iterator<Item = &'a Histogram> + Clone, avg: bool) -> Option<Histogram> {
+    sum_histograms_noted(hs, avg).map(|(h, _)| h)
+}
+
+/// [`sum_histograms`] with what the additions reported (counter-reset
+/// collisions, reconciled custom bounds).
+pub(crate) fn sum_histograms_noted<'a>(
+    hs: impl Iterator<Item = &'a Histogram> + Clone,
+    avg: bool,
+) -> Option<(Histogram, cairn_wire::histogram::AddOutcome)> {
     use super::functions::kahan_inc;
+    let mut noted = cairn_wire::histogram::AddOutcome::default();
     let mut acc: Option<Histogram> = None;
     let (mut c_sum, mut c_count) = (0.0, 0.0);
     let mut n = 0.0;
@@ -23,7 +33,9 @@ pub(crate) fn sum_histograms<'a>(hs: impl Iterator<Item = &'a Histogram> + Clone
             None => acc = Some(h.clone()),
             Some(a) => {
                 let (s0, n0) = (a.sum, a.count);
-                a.add(h).ok()?;
+                let o = a.add(h).ok()?;
+                noted.reset_collision |= o.reset_collision;
+                noted.reconciled |= o.reconciled;
                 (a.sum, c_sum) = kahan_inc(h.sum, s0, c_sum);
                 (a.count, c_count) = kahan_inc(h.count, n0, c_count);
             }
@@ -61,14 +73,14 @@ pub(crate) fn sum_histograms<'a>(hs: impl Iterator<Item = &'a Histogram> + Clone
         }
     }
     a.compact();
-    Some(a)
+    Some((a, noted))
 }
 
 /// The counter-reset hints Prometheus's TSDB gives histograms read back:
 /// it cuts a chunk at a series' first histogram, after a float, at a
-/// counter reset and at a layout change, marks the first sample of a chunk
-/// `Reset` (a detected or declared reset) or `Unknown`, the others
-/// `NotReset`; gauge histograms stay `Gauge`. Emulated over a selected
+/// counter reset and at a layout change, reads the first sample of a chunk
+/// back as `Unknown` (`Reset` only where the writer declared it), the
+/// others as `NotReset`; gauge histograms stay `Gauge`. Emulated over a selected
 /// series (floats and stale markers break the chain).
 pub(crate) fn assign_reset_hints(floats: &[(i64, f64)], hists: &mut [(i64, Histogram)]) {
     let mut fi = 0;
@@ -106,7 +118,9 @@ pub(crate) fn assign_reset_hints(floats: &[(i64, f64)], hists: &mut [(i64, Histo
                 if before.reset_hint == ResetHint::Gauge {
                     ResetHint::Unknown
                 } else if cur.detect_reset(before) {
-                    ResetHint::Reset
+                    // A new chunk: its first sample reads back as unknown
+                    // (a declared reset stays one).
+                    if hint == ResetHint::Reset { ResetHint::Reset } else { ResetHint::Unknown }
                 } else if before.schema != cur.schema
                     || before.zero_threshold != cur.zero_threshold
                     || !cairn_wire::histogram::floats_match(&before.custom_values, &cur.custom_values)
@@ -410,6 +424,45 @@ pub(crate) fn instant_value(a: &(i64, Histogram), b: &(i64, Histogram), is_rate:
         h.div(dt);
     }
     Some(h)
+}
+
+/// Warnings for a range function over a window holding histograms, as
+/// Prometheus raises them.
+pub(crate) fn annotate_range(
+    ctx: &super::eval::Ctx<'_>,
+    name: &str,
+    floats: &[(i64, f64)],
+    hists: &[(i64, Histogram)],
+    metric: &str,
+) {
+    let gauge = |h: &Histogram| h.reset_hint == ResetHint::Gauge;
+    let (first, last) = (&hists[0].1, &hists[hists.len() - 1].1);
+    match name {
+        "rate" | "increase" | "delta" | "sum_over_time" | "avg_over_time" if !floats.is_empty() => {
+            ctx.warn(format!("encountered a mix of histograms and floats for metric name \"{metric}\""));
+            return;
+        }
+        _ => {}
+    }
+    match name {
+        "rate" | "increase" if hists.len() > 1 && hists.iter().any(|p| gauge(&p.1)) => {
+            ctx.warn(format!("this native histogram metric is not a counter: \"{metric}\""))
+        }
+        "delta" if hists.len() > 1 && (!gauge(first) || !gauge(last)) => {
+            ctx.warn(format!("this native histogram metric is not a gauge: \"{metric}\""))
+        }
+        "irate" | "idelta" if hists.len() > 1 && floats.last().is_none_or(|f| f.0 < hists[hists.len() - 2].0) => {
+            let prev = &hists[hists.len() - 2].1;
+            if name == "irate" && (gauge(prev) || gauge(last)) {
+                ctx.warn(format!("this native histogram metric is not a counter: \"{metric}\""));
+            }
+            if name == "idelta" && (!gauge(prev) || !gauge(last)) {
+                ctx.warn(format!("this native histogram metric is not a gauge: \"{metric}\""));
+            }
+        }
+        _ => {}
+    }
+    let _ = first;
 }
 
 /// Float and histogram samples of a window merged by time: `Err(f)` for a

@@ -218,6 +218,33 @@ impl Value {
     }
 }
 
+/// Prometheus's annotations of a query result: warnings (the result may be
+/// wrong or incomplete) and infos (something was ignored), deduplicated,
+/// in the order they were first raised.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Annotations {
+    /// `PromQL warning: …` messages.
+    pub warnings: Vec<String>,
+    /// `PromQL info: …` messages.
+    pub infos: Vec<String>,
+}
+
+impl Annotations {
+    pub(crate) fn warn(&mut self, msg: String) {
+        let m = format!("PromQL warning: {msg}");
+        if !self.warnings.contains(&m) {
+            self.warnings.push(m);
+        }
+    }
+
+    pub(crate) fn info(&mut self, msg: String) {
+        let m = format!("PromQL info: {msg}");
+        if !self.infos.contains(&m) {
+            self.infos.push(m);
+        }
+    }
+}
+
 /// Parses a PromQL expression for an instant query (`step()` and
 /// `range()` are 0); errors are Prometheus-style `bad_data`.
 pub fn parse(q: &str) -> Result<Expr, QueryError> {
@@ -285,6 +312,17 @@ pub fn instant_query(
     t: i64,
     opts: &QueryOptions,
 ) -> Result<Value, QueryError> {
+    instant_query_annotated(store, tenant, expr, t, opts).map(|(v, _)| v)
+}
+
+/// [`instant_query`] with the result's annotations.
+pub fn instant_query_annotated(
+    store: &MetricsStore,
+    tenant: &str,
+    expr: &Expr,
+    t: i64,
+    opts: &QueryOptions,
+) -> Result<(Value, Annotations), QueryError> {
     let mut ctx = Ctx::new(store, tenant, opts, t, t, 0);
     ctx.prefetch(expr, t, t)?;
     // Vector results keep the engine's order (as Prometheus's instant
@@ -294,7 +332,7 @@ pub fn instant_query(
         vs.iter_mut().for_each(Sample::clean);
         eval::check_unique(vs)?;
     }
-    Ok(v)
+    Ok((v, ctx.annotations.into_inner()))
 }
 
 /// Evaluates `expr` at `start, start+step, …, ≤ end` (ms) into a matrix.
@@ -307,6 +345,19 @@ pub fn range_query(
     step: i64,
     opts: &QueryOptions,
 ) -> Result<Vec<Series>, QueryError> {
+    range_query_annotated(store, tenant, expr, start, end, step, opts).map(|(m, _)| m)
+}
+
+/// [`range_query`] with the result's annotations.
+pub fn range_query_annotated(
+    store: &MetricsStore,
+    tenant: &str,
+    expr: &Expr,
+    start: i64,
+    end: i64,
+    step: i64,
+    opts: &QueryOptions,
+) -> Result<(Vec<Series>, Annotations), QueryError> {
     if step <= 0 {
         return Err(QueryError::BadData(
             "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
@@ -383,7 +434,14 @@ pub fn range_query(
         })
         .collect();
     out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    Ok(out)
+    if let Expr::Call(c) = expr
+        && matches!(c.func.name, "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc")
+    {
+        ctx.annotations
+            .borrow_mut()
+            .warn("sort is ineffective for range queries since results are always ordered by labels".into());
+    }
+    Ok((out, ctx.annotations.into_inner()))
 }
 
 #[cfg(test)]

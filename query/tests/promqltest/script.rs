@@ -71,6 +71,10 @@ pub struct Eval {
     pub expect_warn: bool,
     /// `expect info` / `eval_info` lines (info annotations must be produced).
     pub expect_info: bool,
+    /// `expect no_warn`: no warning may be produced.
+    pub expect_no_warn: bool,
+    /// `expect no_info`: no info annotation may be produced.
+    pub expect_no_info: bool,
     pub ordered: bool,
     /// `expect range vector from … to … step …`.
     pub range_vector: Option<(i64, i64, i64)>,
@@ -213,6 +217,8 @@ fn parse_eval(line: usize, word: &str, rest: &str, body: &[(usize, &str)]) -> Re
         fail: (word == "eval_fail").then_some(FailExpect::Any),
         expect_warn: word == "eval_warn",
         expect_info: word == "eval_info",
+        expect_no_warn: false,
+        expect_no_info: false,
         ordered: word == "eval_ordered",
         range_vector: None,
         string: None,
@@ -251,7 +257,8 @@ fn parse_eval_body_line(e: &mut Eval, b: &str) -> Result<(), String> {
             }
             "warn" => e.expect_warn = true,
             "info" => e.expect_info = true,
-            "no_warn" | "no_info" => {}
+            "no_warn" => e.expect_no_warn = true,
+            "no_info" => e.expect_no_info = true,
             "ordered" => e.ordered = true,
             "range" => {
                 let (v, r) = split_word(r);
