@@ -2,7 +2,8 @@
 //! remote_write are stored (a malformed one is refused and counted), survive
 //! a graceful restart and a SIGKILL, and answer `histogram_count`,
 //! `histogram_sum`, `histogram_quantile` and `rate` over
-//! `/api/v1/query_range` and `/api/v1/query` in Prometheus's JSON shape.
+//! `/api/v1/query_range` and `/api/v1/query` in Prometheus's JSON shape,
+//! with annotations in `warnings` / `infos`.
 
 use prost::Message;
 use serde_json::Value;
@@ -145,6 +146,19 @@ fn check(c: &Cairn, t0: i64) {
     let hs = v["data"]["result"][0]["histograms"].as_array().unwrap_or_else(|| panic!("{v}"));
     assert_eq!(hs.len(), 4, "{v}");
     assert_eq!(hs[3][1]["buckets"][0], serde_json::json!([3, "-Inf", "0.1", "1.5"]), "{v}");
+    // Annotations, in Prometheus's `warnings` / `infos` arrays.
+    let (s, v) = c.prom("/api/v1/query", &[("query", "rate(queue_bytes[5m])"), ("time", &t.to_string())]);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["warnings"],
+        serde_json::json!(["PromQL warning: this native histogram metric is not a counter: \"queue_bytes\""]),
+        "{v}"
+    );
+    let (s, v) = c.prom("/api/v1/query", &[("query", "max(req_seconds)"), ("time", &t.to_string())]);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["result"], serde_json::json!([]), "{v}");
+    assert_eq!(v["infos"], serde_json::json!(["PromQL info: ignored histogram in max aggregation"]), "{v}");
+    assert!(v.get("warnings").is_none(), "{v}");
 }
 
 #[test]

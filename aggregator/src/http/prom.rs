@@ -132,8 +132,10 @@ struct ErrorBody<'a> {
 struct SuccessBody<T> {
     status: &'static str,
     data: T,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    warnings: Option<[&'static str; 1]>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    infos: Vec<String>,
 }
 
 /// Query result data: `resultType` before `result`, as Prometheus writes it.
@@ -402,17 +404,17 @@ pub(crate) async fn query(
     };
     let res = evaluate(&agg, "prometheus_query", timeout, move |agg, opts| {
         let expr = promql::parse(&qs)?;
-        promql::instant_query(&agg.metrics, &tenant, &expr, t, opts)
+        promql::instant_query_annotated(&agg.metrics, &tenant, &expr, t, opts)
     })
     .await;
     match res {
-        Ok(Ok(mut v)) => {
+        Ok(Ok((mut v, ann))) => {
             let truncated = match &mut v {
                 Value::Vector(vs) => truncate(vs, limit),
                 Value::Matrix(ms) => truncate(ms, limit),
                 _ => false,
             };
-            success_truncated(QueryData(&v), truncated)
+            success_annotated(QueryData(&v), truncated, ann)
         }
         Ok(Err(e)) => query_error(e),
         Err(r) => r,
@@ -457,13 +459,13 @@ pub(crate) async fn query_range(
     };
     let res = evaluate(&agg, "prometheus_query_range", timeout, move |agg, opts| {
         let expr = promql::parse_for(&qs, step, end.saturating_sub(start))?;
-        promql::range_query(&agg.metrics, &tenant, &expr, start, end, step, opts)
+        promql::range_query_annotated(&agg.metrics, &tenant, &expr, start, end, step, opts)
     })
     .await;
     match res {
-        Ok(Ok(mut m)) => {
+        Ok(Ok((mut m, ann))) => {
             let truncated = truncate(&mut m, limit);
-            success_truncated(QueryData(&Value::Matrix(m)), truncated)
+            success_annotated(QueryData(&Value::Matrix(m)), truncated, ann)
         }
         Ok(Err(e)) => query_error(e),
         Err(r) => r,
@@ -500,8 +502,17 @@ fn success<T: serde::Serialize>(data: T) -> Response {
 }
 
 fn success_truncated<T: serde::Serialize>(data: T, truncated: bool) -> Response {
-    let warnings = truncated.then_some(["results truncated due to limit"]);
-    Json(SuccessBody { status: "success", data, warnings }).into_response()
+    success_annotated(data, truncated, promql::Annotations::default())
+}
+
+/// A query result with its PromQL annotations (`warnings`, `infos`), as
+/// Prometheus writes them.
+fn success_annotated<T: serde::Serialize>(data: T, truncated: bool, ann: promql::Annotations) -> Response {
+    let mut warnings = ann.warnings;
+    if truncated {
+        warnings.push("results truncated due to limit".into());
+    }
+    Json(SuccessBody { status: "success", data, warnings, infos: ann.infos }).into_response()
 }
 
 /// `limit` parameter: 0 or absent means no limit.
