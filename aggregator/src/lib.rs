@@ -43,8 +43,9 @@ pub enum Refusal {
     NoLabels,
     /// A log line longer than `limits.max_line_size`.
     LineTooLong,
-    /// A native histogram sample (not stored by this version).
-    NativeHistogram,
+    /// A native histogram sample whose spans, buckets, schema or reset hint
+    /// are invalid.
+    MalformedHistogram,
 }
 
 impl Refusal {
@@ -55,7 +56,7 @@ impl Refusal {
             Refusal::TooManyLabels => "too_many_labels",
             Refusal::NoLabels => "no_labels",
             Refusal::LineTooLong => "line_too_long",
-            Refusal::NativeHistogram => "native_histogram_unsupported",
+            Refusal::MalformedHistogram => "malformed_histogram",
         }
     }
 }
@@ -79,6 +80,17 @@ impl IngestReport {
         self.refused += 1;
         if self.messages.len() < MAX_MESSAGES {
             self.messages.push(msg());
+        }
+    }
+
+    /// Adds another report's counts and messages.
+    pub fn merge(&mut self, o: IngestReport) {
+        self.accepted += o.accepted;
+        self.refused += o.refused;
+        for m in o.messages {
+            if self.messages.len() < MAX_MESSAGES {
+                self.messages.push(m);
+            }
         }
     }
 
@@ -255,6 +267,43 @@ impl Aggregator {
         }
         let n: usize = ok.iter().map(|s| s.samples.len()).sum();
         let outcome = self.metrics.append(tenant, ok).inspect_err(|e| self.count_store_failure(e, "samples", n))?;
+        if self.metrics.flush_due() {
+            self.flush_wanted.notify_one();
+        }
+        for (r, _) in &outcome.rejected {
+            self.self_metrics.reject("samples", r.as_str(), 1);
+        }
+        self.self_metrics.samples_ingested.inc_by(outcome.accepted as u64);
+        report.merge_store(outcome);
+        Ok(report)
+    }
+
+    /// Validates and stores native-histogram samples for `tenant`
+    /// (blocking), counted in the same ingest metrics as float samples.
+    pub fn ingest_histograms(
+        &self,
+        tenant: &str,
+        batch: Vec<cairn_wire::SeriesHistograms>,
+    ) -> Result<IngestReport, StoreError> {
+        let mut report = IngestReport::default();
+        let mut ok = Vec::with_capacity(batch.len());
+        for s in batch {
+            match self.check_labels(&s.labels) {
+                Ok(()) => ok.push(s),
+                Err((why, msg)) => {
+                    self.self_metrics.reject("samples", why.as_str(), s.histograms.len() as u64);
+                    for _ in 0..s.histograms.len() {
+                        report.refuse(|| msg.clone());
+                    }
+                }
+            }
+        }
+        if ok.is_empty() {
+            return Ok(report);
+        }
+        let n: usize = ok.iter().map(|s| s.histograms.len()).sum();
+        let outcome =
+            self.metrics.append_histograms(tenant, ok).inspect_err(|e| self.count_store_failure(e, "samples", n))?;
         if self.metrics.flush_due() {
             self.flush_wanted.notify_one();
         }

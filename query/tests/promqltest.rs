@@ -9,7 +9,9 @@
 //! Every `eval` is one case. A case fails when its result differs from the
 //! expectation (Prometheus's comparison rules: relative tolerance 1e-6, NaN
 //! equals NaN, stale markers only equal stale markers) or when a check this
-//! engine cannot satisfy is required (annotations, native histograms).
+//! engine does not produce is required (an expected warning or info
+//! annotation missing, or one produced where `expect no_warn` / `no_info`
+//! forbids it).
 //! Like the reference harness, each successful instant case is also run as
 //! a range query from t−1m to t+1m (step 1m) whose middle step must agree,
 //! and with `@ t` added to every selector and subquery (outside subqueries
@@ -31,7 +33,7 @@ use cairn_query::promql::{self, QueryError, QueryOptions, Value};
 use cairn_store::metrics::MetricsStore;
 use cairn_store::{FsyncPolicy, WalOptions};
 use cairn_wire::{Labels, SeriesSamples, is_stale_nan};
-use script::{Command, Eval, EvalKind, ExpSeries, FailExpect};
+use script::{Command, Eval, EvalKind, ExpSeries, FailExpect, Val};
 
 const TENANT: &str = "promqltest";
 const EXPECTED_FILE: &str = "tests/promqltest-expected-failures.txt";
@@ -80,8 +82,14 @@ struct Store {
 
 fn new_store() -> Result<Store, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-    let store = MetricsStore::open(dir.path(), WalOptions { fsync: FsyncPolicy::Never, ..Default::default() })
-        .map_err(|e| format!("open store: {e}"))?;
+    // Any out-of-order distance: a load appends a series' floats and its
+    // histograms separately, each in time order.
+    let opts = cairn_store::metrics::MetricsStoreOptions {
+        wal: WalOptions { fsync: FsyncPolicy::Never, ..Default::default() },
+        out_of_order_window: std::time::Duration::from_secs(100 * 365 * 86_400),
+        ..Default::default()
+    };
+    let store = MetricsStore::open_with(dir.path(), opts).map_err(|e| format!("open store: {e}"))?;
     Ok(Store { _dir: dir, store })
 }
 
@@ -101,7 +109,7 @@ fn run_file(path: &Path) -> Result<Vec<(usize, CaseResult)>, String> {
                 store = new_store()?;
                 load_notes.clear();
             }
-            Ok(Command::Load { series, skipped }) => {
+            Ok(Command::Load { series, hists, skipped }) => {
                 load_notes.extend(skipped);
                 // A series listed twice in one load: the later value at a
                 // timestamp wins, as in Prometheus's test storage.
@@ -117,6 +125,21 @@ fn run_file(path: &Path) -> Result<Vec<(usize, CaseResult)>, String> {
                     Ok(o) if o.rejected.is_empty() => {}
                     Ok(o) => load_notes.push(format!("line {line}: store rejected {:?}", o.rejected.first())),
                     Err(e) => load_notes.push(format!("line {line}: store error {e}")),
+                }
+                let mut hmerged: BTreeMap<Labels, BTreeMap<i64, cairn_wire::Histogram>> = BTreeMap::new();
+                for (labels, samples) in hists {
+                    hmerged.entry(labels).or_default().extend(samples);
+                }
+                let hbatch: Vec<cairn_wire::SeriesHistograms> = hmerged
+                    .into_iter()
+                    .map(|(labels, h)| cairn_wire::SeriesHistograms { labels, histograms: h.into_iter().collect() })
+                    .collect();
+                if !hbatch.is_empty() {
+                    match store.store.append_histograms(TENANT, hbatch) {
+                        Ok(o) if o.rejected.is_empty() => {}
+                        Ok(o) => load_notes.push(format!("line {line}: store rejected {:?}", o.rejected.first())),
+                        Err(e) => load_notes.push(format!("line {line}: store error {e}")),
+                    }
                 }
             }
             Ok(Command::Eval(e)) => {
@@ -170,13 +193,19 @@ fn run_eval(store: &MetricsStore, e: &Eval) -> CaseResult {
             }
         };
     }
-    let got = res.map_err(|err| format!("query failed: {}", fmt_err(&err)))?;
+    let (got, ann) = res.map_err(|err| format!("query failed: {}", fmt_err(&err)))?;
     check_result(e, &got)?;
-    if e.expect_warn {
-        return Err("expected a warning annotation; annotations are not produced".into());
+    if e.expect_warn && ann.warnings.is_empty() {
+        return Err("expected a warning annotation, none produced".into());
     }
-    if e.expect_info {
-        return Err("expected an info annotation; annotations are not produced".into());
+    if e.expect_info && ann.infos.is_empty() {
+        return Err("expected an info annotation, none produced".into());
+    }
+    if e.expect_no_warn && !ann.warnings.is_empty() {
+        return Err(format!("unexpected warning: {}", ann.warnings[0]));
+    }
+    if e.expect_no_info && !ann.infos.is_empty() {
+        return Err(format!("unexpected info: {}", ann.infos[0]));
     }
     if let EvalKind::Instant { at } = e.kind
         && !e.ordered
@@ -260,17 +289,17 @@ fn at_cross_check(store: &MetricsStore, e: &Eval, at: i64, got: &Got) -> CaseRes
         return Ok(());
     }
     let times: Vec<i64> = if at == 0 { vec![-1000, 0, 1000] } else { vec![-10 * at, 0, at / 5, at, 10 * at] };
-    let want: Vec<(Labels, Vec<(i64, f64)>)> = match value {
-        Value::Vector(vs) => vs.iter().map(|s| (s.labels.clone(), vec![(0, s.v)])).collect(),
-        Value::Scalar(_, v) => vec![(Labels::empty(), vec![(0, *v)])],
+    let want: Vec<(Labels, Vec<(i64, Val)>)> = match value {
+        Value::Vector(vs) => vs.iter().map(|s| (s.labels.clone(), vec![(0, val_of(s))])).collect(),
+        Value::Scalar(_, v) => vec![(Labels::empty(), vec![(0, Val::F(*v))])],
         _ => return Ok(()),
     };
     for t in times {
         let r = promql::instant_query(store, TENANT, &expr, t, &QueryOptions::default())
             .map_err(|err| format!("@ cross-check at {t}ms failed: {}", fmt_err(&err)))?;
-        let have: Vec<(Labels, Vec<(i64, f64)>)> = match r {
-            Value::Vector(vs) => vs.iter().map(|s| (s.labels.clone(), vec![(0, s.v)])).collect(),
-            Value::Scalar(_, v) => vec![(Labels::empty(), vec![(0, v)])],
+        let have: Vec<(Labels, Vec<(i64, Val)>)> = match r {
+            Value::Vector(vs) => vs.iter().map(|s| (s.labels.clone(), vec![(0, val_of(s))])).collect(),
+            Value::Scalar(_, v) => vec![(Labels::empty(), vec![(0, Val::F(v))])],
             other => return Err(format!("@ cross-check at {t}ms: got a {}", other.type_name())),
         };
         compare_series(&have, &want, false).map_err(|m| format!("@ cross-check at {t}ms: {m}"))?;
@@ -284,7 +313,7 @@ enum Got {
     Range(Vec<promql::Series>),
 }
 
-fn evaluate(store: &MetricsStore, e: &Eval) -> Result<Got, QueryError> {
+fn evaluate(store: &MetricsStore, e: &Eval) -> Result<(Got, promql::Annotations), QueryError> {
     let expr = match e.kind {
         EvalKind::Range { start, end, step } => promql::parse_for(&e.expr, step, end - start)?,
         EvalKind::Instant { .. } => promql::parse(&e.expr)?,
@@ -292,16 +321,68 @@ fn evaluate(store: &MetricsStore, e: &Eval) -> Result<Got, QueryError> {
     match e.kind {
         EvalKind::Instant { at } => {
             let at = e.range_vector.map_or(at, |rv| rv.1);
-            promql::instant_query(store, TENANT, &expr, at, &QueryOptions::default()).map(Got::Instant)
+            promql::instant_query_annotated(store, TENANT, &expr, at, &QueryOptions::default())
+                .map(|(v, a)| (Got::Instant(v), a))
         }
         EvalKind::Range { start, end, step } => {
-            promql::range_query(store, TENANT, &expr, start, end, step, &QueryOptions::default()).map(Got::Range)
+            promql::range_query_annotated(store, TENANT, &expr, start, end, step, &QueryOptions::default())
+                .map(|(m, a)| (Got::Range(m), a))
         }
     }
 }
 
 fn show(v: f64) -> String {
     if is_stale_nan(v) { "stale".into() } else { cairn_wire::format_float(v) }
+}
+
+fn show_val(v: &Val) -> String {
+    match v {
+        Val::F(f) => show(*f),
+        Val::H(h, _) => h.to_prom_string(),
+    }
+}
+
+/// A result sample as a comparable value.
+fn val_of(s: &promql::Sample) -> Val {
+    match &s.h {
+        Some(h) => Val::H(h.clone(), false),
+        None => Val::F(s.v),
+    }
+}
+
+/// A result series' floats and histograms merged by time.
+fn series_vals(s: &promql::Series) -> Vec<(i64, Val)> {
+    let mut out: Vec<(i64, Val)> = s.points.iter().map(|&(t, v)| (t, Val::F(v))).collect();
+    out.extend(s.hist.iter().map(|(t, h)| (*t, Val::H(Box::new(h.clone()), false))));
+    out.sort_by_key(|p| p.0);
+    out
+}
+
+/// Histograms equal after compaction, floats with [`float_eq`]; the
+/// counter-reset hint only when the expectation spells it out.
+fn hist_eq(got: &cairn_wire::Histogram, want: &cairn_wire::Histogram, hint: bool) -> bool {
+    let buckets = |b: &[(i32, f64)]| b.iter().filter(|x| x.1 != 0.0).copied().collect::<Vec<_>>();
+    let beq = |a: &[(i32, f64)], b: &[(i32, f64)]| {
+        let (a, b) = (buckets(a), buckets(b));
+        a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.0 == y.0 && float_eq(x.1, y.1))
+    };
+    got.schema == want.schema
+        && float_eq(got.count, want.count)
+        && float_eq(got.sum, want.sum)
+        && float_eq(got.zero_threshold, want.zero_threshold)
+        && float_eq(got.zero_count, want.zero_count)
+        && beq(&got.positive, &want.positive)
+        && beq(&got.negative, &want.negative)
+        && (!got.uses_custom_buckets() || got.custom_values == want.custom_values)
+        && (!hint || got.reset_hint == want.reset_hint)
+}
+
+fn val_eq(got: &Val, want: &Val) -> bool {
+    match (got, want) {
+        (Val::F(a), Val::F(b)) => float_eq(*a, *b),
+        (Val::H(a, _), Val::H(b, hint)) => hist_eq(a, b, *hint),
+        _ => false,
+    }
 }
 
 fn check_result(e: &Eval, got: &Got) -> CaseResult {
@@ -322,13 +403,14 @@ fn check_result(e: &Eval, got: &Got) -> CaseResult {
             if e.range_vector.is_some() {
                 return Err("expected a range vector, got an instant vector".into());
             }
-            let got: Vec<(Labels, Vec<(i64, f64)>)> = vs.iter().map(|s| (s.labels.clone(), vec![(0, s.v)])).collect();
-            let want: Vec<(Labels, Vec<(i64, f64)>)> = e
+            let got: Vec<(Labels, Vec<(i64, Val)>)> =
+                vs.iter().map(|s| (s.labels.clone(), vec![(0, val_of(s))])).collect();
+            let want: Vec<(Labels, Vec<(i64, Val)>)> = e
                 .series
                 .iter()
                 .map(|s| -> Result<_, String> {
                     match s.values.as_slice() {
-                        [Some(v)] => Ok((s.labels.clone(), vec![(0, *v)])),
+                        [Some(v)] => Ok((s.labels.clone(), vec![(0, v.clone())])),
                         _ => Err(format!("expected series {} must have exactly one value", s.labels)),
                     }
                 })
@@ -339,32 +421,38 @@ fn check_result(e: &Eval, got: &Got) -> CaseResult {
             let Some((s, _, step)) = e.range_vector else {
                 return Err("got a range vector, expected an instant vector".into());
             };
-            let got: Vec<_> = ms.iter().map(|m| (m.labels.clone(), m.points.clone())).collect();
+            let got: Vec<_> = ms.iter().map(|m| (m.labels.clone(), series_vals(m))).collect();
             compare_series(&got, &expected_points(&e.series, s, step), false)
         }
         Got::Range(ms) => {
             let EvalKind::Range { start, step, .. } = e.kind else {
                 return Err("range result for an instant query".into());
             };
-            let got: Vec<_> = ms.iter().map(|m| (m.labels.clone(), m.points.clone())).collect();
+            let got: Vec<_> = ms.iter().map(|m| (m.labels.clone(), series_vals(m))).collect();
             compare_series(&got, &expected_points(&e.series, start, step), false)
         }
     }
 }
 
-fn expected_points(series: &[ExpSeries], start: i64, step: i64) -> Vec<(Labels, Vec<(i64, f64)>)> {
+fn expected_points(series: &[ExpSeries], start: i64, step: i64) -> Vec<(Labels, Vec<(i64, Val)>)> {
     series
         .iter()
         .map(|s| {
-            let pts =
-                s.values.iter().enumerate().filter_map(|(k, v)| v.map(|v| (start + k as i64 * step, v))).collect();
+            let pts = s
+                .values
+                .iter()
+                .enumerate()
+                .filter_map(|(k, v)| v.clone().map(|v| (start + k as i64 * step, v)))
+                .collect();
             (s.labels.clone(), pts)
         })
         .collect()
 }
 
-fn compare_series(got: &[(Labels, Vec<(i64, f64)>)], want: &[(Labels, Vec<(i64, f64)>)], ordered: bool) -> CaseResult {
-    let gm: HashMap<&Labels, &Vec<(i64, f64)>> = got.iter().map(|(l, p)| (l, p)).collect();
+type Pts = Vec<(i64, Val)>;
+
+fn compare_series(got: &[(Labels, Pts)], want: &[(Labels, Pts)], ordered: bool) -> CaseResult {
+    let gm: HashMap<&Labels, &Pts> = got.iter().map(|(l, p)| (l, p)).collect();
     if gm.len() != got.len() {
         return Err("result contains the same label set twice".into());
     }
@@ -373,9 +461,9 @@ fn compare_series(got: &[(Labels, Vec<(i64, f64)>)], want: &[(Labels, Vec<(i64, 
             let have: Vec<String> = got.iter().take(4).map(|(l, _)| l.to_string()).collect();
             return Err(format!("missing series {l} (got {} series: {})", got.len(), have.join(" ")));
         };
-        if gp.len() != wp.len() || gp.iter().zip(wp.iter()).any(|(g, w)| g.0 != w.0 || !float_eq(g.1, w.1)) {
-            let f = |p: &[(i64, f64)]| -> String {
-                p.iter().take(6).map(|(t, v)| format!("{}@{}", show(*v), t / 1000)).collect::<Vec<_>>().join(" ")
+        if gp.len() != wp.len() || gp.iter().zip(wp.iter()).any(|(g, w)| g.0 != w.0 || !val_eq(&g.1, &w.1)) {
+            let f = |p: &[(i64, Val)]| -> String {
+                p.iter().take(6).map(|(t, v)| format!("{}@{}", show_val(v), t / 1000)).collect::<Vec<_>>().join(" ")
             };
             return Err(format!("series {l}: got [{}], expected [{}]", f(gp), f(wp)));
         }
@@ -400,13 +488,13 @@ fn range_cross_check(store: &MetricsStore, e: &Eval, at: i64, got: &Got) -> Case
     let Ok(expr) = promql::parse(&e.expr) else { return Ok(()) };
     let m = promql::range_query(store, TENANT, &expr, at - 60_000, at + 60_000, 60_000, &QueryOptions::default())
         .map_err(|err| format!("range-query cross-check failed: {}", fmt_err(&err)))?;
-    let mid: Vec<(Labels, Vec<(i64, f64)>)> = m
+    let mid: Vec<(Labels, Vec<(i64, Val)>)> = m
         .iter()
-        .filter_map(|s| s.points.iter().find(|p| p.0 == at).map(|p| (s.labels.clone(), vec![(0, p.1)])))
+        .filter_map(|s| series_vals(s).into_iter().find(|p| p.0 == at).map(|p| (s.labels.clone(), vec![(0, p.1)])))
         .collect();
-    let inst: Vec<(Labels, Vec<(i64, f64)>)> = match got {
-        Got::Instant(Value::Vector(vs)) => vs.iter().map(|s| (s.labels.clone(), vec![(0, s.v)])).collect(),
-        Got::Instant(Value::Scalar(_, v)) => vec![(Labels::empty(), vec![(0, *v)])],
+    let inst: Vec<(Labels, Vec<(i64, Val)>)> = match got {
+        Got::Instant(Value::Vector(vs)) => vs.iter().map(|s| (s.labels.clone(), vec![(0, val_of(s))])).collect(),
+        Got::Instant(Value::Scalar(_, v)) => vec![(Labels::empty(), vec![(0, Val::F(*v))])],
         _ => return Ok(()),
     };
     compare_series(&mid, &inst, false).map_err(|m| format!("range-query cross-check: {m}"))

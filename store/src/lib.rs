@@ -23,6 +23,7 @@
 
 pub mod block;
 pub mod codec;
+pub mod histchunk;
 pub mod layout;
 pub mod logchunk;
 pub mod logs;
@@ -109,6 +110,8 @@ pub enum RejectReason {
     /// A log entry older than its stream's newest by more than the
     /// out-of-order window (Loki's "entry too far behind").
     TooFarBehind,
+    /// A native histogram whose schema or bucket layout is invalid.
+    MalformedHistogram,
 }
 
 impl RejectReason {
@@ -121,6 +124,7 @@ impl RejectReason {
             RejectReason::OutOfOrder => "out_of_order",
             RejectReason::TooOld => "too_old",
             RejectReason::TooFarBehind => "too_far_behind",
+            RejectReason::MalformedHistogram => "malformed_histogram",
         }
     }
 }

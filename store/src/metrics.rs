@@ -20,6 +20,11 @@ use crate::tiered::{CompactionPolicy, CompactionStats, HeadData, Tiered};
 use crate::wal::{ReplayStats, WalOptions};
 use crate::{RejectReason, StoreError, WriteOutcome, xor};
 
+#[path = "metrics_hist.rs"]
+mod hist;
+pub use cairn_wire::{Histogram, SeriesHistograms};
+pub use hist::{HIST_CHUNK_SAMPLES, RECORD_HISTOGRAMS};
+
 /// WAL record type of a metrics write batch.
 pub const RECORD_SAMPLES: u8 = 1;
 
@@ -41,21 +46,29 @@ struct Series {
     sealed: Vec<HeadChunk>,
     /// The newest samples, not yet a full chunk: sorted, unique timestamps.
     samples: Vec<(i64, f64)>,
+    /// Native-histogram samples, if the series ever had one.
+    hist: Option<Box<hist::HistPart>>,
 }
 
 impl Series {
     fn new(labels: Labels) -> Series {
-        Series { labels, sealed: Vec::new(), samples: Vec::new() }
+        Series { labels, sealed: Vec::new(), samples: Vec::new(), hist: None }
     }
 
     /// Newest timestamp held.
     fn last_ts(&self) -> Option<i64> {
-        self.samples.last().map(|p| p.0).or_else(|| self.sealed.last().map(|c| c.max_ts))
+        let f = self.samples.last().map(|p| p.0).or_else(|| self.sealed.last().map(|c| c.max_ts));
+        match self.hist.as_ref().and_then(|h| h.last_ts()) {
+            Some(h) => Some(f.map_or(h, |f| f.max(h))),
+            None => f,
+        }
     }
 
     /// Samples held.
     fn len(&self) -> usize {
-        self.samples.len() + self.sealed.iter().map(|c| c.count as usize).sum::<usize>()
+        self.samples.len()
+            + self.sealed.iter().map(|c| c.count as usize).sum::<usize>()
+            + self.hist.as_ref().map_or(0, |h| h.len())
     }
 
     /// Index of the sealed chunk a sample at `t` belongs in: the first one
@@ -148,6 +161,7 @@ impl Series {
     fn any_in(&self, mint: i64, maxt: i64) -> bool {
         let lo = self.samples.partition_point(|p| p.0 < mint);
         self.samples.get(lo).is_some_and(|p| p.0 <= maxt)
+            || self.hist.as_ref().is_some_and(|h| h.any_in(mint, maxt))
             || self.sealed.iter().filter(|c| c.min_ts <= maxt && c.max_ts >= mint).any(|c| {
                 // A chunk that straddles a range end may still have no
                 // sample inside the range: decode it to find out.
@@ -174,6 +188,9 @@ impl Series {
             })
             .collect();
         out.extend(encode_chunks(&self.samples));
+        if let Some(h) = &self.hist {
+            out.extend(h.encoded());
+        }
         out
     }
 }
@@ -263,6 +280,14 @@ impl HeadData for Head {
         Ok(())
     }
 
+    fn replay_other(&mut self, typ: u8, payload: &[u8]) -> Option<Result<(), crate::codec::DecodeError>> {
+        (typ == RECORD_HISTOGRAMS).then(|| {
+            let (tenant, batch) = hist::decode_hist_batch(payload)?;
+            hist::apply_hist(self, &tenant, batch);
+            Ok(())
+        })
+    }
+
     fn encode(&self) -> Result<Vec<SeriesChunks<'_>>, StoreError> {
         let mut out = Vec::new();
         for (tenant, th) in &self.tenants {
@@ -284,13 +309,81 @@ impl HeadData for Head {
     fn merge_chunks(sources: &[(&Block, &BlockStream)]) -> Result<Vec<EncodedChunk>, StoreError> {
         let mut refs: Vec<(&Block, &ChunkMeta)> =
             sources.iter().flat_map(|(b, s)| s.chunks.iter().map(move |c| (*b, c))).collect();
+        // Histogram chunks: decoded, merged (later source wins) and
+        // re-encoded apart from the float chunks.
+        let mut hist_out = Vec::new();
+        let mut is_hist = Vec::with_capacity(refs.len());
+        for (b, c) in &refs {
+            is_hist.push(hist::is_hist_chunk(b, c)?);
+        }
+        if is_hist.iter().any(|&h| h) {
+            let mut hs = Vec::new();
+            for ((b, c), _) in refs.iter().zip(&is_hist).filter(|(_, h)| **h) {
+                let bytes = b.chunk_bytes(c)?;
+                crate::histchunk::decode_chunk(&bytes, &mut hs)
+                    .map_err(|e| b.corrupt(c, format!("chunk: {}", e.reason)))?;
+            }
+            hist_out = hist::encode_hist_chunks(&hist::dedup_newest_hist(hs));
+            let mut k = 0;
+            refs.retain(|_| {
+                k += 1;
+                !is_hist[k - 1]
+            });
+        }
+        let mut out = Self::merge_float_chunks(sources, refs)?;
+        out.extend(hist_out);
+        Ok(out)
+    }
+
+    fn merge_back(&mut self, failed: &Self) {
+        for (tenant, th) in &failed.tenants {
+            let batch = th
+                .series
+                .iter()
+                .map(|s| {
+                    let mut samples = Vec::with_capacity(s.len());
+                    s.collect_into(i64::MIN, i64::MAX, &mut samples);
+                    SeriesSamples { labels: s.labels.clone(), samples }
+                })
+                .collect();
+            apply(self, tenant, batch);
+            let hbatch = th
+                .series
+                .iter()
+                .filter_map(|s| {
+                    let part = s.hist.as_ref()?;
+                    let mut histograms = Vec::new();
+                    part.collect_into(i64::MIN, i64::MAX, &mut histograms);
+                    Some(SeriesHistograms { labels: s.labels.clone(), histograms })
+                })
+                .collect();
+            hist::apply_hist(self, tenant, hbatch);
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.samples
+    }
+}
+
+impl Head {
+    /// [`HeadData::merge_chunks`] for the float chunks `refs` of `sources`.
+    fn merge_float_chunks(
+        sources: &[(&Block, &BlockStream)],
+        mut refs: Vec<(&Block, &ChunkMeta)>,
+    ) -> Result<Vec<EncodedChunk>, StoreError> {
         refs.sort_by_key(|(_, c)| (c.min_ts, c.max_ts));
         let overlap = refs.windows(2).any(|w| w[1].1.min_ts <= w[0].1.max_ts);
         if overlap || sources.iter().any(|(b, _)| b.version == 1) {
+            // Sources come oldest first: decode in source order so the
+            // later source wins on equal timestamps (histogram chunks are
+            // merged by the caller).
             let mut samples = Vec::new();
             for (b, s) in sources {
                 for c in &s.chunks {
-                    decode_block_chunk(b, c, &mut samples)?;
+                    if !hist::is_hist_chunk(b, c)? {
+                        decode_block_chunk(b, c, &mut samples)?;
+                    }
                 }
             }
             return Ok(encode_chunks(&dedup_newest(samples)));
@@ -314,27 +407,6 @@ impl HeadData for Head {
         Ok(out)
     }
 
-    fn merge_back(&mut self, failed: &Self) {
-        for (tenant, th) in &failed.tenants {
-            let batch = th
-                .series
-                .iter()
-                .map(|s| {
-                    let mut samples = Vec::with_capacity(s.len());
-                    s.collect_into(i64::MIN, i64::MAX, &mut samples);
-                    SeriesSamples { labels: s.labels.clone(), samples }
-                })
-                .collect();
-            apply(self, tenant, batch);
-        }
-    }
-
-    fn count(&self) -> u64 {
-        self.samples
-    }
-}
-
-impl Head {
     /// Samples of matching series of `tenant` in `[mint, maxt]` (series
     /// with none are skipped).
     fn collect(
@@ -374,6 +446,21 @@ impl Head {
 
 /// Selected samples by series.
 type Gathered = BTreeMap<Labels, Vec<(i64, f64)>>;
+/// Selected histogram samples by series.
+type GatheredHist = BTreeMap<Labels, Vec<(i64, Histogram)>>;
+
+/// One selected series with both kinds of samples (see
+/// [`MetricsStore::select_mixed_limited`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SelectedSeries {
+    /// The series' labels.
+    pub labels: Labels,
+    /// Float samples, ascending timestamps.
+    pub samples: Vec<(i64, f64)>,
+    /// Native-histogram samples, ascending timestamps (empty for a float
+    /// series; a timestamp is never in both).
+    pub histograms: Vec<(i64, Histogram)>,
+}
 
 /// Most series and samples one [`MetricsStore::select_limited`] may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -398,6 +485,25 @@ pub enum SelectLimit {
 fn decode_block_chunk(b: &Block, c: &ChunkMeta, out: &mut Vec<(i64, f64)>) -> Result<(), StoreError> {
     let bytes = b.chunk_bytes(c)?;
     let res = if b.version == 1 { xor::decode(&bytes, out) } else { xor::decode_chunk(&bytes, out) };
+    res.map_err(|e| b.corrupt(c, format!("chunk: {}", e.reason)))
+}
+
+/// [`decode_block_chunk`] for a chunk of either kind: histogram chunks
+/// (encoding byte `histchunk::ENC_HISTOGRAM`) go to `hists`.
+fn decode_block_chunk_mixed(
+    b: &Block,
+    c: &ChunkMeta,
+    out: &mut Vec<(i64, f64)>,
+    hists: &mut Vec<(i64, Histogram)>,
+) -> Result<(), StoreError> {
+    let bytes = b.chunk_bytes(c)?;
+    let res = if b.version == 1 {
+        xor::decode(&bytes, out)
+    } else if bytes.first() == Some(&crate::histchunk::ENC_HISTOGRAM) {
+        crate::histchunk::decode_chunk(&bytes, hists)
+    } else {
+        xor::decode_chunk(&bytes, out)
+    };
     res.map_err(|e| b.corrupt(c, format!("chunk: {}", e.reason)))
 }
 
@@ -613,6 +719,11 @@ impl MetricsStore {
                         Some((lt, lv)) if lt == t => Some(lv),
                         _ => existing.and_then(|ex| ex.value_at(t)),
                     };
+                    // A histogram at that timestamp: another value.
+                    let prior = match (prior, existing.and_then(|ex| ex.hist.as_ref())) {
+                        (None, Some(h)) if h.value_at(t).is_some() => Some(f64::from_bits(!v.to_bits())),
+                        (p, _) => p,
+                    };
                     match prior {
                         Some(pv) if f64::to_bits(pv) == v.to_bits() => outcome.accepted += 1,
                         Some(_) => outcome.rejected.push((
@@ -728,13 +839,16 @@ impl MetricsStore {
         mint: i64,
         maxt: i64,
         max: SelectLimits,
-    ) -> Result<Result<Gathered, SelectLimit>, StoreError> {
+    ) -> Result<Result<(Gathered, GatheredHist), SelectLimit>, StoreError> {
         let mint = mint.max(self.t.visible_from(tenant));
         let (persisted, head) = self.t.read();
         let mut by: Gathered = BTreeMap::new();
+        let mut hby: GatheredHist = BTreeMap::new();
         let mut held = 0usize;
-        let over = |by: &Gathered, held: usize| {
-            if by.len() > max.series {
+        // Series with histograms count once more when they also hold
+        // floats: a bound, never an undercount.
+        let over = |by: &Gathered, hby: &GatheredHist, held: usize| {
+            if by.len().saturating_add(hby.len()) > max.series {
                 Some(SelectLimit::Series)
             } else if held > max.samples {
                 Some(SelectLimit::Samples)
@@ -749,10 +863,21 @@ impl MetricsStore {
             for s in b.select(tenant, matchers) {
                 let wanted = || s.chunks.iter().filter(|c| c.min_ts <= maxt && c.max_ts >= mint);
                 let mut got = Vec::with_capacity(wanted().map(|c| c.entries as usize).sum::<usize>().min(1 << 20));
+                let mut goth = Vec::new();
                 for c in wanted() {
-                    decode_block_chunk(b, c, &mut got)?;
-                    if held.saturating_add(got.len()) > max.samples {
+                    decode_block_chunk_mixed(b, c, &mut got, &mut goth)?;
+                    if held.saturating_add(got.len()).saturating_add(goth.len()) > max.samples {
                         return Ok(Err(SelectLimit::Samples));
+                    }
+                }
+                if !goth.is_empty() {
+                    goth.retain(|p| p.0 >= mint && p.0 <= maxt);
+                    held += goth.len();
+                    if !goth.is_empty() {
+                        hby.entry(s.labels.clone()).or_default().extend(goth);
+                    }
+                    if let Some(l) = over(&by, &hby, held) {
+                        return Ok(Err(l));
                     }
                 }
                 got.retain(|p| p.0 >= mint && p.0 <= maxt);
@@ -764,24 +889,37 @@ impl MetricsStore {
                         }
                         std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().extend(got),
                     }
-                    if let Some(l) = over(&by, held) {
+                    if let Some(l) = over(&by, &hby, held) {
                         return Ok(Err(l));
                     }
                 }
             }
         }
         let mut limit = None;
-        let mut add = |l: &Labels, ss: &[(i64, f64)]| {
+        {
+            let mut add = |l: &Labels, ss: &[(i64, f64)]| {
+                if limit.is_none() {
+                    held += ss.len();
+                    by.entry(l.clone()).or_default().extend_from_slice(ss);
+                    limit = over(&by, &hby, held);
+                }
+            };
+            if let Some(fr) = &persisted.frozen {
+                fr.collect(tenant, matchers, mint, maxt, &mut add);
+            }
+            head.collect(tenant, matchers, mint, maxt, &mut add);
+        }
+        let mut add_hist = |l: &Labels, hs: Vec<(i64, Histogram)>| {
             if limit.is_none() {
-                held += ss.len();
-                by.entry(l.clone()).or_default().extend_from_slice(ss);
-                limit = over(&by, held);
+                held += hs.len();
+                hby.entry(l.clone()).or_default().extend(hs);
+                limit = over(&by, &hby, held);
             }
         };
         if let Some(fr) = &persisted.frozen {
-            fr.collect(tenant, matchers, mint, maxt, &mut add);
+            fr.collect_hist(tenant, matchers, mint, maxt, &mut add_hist);
         }
-        head.collect(tenant, matchers, mint, maxt, &mut add);
+        head.collect_hist(tenant, matchers, mint, maxt, &mut add_hist);
         if let Some(l) = limit {
             return Ok(Err(l));
         }
@@ -789,7 +927,10 @@ impl MetricsStore {
             // stable: later sources stay later
             *samples = dedup_newest(std::mem::take(samples));
         }
-        Ok(Ok(by))
+        for samples in hby.values_mut() {
+            *samples = hist::dedup_newest_hist(std::mem::take(samples));
+        }
+        Ok(Ok((by, hby)))
     }
 
     /// Series of `tenant` matching all `matchers`, with their samples in
@@ -813,7 +954,52 @@ impl MetricsStore {
         max: SelectLimits,
     ) -> Result<Vec<SeriesSamples>, SelectLimit> {
         match self.gather(tenant, matchers, mint, maxt, max) {
-            Ok(Ok(by)) => Ok(by.into_iter().map(|(labels, samples)| SeriesSamples { labels, samples }).collect()),
+            Ok(Ok((by, _))) => Ok(by.into_iter().map(|(labels, samples)| SeriesSamples { labels, samples }).collect()),
+            Ok(Err(l)) => Err(l),
+            Err(e) => {
+                tracing::error!(error = %e, "metric block read failed; results are incomplete");
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// [`Self::select_limited`] with native-histogram samples too: every
+    /// matching series with a float or histogram sample in `[mint, maxt]`,
+    /// sorted by labels. Where a series has a float and a histogram at the
+    /// same timestamp (possible only across blocks written before and after
+    /// a type change), the histogram is kept.
+    pub fn select_mixed_limited(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        max: SelectLimits,
+    ) -> Result<Vec<SelectedSeries>, SelectLimit> {
+        match self.gather(tenant, matchers, mint, maxt, max) {
+            Ok(Ok((by, hby))) => {
+                if hby.is_empty() {
+                    return Ok(by
+                        .into_iter()
+                        .map(|(labels, samples)| SelectedSeries { labels, samples, histograms: Vec::new() })
+                        .collect());
+                }
+                let mut out: BTreeMap<Labels, SelectedSeries> = by
+                    .into_iter()
+                    .map(|(labels, samples)| {
+                        (labels.clone(), SelectedSeries { labels, samples, histograms: Vec::new() })
+                    })
+                    .collect();
+                for (labels, histograms) in hby {
+                    let e =
+                        out.entry(labels.clone()).or_insert_with(|| SelectedSeries { labels, ..Default::default() });
+                    if !e.samples.is_empty() {
+                        e.samples.retain(|p| histograms.binary_search_by_key(&p.0, |h| h.0).is_err());
+                    }
+                    e.histograms = histograms;
+                }
+                Ok(out.into_values().collect())
+            }
             Ok(Err(l)) => Err(l),
             Err(e) => {
                 tracing::error!(error = %e, "metric block read failed; results are incomplete");

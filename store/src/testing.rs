@@ -37,6 +37,8 @@ pub fn open_and_read_all(root: &Path, wal: WalOptions) -> Result<(), StoreError>
     drop(logs);
     let metrics = MetricsStore::open(&root.join(crate::layout::METRICS_DIR), wal)?;
     let _ = metrics.select("t", &[], i64::MIN, i64::MAX);
+    let all = crate::metrics::SelectLimits { series: usize::MAX, samples: usize::MAX };
+    let _ = metrics.select_mixed_limited("t", &[], i64::MIN, i64::MAX, all);
     let _ = metrics.series("t", &[], i64::MIN, i64::MAX);
     Ok(())
 }

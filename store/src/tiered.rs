@@ -31,6 +31,11 @@ pub(crate) trait HeadData: Default + Send + Sync + 'static {
     fn is_empty(&self) -> bool;
     /// Applies one WAL record (replay).
     fn replay(&mut self, payload: &[u8]) -> Result<(), DecodeError>;
+    /// Applies a WAL record of another type than the engine's main one;
+    /// `None` when this engine has no such record type (corruption).
+    fn replay_other(&mut self, _typ: u8, _payload: &[u8]) -> Option<Result<(), DecodeError>> {
+        None
+    }
     /// Encodes every series/stream into chunks for a block.
     fn encode(&self) -> Result<Vec<SeriesChunks<'_>>, StoreError>;
     /// Takes back the content of a head whose flush failed.
@@ -69,14 +74,21 @@ fn replay_record<H: HeadData>(
     typ: u8,
     payload: &[u8],
 ) -> Result<(), StoreError> {
-    if typ != record_type {
-        return Err(StoreError::Corrupt {
-            path: wal_dir.to_path_buf(),
-            offset: 0,
-            reason: format!("unexpected WAL record type {typ}, want {record_type}"),
-        });
-    }
-    head.replay(payload).map_err(|e| StoreError::Corrupt {
+    let res = if typ == record_type {
+        head.replay(payload)
+    } else {
+        match head.replay_other(typ, payload) {
+            Some(r) => r,
+            None => {
+                return Err(StoreError::Corrupt {
+                    path: wal_dir.to_path_buf(),
+                    offset: 0,
+                    reason: format!("unexpected WAL record type {typ}, want {record_type}"),
+                });
+            }
+        }
+    };
+    res.map_err(|e| StoreError::Corrupt {
         path: wal_dir.to_path_buf(),
         offset: e.offset as u64,
         reason: format!("WAL record: {}", e.reason),

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use cairn_store::logs::LogStore;
 use cairn_store::metrics::MetricsStore;
 use cairn_store::{CompactionPolicy, StoreError, WalOptions};
-use cairn_wire::{Entry, Labels, SeriesSamples, StreamEntries};
+use cairn_wire::{Entry, Histogram, Labels, SeriesHistograms, SeriesSamples, StreamEntries};
 
 /// xorshift64*: deterministic, dependency-free.
 struct Rng(u64);
@@ -56,7 +56,22 @@ fn build(root: &Path) {
             ml.push(("job".to_string(), format!("j{s}")));
             ml.push(("part".to_string(), part.to_string()));
             let samples = (0..40).map(|i| (1_000_000 + part * 1_000 + i * 15, (i * s) as f64 * 0.5)).collect();
-            metrics.append("t", vec![SeriesSamples { labels: Labels::from_pairs(ml).unwrap(), samples }]).unwrap();
+            let ml = Labels::from_pairs(ml).unwrap();
+            metrics.append("t", vec![SeriesSamples { labels: ml.clone(), samples }]).unwrap();
+            // Native histograms in the same series, after its floats.
+            let histograms = (0..10)
+                .map(|i| {
+                    let h = Histogram {
+                        schema: s as i32,
+                        count: (3 * i) as f64,
+                        sum: i as f64 * 0.25,
+                        positive: vec![(-1, i as f64), (2, (2 * i) as f64)],
+                        ..Histogram::default()
+                    };
+                    (1_000_000 + part * 1_000 + 600 + i * 15, h)
+                })
+                .collect();
+            metrics.append_histograms("t", vec![SeriesHistograms { labels: ml, histograms }]).unwrap();
         }
         if part < 3 {
             logs.flush().unwrap();

@@ -15,6 +15,7 @@ mod grep;
 mod logs;
 mod loki_api;
 mod metrics;
+mod native_histograms;
 mod node_exporter;
 mod ops;
 mod prom_api;

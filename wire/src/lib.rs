@@ -18,6 +18,7 @@
 //! `collector → wire`.
 
 pub mod config;
+pub mod histogram;
 pub mod intern;
 pub mod labels;
 pub mod loki_json;
@@ -27,9 +28,10 @@ pub mod proto;
 pub mod remote_write;
 pub mod time;
 
+pub use histogram::Histogram;
 pub use labels::{Label, Labels, LabelsError};
 pub use matcher::{MatchOp, Matcher, MatcherError};
-pub use model::{Entry, SeriesSamples, StreamEntries};
+pub use model::{Entry, SeriesHistograms, SeriesSamples, StreamEntries};
 
 /// The tenant used when a request carries no `X-Scope-OrgID` header, as Loki
 /// does with authentication disabled.

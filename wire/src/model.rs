@@ -11,6 +11,15 @@ pub struct SeriesSamples {
     pub samples: Vec<(i64, f64)>,
 }
 
+/// Native-histogram samples of one series in a write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesHistograms {
+    /// The series' labels, including `__name__`.
+    pub labels: Labels,
+    /// (timestamp ms, histogram) pairs, in any order.
+    pub histograms: Vec<(i64, crate::Histogram)>,
+}
+
 /// One log entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

@@ -10,8 +10,6 @@
 //!   a decode error for the whole request; the caller decides (Cairn replaces
 //!   invalid sequences with U+FFFD, as Loki's JSON output does).
 //! - Only the fields Cairn reads are declared; prost skips the others.
-//!   Native histograms are declared with their timestamp only so that the
-//!   ingester can count and report them instead of dropping them silently.
 
 /// Snappy (block format) decompression with a size cap checked before any
 /// allocation.
@@ -79,11 +77,123 @@ pub struct Sample {
     pub timestamp: i64,
 }
 
-/// `prometheus.Histogram`, timestamp only (see the module doc).
+/// `prometheus.Histogram` (native histogram sample). The `count` and
+/// `zero_count` oneofs are declared as two optional fields each, which is
+/// the same on the wire.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Histogram {
+    #[prost(uint64, optional, tag = "1")]
+    pub count_int: Option<u64>,
+    #[prost(double, optional, tag = "2")]
+    pub count_float: Option<f64>,
+    #[prost(double, tag = "3")]
+    pub sum: f64,
+    #[prost(sint32, tag = "4")]
+    pub schema: i32,
+    #[prost(double, tag = "5")]
+    pub zero_threshold: f64,
+    #[prost(uint64, optional, tag = "6")]
+    pub zero_count_int: Option<u64>,
+    #[prost(double, optional, tag = "7")]
+    pub zero_count_float: Option<f64>,
+    #[prost(message, repeated, tag = "8")]
+    pub negative_spans: Vec<BucketSpan>,
+    #[prost(sint64, repeated, tag = "9")]
+    pub negative_deltas: Vec<i64>,
+    #[prost(double, repeated, tag = "10")]
+    pub negative_counts: Vec<f64>,
+    #[prost(message, repeated, tag = "11")]
+    pub positive_spans: Vec<BucketSpan>,
+    #[prost(sint64, repeated, tag = "12")]
+    pub positive_deltas: Vec<i64>,
+    #[prost(double, repeated, tag = "13")]
+    pub positive_counts: Vec<f64>,
+    #[prost(int32, tag = "14")]
+    pub reset_hint: i32,
     #[prost(int64, tag = "15")]
     pub timestamp: i64,
+    #[prost(double, repeated, tag = "16")]
+    pub custom_values: Vec<f64>,
+}
+
+/// `prometheus.BucketSpan`.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct BucketSpan {
+    #[prost(sint32, tag = "1")]
+    pub offset: i32,
+    #[prost(uint32, tag = "2")]
+    pub length: u32,
+}
+
+impl Histogram {
+    /// The sample as Cairn's model: integer histograms (delta-encoded
+    /// counts) and float histograms (absolute counts) alike. Errors on
+    /// spans that do not match their buckets, an unknown schema or reset
+    /// hint.
+    pub fn to_model(&self) -> Result<crate::Histogram, crate::histogram::HistogramError> {
+        use crate::histogram::{HistogramError, ResetHint, from_spans};
+        let spans = |s: &[BucketSpan]| s.iter().map(|s| (s.offset, s.length)).collect::<Vec<_>>();
+        let counts = |deltas: &[i64], abs: &[f64]| -> Vec<f64> {
+            if !abs.is_empty() {
+                return abs.to_vec();
+            }
+            let mut cur: i64 = 0;
+            deltas
+                .iter()
+                .map(|d| {
+                    cur = cur.wrapping_add(*d);
+                    cur as f64
+                })
+                .collect()
+        };
+        let is_int = self.count_float.is_none() && self.positive_counts.is_empty() && self.negative_counts.is_empty();
+        let (pos, neg) = if is_int {
+            (counts(&self.positive_deltas, &[]), counts(&self.negative_deltas, &[]))
+        } else {
+            (counts(&[], &self.positive_counts), counts(&[], &self.negative_counts))
+        };
+        let h = crate::Histogram {
+            reset_hint: u8::try_from(self.reset_hint)
+                .ok()
+                .and_then(ResetHint::from_u8)
+                .ok_or(HistogramError::InvalidSchema)?,
+            schema: self.schema,
+            zero_threshold: self.zero_threshold,
+            zero_count: self.zero_count_float.unwrap_or(self.zero_count_int.unwrap_or(0) as f64),
+            count: self.count_float.unwrap_or(self.count_int.unwrap_or(0) as f64),
+            sum: self.sum,
+            positive: from_spans(&spans(&self.positive_spans), &pos)?,
+            negative: from_spans(&spans(&self.negative_spans), &neg)?,
+            custom_values: self.custom_values.clone(),
+        };
+        h.validate()?;
+        Ok(h)
+    }
+
+    /// A float histogram message for `h` at `timestamp` (ms).
+    pub fn from_model(h: &crate::Histogram, timestamp: i64) -> Histogram {
+        let (ps, pc) = crate::histogram::to_spans(&h.positive);
+        let (ns, nc) = crate::histogram::to_spans(&h.negative);
+        let spans = |s: Vec<(i32, u32)>| s.into_iter().map(|(offset, length)| BucketSpan { offset, length }).collect();
+        Histogram {
+            count_int: None,
+            count_float: Some(h.count),
+            sum: h.sum,
+            schema: h.schema,
+            zero_threshold: h.zero_threshold,
+            zero_count_int: None,
+            zero_count_float: Some(h.zero_count),
+            negative_spans: spans(ns),
+            negative_deltas: Vec::new(),
+            negative_counts: nc,
+            positive_spans: spans(ps),
+            positive_deltas: Vec::new(),
+            positive_counts: pc,
+            reset_hint: h.reset_hint as i32,
+            timestamp,
+            custom_values: h.custom_values.clone(),
+        }
+    }
 }
 
 /// `prometheus.MetricMetadata`.

@@ -40,6 +40,7 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
         }
     };
     let mut batch = Vec::with_capacity(req.series.len());
+    let mut hbatch = Vec::new();
     let mut pre_refused = Vec::new();
     {
         let mut interner = agg.series_labels.lock().unwrap_or_else(|p| p.into_inner());
@@ -54,10 +55,20 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
             match labels {
                 Ok(labels) => {
                     if n_hist > 0 {
-                        sm.reject("samples", Refusal::NativeHistogram.as_str(), n_hist as u64);
-                        pre_refused.push(format!(
-                            "{n_hist} native histogram samples for {labels} refused: native histograms are not stored by this Cairn version"
-                        ));
+                        let mut histograms = Vec::with_capacity(n_hist);
+                        for h in &ts.histograms {
+                            match h.to_model() {
+                                Ok(m) => histograms.push((h.timestamp, m)),
+                                Err(e) => {
+                                    sm.reject("samples", Refusal::MalformedHistogram.as_str(), 1);
+                                    pre_refused
+                                        .push(format!("native histogram at {} for {labels} refused: {e}", h.timestamp));
+                                }
+                            }
+                        }
+                        if !histograms.is_empty() {
+                            hbatch.push(cairn_wire::SeriesHistograms { labels: labels.clone(), histograms });
+                        }
                     }
                     batch.push(SeriesSamples { labels, samples: req.samples(ts).to_vec() })
                 }
@@ -85,7 +96,15 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
             },
         );
     }
-    let res = blocking(move || agg.ingest_metrics(&tenant, batch)).await;
+    let res = blocking(move || {
+        let mut r = agg.ingest_metrics(&tenant, batch)?;
+        if !hbatch.is_empty() {
+            let h = agg.ingest_histograms(&tenant, hbatch)?;
+            r.merge(h);
+        }
+        Ok::<_, cairn_store::StoreError>(r)
+    })
+    .await;
     let res = try_resp!(res);
     match res {
         Ok(mut report) if !pre_refused.is_empty() => {
@@ -113,8 +132,10 @@ struct ErrorBody<'a> {
 struct SuccessBody<T> {
     status: &'static str,
     data: T,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    warnings: Option<[&'static str; 1]>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    infos: Vec<String>,
 }
 
 /// Query result data: `resultType` before `result`, as Prometheus writes it.
@@ -155,6 +176,31 @@ impl serde::Serialize for Point {
     }
 }
 
+/// A native histogram as Prometheus's API writes it: `{"count": "…",
+/// "sum": "…", "buckets": [[boundary_rule, "lower", "upper", "count"], …]}`
+/// (empty buckets left out, no `buckets` key without any).
+struct HistJson<'a>(&'a promql::Histogram);
+
+impl serde::Serialize for HistJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let buckets: Vec<(u8, String, String, String)> = self
+            .0
+            .buckets()
+            .into_iter()
+            .filter(|b| b.count != 0.0)
+            .map(|b| (b.boundary_rule(), format_float(b.lower), format_float(b.upper), format_float(b.count)))
+            .collect();
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("count", &format_float(self.0.count))?;
+        m.serialize_entry("sum", &format_float(self.0.sum))?;
+        if !buckets.is_empty() {
+            m.serialize_entry("buckets", &buckets)?;
+        }
+        m.end()
+    }
+}
+
 struct VectorResult<'a>(&'a [promql::Sample]);
 
 impl serde::Serialize for VectorResult<'_> {
@@ -165,7 +211,10 @@ impl serde::Serialize for VectorResult<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("metric", &self.0.labels)?;
-                m.serialize_entry("value", &Point(self.0.t, self.0.v))?;
+                match &self.0.h {
+                    None => m.serialize_entry("value", &Point(self.0.t, self.0.v))?,
+                    Some(h) => m.serialize_entry("histogram", &(Ts(self.0.t), HistJson(h)))?,
+                }
                 m.end()
             }
         }
@@ -197,7 +246,13 @@ impl serde::Serialize for MatrixResult<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("metric", &self.0.labels)?;
-                m.serialize_entry("values", &Points(&self.0.points))?;
+                if !self.0.points.is_empty() || self.0.hist.is_empty() {
+                    m.serialize_entry("values", &Points(&self.0.points))?;
+                }
+                if !self.0.hist.is_empty() {
+                    let hs: Vec<(Ts, HistJson<'_>)> = self.0.hist.iter().map(|(t, h)| (Ts(*t), HistJson(h))).collect();
+                    m.serialize_entry("histograms", &hs)?;
+                }
                 m.end()
             }
         }
@@ -349,17 +404,17 @@ pub(crate) async fn query(
     };
     let res = evaluate(&agg, "prometheus_query", timeout, move |agg, opts| {
         let expr = promql::parse(&qs)?;
-        promql::instant_query(&agg.metrics, &tenant, &expr, t, opts)
+        promql::instant_query_annotated(&agg.metrics, &tenant, &expr, t, opts)
     })
     .await;
     match res {
-        Ok(Ok(mut v)) => {
+        Ok(Ok((mut v, ann))) => {
             let truncated = match &mut v {
                 Value::Vector(vs) => truncate(vs, limit),
                 Value::Matrix(ms) => truncate(ms, limit),
                 _ => false,
             };
-            query_success(&v, truncated)
+            query_success(&v, truncated, ann)
         }
         Ok(Err(e)) => query_error(e),
         Err(r) => r,
@@ -404,13 +459,13 @@ pub(crate) async fn query_range(
     };
     let res = evaluate(&agg, "prometheus_query_range", timeout, move |agg, opts| {
         let expr = promql::parse_for(&qs, step, end.saturating_sub(start))?;
-        promql::range_query(&agg.metrics, &tenant, &expr, start, end, step, opts)
+        promql::range_query_annotated(&agg.metrics, &tenant, &expr, start, end, step, opts)
     })
     .await;
     match res {
-        Ok(Ok(mut m)) => {
+        Ok(Ok((mut m, ann))) => {
             let truncated = truncate(&mut m, limit);
-            query_success(&Value::Matrix(m), truncated)
+            query_success(&Value::Matrix(m), truncated, ann)
         }
         Ok(Err(e)) => query_error(e),
         Err(r) => r,
@@ -450,10 +505,14 @@ fn success<T: serde::Serialize>(data: T) -> Response {
 /// queries of range selectors) is written by hand: it can hold millions of
 /// points, and serde's float formatting of every timestamp was most of the
 /// response time. The bytes are the same as the serde path's.
-fn query_success(v: &Value, truncated: bool) -> Response {
+fn query_success(v: &Value, truncated: bool, ann: promql::Annotations) -> Response {
+    // Histograms take the serde path (they are rare and their JSON nested).
     let Value::Matrix(ms) = v else {
-        return success_truncated(QueryData(v), truncated);
+        return success_annotated(QueryData(v), truncated, ann);
     };
+    if ms.iter().any(|s| !s.hist.is_empty()) {
+        return success_annotated(QueryData(v), truncated, ann);
+    }
     let points: usize = ms.iter().map(|s| s.points.len()).sum();
     let mut out = String::with_capacity(64 + ms.len() * 256 + points * 28);
     out.push_str(r#"{"status":"success","data":{"resultType":"matrix","result":["#);
@@ -480,8 +539,20 @@ fn query_success(v: &Value, truncated: bool) -> Response {
         out.push_str("]}");
     }
     out.push_str("]}");
+    let mut warnings = ann.warnings;
     if truncated {
-        out.push_str(r#","warnings":["results truncated due to limit"]"#);
+        warnings.push("results truncated due to limit".into());
+    }
+    for (key, list) in [("warnings", &warnings), ("infos", &ann.infos)] {
+        if !list.is_empty() {
+            match serde_json::to_string(list) {
+                Ok(j) => {
+                    out.push_str(&format!(",\"{key}\":"));
+                    out.push_str(&j);
+                }
+                Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+            }
+        }
     }
     out.push('}');
     ([(axum::http::header::CONTENT_TYPE, "application/json")], out).into_response()
@@ -512,8 +583,17 @@ fn write_ts(out: &mut String, t: i64) {
 }
 
 fn success_truncated<T: serde::Serialize>(data: T, truncated: bool) -> Response {
-    let warnings = truncated.then_some(["results truncated due to limit"]);
-    Json(SuccessBody { status: "success", data, warnings }).into_response()
+    success_annotated(data, truncated, promql::Annotations::default())
+}
+
+/// A query result with its PromQL annotations (`warnings`, `infos`), as
+/// Prometheus writes them.
+fn success_annotated<T: serde::Serialize>(data: T, truncated: bool, ann: promql::Annotations) -> Response {
+    let mut warnings = ann.warnings;
+    if truncated {
+        warnings.push("results truncated due to limit".into());
+    }
+    Json(SuccessBody { status: "success", data, warnings, infos: ann.infos }).into_response()
 }
 
 /// `limit` parameter: 0 or absent means no limit.
@@ -916,14 +996,20 @@ mod json_tests {
             points.push((t + 2, -1e-7 * i as f64));
         }
         let series = vec![
-            promql::Series { labels: labels.clone(), points: points.clone() },
-            promql::Series { labels: Labels::empty(), points: vec![] },
+            promql::Series { labels: labels.clone(), points: points.clone(), hist: Vec::new() },
+            promql::Series { labels: Labels::empty(), points: vec![], hist: Vec::new() },
         ];
+        let noted = promql::Annotations {
+            warnings: vec!["PromQL warning: \"x\"".into()],
+            infos: vec!["PromQL info: y".into(), "z".into()],
+        };
         for truncated in [false, true] {
-            let v = Value::Matrix(series.clone());
-            let fast = body(query_success(&v, truncated)).await;
-            let slow = body(success_truncated(QueryData(&v), truncated)).await;
-            assert_eq!(fast, slow);
+            for ann in [promql::Annotations::default(), noted.clone()] {
+                let v = Value::Matrix(series.clone());
+                let fast = body(query_success(&v, truncated, ann.clone())).await;
+                let slow = body(success_annotated(QueryData(&v), truncated, ann)).await;
+                assert_eq!(fast, slow);
+            }
         }
     }
 }

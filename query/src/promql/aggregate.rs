@@ -182,7 +182,11 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
         let mut key = keyed(&s);
         if let Some(name) = &count_values_label {
             let mut ls: Vec<Label> = key.iter().filter(|l| l.name != *name).cloned().collect();
-            ls.push(Label { name: name.clone(), value: go_format_float(s.v) });
+            let value = match &s.h {
+                Some(h) => h.to_prom_string(),
+                None => go_format_float(s.v),
+            };
+            ls.push(Label { name: name.clone(), value });
             key = Labels::from_pairs(ls.into_iter().map(|l| (l.name, l.value))).unwrap_or_default();
         }
         let i = match index.get(&key) {
@@ -196,7 +200,54 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
         groups[i].samples.push(s);
     }
     let mut out = Vec::with_capacity(groups.len());
-    let one = |g: &Group, v: f64| Sample { labels: g.labels.clone(), t, v, drop_name: g.drop_name() };
+    let one = |g: &Group, v: f64| Sample { labels: g.labels.clone(), t, v, drop_name: g.drop_name(), h: None };
+    // Operators over float values only: histogram samples are ignored (a
+    // group of only histograms gives no result), as in Prometheus.
+    if matches!(op.as_str(), "min" | "max" | "stddev" | "stdvar" | "quantile" | "topk" | "bottomk")
+        && groups.iter().any(|g| g.samples.iter().any(|s| s.h.is_some()))
+    {
+        ctx.info(format!("ignored histogram in {op} aggregation"));
+        for g in &mut groups {
+            g.samples.retain(|s| s.h.is_none());
+        }
+        groups.retain(|g| !g.samples.is_empty());
+    }
+    // sum and avg of histograms: all of a group's samples must be
+    // histograms (a mix gives no result for the group).
+    if matches!(op.as_str(), "sum" | "avg") && groups.iter().any(|g| g.samples.iter().any(|s| s.h.is_some())) {
+        let mut float_groups = Vec::with_capacity(groups.len());
+        let mut results = Vec::new();
+        for g in groups {
+            let n = g.samples.iter().filter(|s| s.h.is_some()).count();
+            if n == 0 {
+                float_groups.push(g);
+                continue;
+            }
+            if n != g.samples.len() {
+                ctx.warn(format!("encountered a mix of histograms and floats for aggregation \"{op}\""));
+                continue;
+            }
+            match super::histfn::sum_histograms_noted(g.samples.iter().filter_map(|s| s.h.as_deref()), op == "avg") {
+                Some((h, noted)) => {
+                    // A gauge result has no counter semantics to conflict.
+                    if noted.reset_collision && h.reset_hint != cairn_wire::histogram::ResetHint::Gauge {
+                        ctx.warn("conflicting counter resets during histogram aggregation".into());
+                    }
+                    if noted.reconciled {
+                        ctx.info("mismatched custom buckets were reconciled during aggregation".into());
+                    }
+                    let mut s = one(&g, 0.0);
+                    s.h = Some(Box::new(h));
+                    results.push(s);
+                }
+                None => ctx.warn(format!(
+                    "vector contains a mix of histograms with exponential and custom buckets schemas for aggregation \"{op}\""
+                )),
+            }
+        }
+        groups = float_groups;
+        out = results;
+    }
     match op.as_str() {
         "sum" => {
             for g in groups {

@@ -4,7 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cairn_wire::{Label, Labels, METRIC_NAME};
+use cairn_wire::histogram::ResetHint;
+use cairn_wire::{Histogram, Label, Labels, METRIC_NAME};
 use promql_parser::parser::{BinModifier, BinaryExpr, LabelModifier, VectorMatchCardinality};
 
 use super::eval::{Ctx, check_unique};
@@ -84,6 +85,122 @@ fn apply(op: Op, a: f64, b: f64) -> (f64, bool) {
     }
 }
 
+/// Why a pair with a histogram gave no result.
+enum HistDrop {
+    /// The operation is not defined for these types (an info).
+    Types,
+    /// The histograms cannot be combined (a warning).
+    Schemas,
+    /// A comparison that does not hold (no annotation).
+    Filtered,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Add => "+",
+            Op::Sub => "-",
+            Op::Mul => "*",
+            Op::Div => "/",
+            Op::Mod => "%",
+            Op::Pow => "^",
+            Op::Atan2 => "atan2",
+            Op::Eq => "==",
+            Op::Ne => "!=",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::And => "and",
+            Op::Or => "or",
+            Op::Unless => "unless",
+        }
+    }
+}
+
+/// Records the annotation for a dropped pair.
+fn annotate_drop(ctx: &Ctx<'_>, why: HistDrop, op: Op, lh: bool, rh: bool, reconciled: bool) {
+    let kind = |h: bool| if h { "histogram" } else { "float" };
+    match why {
+        HistDrop::Types => ctx.info(format!(
+            "incompatible sample types encountered for binary operator \"{}\": {} {} {}",
+            op.name(),
+            kind(lh),
+            op.name(),
+            kind(rh)
+        )),
+        HistDrop::Schemas => ctx.warn(format!(
+            "vector contains a mix of histograms with exponential and custom buckets schemas for binary operator \"{}\"",
+            op.name()
+        )),
+        HistDrop::Filtered => {}
+    }
+    if reconciled {
+        let what = if op == Op::Sub { "subtraction" } else { "addition" };
+        ctx.info(format!("mismatched custom buckets were reconciled during {what}"));
+    }
+}
+
+/// Prometheus's `vectorElemBinop` for operands of which at least one is a
+/// native histogram: `(value, histogram, reconciled)`, or why the pair is
+/// dropped.
+#[allow(clippy::type_complexity)]
+fn apply_hist(
+    op: Op,
+    a: f64,
+    ah: Option<&Histogram>,
+    b: f64,
+    bh: Option<&Histogram>,
+) -> Result<(f64, Option<Box<Histogram>>, bool), HistDrop> {
+    let done = |mut h: Histogram, reconciled: bool| {
+        h.compact();
+        Ok((0.0, Some(Box::new(h)), reconciled))
+    };
+    match (ah, bh, op) {
+        (None, Some(h), Op::Mul) => {
+            let mut h = h.clone();
+            h.mul(a);
+            done(h, false)
+        }
+        (Some(h), None, Op::Mul) => {
+            let mut h = h.clone();
+            h.mul(b);
+            done(h, false)
+        }
+        (Some(h), None, Op::Div) => {
+            let mut h = h.clone();
+            h.div(b);
+            done(h, false)
+        }
+        (Some(x), Some(y), Op::Add) => {
+            let mut h = x.clone();
+            let o = h.add(y).map_err(|_| HistDrop::Schemas)?;
+            done(h, o.reconciled)
+        }
+        (Some(x), Some(y), Op::Sub) => {
+            let mut h = x.clone();
+            let o = h.sub(y).map_err(|_| HistDrop::Schemas)?;
+            h.reset_hint = ResetHint::Gauge;
+            done(h, o.reconciled)
+        }
+        (Some(x), Some(y), Op::Eq) => {
+            if x.content_equals(y) {
+                Ok((0.0, Some(Box::new(x.clone())), false))
+            } else {
+                Err(HistDrop::Filtered)
+            }
+        }
+        (Some(x), Some(y), Op::Ne) => {
+            if !x.content_equals(y) {
+                Ok((0.0, Some(Box::new(x.clone())), false))
+            } else {
+                Err(HistDrop::Filtered)
+            }
+        }
+        _ => Err(HistDrop::Types),
+    }
+}
+
 pub(crate) fn eval_binary(ctx: &Ctx<'_>, b: &BinaryExpr, t: i64) -> Result<Value, QueryError> {
     let op = Op::from_str(&b.op.to_string())?;
     let modifier = b.modifier.as_ref();
@@ -101,14 +218,14 @@ pub(crate) fn eval_binary(ctx: &Ctx<'_>, b: &BinaryExpr, t: i64) -> Result<Value
             }
             Ok(Value::Scalar(t, v))
         }
-        (Value::Vector(vs), Value::Scalar(_, c)) => vector_scalar(vs, c, op, return_bool, false),
-        (Value::Scalar(_, c), Value::Vector(vs)) => vector_scalar(vs, c, op, return_bool, true),
+        (Value::Vector(vs), Value::Scalar(_, c)) => vector_scalar(ctx, vs, c, op, return_bool, false),
+        (Value::Scalar(_, c), Value::Vector(vs)) => vector_scalar(ctx, vs, c, op, return_bool, true),
         (Value::Vector(l), Value::Vector(r)) => {
             let out = match op {
                 Op::And => set_and(l, r, modifier),
                 Op::Or => set_or(l, r, modifier),
                 Op::Unless => set_unless(l, r, modifier),
-                _ => vector_vector(l, r, op, modifier, return_bool)?,
+                _ => vector_vector(ctx, l, r, op, modifier, return_bool)?,
             };
             check_unique(&out)?;
             Ok(Value::Vector(out))
@@ -122,9 +239,35 @@ pub(crate) fn eval_binary(ctx: &Ctx<'_>, b: &BinaryExpr, t: i64) -> Result<Value
     }
 }
 
-fn vector_scalar(vs: Vec<Sample>, c: f64, op: Op, return_bool: bool, swap: bool) -> Result<Value, QueryError> {
+fn vector_scalar(
+    ctx: &Ctx<'_>,
+    vs: Vec<Sample>,
+    c: f64,
+    op: Op,
+    return_bool: bool,
+    swap: bool,
+) -> Result<Value, QueryError> {
     let mut out = Vec::with_capacity(vs.len());
     for mut s in vs {
+        if let Some(h) = s.h.take() {
+            let r = if swap { apply_hist(op, c, None, 0.0, Some(&h)) } else { apply_hist(op, 0.0, Some(&h), c, None) };
+            match r {
+                Ok(_) if return_bool => annotate_drop(ctx, HistDrop::Types, op, !swap, swap, false),
+                Ok((v, h, _)) => {
+                    if op.drops_name() {
+                        s.drop_name = true;
+                    }
+                    s.v = v;
+                    s.h = h;
+                    out.push(s);
+                }
+                Err(why) => {
+                    let why = if return_bool { HistDrop::Types } else { why };
+                    annotate_drop(ctx, why, op, !swap, swap, false)
+                }
+            }
+            continue;
+        }
         let (a, b) = if swap { (c, s.v) } else { (s.v, c) };
         let (mut v, mut keep) = apply(op, a, b);
         // A comparison keeps the vector's value even when it is on the right.
@@ -207,6 +350,7 @@ fn set_unless(l: Vec<Sample>, r: Vec<Sample>, m: Option<&BinModifier>) -> Vec<Sa
 }
 
 fn vector_vector(
+    ctx: &Ctx<'_>,
     lhs: Vec<Sample>,
     rhs: Vec<Sample>,
     op: Op,
@@ -250,11 +394,39 @@ fn vector_vector(
         let (v, keep) = apply(op, a, b);
         if return_bool { Some(f64::from(u8::from(keep))) } else { keep.then_some(v) }
     };
+    let calc_h = |many_v: f64,
+                  many_h: Option<&Histogram>,
+                  one_v: f64,
+                  one_h: Option<&Histogram>|
+     -> Option<(f64, Option<Box<Histogram>>)> {
+        if many_h.is_none() && one_h.is_none() {
+            return calc(many_v, one_v).map(|v| (v, None));
+        }
+        let ((a, ah), (b, bh)) =
+            if one_to_many { ((one_v, one_h), (many_v, many_h)) } else { ((many_v, many_h), (one_v, one_h)) };
+        match apply_hist(op, a, ah, b, bh) {
+            Ok((v, h, reconciled)) => {
+                if reconciled {
+                    annotate_drop(ctx, HistDrop::Filtered, op, true, true, true);
+                }
+                if return_bool {
+                    // `h == bool h`: 1 when equal.
+                    return Some((1.0, None));
+                }
+                Some((v, h))
+            }
+            Err(HistDrop::Filtered) if return_bool => Some((0.0, None)),
+            Err(why) => {
+                annotate_drop(ctx, why, op, ah.is_some(), bh.is_some(), false);
+                None
+            }
+        }
+    };
     for ms in &many {
         let sig = mt.signature(&ms.labels);
-        let (one_labels, one_v) = match (one_by_sig.get(&sig), fill_one) {
-            (Some(os), _) => (&os.labels, os.v),
-            (None, Some(f)) => (&empty, f),
+        let (one_labels, one_v, one_h) = match (one_by_sig.get(&sig), fill_one) {
+            (Some(os), _) => (&os.labels, os.v, os.h.as_deref()),
+            (None, Some(f)) => (&empty, f, None),
             (None, None) => continue,
         };
         // One-to-one matching is checked before comparisons filter, as
@@ -269,14 +441,14 @@ fn vector_vector(
             }
             e.or_default();
         }
-        let Some(v) = calc(ms.v, one_v) else { continue };
+        let Some((v, h)) = calc_h(ms.v, ms.h.as_deref(), one_v, one_h) else { continue };
         let labels = result_labels(&ms.labels, one_labels, op, &mt, one_to_one, include, return_bool);
         if !one_to_one && !matched.entry(sig).or_default().insert(labels.clone()) {
             return Err(QueryError::Execution(
                 "multiple matches for labels: grouping labels must ensure unique matches".into(),
             ));
         }
-        out.push(Sample { labels, t: ms.t, v, drop_name: ms.drop_name || op.drops_name() || return_bool });
+        out.push(Sample { labels, t: ms.t, v, drop_name: ms.drop_name || op.drops_name() || return_bool, h });
     }
     if let Some(f) = fill_many {
         // One-side samples no many-side sample matched: one result each,
@@ -286,8 +458,10 @@ fn vector_vector(
             if many_sigs.contains(&mt.signature(&os.labels)) {
                 continue;
             }
-            if let Some(v) = calc(f, os.v) {
-                out.push(Sample::new(mt.signature_labels(&os.labels), os.t, v));
+            if let Some((v, h)) = calc_h(f, None, os.v, os.h.as_deref()) {
+                let mut s = Sample::new(mt.signature_labels(&os.labels), os.t, v);
+                s.h = h;
+                out.push(s);
             }
         }
     }

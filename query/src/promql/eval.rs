@@ -12,7 +12,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use cairn_store::metrics::{MetricsStore, SelectLimit, SelectLimits, SeriesSamples};
+use cairn_store::metrics::{MetricsStore, SelectLimit, SelectLimits, SelectedSeries};
+use cairn_wire::Histogram;
 use cairn_wire::{Labels, METRIC_NAME, MatchOp, Matcher, is_stale_nan};
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
@@ -73,7 +74,7 @@ pub(crate) struct Ctx<'a> {
     /// Range-query step, ms (0 for instant queries), for `step()`.
     pub step: i64,
     /// Selected series per selector node, keyed by the node's address.
-    pub cache: HashMap<usize, Vec<SeriesSamples>>,
+    pub cache: HashMap<usize, Vec<SelectedSeries>>,
     /// Per selector node and series, where the last lookups landed (window
     /// start, window end): a range query's steps move forward, so the next
     /// lookup scans on from there instead of searching the whole series.
@@ -97,6 +98,8 @@ pub(crate) struct Ctx<'a> {
     /// Group key label sets built by aggregation nodes, by (node address,
     /// key hash): the same groups recur at every step of a range query.
     pub group_keys: RefCell<super::FxMap<(usize, u64), Labels>>,
+    /// Warnings and infos raised so far.
+    pub annotations: RefCell<super::Annotations>,
 }
 
 impl<'a> Ctx<'a> {
@@ -126,7 +129,18 @@ impl<'a> Ctx<'a> {
             cached_samples: Cell::new(0),
             subquery_depth: Cell::new(0),
             group_keys: RefCell::new(Default::default()),
+            annotations: RefCell::new(Default::default()),
         }
+    }
+
+    /// Records a warning annotation.
+    pub fn warn(&self, msg: String) {
+        self.annotations.borrow_mut().warn(msg);
+    }
+
+    /// Records an info annotation.
+    pub fn info(&self, msg: String) {
+        self.annotations.borrow_mut().info(msg);
     }
 
     /// Fails when the selected samples plus `extra` exceed the limit.
@@ -273,14 +287,14 @@ fn unparen(e: &Expr) -> &Expr {
 impl Ctx<'_> {
     /// Selects the series of `vs` in `[mint, maxt]`, reading no more than
     /// the query's remaining series and sample budgets allow.
-    fn select(&self, vs: &VectorSelector, mint: i64, maxt: i64) -> Result<Vec<SeriesSamples>, QueryError> {
+    fn select(&self, vs: &VectorSelector, mint: i64, maxt: i64) -> Result<Vec<SelectedSeries>, QueryError> {
         let groups = matcher_groups(vs)?;
         let limits = SelectLimits {
             series: self.max_series.saturating_sub(self.series),
             samples: self.max_samples.saturating_sub(self.selected),
         };
         let limited = |g: &[Matcher]| {
-            self.store.select_limited(self.tenant, g, mint, maxt, limits).map_err(|l| match l {
+            self.store.select_mixed_limited(self.tenant, g, mint, maxt, limits).map_err(|l| match l {
                 SelectLimit::Series => QueryError::TooManySeries { max_series: self.max_series },
                 SelectLimit::Samples => QueryError::TooManySamples { max_samples: self.max_samples },
             })
@@ -288,7 +302,7 @@ impl Ctx<'_> {
         if groups.len() == 1 {
             return limited(&groups[0]);
         }
-        let mut by: std::collections::BTreeMap<Labels, SeriesSamples> = Default::default();
+        let mut by: std::collections::BTreeMap<Labels, SelectedSeries> = Default::default();
         for g in groups {
             for s in limited(&g)? {
                 by.entry(s.labels.clone()).or_insert(s);
@@ -302,8 +316,11 @@ impl Ctx<'_> {
         if self.cache.contains_key(&key) {
             return Ok(());
         }
-        let s = self.select(vs, mint, maxt)?;
-        self.selected = self.selected.saturating_add(s.iter().map(|x| x.samples.len()).sum());
+        let mut s = self.select(vs, mint, maxt)?;
+        for x in s.iter_mut().filter(|x| !x.histograms.is_empty()) {
+            super::histfn::assign_reset_hints(&x.samples, &mut x.histograms);
+        }
+        self.selected = self.selected.saturating_add(s.iter().map(|x| x.samples.len() + x.histograms.len()).sum());
         self.series = self.series.saturating_add(s.len());
         if self.series > self.max_series {
             return Err(QueryError::TooManySeries { max_series: self.max_series });
@@ -390,6 +407,17 @@ impl Ctx<'_> {
         let mut out = Vec::new();
         for (s, c) in series.iter().zip(cursors) {
             let hi = upper(&s.samples, rt, &c.hi);
+            if !s.histograms.is_empty() {
+                // The newest histogram at or before rt wins over an older float.
+                let hh = s.histograms.partition_point(|p| p.0 <= rt);
+                if hh > 0 && (hi == 0 || s.histograms[hh - 1].0 > s.samples[hi - 1].0) {
+                    let (ht, h) = &s.histograms[hh - 1];
+                    if *ht > rt.saturating_sub(self.lookback) && !h.is_stale() {
+                        out.push(Sample::hist(s.labels.clone(), if keep_ts { *ht } else { t }, h.clone()));
+                    }
+                    continue;
+                }
+            }
             if hi == 0 {
                 continue;
             }
@@ -410,15 +438,26 @@ impl Ctx<'_> {
         out
     }
 
-    /// Calls `f` with the labels and in-window points (stale markers
+    /// The histogram samples of series `s` in the window `(lo, hi]`, stale
+    /// markers removed.
+    fn hist_window(s: &SelectedSeries, lo: i64, hi: i64) -> Vec<(i64, Histogram)> {
+        let a = s.histograms.partition_point(|p| p.0 <= lo);
+        let b = s.histograms.partition_point(|p| p.0 <= hi);
+        s.histograms[a..b.max(a)].iter().filter(|p| !p.1.is_stale()).cloned().collect()
+    }
+
+    /// Calls `f` with the labels, in-window float points and native
+    /// histograms (stale markers
     /// removed) of each series of matrix selector `ms` at `t`, borrowing the
     /// prefetched samples: no per-step copy unless a window holds a stale
     /// marker (then one reused buffer).
-    pub fn for_each_window(
+    /// Called for every series with a float or a histogram in its window
+    /// (the histograms are empty for float series).
+    pub fn for_each_window_mixed(
         &self,
         ms: &promql_parser::parser::MatrixSelector,
         t: i64,
-        mut f: impl FnMut(&Labels, &[(i64, f64)]),
+        mut f: impl FnMut(&Labels, &[(i64, f64)], &[(i64, Histogram)]),
     ) {
         let vs = &ms.vs;
         let key = vs as *const _ as usize;
@@ -429,6 +468,8 @@ impl Ctx<'_> {
         let ext = ext_of(vs);
         let mut buf: Vec<(i64, f64)> = Vec::new();
         for (s, c) in series.iter().zip(cursors) {
+            let hw =
+                if s.histograms.is_empty() { Vec::new() } else { Self::hist_window(s, rt.saturating_sub(range), rt) };
             let mut lo = upper(&s.samples, rt.saturating_sub(range), &c.lo);
             let mut hi = upper(&s.samples, rt, &c.hi);
             if ext.is_some() {
@@ -459,11 +500,11 @@ impl Ctx<'_> {
             if win.iter().any(|p| is_stale_nan(p.1)) {
                 buf.clear();
                 buf.extend(win.iter().copied().filter(|p| !is_stale_nan(p.1)));
-                if !buf.is_empty() {
-                    f(&s.labels, &buf);
+                if !buf.is_empty() || !hw.is_empty() {
+                    f(&s.labels, &buf, &hw);
                 }
-            } else if !win.is_empty() {
-                f(&s.labels, win);
+            } else if !win.is_empty() || !hw.is_empty() {
+                f(&s.labels, win, &hw);
             }
         }
     }
@@ -564,17 +605,28 @@ impl Ctx<'_> {
                             None => {
                                 let l = labels.into_owned();
                                 by.insert(l.clone(), out.len());
-                                out.push(Series { labels: l, points: Vec::new() });
+                                out.push(Series::floats(l, Vec::new()));
                                 out.len() - 1
                             }
                         };
-                        out[i].points.push((it, s.v));
+                        match &s.h {
+                            None => out[i].points.push((it, s.v)),
+                            Some(h) => {
+                                // Steps may skip stored samples: a stored
+                                // "no reset" no longer holds between steps.
+                                let mut h = (**h).clone();
+                                if h.reset_hint == cairn_wire::histogram::ResetHint::NotReset {
+                                    h.reset_hint = cairn_wire::histogram::ResetHint::Unknown;
+                                }
+                                out[i].hist.push((it, h))
+                            }
+                        }
                     }
                 }
                 Value::Scalar(_, v) => {
                     points += 1;
                     let i = *by.entry(Labels::empty()).or_insert_with(|| {
-                        out.push(Series { labels: Labels::empty(), points: Vec::new() });
+                        out.push(Series::floats(Labels::empty(), Vec::new()));
                         out.len() - 1
                     });
                     out[i].points.push((it, *v));
@@ -603,8 +655,16 @@ impl Ctx<'_> {
             Expr::Unary(u) => match self.eval(&u.expr, t)? {
                 Value::Scalar(t, v) => Ok(Value::Scalar(t, -v)),
                 Value::Vector(vs) => {
-                    let out: Vec<Sample> =
-                        vs.into_iter().map(|s| Sample { labels: s.labels, t: s.t, v: -s.v, drop_name: true }).collect();
+                    let out: Vec<Sample> = vs
+                        .into_iter()
+                        .map(|s| {
+                            let h = s.h.map(|mut h| {
+                                h.mul(-1.0);
+                                h
+                            });
+                            Sample { labels: s.labels, t: s.t, v: -s.v, drop_name: true, h }
+                        })
+                        .collect();
                     check_unique(&out)?;
                     Ok(Value::Vector(out))
                 }
@@ -622,8 +682,13 @@ impl Ctx<'_> {
                     let hi = s.samples.partition_point(|p| p.0 <= rt);
                     let points: Vec<(i64, f64)> =
                         s.samples[lo..hi].iter().copied().filter(|p| !is_stale_nan(p.1)).collect();
-                    if !points.is_empty() {
-                        out.push(Series { labels: s.labels.clone(), points });
+                    let hist = if s.histograms.is_empty() {
+                        Vec::new()
+                    } else {
+                        Self::hist_window(s, rt.saturating_sub(range), rt)
+                    };
+                    if !points.is_empty() || !hist.is_empty() {
+                        out.push(Series { labels: s.labels.clone(), points, hist });
                     }
                 }
                 Ok(Value::Matrix(out))

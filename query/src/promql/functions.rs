@@ -380,21 +380,47 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         let e = arg(0)?;
         let w = ctx.window(e, t).ok_or_else(|| QueryError::BadData(format!("{name}() expects a range vector")))?;
         let mut out = Vec::new();
+        let hist_aware = super::histfn::HIST_AWARE.contains(&name);
+        // A window holding histograms: the function's histogram semantics,
+        // or its floats alone for functions of floats only.
+        let mut mixed = |labels: &Labels, points: &[(i64, f64)], hists: &[(i64, cairn_wire::Histogram)]| {
+            let metric = || labels.get(cairn_wire::METRIC_NAME).unwrap_or("").to_string();
+            if !hists.is_empty() && !points.is_empty() && !hist_aware {
+                ctx.info(format!(
+                    "ignored histograms in a range containing both floats and histograms for metric name \"{}\"",
+                    metric()
+                ));
+            }
+            if !hists.is_empty() && hist_aware {
+                super::histfn::annotate_range(ctx, name, points, hists, &metric());
+            }
+            if hists.is_empty() || !hist_aware {
+                if !points.is_empty()
+                    && let Some(v) = f(points, w)
+                {
+                    out.push(Sample { labels: labels.clone(), t, v, drop_name: !keep_name, h: None });
+                }
+                return;
+            }
+            match super::histfn::range_function(name, points, hists, w) {
+                Some(super::histfn::HOut::Float(v)) => {
+                    out.push(Sample { labels: labels.clone(), t, v, drop_name: !keep_name, h: None })
+                }
+                Some(super::histfn::HOut::Hist(h)) => {
+                    out.push(Sample { labels: labels.clone(), t, v: 0.0, drop_name: !keep_name, h: Some(Box::new(h)) })
+                }
+                None => {}
+            }
+        };
         if let Expr::MatrixSelector(ms) = unparen(e) {
             // Hot path: read the prefetched samples in place.
-            ctx.for_each_window(ms, t, |labels, points| {
-                if let Some(v) = f(points, w) {
-                    out.push(Sample { labels: labels.clone(), t, v, drop_name: !keep_name });
-                }
-            });
+            ctx.for_each_window_mixed(ms, t, &mut mixed);
             // The series of one selector are distinct, and pending name
             // drops still count as distinct here: nothing to check.
             return Ok(Value::Vector(out));
         } else {
             for s in ctx.eval_matrix(e, t)? {
-                if let Some(v) = f(&s.points, w) {
-                    out.push(Sample { labels: s.labels, t, v, drop_name: !keep_name });
-                }
+                mixed(&s.labels, &s.points, &s.hist);
             }
         }
         check_unique(&out)?;
@@ -403,6 +429,8 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
     // Functions applying `f` to each sample of an instant vector.
     let map_fn = |e: &Expr, f: &dyn Fn(f64) -> f64| -> Result<Value, QueryError> {
         let mut v = ctx.eval_vector(e, t)?;
+        // Functions of floats ignore histogram samples.
+        v.retain(|s| s.h.is_none());
         for s in &mut v {
             s.v = f(s.v);
             drop_name(s);
@@ -500,8 +528,11 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
             let m = ctx.eval_matrix(e, t)?;
             let mut out = Vec::with_capacity(m.len());
             for s in m {
+                if s.points.is_empty() {
+                    continue;
+                }
                 let mut vals: Vec<f64> = s.points.iter().map(|x| x.1).collect();
-                out.push(Sample { labels: s.labels, t, v: quantile_of(q, &mut vals), drop_name: true });
+                out.push(Sample { labels: s.labels, t, v: quantile_of(q, &mut vals), drop_name: true, h: None });
             }
             check_unique(&out)?;
             Ok(Value::Vector(out))
@@ -639,7 +670,10 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
                     .collect(),
                 _ => {
                     let mut v = ctx.eval_vector(e, t)?;
-                    v.iter_mut().for_each(|s| s.v = t as f64 / 1000.0);
+                    v.iter_mut().for_each(|s| {
+                        s.v = t as f64 / 1000.0;
+                        s.h = None;
+                    });
                     v
                 }
             };
@@ -655,11 +689,13 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         }
         "vector" => Ok(Value::Vector(vec![Sample::new(Labels::empty(), t, ctx.eval_scalar(arg(0)?, t)?)])),
         "scalar" => {
-            let v = ctx.eval_vector(arg(0)?, t)?;
+            let mut v = ctx.eval_vector(arg(0)?, t)?;
+            v.retain(|s| s.h.is_none());
             Ok(Value::Scalar(t, if v.len() == 1 { v[0].v } else { f64::NAN }))
         }
         "sort" | "sort_desc" => {
             let mut v = ctx.eval_vector(arg(0)?, t)?;
+            v.retain(|s| s.h.is_none());
             if name == "sort" {
                 v.sort_by(|a, b| asc_nan_last(a.v, b.v));
             } else {
@@ -755,17 +791,54 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         "histogram_quantile" => {
             let q = ctx.eval_scalar(arg(0)?, t)?;
             let v = ctx.eval_vector(arg(1)?, t)?;
-            Ok(Value::Vector(histogram_quantile(q, v, t)))
+            let (native, classic): (Vec<Sample>, Vec<Sample>) = v.into_iter().partition(|s| s.h.is_some());
+            let mut out = Vec::with_capacity(native.len());
+            for mut s in native {
+                if let Some(h) = s.h.take() {
+                    s.v = super::histfn::quantile(q, &h);
+                    drop_name(&mut s);
+                    out.push(s);
+                }
+            }
+            let classic = histogram_quantile(q, classic, t);
+            // A classic group and a native series with the same labels
+            // collide, as in Prometheus.
+            out.extend(classic);
+            check_unique(&out)?;
+            Ok(Value::Vector(out))
         }
         "histogram_count" | "histogram_sum" | "histogram_avg" | "histogram_stddev" | "histogram_stdvar" => {
-            // Float samples are ignored by these functions; only native
-            // histograms (not stored) produce output.
-            ctx.eval_vector(arg(0)?, t)?;
-            Ok(Value::Vector(Vec::new()))
+            // Float samples are ignored by these functions.
+            let mut v = ctx.eval_vector(arg(0)?, t)?;
+            v.retain(|s| s.h.is_some());
+            for s in &mut v {
+                if let Some(h) = s.h.take() {
+                    s.v = match name {
+                        "histogram_count" => h.count,
+                        "histogram_sum" => h.sum,
+                        "histogram_avg" => h.sum / h.count,
+                        "histogram_stddev" => super::histfn::stdvar(&h).sqrt(),
+                        _ => super::histfn::stdvar(&h),
+                    };
+                }
+                drop_name(s);
+            }
+            check_unique(&v)?;
+            Ok(Value::Vector(v))
         }
         "histogram_fraction" => {
-            ctx.eval_vector(arg(2)?, t)?;
-            Ok(Value::Vector(Vec::new()))
+            let lo = ctx.eval_scalar(arg(0)?, t)?;
+            let hi = ctx.eval_scalar(arg(1)?, t)?;
+            let mut v = ctx.eval_vector(arg(2)?, t)?;
+            v.retain(|s| s.h.is_some());
+            for s in &mut v {
+                if let Some(h) = s.h.take() {
+                    s.v = super::histfn::fraction(lo, hi, &h);
+                }
+                drop_name(s);
+            }
+            check_unique(&v)?;
+            Ok(Value::Vector(v))
         }
         other => Err(QueryError::Unsupported(format!("function {other}()"))),
     }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use cairn_store::metrics::MetricsStore;
+pub use cairn_wire::Histogram;
 use cairn_wire::Labels;
 use promql_parser::parser::{self, Expr};
 
@@ -11,6 +12,7 @@ mod aggregate;
 mod binary;
 mod eval;
 mod functions;
+mod histfn;
 mod rewrite;
 
 use eval::Ctx;
@@ -148,12 +150,19 @@ pub struct Sample {
     /// before aggregation): Prometheus's delayed name removal, which lets
     /// `label_replace` still read or restore `__name__`.
     pub drop_name: bool,
+    /// A native histogram value; when set, `v` is meaningless (0).
+    pub h: Option<Box<Histogram>>,
 }
 
 impl Sample {
     /// A sample that keeps its name.
     pub fn new(labels: Labels, t: i64, v: f64) -> Sample {
-        Sample { labels, t, v, drop_name: false }
+        Sample { labels, t, v, drop_name: false, h: None }
+    }
+
+    /// A native-histogram sample that keeps its name.
+    pub fn hist(labels: Labels, t: i64, h: Histogram) -> Sample {
+        Sample { labels, t, v: 0.0, drop_name: false, h: Some(Box::new(h)) }
     }
 
     /// Applies a pending name drop.
@@ -172,6 +181,16 @@ pub struct Series {
     pub labels: Labels,
     /// (timestamp ms, value), ascending.
     pub points: Vec<(i64, f64)>,
+    /// (timestamp ms, native histogram), ascending; a timestamp is never
+    /// in both `points` and `hist`.
+    pub hist: Vec<(i64, Histogram)>,
+}
+
+impl Series {
+    /// A float series.
+    pub fn floats(labels: Labels, points: Vec<(i64, f64)>) -> Series {
+        Series { labels, points, hist: Vec::new() }
+    }
 }
 
 /// A PromQL value.
@@ -195,6 +214,33 @@ impl Value {
             Value::Vector(_) => "vector",
             Value::Matrix(_) => "matrix",
             Value::String(..) => "string",
+        }
+    }
+}
+
+/// Prometheus's annotations of a query result: warnings (the result may be
+/// wrong or incomplete) and infos (something was ignored), deduplicated,
+/// in the order they were first raised.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Annotations {
+    /// `PromQL warning: …` messages.
+    pub warnings: Vec<String>,
+    /// `PromQL info: …` messages.
+    pub infos: Vec<String>,
+}
+
+impl Annotations {
+    pub(crate) fn warn(&mut self, msg: String) {
+        let m = format!("PromQL warning: {msg}");
+        if !self.warnings.contains(&m) {
+            self.warnings.push(m);
+        }
+    }
+
+    pub(crate) fn info(&mut self, msg: String) {
+        let m = format!("PromQL info: {msg}");
+        if !self.infos.contains(&m) {
+            self.infos.push(m);
         }
     }
 }
@@ -266,6 +312,17 @@ pub fn instant_query(
     t: i64,
     opts: &QueryOptions,
 ) -> Result<Value, QueryError> {
+    instant_query_annotated(store, tenant, expr, t, opts).map(|(v, _)| v)
+}
+
+/// [`instant_query`] with the result's annotations.
+pub fn instant_query_annotated(
+    store: &MetricsStore,
+    tenant: &str,
+    expr: &Expr,
+    t: i64,
+    opts: &QueryOptions,
+) -> Result<(Value, Annotations), QueryError> {
     let mut ctx = Ctx::new(store, tenant, opts, t, t, 0);
     ctx.prefetch(expr, t, t)?;
     // Vector results keep the engine's order (as Prometheus's instant
@@ -275,7 +332,7 @@ pub fn instant_query(
         vs.iter_mut().for_each(Sample::clean);
         eval::check_unique(vs)?;
     }
-    Ok(v)
+    Ok((v, ctx.annotations.into_inner()))
 }
 
 /// Evaluates `expr` at `start, start+step, …, ≤ end` (ms) into a matrix.
@@ -288,6 +345,19 @@ pub fn range_query(
     step: i64,
     opts: &QueryOptions,
 ) -> Result<Vec<Series>, QueryError> {
+    range_query_annotated(store, tenant, expr, start, end, step, opts).map(|(m, _)| m)
+}
+
+/// [`range_query`] with the result's annotations.
+pub fn range_query_annotated(
+    store: &MetricsStore,
+    tenant: &str,
+    expr: &Expr,
+    start: i64,
+    end: i64,
+    step: i64,
+    opts: &QueryOptions,
+) -> Result<(Vec<Series>, Annotations), QueryError> {
     if step <= 0 {
         return Err(QueryError::BadData(
             "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
@@ -312,6 +382,7 @@ pub fn range_query(
     let mut ctx = Ctx::new(store, tenant, opts, start, end, step);
     ctx.prefetch(expr, start, end)?;
     let mut by: FxMap<Labels, Vec<(i64, f64)>> = FxMap::default();
+    let mut hby: FxMap<Labels, Vec<(i64, Histogram)>> = FxMap::default();
     let mut unnamed: FxMap<Labels, Labels> = FxMap::default();
     let mut t = start;
     let mut points = 0usize;
@@ -339,7 +410,13 @@ pub fn range_query(
                 }
                 eval::check_unique(&vs)?;
                 for s in vs {
-                    by.entry(s.labels).or_default().push((t, s.v));
+                    match s.h {
+                        None => by.entry(s.labels).or_default().push((t, s.v)),
+                        Some(h) => {
+                            by.entry(s.labels.clone()).or_default();
+                            hby.entry(s.labels).or_default().push((t, *h));
+                        }
+                    }
                 }
             }
             other => {
@@ -349,9 +426,22 @@ pub fn range_query(
         ctx.check_samples(points)?;
         t += step;
     }
-    let mut out: Vec<Series> = by.into_iter().map(|(labels, points)| Series { labels, points }).collect();
+    let mut out: Vec<Series> = by
+        .into_iter()
+        .map(|(labels, points)| {
+            let hist = hby.remove(&labels).unwrap_or_default();
+            Series { labels, points, hist }
+        })
+        .collect();
     out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    Ok(out)
+    if let Expr::Call(c) = expr
+        && matches!(c.func.name, "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc")
+    {
+        ctx.annotations
+            .borrow_mut()
+            .warn("sort is ineffective for range queries since results are always ordered by labels".into());
+    }
+    Ok((out, ctx.annotations.into_inner()))
 }
 
 #[cfg(test)]

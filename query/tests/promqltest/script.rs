@@ -4,17 +4,27 @@
 //!
 //! The parser never panics: a line it cannot read becomes a [`Script`] error
 //! for that command only, so the rest of the file still runs. Native
-//! histogram literals (`{{…}}`) are recognised and reported as unsupported
-//! (the store holds float samples only).
+//! histogram literals (`{{…}}`, with `xN` repeats and `{{A}}+{{B}}xN`
+//! series) are read into [`Histogram`]s.
 
-use cairn_wire::{Labels, METRIC_NAME, STALE_NAN_BITS};
+use cairn_wire::histogram::ResetHint;
+use cairn_wire::{Histogram, Labels, METRIC_NAME, STALE_NAN_BITS};
+
+/// One value of the notation: a float or a native histogram (with whether
+/// its counter-reset hint was spelled out, which makes it part of the
+/// comparison).
+#[derive(Debug, Clone)]
+pub enum Val {
+    F(f64),
+    H(Box<Histogram>, bool),
+}
 
 /// One command of a script, with the 1-based line it starts on.
 #[derive(Debug)]
 pub enum Command {
-    /// `load <interval>`: float series to append. `skipped` names series
-    /// that could not be loaded (native histograms), with the reason.
-    Load { series: Vec<(Labels, Vec<(i64, f64)>)>, skipped: Vec<String> },
+    /// `load <interval>`: float and histogram series to append. `skipped`
+    /// names series that could not be loaded, with the reason.
+    Load { series: Vec<(Labels, Vec<(i64, f64)>)>, hists: Vec<(Labels, Vec<(i64, Histogram)>)>, skipped: Vec<String> },
     /// `clear`.
     Clear,
     /// An `eval…` command.
@@ -46,7 +56,7 @@ pub enum FailExpect {
 #[derive(Debug, Clone)]
 pub struct ExpSeries {
     pub labels: Labels,
-    pub values: Vec<Option<f64>>,
+    pub values: Vec<Option<Val>>,
 }
 
 /// One `eval` case.
@@ -61,6 +71,10 @@ pub struct Eval {
     pub expect_warn: bool,
     /// `expect info` / `eval_info` lines (info annotations must be produced).
     pub expect_info: bool,
+    /// `expect no_warn`: no warning may be produced.
+    pub expect_no_warn: bool,
+    /// `expect no_info`: no info annotation may be produced.
+    pub expect_no_info: bool,
     pub ordered: bool,
     /// `expect range vector from … to … step …`.
     pub range_vector: Option<(i64, i64, i64)>,
@@ -141,6 +155,7 @@ fn parse_load(word: &str, rest: &str, body: &[(usize, &str)]) -> Result<Command,
     }
     let interval = parse_dur(rest.trim())?;
     let mut series = Vec::new();
+    let mut hists = Vec::new();
     let mut skipped = Vec::new();
     for &(ln, b) in body {
         let (desc, vals) = split_series(b).map_err(|e| format!("line {ln}: {e}"))?;
@@ -149,15 +164,23 @@ fn parse_load(word: &str, rest: &str, body: &[(usize, &str)]) -> Result<Command,
             continue;
         }
         let labels = parse_series_desc(desc).map_err(|e| format!("line {ln}: {e}"))?;
-        if vals.contains("{{") {
-            skipped.push(format!("line {ln}: native histogram samples for {labels}"));
-            continue;
-        }
         let values = expand_values(vals).map_err(|e| format!("line {ln}: {e}"))?;
-        let samples = values.into_iter().enumerate().filter_map(|(k, v)| v.map(|v| (k as i64 * interval, v))).collect();
-        series.push((labels, samples));
+        let (mut fs, mut hs) = (Vec::new(), Vec::new());
+        for (k, v) in values.into_iter().enumerate() {
+            match v {
+                Some(Val::F(f)) => fs.push((k as i64 * interval, f)),
+                Some(Val::H(h, _)) => hs.push((k as i64 * interval, *h)),
+                None => {}
+            }
+        }
+        if !fs.is_empty() || hs.is_empty() {
+            series.push((labels.clone(), fs));
+        }
+        if !hs.is_empty() {
+            hists.push((labels, hs));
+        }
     }
-    Ok(Command::Load { series, skipped })
+    Ok(Command::Load { series, hists, skipped })
 }
 
 fn parse_eval(line: usize, word: &str, rest: &str, body: &[(usize, &str)]) -> Result<Eval, String> {
@@ -194,6 +217,8 @@ fn parse_eval(line: usize, word: &str, rest: &str, body: &[(usize, &str)]) -> Re
         fail: (word == "eval_fail").then_some(FailExpect::Any),
         expect_warn: word == "eval_warn",
         expect_info: word == "eval_info",
+        expect_no_warn: false,
+        expect_no_info: false,
         ordered: word == "eval_ordered",
         range_vector: None,
         string: None,
@@ -232,7 +257,8 @@ fn parse_eval_body_line(e: &mut Eval, b: &str) -> Result<(), String> {
             }
             "warn" => e.expect_warn = true,
             "info" => e.expect_info = true,
-            "no_warn" | "no_info" => {}
+            "no_warn" => e.expect_no_warn = true,
+            "no_info" => e.expect_no_info = true,
             "ordered" => e.ordered = true,
             "range" => {
                 let (v, r) = split_word(r);
@@ -266,9 +292,6 @@ fn parse_eval_body_line(e: &mut Eval, b: &str) -> Result<(), String> {
             other => return Err(format!("unknown expect {other:?}")),
         }
         return Ok(());
-    }
-    if b.contains("{{") {
-        return Err("native histogram in the expected result".into());
     }
     // A bare number: scalar result.
     if let Ok(v) = parse_num(b) {
@@ -382,10 +405,149 @@ pub fn parse_num(s: &str) -> Result<f64, String> {
     Ok(if neg { -v } else { v })
 }
 
-/// Expands the value notation (`1 _ 3 stale 0+10x3 _x2 5x2`).
-pub fn expand_values(s: &str) -> Result<Vec<Option<f64>>, String> {
+/// Splits at whitespace outside `{{…}}`.
+fn tokens(s: &str) -> Vec<&str> {
     let mut out = Vec::new();
-    for tok in s.split_whitespace() {
+    let b = s.as_bytes();
+    let (mut i, mut depth, mut start) = (0, 0usize, None::<usize>);
+    while i < b.len() {
+        if b[i..].starts_with(b"{{") {
+            depth += 1;
+            start.get_or_insert(i);
+            i += 2;
+            continue;
+        }
+        if depth > 0 && b[i..].starts_with(b"}}") {
+            depth -= 1;
+            i += 2;
+            continue;
+        }
+        if depth == 0 && b[i].is_ascii_whitespace() {
+            if let Some(st) = start.take() {
+                out.push(&s[st..i]);
+            }
+        } else {
+            start.get_or_insert(i);
+        }
+        i += 1;
+    }
+    if let Some(st) = start {
+        out.push(&s[st..]);
+    }
+    out
+}
+
+/// Parses the inside of `{{…}}`.
+pub fn parse_histogram(body: &str) -> Result<(Histogram, bool), String> {
+    let mut h = Histogram::default();
+    let mut hint_given = false;
+    let (mut pos, mut neg): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    let (mut off, mut noff) = (0i32, 0i32);
+    let mut rest = body.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once(':').ok_or_else(|| format!("bad histogram field in {body:?}"))?;
+        let key = key.trim();
+        let after = after.trim_start();
+        let (val, next) = if after.starts_with('[') {
+            let end = after.find(']').ok_or_else(|| format!("unterminated list in {body:?}"))?;
+            (&after[..=end], &after[end + 1..])
+        } else {
+            match after.find(char::is_whitespace) {
+                Some(i) => (&after[..i], &after[i..]),
+                None => (after, ""),
+            }
+        };
+        rest = next.trim_start();
+        let list = |v: &str| -> Result<Vec<f64>, String> {
+            v.trim_start_matches('[').trim_end_matches(']').split_whitespace().map(parse_num).collect()
+        };
+        let int = |v: &str| v.parse::<i32>().map_err(|_| format!("bad integer {v:?}"));
+        match key {
+            "schema" => h.schema = int(val)?,
+            "sum" => h.sum = parse_num(val)?,
+            "count" => h.count = parse_num(val)?,
+            "z_bucket" => h.zero_count = parse_num(val)?,
+            "z_bucket_w" => h.zero_threshold = parse_num(val)?,
+            "buckets" => pos = list(val)?,
+            "n_buckets" => neg = list(val)?,
+            "offset" => off = int(val)?,
+            "n_offset" => noff = int(val)?,
+            "custom_values" => h.custom_values = list(val)?,
+            "counter_reset_hint" => {
+                hint_given = true;
+                h.reset_hint = match val {
+                    "unknown" => ResetHint::Unknown,
+                    "reset" => ResetHint::Reset,
+                    "not_reset" => ResetHint::NotReset,
+                    "gauge" => ResetHint::Gauge,
+                    o => return Err(format!("bad counter_reset_hint {o:?}")),
+                }
+            }
+            o => return Err(format!("unknown histogram field {o:?}")),
+        }
+    }
+    h.positive = pos.into_iter().enumerate().map(|(k, c)| (off + k as i32, c)).collect();
+    h.negative = neg.into_iter().enumerate().map(|(k, c)| (noff + k as i32, c)).collect();
+    Ok((h, hint_given))
+}
+
+/// `{{A}}`, `{{A}}xN`, `{{A}}+{{B}}xN`, `{{A}}-{{B}}xN`.
+fn expand_histograms(tok: &str, out: &mut Vec<Option<Val>>) -> Result<(), String> {
+    let end = tok.find("}}").ok_or_else(|| format!("unterminated histogram {tok:?}"))?;
+    let (a, hint) = parse_histogram(&tok[2..end])?;
+    let rest = &tok[end + 2..];
+    if rest.is_empty() {
+        out.push(Some(Val::H(Box::new(a), hint)));
+        return Ok(());
+    }
+    if let Some(n) = rest.strip_prefix('x') {
+        let n: usize = n.parse().map_err(|_| format!("bad repeat in {tok:?}"))?;
+        for _ in 0..=n {
+            out.push(Some(Val::H(Box::new(a.clone()), hint)));
+        }
+        return Ok(());
+    }
+    let sub = rest.starts_with('-');
+    let inner = rest[1..].strip_prefix("{{").ok_or_else(|| format!("bad histogram series {tok:?}"))?;
+    let e2 = inner.find("}}").ok_or_else(|| format!("unterminated histogram {tok:?}"))?;
+    let (b, _) = parse_histogram(&inner[..e2])?;
+    let n: usize = inner[e2 + 2..]
+        .strip_prefix('x')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("bad repeat in {tok:?}"))?;
+    let mut cur = a;
+    for k in 0..=n {
+        if k > 0 {
+            let r = if sub { cur.sub(&b) } else { cur.add(&b) };
+            r.map_err(|e| format!("{tok:?}: {e}"))?;
+        }
+        out.push(Some(Val::H(Box::new(cur.clone()), hint)));
+    }
+    Ok(())
+}
+
+/// Expands the value notation (`1 _ 3 stale 0+10x3 _x2 5x2 {{…}}x3`).
+pub fn expand_values(s: &str) -> Result<Vec<Option<Val>>, String> {
+    let mut out = Vec::new();
+    expand_into(s, &mut out)?;
+    Ok(out)
+}
+
+fn expand_into(s: &str, hout: &mut Vec<Option<Val>>) -> Result<(), String> {
+    for tok in tokens(s) {
+        if tok.starts_with("{{") {
+            expand_histograms(tok, hout)?;
+            continue;
+        }
+        let mut out: Vec<Option<f64>> = Vec::new();
+        expand_float(tok, &mut out)?;
+        hout.extend(out.into_iter().map(|v| v.map(Val::F)));
+    }
+    Ok(())
+}
+
+fn expand_float(tok: &str, out: &mut Vec<Option<f64>>) -> Result<(), String> {
+    {
         if tok == "_" {
             out.push(None);
         } else if let Some(n) = tok.strip_prefix("_x") {
@@ -416,7 +578,7 @@ pub fn expand_values(s: &str) -> Result<Vec<Option<f64>>, String> {
             return Err(format!("bad value {tok:?}"));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -425,6 +587,18 @@ mod tests {
 
     #[test]
     fn expanding_notation() {
+        let f = |s: &str| -> Vec<Option<f64>> {
+            expand_values(s)
+                .unwrap()
+                .into_iter()
+                .map(|v| match v {
+                    Some(Val::F(f)) => Some(f),
+                    Some(Val::H(..)) => panic!("histogram"),
+                    None => None,
+                })
+                .collect()
+        };
+        let expand_values = |s: &str| -> Result<Vec<Option<f64>>, String> { Ok(f(s)) };
         let v = expand_values("1 _ 0+10x2 1-2x1 _x2 3x1 stale -Inf").unwrap();
         assert_eq!(v.len(), 13);
         assert_eq!(v[2..5], [Some(0.0), Some(10.0), Some(20.0)]);
@@ -435,6 +609,21 @@ mod tests {
         assert_eq!(expand_values("1e+3+1x1").unwrap(), [Some(1000.0), Some(1001.0)]);
         assert_eq!(expand_values("-1+1x1").unwrap(), [Some(-1.0), Some(0.0)]);
         assert_eq!(expand_values("0x2").unwrap(), [Some(0.0); 3]);
+    }
+
+    #[test]
+    fn histogram_notation() {
+        let v =
+            expand_values("{{schema:0 sum:5 count:4 buckets:[1 2 1]}}+{{sum:2 count:1 buckets:[1] offset:1}}x2 _ 3")
+                .unwrap();
+        assert_eq!(v.len(), 5);
+        let Some(Val::H(h, false)) = &v[2] else { panic!("{:?}", v[2]) };
+        assert_eq!(h.count, 6.0);
+        assert_eq!(h.positive, vec![(0, 1.0), (1, 4.0), (2, 1.0)]);
+        assert!(matches!(v[4], Some(Val::F(3.0))));
+        let (h, hint) = parse_histogram("schema:-53 custom_values:[-2 3] counter_reset_hint:gauge").unwrap();
+        assert_eq!(h.custom_values, vec![-2.0, 3.0]);
+        assert!(hint && h.reset_hint == ResetHint::Gauge);
     }
 
     #[test]
