@@ -23,6 +23,7 @@
 //! template control structures and functions Loki lacks.
 
 mod ast;
+mod ctl;
 mod detected;
 mod eval;
 mod format;
@@ -35,6 +36,7 @@ pub use ast::{
     BinOp, Direction, Expr, FilterOp, Grouping, JsonPathPart, LabelFmt, LineFilter, LogRange, LogSelector,
     NamedMatcher, RangeOp, SampleExpr, Stage, Unwrap, UnwrapConv, VecOp, VectorMatching,
 };
+pub use ctl::{EvalStats, QueryCtl};
 pub use detected::{DetectedField, detect_fields, detected_field_values};
 pub use eval::{LogEntry, LogQuery, StreamResult, eval_log_query};
 pub use format::go_quote;

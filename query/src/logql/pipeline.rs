@@ -1461,13 +1461,13 @@ fn unpack_stage(line: &str, lbs: &mut LabelsBuilder) -> Option<String> {
 }
 
 /// A logfmt key and its value (`None` for a bare key).
-pub(crate) type LogfmtPair = (String, Option<String>);
+pub type LogfmtPair = (String, Option<String>);
 
 /// Splits a logfmt line into (key, value) pairs (value `None` for a bare
 /// key). Bytes up to `' '` separate pairs. A malformed pair is reported in
 /// the second element (the first one only) and skipped up to the next
 /// separator; callers in `--strict` mode stop at it.
-pub(crate) fn logfmt_pairs(line: &str) -> (Vec<LogfmtPair>, Option<(usize, String)>) {
+pub fn logfmt_pairs(line: &str) -> (Vec<LogfmtPair>, Option<(usize, String)>) {
     let mut out = Vec::new();
     let mut first_err: Option<(usize, String)> = None;
     let b = line.as_bytes();
