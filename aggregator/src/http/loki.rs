@@ -992,6 +992,46 @@ pub(crate) async fn detected_fields(
     }
 }
 
+/// `GET|POST /loki/api/v1/patterns?query&start&end&step`: Drain patterns of
+/// the newest lines of the range (see [`logql::detect_patterns`]),
+/// `{"status": "success", "data": [{"pattern", "level", "samples": [[s, n]…]}]}`.
+pub(crate) async fn patterns(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = try_resp!(meta_request(agg, q, &headers, &body));
+    let parsed = (|| {
+        let (start, end) = meta_range(&r.p)?;
+        let sel = log_selector_param(&r.p)?;
+        let step = match r.p.get("step") {
+            None => default_step_ns(start, end),
+            Some(s) => time::parse_loki_duration_ns(s).map_err(|e| bad(format!("invalid step parameter: {e}")))?,
+        };
+        if step <= 0 {
+            return Err(bad("zero or negative query resolution step widths are not accepted. Try a positive integer"));
+        }
+        Ok::<_, Response>((start, end, sel, step))
+    })();
+    let (start, end, sel, step) = try_resp!(parsed);
+    let deadline = logql_deadline(&r.agg, Instant::now());
+    let res = blocking(move || {
+        let ctl = logql::QueryCtl::with_deadline(deadline);
+        let q = meta_log_query(&r.tenant, start, end, logql::MAX_PATTERN_LINES, &ctl);
+        logql::detect_patterns(&r.agg.logs, &sel, &q, step).map_err(|e| QueryFailure::from(e).into_response())
+    })
+    .await;
+    match res {
+        Ok(Ok(series)) => {
+            let data: Vec<serde_json::Value> =
+                series.iter().map(|p| json!({"pattern": p.pattern, "level": p.level, "samples": p.samples})).collect();
+            Json(json!({"status": "success", "data": data})).into_response()
+        }
+        Ok(Err(e)) | Err(e) => e,
+    }
+}
+
 /// `GET /loki/api/v1/detected_field/<name>/values`: bare
 /// `{"values": […], "limit": N}`.
 pub(crate) async fn detected_field_values(

@@ -30,6 +30,7 @@ mod format;
 mod lexer;
 mod metric;
 mod parser;
+mod patterns;
 pub mod pipeline;
 
 pub use ast::{
@@ -42,3 +43,4 @@ pub use eval::{LogEntry, LogQuery, StreamResult, eval_log_query};
 pub use format::go_quote;
 pub use metric::{EvalError, MAX_POINTS, MetricQuery, MetricValue, Sample, Series, eval_metric};
 pub use parser::{ParseError, parse};
+pub use patterns::{MAX_PATTERN_LINES, PatternSeries, detect_patterns};
