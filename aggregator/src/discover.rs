@@ -14,7 +14,11 @@
 //! - **`detected_level`** (`limits.discover_log_levels`): each entry gets a
 //!   `detected_level` structured-metadata field, unless it has one already
 //!   (then its value is normalised in place). The level comes from, in
-//!   order: the first stream label named in `limits.log_level_fields`; the
+//!   order: the first stream label named in `limits.log_level_fields` —
+//!   then nothing is stored: the level is the same for the whole stream and
+//!   queries imply it from the label (`cairn_query::logql::QueryCtl::level_fields`),
+//!   which keeps such streams as cheap to store and count as without
+//!   discovery; the
 //!   first such metadata field; an OTLP `severity_number` metadata field; a
 //!   JSON line's first string field of those names (two object levels deep);
 //!   a logfmt line's field of those names (case-insensitive, earlier names
@@ -31,6 +35,7 @@ use std::cell::Cell;
 use std::fmt;
 
 use cairn_query::logql::pipeline::logfmt_pairs;
+use cairn_query::logql::{DETECTED_LEVEL, known_level, level_from_labels, normalize_level};
 use cairn_wire::{Labels, StreamEntries};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
@@ -40,8 +45,6 @@ use crate::config::LimitsConfig;
 pub const SERVICE_NAME: &str = "service_name";
 /// `service_name` of a stream none of whose labels names its service.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
-/// The structured-metadata field holding an entry's level.
-pub const DETECTED_LEVEL: &str = "detected_level";
 /// OTLP's severity number, as Loki's OTLP ingest stores it in metadata.
 const OTLP_SEVERITY_NUMBER: &str = "severity_number";
 /// Depth of JSON objects searched for a level field (Loki's
@@ -94,7 +97,9 @@ pub fn discover_service_and_level(limits: &LimitsConfig, stream: &mut StreamEntr
     }
     if limits.discover_log_levels && stream.labels.get(DETECTED_LEVEL).is_none() {
         let fields = &limits.log_level_fields;
-        let from_label = fields.iter().find_map(|f| stream.labels.get(f)).map(normalize_level);
+        // A level label gives every entry the same level: nothing is
+        // stored, queries imply it from the label (`QueryCtl::level_fields`).
+        let from_label = level_from_labels(fields, &stream.labels).is_some();
         for e in &mut stream.entries {
             if let Some((_, v)) = e.metadata.iter_mut().find(|(k, _)| k == DETECTED_LEVEL) {
                 let n = normalize_level(v);
@@ -103,10 +108,10 @@ pub fn discover_service_and_level(limits: &LimitsConfig, stream: &mut StreamEntr
                 }
                 continue;
             }
-            let level = match from_label {
-                Some(l) => l.to_string(),
-                None => level_of_entry(fields, &e.metadata, &e.line),
-            };
+            if from_label {
+                continue;
+            }
+            let level = level_of_entry(fields, &e.metadata, &e.line);
             if !level.is_empty() {
                 e.metadata.push((DETECTED_LEVEL.to_string(), level));
             }
@@ -128,33 +133,6 @@ fn with_service_name(candidates: &[String], labels: &Labels) -> Option<Labels> {
     let pairs = labels.iter().map(|l| (l.name.clone(), l.value.clone())).chain([(SERVICE_NAME.to_string(), value)]);
     // Cannot fail: the names were valid and `service_name` was absent.
     Labels::from_pairs(pairs).ok()
-}
-
-/// Loki's normalisation of a level's spelling; other values are returned
-/// unchanged.
-fn normalize_level(v: &str) -> &str {
-    known_level(v).unwrap_or(v)
-}
-
-/// The canonical level for a known spelling (case-insensitive).
-fn known_level(v: &str) -> Option<&'static str> {
-    const SPELLINGS: &[(&str, &str)] = &[
-        ("trace", "trace"),
-        ("trc", "trace"),
-        ("debug", "debug"),
-        ("dbg", "debug"),
-        ("info", "info"),
-        ("inf", "info"),
-        ("information", "info"),
-        ("warn", "warn"),
-        ("wrn", "warn"),
-        ("warning", "warn"),
-        ("error", "error"),
-        ("err", "error"),
-        ("critical", "critical"),
-        ("fatal", "fatal"),
-    ];
-    SPELLINGS.iter().find(|(s, _)| s.eq_ignore_ascii_case(v)).map(|&(_, l)| l)
 }
 
 /// The level of an entry whose stream has no level label.
@@ -439,7 +417,8 @@ mod tests {
         let l = LimitsConfig::default();
         let mut s = stream(&[("app", "a"), ("level", "WARNING")], &[("x", &[]), ("y", &[("detected_level", "ERR")])]);
         discover_service_and_level(&l, &mut s);
-        assert_eq!(levels(&s), [Some("warn"), Some("error")], "label wins; present metadata is normalised");
+        assert_eq!(levels(&s), [None, Some("error")], "label: nothing stored; present metadata is normalised");
+        assert_eq!(level_from_labels(&l.log_level_fields, &s.labels), Some("warn"), "queries imply it from the label");
         assert_eq!(s.entries[1].metadata.len(), 1);
 
         let mut s = stream(

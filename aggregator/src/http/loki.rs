@@ -347,20 +347,22 @@ struct QuerySpec {
     instant: bool,
 }
 
-/// The deadline of a LogQL request that arrived at `started`
-/// (`query.logql_timeout`).
-pub(crate) fn logql_deadline(agg: &Aggregator, started: Instant) -> Option<Instant> {
+/// The control of a LogQL request that arrived at `started`: its deadline
+/// (`query.logql_timeout`) and, with `limits.discover_log_levels`, the
+/// level fields that imply `detected_level` from stream labels.
+pub(crate) fn logql_ctl(agg: &Aggregator, started: Instant) -> logql::QueryCtl {
     let t = agg.config.query.logql_timeout.0;
-    (!t.is_zero()).then(|| started + t)
+    let ctl = logql::QueryCtl::with_deadline((!t.is_zero()).then(|| started + t));
+    let l = &agg.config.limits;
+    if l.discover_log_levels { ctl.with_level_fields(l.log_level_fields.clone()) } else { ctl }
 }
 
 async fn run_query(agg: &Arc<Aggregator>, spec: QuerySpec, api: &'static str) -> Response {
     let started = Instant::now();
     let agg2 = agg.clone();
     let categorize = spec.categorize;
-    let deadline = logql_deadline(agg, started);
+    let ctl = logql_ctl(agg, started);
     let res = blocking(move || {
-        let ctl = logql::QueryCtl::with_deadline(deadline);
         let out = evaluate(&agg2, &spec, &ctl);
         (out, ctl.stats())
     })
@@ -961,9 +963,8 @@ pub(crate) async fn detected_fields(
         Ok::<_, Response>((start, end, sel, line_limit, field_limit))
     })();
     let (start, end, sel, line_limit, field_limit) = try_resp!(parsed);
-    let deadline = logql_deadline(&r.agg, Instant::now());
+    let ctl = logql_ctl(&r.agg, Instant::now());
     let res = blocking(move || {
-        let ctl = logql::QueryCtl::with_deadline(deadline);
         let q = meta_log_query(&r.tenant, start, end, line_limit, &ctl);
         let fields = logql::detect_fields(&r.agg.logs, &sel, &q, field_limit)
             .map_err(|e| QueryFailure::from(e).into_response())?;
@@ -1015,9 +1016,8 @@ pub(crate) async fn patterns(
         Ok::<_, Response>((start, end, sel, step))
     })();
     let (start, end, sel, step) = try_resp!(parsed);
-    let deadline = logql_deadline(&r.agg, Instant::now());
+    let ctl = logql_ctl(&r.agg, Instant::now());
     let res = blocking(move || {
-        let ctl = logql::QueryCtl::with_deadline(deadline);
         let q = meta_log_query(&r.tenant, start, end, logql::MAX_PATTERN_LINES, &ctl);
         logql::detect_patterns(&r.agg.logs, &sel, &q, step).map_err(|e| QueryFailure::from(e).into_response())
     })
@@ -1050,9 +1050,8 @@ pub(crate) async fn detected_field_values(
         Ok::<_, Response>((start, end, sel, line_limit, limit))
     })();
     let (start, end, sel, line_limit, limit) = try_resp!(parsed);
-    let deadline = logql_deadline(&r.agg, Instant::now());
+    let ctl = logql_ctl(&r.agg, Instant::now());
     let res = blocking(move || {
-        let ctl = logql::QueryCtl::with_deadline(deadline);
         let q = meta_log_query(&r.tenant, start, end, line_limit, &ctl);
         let mut v = logql::detected_field_values(&r.agg.logs, &sel, &q, &name)
             .map_err(|e| QueryFailure::from(e).into_response())?;

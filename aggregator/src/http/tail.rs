@@ -104,7 +104,7 @@ async fn session(
         let lim = if first { limit } else { agg.config.query.max_entries_limit };
         let direction = if first { Direction::Backward } else { Direction::Forward };
         let res = tokio::task::spawn_blocking(move || {
-            let ctl = logql::QueryCtl::default();
+            let ctl = super::loki::logql_ctl(&agg2, std::time::Instant::now());
             let q = LogQuery {
                 tenant: &tenant2,
                 start: from,

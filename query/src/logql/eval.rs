@@ -117,6 +117,8 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
             return Some(stop);
         }
         let n = entries.len();
+        // Stored `detected_level` metadata (later in the chain) overrides it.
+        let implied = q.ctl.implied_level(labels).map(|l| (super::ctl::DETECTED_LEVEL, l));
         q.ctl.add_lines(n as u64, entries.iter().map(|e| e.line.len() as u64).sum());
         for i in 0..n {
             if i % CHECK_EVERY == 0 && q.ctl.expired() {
@@ -131,7 +133,7 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
             if !sel.pipeline[..prefix].iter().all(|s| matches!(s, Stage::LineFilter(f) if f.keep(e.line))) {
                 continue;
             }
-            let mut lbs = LabelsBuilder::new(labels, e.metadata.iter());
+            let mut lbs = LabelsBuilder::new(labels, implied.into_iter().chain(e.metadata.iter()));
             let Some(line) = run_stages(&sel.pipeline[prefix..], &mut state, &mut lbs, e.line, e.ts) else {
                 continue;
             };
@@ -270,5 +272,43 @@ mod tests {
 
     fn q_log(ctl: &QueryCtl) -> LogQuery<'_> {
         LogQuery { tenant: "t", start: 0, end: 100, limit: 10, direction: Direction::Forward, categorize: false, ctl }
+    }
+
+    /// A stream's level label implies `detected_level` for its entries that
+    /// carry none (ingest stores nothing for them); stored metadata wins.
+    #[test]
+    fn level_label_implies_detected_level() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
+        let e = |ts: i64, meta: &[(&str, &str)]| Entry {
+            ts,
+            line: format!("line {ts}"),
+            metadata: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let labels = Labels::from_pairs([("job", "a"), ("level", "WARNING")]).unwrap();
+        s.push("t", vec![StreamEntries { labels, entries: vec![e(1, &[]), e(2, &[("detected_level", "error")])] }])
+            .unwrap();
+        let ctl = QueryCtl::default().with_level_fields(vec!["lvl".into(), "level".into()]);
+        let Ok(Expr::Log(sel)) = parse(r#"{job="a"}"#) else { panic!() };
+        let q = LogQuery { categorize: true, ..q_log(&ctl) };
+        let got: Vec<(i64, Vec<(String, String)>)> = eval_log_query(&s, &sel, &q)
+            .unwrap()
+            .into_iter()
+            .flat_map(|r| r.entries.into_iter().map(|e| (e.ts, e.metadata)))
+            .collect();
+        let dl = |v: &str| vec![("detected_level".to_string(), v.to_string())];
+        assert_eq!(got, vec![(1, dl("warn")), (2, dl("error"))]);
+        let Ok(Expr::Sample(m)) = parse(r#"sum by (detected_level) (count_over_time({job="a"}[1s]))"#) else {
+            panic!()
+        };
+        let mq = crate::logql::MetricQuery { tenant: "t", start: 2, end: 2, step: 0, ctl: &ctl };
+        let crate::logql::MetricValue::Vector(_, v) = crate::logql::eval_metric(&s, &m, &mq).unwrap() else { panic!() };
+        let got: Vec<(String, f64)> =
+            v.iter().map(|x| (x.labels.get("detected_level").unwrap_or("").to_string(), x.value)).collect();
+        assert_eq!(got, vec![("error".to_string(), 1.0), ("warn".to_string(), 1.0)]);
+        // Without level fields (discovery off) nothing is implied.
+        let off = QueryCtl::default();
+        let q = LogQuery { categorize: true, ..q_log(&off) };
+        assert!(eval_log_query(&s, &sel, &q).unwrap().iter().all(|r| r.entries.iter().all(|e| e.metadata.len() <= 1)));
     }
 }

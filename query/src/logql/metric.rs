@@ -798,6 +798,8 @@ impl RangeEval<'_> {
         if self.failure.is_some() || !self.tick(ts.len(), lens.iter().map(|&l| l as u64).sum()) {
             return;
         }
+        let ctl = self.ctl;
+        let labels = &*ctl.with_implied_level(labels);
         self.ctl.add_post_filter(ts.len() as u64);
         let bytes = matches!(self.op, RangeOp::Bytes | RangeOp::BytesRate);
         let key = self.key(labels);
@@ -809,6 +811,8 @@ impl RangeEval<'_> {
     /// Samples of a batch of entries, checking the deadline every
     /// [`CHECK_EVERY`] entries.
     fn batch(&mut self, labels: &Labels, entries: &[EntryRef<'_>]) {
+        let ctl = self.ctl;
+        let labels = &*ctl.with_implied_level(labels);
         for part in entries.chunks(CHECK_EVERY) {
             if self.failure.is_some() || !self.tick(part.len(), part.iter().map(|e| e.line.len() as u64).sum()) {
                 return;

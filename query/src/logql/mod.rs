@@ -37,7 +37,7 @@ pub use ast::{
     BinOp, Direction, Expr, FilterOp, Grouping, JsonPathPart, LabelFmt, LineFilter, LogRange, LogSelector,
     NamedMatcher, RangeOp, SampleExpr, Stage, Unwrap, UnwrapConv, VecOp, VectorMatching,
 };
-pub use ctl::{EvalStats, QueryCtl};
+pub use ctl::{DETECTED_LEVEL, EvalStats, QueryCtl, known_level, level_from_labels, normalize_level};
 pub use detected::{DetectedField, detect_fields, detected_field_values};
 pub use eval::{LogEntry, LogQuery, StreamResult, eval_log_query};
 pub use format::go_quote;
