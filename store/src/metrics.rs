@@ -67,6 +67,12 @@ impl Series {
 
     /// The value stored at `t`, if any.
     fn value_at(&self, t: i64) -> Option<f64> {
+        // The usual case on ingest, answered from the newest sample alone
+        // (the binary search below touches a cache line per step, and
+        // ingest checks every series of every request).
+        if self.last_ts().is_none_or(|l| t > l) {
+            return None;
+        }
         match self.sealed_for(t) {
             Some(i) => {
                 let c = &self.sealed[i];
@@ -84,7 +90,10 @@ impl Series {
     /// Adds a sample; false when one with that timestamp is there already
     /// (validated before the WAL; replay may repeat it).
     fn insert(&mut self, t: i64, v: f64) -> bool {
-        if let Some(i) = self.sealed_for(t) {
+        if self.last_ts().is_none_or(|l| t > l) {
+            // in order: the usual case
+            self.samples.push((t, v));
+        } else if let Some(i) = self.sealed_for(t) {
             // Older than the open tail: re-encode that chunk (out-of-order
             // writes only, within the window).
             let c = &mut self.sealed[i];
@@ -98,13 +107,11 @@ impl Series {
             out.insert(pos, (t, v));
             *c = HeadChunk::encode(&out);
             return true;
-        }
-        match self.samples.last() {
-            Some(&(lt, _)) if lt >= t => match self.samples.binary_search_by_key(&t, |p| p.0) {
+        } else {
+            match self.samples.binary_search_by_key(&t, |p| p.0) {
                 Ok(_) => return false,
                 Err(pos) => self.samples.insert(pos, (t, v)),
-            },
-            _ => self.samples.push((t, v)),
+            }
         }
         if self.samples.len() >= CHUNK_SAMPLES {
             self.sealed.push(HeadChunk::encode(&self.samples));

@@ -51,6 +51,26 @@ pub fn is_stale_nan(v: f64) -> bool {
 /// `strconv.FormatFloat(v, 'f', -1, 64)`, switching to exponent form below
 /// 1e-6 and from 1e21): `1.5`, `100`, `1e+21`, `1.5e-07`, `+Inf`, `-Inf`, `NaN`.
 pub fn format_float(v: f64) -> String {
+    let mut s = String::new();
+    format_float_into(&mut s, v);
+    s
+}
+
+/// [`format_float`] appended to `out` (no allocation for the common cases:
+/// the query API writes millions of values per response).
+pub fn format_float_into(out: &mut String, v: f64) {
+    use std::fmt::Write;
+    if v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
+        // integral: counters, byte counts, most gauges; exact in an i64
+        out.push_str(itoa::Buffer::new().format(v as i64));
+    } else if v.is_finite() && (v == 0.0 || (1e-6..1e21).contains(&v.abs())) {
+        let _ = write!(out, "{v}");
+    } else {
+        out.push_str(&format_float_slow(v));
+    }
+}
+
+fn format_float_slow(v: f64) -> String {
     if v.is_nan() {
         return "NaN".into();
     }
@@ -77,6 +97,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fast_float_paths_match_the_general_one() {
+        // random bit patterns, small integers, decimals and their negatives
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut vals = vec![0.0, -0.0, 1e15, 1e15 - 1.0, -1e15, 0.1, 1e-6, 9.99e20, 1e21];
+        for i in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            vals.push(f64::from_bits(x));
+            vals.push((x % 100_000) as f64 / [1.0, 10.0, 100.0, 1000.0][(i % 4) as usize]);
+            vals.push(-((x >> 20) as f64));
+        }
+        for v in vals {
+            assert_eq!(format_float(v), format_float_slow(v), "{v:e} ({:#x})", v.to_bits());
+        }
+    }
+
+    #[test]
     fn floats_format_as_go() {
         assert_eq!(format_float(1.5), "1.5");
         assert_eq!(format_float(100.0), "100");
@@ -88,6 +126,11 @@ mod tests {
         assert_eq!(format_float(f64::NEG_INFINITY), "-Inf");
         assert_eq!(format_float(f64::NAN), "NaN");
         assert_eq!(format_float(0.0), "0");
+        assert_eq!(format_float(-0.0), "-0");
+        assert_eq!(format_float(-3.0), "-3");
+        assert_eq!(format_float(123456789012345.0), "123456789012345");
+        assert_eq!(format_float(1e15), "1000000000000000");
+        assert_eq!(format_float(-2.25), "-2.25");
         assert!(is_stale_nan(f64::from_bits(STALE_NAN_BITS)));
         assert!(!is_stale_nan(f64::NAN));
     }
