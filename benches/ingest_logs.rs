@@ -105,6 +105,12 @@ fn main() {
             vec![("step", "3600".into())],
         ),
         ("newest 1000 lines of one stream", one_stream, vec![("limit", "1000".into())]),
+        // Explore's log volume histogram (not in PEERS.md: no peer figure).
+        (
+            "log volume: sum by (level, detected_level)",
+            r#"sum by (level, detected_level) (count_over_time({job="bench"} | drop __error__ [1h]))"#.into(),
+            vec![("step", "3600".into())],
+        ),
     ];
     let mut query_rows = Vec::new();
     for (name, q, extra) in &queries {
@@ -166,6 +172,7 @@ fn main() {
         ("0.47 warm", "6.8 warm"),
         ("0.043 warm", "9.2 warm"),
         ("0.108 warm", "0.023 warm"),
+        ("-", "-"),
     ];
     for ((name, first, warm, summary), (vl, loki)) in query_rows.iter().zip(peers) {
         println!("{name:<44} {:>12} {vl:>12} {loki:>12}   ({summary})", format!("{warm:.3} / {first:.3}"));

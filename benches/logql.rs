@@ -78,6 +78,7 @@ fn main() {
                         limit: 1000,
                         direction: Direction::Backward,
                         categorize: false,
+                        ctl: &logql::QueryCtl::default(),
                     },
                 )
                 .expect("eval")
@@ -85,8 +86,12 @@ fn main() {
                 .map(|s| s.entries.len())
                 .sum(),
                 Expr::Sample(e) => {
-                    match logql::eval_metric(&store, e, &MetricQuery { tenant: "t", start: t0, end, step })
-                        .expect("eval")
+                    match logql::eval_metric(
+                        &store,
+                        e,
+                        &MetricQuery { tenant: "t", start: t0, end, step, ctl: &logql::QueryCtl::default() },
+                    )
+                    .expect("eval")
                     {
                         logql::MetricValue::Matrix(m) => m.len(),
                         logql::MetricValue::Vector(_, v) => v.len(),

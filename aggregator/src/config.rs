@@ -189,6 +189,18 @@ pub struct LimitsConfig {
     pub max_label_name_length: usize,
     /// Longest label value.
     pub max_label_value_length: usize,
+    /// Loki's `discover_service_name`: a log stream without a
+    /// `service_name` label gets one, copied from the first of these labels
+    /// it has, else `unknown_service`. Empty list: no `service_name` is added.
+    pub discover_service_name: Vec<String>,
+    /// Loki's `discover_log_levels`: every log entry gets a `detected_level`
+    /// structured-metadata field (from a level label or metadata field named
+    /// in `log_level_fields`, else the line's JSON or logfmt field, else
+    /// words in the line), unless it has one already.
+    pub discover_log_levels: bool,
+    /// Loki's `log_level_fields`: label, metadata and line field names a
+    /// level is read from, in order of preference.
+    pub log_level_fields: Vec<String>,
 }
 
 impl Default for LimitsConfig {
@@ -200,6 +212,9 @@ impl Default for LimitsConfig {
             max_labels_per_series: 30,
             max_label_name_length: 1024,
             max_label_value_length: 2048,
+            discover_service_name: crate::discover::DEFAULT_SERVICE_NAME_LABELS.iter().map(|s| s.to_string()).collect(),
+            discover_log_levels: true,
+            log_level_fields: crate::discover::DEFAULT_LEVEL_FIELDS.iter().map(|s| s.to_string()).collect(),
         }
     }
 }
@@ -234,6 +249,10 @@ pub struct QueryConfig {
     /// Most series a LogQL metric query may return (Loki's
     /// `max_query_series`); 0: no limit.
     pub logql_max_series: usize,
+    /// Longest a LogQL query (or a detected-fields or patterns request) may
+    /// evaluate before it fails with Loki's timeout error (HTTP 504), Loki's
+    /// `query_timeout`; `0s` disables it.
+    pub logql_timeout: ConfigDuration,
 }
 
 impl Default for QueryConfig {
@@ -247,6 +266,7 @@ impl Default for QueryConfig {
             max_concurrency: 20,
             logql_max_query_length: ConfigDuration::from_secs(721 * 3600),
             logql_max_series: 500,
+            logql_timeout: ConfigDuration::from_secs(60),
         }
     }
 }

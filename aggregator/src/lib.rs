@@ -17,6 +17,7 @@
 //! collector's job), and never define storage formats (the store's).
 
 pub mod config;
+pub mod discover;
 pub mod http;
 pub mod metadata;
 pub mod selfmetrics;
@@ -316,8 +317,9 @@ impl Aggregator {
     }
 
     /// Validates and stores log entries for `tenant` (blocking: call from a
-    /// blocking thread). Invalid streams and overlong lines are refused; the
-    /// rest is stored.
+    /// blocking thread). Streams first get Loki 3's `service_name` label and
+    /// `detected_level` metadata ([`discover`]). Invalid streams and
+    /// overlong lines are refused; the rest is stored.
     pub fn ingest_logs(&self, tenant: &str, batch: Vec<StreamEntries>) -> Result<IngestReport, StoreError> {
         let mut report = IngestReport::default();
         let max_line = self.config.limits.max_line_size.0 as usize;
@@ -327,6 +329,9 @@ impl Aggregator {
             let check = if s.labels.is_empty() {
                 Err((Refusal::NoLabels, "error at least one label pair is required per stream".to_string()))
             } else {
+                // Loki 3: `service_name` and `detected_level`, before validation
+                // as in Loki (the added label counts toward the limits).
+                discover::discover_service_and_level(&self.config.limits, &mut s);
                 self.check_labels(&s.labels)
             };
             if let Err((why, msg)) = check {

@@ -71,7 +71,8 @@ impl Server {
     /// With `CAIRN_BENCH_URL` set, uses that server instead (e.g. one run
     /// under a profiler); its CPU and RSS are then not reported. With
     /// `CAIRN_BENCH_BIN` set, runs that `cairn` binary instead of this
-    /// build's (an A/B comparison against another commit's build).
+    /// build's (an A/B comparison against another commit's build). With
+    /// `CAIRN_BENCH_CONFIG=FILE`, the server reads that config file.
     pub fn start(data_dir: &Path) -> Server {
         if let Ok(url) = std::env::var("CAIRN_BENCH_URL") {
             let client =
@@ -79,13 +80,12 @@ impl Server {
             return Server { child: None, url, client };
         }
         let bin = std::env::var_os("CAIRN_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_cairn").into());
-        let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start cairn");
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+        if let Some(cfg) = std::env::var_os("CAIRN_BENCH_CONFIG") {
+            cmd.arg("--config").arg(cfg);
+        }
+        let mut child = cmd.env("RUST_LOG", "warn").stdout(Stdio::piped()).spawn().expect("start cairn");
         let mut url = String::new();
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();

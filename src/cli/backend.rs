@@ -532,6 +532,7 @@ impl Backend for Offline {
             limit,
             direction: if dir == Dir::Forward { Direction::Forward } else { Direction::Backward },
             categorize,
+            ctl: &logql::QueryCtl::default(),
         };
         let res = logql::eval_log_query(self.logs()?, &sel, &lq).map_err(eval_err)?;
         Ok(res
@@ -559,9 +560,10 @@ impl Backend for Offline {
             Expr::Sample(e) => e,
             Expr::Log(_) => return Err(CliError::Usage(format!("{q} is a log query, not a metric query"))),
         };
+        let ctl = logql::QueryCtl::default();
         let mq = match step {
-            Some(step) => MetricQuery { tenant: &self.tenant, start, end, step },
-            None => MetricQuery { tenant: &self.tenant, start: end, end, step: 0 },
+            Some(step) => MetricQuery { tenant: &self.tenant, start, end, step, ctl: &ctl },
+            None => MetricQuery { tenant: &self.tenant, start: end, end, step: 0, ctl: &ctl },
         };
         Ok(metric_from_logql(logql::eval_metric(self.logs()?, &e, &mq).map_err(eval_err)?))
     }

@@ -74,6 +74,11 @@ pub struct ScanStats {
     pub bytes_read: u64,
     /// Bytes of chunk bodies decompressed.
     pub bytes_decompressed: u64,
+    /// Entries handed to the caller that were still in memory (not yet in
+    /// a block).
+    pub head_lines: u64,
+    /// Bytes of those entries' lines.
+    pub head_bytes: u64,
 }
 
 /// What [`LogStore::scan_timestamps`] calls: labels, timestamps, line
@@ -1079,6 +1084,8 @@ impl LogStore {
                                         });
                                     }
                                 }
+                                stats.head_lines += batch.len() as u64;
+                                stats.head_bytes += batch.iter().map(|e| e.line.len() as u64).sum::<u64>();
                             }
                             None
                         }
@@ -1137,6 +1144,8 @@ impl LogStore {
         for src in &sources {
             match src.src {
                 Src::Mem(entries) => {
+                    stats.head_lines += entries.len() as u64;
+                    stats.head_bytes += entries.iter().map(|e| e.line.len() as u64).sum::<u64>();
                     ts.clear();
                     lens.clear();
                     ts.extend(entries.iter().map(|e| e.ts));

@@ -92,6 +92,13 @@ fn api_lines(c: &Cairn, query: &str, start: i64, end: i64) -> Vec<(String, i64, 
     let (s, e) = (start.to_string(), end.to_string());
     let mut v =
         c.loki_lines(&[("query", query), ("start", &s), ("end", &e), ("limit", "5000"), ("direction", "forward")]);
+    // `cairn grep` prints stream labels; the API's uncategorized streams also
+    // carry structured metadata (the ingest-time `detected_level`).
+    for l in &mut v {
+        let mut labels: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&l.0).unwrap();
+        labels.remove("detected_level");
+        l.0 = serde_json::Value::Object(labels).to_string();
+    }
     v.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
     v
 }
@@ -148,7 +155,11 @@ fn grep_is_query_range_with_grep_exit_codes() {
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
-    assert!(lines[0].contains(" {host=\"a\", job=\"apache\"} ") || lines[0].contains(" {host=\"b\", job=\"apache\"} "));
+    assert!(
+        lines[0].contains(" {host=\"a\", job=\"apache\", service_name=\"apache\"} ")
+            || lines[0].contains(" {host=\"b\", job=\"apache\", service_name=\"apache\"} "),
+        "{out}"
+    );
     assert!(!out.contains('\x1b'), "colour codes in piped output");
     let (_, out, _) = cli(&c, &["-m", "3", "--only-line", "Googlebot", "{job=\"apache\"}", "--since", "2h"]);
     assert!(out.lines().all(|l| l.contains("Googlebot") && !l.starts_with("20")), "{out}");
@@ -400,7 +411,7 @@ fn query_labels_series_and_completions() {
     let (_, out, _) = cli(&c, &["series", "up"]);
     assert_eq!(out, "up{instance=\"a:9100\", job=\"node\"}\nup{instance=\"b:9100\", job=\"node\"}\n");
     let (_, out, _) = cli(&c, &["series", "{job=\"web\"}"]);
-    assert_eq!(out, "{job=\"web\", level=\"info\"}\n");
+    assert_eq!(out, "{job=\"web\", level=\"info\", service_name=\"web\"}\n");
 
     let (code, out, _) = run_cli(&["completions", "bash"]);
     assert_eq!(code, 0);

@@ -31,8 +31,9 @@ fn push_json_then_query_range() {
     let got = q(r#"{job="api"}"#);
     assert_eq!(got.len(), 10);
     assert_eq!(got[0].2, "api line 9 error");
-    assert!(got.windows(2).all(|w| w[0].1 > w[1].1), "backward order");
-    assert_eq!(got[0].0, r#"{"env":"prod","job":"api"}"#);
+    // Streams split by the ingest-time `detected_level`; each is newest first.
+    assert!(got.windows(2).all(|w| w[0].0 != w[1].0 || w[0].1 > w[1].1), "backward order");
+    assert_eq!(got[0].0, r#"{"detected_level":"error","env":"prod","job":"api","service_name":"api"}"#);
     // != (with a non-empty matcher beside it)
     let got = q(r#"{env=~".+", job!="api"}"#);
     assert_eq!(got.len(), 20);
@@ -60,7 +61,10 @@ fn start_end_limit_direction() {
     seed(&c, t0);
     let s = |i: i64| (t0 + i * 1_000_000_000).to_string();
     // [start, end): lines 2..5 of api
-    let got = c.loki_lines(&[("query", r#"{job="api"}"#), ("start", &s(2)), ("end", &s(5)), ("direction", "forward")]);
+    let mut got =
+        c.loki_lines(&[("query", r#"{job="api"}"#), ("start", &s(2)), ("end", &s(5)), ("direction", "forward")]);
+    // Two streams (by `detected_level`): compare in time order.
+    got.sort_by_key(|l| l.1);
     assert_eq!(got.iter().map(|l| l.2.as_str()).collect::<Vec<_>>(), ["api line 2", "api line 3 error", "api line 4"]);
     // limit across streams, backward: the 4 newest over all three streams
     let got = c.loki_lines(&[("query", r#"{env=~".+"}"#), ("start", &s(0)), ("end", &s(100)), ("limit", "4")]);
@@ -158,5 +162,47 @@ fn logql_query_length_and_series_limits() {
     assert!(b.contains("maximum number of series (3) reached for a single query"), "{b}");
     let (s, b) = range(3600, r#"sum(count_over_time({job="lim"}[5m]))"#);
     assert_eq!(s, 200, "{b}");
+    c.stop();
+}
+
+/// `query.logql_timeout`: a query still running at its deadline stops with
+/// Loki's HTTP 504. Deterministic, not a race: the deadline (1 ms) is a
+/// small fraction of what the query needs (JSON-parsing and templating
+/// 60,000 lines takes tens of milliseconds even in a release build), and the
+/// engine checks it at least every 4096 entries.
+#[test]
+fn logql_timeout_answers_loki_504() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cairn.toml");
+    std::fs::write(&cfg, "[query]\nlogql_timeout = \"1ms\"\n").unwrap();
+    let c = Cairn::start(&["serve"], &dir.path().join("data"), &["--config", cfg.to_str().unwrap()]);
+    let t = now_ns() - 600_000_000_000;
+    for part in 0..6 {
+        let lines: Vec<(i64, String)> = (0..10_000)
+            .map(|i| {
+                let n = part * 10_000 + i;
+                (
+                    t + n * 1_000_000,
+                    format!(r#"{{"level":"info","n":{n},"msg":"request {n} served","path":"/a/{}"}}"#, n % 7),
+                )
+            })
+            .collect();
+        let (s, b) = c.push_logs_json(&[(&[("job", "slow")], lines)]);
+        assert_eq!(s, 204, "{b}");
+    }
+    let now_s = (now_ns() / 1_000_000_000).to_string();
+    let start = ((t / 1_000_000_000) - 60).to_string();
+    let heavy = r#"sum by (path) (count_over_time({job="slow"} | json | line_format "{{.msg}} {{.path}}" | label_format p2="{{.path}}" [1h]))"#;
+    for (q, step) in [(heavy, "60"), (r#"{job="slow"} | json | line_format "{{.msg}} {{.path}}" | n > 59990"#, "60")] {
+        let (s, b) = c.get_params(
+            "/loki/api/v1/query_range",
+            &[("query", q), ("start", &start), ("end", &now_s), ("step", step), ("limit", "10")],
+        );
+        assert_eq!(s, 504, "{q}: {b}");
+        assert_eq!(
+            b.trim(),
+            "request timed out, decrease the duration of the request or add more label matchers (prefer exact match over regex match) to reduce the amount of data processed"
+        );
+    }
     c.stop();
 }

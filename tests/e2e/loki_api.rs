@@ -66,7 +66,7 @@ fn metric_query_range_and_log_volume() {
     let end = (t0 + 10 * S).to_string();
     // count_over_time per stream at 5 s steps: windows (t-5s, t]
     let v = c.loki_query_range(&[
-        ("query", r#"count_over_time({env=~"prod|dev"}[5s])"#),
+        ("query", r#"sum by (env, job) (count_over_time({env=~"prod|dev"}[5s]))"#),
         ("start", &start),
         ("end", &end),
         ("step", "5000ms"),
@@ -88,8 +88,22 @@ fn metric_query_range_and_log_volume() {
     let v = c.loki_query_range(&params);
     let res = v["data"]["result"].as_array().unwrap();
     assert_eq!(res.len(), 2, "{v}");
-    assert_eq!(res[0]["metric"], serde_json::json!({"level": "error"}));
+    // grouped by the ingest-time `detected_level` too (from the logfmt `level` field)
+    assert_eq!(res[0]["metric"], serde_json::json!({"detected_level": "error", "level": "error"}));
     assert_eq!(res[0]["values"], serde_json::json!([[t0s, "2"], [t0s + 10, "8"]]));
+    assert_eq!(res[1]["metric"]["detected_level"], "info", "{v}");
+    // stats in Loki's shape, with what was really read: 20 prod lines, all
+    // in memory (nothing flushed yet), 20 kept by `|= "level"`
+    let st = &v["data"]["stats"];
+    assert_eq!(st["summary"]["totalLinesProcessed"], 20, "{st}");
+    assert_eq!(st["summary"]["totalPostFilterLines"], 20, "{st}");
+    assert_eq!(st["ingester"]["store"]["chunk"]["headChunkLines"], 20, "{st}");
+    assert_eq!(st["querier"]["store"]["chunk"]["decompressedLines"], 0, "{st}");
+    assert!(st["summary"]["totalBytesProcessed"].as_u64().unwrap() > 20 * 20, "{st}");
+    for k in ["execTime", "queueTime", "splits", "shards", "totalEntriesReturned", "bytesProcessedPerSecond"] {
+        assert!(st["summary"].get(k).is_some(), "{k} missing: {st}");
+    }
+    assert!(st["cache"]["chunk"].get("entriesFound").is_some(), "{st}");
     assert_eq!(res[1]["values"], serde_json::json!([[t0s + 10, "12"]]));
     let (s, b) = c.post_form("/loki/api/v1/query_range", &params);
     assert_eq!(s, 200, "{b}");
@@ -143,7 +157,8 @@ fn pipelines_and_categorized_labels() {
     assert_eq!(r.as_array().unwrap().len(), 2);
     assert_eq!(
         r[0]["stream"],
-        serde_json::json!({"env": "prod", "job": "api", "level": "error", "msg": "request 6", "svc": "api", "took": "70ms"})
+        serde_json::json!({"detected_level": "error", "env": "prod", "job": "api", "level": "error", "msg": "request 6",
+            "service_name": "api", "svc": "api", "took": "70ms"})
     );
     let ls: Vec<&str> = r.as_array().unwrap().iter().map(|s| s["values"][0][1].as_str().unwrap()).collect();
     assert_eq!(ls, ["API request 6", "API request 9"]);
@@ -170,8 +185,11 @@ fn pipelines_and_categorized_labels() {
     assert_eq!(v["data"]["encodingFlags"], serde_json::json!(["categorize-labels"]));
     let r = v["data"]["result"].as_array().unwrap();
     assert_eq!(r.len(), 1);
-    assert_eq!(r[0]["stream"], serde_json::json!({"env": "prod", "job": "web"}));
-    assert_eq!(r[0]["values"][0][2], serde_json::json!({"parsed": {"level": "error"}}));
+    assert_eq!(r[0]["stream"], serde_json::json!({"env": "prod", "job": "web", "service_name": "web"}));
+    assert_eq!(
+        r[0]["values"][0][2],
+        serde_json::json!({"structuredMetadata": {"detected_level": "error"}, "parsed": {"level": "error"}})
+    );
 }
 
 #[test]
@@ -223,7 +241,10 @@ fn label_series_stats_volume_endpoints() {
         assert_eq!(s, 200, "{path} {extra:?}: {b}");
         json(&b)
     };
-    assert_eq!(get("/loki/api/v1/labels", &[]), serde_json::json!({"status": "success", "data": ["env", "job"]}));
+    assert_eq!(
+        get("/loki/api/v1/labels", &[]),
+        serde_json::json!({"status": "success", "data": ["env", "job", "service_name"]})
+    );
     assert_eq!(get("/loki/api/v1/label/job/values", &[])["data"], serde_json::json!(["api", "db", "web"]));
     assert_eq!(
         get("/loki/api/v1/label/job/values", &[("query", r#"{env="prod"}"#)])["data"],
@@ -232,12 +253,18 @@ fn label_series_stats_volume_endpoints() {
     assert_eq!(get("/loki/api/v1/label/nope/values", &[])["data"], serde_json::json!([]));
     // default range (last 6 h) covers the data too
     let (s, b) = c.get("/loki/api/v1/labels");
-    assert_eq!((s, json(&b)["data"].clone()), (200, serde_json::json!(["env", "job"])));
+    assert_eq!((s, json(&b)["data"].clone()), (200, serde_json::json!(["env", "job", "service_name"])));
     let v = get("/loki/api/v1/series", &[("match[]", r#"{job="api"}"#), ("match[]", r#"{env="dev"}"#)]);
-    assert_eq!(v["data"], serde_json::json!([{"env": "dev", "job": "db"}, {"env": "prod", "job": "api"}]));
+    assert_eq!(
+        v["data"],
+        serde_json::json!([
+            {"env": "dev", "job": "db", "service_name": "db"},
+            {"env": "prod", "job": "api", "service_name": "api"}
+        ])
+    );
     let (s, b) = c.post_form("/loki/api/v1/series", &[("match[]", r#"{job="web"}"#), ("start", &start), ("end", &end)]);
     assert_eq!(s, 200, "{b}");
-    assert_eq!(json(&b)["data"], serde_json::json!([{"env": "prod", "job": "web"}]));
+    assert_eq!(json(&b)["data"], serde_json::json!([{"env": "prod", "job": "web", "service_name": "web"}]));
     // index/stats: bare object; end is exclusive for entries, so t0..t0+9 = 10 per stream
     let v = get("/loki/api/v1/index/stats", &[("query", r#"{env="prod"} |= "x""#)]);
     assert_eq!(v["streams"], 2);
@@ -265,7 +292,11 @@ fn label_series_stats_volume_endpoints() {
     let v = get("/loki/api/v1/detected_labels", &[("query", r#"{env=~".+"}"#)]);
     assert_eq!(
         v,
-        serde_json::json!({"detectedLabels": [{"label": "env", "cardinality": 2}, {"label": "job", "cardinality": 3}]})
+        serde_json::json!({"detectedLabels": [
+            {"label": "env", "cardinality": 2},
+            {"label": "job", "cardinality": 3},
+            {"label": "service_name", "cardinality": 3}
+        ]})
     );
     // detected fields: logfmt keys of the lines plus structured metadata
     let v = get("/loki/api/v1/detected_fields", &[("query", r#"{job=~"api|web"}"#), ("limit", "1000")]);

@@ -230,6 +230,78 @@ fn metric_json(v: &MetricValue) -> (&'static str, serde_json::Value) {
     }
 }
 
+/// Loki's `stats` object for a query that processed `s` and returned
+/// `returned` entries in `exec` seconds. Cairn is one process: block
+/// chunks are reported as the querier's store, the in-memory head as the
+/// ingester's head chunks; caches, splits and shards do not exist (0).
+fn stats_json(s: &logql::EvalStats, exec: f64, returned: usize) -> serde_json::Value {
+    let per_sec = |n: u64| if exec > 0.0 { (n as f64 / exec) as u64 } else { 0 };
+    let chunk_lines = s.lines.saturating_sub(s.head_lines);
+    let chunk_bytes = s.line_bytes.saturating_sub(s.head_bytes);
+    let downloaded = s.chunks.saturating_sub(s.chunks_skipped);
+    let store = |chunk: serde_json::Value, refs: u64, downloaded: u64| {
+        json!({
+            "totalChunksRef": refs,
+            "totalChunksDownloaded": downloaded,
+            "chunksDownloadTime": 0,
+            "queryReferencedStructuredMetadata": false,
+            "chunk": chunk,
+            "chunkRefsFetchTime": 0,
+            "congestionControlLatency": 0,
+            "pipelineWrapperFilteredLines": 0,
+        })
+    };
+    let chunk = |head_bytes: u64, head_lines: u64, dec_bytes: u64, dec_lines: u64, comp: u64| {
+        json!({
+            "headChunkBytes": head_bytes,
+            "headChunkLines": head_lines,
+            "decompressedBytes": dec_bytes,
+            "decompressedLines": dec_lines,
+            "compressedBytes": comp,
+            "totalDuplicates": 0,
+            "postFilterLines": 0,
+            "headChunkStructuredMetadataBytes": 0,
+            "decompressedStructuredMetadataBytes": 0,
+        })
+    };
+    let cache = || {
+        json!({
+            "entriesFound": 0, "entriesRequested": 0, "entriesStored": 0, "bytesReceived": 0,
+            "bytesSent": 0, "requests": 0, "downloadTime": 0, "queryLengthServed": 0,
+        })
+    };
+    json!({
+        "summary": {
+            "bytesProcessedPerSecond": per_sec(s.line_bytes),
+            "linesProcessedPerSecond": per_sec(s.lines),
+            "totalBytesProcessed": s.line_bytes,
+            "totalLinesProcessed": s.lines,
+            "execTime": exec,
+            "queueTime": 0,
+            "subqueries": 0,
+            "totalEntriesReturned": returned,
+            "splits": 1,
+            "shards": 0,
+            "totalPostFilterLines": s.post_filter_lines,
+            "totalStructuredMetadataBytesProcessed": 0,
+        },
+        "querier": {"store": store(chunk(0, 0, chunk_bytes, chunk_lines, s.compressed_bytes), s.chunks, downloaded)},
+        "ingester": {
+            "totalReached": 1,
+            "totalChunksMatched": 0,
+            "totalBatches": 0,
+            "totalLinesSent": s.head_lines,
+            "store": store(chunk(s.head_bytes, s.head_lines, 0, 0, 0), 0, 0),
+        },
+        "cache": {
+            "chunk": cache(), "index": cache(), "result": cache(), "statsResult": cache(),
+            "volumeResult": cache(), "seriesResult": cache(), "labelResult": cache(),
+            "instantMetricResult": cache(),
+        },
+        "index": {"totalChunks": s.chunks, "postFilterChunks": downloaded},
+    })
+}
+
 /// What a query evaluated to.
 enum QueryOutcome {
     Streams(Vec<logql::StreamResult>),
@@ -256,6 +328,7 @@ impl From<logql::EvalError> for QueryFailure {
     fn from(e: logql::EvalError) -> Self {
         let status = match e {
             logql::EvalError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            logql::EvalError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::BAD_REQUEST,
         };
         QueryFailure(status, e.to_string())
@@ -274,60 +347,31 @@ struct QuerySpec {
     instant: bool,
 }
 
+/// The control of a LogQL request that arrived at `started`: its deadline
+/// (`query.logql_timeout`) and, with `limits.discover_log_levels`, the
+/// level fields that imply `detected_level` from stream labels.
+pub(crate) fn logql_ctl(agg: &Aggregator, started: Instant) -> logql::QueryCtl {
+    let t = agg.config.query.logql_timeout.0;
+    let ctl = logql::QueryCtl::with_deadline((!t.is_zero()).then(|| started + t));
+    let l = &agg.config.limits;
+    if l.discover_log_levels { ctl.with_level_fields(l.log_level_fields.clone()) } else { ctl }
+}
+
 async fn run_query(agg: &Arc<Aggregator>, spec: QuerySpec, api: &'static str) -> Response {
     let started = Instant::now();
     let agg2 = agg.clone();
     let categorize = spec.categorize;
-    let res = blocking(move || -> Result<QueryOutcome, QueryFailure> {
-        match logql::parse(&spec.query)? {
-            Expr::Log(sel) => {
-                if spec.instant {
-                    return Err(QueryFailure(
-                        StatusCode::BAD_REQUEST,
-                        "log queries are not supported as an instant query type, please change your query to a range query type"
-                            .into(),
-                    ));
-                }
-                let q = LogQuery {
-                    tenant: &spec.tenant,
-                    start: spec.start,
-                    end: spec.end,
-                    limit: spec.limit,
-                    direction: spec.direction,
-                    categorize: spec.categorize,
-                };
-                Ok(QueryOutcome::Streams(logql::eval_log_query(&agg2.logs, &sel, &q)?))
-            }
-            Expr::Sample(e) => {
-                let q = MetricQuery {
-                    tenant: &spec.tenant,
-                    start: spec.start,
-                    end: spec.end,
-                    step: if spec.instant { 0 } else { spec.step },
-                };
-                let v = logql::eval_metric(&agg2.logs, &e, &q)?;
-                let series = match &v {
-                    logql::MetricValue::Scalar(..) => 1,
-                    logql::MetricValue::Vector(_, s) => s.len(),
-                    logql::MetricValue::Matrix(m) => m.len(),
-                };
-                let max = agg2.config.query.logql_max_series;
-                if max > 0 && series > max {
-                    return Err(QueryFailure(
-                        StatusCode::BAD_REQUEST,
-                        format!("maximum number of series ({max}) reached for a single query"),
-                    ));
-                }
-                Ok(QueryOutcome::Metric(v))
-            }
-        }
+    let ctl = logql_ctl(agg, started);
+    let res = blocking(move || {
+        let out = evaluate(&agg2, &spec, &ctl);
+        (out, ctl.stats())
     })
     .await;
     let elapsed = started.elapsed().as_secs_f64();
     agg.self_metrics.observe_query(api, elapsed);
-    let out = match res {
-        Ok(Ok(o)) => o,
-        Ok(Err(f)) => return f.into_response(),
+    let (out, stats) = match res {
+        Ok((Ok(o), stats)) => (o, stats),
+        Ok((Err(f), _)) => return f.into_response(),
         Err(r) => return r,
     };
     let (result_type, result, returned) = match &out {
@@ -342,12 +386,60 @@ async fn run_query(agg: &Arc<Aggregator>, spec: QuerySpec, api: &'static str) ->
     let mut data = json!({
         "resultType": result_type,
         "result": result,
-        "stats": {"summary": {"execTime": elapsed, "totalEntriesReturned": returned}},
+        "stats": stats_json(&stats, elapsed, returned),
     });
     if categorize && result_type == "streams" {
         data["encodingFlags"] = json!(["categorize-labels"]);
     }
     Json(json!({"status": "success", "data": data})).into_response()
+}
+
+/// Evaluates a query request (blocking).
+fn evaluate(agg: &Aggregator, spec: &QuerySpec, ctl: &logql::QueryCtl) -> Result<QueryOutcome, QueryFailure> {
+    match logql::parse(&spec.query)? {
+        Expr::Log(sel) => {
+            if spec.instant {
+                return Err(QueryFailure(
+                    StatusCode::BAD_REQUEST,
+                    "log queries are not supported as an instant query type, please change your query to a range query type"
+                        .into(),
+                ));
+            }
+            let q = LogQuery {
+                tenant: &spec.tenant,
+                start: spec.start,
+                end: spec.end,
+                limit: spec.limit,
+                direction: spec.direction,
+                categorize: spec.categorize,
+                ctl,
+            };
+            Ok(QueryOutcome::Streams(logql::eval_log_query(&agg.logs, &sel, &q)?))
+        }
+        Expr::Sample(e) => {
+            let q = MetricQuery {
+                tenant: &spec.tenant,
+                start: spec.start,
+                end: spec.end,
+                step: if spec.instant { 0 } else { spec.step },
+                ctl,
+            };
+            let v = logql::eval_metric(&agg.logs, &e, &q)?;
+            let series = match &v {
+                logql::MetricValue::Scalar(..) => 1,
+                logql::MetricValue::Vector(_, s) => s.len(),
+                logql::MetricValue::Matrix(m) => m.len(),
+            };
+            let max = agg.config.query.logql_max_series;
+            if max > 0 && series > max {
+                return Err(QueryFailure(
+                    StatusCode::BAD_REQUEST,
+                    format!("maximum number of series ({max}) reached for a single query"),
+                ));
+            }
+            Ok(QueryOutcome::Metric(v))
+        }
+    }
 }
 
 /// `GET|POST /loki/api/v1/query_range`
@@ -848,6 +940,12 @@ fn usize_param(p: &Params, keys: &[&str], default: usize) -> Result<usize, Respo
     Ok(default)
 }
 
+/// The newest `limit` entries of `[start, end)`, as the detected-fields and
+/// patterns endpoints read them.
+fn meta_log_query<'a>(tenant: &'a str, start: i64, end: i64, limit: usize, ctl: &'a logql::QueryCtl) -> LogQuery<'a> {
+    LogQuery { tenant, start, end, limit, direction: Direction::Backward, categorize: true, ctl }
+}
+
 /// `GET /loki/api/v1/detected_fields`: bare `{"fields": […], "limit": N}`
 /// from the newest `line_limit` lines (default 1000) of the query.
 pub(crate) async fn detected_fields(
@@ -865,8 +963,10 @@ pub(crate) async fn detected_fields(
         Ok::<_, Response>((start, end, sel, line_limit, field_limit))
     })();
     let (start, end, sel, line_limit, field_limit) = try_resp!(parsed);
+    let ctl = logql_ctl(&r.agg, Instant::now());
     let res = blocking(move || {
-        let fields = logql::detect_fields(&r.agg.logs, &sel, &r.tenant, start, end, line_limit, field_limit)
+        let q = meta_log_query(&r.tenant, start, end, line_limit, &ctl);
+        let fields = logql::detect_fields(&r.agg.logs, &sel, &q, field_limit)
             .map_err(|e| QueryFailure::from(e).into_response())?;
         Ok::<_, Response>(
             fields
@@ -893,6 +993,45 @@ pub(crate) async fn detected_fields(
     }
 }
 
+/// `GET|POST /loki/api/v1/patterns?query&start&end&step`: Drain patterns of
+/// the newest lines of the range (see [`logql::detect_patterns`]),
+/// `{"status": "success", "data": [{"pattern", "level", "samples": [[s, n]…]}]}`.
+pub(crate) async fn patterns(
+    State(agg): State<Arc<Aggregator>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = try_resp!(meta_request(agg, q, &headers, &body));
+    let parsed = (|| {
+        let (start, end) = meta_range(&r.p)?;
+        let sel = log_selector_param(&r.p)?;
+        let step = match r.p.get("step") {
+            None => default_step_ns(start, end),
+            Some(s) => time::parse_loki_duration_ns(s).map_err(|e| bad(format!("invalid step parameter: {e}")))?,
+        };
+        if step <= 0 {
+            return Err(bad("zero or negative query resolution step widths are not accepted. Try a positive integer"));
+        }
+        Ok::<_, Response>((start, end, sel, step))
+    })();
+    let (start, end, sel, step) = try_resp!(parsed);
+    let ctl = logql_ctl(&r.agg, Instant::now());
+    let res = blocking(move || {
+        let q = meta_log_query(&r.tenant, start, end, logql::MAX_PATTERN_LINES, &ctl);
+        logql::detect_patterns(&r.agg.logs, &sel, &q, step).map_err(|e| QueryFailure::from(e).into_response())
+    })
+    .await;
+    match res {
+        Ok(Ok(series)) => {
+            let data: Vec<serde_json::Value> =
+                series.iter().map(|p| json!({"pattern": p.pattern, "level": p.level, "samples": p.samples})).collect();
+            Json(json!({"status": "success", "data": data})).into_response()
+        }
+        Ok(Err(e)) | Err(e) => e,
+    }
+}
+
 /// `GET /loki/api/v1/detected_field/<name>/values`: bare
 /// `{"values": […], "limit": N}`.
 pub(crate) async fn detected_field_values(
@@ -911,8 +1050,10 @@ pub(crate) async fn detected_field_values(
         Ok::<_, Response>((start, end, sel, line_limit, limit))
     })();
     let (start, end, sel, line_limit, limit) = try_resp!(parsed);
+    let ctl = logql_ctl(&r.agg, Instant::now());
     let res = blocking(move || {
-        let mut v = logql::detected_field_values(&r.agg.logs, &sel, &r.tenant, start, end, line_limit, &name)
+        let q = meta_log_query(&r.tenant, start, end, line_limit, &ctl);
+        let mut v = logql::detected_field_values(&r.agg.logs, &sel, &q, &name)
             .map_err(|e| QueryFailure::from(e).into_response())?;
         v.truncate(limit);
         Ok::<_, Response>(v)

@@ -71,6 +71,7 @@ pub fn router(agg: Arc<Aggregator>) -> Router {
             "/loki/api/v1/detected_field/{name}/values",
             get(loki::detected_field_values).post(loki::detected_field_values),
         )
+        .route("/loki/api/v1/patterns", get(loki::patterns).post(loki::patterns))
         .route("/loki/api/v1/tail", get(tail::tail))
         .route("/loki/api/v1/format_query", get(loki::format_query).post(loki::format_query))
         .route("/loki/api/v1/rules", get(loki::rules_yaml))

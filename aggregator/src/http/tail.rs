@@ -104,7 +104,16 @@ async fn session(
         let lim = if first { limit } else { agg.config.query.max_entries_limit };
         let direction = if first { Direction::Backward } else { Direction::Forward };
         let res = tokio::task::spawn_blocking(move || {
-            let q = LogQuery { tenant: &tenant2, start: from, end: to, limit: lim, direction, categorize: false };
+            let ctl = super::loki::logql_ctl(&agg2, std::time::Instant::now());
+            let q = LogQuery {
+                tenant: &tenant2,
+                start: from,
+                end: to,
+                limit: lim,
+                direction,
+                categorize: false,
+                ctl: &ctl,
+            };
             logql::eval_log_query(&agg2.logs, &sel2, &q)
         })
         .await;

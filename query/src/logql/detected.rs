@@ -86,18 +86,16 @@ fn kind_of(values: &BTreeSet<String>) -> &'static str {
     }
 }
 
-/// Fields of the newest `line_limit` entries of the query in `[start, end)`,
+/// Fields of the newest `q.limit` entries of the query in
+/// `[q.start, q.end)` (`q.direction` and `q.categorize` are ignored),
 /// sorted by name, at most `field_limit`.
 pub fn detect_fields(
     store: &LogStore,
     sel: &LogSelector,
-    tenant: &str,
-    start: i64,
-    end: i64,
-    line_limit: usize,
+    q: &LogQuery<'_>,
     field_limit: usize,
 ) -> Result<Vec<DetectedField>, EvalError> {
-    Ok(collect(store, sel, tenant, start, end, line_limit)?
+    Ok(collect(store, sel, q)?
         .into_iter()
         .take(field_limit)
         .map(|(label, a)| DetectedField {
@@ -110,31 +108,18 @@ pub fn detect_fields(
         .collect())
 }
 
-/// Distinct values of field `name` in the newest `line_limit` entries, sorted.
+/// Distinct values of field `name` in the newest `q.limit` entries, sorted.
 pub fn detected_field_values(
     store: &LogStore,
     sel: &LogSelector,
-    tenant: &str,
-    start: i64,
-    end: i64,
-    line_limit: usize,
+    q: &LogQuery<'_>,
     name: &str,
 ) -> Result<Vec<String>, EvalError> {
-    Ok(collect(store, sel, tenant, start, end, line_limit)?
-        .remove(name)
-        .map(|a| a.values.into_iter().collect())
-        .unwrap_or_default())
+    Ok(collect(store, sel, q)?.remove(name).map(|a| a.values.into_iter().collect()).unwrap_or_default())
 }
 
-fn collect(
-    store: &LogStore,
-    sel: &LogSelector,
-    tenant: &str,
-    start: i64,
-    end: i64,
-    line_limit: usize,
-) -> Result<BTreeMap<String, Acc>, EvalError> {
-    let q = LogQuery { tenant, start, end, limit: line_limit, direction: Direction::Backward, categorize: true };
+fn collect(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> Result<BTreeMap<String, Acc>, EvalError> {
+    let q = LogQuery { direction: Direction::Backward, categorize: true, ..q.clone() };
     let mut fields: BTreeMap<String, Acc> = BTreeMap::new();
     for stream in eval_log_query(store, sel, &q)? {
         for e in &stream.entries {

@@ -6,6 +6,7 @@ use cairn_store::logs::{EntryRef, LogStore, Order, ScanRequest};
 use cairn_wire::Labels;
 
 use super::ast::{Direction, LogSelector, Stage};
+use super::ctl::QueryCtl;
 use super::metric::EvalError;
 use super::pipeline::{Category, LabelsBuilder, PipelineState, run_stages};
 
@@ -26,6 +27,8 @@ pub struct LogQuery<'a> {
     /// and parsed labels per entry (`X-Loki-Response-Encoding-Flags:
     /// categorize-labels`); otherwise group by the full final label set.
     pub categorize: bool,
+    /// Deadline and work counters.
+    pub ctl: &'a QueryCtl,
 }
 
 /// One entry of a log query's result.
@@ -49,6 +52,9 @@ pub struct StreamResult {
     /// Entries in the query's direction.
     pub entries: Vec<LogEntry>,
 }
+
+/// Entries between two deadline checks.
+pub(crate) const CHECK_EVERY: usize = 4096;
 
 /// A result candidate; `key` orders candidates worst-last for a max-heap:
 /// the timestamp (bit-inverted when newest first) then the scan order.
@@ -88,6 +94,10 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
     if q.limit == 0 {
         return Ok(Vec::new());
     }
+    if q.ctl.expired() {
+        return Err(EvalError::Timeout);
+    }
+    let mut timed_out = false;
     let backward = q.direction == Direction::Backward;
     let rank = |ts: i64| if backward { !ts } else { ts };
     let mut groups: Vec<Labels> = Vec::new();
@@ -100,9 +110,21 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
     let order = if backward { Order::Backward } else { Order::Forward };
     let req =
         ScanRequest { tenant: q.tenant, matchers: &sel.matchers, start: q.start, end: q.end, needles: &needles, order };
+    // A cutoff beyond which nothing lies: ends the scan.
+    let stop = if backward { i64::MAX } else { i64::MIN };
     let res = store.scan_entries(&req, &mut |labels: &Labels, entries: &[EntryRef<'_>]| {
+        if timed_out {
+            return Some(stop);
+        }
         let n = entries.len();
+        // Stored `detected_level` metadata (later in the chain) overrides it.
+        let implied = q.ctl.implied_level(labels).map(|l| (super::ctl::DETECTED_LEVEL, l));
+        q.ctl.add_lines(n as u64, entries.iter().map(|e| e.line.len() as u64).sum());
         for i in 0..n {
+            if i % CHECK_EVERY == 0 && q.ctl.expired() {
+                timed_out = true;
+                return Some(stop);
+            }
             let e = if backward { &entries[n - 1 - i] } else { &entries[i] };
             if heap.len() >= q.limit && heap.peek().is_some_and(|w| rank(e.ts) >= w.key.0) {
                 continue;
@@ -111,7 +133,7 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
             if !sel.pipeline[..prefix].iter().all(|s| matches!(s, Stage::LineFilter(f) if f.keep(e.line))) {
                 continue;
             }
-            let mut lbs = LabelsBuilder::new(labels, e.metadata.iter());
+            let mut lbs = LabelsBuilder::new(labels, implied.into_iter().chain(e.metadata.iter()));
             let Some(line) = run_stages(&sel.pipeline[prefix..], &mut state, &mut lbs, e.line, e.ts) else {
                 continue;
             };
@@ -133,6 +155,7 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
                     g
                 }
             };
+            q.ctl.add_post_filter(1);
             heap.push(Cand { key: (rank(e.ts), seq), group, entry: LogEntry { ts: e.ts, line, metadata, parsed } });
             seq += 1;
             if heap.len() > q.limit {
@@ -142,7 +165,10 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
         // Full: nothing beyond the worst kept entry can make it any more.
         if heap.len() >= q.limit { heap.peek().map(|w| rank(w.key.0)) } else { None }
     });
-    res.map_err(|e| EvalError::Store(e.to_string()))?;
+    q.ctl.add_scan(&res.map_err(|e| EvalError::Store(e.to_string()))?);
+    if timed_out {
+        return Err(EvalError::Timeout);
+    }
     let mut cand = heap.into_vec();
     cand.sort();
     let mut per: Vec<Vec<LogEntry>> = vec![Vec::new(); groups.len()];
@@ -183,11 +209,23 @@ mod tests {
 
     fn run(s: &LogStore, q: &str, limit: usize, direction: Direction) -> Vec<(String, Vec<i64>)> {
         let Ok(Expr::Log(sel)) = parse(q) else { panic!("not a log query: {q}") };
-        eval_log_query(s, &sel, &LogQuery { tenant: "t", start: 0, end: 100, limit, direction, categorize: false })
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.labels.get("job").unwrap().to_string(), r.entries.iter().map(|e| e.ts).collect()))
-            .collect()
+        eval_log_query(
+            s,
+            &sel,
+            &LogQuery {
+                tenant: "t",
+                start: 0,
+                end: 100,
+                limit,
+                direction,
+                categorize: false,
+                ctl: &QueryCtl::default(),
+            },
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.labels.get("job").unwrap().to_string(), r.entries.iter().map(|e| e.ts).collect()))
+        .collect()
     }
 
     #[test]
@@ -205,5 +243,72 @@ mod tests {
         assert_eq!(run(&s, r#"{job=~".+", job!="a"} != "b4""#, 10, Direction::Forward), vec![("b".into(), vec![2])]);
         assert_eq!(run(&s, r#"{job="a"} |~ "a[35]" !~ "err""#, 10, Direction::Forward), vec![("a".into(), vec![3])]);
         assert!(run(&s, r#"{job="zzz"}"#, 10, Direction::Forward).is_empty());
+    }
+
+    #[test]
+    fn a_passed_deadline_stops_log_and_metric_queries() {
+        let (_d, s) = store();
+        let ctl = QueryCtl::with_deadline(Some(std::time::Instant::now()));
+        let Ok(Expr::Log(sel)) = parse(r#"{job="a"}"#) else { panic!() };
+        let q = LogQuery {
+            tenant: "t",
+            start: 0,
+            end: 100,
+            limit: 10,
+            direction: Direction::Forward,
+            categorize: false,
+            ctl: &ctl,
+        };
+        assert_eq!(eval_log_query(&s, &sel, &q), Err(EvalError::Timeout));
+        let Ok(Expr::Sample(e)) = parse(r#"count_over_time({job="a"}[1s])"#) else { panic!() };
+        let q = crate::logql::MetricQuery { tenant: "t", start: 0, end: 100, step: 10, ctl: &ctl };
+        assert_eq!(crate::logql::eval_metric(&s, &e, &q), Err(EvalError::Timeout));
+        // Without a deadline the same queries run, and count what they read.
+        let ctl = QueryCtl::default();
+        let q = LogQuery { ctl: &ctl, limit: 10, ..q_log(&ctl) };
+        assert_eq!(eval_log_query(&s, &sel, &q).unwrap()[0].entries.len(), 3);
+        assert_eq!((ctl.stats().lines, ctl.stats().post_filter_lines, ctl.stats().head_lines), (3, 3, 3));
+    }
+
+    fn q_log(ctl: &QueryCtl) -> LogQuery<'_> {
+        LogQuery { tenant: "t", start: 0, end: 100, limit: 10, direction: Direction::Forward, categorize: false, ctl }
+    }
+
+    /// A stream's level label implies `detected_level` for its entries that
+    /// carry none (ingest stores nothing for them); stored metadata wins.
+    #[test]
+    fn level_label_implies_detected_level() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
+        let e = |ts: i64, meta: &[(&str, &str)]| Entry {
+            ts,
+            line: format!("line {ts}"),
+            metadata: meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let labels = Labels::from_pairs([("job", "a"), ("level", "WARNING")]).unwrap();
+        s.push("t", vec![StreamEntries { labels, entries: vec![e(1, &[]), e(2, &[("detected_level", "error")])] }])
+            .unwrap();
+        let ctl = QueryCtl::default().with_level_fields(vec!["lvl".into(), "level".into()]);
+        let Ok(Expr::Log(sel)) = parse(r#"{job="a"}"#) else { panic!() };
+        let q = LogQuery { categorize: true, ..q_log(&ctl) };
+        let got: Vec<(i64, Vec<(String, String)>)> = eval_log_query(&s, &sel, &q)
+            .unwrap()
+            .into_iter()
+            .flat_map(|r| r.entries.into_iter().map(|e| (e.ts, e.metadata)))
+            .collect();
+        let dl = |v: &str| vec![("detected_level".to_string(), v.to_string())];
+        assert_eq!(got, vec![(1, dl("warn")), (2, dl("error"))]);
+        let Ok(Expr::Sample(m)) = parse(r#"sum by (detected_level) (count_over_time({job="a"}[1s]))"#) else {
+            panic!()
+        };
+        let mq = crate::logql::MetricQuery { tenant: "t", start: 2, end: 2, step: 0, ctl: &ctl };
+        let crate::logql::MetricValue::Vector(_, v) = crate::logql::eval_metric(&s, &m, &mq).unwrap() else { panic!() };
+        let got: Vec<(String, f64)> =
+            v.iter().map(|x| (x.labels.get("detected_level").unwrap_or("").to_string(), x.value)).collect();
+        assert_eq!(got, vec![("error".to_string(), 1.0), ("warn".to_string(), 1.0)]);
+        // Without level fields (discovery off) nothing is implied.
+        let off = QueryCtl::default();
+        let q = LogQuery { categorize: true, ..q_log(&off) };
+        assert!(eval_log_query(&s, &sel, &q).unwrap().iter().all(|r| r.entries.iter().all(|e| e.metadata.len() <= 1)));
     }
 }

@@ -21,6 +21,8 @@ use cairn_store::logs::{EntryRef, LogStore, Order, ScanRequest};
 use cairn_wire::Labels;
 
 use super::ast::{BinOp, Group, Grouping, LogRange, RangeOp, SampleExpr, Stage, UnwrapConv, VecOp, VectorMatching};
+use super::ctl::QueryCtl;
+use super::eval::CHECK_EVERY;
 use super::pipeline::{
     ERROR_DETAILS_LABEL, ERROR_LABEL, LabelsBuilder, PipelineState, decolorize, parse_bytes, parse_go_duration,
     run_stages,
@@ -72,6 +74,12 @@ pub enum EvalError {
     /// Reading the stored logs failed (a damaged block): a server error.
     #[error("reading stored logs failed: {0}")]
     Store(String),
+    /// The query ran past its deadline (`query.logql_timeout`); Loki's
+    /// wording, answered with HTTP 504.
+    #[error(
+        "request timed out, decrease the duration of the request or add more label matchers (prefer exact match over regex match) to reduce the amount of data processed"
+    )]
+    Timeout,
 }
 
 /// Parameters of a metric query.
@@ -85,6 +93,8 @@ pub struct MetricQuery<'a> {
     pub end: i64,
     /// Step width, ns; 0 for an instant query.
     pub step: i64,
+    /// Deadline and work counters.
+    pub ctl: &'a QueryCtl,
 }
 
 impl MetricQuery<'_> {
@@ -142,6 +152,9 @@ enum StepValues {
 /// with `start == end` is one step and still answers a matrix, as in Loki).
 pub fn eval_metric(store: &LogStore, expr: &SampleExpr, q: &MetricQuery<'_>) -> Result<MetricValue, EvalError> {
     let steps = q.steps()?;
+    if q.ctl.expired() {
+        return Err(EvalError::Timeout);
+    }
     let v = eval(store, expr, q, &steps)?;
     let instant = q.step <= 0;
     let ms = |t: i64| t.div_euclid(1_000_000);
@@ -756,9 +769,21 @@ struct RangeEval<'a> {
     state: PipelineState,
     acc: Acc,
     failure: Option<EvalError>,
+    ctl: &'a QueryCtl,
 }
 
 impl RangeEval<'_> {
+    /// Counts `n` entries of `bytes` line bytes; past the deadline, records
+    /// the timeout as the failure. True when evaluation may go on.
+    fn tick(&mut self, n: usize, bytes: u64) -> bool {
+        self.ctl.add_lines(n as u64, bytes);
+        // Called before each chunk or part of at most CHECK_EVERY entries.
+        if self.ctl.expired() {
+            self.failure = Some(EvalError::Timeout);
+        }
+        self.failure.is_none()
+    }
+
     fn key<'l>(&self, labels: &'l Labels) -> std::borrow::Cow<'l, Labels> {
         match self.grouping {
             Some(_) => std::borrow::Cow::Owned(group_labels(labels, self.grouping)),
@@ -770,6 +795,12 @@ impl RangeEval<'_> {
     /// (no metadata, a pipeline that neither filters nor changes them);
     /// `ts` is sorted.
     fn plain(&mut self, labels: &Labels, ts: &[i64], lens: &[u32]) {
+        if self.failure.is_some() || !self.tick(ts.len(), lens.iter().map(|&l| l as u64).sum()) {
+            return;
+        }
+        let ctl = self.ctl;
+        let labels = &*ctl.with_implied_level(labels);
+        self.ctl.add_post_filter(ts.len() as u64);
         let bytes = matches!(self.op, RangeOp::Bytes | RangeOp::BytesRate);
         let key = self.key(labels);
         if !self.acc.add_sorted(&key, ts, bytes.then_some(lens)) {
@@ -777,10 +808,20 @@ impl RangeEval<'_> {
         }
     }
 
+    /// Samples of a batch of entries, checking the deadline every
+    /// [`CHECK_EVERY`] entries.
     fn batch(&mut self, labels: &Labels, entries: &[EntryRef<'_>]) {
-        if self.failure.is_some() {
-            return;
+        let ctl = self.ctl;
+        let labels = &*ctl.with_implied_level(labels);
+        for part in entries.chunks(CHECK_EVERY) {
+            if self.failure.is_some() || !self.tick(part.len(), part.iter().map(|e| e.line.len() as u64).sum()) {
+                return;
+            }
+            self.batch_part(labels, part);
         }
+    }
+
+    fn batch_part(&mut self, labels: &Labels, entries: &[EntryRef<'_>]) {
         // Fast path: entries without structured metadata through a pipeline
         // that cannot change labels all land in one series per stream.
         let mut fast: Vec<(i64, f64)> = Vec::new();
@@ -810,6 +851,7 @@ impl RangeEval<'_> {
             }
         }
         if !fast.is_empty() {
+            self.ctl.add_post_filter(fast.len() as u64);
             let key = self.key(labels);
             if !self.acc.add(&key, fast.into_iter()) {
                 self.failure = Some(EvalError::TooManySeries(MAX_SERIES));
@@ -867,6 +909,7 @@ impl RangeEval<'_> {
         if self.grouping.is_some() {
             out_labels = group_labels(&out_labels, self.grouping);
         }
+        self.ctl.add_post_filter(1);
         if !self.acc.add(&out_labels, std::iter::once((e.ts, value))) {
             self.failure = Some(EvalError::TooManySeries(MAX_SERIES));
         }
@@ -905,6 +948,7 @@ fn eval_range(
         state: PipelineState::default(),
         acc,
         failure: None,
+        ctl: q.ctl,
     };
     let (tenant, matchers) = (q.tenant, &range.selector.matchers);
     let res = if static_labels && pipeline.iter().all(|s| matches!(s, Stage::Drop(_))) {
@@ -933,10 +977,11 @@ fn eval_range(
         };
         store.scan_entries(&req, &mut |labels, entries| {
             ev.batch(labels, entries);
-            None
+            // A failure ends the scan: no chunk lies before i64::MIN.
+            ev.failure.is_some().then_some(i64::MIN)
         })
     };
-    res.map_err(|e| EvalError::Store(e.to_string()))?;
+    q.ctl.add_scan(&res.map_err(|e| EvalError::Store(e.to_string()))?);
     if let Some(f) = ev.failure {
         return Err(f);
     }
@@ -1169,7 +1214,11 @@ mod tests {
 
     fn run(s: &LogStore, q: &str, start: i64, end: i64, step: i64) -> Result<MetricValue, EvalError> {
         let Expr::Sample(e) = parse(q).unwrap() else { panic!("not a metric query: {q}") };
-        eval_metric(s, &e, &MetricQuery { tenant: "t", start: start * S, end: end * S, step: step * S })
+        eval_metric(
+            s,
+            &e,
+            &MetricQuery { tenant: "t", start: start * S, end: end * S, step: step * S, ctl: &QueryCtl::default() },
+        )
     }
 
     fn matrix(v: MetricValue) -> Vec<(String, Vec<(i64, f64)>)> {
@@ -1253,7 +1302,7 @@ mod tests {
             Expr::Log(_) => unreachable!(),
         };
         for (start, end, step) in [(i64::MIN, i64::MAX, i64::MAX), (i64::MIN, i64::MIN, 0), (i64::MAX, i64::MAX, 1)] {
-            let _ = eval_metric(&s, &e, &MetricQuery { tenant: "t", start, end, step });
+            let _ = eval_metric(&s, &e, &MetricQuery { tenant: "t", start, end, step, ctl: &QueryCtl::default() });
         }
     }
 
@@ -1286,7 +1335,11 @@ mod tests {
             if let Ok(Expr::Sample(e)) = parse(&q) {
                 evaluated += 1;
                 let step = [0, S, 7 * S][(next() % 3) as usize];
-                let _ = eval_metric(&s, &e, &MetricQuery { tenant: "t", start: 0, end: 60 * S, step });
+                let _ = eval_metric(
+                    &s,
+                    &e,
+                    &MetricQuery { tenant: "t", start: 0, end: 60 * S, step, ctl: &QueryCtl::default() },
+                );
             }
         }
         assert!(evaluated > 100, "only {evaluated} mutants parsed");

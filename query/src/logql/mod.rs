@@ -23,20 +23,24 @@
 //! template control structures and functions Loki lacks.
 
 mod ast;
+mod ctl;
 mod detected;
 mod eval;
 mod format;
 mod lexer;
 mod metric;
 mod parser;
+mod patterns;
 pub mod pipeline;
 
 pub use ast::{
     BinOp, Direction, Expr, FilterOp, Grouping, JsonPathPart, LabelFmt, LineFilter, LogRange, LogSelector,
     NamedMatcher, RangeOp, SampleExpr, Stage, Unwrap, UnwrapConv, VecOp, VectorMatching,
 };
+pub use ctl::{DETECTED_LEVEL, EvalStats, QueryCtl, known_level, level_from_labels, normalize_level};
 pub use detected::{DetectedField, detect_fields, detected_field_values};
 pub use eval::{LogEntry, LogQuery, StreamResult, eval_log_query};
 pub use format::go_quote;
 pub use metric::{EvalError, MAX_POINTS, MetricQuery, MetricValue, Sample, Series, eval_metric};
 pub use parser::{ParseError, parse};
+pub use patterns::{MAX_PATTERN_LINES, PatternSeries, detect_patterns};

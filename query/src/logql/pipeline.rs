@@ -20,7 +20,7 @@
 //! in [`Template`]'s documentation. Control structures (`if`, `range`, …)
 //! are refused at parse time by name.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use cairn_wire::{Labels, Matcher};
@@ -610,7 +610,13 @@ impl Pattern {
 pub struct Template {
     src: String,
     nodes: Vec<TNode>,
+    /// `regexReplaceAll` patterns compiled so far (at most
+    /// [`TEMPLATE_REGEX_CACHE`]), so a pattern is not compiled per line.
+    regexes: std::sync::Arc<std::sync::Mutex<HashMap<String, Regex>>>,
 }
+
+/// Compiled `regexReplaceAll` patterns one template keeps.
+const TEMPLATE_REGEX_CACHE: usize = 16;
 
 #[derive(Debug, Clone)]
 enum TNode {
@@ -732,7 +738,7 @@ impl Template {
                 }
             }
         }
-        Ok(Template { src: src.to_string(), nodes })
+        Ok(Template { src: src.to_string(), nodes, regexes: Default::default() })
     }
 
     /// The template as written.
@@ -743,7 +749,7 @@ impl Template {
     /// Renders with the entry's labels, line and timestamp.
     pub fn render(&self, lbs: &LabelsBuilder, line: &str, ts: i64) -> Result<String, String> {
         let mut out = String::new();
-        let ctx = Ctx { lbs, line, ts };
+        let ctx = Ctx { lbs, line, ts, regexes: &self.regexes };
         for n in &self.nodes {
             match n {
                 TNode::Text(t) => out.push_str(t),
@@ -944,6 +950,7 @@ struct Ctx<'a> {
     lbs: &'a LabelsBuilder,
     line: &'a str,
     ts: i64,
+    regexes: &'a std::sync::Mutex<HashMap<String, Regex>>,
 }
 
 impl Ctx<'_> {
@@ -1113,7 +1120,20 @@ impl Ctx<'_> {
             }
             "regexReplaceAll" | "regexReplaceAllLiteral" => {
                 need(3)?;
-                let re = Regex::new(&s(0)).map_err(|e| format!("template: {f}: {e}"))?;
+                let src = s(0);
+                let cached = self.regexes.lock().ok().and_then(|m| m.get(&src).cloned());
+                let re = match cached {
+                    Some(re) => re,
+                    None => {
+                        let re = Regex::new(&src).map_err(|e| format!("template: {f}: {e}"))?;
+                        if let Ok(mut m) = self.regexes.lock()
+                            && m.len() < TEMPLATE_REGEX_CACHE
+                        {
+                            m.insert(src, re.clone());
+                        }
+                        re
+                    }
+                };
                 let (x, repl) = (s(1), s(2));
                 if f == "regexReplaceAll" {
                     st(re.replace_all(&x, go_replacement(&repl).as_str()).into_owned())
@@ -1461,13 +1481,13 @@ fn unpack_stage(line: &str, lbs: &mut LabelsBuilder) -> Option<String> {
 }
 
 /// A logfmt key and its value (`None` for a bare key).
-pub(crate) type LogfmtPair = (String, Option<String>);
+pub type LogfmtPair = (String, Option<String>);
 
 /// Splits a logfmt line into (key, value) pairs (value `None` for a bare
 /// key). Bytes up to `' '` separate pairs. A malformed pair is reported in
 /// the second element (the first one only) and skipped up to the next
 /// separator; callers in `--strict` mode stop at it.
-pub(crate) fn logfmt_pairs(line: &str) -> (Vec<LogfmtPair>, Option<(usize, String)>) {
+pub fn logfmt_pairs(line: &str) -> (Vec<LogfmtPair>, Option<(usize, String)>) {
     let mut out = Vec::new();
     let mut first_err: Option<(usize, String)> = None;
     let b = line.as_bytes();
