@@ -9,6 +9,7 @@ use anyhow::Context;
 use cairn_aggregator::config::{
     AggregatorConfig, LimitsConfig, QueryConfig, ServerConfig, StorageConfig, TenantConfig,
 };
+use cairn_aggregator::pipeline::{Pipeline, PipelineConfig};
 use cairn_collector::config::CollectorConfig;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,9 @@ pub struct Config {
     pub collector: CollectorConfig,
     /// `[tenants."<id>"]`: per-tenant overrides.
     pub tenants: std::collections::BTreeMap<String, TenantConfig>,
+    /// `[[pipeline]]`: ingest stage chains (docs/pipeline.md).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pipeline: Vec<PipelineConfig>,
 }
 
 impl Config {
@@ -84,6 +88,8 @@ impl Config {
             anyhow::bail!("query.max_samples must be at least 1");
         }
         self.collector.validate().map_err(|e| anyhow::anyhow!("collector: {e}"))?;
+        let metrics = cairn_aggregator::selfmetrics::SelfMetrics::new();
+        Pipeline::new(&self.pipeline, self.aggregator().pipeline_limits(), &metrics)?;
         Ok(())
     }
 
@@ -95,6 +101,7 @@ impl Config {
             limits: self.limits.clone(),
             query: self.query.clone(),
             tenants: self.tenants.clone(),
+            pipeline: self.pipeline.clone(),
         }
     }
 }

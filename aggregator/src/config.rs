@@ -189,6 +189,11 @@ pub struct LimitsConfig {
     pub max_label_name_length: usize,
     /// Longest label value.
     pub max_label_value_length: usize,
+    /// Most distinct values one label promoted by pipeline `labels` stages
+    /// may take per tenant; further values are kept as structured metadata
+    /// instead (counted in `cairn_pipeline_label_limit_hits_total`); 0: no
+    /// limit.
+    pub pipeline_max_label_values: usize,
 }
 
 impl Default for LimitsConfig {
@@ -200,6 +205,7 @@ impl Default for LimitsConfig {
             max_labels_per_series: 30,
             max_label_name_length: 1024,
             max_label_value_length: 2048,
+            pipeline_max_label_values: 100,
         }
     }
 }
@@ -262,6 +268,8 @@ pub struct TenantConfig {
     pub logs_retention_time: Option<ConfigDuration>,
     /// Likewise for metrics, instead of `storage.metrics.retention_time`.
     pub metrics_retention_time: Option<ConfigDuration>,
+    /// This tenant's `limits.pipeline_max_label_values`.
+    pub pipeline_max_label_values: Option<usize>,
 }
 
 /// Everything the aggregator needs.
@@ -277,9 +285,24 @@ pub struct AggregatorConfig {
     pub query: QueryConfig,
     /// `[tenants."<id>"]`
     pub tenants: std::collections::BTreeMap<String, TenantConfig>,
+    /// `[[pipeline]]`: ingest stage chains, in order.
+    pub pipeline: Vec<crate::pipeline::PipelineConfig>,
 }
 
 impl AggregatorConfig {
+    /// The limits the ingest pipeline enforces.
+    pub fn pipeline_limits(&self) -> crate::pipeline::PipelineLimits {
+        crate::pipeline::PipelineLimits {
+            max_label_values: self.limits.pipeline_max_label_values,
+            tenant_max_label_values: self
+                .tenants
+                .iter()
+                .filter_map(|(id, t)| Some((id.clone(), t.pipeline_max_label_values?)))
+                .collect(),
+            max_label_value_length: self.limits.max_label_value_length,
+        }
+    }
+
     /// The retention of each engine, with the tenants' overrides.
     pub fn retention(&self) -> (cairn_store::Retention, cairn_store::Retention) {
         let limit = |d: &ConfigDuration| (!d.0.is_zero()).then_some(d.0);

@@ -18,6 +18,7 @@
 //! `collector → wire`.
 
 pub mod config;
+pub mod container;
 pub mod labels;
 pub mod loki_json;
 pub mod matcher;

@@ -25,6 +25,7 @@
 mod ast;
 mod detected;
 mod eval;
+pub mod extract;
 mod format;
 mod lexer;
 mod metric;
