@@ -17,6 +17,7 @@ mod loki_api;
 mod metrics;
 mod node_exporter;
 mod ops;
+mod pipeline;
 mod prom_api;
 mod prom_compare;
 mod promtool;
