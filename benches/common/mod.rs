@@ -71,6 +71,12 @@ impl Server {
     /// With `CAIRN_BENCH_URL` set, uses that server instead (e.g. one run
     /// under a profiler); its CPU and RSS are then not reported.
     pub fn start(data_dir: &Path) -> Server {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Like [`Server::start`], with more `cairn serve` arguments (e.g.
+    /// `--config FILE`).
+    pub fn start_with(data_dir: &Path, extra: &[&std::ffi::OsStr]) -> Server {
         if let Ok(url) = std::env::var("CAIRN_BENCH_URL") {
             let client =
                 reqwest::blocking::Client::builder().timeout(Duration::from_secs(600)).build().expect("client");
@@ -79,6 +85,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()

@@ -448,3 +448,24 @@ fn bad_configs_name_pipeline_and_stage() {
     let f: File = toml::from_str("[[pipeline]]\nselector='{job='\n").unwrap();
     assert!(Pipeline::new(&f.pipeline, PipelineLimits::default(), &SelfMetrics::new()).is_err());
 }
+
+/// Every TOML example of docs/pipeline.md compiles (stage-only snippets
+/// inside a chain).
+#[test]
+fn docs_examples_compile() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/pipeline.md")).unwrap();
+    let mut n = 0;
+    for block in doc.split("```toml\n").skip(1) {
+        let Some((toml_text, _)) = block.split_once("```") else { continue };
+        let text = if toml_text.trim_start().starts_with("[[pipeline]]") {
+            toml_text.to_string()
+        } else {
+            format!("[[pipeline]]\nselector = '{{job=\"x\"}}'\n{toml_text}")
+        };
+        let f: File = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        Pipeline::new(&f.pipeline, PipelineLimits::default(), &SelfMetrics::new())
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        n += 1;
+    }
+    assert!(n >= 15, "only {n} examples");
+}
