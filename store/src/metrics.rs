@@ -541,10 +541,12 @@ impl MetricsStore {
         self.t.wait_for_flush_while(|| self.head_samples() >= limit, crate::logs::BACKPRESSURE_MAX_WAIT);
         let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut outcome = WriteOutcome::default();
-        // Merge series that appear more than once in the batch.
-        let mut merged: crate::LabelMap<Vec<(i64, f64)>> =
+        // Merge series that appear more than once in the batch (samples are
+        // moved, not copied: this is the ingest hot path).
+        let mut index: crate::LabelMap<usize> =
             crate::LabelMap::with_capacity_and_hasher(batch.len(), Default::default());
-        for s in batch {
+        let mut to_write: Vec<SeriesSamples> = Vec::with_capacity(batch.len());
+        for mut s in batch {
             if s.labels.get(cairn_wire::METRIC_NAME).is_none() {
                 outcome.rejected.extend(
                     s.samples
@@ -553,21 +555,31 @@ impl MetricsStore {
                 );
                 continue;
             }
-            merged.entry(s.labels).or_default().extend(s.samples);
+            match index.get(&s.labels) {
+                Some(&i) => to_write[i].samples.append(&mut s.samples),
+                None => {
+                    index.insert(s.labels.clone(), to_write.len());
+                    to_write.push(s);
+                }
+            }
         }
-        let mut to_write = Vec::with_capacity(merged.len());
+        drop(index);
         let window = i64::try_from(self.opts.out_of_order_window.as_millis()).unwrap_or(i64::MAX);
         let mut newest_all = self.newest.lock().unwrap_or_else(|p| p.into_inner());
         let newest = newest_all.get(tenant);
         {
             let head = self.t.head.read().unwrap_or_else(|p| p.into_inner());
             let th = head.tenants.get(tenant);
-            for (labels, mut samples) in merged {
-                samples.sort_by_key(|p| p.0);
-                let existing = th.and_then(|t| t.by_labels.get(&labels).map(|&i| &t.series[i]));
-                let last = newest.and_then(|m| m.get(&labels)).copied();
-                let mut keep = Vec::with_capacity(samples.len());
-                for (t, v) in samples {
+            for SeriesSamples { labels, samples } in to_write.iter_mut() {
+                if !samples.is_sorted_by_key(|p| p.0) {
+                    samples.sort_by_key(|p| p.0);
+                }
+                let existing = th.and_then(|t| t.by_labels.get(labels).map(|&i| &t.series[i]));
+                let last = newest.and_then(|m| m.get(labels)).copied();
+                // keep the accepted samples in place, in order
+                let mut kept: usize = 0;
+                for i in 0..samples.len() {
+                    let (t, v) = samples[i];
                     if let Some(last) = last
                         && t < last.saturating_sub(window)
                     {
@@ -590,8 +602,8 @@ impl MetricsStore {
                         });
                         continue;
                     }
-                    let prior = match keep.last() {
-                        Some(&(lt, lv)) if lt == t => Some(lv),
+                    let prior = match kept.checked_sub(1).map(|k| samples[k]) {
+                        Some((lt, lv)) if lt == t => Some(lv),
                         _ => existing.and_then(|ex| ex.value_at(t)),
                     };
                     match prior {
@@ -602,19 +614,21 @@ impl MetricsStore {
                         )),
                         None => {
                             outcome.accepted += 1;
-                            keep.push((t, v));
+                            samples[kept] = (t, v);
+                            kept += 1;
                         }
                     }
                 }
-                if !keep.is_empty() {
-                    to_write.push(SeriesSamples { labels, samples: keep });
-                }
+                samples.truncate(kept);
             }
         }
+        to_write.retain(|s| !s.samples.is_empty());
         if to_write.is_empty() {
             return Ok(outcome);
         }
-        let mut buf = Vec::new();
+        // sized for the usual case (labels of ~150 bytes, 10-byte samples) so
+        // the encoder does not reallocate
+        let mut buf = Vec::with_capacity(to_write.iter().map(|s| 192 + 12 * s.samples.len()).sum());
         encode_batch(&mut buf, tenant, &to_write);
         self.t.wal.append(RECORD_SAMPLES, &buf)?;
         for s in &to_write {

@@ -19,11 +19,13 @@
 
 pub mod config;
 pub mod container;
+pub mod intern;
 pub mod labels;
 pub mod loki_json;
 pub mod matcher;
 pub mod model;
 pub mod proto;
+pub mod remote_write;
 pub mod time;
 
 pub use labels::{Label, Labels, LabelsError};

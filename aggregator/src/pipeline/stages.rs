@@ -378,6 +378,12 @@ impl Stage {
             }
             Stage::Json { fields, source } => {
                 let Some(text) = source_text(source, &e.line, &sc.fields, &mut sc.tmp) else { return Step::Next };
+                // Most lines of a mixed stream are not JSON: tell at the
+                // first byte, before serde builds an error.
+                if !text.trim_start().starts_with('{') {
+                    sc.counts[gid].errors += 1;
+                    return Step::Next;
+                }
                 let f = &mut sc.fields;
                 if fields.is_empty() {
                     if extract::flatten_json(text, &mut |k, v| f.set(k, v)).is_err() {
