@@ -7,8 +7,8 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use cairn_aggregator::pipeline::{Outcome, Pipeline};
-use cairn_wire::{Entry, Labels};
+use cairn_aggregator::pipeline::{Outcome, dry_run};
+use cairn_wire::Labels;
 use clap::{Args, Subcommand};
 
 use super::{CliError, CliResult};
@@ -52,17 +52,16 @@ fn test(a: TestArgs, input: &mut dyn BufRead, out: &mut dyn Write) -> CliResult<
     if labels.is_empty() {
         return Err(CliError::Usage("--labels: at least one label is needed, e.g. {job=\"app\"}".into()));
     }
-    let metrics = cairn_aggregator::selfmetrics::SelfMetrics::new();
     let agg = cfg.aggregator();
-    let p =
-        Pipeline::new(&agg.pipeline, agg.pipeline_limits(), &metrics).map_err(|e| CliError::Usage(e.to_string()))?;
     let now = cairn_wire::time::now_ns();
     let mut lines = Vec::new();
     for l in input.lines() {
-        let l = l.map_err(|e| CliError::Usage(format!("cannot read standard input: {e}")))?;
-        lines.push(Entry { ts: now, line: l, metadata: Vec::new() });
+        lines.push(l.map_err(|e| CliError::Usage(format!("cannot read standard input: {e}")))?);
     }
-    let matching = p.matching(&a.tenant, &labels);
+    let inputs = lines.clone();
+    let cairn_aggregator::pipeline::DryRun { pipelines: matching, traced, metrics: derived } =
+        dry_run(&agg.pipeline, agg.pipeline_limits(), &a.tenant, labels.clone(), lines, now)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
     if !a.json {
         if matching.is_empty() {
             writeln!(out, "no pipeline matches {labels} for tenant {:?}: lines are stored as they come", a.tenant)?;
@@ -70,29 +69,11 @@ fn test(a: TestArgs, input: &mut dyn BufRead, out: &mut dyn Write) -> CliResult<
             writeln!(out, "pipelines for {labels}, tenant {:?}: {}", a.tenant, matching.join(", "))?;
         }
     }
-    let inputs: Vec<String> = lines.iter().map(|e| e.line.clone()).collect();
-    for t in p.trace(&a.tenant, labels, lines, now) {
+    for t in traced {
         let n = t.input + 1;
         let input = inputs.get(t.input).map(String::as_str).unwrap_or("");
         if a.json {
-            let v = match &t.outcome {
-                Outcome::Kept { labels, entry, refused_labels } => serde_json::json!({
-                    "input": n,
-                    "result": "kept",
-                    "labels": labels,
-                    "metadata": entry.metadata.iter()
-                        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                        .collect::<serde_json::Map<_, _>>(),
-                    "time": cairn_wire::time::format_rfc3339_ns(entry.ts),
-                    "time_changed": entry.ts != now,
-                    "line": entry.line,
-                    "refused_labels": refused_labels,
-                }),
-                Outcome::Dropped { pipeline, stage, kind, why } => serde_json::json!({
-                    "input": n, "result": "dropped", "pipeline": pipeline, "stage": stage, "type": kind, "why": why,
-                }),
-                Outcome::Joined => serde_json::json!({"input": n, "result": "joined"}),
-            };
+            let v = t.to_json(now);
             writeln!(out, "{v}")?;
             continue;
         }
@@ -117,17 +98,11 @@ fn test(a: TestArgs, input: &mut dyn BufRead, out: &mut dyn Write) -> CliResult<
             Outcome::Joined => writeln!(out, "  joined: partial line, continued by a later line")?,
         }
     }
-    let derived = p.collect_metrics(now);
     if !a.json && !derived.is_empty() {
         writeln!(out, "derived metrics:")?;
-        for (_, batch) in &derived {
-            for s in batch {
-                let name = s.labels.get(cairn_wire::METRIC_NAME).unwrap_or_default();
-                let rest = s.labels.without(cairn_wire::METRIC_NAME);
-                for (_, v) in &s.samples {
-                    writeln!(out, "  {name}{rest} {}", cairn_wire::format_float(*v))?;
-                }
-            }
+        for (l, v) in &derived {
+            let name = l.get(cairn_wire::METRIC_NAME).unwrap_or_default();
+            writeln!(out, "  {name}{} {}", l.without(cairn_wire::METRIC_NAME), cairn_wire::format_float(*v))?;
         }
     }
     Ok(0)

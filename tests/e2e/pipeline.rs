@@ -134,6 +134,40 @@ fn pipeline_parses_relabels_redacts_drops_and_counts() {
     assert!(m.contains(r#"cairn_pipeline_lines_total{pipeline="app",stage="1:json"} 3"#), "{m}");
     assert!(m.contains("cairn_pipeline_metric_samples_total"), "{m}");
 
+    // The dry-run endpoint: the server's chains (its counters untouched),
+    // then chains given in the request.
+    let req = serde_json::json!({
+        "labels": r#"{job="app"}"#,
+        "lines": [json_line("warn", "ann", "api_key=xyz", &t0_text), "GET /healthz 200"],
+    });
+    let (s, body) =
+        c.post_raw("/api/v1/pipeline/test", &[("Content-Type", "application/json")], serde_json::to_vec(&req).unwrap());
+    assert_eq!(s, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let r = &v["data"]["results"];
+    assert_eq!(v["data"]["pipelines"], serde_json::json!(["app"]));
+    assert_eq!((r[0]["result"].as_str(), r[0]["labels"]["level"].as_str()), (Some("kept"), Some("warn")));
+    assert_eq!(r[0]["metadata"]["user"], "ann");
+    assert!(r[0]["line"].as_str().unwrap().contains("api_key=<redacted>"), "{body}");
+    assert_eq!((r[1]["result"].as_str(), r[1]["why"].as_str()), (Some("dropped"), Some(r#"matches "GET /healthz""#)));
+    let (_, m) = c.get("/metrics");
+    assert!(m.contains(r#"cairn_pipeline_lines_total{pipeline="app",stage="1:json"} 3"#), "dry run counted: {m}");
+    let req = serde_json::json!({
+        "labels": r#"{job="x"}"#,
+        "lines": ["a=1 b=2"],
+        "pipeline": [{"selector": r#"{job="x"}"#, "stage": [{"type": "logfmt"}, {"type": "labels", "fields": ["b"]}]}],
+    });
+    let (s, body) =
+        c.post_raw("/api/v1/pipeline/test", &[("Content-Type", "application/json")], serde_json::to_vec(&req).unwrap());
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains(r#""labels":{"b":"2","job":"x"}"#), "{body}");
+    let req =
+        serde_json::json!({"labels": "{job=\"x\"}", "lines": [], "pipeline": [{"selector": "{job=", "stage": []}]});
+    let (s, body) =
+        c.post_raw("/api/v1/pipeline/test", &[("Content-Type", "application/json")], serde_json::to_vec(&req).unwrap());
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("selector"), "{body}");
+
     // Another tenant: the second chain (for "someone-else") drops everything.
     let (st, _) = c.post_raw(
         "/loki/api/v1/push",

@@ -524,10 +524,10 @@ impl Stage {
                 if map.len() >= MAX_BUCKETS && !map.contains_key(&cx.stream_hash) {
                     // Forget buckets that have refilled: they behave as new ones.
                     let (r, b, now) = (*rate, *burst, cx.now_ns);
-                    map.retain(|_, k| k.tokens + (now - k.last_ns) as f64 / 1e9 * r < b);
+                    map.retain(|_, k| k.tokens + now.saturating_sub(k.last_ns) as f64 / 1e9 * r < b);
                 }
                 let b = map.entry(cx.stream_hash).or_insert(Bucket { tokens: *burst, last_ns: cx.now_ns });
-                let elapsed = (cx.now_ns - b.last_ns).max(0) as f64 / 1e9;
+                let elapsed = cx.now_ns.saturating_sub(b.last_ns).max(0) as f64 / 1e9;
                 b.tokens = (b.tokens + elapsed * rate).min(*burst);
                 b.last_ns = b.last_ns.max(cx.now_ns);
                 if b.tokens >= 1.0 {
@@ -655,14 +655,15 @@ fn container_stage(
     // The message as a range of the line when it is one (CRI, and Docker
     // lines without escapes): cut in place, no copy.
     let range = match &d.msg {
-        Cow::Borrowed(m) => {
-            let start = m.as_ptr() as usize - e.line.as_ptr() as usize;
-            Some(start..start + m.len())
-        }
+        Cow::Borrowed(m) => (m.as_ptr() as usize)
+            .checked_sub(e.line.as_ptr() as usize)
+            .map(|start| start..start + m.len())
+            .filter(|r| r.end <= e.line.len()),
         Cow::Owned(_) => None,
     };
     let owned = match d.msg {
         Cow::Owned(m) => Some(String::from_utf8_lossy(&m).into_owned()),
+        Cow::Borrowed(m) if range.is_none() => Some(String::from_utf8_lossy(m).into_owned()),
         Cow::Borrowed(_) => None,
     };
     match (range, owned) {
