@@ -23,7 +23,9 @@ use std::time::Instant;
 use common::{Server, dir_size, peers_logs, proc_usage, send_all, shared_dir};
 
 /// The pipeline of `CAIRN_BENCH_PIPELINE=1`: parse JSON lines, promote their
-/// `level`, mask secrets in every line.
+/// `level` (as `json_level`: the workload's streams already carry a
+/// `level` label, and moving entries between pushed streams would mix the
+/// senders' time orders), mask secrets in every line.
 const BENCH_PIPELINE: &str = r#"
 [[pipeline]]
 name = "bench"
@@ -32,7 +34,7 @@ selector = '{job="bench"}'
 type = "json"
 [[pipeline.stage]]
 type = "labels"
-fields = ["level"]
+fields = { json_level = "level" }
 [[pipeline.stage]]
 type = "redact"
 "#;

@@ -119,11 +119,19 @@ impl Derived {
     ) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for (labels, obs) in groups {
-            for &(m, v) in obs {
+            // One series lookup per metric of the group, not per value.
+            let mut done = 0u64;
+            for (i, &(m, _)) in obs.iter().enumerate() {
+                if m < 64 && done & (1 << m) != 0 {
+                    continue;
+                }
+                if m < 64 {
+                    done |= 1 << m;
+                } else if obs[..i].iter().any(|o| o.0 == m) {
+                    continue;
+                }
                 let Some(def) = self.defs.get(m) else { continue };
-                // Look up without allocating the key when the series exists.
-                let key = (m, tenant.to_string(), labels.clone());
-                let s = st.series.entry(key).or_insert_with(|| SeriesState {
+                let s = st.series.entry((m, tenant.to_string(), labels.clone())).or_insert_with(|| SeriesState {
                     value: match def.kind {
                         MetricKind::Counter => Value::Counter(0.0),
                         MetricKind::Histogram => {
@@ -133,15 +141,17 @@ impl Derived {
                     updated_ns: now_ns,
                 });
                 s.updated_ns = now_ns;
-                match &mut s.value {
-                    Value::Counter(c) => *c += v,
-                    Value::Histogram { counts, sum, count } => {
-                        // Non-cumulative per bucket; made cumulative on write.
-                        if let Some(i) = def.buckets.iter().position(|&b| v <= b) {
-                            counts[i] += 1;
+                for v in obs[i..].iter().filter(|o| o.0 == m).map(|o| o.1) {
+                    match &mut s.value {
+                        Value::Counter(c) => *c += v,
+                        Value::Histogram { counts, sum, count } => {
+                            // Non-cumulative per bucket; made cumulative on write.
+                            if let Some(b) = def.buckets.iter().position(|&b| v <= b) {
+                                counts[b] += 1;
+                            }
+                            *sum += v;
+                            *count += 1;
                         }
-                        *sum += v;
-                        *count += 1;
                     }
                 }
             }

@@ -482,6 +482,16 @@ impl Pipeline {
             }
             return;
         }
+        // A dropped entry joins a group only to label its metric
+        // observations (and so never spends label-value budget otherwise).
+        if let Verdict::Dropped(gid, why) = &step
+            && sc.obs.is_empty()
+        {
+            if let Some(t) = trace {
+                t.push(self.dropped(input, *gid, why));
+            }
+            return;
+        }
         let gi = match groups.iter().position(|g| {
             g.key.len() == sc.promoted.len()
                 && sc.promoted.iter().all(|(k, v)| g.key.iter().any(|x| x.0 == k && x.1 == v))
@@ -497,16 +507,7 @@ impl Pipeline {
         match step {
             Verdict::Dropped(gid, why) => {
                 if let Some(t) = trace {
-                    let slot = &self.slots[gid];
-                    t.push(Traced {
-                        input,
-                        outcome: Outcome::Dropped {
-                            pipeline: self.chains[slot.chain].name.clone(),
-                            stage: slot.index,
-                            kind: slot.kind,
-                            why: why.into_owned(),
-                        },
-                    });
+                    t.push(self.dropped(input, gid, &why));
                 }
             }
             _ => {
@@ -527,6 +528,19 @@ impl Pipeline {
                 }
                 g.entries.push(e);
             }
+        }
+    }
+
+    fn dropped(&self, input: usize, gid: usize, why: &str) -> Traced {
+        let slot = &self.slots[gid];
+        Traced {
+            input,
+            outcome: Outcome::Dropped {
+                pipeline: self.chains[slot.chain].name.clone(),
+                stage: slot.index,
+                kind: slot.kind,
+                why: why.to_string(),
+            },
         }
     }
 

@@ -469,3 +469,25 @@ fn docs_examples_compile() {
     }
     assert!(n >= 15, "only {n} examples");
 }
+
+#[test]
+fn dropped_entries_spend_no_label_value_budget() {
+    let text = r#"
+[[pipeline]]
+selector = '{job="app"}'
+[[pipeline.stage]]
+type = "logfmt"
+[[pipeline.stage]]
+type = "labels"
+fields = ["level"]
+[[pipeline.stage]]
+type = "drop"
+source = "level"
+value = "debug"
+"#;
+    let (p, m) = build_with(text, PipelineLimits { max_label_values: 1, ..Default::default() });
+    let out = run(&p, &["level=debug a", "level=debug b", "level=info c"]);
+    assert!(matches!(out[0], Outcome::Dropped { .. }) && matches!(out[1], Outcome::Dropped { .. }));
+    assert_eq!(kept(&out[2]).0.get("level"), Some("info"));
+    assert_eq!(metric(&m, "cairn_pipeline_label_limit_hits_total"), 0.0);
+}
