@@ -152,6 +152,38 @@ mod tests {
         assert!(missing.is_empty(), "undocumented config keys: {missing:?}");
     }
 
+    /// A config with pipeline chains prints (`cairn config check`) as TOML
+    /// that parses back to the same config, and bad chains fail validation.
+    #[test]
+    fn pipelines_round_trip_and_validate() {
+        let text = r#"
+[[pipeline]]
+selector = '{job="app"}'
+[[pipeline.stage]]
+type = "json"
+fields = { a = "b.c" }
+[[pipeline.stage]]
+type = "labels"
+fields = { lvl = "level" }
+[[pipeline.stage]]
+type = "metrics"
+name = "x"
+kind = "histogram"
+source = "d"
+buckets = [0.1, 1.0]
+"#;
+        let cfg = Config::parse(text).unwrap();
+        cfg.validate().unwrap();
+        let printed = toml::to_string_pretty(&cfg).unwrap();
+        assert_eq!(Config::parse(&printed).unwrap(), cfg, "{printed}");
+        let bad = Config::parse(
+            "[[pipeline]]\nselector = '{job=\"a\"}'\n[[pipeline.stage]]\ntype = \"sample\"\nrate = 3.0\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", bad.validate().unwrap_err());
+        assert!(e.contains("stage 0 (sample)"), "{e}");
+    }
+
     #[test]
     fn unknown_keys_and_bad_values_name_key_and_line() {
         let e = Config::parse("[server]\nlisten = \"127.0.0.1:3100\"\nlisen = 1\n").unwrap_err().to_string();

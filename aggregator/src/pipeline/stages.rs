@@ -204,7 +204,10 @@ fn builtin_redactor(names: &[String]) -> Result<Option<Regex>, String> {
             let known: Vec<&str> = REDACT_PATTERNS.iter().map(|p| p.0).collect();
             format!("unknown redact pattern {n:?} (known: {})", known.join(", "))
         })?;
-        parts.push(format!("(?:{})", re.replace("?P<secret>", &format!("?P<secret{}>", parts.len()))));
+        // ASCII word boundaries: the lazy DFA handles them on any input
+        // (a Unicode `\b` makes it fall back on non-ASCII lines).
+        let re = re.replace(r"\b", r"(?-u:\b)").replace("?P<secret>", &format!("?P<secret{}>", parts.len()));
+        parts.push(format!("(?:{re})"));
     }
     if parts.is_empty() {
         return Ok(None);
