@@ -9,7 +9,10 @@
 //!
 //! Run: `cargo bench --bench ingest_logs` (env `CAIRN_BENCH_REPLAYS`, default
 //! 3; `CAIRN_BENCH_STREAMS_PER_FILE`, default 4; `CAIRN_BENCH_EXTRA_LABELS`,
-//! default 0, labels added to each stream's 4).
+//! default 0, labels added to each stream's 4; `CAIRN_BENCH_PIPELINE=1` also
+//! ingests the same requests a second time, into a fresh server whose
+//! config has a json + labels + redact `[[pipeline]]` on every stream, and
+//! prints both figures).
 //! The numbers are printed, never asserted.
 
 mod common;
@@ -18,6 +21,49 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use common::{Server, dir_size, peers_logs, proc_usage, send_all, shared_dir};
+
+/// The pipeline of `CAIRN_BENCH_PIPELINE=1`: parse JSON lines, promote their
+/// `level` (as `json_level`: the workload's streams already carry a
+/// `level` label, and moving entries between pushed streams would mix the
+/// senders' time orders), mask secrets in every line.
+const BENCH_PIPELINE: &str = r#"
+[[pipeline]]
+name = "bench"
+selector = '{job="bench"}'
+[[pipeline.stage]]
+type = "json"
+[[pipeline.stage]]
+type = "labels"
+fields = { json_level = "level" }
+[[pipeline.stage]]
+type = "redact"
+"#;
+
+/// Ingests `requests` into a fresh `cairn serve` on `data_path` (with
+/// `extra` arguments); returns (wall s, server CPU s, peak RSS, disk bytes).
+fn ingest(data_path: &std::path::Path, extra: &[&std::ffi::OsStr], requests: Vec<Vec<u8>>) -> (f64, f64, u64, u64) {
+    let server = Server::start_with(data_path, extra);
+    let pid = server.pid();
+    let (cpu0, _) = proc_usage(pid);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tracer = common::trace_server(server.url.clone(), pid, stop.clone());
+    let started = Instant::now();
+    send_all(
+        &server.client,
+        &format!("{}/loki/api/v1/push", server.url),
+        &[("Content-Type", "application/x-protobuf")],
+        requests,
+        4,
+    );
+    let wall = started.elapsed().as_secs_f64();
+    let (cpu1, hwm) = proc_usage(pid);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = tracer {
+        let _ = t.join();
+    }
+    server.stop();
+    (wall, cpu1 - cpu0, hwm, dir_size(data_path))
+}
 
 fn main() {
     if !common::is_bench_run("ingest_logs") {
@@ -57,31 +103,35 @@ fn main() {
         let (requests, lines, raw_bytes, span_start, now_ns) =
             (w.requests, w.lines, w.raw_bytes, w.span_start, w.now_ns);
 
-        let server = Server::start(&data_path);
-        let pid = server.pid();
-        let (cpu0, _) = proc_usage(pid);
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let tracer = common::trace_server(server.url.clone(), pid, stop.clone());
-        let started = Instant::now();
-        send_all(
-            &server.client,
-            &format!("{}/loki/api/v1/push", server.url),
-            &[("Content-Type", "application/x-protobuf")],
-            requests,
-            4,
-        );
-        let wall = started.elapsed().as_secs_f64();
-        let (cpu1, hwm) = proc_usage(pid);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = tracer {
-            let _ = t.join();
+        let with_pipeline = (env("CAIRN_BENCH_PIPELINE", 0) == 1).then(|| requests.clone());
+        let (wall, cpu, hwm, disk) = ingest(&data_path, &[], requests);
+        if let Some(requests) = with_pipeline {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = dir.path().join("pipeline.toml");
+            // The pipeline goes after the CAIRN_BENCH_CONFIG file, if any.
+            let base = std::env::var_os("CAIRN_BENCH_CONFIG")
+                .map(|p| std::fs::read_to_string(p).expect("read CAIRN_BENCH_CONFIG"))
+                .unwrap_or_default();
+            std::fs::write(&cfg, format!("{base}\n{BENCH_PIPELINE}")).expect("write pipeline config");
+            let data = dir.path().join("data");
+            let (pwall, pcpu, phwm, _) = ingest(&data, &["--config".as_ref(), cfg.as_os_str()], requests);
+            let gb = raw_bytes as f64 / 1e9;
+            println!("ingest_logs with json + labels + redact pipeline on every stream ({lines} lines):");
+            println!("{:<44} {:>12} {:>12} {:>8}", "figure", "no pipeline", "pipeline", "ratio");
+            println!(
+                "{:<44} {:>12.0} {:>12.0} {:>8.2}",
+                "lines/s (wall, client on same 2 cores)",
+                lines as f64 / wall,
+                lines as f64 / pwall,
+                wall / pwall
+            );
+            println!("{:<44} {:>12.1} {:>12.1} {:>8.2}", "server CPU s per GB", cpu / gb, pcpu / gb, pcpu / cpu);
+            println!("{:<44} {:>12.0} {:>12.0}", "peak RSS MB", hwm as f64 / 1e6, phwm as f64 / 1e6);
         }
-        server.stop();
-        let disk = dir_size(&data_path);
         if let Some(f) = &span_file {
             std::fs::write(f, format!("{span_start} {now_ns}\n")).expect("write span file");
         }
-        (span_start, now_ns, Some((lines, raw_bytes, wall, cpu1 - cpu0, hwm, disk)))
+        (span_start, now_ns, Some((lines, raw_bytes, wall, cpu, hwm, disk)))
     };
 
     // Queries of PEERS.md over the whole 24 h, after a restart: "first" is

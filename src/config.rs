@@ -9,6 +9,7 @@ use anyhow::Context;
 use cairn_aggregator::config::{
     AggregatorConfig, LimitsConfig, QueryConfig, ServerConfig, StorageConfig, TenantConfig,
 };
+use cairn_aggregator::pipeline::{Pipeline, PipelineConfig};
 use cairn_collector::config::CollectorConfig;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,9 @@ pub struct Config {
     pub collector: CollectorConfig,
     /// `[tenants."<id>"]`: per-tenant overrides.
     pub tenants: std::collections::BTreeMap<String, TenantConfig>,
+    /// `[[pipeline]]`: ingest stage chains (docs/pipeline.md).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pipeline: Vec<PipelineConfig>,
 }
 
 impl Config {
@@ -84,6 +88,8 @@ impl Config {
             anyhow::bail!("query.max_samples must be at least 1");
         }
         self.collector.validate().map_err(|e| anyhow::anyhow!("collector: {e}"))?;
+        let metrics = cairn_aggregator::selfmetrics::SelfMetrics::new();
+        Pipeline::new(&self.pipeline, self.aggregator().pipeline_limits(), &metrics)?;
         Ok(())
     }
 
@@ -95,6 +101,7 @@ impl Config {
             limits: self.limits.clone(),
             query: self.query.clone(),
             tenants: self.tenants.clone(),
+            pipeline: self.pipeline.clone(),
         }
     }
 }
@@ -143,6 +150,38 @@ mod tests {
         assert!(keys.len() > 10);
         let missing: Vec<_> = keys.iter().filter(|k| !doc.contains(&format!("`{k}`"))).collect();
         assert!(missing.is_empty(), "undocumented config keys: {missing:?}");
+    }
+
+    /// A config with pipeline chains prints (`cairn config check`) as TOML
+    /// that parses back to the same config, and bad chains fail validation.
+    #[test]
+    fn pipelines_round_trip_and_validate() {
+        let text = r#"
+[[pipeline]]
+selector = '{job="app"}'
+[[pipeline.stage]]
+type = "json"
+fields = { a = "b.c" }
+[[pipeline.stage]]
+type = "labels"
+fields = { lvl = "level" }
+[[pipeline.stage]]
+type = "metrics"
+name = "x"
+kind = "histogram"
+source = "d"
+buckets = [0.1, 1.0]
+"#;
+        let cfg = Config::parse(text).unwrap();
+        cfg.validate().unwrap();
+        let printed = toml::to_string_pretty(&cfg).unwrap();
+        assert_eq!(Config::parse(&printed).unwrap(), cfg, "{printed}");
+        let bad = Config::parse(
+            "[[pipeline]]\nselector = '{job=\"a\"}'\n[[pipeline.stage]]\ntype = \"sample\"\nrate = 3.0\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", bad.validate().unwrap_err());
+        assert!(e.contains("stage 0 (sample)"), "{e}");
     }
 
     #[test]

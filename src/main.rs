@@ -59,6 +59,9 @@ enum Command {
     Labels(cli::labels::LabelsArgs),
     /// List the log streams and metric series a selector matches.
     Series(cli::labels::SeriesArgs),
+    /// Try ingest pipeline chains: `cairn pipeline test CONFIG < lines`.
+    #[command(subcommand)]
+    Pipeline(cli::pipeline::PipelineCommand),
     /// Print shell completions: `cairn completions bash > /etc/bash_completion.d/cairn`.
     Completions {
         /// The shell.
@@ -144,6 +147,7 @@ fn main() -> std::process::ExitCode {
         Command::Tail(a) => return cli_exit(|| cli::tail::run(a)),
         Command::Labels(a) => return cli_exit(|| cli::labels::run_labels(a)),
         Command::Series(a) => return cli_exit(|| cli::labels::run_series(a)),
+        Command::Pipeline(c) => return cli_exit(|| cli::pipeline::run(c)),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
@@ -201,6 +205,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         | Command::Tail(_)
         | Command::Labels(_)
         | Command::Series(_)
+        | Command::Pipeline(_)
         | Command::Completions { .. } => unreachable!("handled in main"),
         Command::Collect(a) => {
             let mut cfg = load_config(a.common.config.as_deref())?;

@@ -201,6 +201,11 @@ pub struct LimitsConfig {
     /// Loki's `log_level_fields`: label, metadata and line field names a
     /// level is read from, in order of preference.
     pub log_level_fields: Vec<String>,
+    /// Most distinct values one label promoted by pipeline `labels` stages
+    /// may take per tenant; further values are kept as structured metadata
+    /// instead (counted in `cairn_pipeline_label_limit_hits_total`); 0: no
+    /// limit.
+    pub pipeline_max_label_values: usize,
 }
 
 impl Default for LimitsConfig {
@@ -215,6 +220,7 @@ impl Default for LimitsConfig {
             discover_service_name: crate::discover::DEFAULT_SERVICE_NAME_LABELS.iter().map(|s| s.to_string()).collect(),
             discover_log_levels: true,
             log_level_fields: crate::discover::DEFAULT_LEVEL_FIELDS.iter().map(|s| s.to_string()).collect(),
+            pipeline_max_label_values: 100,
         }
     }
 }
@@ -282,6 +288,8 @@ pub struct TenantConfig {
     pub logs_retention_time: Option<ConfigDuration>,
     /// Likewise for metrics, instead of `storage.metrics.retention_time`.
     pub metrics_retention_time: Option<ConfigDuration>,
+    /// This tenant's `limits.pipeline_max_label_values`.
+    pub pipeline_max_label_values: Option<usize>,
 }
 
 /// Everything the aggregator needs.
@@ -297,9 +305,24 @@ pub struct AggregatorConfig {
     pub query: QueryConfig,
     /// `[tenants."<id>"]`
     pub tenants: std::collections::BTreeMap<String, TenantConfig>,
+    /// `[[pipeline]]`: ingest stage chains, in order.
+    pub pipeline: Vec<crate::pipeline::PipelineConfig>,
 }
 
 impl AggregatorConfig {
+    /// The limits the ingest pipeline enforces.
+    pub fn pipeline_limits(&self) -> crate::pipeline::PipelineLimits {
+        crate::pipeline::PipelineLimits {
+            max_label_values: self.limits.pipeline_max_label_values,
+            tenant_max_label_values: self
+                .tenants
+                .iter()
+                .filter_map(|(id, t)| Some((id.clone(), t.pipeline_max_label_values?)))
+                .collect(),
+            max_label_value_length: self.limits.max_label_value_length,
+        }
+    }
+
     /// The retention of each engine, with the tenants' overrides.
     pub fn retention(&self) -> (cairn_store::Retention, cairn_store::Retention) {
         let limit = |d: &ConfigDuration| (!d.0.is_zero()).then_some(d.0);

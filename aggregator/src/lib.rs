@@ -20,6 +20,7 @@ pub mod config;
 pub mod discover;
 pub mod http;
 pub mod metadata;
+pub mod pipeline;
 pub mod selfmetrics;
 
 use std::sync::Arc;
@@ -32,6 +33,17 @@ use cairn_wire::{Labels, SeriesSamples, StreamEntries};
 
 pub use config::AggregatorConfig;
 use selfmetrics::SelfMetrics;
+
+/// Why the aggregator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The `[[pipeline]]` configuration is invalid.
+    #[error(transparent)]
+    Pipeline(#[from] pipeline::PipelineError),
+}
 
 /// Why items of a write were refused before reaching the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +152,8 @@ pub struct Aggregator {
     pub started_at: std::time::SystemTime,
     /// Slots for concurrent PromQL evaluations (`query.max_concurrency`).
     pub query_slots: Arc<tokio::sync::Semaphore>,
+    /// The ingest pipeline (`[[pipeline]]`).
+    pub pipeline: pipeline::Pipeline,
     /// Label sets of recent remote_write series, shared between requests
     /// (`cairn_wire::intern`).
     pub(crate) series_labels: std::sync::Mutex<cairn_wire::intern::LabelsInterner>,
@@ -148,7 +162,9 @@ pub struct Aggregator {
 
 impl Aggregator {
     /// Locks the data directory, opens both stores and replays their WALs.
-    pub fn open(config: AggregatorConfig) -> Result<Arc<Self>, StoreError> {
+    pub fn open(config: AggregatorConfig) -> Result<Arc<Self>, OpenError> {
+        let self_metrics = SelfMetrics::new();
+        let pipeline = pipeline::Pipeline::new(&config.pipeline, config.pipeline_limits(), &self_metrics)?;
         let dir = &config.storage.data_dir;
         let lock = layout::lock_data_dir(dir)?;
         let wal = WalOptions { fsync: config.storage.wal.fsync, segment_bytes: config.storage.wal.segment_size.0 };
@@ -183,7 +199,6 @@ impl Aggregator {
                 "WAL replayed"
             );
         }
-        let self_metrics = SelfMetrics::new();
         let found = [
             ("metrics", metrics.replay_stats(), metrics.corrupt_blocks()),
             ("logs", logs.replay_stats(), logs.corrupt_blocks()),
@@ -210,6 +225,7 @@ impl Aggregator {
             series_labels: std::sync::Mutex::new(cairn_wire::intern::LabelsInterner::new(INTERNED_SERIES_MAX)),
             started_at: std::time::SystemTime::now(),
             query_slots,
+            pipeline,
             _lock: lock,
         }))
     }
@@ -321,6 +337,8 @@ impl Aggregator {
     /// `detected_level` metadata ([`discover`]). Invalid streams and
     /// overlong lines are refused; the rest is stored.
     pub fn ingest_logs(&self, tenant: &str, batch: Vec<StreamEntries>) -> Result<IngestReport, StoreError> {
+        // The ingest pipeline (`[[pipeline]]`): its one call on the push path.
+        let batch = self.pipeline.apply(tenant, batch, cairn_wire::time::now_ns());
         let mut report = IngestReport::default();
         let max_line = self.config.limits.max_line_size.0 as usize;
         let mut ok = Vec::with_capacity(batch.len());
@@ -375,6 +393,21 @@ impl Aggregator {
         self.self_metrics.line_bytes_ingested.inc_by(bytes);
         report.merge_store(outcome);
         Ok(report)
+    }
+
+    /// Appends the samples pipeline `metrics` stages have due (blocking;
+    /// called by the maintenance task) through the normal metrics ingest
+    /// path, for each tenant.
+    pub fn write_pipeline_metrics(&self) {
+        for (tenant, batch) in self.pipeline.collect_metrics(cairn_wire::time::now_ns()) {
+            match self.ingest_metrics(&tenant, batch) {
+                Ok(r) if r.refused > 0 => {
+                    tracing::warn!(tenant, refused = r.refused, error = %r.error_message(), "pipeline metric samples refused")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(tenant, error = %e, "pipeline metric samples not stored"),
+            }
+        }
     }
 
     /// Counts the `n` items of a write the store failed, by cause.
@@ -515,6 +548,7 @@ impl Aggregator {
                 last_retention = Some(std::time::Instant::now());
             }
             let _ = tokio::task::spawn_blocking(move || {
+                agg.write_pipeline_metrics();
                 // Retention also runs after each flush: a new block may push
                 // the total over `retention_size`.
                 if agg.flush_if_due() || retention_now {

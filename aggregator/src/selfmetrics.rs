@@ -59,6 +59,20 @@ pub struct SelfMetrics {
     pub compaction_bytes_after: Family<L, Counter>,
     /// What start-up recovery found, by engine and finding.
     pub recovery: Family<L, Gauge>,
+    /// Entries that entered an ingest pipeline stage, by pipeline and stage.
+    pub pipeline_lines: Family<L, Counter>,
+    /// Entries dropped by a pipeline stage, by pipeline, stage and reason.
+    pub pipeline_dropped: Family<L, Counter>,
+    /// Entries a pipeline stage could not process (parse failures, lines
+    /// not in the container format, non-numeric metric values).
+    pub pipeline_errors: Family<L, Counter>,
+    /// `timestamp` stages that fell back (field missing or unparsable).
+    pub pipeline_timestamp_fallbacks: Family<L, Counter>,
+    /// Promotions refused by the label-cardinality or value-length limit,
+    /// by tenant and label.
+    pub pipeline_label_limit_hits: Family<L, Counter>,
+    /// Samples written from `metrics` stages.
+    pub pipeline_metric_samples: Counter,
 }
 
 impl Default for SelfMetrics {
@@ -93,6 +107,12 @@ impl SelfMetrics {
             compaction_bytes_before: Family::default(),
             compaction_bytes_after: Family::default(),
             recovery: Family::default(),
+            pipeline_lines: Family::default(),
+            pipeline_dropped: Family::default(),
+            pipeline_errors: Family::default(),
+            pipeline_timestamp_fallbacks: Family::default(),
+            pipeline_label_limit_hits: Family::default(),
+            pipeline_metric_samples: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("cairn_ingest_samples", "Metric samples stored", m.samples_ingested.clone());
@@ -152,6 +172,37 @@ impl SelfMetrics {
             "What start-up recovery found, by engine and finding: corrupt_blocks (set aside as *.blk.corrupt), \
              wal_corrupt_segments (rest of a segment skipped), wal_torn_tail_bytes (cut off the newest segment)",
             m.recovery.clone(),
+        );
+        registry.register(
+            "cairn_pipeline_lines",
+            "Log entries that entered an ingest pipeline stage, by pipeline and stage",
+            m.pipeline_lines.clone(),
+        );
+        registry.register(
+            "cairn_pipeline_dropped_lines",
+            "Log entries dropped by an ingest pipeline stage, by pipeline, stage and reason",
+            m.pipeline_dropped.clone(),
+        );
+        registry.register(
+            "cairn_pipeline_errors",
+            "Log entries an ingest pipeline stage could not process (kept, unchanged by it), by pipeline and stage",
+            m.pipeline_errors.clone(),
+        );
+        registry.register(
+            "cairn_pipeline_timestamp_fallbacks",
+            "Entries whose timestamp stage found no parsable time and fell back, by pipeline and stage",
+            m.pipeline_timestamp_fallbacks.clone(),
+        );
+        registry.register(
+            "cairn_pipeline_label_limit_hits",
+            "Label promotions refused by limits.pipeline_max_label_values or the value length limit \
+             (kept as structured metadata), by tenant and label",
+            m.pipeline_label_limit_hits.clone(),
+        );
+        registry.register(
+            "cairn_pipeline_metric_samples",
+            "Samples written to the metrics store by pipeline metrics stages",
+            m.pipeline_metric_samples.clone(),
         );
         SelfMetrics { registry, ..m }
     }

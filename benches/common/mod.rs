@@ -74,6 +74,12 @@ impl Server {
     /// build's (an A/B comparison against another commit's build). With
     /// `CAIRN_BENCH_CONFIG=FILE`, the server reads that config file.
     pub fn start(data_dir: &Path) -> Server {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Like [`Server::start`], with more `cairn serve` arguments (e.g.
+    /// `--config FILE`, which takes the place of `CAIRN_BENCH_CONFIG`).
+    pub fn start_with(data_dir: &Path, extra: &[&std::ffi::OsStr]) -> Server {
         if let Ok(url) = std::env::var("CAIRN_BENCH_URL") {
             let client =
                 reqwest::blocking::Client::builder().timeout(Duration::from_secs(600)).build().expect("client");
@@ -81,8 +87,8 @@ impl Server {
         }
         let bin = std::env::var_os("CAIRN_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_cairn").into());
         let mut cmd = Command::new(bin);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
-        if let Some(cfg) = std::env::var_os("CAIRN_BENCH_CONFIG") {
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir).args(extra);
+        if let Some(cfg) = std::env::var_os("CAIRN_BENCH_CONFIG").filter(|_| !extra.iter().any(|a| *a == "--config")) {
             cmd.arg("--config").arg(cfg);
         }
         let mut child = cmd.env("RUST_LOG", "warn").stdout(Stdio::piped()).spawn().expect("start cairn");

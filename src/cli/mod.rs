@@ -1,5 +1,6 @@
 //! The terminal side of Cairn: `cairn grep`, `query`, `tail`, `labels`,
-//! `series` and `completions`.
+//! `series`, `completions`, and `pipeline test` (a dry run of ingest
+//! pipeline chains, offline).
 //!
 //! Every subcommand talks to a [`backend::Backend`]: either a running
 //! aggregator over its HTTP API ([`backend::Http`]) or a data directory
@@ -15,6 +16,7 @@ pub mod backend;
 pub mod grep;
 pub mod labels;
 pub mod output;
+pub mod pipeline;
 pub mod query;
 pub mod tail;
 

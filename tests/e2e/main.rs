@@ -18,6 +18,7 @@ mod metrics;
 mod native_histograms;
 mod node_exporter;
 mod ops;
+mod pipeline;
 mod prom_api;
 mod prom_compare;
 mod promtool;

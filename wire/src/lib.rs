@@ -18,6 +18,7 @@
 //! `collector → wire`.
 
 pub mod config;
+pub mod container;
 pub mod histogram;
 pub mod intern;
 pub mod labels;

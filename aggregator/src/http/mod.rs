@@ -16,6 +16,7 @@ macro_rules! try_resp {
     };
 }
 
+mod dryrun;
 mod loki;
 mod prom;
 mod tail;
@@ -55,6 +56,8 @@ pub fn router(agg: Arc<Aggregator>) -> Router {
         .route("/api/v1/format_query", get(prom::format_query).post(prom::format_query))
         .route("/api/v1/status/runtimeinfo", get(prom::runtimeinfo))
         .route("/api/v1/status/tsdb", get(prom::tsdb_status))
+        // Cairn's own
+        .route("/api/v1/pipeline/test", post(dryrun::pipeline_test))
         // Loki
         .route("/loki/api/v1/push", post(loki::push))
         .route("/loki/api/v1/query_range", get(loki::query_range).post(loki::query_range))

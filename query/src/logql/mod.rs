@@ -26,6 +26,7 @@ mod ast;
 mod ctl;
 mod detected;
 mod eval;
+pub mod extract;
 mod format;
 mod lexer;
 mod metric;

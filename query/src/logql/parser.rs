@@ -982,7 +982,7 @@ fn parse_number(s: &str) -> Option<f64> {
 }
 
 /// Parses a JSON extraction expression: `a.b[0]["c d"]`.
-fn parse_json_path(s: &str) -> Option<Vec<JsonPathPart>> {
+pub fn parse_json_path(s: &str) -> Option<Vec<JsonPathPart>> {
     let mut out = Vec::new();
     let b = s.as_bytes();
     let mut i = 0;

@@ -1395,39 +1395,17 @@ fn matches_named(it: &NamedMatcher, lbs: &LabelsBuilder) -> bool {
     }
 }
 
-fn json_scalar(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        serde_json::Value::Null => None,
-        other => Some(other.to_string()),
-    }
-}
-
-fn json_flatten(prefix: &str, v: &serde_json::Value, lbs: &mut LabelsBuilder) {
-    if let serde_json::Value::Object(map) = v {
-        for (k, val) in map {
-            let key =
-                if prefix.is_empty() { sanitize_label_name(k) } else { format!("{prefix}_{}", sanitize_label_name(k)) };
-            match val {
-                serde_json::Value::Object(_) => json_flatten(&key, val, lbs),
-                serde_json::Value::Array(_) | serde_json::Value::Null => {}
-                other => {
-                    if let Some(s) = json_scalar(other) {
-                        lbs.set_parsed(&key, s);
-                    }
-                }
-            }
-        }
-    }
-}
-
 fn json_stage(params: &[(String, Vec<JsonPathPart>)], line: &str, lbs: &mut LabelsBuilder) {
+    if params.is_empty() {
+        if let Err(e) = super::extract::flatten_json(line, &mut |k, v| lbs.set_parsed(k, v.to_string())) {
+            lbs.set_err("JSONParserErr", e.to_string());
+        }
+        return;
+    }
     let v: serde_json::Value = match serde_json::from_str(line) {
         Ok(v @ serde_json::Value::Object(_)) => v,
         Ok(_) => {
-            lbs.set_err("JSONParserErr", "Value looks like object, but can't find closing '}' symbol");
+            lbs.set_err("JSONParserErr", super::extract::JsonError::NotAnObject.to_string());
             return;
         }
         Err(e) => {
@@ -1435,20 +1413,8 @@ fn json_stage(params: &[(String, Vec<JsonPathPart>)], line: &str, lbs: &mut Labe
             return;
         }
     };
-    if params.is_empty() {
-        json_flatten("", &v, lbs);
-        return;
-    }
     for (label, path) in params {
-        let mut cur = Some(&v);
-        for part in path {
-            cur = match (cur, part) {
-                (Some(serde_json::Value::Object(m)), JsonPathPart::Key(k)) => m.get(k),
-                (Some(serde_json::Value::Array(a)), JsonPathPart::Index(i)) => a.get(*i),
-                _ => None,
-            };
-        }
-        let val = cur.and_then(json_scalar).unwrap_or_default();
+        let val = super::extract::json_path_value(&v, path).unwrap_or_default();
         lbs.set_parsed(label, val);
     }
 }
