@@ -398,6 +398,8 @@ fn dashboards_queries_return_data() {
                 format!("paths = [\"{}/*.log\"]", varlog.display()),
             ),
             ("http://cairn.cairn.svc.cluster.local:3100", c.url.clone()),
+            // No API server here (tests/e2e/kubernetes.rs covers it).
+            ("[collector.kubernetes]\nenabled = true", "[collector.kubernetes]\nenabled = false".into()),
         ],
     );
     let col_path = dir.path().join("collector.toml");
