@@ -104,6 +104,10 @@ impl IngestReport {
 }
 
 /// The running aggregator: stores, limits and self-metrics.
+/// Label sets the remote_write path keeps for reuse: well above a homelab's
+/// active series; past it the table is cleared and refills.
+const INTERNED_SERIES_MAX: usize = 1 << 18;
+
 pub struct Aggregator {
     /// The metrics store.
     pub metrics: MetricsStore,
@@ -123,6 +127,9 @@ pub struct Aggregator {
     pub started_at: std::time::SystemTime,
     /// Slots for concurrent PromQL evaluations (`query.max_concurrency`).
     pub query_slots: Arc<tokio::sync::Semaphore>,
+    /// Label sets of recent remote_write series, shared between requests
+    /// (`cairn_wire::intern`).
+    pub(crate) series_labels: std::sync::Mutex<cairn_wire::intern::LabelsInterner>,
     _lock: DirLock,
 }
 
@@ -187,6 +194,7 @@ impl Aggregator {
             flush_wanted: tokio::sync::Notify::new(),
             compact_wanted: tokio::sync::Notify::new(),
             metadata: metadata::MetadataCache::default(),
+            series_labels: std::sync::Mutex::new(cairn_wire::intern::LabelsInterner::new(INTERNED_SERIES_MAX)),
             started_at: std::time::SystemTime::now(),
             query_slots,
             _lock: lock,

@@ -69,14 +69,17 @@ pub struct Server {
 impl Server {
     /// Starts `cairn serve` on a free port with `data_dir`, waits for `/ready`.
     /// With `CAIRN_BENCH_URL` set, uses that server instead (e.g. one run
-    /// under a profiler); its CPU and RSS are then not reported.
+    /// under a profiler); its CPU and RSS are then not reported. With
+    /// `CAIRN_BENCH_BIN` set, runs that `cairn` binary instead of this
+    /// build's (an A/B comparison against another commit's build).
     pub fn start(data_dir: &Path) -> Server {
         if let Ok(url) = std::env::var("CAIRN_BENCH_URL") {
             let client =
                 reqwest::blocking::Client::builder().timeout(Duration::from_secs(600)).build().expect("client");
             return Server { child: None, url, client };
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        let bin = std::env::var_os("CAIRN_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_cairn").into());
+        let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "warn")

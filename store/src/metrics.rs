@@ -67,6 +67,12 @@ impl Series {
 
     /// The value stored at `t`, if any.
     fn value_at(&self, t: i64) -> Option<f64> {
+        // The usual case on ingest, answered from the newest sample alone
+        // (the binary search below touches a cache line per step, and
+        // ingest checks every series of every request).
+        if self.last_ts().is_none_or(|l| t > l) {
+            return None;
+        }
         match self.sealed_for(t) {
             Some(i) => {
                 let c = &self.sealed[i];
@@ -84,7 +90,10 @@ impl Series {
     /// Adds a sample; false when one with that timestamp is there already
     /// (validated before the WAL; replay may repeat it).
     fn insert(&mut self, t: i64, v: f64) -> bool {
-        if let Some(i) = self.sealed_for(t) {
+        if self.last_ts().is_none_or(|l| t > l) {
+            // in order: the usual case
+            self.samples.push((t, v));
+        } else if let Some(i) = self.sealed_for(t) {
             // Older than the open tail: re-encode that chunk (out-of-order
             // writes only, within the window).
             let c = &mut self.sealed[i];
@@ -98,13 +107,11 @@ impl Series {
             out.insert(pos, (t, v));
             *c = HeadChunk::encode(&out);
             return true;
-        }
-        match self.samples.last() {
-            Some(&(lt, _)) if lt >= t => match self.samples.binary_search_by_key(&t, |p| p.0) {
+        } else {
+            match self.samples.binary_search_by_key(&t, |p| p.0) {
                 Ok(_) => return false,
                 Err(pos) => self.samples.insert(pos, (t, v)),
-            },
-            _ => self.samples.push((t, v)),
+            }
         }
         if self.samples.len() >= CHUNK_SAMPLES {
             self.sealed.push(HeadChunk::encode(&self.samples));
@@ -541,10 +548,12 @@ impl MetricsStore {
         self.t.wait_for_flush_while(|| self.head_samples() >= limit, crate::logs::BACKPRESSURE_MAX_WAIT);
         let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut outcome = WriteOutcome::default();
-        // Merge series that appear more than once in the batch.
-        let mut merged: crate::LabelMap<Vec<(i64, f64)>> =
+        // Merge series that appear more than once in the batch (samples are
+        // moved, not copied: this is the ingest hot path).
+        let mut index: crate::LabelMap<usize> =
             crate::LabelMap::with_capacity_and_hasher(batch.len(), Default::default());
-        for s in batch {
+        let mut to_write: Vec<SeriesSamples> = Vec::with_capacity(batch.len());
+        for mut s in batch {
             if s.labels.get(cairn_wire::METRIC_NAME).is_none() {
                 outcome.rejected.extend(
                     s.samples
@@ -553,21 +562,31 @@ impl MetricsStore {
                 );
                 continue;
             }
-            merged.entry(s.labels).or_default().extend(s.samples);
+            match index.get(&s.labels) {
+                Some(&i) => to_write[i].samples.append(&mut s.samples),
+                None => {
+                    index.insert(s.labels.clone(), to_write.len());
+                    to_write.push(s);
+                }
+            }
         }
-        let mut to_write = Vec::with_capacity(merged.len());
+        drop(index);
         let window = i64::try_from(self.opts.out_of_order_window.as_millis()).unwrap_or(i64::MAX);
         let mut newest_all = self.newest.lock().unwrap_or_else(|p| p.into_inner());
         let newest = newest_all.get(tenant);
         {
             let head = self.t.head.read().unwrap_or_else(|p| p.into_inner());
             let th = head.tenants.get(tenant);
-            for (labels, mut samples) in merged {
-                samples.sort_by_key(|p| p.0);
-                let existing = th.and_then(|t| t.by_labels.get(&labels).map(|&i| &t.series[i]));
-                let last = newest.and_then(|m| m.get(&labels)).copied();
-                let mut keep = Vec::with_capacity(samples.len());
-                for (t, v) in samples {
+            for SeriesSamples { labels, samples } in to_write.iter_mut() {
+                if !samples.is_sorted_by_key(|p| p.0) {
+                    samples.sort_by_key(|p| p.0);
+                }
+                let existing = th.and_then(|t| t.by_labels.get(labels).map(|&i| &t.series[i]));
+                let last = newest.and_then(|m| m.get(labels)).copied();
+                // keep the accepted samples in place, in order
+                let mut kept: usize = 0;
+                for i in 0..samples.len() {
+                    let (t, v) = samples[i];
                     if let Some(last) = last
                         && t < last.saturating_sub(window)
                     {
@@ -590,8 +609,8 @@ impl MetricsStore {
                         });
                         continue;
                     }
-                    let prior = match keep.last() {
-                        Some(&(lt, lv)) if lt == t => Some(lv),
+                    let prior = match kept.checked_sub(1).map(|k| samples[k]) {
+                        Some((lt, lv)) if lt == t => Some(lv),
                         _ => existing.and_then(|ex| ex.value_at(t)),
                     };
                     match prior {
@@ -602,19 +621,21 @@ impl MetricsStore {
                         )),
                         None => {
                             outcome.accepted += 1;
-                            keep.push((t, v));
+                            samples[kept] = (t, v);
+                            kept += 1;
                         }
                     }
                 }
-                if !keep.is_empty() {
-                    to_write.push(SeriesSamples { labels, samples: keep });
-                }
+                samples.truncate(kept);
             }
         }
+        to_write.retain(|s| !s.samples.is_empty());
         if to_write.is_empty() {
             return Ok(outcome);
         }
-        let mut buf = Vec::new();
+        // sized for the usual case (labels of ~150 bytes, 10-byte samples) so
+        // the encoder does not reallocate
+        let mut buf = Vec::with_capacity(to_write.iter().map(|s| 192 + 12 * s.samples.len()).sum());
         encode_batch(&mut buf, tenant, &to_write);
         self.t.wal.append(RECORD_SAMPLES, &buf)?;
         for s in &to_write {

@@ -44,6 +44,14 @@ fn bad_writes_and_queries_get_4xx_with_messages() {
     let (s, b) = c.post_raw("/api/v1/write", &rw, cairn_wire::proto::snappy_compress(b"\x0a\x05\x0a\x03\x0a"));
     assert_eq!(s, 400);
     assert!(b.contains("protobuf"), "{b}");
+    // a label name that is not UTF-8 refuses the whole request, twice (the
+    // second time the server has seen the bytes before)
+    for _ in 0..2 {
+        let body = cairn_wire::proto::snappy_compress(b"\x0a\x07\x0a\x05\x0a\x01\xff\x12\x00");
+        let (s, b) = c.post_raw("/api/v1/write", &rw, body);
+        assert_eq!(s, 400);
+        assert!(b.contains("UTF-8"), "{b}");
+    }
     // unknown Content-Encoding
     let (s, b) = c.post_raw("/api/v1/write", &[("Content-Encoding", "br")], b"x".to_vec());
     assert_eq!(s, 400);

@@ -28,8 +28,26 @@ pub enum LabelsError {
 /// A label set sorted by name with unique names and no empty values.
 /// Immutable and shared: a clone is a reference-count increment (query
 /// evaluation copies label sets into every sample of every step).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialOrd, Ord)]
 pub struct Labels(std::sync::Arc<[Label]>);
+
+impl PartialEq for Labels {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        // Shared label sets (see `crate::intern`) compare by pointer: the
+        // ingest path looks series up with the head's own `Labels`.
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || self.0[..] == other.0[..]
+    }
+}
+
+impl Eq for Labels {}
+
+impl std::hash::Hash for Labels {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0[..].hash(state);
+    }
+}
 
 /// True when `name` is a valid Prometheus/Loki label name.
 pub fn is_valid_label_name(name: &str) -> bool {
@@ -73,6 +91,12 @@ impl Labels {
             }
         }
         Ok(Labels(v.into()))
+    }
+
+    /// True when this set is exactly `pairs`, in order (as a sender that
+    /// sorts its labels and leaves out empty values sends them).
+    pub fn eq_pairs(&self, pairs: &[(&str, &str)]) -> bool {
+        self.0.len() == pairs.len() && self.0.iter().zip(pairs).all(|(l, &(n, v))| l.name == n && l.value == v)
     }
 
     /// The value of `name`, if present.

@@ -18,11 +18,13 @@
 //! `collector → wire`.
 
 pub mod config;
+pub mod intern;
 pub mod labels;
 pub mod loki_json;
 pub mod matcher;
 pub mod model;
 pub mod proto;
+pub mod remote_write;
 pub mod time;
 
 pub use labels::{Label, Labels, LabelsError};

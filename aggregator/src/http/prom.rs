@@ -11,9 +11,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cairn_query::promql::{self, QueryError, Value};
-use cairn_wire::proto::WriteRequest;
 use cairn_wire::{Labels, SeriesSamples, format_float, time};
-use prost::Message;
 use serde_json::{Value as J, json};
 
 use super::{BodyError, Params, blocking, decode_body, ingest_response, tenant, text_error};
@@ -34,13 +32,48 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
             return text_error(e.status(), e.message());
         }
     };
-    let req = match WriteRequest::decode(raw.as_slice()) {
+    let req = match cairn_wire::remote_write::decode(raw.as_slice()) {
         Ok(r) => r,
         Err(e) => {
             sm.reject("requests", "bad_protobuf", 1);
-            return text_error(StatusCode::BAD_REQUEST, format!("invalid remote_write protobuf: {e}"));
+            return text_error(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
+    let mut batch = Vec::with_capacity(req.series.len());
+    let mut pre_refused = Vec::new();
+    {
+        let mut interner = agg.series_labels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut scratch = Vec::new();
+        for ts in &req.series {
+            let n_hist = ts.histograms.len();
+            let key = req.label_key(ts, &mut scratch);
+            let labels = interner.get(key, || match req.label_pairs(ts) {
+                Ok(pairs) => Labels::from_pairs(pairs).map_err(|e| Ok(format!("series refused: {e}"))),
+                Err(e) => Err(Err(e)),
+            });
+            match labels {
+                Ok(labels) => {
+                    if n_hist > 0 {
+                        sm.reject("samples", Refusal::NativeHistogram.as_str(), n_hist as u64);
+                        pre_refused.push(format!(
+                            "{n_hist} native histogram samples for {labels} refused: native histograms are not stored by this Cairn version"
+                        ));
+                    }
+                    batch.push(SeriesSamples { labels, samples: req.samples(ts).to_vec() })
+                }
+                Err(Ok(why)) => {
+                    sm.reject("samples", Refusal::InvalidLabels.as_str(), (ts.samples.len() + n_hist) as u64);
+                    pre_refused.push(why);
+                }
+                Err(Err(e)) => {
+                    // a malformed label message makes the whole request
+                    // invalid, as for prost
+                    sm.reject("requests", "bad_protobuf", 1);
+                    return text_error(StatusCode::BAD_REQUEST, e.to_string());
+                }
+            }
+        }
+    }
     for m in &req.metadata {
         agg.metadata.record(
             &tenant,
@@ -51,30 +84,6 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
                 unit: m.unit.clone(),
             },
         );
-    }
-    let mut batch = Vec::with_capacity(req.timeseries.len());
-    let mut pre_refused = Vec::new();
-    for ts in req.timeseries {
-        let n_hist = ts.histograms.len();
-        let labels = Labels::from_pairs(ts.labels.into_iter().map(|l| (l.name, l.value)));
-        match labels {
-            Ok(labels) => {
-                if n_hist > 0 {
-                    sm.reject("samples", Refusal::NativeHistogram.as_str(), n_hist as u64);
-                    pre_refused.push(format!(
-                        "{n_hist} native histogram samples for {labels} refused: native histograms are not stored by this Cairn version"
-                    ));
-                }
-                batch.push(SeriesSamples {
-                    labels,
-                    samples: ts.samples.into_iter().map(|s| (s.timestamp, s.value)).collect(),
-                })
-            }
-            Err(e) => {
-                sm.reject("samples", Refusal::InvalidLabels.as_str(), (ts.samples.len() + n_hist) as u64);
-                pre_refused.push(format!("series refused: {e}"));
-            }
-        }
     }
     let res = blocking(move || agg.ingest_metrics(&tenant, batch)).await;
     let res = try_resp!(res);
