@@ -55,6 +55,14 @@ pub struct CollectorConfig {
     /// batches are dropped and counted
     /// (`cairn_collector_queue_dropped_lines_total`).
     pub queue_max_bytes: ByteSize,
+    /// Make each log batch durable on disk (`fdatasync` of the queue
+    /// segment) before it is sent. With it, a batch delivered just before
+    /// a power loss is sent again byte for byte after it (and stored once);
+    /// without it, the batch can be lost from the queue and its lines read
+    /// again from the files, and lines of plain files (stamped with their
+    /// read time) are then stored twice. One `fdatasync` per batch (at most
+    /// `batch_max_bytes`, or `batch_wait` apart).
+    pub queue_fsync: bool,
     /// `[collector.pods]`: Kubernetes container logs under `/var/log/pods`.
     pub pods: PodLogsConfig,
     /// `[collector.journal]`: the systemd journal.
@@ -81,6 +89,7 @@ impl Default for CollectorConfig {
             batch_wait: ConfigDuration::from_secs(1),
             batch_max_bytes: ByteSize::mib(1),
             queue_max_bytes: ByteSize::mib(256),
+            queue_fsync: true,
             pods: PodLogsConfig::default(),
             journal: JournalConfig::default(),
             kubernetes: KubernetesConfig::default(),

@@ -18,7 +18,8 @@
 //!   `container` (the container declaring the port; the only container if
 //!   none does), `node`, plus the allow-listed pod labels.
 //! - **Pod labels for logs** ([`PodIndex`]): the allow-listed pod labels of
-//!   each pod, by UID (the UID is part of every pod log path), published as
+//!   each pod, by UID (the UID is part of every pod log path; for a static
+//!   pod, the `kubernetes.io/config.mirror` UID), published as
 //!   an immutable snapshot with a generation number: the tailer looks at
 //!   the generation once per poll and relabels its pod files only when it
 //!   changed, so the per-line path never touches the index. Pods that
@@ -461,12 +462,18 @@ impl PodIndex {
             Err(p) => p.into_inner(),
         };
         let mut changed = false;
-        for pod in pods {
-            if pod.metadata.uid.is_empty() {
+        // A static pod's logs are under the UID kubelet gave it, which the
+        // API shows as the mirror pod's `kubernetes.io/config.mirror`.
+        let keys = pods.iter().flat_map(|p| {
+            let mirror = p.metadata.annotations.get("kubernetes.io/config.mirror");
+            std::iter::once((p, &p.metadata.uid)).chain(mirror.map(|m| (p, m)))
+        });
+        for (pod, uid) in keys {
+            if uid.is_empty() {
                 continue;
             }
             let labels = allowed_pod_labels(pod, &self.allow);
-            match g.pods.get_mut(&pod.metadata.uid) {
+            match g.pods.get_mut(uid) {
                 Some((old, seen)) => {
                     *seen = now;
                     if **old != labels {
@@ -475,7 +482,7 @@ impl PodIndex {
                     }
                 }
                 None => {
-                    g.pods.insert(pod.metadata.uid.clone(), (Arc::new(labels), now));
+                    g.pods.insert(uid.clone(), (Arc::new(labels), now));
                     changed = true;
                 }
             }
@@ -595,5 +602,13 @@ mod tests {
         assert_eq!(idx.generation(), 2);
         assert_eq!(uid_of_pod_dir("shop_web-7d4b9c-x2x8q_0f3c6a44-1b2d"), Some("0f3c6a44-1b2d"));
         assert_eq!(uid_of_pod_dir("odd"), None);
+
+        // A static pod is found under its mirror UID too.
+        let mut mirror = pods[0].clone();
+        mirror.metadata.uid = "api-uid".into();
+        mirror.metadata.annotations.insert("kubernetes.io/config.mirror".into(), "3e1f8d".into());
+        idx.update(&[mirror]);
+        assert_eq!(idx.snapshot().get("3e1f8d"), idx.snapshot().get("api-uid"));
+        assert!(idx.snapshot().contains_key("3e1f8d"));
     }
 }

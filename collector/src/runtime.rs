@@ -202,7 +202,7 @@ pub async fn run_with_stats<S: Sink>(
         let idx = pod_index.clone();
         Some(
             blocking(move || {
-                let (shipping, pending) = Shipping::open(&d, c.queue_max_bytes.0)?;
+                let (shipping, pending) = Shipping::open(&d, c.queue_max_bytes.0, c.queue_fsync)?;
                 let tailer = if c.files.is_empty() && !c.pods.enabled {
                     None
                 } else {
