@@ -80,6 +80,10 @@ pub struct Stats {
     pub queue_dropped_batches: AtomicU64,
     /// Bytes of log batches queued, not yet acknowledged.
     pub queue_bytes: AtomicU64,
+    /// Pod listings from the Kubernetes API that failed.
+    pub kube_list_failures: AtomicU64,
+    /// Pod scrape targets discovered on Kubernetes, right now.
+    pub pod_targets: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -107,6 +111,10 @@ pub struct StatsSnapshot {
     pub queue_dropped_batches: u64,
     /// See [`Stats::queue_bytes`].
     pub queue_bytes: u64,
+    /// See [`Stats::kube_list_failures`].
+    pub kube_list_failures: u64,
+    /// See [`Stats::pod_targets`].
+    pub pod_targets: u64,
 }
 
 impl Stats {
@@ -124,6 +132,8 @@ impl Stats {
             queue_dropped_lines: self.queue_dropped_lines.load(Relaxed),
             queue_dropped_batches: self.queue_dropped_batches.load(Relaxed),
             queue_bytes: self.queue_bytes.load(Relaxed),
+            kube_list_failures: self.kube_list_failures.load(Relaxed),
+            pod_targets: self.pod_targets.load(Relaxed),
         }
     }
 }
@@ -269,7 +279,7 @@ pub async fn run_with_stats<S: Sink>(
         futures_join_all(loops).await
     };
     let own = async {
-        if logs_on {
+        if logs_on || cfg.kubernetes.enabled {
             let src = SelfSource { stats: stats.clone(), host: host.clone() };
             let every = cfg.node.interval.0.max(Duration::from_secs(1));
             metrics_loop(src, every, &*sink, shutdown.clone(), &stats).await
@@ -351,6 +361,7 @@ async fn kube_loop<S: Sink>(
                 pods
             }
             Err(e) => {
+                stats.kube_list_failures.fetch_add(1, Relaxed);
                 let msg = e.to_string();
                 if failing.as_deref() != Some(msg.as_str()) {
                     tracing::warn!(error = %msg, "cannot list this node's pods; keeping the last listing");
@@ -384,6 +395,7 @@ async fn kube_loop<S: Sink>(
             running.insert(t, (tx, h));
             started += 1;
         }
+        stats.pod_targets.store(running.len() as u64, Relaxed);
         if started + stopped_n > 0 {
             tracing::info!(started, stopped = stopped_n, targets = running.len(), "pod scrape targets changed");
         }
@@ -477,7 +489,7 @@ struct SelfSource {
 }
 
 /// (name, type, help, value) of the collector's own metrics.
-fn self_metrics(s: &StatsSnapshot) -> [(&'static str, &'static str, &'static str, u64); 11] {
+fn self_metrics(s: &StatsSnapshot) -> [(&'static str, &'static str, &'static str, u64); 13] {
     [
         ("cairn_collector_lines_read_total", "counter", "Log lines read (files, pod logs, journal).", s.lines_read),
         ("cairn_collector_bytes_read_total", "counter", "Bytes read from log files.", s.bytes_read),
@@ -520,6 +532,18 @@ fn self_metrics(s: &StatsSnapshot) -> [(&'static str, &'static str, &'static str
             s.queue_bytes,
         ),
         ("cairn_collector_files_open", "gauge", "Log files open.", s.files_open),
+        (
+            "cairn_collector_kubernetes_list_failures_total",
+            "counter",
+            "Listings of this node's pods from the Kubernetes API that failed.",
+            s.kube_list_failures,
+        ),
+        (
+            "cairn_collector_kubernetes_pod_targets",
+            "gauge",
+            "Pods (endpoints) scraped because of their prometheus.io/scrape annotation.",
+            s.pod_targets,
+        ),
     ]
 }
 

@@ -160,6 +160,7 @@ batch_wait = "100ms"
 
 [collector.node]
 enabled = false
+interval = "1s"
 
 [collector.pods]
 enabled = true
@@ -221,6 +222,12 @@ scrape_timeout = "1s"
         assert_eq!(s["container"], "web");
         assert_eq!(s["node"], "node-1");
     }
+
+    // The collector's own gauge counts both targets.
+    wait_for("cairn_collector_kubernetes_pod_targets", || {
+        series(&agg, r#"cairn_collector_kubernetes_pod_targets{instance="node-1"}"#).first().map(|s| s.1.as_str())
+            == Some("2")
+    });
 
     // Every listing asked for this node's pods only, with the token.
     let reqs = requests.lock().unwrap().clone();
