@@ -571,6 +571,69 @@ mod tests {
         assert_eq!(urls, ["http://[fd00::17]:8080/metrics", "http://[fd00::17]:9102/metrics"]);
     }
 
+    /// Serves `responses` in order, one per connection, on 127.0.0.1;
+    /// returns the base URL and the requests' heads.
+    async fn serve(responses: Vec<(u16, String)>) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let h = tokio::spawn(async move {
+            let mut heads = Vec::new();
+            for (status, body) in responses {
+                let (mut c, _) = l.accept().await.unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = c.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                }
+                heads.push(String::from_utf8_lossy(&req).into_owned());
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                c.write_all(resp.as_bytes()).await.unwrap();
+            }
+            heads
+        });
+        (url, h)
+    }
+
+    #[tokio::test]
+    async fn client_lists_with_token_and_reports_refusals() {
+        let forbidden = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"pods is forbidden: User \"system:serviceaccount:cairn:default\" cannot list resource \"pods\"","reason":"Forbidden","code":403}"#;
+        let (url, h) = serve(vec![(403, forbidden.to_string()), (200, POD_LIST.to_string())]).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "tok-1\n").unwrap();
+        let cfg = KubernetesConfig {
+            enabled: true,
+            api_url: url,
+            token_file: dir.path().join("token"),
+            ca_file: dir.path().join("missing-ca.crt"),
+            ..Default::default()
+        };
+        let c = KubeClient::new(&cfg, "node-1").unwrap();
+        match c.list_pods().await {
+            Err(KubeError::Status { status: 403, body, .. }) => assert!(body.contains("forbidden"), "{body}"),
+            other => panic!("{other:?}"),
+        }
+        // The token file is read again: a rotated token is used at once.
+        std::fs::write(dir.path().join("token"), "tok-2\n").unwrap();
+        assert_eq!(c.list_pods().await.unwrap().len(), 4);
+        let heads = h.await.unwrap();
+        assert!(heads[0].starts_with("GET /api/v1/pods?fieldSelector=spec.nodeName%3Dnode-1&resourceVersion=0 "));
+        assert!(heads[0].to_ascii_lowercase().contains("authorization: bearer tok-1"), "{}", heads[0]);
+        assert!(heads[1].to_ascii_lowercase().contains("authorization: bearer tok-2"), "{}", heads[1]);
+
+        let unset = KubernetesConfig { enabled: true, ..Default::default() };
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+            assert!(matches!(KubeClient::new(&unset, "n"), Err(KubeError::Setup(_))));
+        }
+    }
+
     #[test]
     fn label_names_are_sanitized() {
         assert_eq!(sanitize_label_name("app.kubernetes.io/name").as_deref(), Some("app_kubernetes_io_name"));
