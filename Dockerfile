@@ -19,8 +19,20 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && mkdir -p /out/var/lib/cairn /out/var/lib/cairn-collector \
  && install -m 0755 -s target/release/cairn /out/cairn
 
-# ---- runtime: glibc + libgcc only (what `cairn` links), ~25 MB
+# ---- journalctl for the collector's [collector.journal] (it runs
+# `journalctl --output=json --follow`): the binary and the shared libraries
+# it needs beyond glibc/libgcc (libsystemd-shared, zstd, lz4, …), about
+# 13 MB, from the same Debian release as the runtime base.
+FROM debian:bookworm-slim AS journal
+COPY deploy/docker/journalctl-bundle.sh /usr/local/bin/journalctl-bundle.sh
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends systemd \
+ && sh /usr/local/bin/journalctl-bundle.sh /out \
+ && rm -rf /var/lib/apt/lists/*
+
+# ---- runtime: glibc + libgcc (what `cairn` links) and journalctl, ~40 MB
 FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=journal /out/ /
 COPY --from=build /out/cairn /usr/local/bin/cairn
 # Data directories owned by the image's non-root user (65532); the collector
 # runs as root in Kubernetes (deploy/kubernetes/base/collector.yaml) to read

@@ -12,7 +12,9 @@
 //! Debian 12, so it cannot run in the same run) and the ratios.
 //!
 //! Env: `CAIRN_BENCH_DATA=DIR` keeps the generated files in DIR (reused
-//! when present); `COLLECT_BENCH_MB` (default 200) sizes the data set.
+//! when present); `COLLECT_BENCH_MB` (default 200) sizes the data set;
+//! `COLLECT_BENCH_QUEUE_FSYNC=false` turns `collector.queue_fsync` off (to
+//! measure what the fsync of each queued batch costs).
 
 mod common;
 
@@ -108,14 +110,16 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
+    let fsync = std::env::var("COLLECT_BENCH_QUEUE_FSYNC").map(|v| v != "false").unwrap_or(true);
+    println!("collector.queue_fsync = {fsync}");
     let agg = Server::start(&tmp.path().join("agg"));
     let cfg = tmp.path().join("collect.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[collector]\nhost = \"bench\"\npoll_interval = \"100ms\"\n\n[collector.node]\nenabled = false\n\n\
+            "[collector]\nhost = \"bench\"\npoll_interval = \"100ms\"\nqueue_fsync = {fsync}\n\n[collector.node]\nenabled = false\n\n\
              [[collector.files]]\npaths = [\"{}/app-*.log\"]\nlabels = {{ job = \"bench\" }}\n",
-            data.display()
+            data.display(),
         ),
     )
     .unwrap();

@@ -55,10 +55,21 @@ pub struct CollectorConfig {
     /// batches are dropped and counted
     /// (`cairn_collector_queue_dropped_lines_total`).
     pub queue_max_bytes: ByteSize,
+    /// Make each log batch durable on disk (`fdatasync` of the queue
+    /// segment) before it is sent. With it, a batch delivered just before
+    /// a power loss is sent again byte for byte after it (and stored once);
+    /// without it, the batch can be lost from the queue and its lines read
+    /// again from the files, and lines of plain files (stamped with their
+    /// read time) are then stored twice. One `fdatasync` per batch (at most
+    /// `batch_max_bytes`, or `batch_wait` apart).
+    pub queue_fsync: bool,
     /// `[collector.pods]`: Kubernetes container logs under `/var/log/pods`.
     pub pods: PodLogsConfig,
     /// `[collector.journal]`: the systemd journal.
     pub journal: JournalConfig,
+    /// `[collector.kubernetes]`: the Kubernetes API, for scraping annotated
+    /// pods of this node and for pod labels on pod log streams.
+    pub kubernetes: KubernetesConfig,
     /// `[[collector.scrape]]`: Prometheus `/metrics` endpoints to scrape, in
     /// groups sharing a job. An empty list scrapes nothing.
     pub scrape: Vec<ScrapeConfig>,
@@ -78,8 +89,10 @@ impl Default for CollectorConfig {
             batch_wait: ConfigDuration::from_secs(1),
             batch_max_bytes: ByteSize::mib(1),
             queue_max_bytes: ByteSize::mib(256),
+            queue_fsync: true,
             pods: PodLogsConfig::default(),
             journal: JournalConfig::default(),
+            kubernetes: KubernetesConfig::default(),
             scrape: Vec::new(),
             push: PushConfig::default(),
         }
@@ -256,6 +269,106 @@ impl PodLogsConfig {
     }
 }
 
+/// `[collector.kubernetes]`: the pods of this node, listed from the
+/// Kubernetes API (`GET /api/v1/pods?fieldSelector=spec.nodeName=<node>`)
+/// every `refresh_interval` with the pod's service account (see
+/// [`crate::kube`]). Used for two things: scraping pods annotated
+/// `prometheus.io/scrape: "true"` (`scrape_pods`), and adding pod labels
+/// (`pod_labels`) to pod log streams and to the scraped pods' series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Talk to the Kubernetes API at all.
+    pub enabled: bool,
+    /// Base URL of the API server. Empty means in-cluster:
+    /// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`. An
+    /// `http://` URL is allowed (e.g. `kubectl proxy` on localhost).
+    pub api_url: String,
+    /// The service account token, sent as `Authorization: Bearer`; read
+    /// again before every listing (kubelet rotates projected tokens). A
+    /// missing file sends no token.
+    pub token_file: PathBuf,
+    /// PEM file of the CA that signed the API server's certificate. Empty
+    /// or missing: the system's roots.
+    pub ca_file: PathBuf,
+    /// The node whose pods are listed. Empty means the `NODE_NAME`
+    /// environment variable (downward API `spec.nodeName`), else
+    /// `collector.pods.node`, else `collector.host`.
+    pub node: String,
+    /// Time between two listings of the node's pods. A pod log directory of
+    /// an unknown pod also triggers a listing (at most one a second).
+    pub refresh_interval: ConfigDuration,
+    /// Scrape the node's running pods annotated `prometheus.io/scrape:
+    /// "true"`, at `prometheus.io/port` (else each declared TCP container
+    /// port), `prometheus.io/path` (default `/metrics`) and
+    /// `prometheus.io/scheme` (`http` or `https`).
+    pub scrape_pods: bool,
+    /// The `job` label of scraped pods (the name of the usual
+    /// `kubernetes-pods` Prometheus job).
+    pub job: String,
+    /// Time between two scrapes of a pod.
+    pub scrape_interval: ConfigDuration,
+    /// Time limit of one pod scrape; at most `scrape_interval`.
+    pub scrape_timeout: ConfigDuration,
+    /// Largest pod scrape response accepted.
+    pub body_size_limit: ByteSize,
+    /// Pod labels copied onto pod log streams and scraped pods' series,
+    /// their names with every character other than `[A-Za-z0-9_]` replaced
+    /// by `_` (as Prometheus's `labelmap` of `__meta_kubernetes_pod_label_*`
+    /// does): `app.kubernetes.io/name` becomes `app_kubernetes_io_name`.
+    /// A label the collector already sets (`namespace`, `pod`, `job`, …)
+    /// wins over a pod label of the same name.
+    pub pod_labels: Vec<String>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            enabled: false,
+            api_url: String::new(),
+            token_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+            ca_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"),
+            node: String::new(),
+            refresh_interval: ConfigDuration::from_secs(30),
+            scrape_pods: true,
+            job: "kubernetes-pods".to_string(),
+            scrape_interval: ConfigDuration::from_secs(15),
+            scrape_timeout: ConfigDuration::from_secs(10),
+            body_size_limit: ByteSize::mib(64),
+            pod_labels: vec!["app".to_string(), "app.kubernetes.io/name".to_string()],
+        }
+    }
+}
+
+impl KubernetesConfig {
+    /// The API base URL (no trailing `/`): `api_url`, else the in-cluster
+    /// address from `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT`;
+    /// `None` when neither is there.
+    pub fn resolved_api_url(&self) -> Option<String> {
+        if !self.api_url.trim().is_empty() {
+            return Some(self.api_url.trim().trim_end_matches('/').to_string());
+        }
+        let host = std::env::var("KUBERNETES_SERVICE_HOST").ok().filter(|h| !h.trim().is_empty())?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT").ok().filter(|p| !p.trim().is_empty());
+        let host = host.trim();
+        let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+        Some(format!("https://{host}:{}", port.as_deref().map_or("443", str::trim)))
+    }
+
+    /// The node whose pods are listed: `node`, else `$NODE_NAME`, else
+    /// `pods_node` (the resolved `collector.pods.node`).
+    pub fn resolved_node(&self, pods_node: &str) -> String {
+        if !self.node.trim().is_empty() {
+            return self.node.trim().to_string();
+        }
+        std::env::var("NODE_NAME")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| pods_node.to_string())
+    }
+}
+
 /// `[collector.journal]`: the systemd journal, read through `journalctl`
 /// (see [`crate::journal`]). Streams are labelled `labels` plus `unit`,
 /// `priority` (syslog keyword) and `hostname`.
@@ -347,7 +460,8 @@ impl ScrapeConfig {
 pub struct PushConfig {
     /// Base URL of a Cairn aggregator, e.g. `http://127.0.0.1:3100`;
     /// metrics go to `<url>/api/v1/write` and logs to
-    /// `<url>/loki/api/v1/push`. Only plain `http://` is supported.
+    /// `<url>/loki/api/v1/push`. `https://` is verified against the
+    /// system's roots plus `ca_file`.
     pub url: String,
     /// Full remote_write URL for metrics, overriding `url`, e.g.
     /// `http://prometheus:9090/api/v1/write`.
@@ -367,6 +481,10 @@ pub struct PushConfig {
     /// File holding the bearer token (read at start, trimmed), instead of
     /// `bearer_token` (e.g. a Kubernetes secret mounted as a file).
     pub bearer_token_file: PathBuf,
+    /// For `https://` URLs: a PEM file of CA certificates trusted besides
+    /// the system's roots (e.g. a homelab CA or a self-signed aggregator
+    /// certificate). Empty trusts the system's roots only.
+    pub ca_file: PathBuf,
 }
 
 impl Default for PushConfig {
@@ -379,6 +497,7 @@ impl Default for PushConfig {
             timeout: ConfigDuration::from_secs(10),
             bearer_token: String::new(),
             bearer_token_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
         }
     }
 }
@@ -555,6 +674,37 @@ impl CollectorConfig {
             Labels::from_pairs(self.journal.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .map_err(|e| cerr("journal.labels", e.to_string()))?;
         }
+        if self.kubernetes.enabled {
+            let k = &self.kubernetes;
+            if !k.api_url.trim().is_empty() {
+                check_url(k.api_url.trim()).map_err(|reason| cerr("kubernetes.api_url", reason))?;
+            }
+            if k.refresh_interval.0.is_zero() {
+                return Err(cerr("kubernetes.refresh_interval", "must be greater than 0"));
+            }
+            if k.scrape_pods {
+                if k.job.trim().is_empty() {
+                    return Err(cerr("kubernetes.job", "must be set"));
+                }
+                if k.scrape_interval.0.is_zero() {
+                    return Err(cerr("kubernetes.scrape_interval", "must be greater than 0"));
+                }
+                if k.scrape_timeout.0.is_zero() || k.scrape_timeout.0 > k.scrape_interval.0 {
+                    return Err(cerr(
+                        "kubernetes.scrape_timeout",
+                        "must be greater than 0 and at most scrape_interval",
+                    ));
+                }
+                if k.body_size_limit.0 == 0 {
+                    return Err(cerr("kubernetes.body_size_limit", "must be greater than 0"));
+                }
+            }
+            for (i, l) in k.pod_labels.iter().enumerate() {
+                if l.trim().is_empty() {
+                    return Err(cerr(format!("kubernetes.pod_labels[{i}]"), "empty label name"));
+                }
+            }
+        }
         if self.push.bearer_token.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
             return Err(cerr("push.bearer_token", "must be printable ASCII (it is sent as an HTTP header)"));
         }
@@ -576,15 +726,13 @@ impl CollectorConfig {
     }
 }
 
-/// Checks that a push URL is an absolute `http://` URL.
+/// Checks that a URL is an absolute `http://` or `https://` URL with a host.
 pub(crate) fn check_url(url: &str) -> Result<(), String> {
     let u = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     match u.scheme() {
-        "http" => Ok(()),
-        "https" => {
-            Err(format!("{url:?}: https is not supported by this build; use http:// (e.g. behind a TLS tunnel)"))
-        }
-        s => Err(format!("{url:?}: unsupported scheme {s:?}, expected http://")),
+        "http" | "https" if u.host_str().is_some() => Ok(()),
+        "http" | "https" => Err(format!("{url:?}: no host")),
+        s => Err(format!("{url:?}: unsupported scheme {s:?}, expected http:// or https://")),
     }
 }
 
@@ -679,7 +827,18 @@ mod tests {
 
         let mut c = CollectorConfig::default();
         c.push.url = "https://x".into();
-        assert!(c.validate().unwrap_err().reason.contains("https"));
+        c.validate().unwrap();
+        c.push.url = "ftp://x".into();
+        assert!(c.validate().unwrap_err().reason.contains("scheme"));
+
+        let mut c = CollectorConfig::default();
+        c.kubernetes.enabled = true;
+        c.validate().unwrap();
+        c.kubernetes.scrape_timeout = ConfigDuration::from_secs(20);
+        assert_eq!(c.validate().unwrap_err().key, "kubernetes.scrape_timeout");
+        c.kubernetes.scrape_timeout = ConfigDuration::from_secs(1);
+        c.kubernetes.api_url = "kube:6443".into();
+        assert_eq!(c.validate().unwrap_err().key, "kubernetes.api_url");
 
         let mut c = CollectorConfig::default();
         c.push.logs_url = "not a url".into();

@@ -10,13 +10,17 @@
 //!   units and labels, plus `job="node"` and `instance=<host>`.
 //! - **Scrape targets** ([`scrape`]): Prometheus text / OpenMetrics
 //!   endpoints from a static list, with `job`/`instance` labels and `up`,
-//!   `scrape_duration_seconds`, `scrape_samples_scraped` per target.
+//!   `scrape_duration_seconds`, `scrape_samples_scraped` per target; on
+//!   Kubernetes also the pods of this node annotated
+//!   `prometheus.io/scrape: "true"`, listed from the API server ([`kube`]),
+//!   with `namespace`/`pod`/`container`/`node` labels.
 //! - **Log files** ([`tail`]): files matched by globs, followed across
 //!   rename rotation and copytruncate; each complete line becomes an entry
 //!   in the stream `{<target labels>, filename, host}`. Kubernetes pod logs
 //!   under `/var/log/pods` (CRI or Docker json-file, [`logline`]) in the
-//!   stream `{namespace, pod, container, node, stream, job}`; multiline
-//!   joining by a first-line regex.
+//!   stream `{namespace, pod, container, node, stream, job}` plus
+//!   allow-listed pod labels from the Kubernetes API; multiline joining by
+//!   a first-line regex.
 //! - **The systemd journal** ([`journal`]), through `journalctl`, resumed
 //!   after the last acknowledged cursor.
 //!
@@ -56,6 +60,7 @@
 
 pub mod config;
 pub mod journal;
+pub mod kube;
 pub mod logline;
 pub mod node;
 pub mod queue;

@@ -149,6 +149,8 @@ pub struct Queue {
     /// Append handle of the last segment.
     active: Option<(u64, File)>,
     scratch: Vec<u8>,
+    /// `fdatasync` each record before [`Queue::push`] returns.
+    fsync: bool,
 }
 
 impl Queue {
@@ -178,6 +180,7 @@ impl Queue {
             live_bytes: 0,
             active: None,
             scratch: Vec::new(),
+            fsync: true,
         };
         let mut broken = false;
         let mut prev: Option<u64> = None;
@@ -275,6 +278,14 @@ impl Queue {
         ))
     }
 
+    /// Whether each appended record is made durable (`fdatasync`) before
+    /// [`Queue::push`] returns, i.e. before it is sent (default on). Off,
+    /// a power loss can take the unsynced tail of the queue, and lines of
+    /// it that were already delivered are then read and stored again.
+    pub fn set_fsync(&mut self, on: bool) {
+        self.fsync = on;
+    }
+
     /// Records not yet acknowledged.
     pub fn len(&self) -> usize {
         self.records.len()
@@ -338,7 +349,10 @@ impl Queue {
         let Some(seg) = self.segments.back_mut() else { unreachable!("a segment was just started") };
         let Some((_, file)) = &mut self.active else { unreachable!("a segment was just started") };
         let at = seg.len;
-        let res = file.write_all_at(&head, at).and_then(|()| file.write_all_at(payload, at + head.len() as u64));
+        let res = file
+            .write_all_at(&head, at)
+            .and_then(|()| file.write_all_at(payload, at + head.len() as u64))
+            .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
         if let Err(source) = res {
             // Leave no half record behind.
             let _ = file.set_len(at);

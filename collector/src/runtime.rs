@@ -33,8 +33,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::{CollectorConfig, ConfigError};
 use crate::journal::Journal;
+use crate::kube::{KubeClient, KubeError, PodIndex, PodTarget};
 use crate::node::NodeCollector;
-use crate::scrape::Scraper;
+use crate::scrape::{Scraper, TargetLabels};
 use crate::ship::Shipping;
 use crate::sink::{Sink, SinkError};
 use crate::tail::{TailError, Tailer, count_files};
@@ -79,6 +80,10 @@ pub struct Stats {
     pub queue_dropped_batches: AtomicU64,
     /// Bytes of log batches queued, not yet acknowledged.
     pub queue_bytes: AtomicU64,
+    /// Pod listings from the Kubernetes API that failed.
+    pub kube_list_failures: AtomicU64,
+    /// Pod scrape targets discovered on Kubernetes, right now.
+    pub pod_targets: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -106,6 +111,10 @@ pub struct StatsSnapshot {
     pub queue_dropped_batches: u64,
     /// See [`Stats::queue_bytes`].
     pub queue_bytes: u64,
+    /// See [`Stats::kube_list_failures`].
+    pub kube_list_failures: u64,
+    /// See [`Stats::pod_targets`].
+    pub pod_targets: u64,
 }
 
 impl Stats {
@@ -123,6 +132,8 @@ impl Stats {
             queue_dropped_lines: self.queue_dropped_lines.load(Relaxed),
             queue_dropped_batches: self.queue_dropped_batches.load(Relaxed),
             queue_bytes: self.queue_bytes.load(Relaxed),
+            kube_list_failures: self.kube_list_failures.load(Relaxed),
+            pod_targets: self.pod_targets.load(Relaxed),
         }
     }
 }
@@ -150,6 +161,9 @@ pub enum CollectorError {
     /// The node collector could not be set up.
     #[error("node metrics: {0}")]
     Node(String),
+    /// The Kubernetes API client could not be set up.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
     /// A blocking task panicked (a bug).
     #[error("collector task failed (this is a bug): {0}")]
     Task(String),
@@ -182,12 +196,23 @@ pub async fn run_with_stats<S: Sink>(
         .await
         .map_err(|source| CollectorError::StateDir { path: state_dir.clone(), source })?;
 
+    let kube = if cfg.kubernetes.enabled {
+        let node = cfg.kubernetes.resolved_node(&cfg.pods.resolved_node(&host));
+        let client = KubeClient::new(&cfg.kubernetes, &node)?;
+        tracing::info!(url = %client.url(), node = %node, "listing this node's pods from the Kubernetes API");
+        Some((client, Arc::new(PodIndex::new(&cfg.kubernetes.pod_labels)), node))
+    } else {
+        None
+    };
+    let pod_index = kube.as_ref().map(|k| k.1.clone());
+
     let logs_on = !cfg.files.is_empty() || cfg.pods.enabled || cfg.journal.enabled;
     let logs = if logs_on {
         let (c, h, s, d) = (cfg.clone(), host.clone(), stats.clone(), state_dir.clone());
+        let idx = pod_index.clone();
         Some(
             blocking(move || {
-                let (shipping, pending) = Shipping::open(&d, c.queue_max_bytes.0)?;
+                let (shipping, pending) = Shipping::open(&d, c.queue_max_bytes.0, c.queue_fsync)?;
                 let tailer = if c.files.is_empty() && !c.pods.enabled {
                     None
                 } else {
@@ -195,6 +220,9 @@ pub async fn run_with_stats<S: Sink>(
                     let mut t = Tailer::new(&c.files, &h, c.max_line_bytes.0 as usize, &d, s.clone())?;
                     if c.pods.enabled {
                         t.add_pods(&c.pods, &c.pods.resolved_node(&h))?;
+                        if let Some(idx) = idx {
+                            t.set_pod_index(idx);
+                        }
                     }
                     t.resume_from(&pending.positions);
                     Some(t)
@@ -251,7 +279,7 @@ pub async fn run_with_stats<S: Sink>(
         futures_join_all(loops).await
     };
     let own = async {
-        if logs_on {
+        if logs_on || cfg.kubernetes.enabled {
             let src = SelfSource { stats: stats.clone(), host: host.clone() };
             let every = cfg.node.interval.0.max(Duration::from_secs(1));
             metrics_loop(src, every, &*sink, shutdown.clone(), &stats).await
@@ -259,9 +287,124 @@ pub async fn run_with_stats<S: Sink>(
             Ok(())
         }
     };
-    let (a, b, c, d) = tokio::join!(node, files, scrapes, own);
+    let pods = async {
+        match kube {
+            Some((client, index, node)) => {
+                kube_loop(client, index, cfg.clone(), node, sink.clone(), stats.clone(), shutdown.clone()).await
+            }
+            None => Ok(()),
+        }
+    };
+    let (a, b, c, d, e) = tokio::join!(node, files, scrapes, own, pods);
     tracing::info!("collector stopped");
-    a.and(b).and(c).and(d)
+    a.and(b).and(c).and(d).and(e)
+}
+
+/// A running scrape loop of a discovered pod.
+type ScrapeTask = tokio::task::JoinHandle<Result<(), CollectorError>>;
+
+/// Shortest time between two pod listings asked for by the tailer.
+const MIN_LIST_GAP: Duration = Duration::from_secs(1);
+
+/// Lists this node's pods every `kubernetes.refresh_interval` (or when the
+/// tailer asks), updates `index`, and runs one scrape loop per discovered
+/// pod target: new targets start at once, vanished ones stop.
+async fn kube_loop<S: Sink>(
+    client: KubeClient,
+    index: Arc<PodIndex>,
+    cfg: Arc<CollectorConfig>,
+    node: String,
+    sink: Arc<S>,
+    stats: Arc<Stats>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), CollectorError> {
+    let k = &cfg.kubernetes;
+    let scrape_client = if k.scrape_pods {
+        // Pods serving https are checked against the system's roots plus
+        // the cluster CA (when there is one).
+        let mut b = reqwest::Client::builder().user_agent(crate::sink::USER_AGENT);
+        if let Some(certs) = crate::kube::read_ca_file(&k.ca_file).map_err(KubeError::Setup)? {
+            b = b.tls_certs_merge(certs);
+        }
+        Some(b.build().map_err(|e| KubeError::Setup(format!("cannot build the scrape HTTP client: {e}")))?)
+    } else {
+        None
+    };
+    // Dropping a sender stops its scrape loop.
+    let mut running: BTreeMap<PodTarget, (watch::Sender<bool>, ScrapeTask)> = BTreeMap::new();
+    let mut tick = tokio::time::interval(k.refresh_interval.0);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_list: Option<Instant> = None;
+    let mut failing: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = index.refresh_requested() => {
+                let wait = last_list.map_or(Duration::ZERO, |t| MIN_LIST_GAP.saturating_sub(t.elapsed()));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stopped(&mut shutdown) => break,
+                }
+            }
+            _ = stopped(&mut shutdown) => break,
+        }
+        last_list = Some(Instant::now());
+        let res = tokio::select! {
+            r = client.list_pods() => r,
+            _ = stopped(&mut shutdown) => break,
+        };
+        let pods = match res {
+            Ok(pods) => {
+                if failing.take().is_some() {
+                    tracing::info!("Kubernetes API reachable again");
+                }
+                pods
+            }
+            Err(e) => {
+                stats.kube_list_failures.fetch_add(1, Relaxed);
+                let msg = e.to_string();
+                if failing.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(error = %msg, "cannot list this node's pods; keeping the last listing");
+                }
+                failing = Some(msg);
+                continue;
+            }
+        };
+        index.update(&pods);
+        let Some(client) = &scrape_client else { continue };
+        let wanted: std::collections::BTreeSet<PodTarget> =
+            crate::kube::pod_targets(&pods, k, &node).into_iter().collect();
+        let before = running.len();
+        running.retain(|t, _| wanted.contains(t));
+        let stopped_n = before - running.len();
+        let mut started = 0;
+        for t in wanted {
+            if running.contains_key(&t) {
+                continue;
+            }
+            let scraper = Scraper::with_target(
+                t.url.clone(),
+                TargetLabels { labels: t.labels.clone(), honor_labels: false, honor_timestamps: true },
+                k.scrape_timeout.0,
+                k.body_size_limit.0,
+                client.clone(),
+            );
+            let (tx, rx) = watch::channel(false);
+            let (sink, stats, every) = (sink.clone(), stats.clone(), k.scrape_interval.0);
+            let h = tokio::spawn(async move { metrics_loop(ScrapeSource(scraper), every, &*sink, rx, &stats).await });
+            running.insert(t, (tx, h));
+            started += 1;
+        }
+        stats.pod_targets.store(running.len() as u64, Relaxed);
+        if started + stopped_n > 0 {
+            tracing::info!(started, stopped = stopped_n, targets = running.len(), "pod scrape targets changed");
+        }
+    }
+    for (_, (tx, h)) in running {
+        let _ = tx.send(true);
+        h.await.map_err(|e| CollectorError::Task(e.to_string()))??;
+    }
+    Ok(())
 }
 
 /// Runs `futs` concurrently on this task; the first error wins.
@@ -346,7 +489,7 @@ struct SelfSource {
 }
 
 /// (name, type, help, value) of the collector's own metrics.
-fn self_metrics(s: &StatsSnapshot) -> [(&'static str, &'static str, &'static str, u64); 11] {
+fn self_metrics(s: &StatsSnapshot) -> [(&'static str, &'static str, &'static str, u64); 13] {
     [
         ("cairn_collector_lines_read_total", "counter", "Log lines read (files, pod logs, journal).", s.lines_read),
         ("cairn_collector_bytes_read_total", "counter", "Bytes read from log files.", s.bytes_read),
@@ -389,6 +532,18 @@ fn self_metrics(s: &StatsSnapshot) -> [(&'static str, &'static str, &'static str
             s.queue_bytes,
         ),
         ("cairn_collector_files_open", "gauge", "Log files open.", s.files_open),
+        (
+            "cairn_collector_kubernetes_list_failures_total",
+            "counter",
+            "Listings of this node's pods from the Kubernetes API that failed.",
+            s.kube_list_failures,
+        ),
+        (
+            "cairn_collector_kubernetes_pod_targets",
+            "gauge",
+            "Pods (endpoints) scraped because of their prometheus.io/scrape annotation.",
+            s.pod_targets,
+        ),
     ]
 }
 
@@ -437,7 +592,12 @@ pub fn describe(cfg: &CollectorConfig) -> String {
         format!("files: {} ({n} file{} now)", globs.join(", "), if n == 1 { "" } else { "s" })
     };
     let pods = if cfg.pods.enabled { format!("; pod logs under {}", cfg.pods.root.display()) } else { String::new() };
-    format!("{node}; {files}{pods}")
+    let kube = match (cfg.kubernetes.enabled, cfg.kubernetes.scrape_pods) {
+        (true, true) => "; Kubernetes pods annotated prometheus.io/scrape",
+        (true, false) => "; Kubernetes pod labels",
+        _ => "",
+    };
+    format!("{node}; {files}{pods}{kube}")
 }
 
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, CollectorError> {

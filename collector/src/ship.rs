@@ -44,10 +44,15 @@ impl Shipping {
     /// Loads `positions.json` and opens the queue. Returns the state and
     /// the checkpoint reading resumes from beyond `positions.json` (that of
     /// the records still queued).
-    pub(crate) fn open(state_dir: &Path, max_bytes: u64) -> Result<(Shipping, Checkpoint), CollectorError> {
+    pub(crate) fn open(
+        state_dir: &Path,
+        max_bytes: u64,
+        fsync: bool,
+    ) -> Result<(Shipping, Checkpoint), CollectorError> {
         let saved = SavedState::load(state_dir)?;
-        let queue = Queue::open(&state_dir.join(crate::queue::QUEUE_DIR), max_bytes, saved.queue_acked)
+        let mut queue = Queue::open(&state_dir.join(crate::queue::QUEUE_DIR), max_bytes, saved.queue_acked)
             .map_err(CollectorError::Queue)?;
+        queue.set_fsync(fsync);
         let pending = queue.pending_checkpoint();
         if !queue.is_empty() {
             tracing::info!(

@@ -87,6 +87,9 @@ pub enum SinkSetupError {
     /// The bearer token could not be read.
     #[error("collector.push.bearer_token_file: {0}")]
     Token(String),
+    /// The CA file could not be read.
+    #[error("collector.push.ca_file: {0}")]
+    Ca(String),
 }
 
 /// Pushes over HTTP: remote_write 1.0 to the metrics URL and Loki push
@@ -126,12 +129,21 @@ impl HttpSink {
         check_url(&metrics_url).map_err(SinkSetupError::BadUrl)?;
         check_url(&logs_url).map_err(SinkSetupError::BadUrl)?;
         let timeout = if cfg.timeout.0.is_zero() { Duration::from_secs(10) } else { cfg.timeout.0 };
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .build()
-            .map_err(|e| SinkSetupError::Client(e.to_string()))?;
+            .connect_timeout(timeout.min(Duration::from_secs(5)));
+        if !cfg.ca_file.as_os_str().is_empty() {
+            let pem = std::fs::read(&cfg.ca_file)
+                .map_err(|e| SinkSetupError::Ca(format!("{}: {e}", cfg.ca_file.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| SinkSetupError::Ca(format!("{}: {e}", cfg.ca_file.display())))?;
+            if certs.is_empty() {
+                return Err(SinkSetupError::Ca(format!("{}: no PEM certificate in it", cfg.ca_file.display())));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client = builder.build().map_err(|e| SinkSetupError::Client(e.to_string()))?;
         let tenant = Some(cfg.tenant.trim().to_string()).filter(|t| !t.is_empty());
         let token = if cfg.bearer_token_file.as_os_str().is_empty() {
             cfg.bearer_token.trim().to_string()
@@ -226,7 +238,7 @@ async fn encode_off_reactor(f: impl FnOnce() -> Vec<u8> + Send + 'static) -> Res
 }
 
 /// The text of an error and its sources ("error sending request: connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -81,7 +81,8 @@ use cairn_wire::{Entry, Labels, StreamEntries};
 use serde::{Deserialize, Serialize};
 
 use crate::Stats;
-use crate::config::{FILENAME_LABEL, FileTarget, HOST_LABEL, PodLogsConfig, STREAM_LABEL};
+use crate::config::{FILENAME_LABEL, FileTarget, HOST_LABEL, POD_LABELS, PodLogsConfig, STREAM_LABEL};
+use crate::kube::{PodIndex, PodLabels, uid_of_pod_dir};
 use crate::logline::{Assembler, EntrySink, LogFormat, Multiline, STDERR, STDOUT, STREAM_NAMES};
 
 /// Name of the checkpoint file inside the state directory.
@@ -95,6 +96,10 @@ pub const POSITIONS_VERSION: u32 = 1;
 
 /// How long a rotated-away file is still read after its path moved on.
 pub const ROTATION_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a new pod log file waits for its pod's labels (see
+/// [`Tailer::set_pod_index`]) before it is read without them.
+pub const POD_LABELS_WAIT: Duration = Duration::from_secs(5);
 
 /// Bytes at the start of a file hashed to recognise it (see the module doc).
 const HEAD_BYTES: usize = 256;
@@ -417,6 +422,8 @@ struct Target {
     multiline: Option<Arc<Multiline>>,
     /// Pod logs: labels come from the path below this root.
     pods_root: Option<PathBuf>,
+    /// Pod logs: extra labels of pods by UID (from the Kubernetes API).
+    pod_meta: Option<Arc<HashMap<String, PodLabels>>>,
 }
 
 impl Target {
@@ -454,6 +461,7 @@ impl Target {
             format: t.format,
             multiline,
             pods_root: None,
+            pod_meta: None,
         })
     }
 
@@ -498,6 +506,15 @@ impl Target {
                     );
                     pairs.insert("job", job);
                 }
+                // Pod labels from the API: never over a label set above,
+                // nor over the ones the collector sets itself.
+                if let Some(extra) = self.pod_meta.as_ref().and_then(|m| pod_uid(root, path).and_then(|u| m.get(u))) {
+                    for (k, v) in extra.iter() {
+                        if !POD_LABELS.contains(&k.as_str()) && !pairs.contains_key(k.as_str()) && !v.is_empty() {
+                            pairs.insert(k.as_str(), v.clone());
+                        }
+                    }
+                }
             }
             None => {
                 pairs.insert(FILENAME_LABEL, path.to_string_lossy().into_owned());
@@ -536,6 +553,12 @@ fn pod_labels(root: &Path, path: &Path) -> Vec<(&'static str, String)> {
         _ => out.push(("pod", dir.clone())),
     }
     out
+}
+
+/// The pod UID of a kubelet pod log path (see [`pod_labels`]).
+fn pod_uid<'a>(root: &Path, path: &'a Path) -> Option<&'a str> {
+    let rel = path.strip_prefix(root).ok()?;
+    uid_of_pod_dir(rel.iter().next()?.to_str()?)
 }
 
 /// Expands the targets' globs: every regular file matched, with the index of
@@ -678,6 +701,10 @@ pub struct Tailer {
     glob_errors: HashSet<String>,
     open_failures: HashSet<PathBuf>,
     stats: Arc<Stats>,
+    /// Pod labels from the Kubernetes API, and the generation applied.
+    pod_index: Option<(Arc<PodIndex>, u64)>,
+    /// New pod log files waiting for their pod's labels, since when.
+    waiting: HashMap<PathBuf, Instant>,
 }
 
 /// Per-poll reading context, split from [`Tailer`] for the borrow checker.
@@ -721,7 +748,64 @@ impl Tailer {
             glob_errors: HashSet::new(),
             open_failures: HashSet::new(),
             stats,
+            pod_index: None,
+            waiting: HashMap::new(),
         })
+    }
+
+    /// Adds the labels of each pod (from the Kubernetes API) to the streams
+    /// of its log files. The index is looked at once per poll; when it
+    /// changed, followed pod files are relabelled. A new pod log file of a
+    /// pod the index does not know yet asks for a listing and waits up to
+    /// [`POD_LABELS_WAIT`] before it is read without the labels.
+    pub fn set_pod_index(&mut self, index: Arc<PodIndex>) {
+        self.pod_index = Some((index, u64::MAX));
+    }
+
+    /// Applies a changed pod index to the pods target and the files open.
+    fn refresh_pod_labels(&mut self) {
+        let Some((index, seen)) = &mut self.pod_index else { return };
+        let generation = index.generation();
+        if generation == *seen {
+            return;
+        }
+        *seen = generation;
+        let snapshot = index.snapshot();
+        for t in self.targets.iter_mut().filter(|t| t.pods_root.is_some()) {
+            t.pod_meta = Some(snapshot.clone());
+        }
+        let targets = &self.targets;
+        for tr in self.current.values_mut().chain(self.draining.iter_mut()) {
+            if let Some(t) = targets.iter().find(|t| t.pods_root.as_ref().is_some_and(|r| tr.path.starts_with(r))) {
+                let labels = t.stream_labels(&tr.path);
+                if labels != tr.labels {
+                    tr.labels = labels;
+                    tr.stream_cache = (0, [None, None]);
+                }
+            }
+        }
+    }
+
+    /// True when `path` (of target `ti`) is a pod log whose pod labels are
+    /// not known yet and it may still wait for them.
+    fn wait_for_pod_labels(&mut self, path: &Path, ti: usize) -> bool {
+        let (Some((index, _)), Some(root)) = (&self.pod_index, &self.targets[ti].pods_root) else { return false };
+        let known = pod_uid(root, path)
+            .is_none_or(|uid| self.targets[ti].pod_meta.as_ref().is_some_and(|m| m.contains_key(uid)));
+        if known {
+            self.waiting.remove(path);
+            return false;
+        }
+        let since = *self.waiting.entry(path.to_path_buf()).or_insert_with(|| {
+            index.request_refresh();
+            Instant::now()
+        });
+        if since.elapsed() < POD_LABELS_WAIT {
+            return true;
+        }
+        self.waiting.remove(path);
+        tracing::info!(path = %path.display(), "pod unknown to the Kubernetes API so far; reading its log without pod labels");
+        false
     }
 
     /// Also follows Kubernetes pod logs (see [`PodLogsConfig`]), labelled
@@ -789,7 +873,15 @@ impl Tailer {
     /// Reads new complete lines of every file into `batch`, stopping once
     /// about `budget` bytes of lines were added.
     pub fn poll(&mut self, batch: &mut LogBatch, budget: usize) -> PollOutcome {
+        self.refresh_pod_labels();
         let found = expand(&self.targets, &mut self.glob_errors);
+        let mut wait: HashSet<PathBuf> = HashSet::new();
+        for (path, ti) in &found {
+            if !self.current.contains_key(path) && self.wait_for_pod_labels(path, *ti) {
+                wait.insert(path.clone());
+            }
+        }
+        self.waiting.retain(|p, _| found.contains_key(p));
         let mut rd = Reader {
             buf: &mut self.buf,
             now: cairn_wire::time::now_ns(),
@@ -855,7 +947,7 @@ impl Tailer {
             if rd.budget == 0 {
                 return PollOutcome { more: true };
             }
-            if self.current.contains_key(path) {
+            if self.current.contains_key(path) || wait.contains(path) {
                 continue;
             }
             // A checkpoint applies only to the first opening in this process.
@@ -1803,6 +1895,47 @@ mod tests {
     /// Regression: after reading the rest of a copytruncate copy, the
     /// truncated file's lines were no longer decoded (its line assembler
     /// was replaced by a plain-text one).
+    #[tokio::test]
+    async fn pod_labels_from_the_api_wait_for_the_listing_and_follow_changes() {
+        let fx = Fixture::new();
+        std::fs::create_dir_all(fx.path(POD)).unwrap();
+        let f = format!("{POD}/0.log");
+        fx.append(&f, b"2024-05-01T10:00:00.000000001Z stdout F first\n");
+        let index = Arc::new(PodIndex::new(&["app".to_string(), "app.kubernetes.io/name".to_string()]));
+        let mut t = fx.pod_tailer("");
+        t.set_pod_index(index.clone());
+
+        // The pod is unknown: its log waits, and a listing is asked for.
+        let (l, _) = poll(&mut t);
+        assert!(l.is_empty(), "{l:?}");
+        tokio::time::timeout(Duration::from_secs(5), index.refresh_requested()).await.expect("refresh asked");
+
+        let mut pod = crate::kube::Pod::default();
+        pod.metadata.uid = "0b1c2d3e-1111-2222-3333-444455556666".into();
+        pod.metadata.labels = BTreeMap::from([
+            ("app".to_string(), "web".to_string()),
+            ("app.kubernetes.io/name".to_string(), "shop-web".to_string()),
+            // Would clash with labels the collector sets: ignored.
+            ("stream".to_string(), "x".to_string()),
+            ("unlisted".to_string(), "y".to_string()),
+        ]);
+        index.update(std::slice::from_ref(&pod));
+        let (l, b) = poll(&mut t);
+        assert_eq!(l, ["first"]);
+        assert_eq!(
+            b.streams()[0].labels.to_string(),
+            r#"{app="web", app_kubernetes_io_name="shop-web", container="nginx", job="default/nginx", namespace="default", node="node-1", pod="web-7d4b9", stream="stdout"}"#
+        );
+
+        // A relabelled pod: the next lines carry the new value.
+        pod.metadata.labels.insert("app".into(), "web2".into());
+        index.update(std::slice::from_ref(&pod));
+        fx.append(&f, b"2024-05-01T10:00:00.000000002Z stdout F second\n");
+        let (l, b) = poll(&mut t);
+        assert_eq!(l, ["second"]);
+        assert_eq!(b.streams()[0].labels.get("app"), Some("web2"));
+    }
+
     #[test]
     fn pod_log_copytruncate_keeps_decoding() {
         let fx = Fixture::new();

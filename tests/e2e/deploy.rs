@@ -398,6 +398,10 @@ fn dashboards_queries_return_data() {
                 format!("paths = [\"{}/*.log\"]", varlog.display()),
             ),
             ("http://cairn.cairn.svc.cluster.local:3100", c.url.clone()),
+            // No API server and no node journal here (tests/e2e/kubernetes.rs
+            // and collector_logs.rs cover them).
+            ("[collector.journal]\nenabled = true", "[collector.journal]\nenabled = false".into()),
+            ("[collector.kubernetes]\nenabled = true", "[collector.kubernetes]\nenabled = false".into()),
         ],
     );
     let col_path = dir.path().join("collector.toml");
@@ -899,4 +903,57 @@ fn dockerfile_parses_and_fits_its_base() {
             ".dockerignore leaves out the tracked file {f}"
         );
     }
+}
+
+/// The image's `journal` stage (`deploy/docker/journalctl-bundle.sh`) must
+/// give a journalctl that runs on a root holding only what the distroless
+/// cc base has (glibc, libgcc) plus the bundle: checked in a chroot built
+/// that way (root only; the machine's journalctl is the same Debian release).
+#[test]
+fn journalctl_bundle_runs_on_a_glibc_only_root() {
+    let t = "journalctl_bundle_runs_on_a_glibc_only_root";
+    let Some(journalctl) = tool(t, "journalctl", "apt-get install systemd") else { return };
+    let Some(ldd) = tool(t, "ldd", "apt-get install libc-bin") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let st = Command::new("sh").arg(repo().join("deploy/docker/journalctl-bundle.sh")).arg(&root).status().unwrap();
+    assert!(st.success(), "journalctl-bundle.sh failed");
+    assert!(root.join("usr/bin/journalctl").is_file());
+    // The base's part: the loader, libc, libm, libgcc_s.
+    let out = Command::new(ldd).arg(&journalctl).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for l in text.lines() {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        let (name, path) = match words.as_slice() {
+            [name, "=>", path, ..] => (*name, *path),
+            [path, ..] if path.starts_with('/') => (*path, *path),
+            _ => continue,
+        };
+        let base = ["ld-linux", "libc.so", "libm.so", "libgcc_s.so"].iter().any(|b| name.contains(b));
+        if base {
+            let dest = root.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(path, &dest).unwrap();
+        } else {
+            let canonical = std::fs::canonicalize(Path::new(path).parent().unwrap()).unwrap().join(name);
+            assert!(
+                root.join(canonical.strip_prefix("/").unwrap()).is_file(),
+                "the bundle lacks {name} ({path}):\n{text}"
+            );
+        }
+    }
+    let out = match Command::new("chroot").arg(&root).args(["/usr/bin/journalctl", "--version"]).output() {
+        Ok(o) => o,
+        Err(e) => {
+            println!("{t}: skipped the chroot run: {e}");
+            return;
+        }
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && err.contains("Operation not permitted") {
+        println!("{t}: skipped the chroot run: not root");
+        return;
+    }
+    assert!(out.status.success(), "journalctl in the glibc-only root failed: {err}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("systemd "), "{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -2,6 +2,7 @@
 //! port with a temporary data directory and talks HTTP to it.
 
 mod harness;
+mod tls;
 
 mod bad_input;
 mod cli;
@@ -12,6 +13,7 @@ mod deploy;
 mod disk_full;
 mod golden;
 mod grep;
+mod kubernetes;
 mod logs;
 mod loki_api;
 mod metrics;

@@ -1,5 +1,6 @@
 //! Scraping Prometheus `/metrics` endpoints from a static list
-//! (`[[collector.scrape]]`), with Prometheus's semantics:
+//! (`[[collector.scrape]]`) or discovered on Kubernetes ([`crate::kube`]),
+//! with Prometheus's semantics:
 //!
 //! - **Request**: `GET http://<target><path>` with Prometheus's `Accept`
 //!   header (OpenMetrics preferred, text 0.0.4 accepted) and
@@ -24,8 +25,8 @@
 //!   oversize body, any malformed line) stores no sample of the target, only
 //!   the report series with `up 0`.
 //!
-//! Not done (yet): staleness markers for series that disappear, service
-//! discovery (Kubernetes pod annotations), relabelling, TLS and auth,
+//! Not done (yet): staleness markers for series that disappear,
+//! relabelling, auth,
 //! `sample_limit`, native histograms, gzip responses.
 
 pub mod parse;
@@ -211,15 +212,25 @@ impl Scraper {
             labels.push((k.clone(), v.clone()));
         }
         labels.sort();
-        Scraper {
+        Scraper::with_target(
+            cfg.url_of(target),
+            TargetLabels { labels, honor_labels: cfg.honor_labels, honor_timestamps: cfg.honor_timestamps },
+            cfg.timeout.0,
+            cfg.body_size_limit.0,
             client,
-            url: cfg.url_of(target),
-            timeout: cfg.timeout.0,
-            body_limit: cfg.body_size_limit.0,
-            target: TargetLabels { labels, honor_labels: cfg.honor_labels, honor_timestamps: cfg.honor_timestamps },
-            meta: BTreeMap::new(),
-            last_error: None,
-        }
+        )
+    }
+
+    /// A scraper of `url` whose series get `target`'s labels (sorted by
+    /// name); e.g. a discovered Kubernetes pod ([`crate::kube::PodTarget`]).
+    pub fn with_target(
+        url: String,
+        target: TargetLabels,
+        timeout: Duration,
+        body_limit: u64,
+        client: reqwest::Client,
+    ) -> Scraper {
+        Scraper { client, url, timeout, body_limit, target, meta: BTreeMap::new(), last_error: None }
     }
 
     /// The scrape URL.
@@ -275,7 +286,7 @@ impl Scraper {
             .header("X-Prometheus-Scrape-Timeout-Seconds", format!("{}", self.timeout.as_secs_f64()))
             .send()
             .await
-            .map_err(|e| http(e.to_string()))?;
+            .map_err(|e| http(crate::sink::error_chain(&e)))?;
         if resp.status().as_u16() != 200 {
             return Err(ScrapeError::Status { url: self.url.clone(), status: resp.status().as_u16() });
         }
