@@ -40,6 +40,39 @@ struct BitReader<'a> {
 }
 
 impl BitReader<'_> {
+    /// The 64 bits starting at byte `i` (big-endian), zero past the end.
+    #[inline]
+    fn word_at(&self, i: usize) -> u64 {
+        match self.buf.get(i..i + 8) {
+            Some(b) => u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            None => {
+                let mut w = [0u8; 8];
+                let tail = self.buf.get(i..).unwrap_or(&[]);
+                w[..tail.len()].copy_from_slice(tail);
+                u64::from_be_bytes(w)
+            }
+        }
+    }
+
+    /// The next `n` (1..=57) bits without consuming them, zero past the end.
+    #[inline]
+    fn peek(&self, n: u32) -> u64 {
+        let w = self.word_at(self.pos / 8) << (self.pos % 8);
+        w >> (64 - n)
+    }
+
+    /// Consumes `n` bits, failing when fewer are left.
+    #[inline]
+    fn skip(&mut self, n: u32) -> Result<(), DecodeError> {
+        let end = self.pos + n as usize;
+        if end > self.buf.len() * 8 {
+            return Err(DecodeError { offset: self.buf.len(), reason: "chunk bits truncated" });
+        }
+        self.pos = end;
+        Ok(())
+    }
+
+    #[inline]
     fn bit(&mut self) -> Result<bool, DecodeError> {
         let byte =
             *self.buf.get(self.pos / 8).ok_or(DecodeError { offset: self.pos / 8, reason: "chunk bits truncated" })?;
@@ -48,12 +81,20 @@ impl BitReader<'_> {
         Ok(b)
     }
 
+    /// Reads `n` (0..=64) bits, most significant first.
+    #[inline]
     fn bits(&mut self, n: u32) -> Result<u64, DecodeError> {
-        let mut v = 0u64;
-        for _ in 0..n {
-            v = (v << 1) | u64::from(self.bit()?);
+        if n == 0 {
+            return Ok(0);
         }
-        Ok(v)
+        if n <= 56 {
+            let v = self.peek(n);
+            self.skip(n)?;
+            return Ok(v);
+        }
+        let hi = self.bits(32)?;
+        let lo = self.bits(n - 32)?;
+        Ok((hi << (n - 32)) | lo)
     }
 }
 
@@ -90,15 +131,24 @@ fn put_bucketed(w: &mut BitWriter<'_>, v: i64, buckets: &[(u64, u32, u32); 3]) {
 /// Reads a value written by [`put_bucketed`] with the same table (whose
 /// prefixes are `10`, `110`, `1110`).
 fn read_bucketed(br: &mut BitReader<'_>, buckets: &[(u64, u32, u32); 3]) -> Result<i64, DecodeError> {
-    if !br.bit()? {
-        return Ok(0);
-    }
-    for &(_, _, vbits) in buckets {
-        if !br.bit()? {
-            return Ok(sign_extend(br.bits(vbits)?, vbits));
+    // The prefix is `0`, `10`, `110`, `1110` or `1111`: its leading ones
+    // (at most 4) pick the bucket.
+    let ones = (br.peek(4) << 60).leading_ones();
+    match ones {
+        0 => {
+            br.skip(1)?;
+            Ok(0)
+        }
+        1..=3 => {
+            br.skip(ones + 1)?;
+            let vbits = buckets[ones as usize - 1].2;
+            Ok(sign_extend(br.bits(vbits)?, vbits))
+        }
+        _ => {
+            br.skip(4)?;
+            Ok(br.bits(64)? as i64)
         }
     }
-    Ok(br.bits(64)? as i64)
 }
 
 /// Appends an encoded chunk of `samples` (sorted by timestamp, unique) to `buf`.
