@@ -46,7 +46,7 @@ fn key_hash(ls: &Labels, m: Option<&LabelModifier>) -> u64 {
 }
 
 /// Group key labels of `ls` under the modifier.
-fn group_labels(ls: &Labels, m: Option<&LabelModifier>) -> Labels {
+pub(crate) fn group_labels(ls: &Labels, m: Option<&LabelModifier>) -> Labels {
     match m {
         None => Labels::empty(),
         Some(LabelModifier::Include(names)) => {

@@ -500,3 +500,108 @@ fn result_labels(
     }
     Labels::from_pairs(ls.into_iter().map(|l| (l.name, l.value))).unwrap_or_default()
 }
+
+/// A binary operation over whole-range values (see `super::fast`):
+/// arithmetic and comparisons between scalars and float vectors, with
+/// one-to-one matching. `None` for what the step evaluator must do
+/// (set operators, `group_left`/`group_right`, fill modifiers, scalar
+/// comparisons, match groups that are not unique on a side).
+pub(crate) fn range_binary(
+    b: &BinaryExpr,
+    lhs: super::fast::RangeValue,
+    rhs: super::fast::RangeValue,
+) -> Result<Option<super::fast::RangeValue>, QueryError> {
+    use super::fast::{RangeValue, StepSeries};
+    let Ok(op) = Op::from_str(&b.op.to_string()) else {
+        return Ok(None);
+    };
+    if matches!(op, Op::And | Op::Or | Op::Unless) {
+        return Ok(None);
+    }
+    let modifier = b.modifier.as_ref();
+    let return_bool = modifier.is_some_and(|m| m.return_bool);
+    // A vector and a scalar: each point on its own.
+    let with_scalar = |vs: Vec<StepSeries>, c: &[f64], swap: bool| -> RangeValue {
+        let out = vs
+            .into_iter()
+            .map(|s| {
+                let pts = s
+                    .pts
+                    .into_iter()
+                    .filter_map(|(i, x)| {
+                        let c = c.get(i as usize).copied().unwrap_or(f64::NAN);
+                        let (a, b) = if swap { (c, x) } else { (x, c) };
+                        let (mut v, keep) = apply(op, a, b);
+                        if op.is_comparison() && swap {
+                            v = b;
+                        }
+                        if return_bool { Some((i, f64::from(u8::from(keep)))) } else { keep.then_some((i, v)) }
+                    })
+                    .collect();
+                StepSeries { labels: s.labels, drop_name: s.drop_name || op.drops_name() || return_bool, pts }
+            })
+            .collect();
+        RangeValue::Vector(out)
+    };
+    match (lhs, rhs) {
+        (RangeValue::Scalar(a), RangeValue::Scalar(c)) => {
+            if op.is_comparison() {
+                return Ok(None);
+            }
+            Ok(Some(RangeValue::Scalar(a.iter().zip(&c).map(|(&a, &c)| apply(op, a, c).0).collect())))
+        }
+        (RangeValue::Vector(vs), RangeValue::Scalar(c)) => Ok(Some(with_scalar(vs, &c, false))),
+        (RangeValue::Scalar(c), RangeValue::Vector(vs)) => Ok(Some(with_scalar(vs, &c, true))),
+        (RangeValue::Vector(l), RangeValue::Vector(r)) => {
+            let one_to_one = modifier.is_none_or(|m| matches!(m.card, VectorMatchCardinality::OneToOne));
+            let fills = modifier.is_some_and(|m| m.fill_values.lhs.is_some() || m.fill_values.rhs.is_some());
+            if !one_to_one || fills {
+                return Ok(None);
+            }
+            let mt = Matching::new(modifier);
+            // Match groups must be unique on each side (the step evaluator
+            // decides, step by step, what duplicates mean).
+            let mut right: HashMap<Vec<(&str, &str)>, usize> = HashMap::with_capacity(r.len());
+            for (i, s) in r.iter().enumerate() {
+                if !s.pts.is_empty() && right.insert(mt.signature(&s.labels), i).is_some() {
+                    return Ok(None);
+                }
+            }
+            let mut left: HashSet<Vec<(&str, &str)>> = HashSet::with_capacity(l.len());
+            let mut out = Vec::with_capacity(l.len());
+            for s in &l {
+                if s.pts.is_empty() {
+                    continue;
+                }
+                let sig = mt.signature(&s.labels);
+                let Some(&j) = right.get(&sig) else {
+                    continue;
+                };
+                if !left.insert(sig) {
+                    return Ok(None);
+                }
+                let o = &r[j];
+                let mut pts = Vec::with_capacity(s.pts.len().min(o.pts.len()));
+                let mut k = 0usize;
+                for &(i, a) in &s.pts {
+                    while k < o.pts.len() && o.pts[k].0 < i {
+                        k += 1;
+                    }
+                    let Some(&(oi, c)) = o.pts.get(k) else { break };
+                    if oi != i {
+                        continue;
+                    }
+                    let (v, keep) = apply(op, a, c);
+                    if return_bool {
+                        pts.push((i, f64::from(u8::from(keep))));
+                    } else if keep {
+                        pts.push((i, v));
+                    }
+                }
+                let labels = result_labels(&s.labels, &o.labels, op, &mt, true, &[], return_bool);
+                out.push(StepSeries { labels, drop_name: s.drop_name || op.drops_name() || return_bool, pts });
+            }
+            Ok(Some(RangeValue::Vector(out)))
+        }
+    }
+}

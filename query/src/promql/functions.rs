@@ -366,6 +366,56 @@ fn seen_twice(ms: &[promql_parser::label::Matcher], name: &str) -> bool {
     ms.iter().filter(|m| m.name == name).count() > 1
 }
 
+/// A range function of floats alone: the window's points (never empty,
+/// stale markers removed) and the window → the output value, if any.
+pub(crate) type PlainRangeFn = fn(&[(i64, f64)], Window) -> Option<f64>;
+
+fn min_max_over_time(p: &[(i64, f64)], is_min: bool) -> Option<f64> {
+    let mut v = p[0].1;
+    for x in &p[1..] {
+        if v.is_nan() || (is_min && x.1 < v) || (!is_min && x.1 > v) {
+            v = x.1;
+        }
+    }
+    Some(v)
+}
+
+/// The range functions that take one range vector and no parameter and
+/// compute from float points only (with no `anchored`/`smoothed`
+/// modifier): the function and whether it keeps the metric name. Shared
+/// by the step evaluator and the series-at-a-time one (`super::fast`), so
+/// both compute alike.
+pub(crate) fn plain_range_fn(name: &str) -> Option<(PlainRangeFn, bool)> {
+    let f: PlainRangeFn = match name {
+        "rate" => |p, w| extrapolated_rate(p, w, true, true),
+        "increase" => |p, w| extrapolated_rate(p, w, true, false),
+        "delta" => |p, w| extrapolated_rate(p, w, false, false),
+        "irate" => |p, _| instant_value(p, true),
+        "idelta" => |p, _| instant_value(p, false),
+        "avg_over_time" => |p, _| {
+            let mut m = Mean::default();
+            p.iter().for_each(|x| m.add(x.1));
+            Some(m.value())
+        },
+        "sum_over_time" => |p, _| {
+            let (mut s, mut c) = (0.0, 0.0);
+            for x in p {
+                (s, c) = kahan_inc(x.1, s, c);
+            }
+            Some(if c.is_finite() { s + c } else { s })
+        },
+        "count_over_time" => |p, _| Some(p.len() as f64),
+        "min_over_time" => |p, _| min_max_over_time(p, true),
+        "max_over_time" => |p, _| min_max_over_time(p, false),
+        "last_over_time" => return Some((|p, _| p.last().map(|x| x.1), true)),
+        "present_over_time" => |_, _| Some(1.0),
+        "stddev_over_time" => |p, _| Some(variance(p).sqrt()),
+        "stdvar_over_time" => |p, _| Some(variance(p)),
+        _ => return None,
+    };
+    Some((f, false))
+}
+
 /// A function of a range vector's points and window.
 type RangeFn<'a> = dyn Fn(&[(i64, f64)], Window) -> Option<f64> + 'a;
 
@@ -447,47 +497,15 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         Some(x) => extended_rate(p, w, x == super::eval::Ext::Smoothed, is_counter, is_rate),
         None => extrapolated_rate(p, w, is_counter, is_rate),
     };
+    if ext.is_none()
+        && let Some((f, keep_name)) = plain_range_fn(name)
+    {
+        return range_fn(&f, keep_name);
+    }
     match name {
         "rate" => range_fn(&|p, w| rate(p, w, true, true), false),
         "increase" => range_fn(&|p, w| rate(p, w, true, false), false),
         "delta" => range_fn(&|p, w| rate(p, w, false, false), false),
-        "irate" => range_fn(&|p, _| instant_value(p, true), false),
-        "idelta" => range_fn(&|p, _| instant_value(p, false), false),
-        "avg_over_time" => range_fn(
-            &|p, _| {
-                let mut m = Mean::default();
-                p.iter().for_each(|x| m.add(x.1));
-                Some(m.value())
-            },
-            false,
-        ),
-        "sum_over_time" => range_fn(
-            &|p, _| {
-                let (mut s, mut c) = (0.0, 0.0);
-                for x in p {
-                    (s, c) = kahan_inc(x.1, s, c);
-                }
-                Some(if c.is_finite() { s + c } else { s })
-            },
-            false,
-        ),
-        "count_over_time" => range_fn(&|p, _| Some(p.len() as f64), false),
-        "min_over_time" | "max_over_time" => {
-            let is_min = name == "min_over_time";
-            range_fn(
-                &|p, _| {
-                    let mut v = p[0].1;
-                    for x in &p[1..] {
-                        if v.is_nan() || (is_min && x.1 < v) || (!is_min && x.1 > v) {
-                            v = x.1;
-                        }
-                    }
-                    Some(v)
-                },
-                false,
-            )
-        }
-        "last_over_time" => range_fn(&|p, _| p.last().map(|x| x.1), true),
         "first_over_time" => range_fn(&|p, _| p.first().map(|x| x.1), true),
         "ts_of_last_over_time" => range_fn(&|p, _| p.last().map(|x| x.0 as f64 / 1000.0), false),
         "ts_of_first_over_time" => range_fn(&|p, _| p.first().map(|x| x.0 as f64 / 1000.0), false),
@@ -507,9 +525,6 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
                 false,
             )
         }
-        "present_over_time" => range_fn(&|_, _| Some(1.0), false),
-        "stddev_over_time" => range_fn(&|p, _| Some(variance(p).sqrt()), false),
-        "stdvar_over_time" => range_fn(&|p, _| Some(variance(p)), false),
         "mad_over_time" => range_fn(
             &|p, _| {
                 if p.iter().any(|x| x.1.is_nan()) {

@@ -11,6 +11,7 @@ use promql_parser::parser::{self, Expr};
 mod aggregate;
 mod binary;
 mod eval;
+mod fast;
 mod functions;
 mod histfn;
 mod rewrite;
@@ -358,6 +359,19 @@ pub fn range_query_annotated(
     step: i64,
     opts: &QueryOptions,
 ) -> Result<(Vec<Series>, Annotations), QueryError> {
+    range_query_with(store, tenant, expr, (start, end, step), opts, true)
+}
+
+/// [`range_query_annotated`]; with `series_at_a_time` false, always the
+/// step evaluator (tests compare the two).
+fn range_query_with(
+    store: &MetricsStore,
+    tenant: &str,
+    expr: &Expr,
+    (start, end, step): (i64, i64, i64),
+    opts: &QueryOptions,
+    series_at_a_time: bool,
+) -> Result<(Vec<Series>, Annotations), QueryError> {
     if step <= 0 {
         return Err(QueryError::BadData(
             "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
@@ -381,6 +395,10 @@ pub fn range_query_annotated(
     }
     let mut ctx = Ctx::new(store, tenant, opts, start, end, step);
     ctx.prefetch(expr, start, end)?;
+    let steps = fast::Steps { start, step, n: (end.saturating_sub(start) / step + 1) as usize };
+    if series_at_a_time && let Some(out) = fast::range_eval(&ctx, expr, steps)? {
+        return Ok((out, ctx.annotations.into_inner()));
+    }
     let mut by: FxMap<Labels, Vec<(i64, f64)>> = FxMap::default();
     let mut hby: FxMap<Labels, Vec<(i64, Histogram)>> = FxMap::default();
     let mut unnamed: FxMap<Labels, Labels> = FxMap::default();
