@@ -34,6 +34,10 @@ impl BitWriter<'_> {
     }
 }
 
+/// Reads bit fields, most significant bit first. Reads never fail: past
+/// the end of the buffer they see zero bits, and the decoder checks once,
+/// with [`BitReader::check`], that it did not read past the end (its loops
+/// are bounded by the sample count, itself bounded by the chunk's size).
 struct BitReader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -41,60 +45,72 @@ struct BitReader<'a> {
 
 impl BitReader<'_> {
     /// The 64 bits starting at byte `i` (big-endian), zero past the end.
-    #[inline]
+    #[inline(always)]
     fn word_at(&self, i: usize) -> u64 {
         match self.buf.get(i..i + 8) {
             Some(b) => u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
-            None => {
-                let mut w = [0u8; 8];
-                let tail = self.buf.get(i..).unwrap_or(&[]);
-                w[..tail.len()].copy_from_slice(tail);
-                u64::from_be_bytes(w)
-            }
+            None => self.tail_word(i),
         }
     }
 
-    /// The next `n` (1..=57) bits without consuming them, zero past the end.
-    #[inline]
+    #[cold]
+    #[inline(never)]
+    fn tail_word(&self, i: usize) -> u64 {
+        let mut w = [0u8; 8];
+        let tail = self.buf.get(i..).unwrap_or(&[]);
+        w[..tail.len()].copy_from_slice(tail);
+        u64::from_be_bytes(w)
+    }
+
+    /// The next `n` (1..=57) bits without consuming them.
+    #[inline(always)]
     fn peek(&self, n: u32) -> u64 {
         let w = self.word_at(self.pos / 8) << (self.pos % 8);
         w >> (64 - n)
     }
 
-    /// Consumes `n` bits, failing when fewer are left.
-    #[inline]
-    fn skip(&mut self, n: u32) -> Result<(), DecodeError> {
-        let end = self.pos + n as usize;
-        if end > self.buf.len() * 8 {
+    #[inline(always)]
+    fn skip(&mut self, n: u32) {
+        self.pos += n as usize;
+    }
+
+    #[inline(always)]
+    fn bit(&mut self) -> bool {
+        let b = self.peek(1) == 1;
+        self.pos += 1;
+        b
+    }
+
+    /// Reads `n` (0..=64) bits.
+    #[inline(always)]
+    fn bits(&mut self, n: u32) -> u64 {
+        if n == 0 {
+            return 0;
+        }
+        if n > 56 {
+            return self.bits_wide(n);
+        }
+        let v = self.peek(n);
+        self.pos += n as usize;
+        v
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn bits_wide(&mut self, n: u32) -> u64 {
+        let hi = self.peek(32);
+        self.pos += 32;
+        let lo = self.peek(n - 32);
+        self.pos += (n - 32) as usize;
+        (hi << (n - 32)) | lo
+    }
+
+    /// Fails when the reads went past the end of the buffer.
+    fn check(&self) -> Result<(), DecodeError> {
+        if self.pos > self.buf.len() * 8 {
             return Err(DecodeError { offset: self.buf.len(), reason: "chunk bits truncated" });
         }
-        self.pos = end;
         Ok(())
-    }
-
-    #[inline]
-    fn bit(&mut self) -> Result<bool, DecodeError> {
-        let byte =
-            *self.buf.get(self.pos / 8).ok_or(DecodeError { offset: self.pos / 8, reason: "chunk bits truncated" })?;
-        let b = byte & (0x80 >> (self.pos % 8)) != 0;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    /// Reads `n` (0..=64) bits, most significant first.
-    #[inline]
-    fn bits(&mut self, n: u32) -> Result<u64, DecodeError> {
-        if n == 0 {
-            return Ok(0);
-        }
-        if n <= 56 {
-            let v = self.peek(n);
-            self.skip(n)?;
-            return Ok(v);
-        }
-        let hi = self.bits(32)?;
-        let lo = self.bits(n - 32)?;
-        Ok((hi << (n - 32)) | lo)
     }
 }
 
@@ -130,23 +146,24 @@ fn put_bucketed(w: &mut BitWriter<'_>, v: i64, buckets: &[(u64, u32, u32); 3]) {
 
 /// Reads a value written by [`put_bucketed`] with the same table (whose
 /// prefixes are `10`, `110`, `1110`).
-fn read_bucketed(br: &mut BitReader<'_>, buckets: &[(u64, u32, u32); 3]) -> Result<i64, DecodeError> {
+#[inline(always)]
+fn read_bucketed(br: &mut BitReader<'_>, buckets: &[(u64, u32, u32); 3]) -> i64 {
     // The prefix is `0`, `10`, `110`, `1110` or `1111`: its leading ones
     // (at most 4) pick the bucket.
     let ones = (br.peek(4) << 60).leading_ones();
     match ones {
         0 => {
-            br.skip(1)?;
-            Ok(0)
+            br.skip(1);
+            0
         }
         1..=3 => {
-            br.skip(ones + 1)?;
+            br.skip(ones + 1);
             let vbits = buckets[ones as usize - 1].2;
-            Ok(sign_extend(br.bits(vbits)?, vbits))
+            sign_extend(br.bits(vbits), vbits)
         }
         _ => {
-            br.skip(4)?;
-            Ok(br.bits(64)? as i64)
+            br.skip(4);
+            br.bits(64) as i64
         }
     }
 }
@@ -212,31 +229,33 @@ pub fn decode(chunk: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), DecodeError
     out.reserve(n);
     out.push((t0, f64::from_bits(v0)));
     let mut br = BitReader { buf: r.rest(), pos: 0 };
+    let start = out.len() - 1;
     let (mut t, mut delta) = (t0, 0i64);
     let mut v = v0;
     let (mut lead, mut trail) = (0u32, 0u32);
     for _ in 1..n {
-        let dod = read_bucketed(&mut br, &DOD_BUCKETS)?;
+        let dod = read_bucketed(&mut br, &DOD_BUCKETS);
         delta = delta.wrapping_add(dod);
         t = t.wrapping_add(delta);
-        if br.bit()? {
-            if br.bit()? {
-                lead = br.bits(5)? as u32;
-                let sig = match br.bits(6)? as u32 {
+        if br.bit() {
+            if br.bit() {
+                lead = br.bits(5) as u32;
+                let sig = match br.bits(6) as u32 {
                     0 => 64,
                     s => s,
                 };
                 if lead + sig > 64 {
+                    out.truncate(start);
                     return Err(DecodeError { offset: br.pos / 8, reason: "XOR window wider than 64 bits" });
                 }
                 trail = 64 - lead - sig;
             }
             let sig = 64 - lead - trail;
-            v ^= br.bits(sig)? << trail;
+            v ^= br.bits(sig) << trail;
         }
         out.push((t, f64::from_bits(v)));
     }
-    Ok(())
+    br.check().inspect_err(|_| out.truncate(start))
 }
 
 /// Chunk encodings of version-2 blocks (first byte of the chunk).
@@ -369,20 +388,20 @@ fn decode_decimal(chunk: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), DecodeE
     out.push((t0, 0.0));
     let mut t = t0;
     for _ in 1..n {
-        let res = read_bucketed(&mut br, &TS_BUCKETS)?;
+        let res = read_bucketed(&mut br, &TS_BUCKETS);
         t = t.wrapping_add(interval).wrapping_add(res);
         out.push((t, 0.0));
     }
     let (mut m, mut d) = (m0, 0i64);
     out[start].1 = m as f64 / scale;
     for slot in &mut out[start + 1..] {
-        if br.bit()? {
-            d = unzigzag(br.bits(u32::from(width))?);
+        if br.bit() {
+            d = unzigzag(br.bits(u32::from(width)));
         }
         m = m.wrapping_add(d);
         slot.1 = m as f64 / scale;
     }
-    Ok(())
+    br.check().inspect_err(|_| out.truncate(start))
 }
 
 #[cfg(test)]
