@@ -500,11 +500,11 @@ fn decode_block_chunk_mixed(
 ) -> Result<(), StoreError> {
     let bytes = b.chunk_slice(c)?;
     let res = if b.version == 1 {
-        xor::decode(&bytes, out)
+        xor::decode(bytes, out)
     } else if bytes.first() == Some(&crate::histchunk::ENC_HISTOGRAM) {
-        crate::histchunk::decode_chunk(&bytes, hists)
+        crate::histchunk::decode_chunk(bytes, hists)
     } else {
-        xor::decode_chunk(&bytes, out)
+        xor::decode_chunk(bytes, out)
     };
     res.map_err(|e| b.corrupt(c, format!("chunk: {}", e.reason)))
 }
