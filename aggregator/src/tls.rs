@@ -194,7 +194,7 @@ fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
     use rustls::pki_types::pem::Error as E;
     match e {
         E::MissingSectionEnd { end_marker } => {
-            format!("no {:?} line after its BEGIN line (truncated file?)", String::from_utf8_lossy(end_marker))
+            format!("no END {} line after its BEGIN line (truncated file?)", String::from_utf8_lossy(end_marker))
         }
         E::IllegalSectionStart { line } => format!("bad BEGIN line {:?}", String::from_utf8_lossy(line)),
         E::NoItemsFound => "nothing of the expected kind in it".to_string(),

@@ -445,6 +445,50 @@ fn https_with_auth_and_certificate_reload() {
     let plain = reqwest::blocking::Client::new().get(format!("http://127.0.0.1:{port}/ready")).send();
     assert!(plain.map(|r| r.status() != 200).unwrap_or(true));
 
+    // The CLI over HTTPS, trusting the CA with --ca-file: a query, and the
+    // live tail over wss://.
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let ca_arg = ca_file.to_str().unwrap();
+    let (code, out, err) = run_cli(&[
+        "query",
+        "--addr",
+        &c.url,
+        "--ca-file",
+        ca_arg,
+        "--token",
+        &token,
+        r#"{job="tls"}"#,
+        "--range",
+        "1h",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("over https"), "{out}");
+    let (code, _, err) = run_cli(&["query", "--addr", &c.url, "--token", &token, r#"{job="tls"}"#, "--range", "1h"]);
+    assert_eq!(code, 2, "a server certificate from an unknown CA is refused: {err}");
+    let mut tail = Command::new(cairn_bin())
+        .args(["tail", "--addr", &c.url, "--ca-file", ca_arg, "--token", &token, r#"{job="tls"}"#])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(30)).expect("cairn tail printed nothing over wss://");
+    assert!(first.contains("over https"), "{first}");
+    let _ = tail.kill();
+    let _ = tail.wait();
+
     let ca_der = ca.der().to_vec();
     assert_eq!(served_cert(port, &ca_der), one.der);
     // A broken certificate file is not taken: the old pair keeps serving.
