@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::peers_logs::{self, RARE_TOKEN};
-use common::{Server, dir_size, send_all, shared_dir};
+use common::{Server, dir_size, send_all_ordered, shared_dir};
 
 /// Runs `cmd` `n` times; (seconds of each run, lines printed by the last).
 fn time_runs(n: usize, mut cmd: impl FnMut() -> Command) -> (Vec<f64>, usize) {
@@ -81,11 +81,12 @@ fn main() {
 
     let server = Server::start(&data);
     let t = Instant::now();
-    send_all(
+    send_all_ordered(
         &server.client,
         &format!("{}/loki/api/v1/push", server.url),
         &[("Content-Type", "application/x-protobuf")],
         w.requests,
+        &w.streams,
         4,
     );
     println!("grep: loaded in {:.1}s", t.elapsed().as_secs_f64());

@@ -20,7 +20,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use common::{Server, dir_size, peers_logs, proc_usage, send_all, shared_dir};
+use common::{Server, dir_size, peers_logs, proc_usage, send_all_ordered, shared_dir};
 
 /// The pipeline of `CAIRN_BENCH_PIPELINE=1`: parse JSON lines, promote their
 /// `level` (as `json_level`: the workload's streams already carry a
@@ -41,18 +41,27 @@ type = "redact"
 
 /// Ingests `requests` into a fresh `cairn serve` on `data_path` (with
 /// `extra` arguments); returns (wall s, server CPU s, peak RSS, disk bytes).
-fn ingest(data_path: &std::path::Path, extra: &[&std::ffi::OsStr], requests: Vec<Vec<u8>>) -> (f64, f64, u64, u64) {
+fn ingest(
+    data_path: &std::path::Path,
+    extra: &[&std::ffi::OsStr],
+    requests: Vec<Vec<u8>>,
+    streams: &[usize],
+) -> (f64, f64, u64, u64) {
     let server = Server::start_with(data_path, extra);
     let pid = server.pid();
     let (cpu0, _) = proc_usage(pid);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tracer = common::trace_server(server.url.clone(), pid, stop.clone());
     let started = Instant::now();
-    send_all(
+    // A stream's requests in order (a low-volume stream's 1 MB request spans
+    // hours: two of them swapped by concurrent senders would be refused as
+    // out of order, by Loki as by Cairn).
+    send_all_ordered(
         &server.client,
         &format!("{}/loki/api/v1/push", server.url),
         &[("Content-Type", "application/x-protobuf")],
         requests,
+        streams,
         4,
     );
     let wall = started.elapsed().as_secs_f64();
@@ -100,11 +109,11 @@ fn main() {
     } else {
         // The PEERS.md workload (common/peers_logs.rs), sent in time order.
         let w = peers_logs::build_shaped(&files, replays, shape, &mut |_| {});
-        let (requests, lines, raw_bytes, span_start, now_ns) =
-            (w.requests, w.lines, w.raw_bytes, w.span_start, w.now_ns);
+        let (requests, streams, lines, raw_bytes, span_start, now_ns) =
+            (w.requests, w.streams, w.lines, w.raw_bytes, w.span_start, w.now_ns);
 
         let with_pipeline = (env("CAIRN_BENCH_PIPELINE", 0) == 1).then(|| requests.clone());
-        let (wall, cpu, hwm, disk) = ingest(&data_path, &[], requests);
+        let (wall, cpu, hwm, disk) = ingest(&data_path, &[], requests, &streams);
         if let Some(requests) = with_pipeline {
             let dir = tempfile::tempdir().unwrap();
             let cfg = dir.path().join("pipeline.toml");
@@ -114,7 +123,7 @@ fn main() {
                 .unwrap_or_default();
             std::fs::write(&cfg, format!("{base}\n{BENCH_PIPELINE}")).expect("write pipeline config");
             let data = dir.path().join("data");
-            let (pwall, pcpu, phwm, _) = ingest(&data, &["--config".as_ref(), cfg.as_os_str()], requests);
+            let (pwall, pcpu, phwm, _) = ingest(&data, &["--config".as_ref(), cfg.as_os_str()], requests, &streams);
             let gb = raw_bytes as f64 / 1e9;
             println!("ingest_logs with json + labels + redact pipeline on every stream ({lines} lines):");
             println!("{:<44} {:>12} {:>12} {:>8}", "figure", "no pipeline", "pipeline", "ratio");

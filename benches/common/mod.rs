@@ -132,22 +132,55 @@ pub fn send_all(
     bodies: Vec<Vec<u8>>,
     senders: usize,
 ) {
-    let queue = std::sync::Arc::new(std::sync::Mutex::new(bodies.into_iter()));
+    let keys: Vec<usize> = (0..bodies.len()).collect();
+    send_all_ordered(client, url, headers, bodies, &keys, senders);
+}
+
+/// [`send_all`], except that bodies with the same key (a log stream) are
+/// delivered one after the other: a body is sent only once the previous body
+/// of its key was acknowledged, as an agent shipping one stream does. Bodies
+/// of different keys go out concurrently, in queue order.
+pub fn send_all_ordered(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+    bodies: Vec<Vec<u8>>,
+    keys: &[usize],
+    senders: usize,
+) {
+    use std::sync::{Arc, Condvar, Mutex};
+    assert_eq!(keys.len(), bodies.len(), "one key per body");
+    // prev[i]: the previous body with the same key.
+    let mut last = std::collections::HashMap::new();
+    let prev: Vec<Option<usize>> = keys.iter().enumerate().map(|(i, k)| last.insert(*k, i)).collect();
+    let done = Arc::new((Mutex::new(vec![false; bodies.len()]), Condvar::new()));
+    let queue = Arc::new(Mutex::new(bodies.into_iter().zip(prev).enumerate()));
     let threads: Vec<_> = (0..senders)
         .map(|_| {
             let q = queue.clone();
+            let done = done.clone();
             let c = client.clone();
             let u = url.to_string();
             let h: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
             std::thread::spawn(move || {
                 loop {
-                    let Some(body) = q.lock().expect("queue").next() else { break };
+                    let Some((i, (body, prev))) = q.lock().expect("queue").next() else { break };
+                    if let Some(p) = prev {
+                        let (lock, cv) = &*done;
+                        let mut d = lock.lock().expect("done");
+                        while !d[p] {
+                            d = cv.wait(d).expect("done");
+                        }
+                    }
                     let mut req = c.post(&u).body(body);
                     for (k, v) in &h {
                         req = req.header(k, v);
                     }
                     let r = req.send().expect("send");
                     assert_eq!(r.status(), 204, "{}", r.text().unwrap_or_default());
+                    let (lock, cv) = &*done;
+                    lock.lock().expect("done")[i] = true;
+                    cv.notify_all();
                 }
             })
         })

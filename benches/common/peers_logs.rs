@@ -18,6 +18,9 @@ pub const RARE_TOKEN: &str = "ZQX9rareTOKEN";
 pub struct Workload {
     /// Snappy-compressed protobuf push bodies, in time order.
     pub requests: Vec<Vec<u8>>,
+    /// The stream of each request (for [`super::send_all_ordered`]: a
+    /// stream's requests are delivered in order, as one agent sends them).
+    pub streams: Vec<usize>,
     /// Lines and their raw bytes.
     pub lines: u64,
     pub raw_bytes: u64,
@@ -81,6 +84,7 @@ pub fn build_shaped(files: &[PathBuf], replays: usize, shape: Shape, on_line: &m
     const LEVELS: [&str; 4] = ["info", "warn", "error", "debug"];
     let mut pending: std::collections::HashMap<(usize, usize), (Vec<EntryAdapter>, usize)> = Default::default();
     let mut requests: Vec<Vec<u8>> = Vec::new();
+    let mut streams: Vec<usize> = Vec::new();
     let (mut lines, mut raw_bytes) = (0u64, 0u64);
     let mut i_global: i64 = 0;
     let encode = |fi: usize, k: usize, entries: Vec<EntryAdapter>| -> Vec<u8> {
@@ -140,6 +144,7 @@ pub fn build_shaped(files: &[PathBuf], replays: usize, shape: Shape, on_line: &m
                     let entries = std::mem::take(&mut slot.0);
                     slot.1 = 0;
                     requests.push(encode(fi, k, entries));
+                    streams.push(fi * streams_per_file + k);
                 }
             }
         }
@@ -148,6 +153,7 @@ pub fn build_shaped(files: &[PathBuf], replays: usize, shape: Shape, on_line: &m
     rest.sort_by_key(|(key, _)| *key);
     for ((fi, k), (entries, _)) in rest {
         requests.push(encode(fi, k, entries));
+        streams.push(fi * streams_per_file + k);
     }
-    Workload { requests, lines, raw_bytes, span_start, now_ns }
+    Workload { requests, streams, lines, raw_bytes, span_start, now_ns }
 }
