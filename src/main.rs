@@ -392,7 +392,7 @@ fn check_exposure(listen: SocketAddr, auth_enabled: bool, insecure: bool) -> any
 async fn serve(cfg: Config, with_collector: bool, insecure: bool) -> anyhow::Result<()> {
     cfg.validate()?;
     check_exposure(cfg.server.listen, cfg.auth.enabled, insecure)?;
-    let auth = Arc::new(cairn_aggregator::auth::Authenticator::new(&cfg.auth)?);
+    let auth = cairn_aggregator::auth::Authenticator::new(&cfg.auth)?;
     let tls = if cfg.server.tls.enabled() {
         let t = &cfg.server.tls;
         let store = cairn_aggregator::tls::CertStore::load(&t.cert_file, &t.key_file)
@@ -423,6 +423,7 @@ async fn serve(cfg: Config, with_collector: bool, insecure: bool) -> anyhow::Res
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // HTTP server.
+    let auth = Arc::new(auth.with_metrics(&agg.self_metrics));
     let app = cairn_aggregator::auth::layer(cairn_aggregator::http::router(agg.clone()), auth);
     let mut http_stop = stop_rx.clone();
     let graceful = async move {

@@ -395,6 +395,11 @@ pub struct Authenticator {
     /// Verified when a user name is unknown, so a wrong name costs as much
     /// as a wrong password and names cannot be probed by timing.
     dummy: PasswordHash,
+    /// `cairn_http_auth_denied_total`, by reason.
+    denied: prometheus_client::metrics::family::Family<
+        Vec<(&'static str, String)>,
+        prometheus_client::metrics::counter::Counter,
+    >,
 }
 
 /// Why a request was not let through.
@@ -433,6 +438,7 @@ impl Authenticator {
                 salt: vec![0; SALT_LEN],
                 hash: vec![0; HASH_LEN],
             },
+            denied: Default::default(),
         };
         for (i, t) in cfg.tokens.iter().enumerate() {
             let what = if t.name.is_empty() {
@@ -472,6 +478,12 @@ impl Authenticator {
     /// Whether credentials are required.
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Counts refusals in `metrics` (`cairn_http_auth_denied_total`).
+    pub fn with_metrics(mut self, metrics: &crate::selfmetrics::SelfMetrics) -> Authenticator {
+        self.denied = metrics.auth_denied.clone();
+        self
     }
 
     fn is_public(&self, path: &str) -> bool {
@@ -614,7 +626,16 @@ async fn middleware(State(auth): State<Arc<Authenticator>>, mut req: Request, ne
             }
             next.run(req).await
         }
-        Err(d) => denied_response(d),
+        Err(d) => {
+            let reason = match &d {
+                Denied::Missing => "missing",
+                Denied::Invalid(_) => "invalid",
+                Denied::Forbidden(_) => "forbidden",
+                Denied::BadTenant(_) => "bad_tenant",
+            };
+            auth.denied.get_or_create(&vec![("reason", reason.to_string())]).inc();
+            denied_response(d)
+        }
     }
 }
 

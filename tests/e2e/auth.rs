@@ -208,7 +208,11 @@ fn tokens_users_roles_and_tenants() {
     // Admin: any tenant; without the header the default one (empty here).
     assert_eq!(read(&c, Some(&admin), Some("b")), (200, vec!["line for b".to_string()]));
     assert_eq!(read(&c, Some(&admin), None), (200, vec![]));
-    assert_eq!(c.get_with("/metrics", &[], &[("Authorization", &admin)]).0, 200);
+    let (s, m) = c.get_with("/metrics", &[], &[("Authorization", &admin)]);
+    assert_eq!(s, 200);
+    for reason in ["missing", "invalid", "forbidden"] {
+        assert!(m.contains(&format!("cairn_http_auth_denied_total{{reason=\"{reason}\"}}")), "{reason}: {m}");
+    }
     // Prometheus API too.
     assert_eq!(c.get_with("/api/v1/labels", &[], &[("Authorization", &reader)]).0, 200);
     assert_eq!(c.get_with("/api/v1/labels", &[], &[("Authorization", &writer)]).0, 403);
