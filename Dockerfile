@@ -42,4 +42,8 @@ USER 65532:65532
 EXPOSE 3100
 # `serve` listens on 127.0.0.1 by default; in a container listen everywhere.
 ENTRYPOINT ["/usr/local/bin/cairn"]
-CMD ["serve", "--listen", "0.0.0.0:3100", "--data-dir", "/var/lib/cairn"]
+# --insecure: inside a container 0.0.0.0 is the only address a published
+# port reaches, and [auth] is off until a config file turns it on
+# (docs/auth.md); without it `cairn serve` refuses a non-loopback address.
+# Publish the port only to networks you trust, or mount a config with [auth].
+CMD ["serve", "--listen", "0.0.0.0:3100", "--data-dir", "/var/lib/cairn", "--insecure"]

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use anyhow::Context;
+use cairn_aggregator::auth::AuthConfig;
 use cairn_aggregator::config::{
     AggregatorConfig, LimitsConfig, QueryConfig, ServerConfig, StorageConfig, TenantConfig,
 };
@@ -22,6 +23,8 @@ pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 pub struct Config {
     /// `[server]`
     pub server: ServerConfig,
+    /// `[auth]`: who may use the HTTP API.
+    pub auth: AuthConfig,
     /// `[storage]`
     pub storage: StorageConfig,
     /// `[limits]`
@@ -87,6 +90,8 @@ impl Config {
         if self.query.max_samples == 0 {
             anyhow::bail!("query.max_samples must be at least 1");
         }
+        self.server.tls.validate().map_err(anyhow::Error::msg)?;
+        self.auth.validate()?;
         self.collector.validate().map_err(|e| anyhow::anyhow!("collector: {e}"))?;
         let metrics = cairn_aggregator::selfmetrics::SelfMetrics::new();
         Pipeline::new(&self.pipeline, self.aggregator().pipeline_limits(), &metrics)?;

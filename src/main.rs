@@ -44,6 +44,9 @@ enum Command {
     /// Show or check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Make credentials for [auth]: hash a token or password, or make a token.
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Search logs like grep: `cairn grep PATTERN [SELECTOR]`.
     ///
     /// Searches all streams (or those a LogQL selector or -l KEY=VALUE
@@ -90,6 +93,11 @@ struct ServerArgs {
     /// Data directory [default: ./cairn-data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Listen on a non-loopback address although [auth] is off: anyone
+    /// who can reach it may read and write everything. Only for a trusted
+    /// network (e.g. a Kubernetes cluster's pod network).
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Args)]
@@ -103,6 +111,22 @@ struct CollectArgs {
     /// Directory for the collector's state (file positions) [default: ./cairn-data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Hash a secret read from stdin and print the config line: a bearer
+    /// token's `sha256 = "…"` for [[auth.tokens]], or with --password a
+    /// `password_hash = "…"` for [[auth.users]].
+    Hash {
+        /// Hash a basic-auth password (salted PBKDF2-HMAC-SHA256) instead
+        /// of a bearer token (SHA-256).
+        #[arg(long)]
+        password: bool,
+    },
+    /// Make a new random bearer token: prints the token, then its
+    /// `sha256 = "…"` line for [[auth.tokens]].
+    Token,
 }
 
 #[derive(Subcommand)]
@@ -190,15 +214,16 @@ fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", toml::to_string_pretty(&cfg).context("cannot render config")?);
             Ok(())
         }
+        Command::Auth(c) => auth_command(c),
         Command::Up(a) => {
             let cfg = server_config(&a)?;
             init_logging(a.common.log_level.as_deref());
-            runtime()?.block_on(serve(cfg, true))
+            runtime()?.block_on(serve(cfg, true, a.insecure))
         }
         Command::Serve(a) => {
             let cfg = server_config(&a)?;
             init_logging(a.common.log_level.as_deref());
-            runtime()?.block_on(serve(cfg, false))
+            runtime()?.block_on(serve(cfg, false, a.insecure))
         }
         Command::Grep(_)
         | Command::Query(_)
@@ -348,8 +373,41 @@ impl Sink for InProcessSink {
     }
 }
 
-async fn serve(cfg: Config, with_collector: bool) -> anyhow::Result<()> {
+/// Refuses a non-loopback listen address while auth is off, unless the
+/// operator said `--insecure`.
+fn check_exposure(listen: SocketAddr, auth_enabled: bool, insecure: bool) -> anyhow::Result<()> {
+    if auth_enabled || insecure || listen.ip().to_canonical().is_loopback() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {listen} without authentication: anyone who can reach that address could read \
+         every log line and metric and write data. Either\n  \
+         - turn on [auth] with bearer tokens or users (auth.enabled = true; see docs/auth.md, `cairn auth token`), or\n  \
+         - listen on loopback (--listen 127.0.0.1:{port} or server.listen) behind a reverse proxy that authenticates, or\n  \
+         - pass --insecure if every host that can reach {listen} is trusted (e.g. a Kubernetes cluster network)",
+        port = listen.port()
+    )
+}
+
+async fn serve(cfg: Config, with_collector: bool, insecure: bool) -> anyhow::Result<()> {
     cfg.validate()?;
+    check_exposure(cfg.server.listen, cfg.auth.enabled, insecure)?;
+    let auth = cairn_aggregator::auth::Authenticator::new(&cfg.auth)?;
+    let tls = if cfg.server.tls.enabled() {
+        let t = &cfg.server.tls;
+        let store = cairn_aggregator::tls::CertStore::load(&t.cert_file, &t.key_file)
+            .context("cannot load the TLS certificate (server.tls)")?;
+        let config = store.server_config().context("cannot set up TLS")?;
+        Some((store, config))
+    } else {
+        None
+    };
+    if cfg.auth.enabled && tls.is_none() && !cfg.server.listen.ip().to_canonical().is_loopback() {
+        tracing::warn!(
+            listen = %cfg.server.listen,
+            "auth is on without TLS: tokens and passwords cross the network in clear text (set server.tls, or terminate TLS in a proxy)"
+        );
+    }
     let shutdown = shutdown_signal();
     let listen = cfg.server.listen;
     let data_dir = cfg.storage.data_dir.clone();
@@ -365,15 +423,21 @@ async fn serve(cfg: Config, with_collector: bool) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // HTTP server.
-    let app = cairn_aggregator::http::router(agg.clone());
+    let auth = Arc::new(auth.with_metrics(&agg.self_metrics));
+    let app = cairn_aggregator::auth::layer(cairn_aggregator::http::router(agg.clone()), auth);
     let mut http_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await.map(|_| ());
-            })
-            .await
-    });
+    let graceful = async move {
+        let _ = http_stop.wait_for(|s| *s).await.map(|_| ());
+    };
+    let https = tls.is_some();
+    let server = match tls {
+        Some((store, config)) => {
+            tokio::spawn(store.watch(stop_rx.clone()));
+            let listener = cairn_aggregator::tls::listen(listener, config).context("cannot start TLS")?;
+            tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(graceful).await })
+        }
+        None => tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(graceful).await }),
+    };
 
     // Log flushes and periodic WAL fsync.
     let maintenance = tokio::spawn(agg.clone().run_maintenance(stop_rx.clone()));
@@ -388,7 +452,7 @@ async fn serve(cfg: Config, with_collector: bool) -> anyhow::Result<()> {
         None
     };
 
-    print_banner(&cfg, bound, with_collector);
+    print_banner(&cfg, bound, with_collector, https);
     shutdown.await;
     eprintln!("cairn: shutting down…");
     let _ = stop_tx.send(true);
@@ -420,11 +484,12 @@ async fn serve(cfg: Config, with_collector: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_banner(cfg: &Config, listen: SocketAddr, with_collector: bool) {
+fn print_banner(cfg: &Config, listen: SocketAddr, with_collector: bool, https: bool) {
+    let scheme = if https { "https" } else { "http" };
     let url = if listen.ip().is_unspecified() {
-        format!("http://<this-host>:{}", listen.port())
+        format!("{scheme}://<this-host>:{}", listen.port())
     } else {
-        format!("http://{listen}")
+        format!("{scheme}://{listen}")
     };
     let mut s = format!("Cairn {} is running.\n", env!("CARGO_PKG_VERSION"));
     s.push_str(&format!("  data:        {}\n", cfg.storage.data_dir.display()));
@@ -432,6 +497,14 @@ fn print_banner(cfg: &Config, listen: SocketAddr, with_collector: bool) {
     s.push_str(&format!("               Loki data source URL       {url}\n"));
     if with_collector {
         s.push_str(&format!("  collecting:  {}\n", cairn_collector::describe(&cfg.collector)));
+    }
+    if cfg.auth.enabled {
+        s.push_str(&format!(
+            "  auth:        on ({} tokens, {} users; /ready{} open)\n",
+            cfg.auth.tokens.len(),
+            cfg.auth.users.len(),
+            if cfg.auth.public_metrics { " and /metrics" } else { "" }
+        ));
     }
     s.push_str("  Stop with Ctrl-C.\n");
     print!("{s}");
@@ -460,4 +533,133 @@ async fn collect(cfg: Config) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("collector did not stop within 5s"),
     }
     Ok(())
+}
+
+/// `cairn auth …`.
+fn auth_command(c: AuthCommand) -> anyhow::Result<()> {
+    use cairn_aggregator::auth;
+    match c {
+        AuthCommand::Token => {
+            let t = auth::generate_token().map_err(anyhow::Error::msg)?;
+            println!("{t}");
+            println!("sha256 = \"{}\"", auth::hash_token(t.as_bytes()));
+            eprintln!(
+                "# First line: the token, for the client (CAIRN_TOKEN, collector.push.bearer_token_file, Grafana).\n\
+                 # Second line: for an [[auth.tokens]] block of the server's config. The token itself is stored nowhere."
+            );
+            Ok(())
+        }
+        AuthCommand::Hash { password } => {
+            let secret = read_secret(if password { "password: " } else { "token: " })?;
+            if secret.is_empty() {
+                anyhow::bail!("nothing to hash: the secret read from stdin is empty");
+            }
+            if password {
+                let h = auth::hash_password(secret.as_bytes()).map_err(anyhow::Error::msg)?;
+                println!("password_hash = \"{h}\"");
+            } else {
+                if secret.len() < 20 {
+                    eprintln!(
+                        "cairn: warning: a token of {} characters is short enough to be guessed from its SHA-256; \
+                         prefer `cairn auth token`",
+                        secret.len()
+                    );
+                }
+                println!("sha256 = \"{}\"", auth::hash_token(secret.as_bytes()));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Reads a secret from stdin: one line without its line ending (from a
+/// terminal: prompted, not echoed), or all of a pipe without the final
+/// line ending.
+fn read_secret(prompt: &str) -> anyhow::Result<String> {
+    use std::io::{IsTerminal, Read, Write};
+    let stdin = std::io::stdin();
+    let mut s = String::new();
+    if stdin.is_terminal() {
+        eprint!("{prompt}");
+        let _ = std::io::stderr().flush();
+        let echo = EchoOff::new();
+        stdin.read_line(&mut s).context("cannot read the secret from the terminal")?;
+        drop(echo);
+        eprintln!();
+    } else {
+        stdin.lock().read_to_string(&mut s).context("cannot read the secret from stdin")?;
+    }
+    let trimmed = s.strip_suffix('\n').unwrap_or(&s);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    Ok(trimmed.to_string())
+}
+
+/// Turns terminal echo off on stdin until dropped.
+struct EchoOff(Option<libc::termios>);
+
+impl EchoOff {
+    fn new() -> EchoOff {
+        // SAFETY: tcgetattr/tcsetattr on fd 0 with a zeroed termios that
+        // tcgetattr fills; nothing else holds a reference to it.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return EchoOff(None);
+            }
+            let saved = t;
+            t.c_lflag &= !libc::ECHO;
+            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
+                return EchoOff(None);
+            }
+            EchoOff(Some(saved))
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            // SAFETY: restores the settings read in `new`.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, t);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposure_needs_auth_or_insecure_off_loopback() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        for loopback in ["127.0.0.1:3100", "127.3.2.1:1", "[::1]:3100", "[::ffff:127.0.0.1]:3100"] {
+            check_exposure(a(loopback), false, false).unwrap();
+        }
+        for open in ["0.0.0.0:3100", "[::]:3100", "192.168.1.5:3100", "[::ffff:10.0.0.1]:80"] {
+            let e = check_exposure(a(open), false, false).unwrap_err().to_string();
+            assert!(e.contains("refusing to listen") && e.contains("--insecure") && e.contains("[auth]"), "{e}");
+            check_exposure(a(open), true, false).unwrap();
+            check_exposure(a(open), false, true).unwrap();
+        }
+    }
+
+    #[test]
+    fn insecure_flag_parses_for_serve_and_up() {
+        use clap::Parser;
+        for sub in ["serve", "up"] {
+            let cli = Cli::try_parse_from(["cairn", sub, "--listen", "0.0.0.0:1", "--insecure"]).unwrap();
+            match cli.command {
+                Command::Serve(a) | Command::Up(a) => assert!(a.insecure),
+                _ => panic!("wrong subcommand"),
+            }
+            let cli = Cli::try_parse_from(["cairn", sub]).unwrap();
+            match cli.command {
+                Command::Serve(a) | Command::Up(a) => assert!(!a.insecure),
+                _ => panic!("wrong subcommand"),
+            }
+        }
+        assert!(Cli::try_parse_from(["cairn", "collect", "--insecure"]).is_err());
+    }
 }

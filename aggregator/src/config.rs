@@ -16,11 +16,41 @@ pub struct ServerConfig {
     /// Address and port of the HTTP API (Prometheus and Loki APIs, ingest,
     /// `/metrics`, `/ready`).
     pub listen: SocketAddr,
+    /// `[server.tls]`: HTTPS instead of HTTP.
+    pub tls: TlsConfig,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 3100)) }
+        ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 3100)), tls: TlsConfig::default() }
+    }
+}
+
+/// `[server.tls]`: serve HTTPS with this certificate and key (PEM). Both
+/// empty: plain HTTP. The files are checked every few seconds and reloaded
+/// when they change (`crate::tls`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM, server certificate first.
+    pub cert_file: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+impl TlsConfig {
+    /// Whether HTTPS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty() || !self.key_file.as_os_str().is_empty()
+    }
+
+    /// Both files or neither.
+    pub fn validate(&self) -> Result<(), String> {
+        match (self.cert_file.as_os_str().is_empty(), self.key_file.as_os_str().is_empty()) {
+            (true, false) => Err("server.tls.key_file is set but server.tls.cert_file is not".into()),
+            (false, true) => Err("server.tls.cert_file is set but server.tls.key_file is not".into()),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -16,12 +16,14 @@
 //! This crate must never read node state or tail files (that is the
 //! collector's job), and never define storage formats (the store's).
 
+pub mod auth;
 pub mod config;
 pub mod discover;
 pub mod http;
 pub mod metadata;
 pub mod pipeline;
 pub mod selfmetrics;
+pub mod tls;
 
 use std::sync::Arc;
 

@@ -73,6 +73,9 @@ pub struct SelfMetrics {
     pub pipeline_label_limit_hits: Family<L, Counter>,
     /// Samples written from `metrics` stages.
     pub pipeline_metric_samples: Counter,
+    /// Requests refused by `[auth]`, by reason (`missing`, `invalid`,
+    /// `forbidden`).
+    pub auth_denied: Family<L, Counter>,
 }
 
 impl Default for SelfMetrics {
@@ -113,6 +116,7 @@ impl SelfMetrics {
             pipeline_timestamp_fallbacks: Family::default(),
             pipeline_label_limit_hits: Family::default(),
             pipeline_metric_samples: Counter::default(),
+            auth_denied: Family::default(),
             registry: Registry::default(),
         };
         registry.register("cairn_ingest_samples", "Metric samples stored", m.samples_ingested.clone());
@@ -129,6 +133,11 @@ impl SelfMetrics {
             m.rejected.clone(),
         );
         registry.register("cairn_query_requests", "Queries answered, by API", m.queries.clone());
+        registry.register(
+            "cairn_http_auth_denied",
+            "Requests refused by [auth], by reason (missing, invalid, forbidden)",
+            m.auth_denied.clone(),
+        );
         registry.register("cairn_query_duration_seconds", "Query latency, by API", m.query_duration.clone());
         registry.register("cairn_wal_size_bytes", "Write-ahead log bytes on disk, by engine", m.wal_size.clone());
         registry.register("cairn_head_series", "Series (metrics) and streams (logs) in memory", m.head_series.clone());

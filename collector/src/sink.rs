@@ -194,7 +194,10 @@ impl HttpSink {
         }
         let body = resp.bytes().await.map(|b| body_excerpt(&b)).unwrap_or_default();
         let msg = format!("POST {url}: HTTP {status}: {body}");
-        if status.as_u16() == 429 || status.is_server_error() {
+        // 401/403: the credentials (collector.push.bearer_token or the
+        // aggregator's [auth]) are wrong, not the data. Keep it queued and
+        // retry until an operator fixes them, rather than drop it.
+        if matches!(status.as_u16(), 401 | 403 | 429) || status.is_server_error() {
             Err(SinkError::Retryable(msg))
         } else {
             Err(SinkError::Permanent(msg))
@@ -469,6 +472,12 @@ mod tests {
 
         let (url, _) = server(429, "slow down").await;
         assert!(HttpSink::new(&cfg(&url)).unwrap().push_metrics(batch()).await.unwrap_err().is_retryable());
+
+        for status in [401, 403] {
+            let (url, _) = server(status, "invalid bearer token").await;
+            let e = HttpSink::new(&cfg(&url)).unwrap().push_metrics(batch()).await.unwrap_err();
+            assert!(e.is_retryable() && e.to_string().contains("invalid bearer token"), "{e}");
+        }
 
         let (url, _) = server(400, "out of order sample").await;
         let e = HttpSink::new(&cfg(&url)).unwrap().push_metrics(batch()).await.unwrap_err();

@@ -80,6 +80,12 @@ in
         description = "Port of the HTTP API: ingest, Prometheus and Loki APIs.";
       };
 
+      insecure = lib.mkOption {
+        type = lib.types.bool;
+        default = true;
+        description = "Pass `--insecure`: serve a non-loopback `listenAddress` although `settings.auth` is off (anyone who reaches the port may read and write everything). Set to false once `settings.auth` is configured (docs/auth.md), so a configuration that loses it fails to start instead.";
+      };
+
       openFirewall = lib.mkOption {
         type = lib.types.bool;
         default = false;
@@ -121,7 +127,7 @@ in
           wants = [ "network-online.target" ];
           restartTriggers = [ file ];
           serviceConfig = hardening // {
-            ExecStart = "${lib.getExe cfg.package} serve --config ${file}";
+            ExecStart = "${lib.getExe cfg.package} serve --config ${file}" + lib.optionalString cfg.server.insecure " --insecure";
             StateDirectory = "cairn";
             StateDirectoryMode = "0700";
             TimeoutStopSec = 60;

@@ -138,6 +138,7 @@ pub struct Http {
     client: reqwest::blocking::Client,
     tenant: Option<String>,
     token: Option<String>,
+    extra_roots: Vec<u8>,
 }
 
 impl Http {
@@ -150,12 +151,27 @@ impl Http {
         if !base.starts_with("http://") && !base.starts_with("https://") {
             return Err(CliError::Usage(format!("--addr {:?}: expected http://HOST:PORT", c.addr)));
         }
-        let client = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(600))
-            .build()
-            .map_err(|e| CliError::Usage(format!("cannot set up the HTTP client: {e}")))?;
-        Ok(Http { base, client, tenant: c.tenant.clone(), token: c.token.clone() })
+            .timeout(Duration::from_secs(600));
+        let mut extra_roots = Vec::new();
+        if let Some(p) = &c.ca_file {
+            let pem = std::fs::read(p).map_err(|e| CliError::Usage(format!("--ca-file {}: {e}", p.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| CliError::Usage(format!("--ca-file {}: {e}", p.display())))?;
+            if certs.is_empty() {
+                return Err(CliError::Usage(format!("--ca-file {}: no PEM certificate in it", p.display())));
+            }
+            builder = builder.tls_certs_merge(certs);
+            extra_roots = pem;
+        }
+        let client = builder.build().map_err(|e| CliError::Usage(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Http { base, client, tenant: c.tenant.clone(), token: c.token.clone(), extra_roots })
+    }
+
+    /// PEM of the CAs trusted besides the system's roots (`--ca-file`).
+    pub fn extra_roots(&self) -> &[u8] {
+        &self.extra_roots
     }
 
     /// Base URL.

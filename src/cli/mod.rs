@@ -37,6 +37,10 @@ pub struct ConnArgs {
     /// Bearer token for the Authorization header.
     #[arg(long, env = "CAIRN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// For an https:// --addr: PEM file of CA certificates trusted besides
+    /// the system's roots (a homelab CA, a self-signed server certificate).
+    #[arg(long, env = "CAIRN_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
     /// Read this data directory directly instead of asking a server
     /// (read-only; safe while a server is writing it or after a crash).
     #[arg(long, value_name = "DIR")]

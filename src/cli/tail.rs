@@ -230,6 +230,7 @@ fn online(
 ) -> CliResult<()> {
     let http = backend::Http::new(&a.conn)?;
     let ws_base = http.base().replacen("http", "ws", 1);
+    let tls = if ws_base.starts_with("wss://") { Some(tls_config(http.extra_roots())?) } else { None };
     let mut backoff = Duration::from_millis(250);
     let mut connected_once = false;
     let mut start = cairn_wire::time::now_ns() - since;
@@ -242,7 +243,7 @@ fn online(
             .append_pair("query", q)
             .append_pair("start", &start.to_string())
             .append_pair("limit", &limit.to_string());
-        let conn = connect(&url, &http);
+        let conn = connect(&url, &http, tls.as_ref());
         let mut socket = match conn {
             Ok(s) => s,
             Err(TailError::Fatal(e)) => return Err(e),
@@ -308,7 +309,31 @@ enum TailError {
 
 type Socket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
 
-fn connect(url: &reqwest::Url, http: &backend::Http) -> Result<Socket, TailError> {
+/// The rustls client configuration of `wss://`: the system's roots plus
+/// `extra` (PEM, from --ca-file), with aws-lc-rs as reqwest uses it.
+fn tls_config(extra: &[u8]) -> CliResult<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    for c in CertificateDer::pem_slice_iter(extra) {
+        let c = c.map_err(|e| CliError::Usage(format!("--ca-file: {e}")))?;
+        roots.add(c).map_err(|e| CliError::Usage(format!("--ca-file: {e}")))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CliError::Usage(format!("cannot set up TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(cfg))
+}
+
+fn connect(
+    url: &reqwest::Url,
+    http: &backend::Http,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Socket, TailError> {
     use tungstenite::client::IntoClientRequest;
     let mut req = url.as_str().into_client_request().map_err(|e| TailError::Fatal(CliError::Usage(e.to_string())))?;
     for (k, v) in http.headers() {
@@ -316,9 +341,23 @@ fn connect(url: &reqwest::Url, http: &backend::Http) -> Result<Socket, TailError
             req.headers_mut().insert(k, v);
         }
     }
-    match tungstenite::connect(req) {
+    let addrs = url.socket_addrs(|| None).map_err(|e| TailError::Retry(e.to_string()))?;
+    let tcp = std::net::TcpStream::connect(&addrs[..]).map_err(|e| TailError::Retry(e.to_string()))?;
+    let connector = tls.map(|c| tungstenite::Connector::Rustls(c.clone()));
+    let res = tungstenite::client_tls_with_config(req, tcp, None, connector).map_err(|e| match e {
+        tungstenite::HandshakeError::Failure(e) => e,
+        tungstenite::HandshakeError::Interrupted(_) => {
+            tungstenite::Error::Io(std::io::Error::other("handshake interrupted"))
+        }
+    });
+    match res {
         Ok((mut s, _)) => {
-            if let tungstenite::stream::MaybeTlsStream::Plain(t) = s.get_mut() {
+            let tcp = match s.get_mut() {
+                tungstenite::stream::MaybeTlsStream::Plain(t) => Some(&*t),
+                tungstenite::stream::MaybeTlsStream::Rustls(t) => Some(t.get_ref()),
+                _ => None,
+            };
+            if let Some(t) = tcp {
                 let _ = t.set_read_timeout(Some(Duration::from_millis(200)));
             }
             Ok(s)

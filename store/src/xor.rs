@@ -8,28 +8,53 @@
 
 use crate::codec::{DecodeError, Reader, put_uvarint, put_varint};
 
+/// Bits appended to a byte buffer, most significant first. Whole bytes go
+/// out as soon as they are complete; the last partial byte (zero-padded) when
+/// the writer is dropped.
 struct BitWriter<'a> {
     buf: &'a mut Vec<u8>,
-    /// Bits used in the last byte (0 = start a new byte).
-    used: u32,
+    /// Pending bits, in the low `n` bits.
+    acc: u64,
+    /// Pending bit count, under 8 between calls.
+    n: u32,
 }
 
-impl BitWriter<'_> {
-    fn bit(&mut self, b: bool) {
-        if self.used == 0 {
-            self.buf.push(0);
-        }
-        if b {
-            let last = self.buf.len() - 1;
-            self.buf[last] |= 0x80 >> self.used;
-        }
-        self.used = (self.used + 1) % 8;
+impl<'a> BitWriter<'a> {
+    fn new(buf: &'a mut Vec<u8>) -> Self {
+        BitWriter { buf, acc: 0, n: 0 }
     }
 
-    /// Writes the low `n` bits of `v`, most significant first.
+    fn bit(&mut self, b: bool) {
+        self.bits(u64::from(b), 1);
+    }
+
+    /// Writes the low `n` bits of `v` (n ≤ 64), most significant first.
     fn bits(&mut self, v: u64, n: u32) {
-        for i in (0..n).rev() {
-            self.bit((v >> i) & 1 == 1);
+        if n == 0 {
+            return;
+        }
+        if n > 56 {
+            // keep the accumulator (≤ 7 pending bits) from overflowing
+            self.bits(v >> 32, n - 32);
+            self.bits(v & 0xffff_ffff, 32);
+            return;
+        }
+        let v = v & ((1u64 << n) - 1);
+        self.acc = (self.acc << n) | v;
+        self.n += n;
+        while self.n >= 8 {
+            self.n -= 8;
+            self.buf.push((self.acc >> self.n) as u8);
+        }
+        self.acc &= (1u64 << self.n) - 1;
+    }
+}
+
+impl Drop for BitWriter<'_> {
+    fn drop(&mut self) {
+        if self.n > 0 {
+            self.buf.push((self.acc << (8 - self.n)) as u8);
+            self.n = 0;
         }
     }
 }
@@ -136,8 +161,8 @@ fn put_bucketed(w: &mut BitWriter<'_>, v: i64, buckets: &[(u64, u32, u32); 3]) {
     if v == 0 {
         w.bit(false);
     } else if let Some(&(prefix, plen, vbits)) = buckets.iter().find(|b| fits(v, b.2)) {
-        w.bits(prefix, plen);
-        w.bits(v as u64, vbits);
+        // one write of at most 24 bits: the prefix, then the value
+        w.bits((prefix << vbits) | (v as u64 & ((1u64 << vbits) - 1)), plen + vbits);
     } else {
         w.bits(0b1111, 4);
         w.bits(v as u64, 64);
@@ -176,7 +201,7 @@ pub fn encode(buf: &mut Vec<u8>, samples: &[(i64, f64)]) {
     };
     put_varint(buf, t0);
     buf.extend_from_slice(&v0.to_bits().to_be_bytes());
-    let mut w = BitWriter { buf, used: 0 };
+    let mut w = BitWriter::new(buf);
     let (mut prev_t, mut prev_delta) = (t0, 0i64);
     let mut prev_v = v0.to_bits();
     let (mut lead, mut trail) = (u32::MAX, 0u32);
@@ -332,7 +357,7 @@ pub fn encode_chunk(buf: &mut Vec<u8>, samples: &[(i64, f64)]) {
         width = width.max(64 - zigzag(w[1].wrapping_sub(w[0])).leading_zeros());
     }
     buf.push(width as u8);
-    let mut w = BitWriter { buf, used: 0 };
+    let mut w = BitWriter::new(buf);
     for pair in samples.windows(2) {
         let r = pair[1].0.wrapping_sub(pair[0].0).wrapping_sub(interval);
         put_bucketed(&mut w, r, &TS_BUCKETS);
@@ -524,6 +549,51 @@ mod tests {
             ts.sort_unstable();
             ts
         })
+    }
+
+    /// Writes `fields` bit by bit (the obvious definition).
+    fn bits_one_at_a_time(fields: &[(u64, u32)]) -> Vec<u8> {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut used = 0;
+        for &(v, n) in fields {
+            for i in (0..n).rev() {
+                if used == 0 {
+                    buf.push(0);
+                }
+                if (v >> i) & 1 == 1 {
+                    *buf.last_mut().unwrap() |= 0x80 >> used;
+                }
+                used = (used + 1) % 8;
+            }
+        }
+        buf
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Multi-bit writes and reads are the bit-at-a-time definition.
+        #[test]
+        fn bit_fields_match_bit_by_bit(fields in proptest::collection::vec((proptest::prelude::any::<u64>(), 0u32..=64), 0..40)) {
+            let want = bits_one_at_a_time(&fields);
+            let mut buf = Vec::new();
+            let mut w = BitWriter::new(&mut buf);
+            for &(v, n) in &fields {
+                w.bits(v, n);
+            }
+            drop(w);
+            proptest::prop_assert_eq!(&buf, &want);
+            let mut r = BitReader { buf: &buf, pos: 0 };
+            for &(v, n) in &fields {
+                let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+                proptest::prop_assert_eq!(r.bits(n), v & mask);
+            }
+            proptest::prop_assert!(r.check().is_ok());
+            // past the end: zero bits, never a panic, and the check fails
+            let left = (buf.len() * 8 - r.pos) as u32;
+            proptest::prop_assert_eq!(r.bits(left + 1), 0);
+            proptest::prop_assert!(r.check().is_err());
+        }
     }
 
     proptest::proptest! {

@@ -71,6 +71,19 @@ impl Cairn {
 
     /// Like [`Cairn::start`] on a given listen address.
     pub fn start_on(listen: &str, args: &[&str], data_dir: &Path, extra: &[&str]) -> Cairn {
+        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        Self::start_with_client(listen, args, data_dir, extra, http)
+    }
+
+    /// Like [`Cairn::start_on`], talking to the server through `http`
+    /// (e.g. a client that trusts a test CA, for an HTTPS server).
+    pub fn start_with_client(
+        listen: &str,
+        args: &[&str],
+        data_dir: &Path,
+        extra: &[&str],
+        http: reqwest::blocking::Client,
+    ) -> Cairn {
         let mut child = Command::new(cairn_bin())
             .args(args)
             .args(["--listen", listen, "--data-dir"])
@@ -113,12 +126,7 @@ impl Cairn {
         }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || while rx.recv().is_ok() {});
-        let c = Cairn {
-            child: Some(child),
-            url: url.unwrap(),
-            banner,
-            http: reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
-        };
+        let c = Cairn { child: Some(child), url: url.unwrap(), banner, http };
         c.wait_ready();
         c
     }
@@ -134,6 +142,11 @@ impl Cairn {
             assert!(Instant::now() < deadline, "cairn at {} never became ready", self.url);
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The HTTP client the fixture uses.
+    pub fn client(&self) -> &reqwest::blocking::Client {
+        &self.http
     }
 
     /// GET `path` (with query string) and return status and body.

@@ -4,6 +4,7 @@
 mod harness;
 mod tls;
 
+mod auth;
 mod bad_input;
 mod cli;
 mod collect;

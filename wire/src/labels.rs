@@ -28,24 +28,68 @@ pub enum LabelsError {
 /// A label set sorted by name with unique names and no empty values.
 /// Immutable and shared: a clone is a reference-count increment (query
 /// evaluation copies label sets into every sample of every step).
-#[derive(Clone, Debug, Default, PartialOrd, Ord)]
-pub struct Labels(std::sync::Arc<[Label]>);
+///
+/// The set's hash is computed once, when it is built: a series is looked up
+/// in several maps per ingested request (batch merge, head, newest sample),
+/// and hashing every name and value each time was a tenth of the metrics
+/// ingest CPU. The hash is a fixed-seed function of the content, so equal
+/// sets have equal hashes; maps still mix it with their own random seed.
+#[derive(Clone)]
+pub struct Labels(std::sync::Arc<[Label]>, u64);
+
+/// The content hash kept in [`Labels`].
+fn content_hash(labels: &[Label]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x6361_6972_6e5f_6c62).hash_one(labels)
+}
+
+impl Labels {
+    /// Wraps a sorted, validated label list.
+    fn from_sorted(labels: std::sync::Arc<[Label]>) -> Labels {
+        let h = content_hash(&labels);
+        Labels(labels, h)
+    }
+}
+
+impl Default for Labels {
+    fn default() -> Self {
+        Labels::from_sorted(std::sync::Arc::from([]))
+    }
+}
+
+impl std::fmt::Debug for Labels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Labels").field(&self.0).finish()
+    }
+}
 
 impl PartialEq for Labels {
     #[inline]
     fn eq(&self, other: &Self) -> bool {
         // Shared label sets (see `crate::intern`) compare by pointer: the
         // ingest path looks series up with the head's own `Labels`.
-        std::sync::Arc::ptr_eq(&self.0, &other.0) || self.0[..] == other.0[..]
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || (self.1 == other.1 && self.0[..] == other.0[..])
     }
 }
 
 impl Eq for Labels {}
 
+impl PartialOrd for Labels {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Labels {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0[..].cmp(&other.0[..])
+    }
+}
+
 impl std::hash::Hash for Labels {
     #[inline]
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0[..].hash(state);
+        state.write_u64(self.1);
     }
 }
 
@@ -90,7 +134,7 @@ impl Labels {
                 return Err(LabelsError::Duplicate { name: w[0].name.clone() });
             }
         }
-        Ok(Labels(v.into()))
+        Ok(Labels::from_sorted(v.into()))
     }
 
     /// True when this set is exactly `pairs`, in order (as a sender that
@@ -121,7 +165,7 @@ impl Labels {
 
     /// A copy without the label `name`.
     pub fn without(&self, name: &str) -> Labels {
-        Labels(self.0.iter().filter(|l| l.name != name).cloned().collect())
+        Labels::from_sorted(self.0.iter().filter(|l| l.name != name).cloned().collect())
     }
 
     /// Total bytes of names and values, for limits and accounting.

@@ -175,6 +175,16 @@ fn decode_label(buf: &[u8]) -> Result<(&str, &str), DecodeError> {
 }
 
 fn decode_sample(buf: &[u8]) -> Result<(i64, f64), DecodeError> {
+    // What every sender writes: value (field 1, fixed64), then timestamp
+    // (field 2, varint), nothing else. Anything else takes the general path.
+    if let Some((&[0x09, b1, b2, b3, b4, b5, b6, b7, b8, 0x10], _)) = buf.split_first_chunk::<10>() {
+        let mut r = Reader { buf, pos: 10 };
+        if let Ok(t) = r.varint()
+            && r.pos == buf.len()
+        {
+            return Ok((t as i64, f64::from_bits(u64::from_le_bytes([b1, b2, b3, b4, b5, b6, b7, b8]))));
+        }
+    }
     let (mut t, mut v) = (0i64, 0f64);
     let mut r = Reader { buf, pos: 0 };
     while let Some((field, wt)) = r.key()? {
@@ -213,21 +223,24 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self) -> Result<u64, DecodeError> {
+        // An iterator over at most ten bytes (the longest varint): no bounds
+        // check per byte.
+        let rest = self.buf.get(self.pos..).unwrap_or(&[]);
         let mut v = 0u64;
-        for i in 0..10 {
-            let Some(&b) = self.buf.get(self.pos) else {
-                return Err(self.err("truncated varint"));
-            };
-            self.pos += 1;
+        for (i, &b) in rest.iter().take(10).enumerate() {
             if i == 9 && b > 1 {
+                self.pos += 10;
                 return Err(self.err("varint overflows 64 bits"));
             }
             v |= u64::from(b & 0x7f) << (7 * i);
             if b < 0x80 {
+                self.pos += i + 1;
                 return Ok(v);
             }
         }
-        Err(self.err("varint overflows 64 bits"))
+        // fewer than ten bytes left, none of them the last of a varint
+        self.pos += rest.len();
+        Err(self.err("truncated varint"))
     }
 
     /// The next field's (number, wire type), or `None` at the end.
@@ -324,6 +337,9 @@ mod tests {
                     samples: vec![
                         proto::Sample { value: 1.0, timestamp: 1000 },
                         proto::Sample { value: f64::from_bits(crate::STALE_NAN_BITS), timestamp: -5 },
+                        proto::Sample { value: 0.25, timestamp: 1_732_460_000_123 },
+                        proto::Sample { value: -3.5, timestamp: i64::MIN },
+                        proto::Sample { value: 7.0, timestamp: i64::MAX },
                     ],
                     // field 15 (timestamp) = 7
                     histograms: vec![proto::Histogram::decode(&[0x78u8, 0x07][..]).unwrap()],

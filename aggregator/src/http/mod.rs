@@ -105,12 +105,17 @@ pub(crate) fn tenant(headers: &HeaderMap) -> Result<String, String> {
         None => Ok(cairn_wire::DEFAULT_TENANT.to_string()),
         Some(v) => {
             let s = v.to_str().map_err(|_| "X-Scope-OrgID is not valid ASCII".to_string())?.trim();
-            if s.is_empty() || s.len() > 150 || s.contains('|') || s == "." || s == ".." {
+            if !valid_tenant_id(s) {
                 return Err(format!("invalid tenant ID {s:?} in X-Scope-OrgID"));
             }
             Ok(s.to_string())
         }
     }
+}
+
+/// Whether `s` may be a tenant ID: 1 to 150 bytes, no `|`, not `.` or `..`.
+pub(crate) fn valid_tenant_id(s: &str) -> bool {
+    !(s.is_empty() || s.len() > 150 || s.contains('|') || s == "." || s == "..")
 }
 
 /// Query parameters from the URL and, for form POSTs, the body; repeated
