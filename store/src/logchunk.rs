@@ -18,6 +18,12 @@ use crate::codec::{DecodeError, Reader, put_uvarint, put_varint};
 /// whose first byte is always 0x28 (the frame magic 0xFD2FB528, little-endian).
 pub const V2_TAG: u8 = 0x02;
 
+/// Largest decoded head or body of one chunk a reader accepts (1 GiB). The
+/// sizes come from the file, so a damaged or hostile one must not make the
+/// reader reserve terabytes; real chunks are cut near 1 MiB plus one line,
+/// and a line is bounded by the request size limits far below this.
+pub const MAX_DECODED_PART: u64 = 1 << 30;
+
 /// One entry as the encoder sees it.
 pub(crate) struct EncEntry<'a> {
     pub ts: i64,
@@ -163,7 +169,11 @@ impl Decoded {
         }
         self.v1 = false;
         let mut r = Reader::new(&chunk[1..]);
-        let head_len = r.uvarint()? as usize;
+        let head_len = r.uvarint()?;
+        if head_len > MAX_DECODED_PART {
+            return Err(DecodeError { offset: 1, reason: "chunk head larger than the format allows" });
+        }
+        let head_len = head_len as usize;
         let zlen = r.uvarint()? as usize;
         let rest = r.rest();
         if zlen > rest.len() {
@@ -230,6 +240,9 @@ impl Decoded {
         self.decode_lens()?;
         let (a, b) = self.body_frame;
         let frame = chunk.get(a..b).ok_or(DecodeError { offset: 0, reason: "body frame outside the chunk" })?;
+        if payload > MAX_DECODED_PART {
+            return Err(DecodeError { offset: 0, reason: "chunk body larger than the format allows" });
+        }
         let mut body = std::mem::take(&mut self.body);
         body.clear();
         body.reserve(payload as usize);
@@ -264,6 +277,9 @@ impl Decoded {
     }
 
     fn decode_v1(&mut self, chunk: &[u8], min_ts: i64, payload: u64) -> Result<(), DecodeError> {
+        if payload > MAX_DECODED_PART {
+            return Err(DecodeError { offset: 0, reason: "chunk larger than the format allows" });
+        }
         let mut body = std::mem::take(&mut self.body);
         body.clear();
         body.reserve(payload as usize);
