@@ -179,19 +179,7 @@ impl Series {
 
     /// The series' chunks as a block stores them.
     fn encoded(&self) -> Vec<EncodedChunk> {
-        let mut out: Vec<EncodedChunk> = self
-            .sealed
-            .iter()
-            .map(|c| EncodedChunk {
-                bytes: c.bytes.to_vec(),
-                min_ts: c.min_ts,
-                max_ts: c.max_ts,
-                count: u64::from(c.count),
-                raw_bytes: 16 * u64::from(c.count),
-                payload: 0,
-                filter: Vec::new(),
-            })
-            .collect();
+        let mut out: Vec<EncodedChunk> = self.sealed.iter().map(HeadChunk::to_encoded).collect();
         out.extend(encode_chunks(&self.samples));
         if let Some(h) = &self.hist {
             out.extend(h.encoded());
@@ -201,6 +189,19 @@ impl Series {
 }
 
 impl HeadChunk {
+    /// The chunk as a block stores it (float and histogram chunks alike).
+    pub(crate) fn to_encoded(&self) -> EncodedChunk {
+        EncodedChunk {
+            bytes: self.bytes.to_vec(),
+            min_ts: self.min_ts,
+            max_ts: self.max_ts,
+            count: u64::from(self.count),
+            raw_bytes: 16 * u64::from(self.count),
+            payload: 0,
+            filter: Vec::new(),
+        }
+    }
+
     /// Encodes sorted, unique, non-empty `samples`.
     fn encode(samples: &[(i64, f64)]) -> HeadChunk {
         let mut bytes = Vec::new();

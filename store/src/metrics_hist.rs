@@ -132,19 +132,7 @@ impl HistPart {
     }
 
     pub(super) fn encoded(&self) -> Vec<EncodedChunk> {
-        let mut out: Vec<EncodedChunk> = self
-            .sealed
-            .iter()
-            .map(|c| EncodedChunk {
-                bytes: c.bytes.to_vec(),
-                min_ts: c.min_ts,
-                max_ts: c.max_ts,
-                count: u64::from(c.count),
-                raw_bytes: 16 * u64::from(c.count),
-                payload: 0,
-                filter: Vec::new(),
-            })
-            .collect();
+        let mut out: Vec<EncodedChunk> = self.sealed.iter().map(HeadChunk::to_encoded).collect();
         out.extend(encode_hist_chunks(&self.samples));
         out
     }
