@@ -9,7 +9,7 @@ use cairn_wire::{Label, Labels, METRIC_NAME};
 use promql_parser::parser::{AggregateExpr, LabelModifier};
 
 use super::eval::Ctx;
-use super::functions::{kahan_inc, quantile_of};
+use super::functions::{kahan_inc, quantile_of, warn_quantile};
 use super::{QueryError, Sample, Value};
 
 /// The labels of `ls` that make its group key under the modifier, in order.
@@ -304,6 +304,7 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
         }
         "quantile" => {
             let q = param_scalar(ctx)?;
+            warn_quantile(ctx, q);
             for g in groups {
                 let mut vals: Vec<f64> = g.samples.iter().map(|x| x.v).collect();
                 out.push(one(&g, quantile_of(q, &mut vals)));

@@ -413,7 +413,33 @@ impl Ctx<'_> {
                 if hh > 0 && (hi == 0 || s.histograms[hh - 1].0 > s.samples[hi - 1].0) {
                     let (ht, h) = &s.histograms[hh - 1];
                     if *ht > rt.saturating_sub(self.lookback) && !h.is_stale() {
-                        out.push(Sample::hist(s.labels.clone(), if keep_ts { *ht } else { t }, h.clone()));
+                        let mut h = h.clone();
+                        if smoothed && *ht < rt {
+                            match self.smoothed_next(s, hi, hh, rt) {
+                                Some(Err(_)) => {
+                                    self.warn_mixed_types(&s.labels);
+                                    continue;
+                                }
+                                Some(Ok(next)) => {
+                                    // Interpolated as a counter unless a gauge.
+                                    let is_counter = h.reset_hint != cairn_wire::histogram::ResetHint::Gauge;
+                                    let mut notes = super::histfn::RateNotes::default();
+                                    let r = super::histfn::interpolate(&(*ht, h), &next, rt, is_counter, &mut notes);
+                                    if notes.schema_mix {
+                                        self.warn(format!(
+                                            "vector contains a mix of histograms with exponential and custom buckets schemas for metric name \"{}\"",
+                                            s.labels.get(METRIC_NAME).unwrap_or("")
+                                        ));
+                                    }
+                                    match r {
+                                        Some(r) => h = r,
+                                        None => continue,
+                                    }
+                                }
+                                None => {}
+                            }
+                        }
+                        out.push(Sample::hist(s.labels.clone(), if keep_ts { *ht } else { t }, h));
                     }
                     continue;
                 }
@@ -424,18 +450,49 @@ impl Ctx<'_> {
             let (st, sv) = s.samples[hi - 1];
             if st > rt.saturating_sub(self.lookback) && !is_stale_nan(sv) {
                 let mut v = sv;
-                if smoothed
-                    && st < rt
-                    && let Some(&(nt, nv)) = s.samples.get(hi)
-                    && nt <= rt.saturating_add(self.lookback)
-                    && !is_stale_nan(nv)
-                {
-                    v = sv + (nv - sv) * (rt - st) as f64 / (nt - st) as f64;
+                if smoothed && st < rt {
+                    let hh = s.histograms.partition_point(|p| p.0 <= rt);
+                    match self.smoothed_next(s, hi, hh, rt) {
+                        Some(Ok(_)) => {
+                            self.warn_mixed_types(&s.labels);
+                            continue;
+                        }
+                        Some(Err((nt, nv))) => v = sv + (nv - sv) * (rt - st) as f64 / (nt - st) as f64,
+                        None => {}
+                    }
                 }
                 out.push(Sample::new(s.labels.clone(), if keep_ts { st } else { t }, v));
             }
         }
         out
+    }
+
+    /// For a `smoothed` selector: the first sample after `rt` (within the
+    /// lookback delta, not a stale marker), a float as `Err`, a histogram
+    /// as `Ok`; `hi` and `hh` index the first float and histogram after `rt`.
+    fn smoothed_next(
+        &self,
+        s: &SelectedSeries,
+        hi: usize,
+        hh: usize,
+        rt: i64,
+    ) -> Option<Result<(i64, Histogram), (i64, f64)>> {
+        let limit = rt.saturating_add(self.lookback);
+        let f = s.samples.get(hi).filter(|p| p.0 <= limit);
+        let h = s.histograms.get(hh).filter(|p| p.0 <= limit);
+        match (f, h) {
+            (Some(&(ft, fv)), Some((ht, _))) if ft < *ht => (!is_stale_nan(fv)).then_some(Err((ft, fv))),
+            (Some(&(ft, fv)), None) => (!is_stale_nan(fv)).then_some(Err((ft, fv))),
+            (_, Some((ht, hv))) => (!hv.is_stale()).then(|| Ok((*ht, hv.clone()))),
+            (None, None) => None,
+        }
+    }
+
+    fn warn_mixed_types(&self, labels: &Labels) {
+        self.warn(format!(
+            "encountered a mix of histograms and floats for metric name \"{}\"",
+            labels.get(METRIC_NAME).unwrap_or("")
+        ));
     }
 
     /// The histogram samples of series `s` in the window `(lo, hi]`, stale
@@ -468,34 +525,53 @@ impl Ctx<'_> {
         let ext = ext_of(vs);
         let mut buf: Vec<(i64, f64)> = Vec::new();
         for (s, c) in series.iter().zip(cursors) {
-            let hw =
-                if s.histograms.is_empty() { Vec::new() } else { Self::hist_window(s, rt.saturating_sub(range), rt) };
-            let mut lo = upper(&s.samples, rt.saturating_sub(range), &c.lo);
+            let rs = rt.saturating_sub(range);
+            let mut lo = upper(&s.samples, rs, &c.lo);
             let mut hi = upper(&s.samples, rt, &c.hi);
+            let hs = &s.histograms;
+            let (mut hlo, mut hhi) = if hs.is_empty() {
+                (0, 0)
+            } else {
+                (hs.partition_point(|p| p.0 <= rs), hs.partition_point(|p| p.0 <= rt))
+            };
             if ext.is_some() {
-                if ext == Some(Ext::Anchored) && !s.samples[lo..hi].iter().any(|p| !is_stale_nan(p.1)) {
+                let live_f = s.samples[lo..hi].iter().any(|p| !is_stale_nan(p.1));
+                let live_h = hs[hlo..hhi].iter().any(|p| !p.1.is_stale());
+                if ext == Some(Ext::Anchored) && !live_f && !live_h {
                     // Nothing in the range itself: no value.
                     continue;
                 }
-                // The last sample at or before the range start, within the
-                // lookback delta (stale markers do not anchor).
-                let floor = rt.saturating_sub(range).saturating_sub(self.lookback);
-                if lo > 0 && s.samples[lo - 1].0 > floor && !is_stale_nan(s.samples[lo - 1].1) {
-                    lo -= 1;
+                // The last sample (float or histogram) at or before the
+                // range start, within the lookback delta (stale markers do
+                // not anchor).
+                let floor = rs.saturating_sub(self.lookback);
+                let f_anchor = (lo > 0 && s.samples[lo - 1].0 > floor && !is_stale_nan(s.samples[lo - 1].1))
+                    .then(|| s.samples[lo - 1].0);
+                let h_anchor = (hlo > 0 && hs[hlo - 1].0 > floor && !hs[hlo - 1].1.is_stale()).then(|| hs[hlo - 1].0);
+                match (f_anchor, h_anchor) {
+                    (Some(ft), Some(ht)) if ht > ft => hlo -= 1,
+                    (Some(_), _) => lo -= 1,
+                    (None, Some(_)) => hlo -= 1,
+                    (None, None) => {}
                 }
                 if ext == Some(Ext::Smoothed) {
                     // Nothing at or before the end: no value.
-                    if hi == lo {
+                    if hi == lo && hhi == hlo {
                         continue;
                     }
-                    if let Some(&(nt, nv)) = s.samples.get(hi)
-                        && nt <= rt.saturating_add(self.lookback)
-                        && !is_stale_nan(nv)
-                    {
-                        hi += 1;
+                    // The first sample after the end, within the lookback.
+                    let limit = rt.saturating_add(self.lookback);
+                    let f_next = s.samples.get(hi).filter(|p| p.0 <= limit && !is_stale_nan(p.1)).map(|p| p.0);
+                    let h_next = hs.get(hhi).filter(|p| p.0 <= limit && !p.1.is_stale()).map(|p| p.0);
+                    match (f_next, h_next) {
+                        (Some(ft), Some(ht)) if ht < ft => hhi += 1,
+                        (Some(_), _) => hi += 1,
+                        (None, Some(_)) => hhi += 1,
+                        (None, None) => {}
                     }
                 }
             }
+            let hw: Vec<(i64, Histogram)> = hs[hlo..hhi.max(hlo)].iter().filter(|p| !p.1.is_stale()).cloned().collect();
             let win = &s.samples[lo..hi];
             if win.iter().any(|p| is_stale_nan(p.1)) {
                 buf.clear();

@@ -30,6 +30,14 @@ pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
     (t, c)
 }
 
+/// Prometheus's warning for a quantile outside [0, 1] (or NaN), raised
+/// by `quantile`, `quantile_over_time` and `histogram_quantile`.
+pub(crate) fn warn_quantile(ctx: &Ctx<'_>, q: f64) {
+    if q.is_nan() || !(0.0..=1.0).contains(&q) {
+        ctx.warn(format!("quantile value should be between 0 and 1, got {}", cairn_wire::histogram::go_g(q)));
+    }
+}
+
 /// Prometheus's `quantile` over values (sorts `vals`).
 pub(crate) fn quantile_of(q: f64, vals: &mut [f64]) -> f64 {
     if vals.is_empty() || q.is_nan() {
@@ -452,7 +460,31 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
                 }
                 return;
             }
-            match super::histfn::range_function(name, points, hists, w) {
+            let mut notes = super::histfn::RateNotes::default();
+            let ext = match unparen(e) {
+                Expr::MatrixSelector(ms) => super::eval::ext_of(&ms.vs),
+                _ => None,
+            };
+            let res = super::histfn::range_function(name, points, hists, w, ext, &mut notes);
+            if notes.not_gauge {
+                ctx.warn(format!("this native histogram metric is not a gauge: \"{}\"", metric()));
+            }
+            if notes.schema_mix {
+                ctx.warn(format!(
+                    "vector contains a mix of histograms with exponential and custom buckets schemas for metric name \"{}\"",
+                    metric()
+                ));
+            }
+            if notes.reconciled_sub {
+                ctx.info("mismatched custom buckets were reconciled during subtraction".into());
+            }
+            if notes.reconciled_add {
+                ctx.info("mismatched custom buckets were reconciled during addition".into());
+            }
+            if notes.reconciled_agg {
+                ctx.info("mismatched custom buckets were reconciled during aggregation".into());
+            }
+            match res {
                 Some(super::histfn::HOut::Float(v)) => {
                     out.push(Sample { labels: labels.clone(), t, v, drop_name: !keep_name, h: None })
                 }
@@ -539,10 +571,17 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         ),
         "quantile_over_time" => {
             let q = ctx.eval_scalar(arg(0)?, t)?;
+            warn_quantile(ctx, q);
             let e = arg(1)?;
             let m = ctx.eval_matrix(e, t)?;
             let mut out = Vec::with_capacity(m.len());
             for s in m {
+                if !s.hist.is_empty() && !s.points.is_empty() {
+                    ctx.info(format!(
+                        "ignored histograms in a range containing both floats and histograms for metric name \"{}\"",
+                        s.labels.get(cairn_wire::METRIC_NAME).unwrap_or("")
+                    ));
+                }
                 if s.points.is_empty() {
                     continue;
                 }
@@ -805,20 +844,32 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         }
         "histogram_quantile" => {
             let q = ctx.eval_scalar(arg(0)?, t)?;
-            let v = ctx.eval_vector(arg(1)?, t)?;
-            let (native, classic): (Vec<Sample>, Vec<Sample>) = v.into_iter().partition(|s| s.h.is_some());
-            let mut out = Vec::with_capacity(native.len());
-            for mut s in native {
-                if let Some(h) = s.h.take() {
-                    s.v = super::histfn::quantile(q, &h);
-                    drop_name(&mut s);
-                    out.push(s);
+            warn_quantile(ctx, q);
+            let input = split_histograms(ctx, ctx.eval_vector(arg(1)?, t)?);
+            let out = input.quantiles(ctx, q, t, None);
+            check_unique(&out)?;
+            Ok(Value::Vector(out))
+        }
+        "histogram_quantiles" => {
+            let label = match args.get(1).map(|e| unparen(e)) {
+                Some(Expr::StringLiteral(s)) => s.val.clone(),
+                _ => {
+                    return Err(QueryError::BadData(
+                        "histogram_quantiles(): the second argument must be a string".into(),
+                    ));
                 }
+            };
+            let mut qs = Vec::with_capacity(args.len().saturating_sub(2));
+            for e in args.iter().skip(2) {
+                let q = ctx.eval_scalar(e, t)?;
+                warn_quantile(ctx, q);
+                qs.push(q);
             }
-            let classic = histogram_quantile(q, classic, t);
-            // A classic group and a native series with the same labels
-            // collide, as in Prometheus.
-            out.extend(classic);
+            let input = split_histograms(ctx, ctx.eval_vector(arg(0)?, t)?);
+            let mut out = Vec::new();
+            for q in qs {
+                out.extend(input.quantiles(ctx, q, t, Some((&label, &open_metrics_float(q)))));
+            }
             check_unique(&out)?;
             Ok(Value::Vector(out))
         }
@@ -848,7 +899,11 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
             v.retain(|s| s.h.is_some());
             for s in &mut v {
                 if let Some(h) = s.h.take() {
-                    s.v = super::histfn::fraction(lo, hi, &h);
+                    let (v, note) = super::histfn::fraction_noted(lo, hi, &h);
+                    s.v = v;
+                    if let Some(n) = note {
+                        ctx.info(with_metric_name(n, &s.labels));
+                    }
                 }
                 drop_name(s);
             }
@@ -930,7 +985,19 @@ fn info(
     let lo = t.saturating_sub(ctx.lookback).saturating_add(1);
     // Info series present at t, with their latest sample time.
     let mut infos: Vec<(Labels, i64)> = Vec::new();
-    for s in ctx.store.select(ctx.tenant, &all, lo, t) {
+    let unlimited = cairn_store::metrics::SelectLimits { series: usize::MAX, samples: usize::MAX };
+    let selected = ctx
+        .store
+        .select_mixed_limited(ctx.tenant, &all, lo, t, unlimited)
+        .map_err(|_| QueryError::Execution("info(): too many info series".into()))?;
+    for s in selected {
+        // Info series hold floats (by convention 1), never histograms.
+        if !s.histograms.is_empty() {
+            return Err(QueryError::Execution(format!(
+                "this should be an info metric, with float samples: {}",
+                s.labels
+            )));
+        }
         if let Some(&(st, v)) = s.samples.last()
             && !cairn_wire::is_stale_nan(v)
         {
@@ -999,28 +1066,100 @@ fn info(
     Ok(out)
 }
 
-/// `histogram_quantile` over classic buckets (Prometheus's `BucketQuantile`).
-fn histogram_quantile(q: f64, v: Vec<Sample>, t: i64) -> Vec<Sample> {
-    let mut groups: HashMap<Labels, Vec<(f64, f64)>> = HashMap::new();
-    let mut order: Vec<Labels> = Vec::new();
+/// Prometheus's `maybeAddMetricName`: `msg`, naming the series' metric
+/// when it has one.
+fn with_metric_name(msg: &str, labels: &Labels) -> String {
+    match labels.get(METRIC_NAME) {
+        Some(n) if !n.is_empty() => format!("{msg} for metric name {n:?}"),
+        _ => msg.to_string(),
+    }
+}
+
+/// Prometheus's `labels.FormatOpenMetricsFloat`: Go's `%g`, with `.0`
+/// added to integral values.
+fn open_metrics_float(v: f64) -> String {
+    let s = cairn_wire::histogram::go_g(v);
+    if v.is_finite() && !s.contains(['e', '.']) { format!("{s}.0") } else { s }
+}
+
+/// The input of `histogram_quantile(s)`, split as Prometheus's
+/// `resetHistograms` does: native histogram samples, and classic buckets
+/// grouped by their series without `le`. A classic group and a native
+/// histogram of the same series cancel each other (with a warning).
+struct HistInput {
+    native: Vec<Sample>,
+    /// (series labels without `le`, (upper bound, cumulative count)).
+    classic: Vec<(Labels, Vec<(f64, f64)>)>,
+}
+
+fn split_histograms(ctx: &Ctx<'_>, v: Vec<Sample>) -> HistInput {
+    let mut native = Vec::new();
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut classic: Vec<(Labels, Vec<(f64, f64)>)> = Vec::new();
     for s in v {
-        let Some(le) = s.labels.get("le") else { continue };
-        let Ok(ub) = parse_le(le) else { continue };
-        let key = super::drop_metric_name(&s.labels.without("le"));
-        groups
-            .entry(key.clone())
-            .or_insert_with(|| {
-                order.push(key);
-                Vec::new()
-            })
-            .push((ub, s.v));
+        if s.h.is_some() {
+            native.push(s);
+            continue;
+        }
+        let le = s.labels.get("le").unwrap_or("");
+        let Ok(ub) = parse_le(le) else {
+            ctx.warn(with_metric_name(
+                &format!("bucket label \"le\" is missing or has a malformed value of {le:?}"),
+                &s.labels,
+            ));
+            continue;
+        };
+        let key = s.labels.without("le");
+        let i = *index.entry(key.clone()).or_insert_with(|| {
+            classic.push((key, Vec::new()));
+            classic.len() - 1
+        });
+        classic[i].1.push((ub, s.v));
     }
-    let mut out = Vec::with_capacity(order.len());
-    for key in order {
-        let Some(mut buckets) = groups.remove(&key) else { continue };
-        out.push(Sample::new(key, t, bucket_quantile(q, &mut buckets)));
+    native.retain(|s| match index.get(&s.labels) {
+        Some(&i) if !classic[i].1.is_empty() => {
+            ctx.warn(with_metric_name("vector contains a mix of classic and native histograms", &s.labels));
+            classic[i].1.clear();
+            false
+        }
+        _ => true,
+    });
+    classic.retain(|c| !c.1.is_empty());
+    HistInput { native, classic }
+}
+
+impl HistInput {
+    /// The `q` quantile of every histogram, natives first; with `label`,
+    /// that label set to the quantile on every result.
+    fn quantiles(&self, ctx: &Ctx<'_>, q: f64, t: i64, label: Option<(&str, &str)>) -> Vec<Sample> {
+        let mut out = Vec::with_capacity(self.native.len() + self.classic.len());
+        let relabel = |ls: &Labels| match label {
+            Some((n, v)) => set_label(ls, n, v),
+            None => ls.clone(),
+        };
+        for s in &self.native {
+            let Some(h) = s.h.as_deref() else { continue };
+            let (v, note) = super::histfn::quantile_noted(q, h);
+            if let Some(n) = note {
+                ctx.info(with_metric_name(n, &s.labels));
+            }
+            let mut o = Sample { labels: relabel(&s.labels), t, v, drop_name: s.drop_name, h: None };
+            drop_name(&mut o);
+            out.push(o);
+        }
+        for (key, buckets) in &self.classic {
+            let mut buckets = buckets.clone();
+            let (v, forced) = bucket_quantile(q, &mut buckets);
+            if forced {
+                ctx.info(with_metric_name(
+                    "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile)",
+                    key,
+                ));
+            }
+            out.push(Sample::new(super::drop_metric_name(&relabel(key)), t, v));
+        }
+        out
     }
-    out
 }
 
 fn parse_le(s: &str) -> Result<f64, ()> {
@@ -1032,19 +1171,21 @@ fn parse_le(s: &str) -> Result<f64, ()> {
     }
 }
 
-fn bucket_quantile(q: f64, b: &mut [(f64, f64)]) -> f64 {
+/// Prometheus's `BucketQuantile`: the quantile, and whether the counts
+/// had to be forced monotonic.
+fn bucket_quantile(q: f64, b: &mut [(f64, f64)]) -> (f64, bool) {
     if q.is_nan() {
-        return f64::NAN;
+        return (f64::NAN, false);
     }
     if q < 0.0 {
-        return f64::NEG_INFINITY;
+        return (f64::NEG_INFINITY, false);
     }
     if q > 1.0 {
-        return f64::INFINITY;
+        return (f64::INFINITY, false);
     }
     b.sort_by(|x, y| x.0.partial_cmp(&y.0).unwrap_or(std::cmp::Ordering::Equal));
     if b.last().is_none_or(|l| l.0 != f64::INFINITY) {
-        return f64::NAN;
+        return (f64::NAN, false);
     }
     // Coalesce buckets with the same upper bound.
     let mut c: Vec<(f64, f64)> = Vec::with_capacity(b.len());
@@ -1056,32 +1197,38 @@ fn bucket_quantile(q: f64, b: &mut [(f64, f64)]) -> f64 {
     }
     // Ensure monotonic counts, ignoring tiny deltas.
     let mut prev = c[0].1;
+    let mut forced = false;
     for x in c.iter_mut().skip(1) {
         let cur = x.1;
         if cur == prev {
             continue;
         }
-        if cur < prev || ((cur - prev).abs() / (cur.abs() + prev.abs())) < 1e-12 {
+        if ((cur - prev).abs() / (cur.abs() + prev.abs())) < 1e-12 {
             x.1 = prev;
+            continue;
+        }
+        if cur < prev {
+            x.1 = prev;
+            forced = true;
             continue;
         }
         prev = cur;
     }
     if c.len() < 2 {
-        return f64::NAN;
+        return (f64::NAN, false);
     }
     let total = c[c.len() - 1].1;
     if total == 0.0 {
-        return f64::NAN;
+        return (f64::NAN, forced);
     }
     let mut rank = q * total;
     let n = c.len() - 1;
     let i = c[..n].partition_point(|x| x.1 < rank);
     if i == n {
-        return c[n - 1].0;
+        return (c[n - 1].0, forced);
     }
     if i == 0 && c[0].0 <= 0.0 {
-        return c[0].0;
+        return (c[0].0, forced);
     }
     let (mut start, end, mut count) = (0.0, c[i].0, c[i].1);
     if i > 0 {
@@ -1089,5 +1236,5 @@ fn bucket_quantile(q: f64, b: &mut [(f64, f64)]) -> f64 {
         count -= c[i - 1].1;
         rank -= c[i - 1].1;
     }
-    start + (end - start) * (rank / count)
+    (start + (end - start) * (rank / count), forced)
 }

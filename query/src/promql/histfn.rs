@@ -8,16 +8,11 @@ use cairn_wire::histogram::ResetHint;
 
 use super::eval::Window;
 
-/// Sum (or mean, with `avg`) of histograms; `None` when two of them cannot
-/// be added (exponential and custom buckets). Count and sum are
-/// Kahan-compensated; a mean whose sum overflows is computed incrementally
-/// instead, as Prometheus does.
-pub(crate) fn sum_histograms<'a>(hs: impl Iterator<Item = &'a Histogram> + Clone, avg: bool) -> Option<Histogram> {
-    sum_histograms_noted(hs, avg).map(|(h, _)| h)
-}
-
-/// [`sum_histograms`] with what the additions reported (counter-reset
-/// collisions, reconciled custom bounds).
+/// Sum (or mean, with `avg`) of histograms, with what the additions
+/// reported (counter-reset collisions, reconciled custom bounds); `None`
+/// when two of them cannot be added (exponential and custom buckets).
+/// Count and sum are Kahan-compensated; a mean whose sum overflows is
+/// computed incrementally instead, as Prometheus does.
 pub(crate) fn sum_histograms_noted<'a>(
     hs: impl Iterator<Item = &'a Histogram> + Clone,
     avg: bool,
@@ -137,15 +132,48 @@ pub(crate) fn assign_reset_hints(floats: &[(i64, f64)], hists: &mut [(i64, Histo
 }
 
 /// `histogram_quantile` of a native histogram.
+#[cfg(test)]
 pub(crate) fn quantile(q: f64, h: &Histogram) -> f64 {
+    quantile_noted(q, h).0
+}
+
+/// What Prometheus notes about NaN observations (a NaN sum and fewer
+/// observations in buckets than the count) in `histogram_quantile` and
+/// `histogram_fraction`: the start of the info annotation's text.
+pub(crate) const NAN_RESULT: &str = "input to histogram_quantile has NaN observations, result is NaN";
+pub(crate) const NAN_SKEW: &str = "input to histogram_quantile has NaN observations, result is skewed higher";
+pub(crate) const NAN_FRACTION: &str =
+    "input to histogram_fraction has NaN observations, which are excluded from all fractions";
+
+/// Total count of `h`'s buckets (the observations that are not NaN).
+fn bucket_total(h: &Histogram) -> f64 {
+    h.buckets().iter().map(|b| b.count).sum()
+}
+
+/// [`quantile`] with Prometheus's note on NaN observations, if any.
+pub(crate) fn quantile_noted(q: f64, h: &Histogram) -> (f64, Option<&'static str>) {
+    match quantile_raw(q, h) {
+        // The rank lies beyond every bucket: among the NaN observations.
+        (_, Some(true)) if h.sum.is_nan() => (f64::NAN, Some(NAN_RESULT)),
+        (v, Some(false)) if h.sum.is_nan() && bucket_total(h) < h.count => (v, Some(NAN_SKEW)),
+        (v, _) => (v, None),
+    }
+}
+
+/// The quantile, and where it came from: `None` for the early answers
+/// (a quantile outside [0, 1], an empty histogram, an unbounded custom
+/// bucket), `Some(true)` when the rank fell past every bucket (the value
+/// is then the highest bucket's upper bound), `Some(false)` when
+/// interpolated within a bucket.
+fn quantile_raw(q: f64, h: &Histogram) -> (f64, Option<bool>) {
     if q < 0.0 {
-        return f64::NEG_INFINITY;
+        return (f64::NEG_INFINITY, None);
     }
     if q > 1.0 {
-        return f64::INFINITY;
+        return (f64::INFINITY, None);
     }
     if h.count == 0.0 || q.is_nan() {
-        return f64::NAN;
+        return (f64::NAN, None);
     }
     let buckets = h.buckets();
     let forward = h.sum.is_nan() || q < 0.5;
@@ -164,7 +192,8 @@ pub(crate) fn quantile(q: f64, h: &Histogram) -> f64 {
             break;
         }
     }
-    let Some(mut b) = bucket else { return f64::NAN };
+    // No bucket at all: every observation is NaN (or the count is wrong).
+    let Some(mut b) = bucket else { return (f64::NAN, Some(true)) };
     let custom = h.uses_custom_buckets();
     if !custom && b.lower < 0.0 && b.upper > 0.0 {
         let has_neg = h.negative.iter().any(|x| x.1 != 0.0) || !h.negative.is_empty();
@@ -177,18 +206,18 @@ pub(crate) fn quantile(q: f64, h: &Histogram) -> f64 {
     } else if custom {
         if b.lower == f64::NEG_INFINITY {
             if b.upper <= 0.0 {
-                return b.upper;
+                return (b.upper, None);
             }
             b.lower = 0.0;
         } else if b.upper == f64::INFINITY {
-            return b.lower;
+            return (b.lower, None);
         }
     }
     if count > h.count {
         count = h.count;
     }
     if count < rank {
-        return b.upper;
+        return (b.upper, Some(true));
     }
     if forward {
         rank -= count - b.count;
@@ -197,23 +226,40 @@ pub(crate) fn quantile(q: f64, h: &Histogram) -> f64 {
     }
     let fraction = rank / b.count;
     if custom || (b.lower <= 0.0 && b.upper >= 0.0) {
-        return b.lower + (b.upper - b.lower) * fraction;
+        return (b.lower + (b.upper - b.lower) * fraction, Some(false));
     }
     let log_lower = b.lower.abs().log2();
     let log_upper = b.upper.abs().log2();
     if b.lower > 0.0 {
-        return (log_lower + (log_upper - log_lower) * fraction).exp2();
+        return ((log_lower + (log_upper - log_lower) * fraction).exp2(), Some(false));
     }
-    -((log_upper + (log_lower - log_upper) * (1.0 - fraction)).exp2())
+    (-((log_upper + (log_lower - log_upper) * (1.0 - fraction)).exp2()), Some(false))
 }
 
 /// `histogram_fraction(lower, upper, h)`.
+#[cfg(test)]
 pub(crate) fn fraction(lower: f64, upper: f64, h: &Histogram) -> f64 {
+    fraction_noted(lower, upper, h).0
+}
+
+/// [`fraction`] with Prometheus's note on NaN observations, if any: they
+/// count in the denominator but in no fraction.
+pub(crate) fn fraction_noted(lower: f64, upper: f64, h: &Histogram) -> (f64, Option<&'static str>) {
     if h.count == 0.0 || lower.is_nan() || upper.is_nan() {
-        return f64::NAN;
+        return (f64::NAN, None);
     }
     if lower >= upper {
-        return 0.0;
+        return (0.0, None);
+    }
+    // With a NaN sum the ranks are capped at the observations in buckets.
+    let mut cap = h.count;
+    let mut note = None;
+    if h.sum.is_nan() {
+        let total = bucket_total(h);
+        if total < h.count {
+            cap = total;
+            note = Some(NAN_FRACTION);
+        }
     }
     let custom = h.uses_custom_buckets();
     let (mut rank, mut lower_rank, mut upper_rank) = (0.0, 0.0, 0.0);
@@ -276,13 +322,13 @@ pub(crate) fn fraction(lower: f64, upper: f64, h: &Histogram) -> f64 {
         }
         rank += b.count;
     }
-    if !lower_set || lower_rank > h.count {
-        lower_rank = h.count;
+    if !lower_set || lower_rank > cap {
+        lower_rank = cap;
     }
-    if !upper_set || upper_rank > h.count {
-        upper_rank = h.count;
+    if !upper_set || upper_rank > cap {
+        upper_rank = cap;
     }
-    (upper_rank - lower_rank) / h.count
+    ((upper_rank - lower_rank) / h.count, note)
 }
 
 /// `histogram_stdvar` (the square of `histogram_stddev`).
@@ -334,10 +380,27 @@ pub(crate) enum HOut {
     Hist(Histogram),
 }
 
+/// What combining a window's histograms ran into, for the annotations
+/// Prometheus raises.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct RateNotes {
+    /// Exponential and custom buckets mixed: no result.
+    pub schema_mix: bool,
+    /// Different custom bounds were reconciled by a subtraction.
+    pub reconciled_sub: bool,
+    /// Different custom bounds were reconciled by an addition (a counter
+    /// reset in a rate).
+    pub reconciled_add: bool,
+    /// Different custom bounds were reconciled summing a window.
+    pub reconciled_agg: bool,
+    /// A delta's boundary histograms are not gauges.
+    pub not_gauge: bool,
+}
+
 /// Prometheus's `histogramRate`: the increase of histogram counters over
 /// `points` (≥ 2), with counter resets; `None` when the histograms cannot
 /// be combined.
-fn histogram_rate(points: &[(i64, Histogram)], is_counter: bool) -> Option<Histogram> {
+fn histogram_rate(points: &[(i64, Histogram)], is_counter: bool, notes: &mut RateNotes) -> Option<Histogram> {
     let mut prev = points.first()?.1.clone();
     let last = &points.last()?.1;
     if is_counter && points.len() > 1 && points[1].1.detect_reset(&prev) {
@@ -346,6 +409,7 @@ fn histogram_rate(points: &[(i64, Histogram)], is_counter: bool) -> Option<Histo
     }
     let custom = prev.uses_custom_buckets();
     if last.uses_custom_buckets() != custom {
+        notes.schema_mix = true;
         return None;
     }
     let mut min_schema = prev.schema.min(last.schema);
@@ -355,16 +419,23 @@ fn histogram_rate(points: &[(i64, Histogram)], is_counter: bool) -> Option<Histo
         }
         min_schema = min_schema.min(h.schema);
         if h.uses_custom_buckets() != custom {
+            notes.schema_mix = true;
             return None;
         }
     }
     let mut h = last.to_schema(min_schema);
-    h.sub(&prev).ok()?;
+    match h.sub(&prev) {
+        Ok(o) => notes.reconciled_sub |= o.reconciled,
+        Err(_) => {
+            notes.schema_mix = true;
+            return None;
+        }
+    }
     if is_counter {
         let mut p = &prev;
         for (_, cur) in &points[1..] {
             if cur.detect_reset(p) {
-                h.add(p).ok()?;
+                notes.reconciled_add |= h.add(p).ok()?.reconciled;
             }
             p = cur;
         }
@@ -375,17 +446,19 @@ fn histogram_rate(points: &[(i64, Histogram)], is_counter: bool) -> Option<Histo
 }
 
 /// rate / increase / delta over a window of histograms (Prometheus's
-/// `extrapolatedRate` histogram branch).
-pub(crate) fn extrapolated_rate(
+/// `extrapolatedRate` histogram branch), noting what combining the
+/// histograms ran into.
+pub(crate) fn extrapolated_rate_noted(
     p: &[(i64, Histogram)],
     w: Window,
     is_counter: bool,
     is_rate: bool,
+    notes: &mut RateNotes,
 ) -> Option<Histogram> {
     if p.len() < 2 {
         return None;
     }
-    let mut h = histogram_rate(p, is_counter)?;
+    let mut h = histogram_rate(p, is_counter, notes)?;
     let range_start = w.end - w.range;
     let (first_t, last_t) = (p[0].0, p[p.len() - 1].0);
     let mut to_start = (first_t - range_start) as f64 / 1000.0;
@@ -409,6 +482,145 @@ pub(crate) fn extrapolated_rate(
     }
     h.mul(factor);
     Some(h)
+}
+
+/// Prometheus's `interpolateHistograms`: the histogram at `t` between two
+/// samples, linearly; across a counter reset (with `is_counter`) the
+/// counter is taken to restart from zero at the first sample. `None` when
+/// the two cannot be combined (exponential and custom buckets).
+pub(crate) fn interpolate(
+    a: &(i64, Histogram),
+    b: &(i64, Histogram),
+    t: i64,
+    is_counter: bool,
+    notes: &mut RateNotes,
+) -> Option<Histogram> {
+    if t == a.0 {
+        return Some(a.1.clone());
+    }
+    if t == b.0 {
+        return Some(b.1.clone());
+    }
+    let fraction = (t - a.0) as f64 / (b.0 - a.0) as f64;
+    let mut r = b.1.clone();
+    if is_counter && b.1.detect_reset(&a.1) {
+        r.mul(fraction);
+        return Some(r);
+    }
+    let Ok(o) = r.sub(&a.1) else {
+        notes.schema_mix = true;
+        return None;
+    };
+    notes.reconciled_sub |= o.reconciled;
+    r.mul(fraction);
+    let Ok(o) = r.add(&a.1) else {
+        notes.schema_mix = true;
+        return None;
+    };
+    notes.reconciled_add |= o.reconciled;
+    Some(r)
+}
+
+/// Prometheus's `extendedHistogramRate`: `rate`/`increase`/`delta` over an
+/// `anchored` or `smoothed` range of histograms, whose points include the
+/// sample before the range start (and, smoothed, the one after its end).
+pub(crate) fn extended_rate(
+    h: &[(i64, Histogram)],
+    w: Window,
+    smoothed: bool,
+    is_counter: bool,
+    is_rate: bool,
+    notes: &mut RateNotes,
+) -> Option<Histogram> {
+    if h.is_empty() {
+        return None;
+    }
+    let (rs, re) = (w.end - w.range, w.end);
+    let mut last = h.len() - 1;
+    let first = h[..last].partition_point(|x| x.0 <= rs).saturating_sub(1);
+    if smoothed {
+        last = h[..last].partition_point(|x| x.0 < re);
+    }
+    if h[last].0 <= rs || (smoothed && h[first].0 > re) {
+        return None;
+    }
+    let custom = h[first].1.uses_custom_buckets();
+    if h[first..=last].iter().any(|p| p.1.uses_custom_buckets() != custom) {
+        notes.schema_mix = true;
+        return None;
+    }
+    let left = if smoothed && h[first].0 < rs {
+        interpolate(&h[first], &h[first + 1], rs, is_counter, notes)?
+    } else {
+        h[first].1.clone()
+    };
+    let right = if smoothed && last > 0 && h[last].0 > re {
+        interpolate(&h[last - 1], &h[last], re, is_counter, notes)?
+    } else {
+        h[last].1.clone()
+    };
+    if !is_counter && (left.reset_hint != ResetHint::Gauge || right.reset_hint != ResetHint::Gauge) {
+        notes.not_gauge = true;
+    }
+    let mut result = right.clone();
+    match result.sub(&left) {
+        Ok(o) => notes.reconciled_sub |= o.reconciled,
+        Err(_) => {
+            notes.schema_mix = true;
+            return None;
+        }
+    }
+    if is_counter {
+        // Prometheus's `correctForCounterResetsHistogram`: the samples
+        // strictly between the two boundary samples, then `right`.
+        let mut from = first + 1;
+        let mut prev: &Histogram = &left;
+        if smoothed && h[first].0 < rs && h[first + 1].1.detect_reset(&h[first].1) {
+            // The left interpolation already spans that reset.
+            prev = &h[first + 1].1;
+            from += 1;
+        }
+        if from <= last {
+            let mut correction: Option<Histogram> = None;
+            let mut add = |c: &Histogram, notes: &mut RateNotes| -> Option<()> {
+                match &mut correction {
+                    None => correction = Some(c.clone()),
+                    Some(acc) => match acc.add(c) {
+                        Ok(o) => notes.reconciled_add |= o.reconciled,
+                        Err(_) => {
+                            notes.schema_mix = true;
+                            return None;
+                        }
+                    },
+                }
+                Some(())
+            };
+            for p in &h[from..last] {
+                if p.1.detect_reset(prev) {
+                    add(prev, notes)?;
+                }
+                prev = &p.1;
+            }
+            if right.detect_reset(prev) {
+                add(prev, notes)?;
+            }
+            if let Some(c) = correction {
+                match result.add(&c) {
+                    Ok(o) => notes.reconciled_add |= o.reconciled,
+                    Err(_) => {
+                        notes.schema_mix = true;
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+    if is_rate {
+        result.div(w.range as f64 / 1000.0);
+    }
+    result.reset_hint = ResetHint::Gauge;
+    result.compact();
+    Some(result)
 }
 
 /// irate / idelta over the last two samples, both histograms.
@@ -462,6 +674,30 @@ pub(crate) fn annotate_range(
         }
         _ => {}
     }
+    if matches!(name, "irate" | "idelta") {
+        // The last two samples: a float and a histogram give nothing; two
+        // histograms are subtracted unless irate sees a counter reset.
+        let all: Vec<_> = merged(floats, hists).collect();
+        if let [.., (ta, a), (tb, b)] = all.as_slice()
+            && ta != tb
+        {
+            match (a, b) {
+                (Ok(a), Ok(b)) if name == "idelta" || !b.detect_reset(a) => match (*b).clone().sub(a) {
+                    Err(_) => ctx.warn(format!(
+                        "vector contains a mix of histograms with exponential and custom buckets schemas for metric name \"{metric}\""
+                    )),
+                    Ok(o) if o.reconciled => {
+                        ctx.info("mismatched custom buckets were reconciled during subtraction".into())
+                    }
+                    Ok(_) => {}
+                },
+                (Ok(_), Err(_)) | (Err(_), Ok(_)) => {
+                    ctx.warn(format!("encountered a mix of histograms and floats for metric name \"{metric}\""))
+                }
+                _ => {}
+            }
+        }
+    }
     let _ = first;
 }
 
@@ -496,14 +732,28 @@ pub(crate) fn merged<'a>(
 /// Range functions over a window holding at least one histogram; `None`
 /// when the function gives no value for it (floats mixed in where the
 /// function needs one kind, or a function of floats only).
-pub(crate) fn range_function(name: &str, floats: &[(i64, f64)], hists: &[(i64, Histogram)], w: Window) -> Option<HOut> {
+pub(crate) fn range_function(
+    name: &str,
+    floats: &[(i64, f64)],
+    hists: &[(i64, Histogram)],
+    w: Window,
+    ext: Option<super::eval::Ext>,
+    notes: &mut RateNotes,
+) -> Option<HOut> {
     let mixed = !floats.is_empty();
     match name {
+        "rate" | "increase" | "delta" if ext.is_some() => {
+            if mixed {
+                return None;
+            }
+            let smoothed = ext == Some(super::eval::Ext::Smoothed);
+            extended_rate(hists, w, smoothed, name != "delta", name == "rate", notes).map(HOut::Hist)
+        }
         "rate" | "increase" | "delta" => {
             if mixed {
                 return None;
             }
-            let h = extrapolated_rate(hists, w, name != "delta", name == "rate")?;
+            let h = extrapolated_rate_noted(hists, w, name != "delta", name == "rate", notes)?;
             Some(HOut::Hist(h))
         }
         "irate" | "idelta" => {
@@ -523,7 +773,16 @@ pub(crate) fn range_function(name: &str, floats: &[(i64, f64)], hists: &[(i64, H
             if mixed {
                 return None;
             }
-            sum_histograms(hists.iter().map(|p| &p.1), name == "avg_over_time").map(HOut::Hist)
+            match sum_histograms_noted(hists.iter().map(|p| &p.1), name == "avg_over_time") {
+                Some((h, o)) => {
+                    notes.reconciled_agg |= o.reconciled;
+                    Some(HOut::Hist(h))
+                }
+                None => {
+                    notes.schema_mix = true;
+                    None
+                }
+            }
         }
         "count_over_time" => Some(HOut::Float((floats.len() + hists.len()) as f64)),
         "present_over_time" => Some(HOut::Float(1.0)),

@@ -397,6 +397,7 @@ fn range_query_with(
     ctx.prefetch(expr, start, end)?;
     let steps = fast::Steps { start, step, n: (end.saturating_sub(start) / step + 1) as usize };
     if series_at_a_time && let Some(out) = fast::range_eval(&ctx, expr, steps)? {
+        warn_sort_in_range(&ctx, expr, start, end);
         return Ok((out, ctx.annotations.into_inner()));
     }
     let mut by: FxMap<Labels, Vec<(i64, f64)>> = FxMap::default();
@@ -452,14 +453,33 @@ fn range_query_with(
         })
         .collect();
     out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    if let Expr::Call(c) = expr
-        && matches!(c.func.name, "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc")
-    {
-        ctx.annotations
-            .borrow_mut()
-            .warn("sort is ineffective for range queries since results are always ordered by labels".into());
-    }
+    warn_sort_in_range(&ctx, expr, start, end);
     Ok((out, ctx.annotations.into_inner()))
+}
+
+/// Prometheus warns of every `sort*` call a range query (start ≠ end)
+/// evaluates: its order is lost in the result matrix.
+fn warn_sort_in_range(ctx: &Ctx<'_>, expr: &Expr, start: i64, end: i64) {
+    struct Sorts(bool);
+    impl promql_parser::util::ExprVisitor for Sorts {
+        type Error = ();
+        fn pre_visit(&mut self, e: &Expr) -> Result<bool, ()> {
+            if let Expr::Call(c) = e
+                && matches!(c.func.name, "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc")
+            {
+                self.0 = true;
+            }
+            Ok(!self.0)
+        }
+    }
+    if start == end {
+        return;
+    }
+    let mut v = Sorts(false);
+    let _ = promql_parser::util::walk_expr(&mut v, expr);
+    if v.0 {
+        ctx.warn("sort is ineffective for range queries since results are always ordered by labels".into());
+    }
 }
 
 #[cfg(test)]

@@ -150,9 +150,6 @@ pub fn parse_dur(s: &str) -> Result<i64, String> {
 }
 
 fn parse_load(word: &str, rest: &str, body: &[(usize, &str)]) -> Result<Command, String> {
-    if word == "load_with_nhcb" {
-        return Err("load_with_nhcb needs native histograms, which the store does not hold".into());
-    }
     let interval = parse_dur(rest.trim())?;
     let mut series = Vec::new();
     let mut hists = Vec::new();
@@ -180,7 +177,84 @@ fn parse_load(word: &str, rest: &str, body: &[(usize, &str)]) -> Result<Command,
             hists.push((labels, hs));
         }
     }
+    if word == "load_with_nhcb" {
+        hists.extend(classic_to_nhcb(&series));
+    }
     Ok(Command::Load { series, hists, skipped })
+}
+
+/// `load_with_nhcb`: besides the float series, each classic histogram
+/// (`<name>_bucket` series with `le`, optionally `<name>_sum` and
+/// `<name>_count`) is also loaded as a native histogram with custom buckets
+/// named `<name>`, as Prometheus's test loader does.
+fn classic_to_nhcb(series: &[(Labels, Vec<(i64, f64)>)]) -> Vec<(Labels, Vec<(i64, Histogram)>)> {
+    use std::collections::BTreeMap;
+    // Family labels (name without suffix, no `le`) → t → (le → count), sum, count.
+    type Family = BTreeMap<i64, (Vec<(f64, f64)>, Option<f64>, Option<f64>)>;
+    let mut fams: BTreeMap<Labels, Family> = BTreeMap::new();
+    for (ls, samples) in series {
+        let Some(name) = ls.get(METRIC_NAME) else { continue };
+        let (base, kind) = if let Some(b) = name.strip_suffix("_bucket") {
+            (b, 0)
+        } else if let Some(b) = name.strip_suffix("_sum") {
+            (b, 1)
+        } else if let Some(b) = name.strip_suffix("_count") {
+            (b, 2)
+        } else {
+            continue;
+        };
+        let le = match (kind, ls.get("le")) {
+            (0, Some(le)) => match parse_num(le) {
+                Ok(v) => Some(v),
+                Err(_) => continue,
+            },
+            (0, None) => continue,
+            _ => None,
+        };
+        let pairs: Vec<(String, String)> = ls
+            .without("le")
+            .iter()
+            .map(|l| (l.name.to_string(), if l.name == METRIC_NAME { base.to_string() } else { l.value.to_string() }))
+            .collect();
+        let Ok(key) = Labels::from_pairs(pairs) else { continue };
+        let fam = fams.entry(key).or_default();
+        for &(t, v) in samples {
+            let e = fam.entry(t).or_default();
+            match (kind, le) {
+                (0, Some(le)) => e.0.push((le, v)),
+                (1, _) => e.1 = Some(v),
+                _ => e.2 = Some(v),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (labels, by_t) in fams {
+        let mut hs = Vec::new();
+        for (t, (mut buckets, sum, count)) in by_t {
+            if buckets.is_empty() {
+                continue;
+            }
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mut h = Histogram { schema: -53, ..Histogram::default() };
+            let mut prev = 0.0;
+            for (i, &(le, c)) in buckets.iter().enumerate() {
+                if le.is_finite() {
+                    h.custom_values.push(le);
+                }
+                if c - prev != 0.0 {
+                    h.positive.push((i as i32, c - prev));
+                }
+                prev = c;
+            }
+            h.count = count.unwrap_or(prev);
+            h.sum = sum.unwrap_or(0.0);
+            hs.push((t, h));
+        }
+        if !hs.is_empty() {
+            out.push((labels, hs));
+        }
+    }
+    out
 }
 
 fn parse_eval(line: usize, word: &str, rest: &str, body: &[(usize, &str)]) -> Result<Eval, String> {
