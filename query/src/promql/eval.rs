@@ -317,8 +317,22 @@ impl Ctx<'_> {
             return Ok(());
         }
         let mut s = self.select(vs, mint, maxt)?;
-        for x in s.iter_mut().filter(|x| !x.histograms.is_empty()) {
-            super::histfn::assign_reset_hints(&x.samples, &mut x.histograms);
+        if s.iter().any(|x| !x.histograms.is_empty()) {
+            // The sample before the selection in the same TSDB chunk range
+            // decides the first histogram's reset hint.
+            let from = mint.div_euclid(super::histfn::CHUNK_RANGE_MS) * super::histfn::CHUNK_RANGE_MS;
+            let before: HashMap<Labels, SelectedSeries> = if from < mint {
+                self.select(vs, from, mint - 1)?.into_iter().map(|x| (x.labels.clone(), x)).collect()
+            } else {
+                HashMap::new()
+            };
+            for x in s.iter_mut().filter(|x| !x.histograms.is_empty()) {
+                let seed = before.get(&x.labels).and_then(|b| {
+                    let h = b.histograms.last()?;
+                    (b.samples.last().is_none_or(|f| f.0 < h.0) && !h.1.is_stale()).then_some(h)
+                });
+                super::histfn::assign_reset_hints(&x.samples, &mut x.histograms, seed);
+            }
         }
         self.selected = self.selected.saturating_add(s.iter().map(|x| x.samples.len() + x.histograms.len()).sum());
         self.series = self.series.saturating_add(s.len());
@@ -736,6 +750,8 @@ impl Ctx<'_> {
                         .map(|s| {
                             let h = s.h.map(|mut h| {
                                 h.mul(-1.0);
+                                // A negated counter is a gauge.
+                                h.reset_hint = cairn_wire::histogram::ResetHint::Gauge;
                                 h
                             });
                             Sample { labels: s.labels, t: s.t, v: -s.v, drop_name: true, h }

@@ -71,15 +71,25 @@ pub(crate) fn sum_histograms_noted<'a>(
     Some((a, noted))
 }
 
+/// Prometheus's head chunk range: a chunk never spans a multiple of it.
+pub(crate) const CHUNK_RANGE_MS: i64 = 2 * 3600 * 1000;
+
 /// The counter-reset hints Prometheus's TSDB gives histograms read back:
 /// it cuts a chunk at a series' first histogram, after a float, at a
-/// counter reset and at a layout change, reads the first sample of a chunk
-/// back as `Unknown` (`Reset` only where the writer declared it), the
-/// others as `NotReset`; gauge histograms stay `Gauge`. Emulated over a selected
-/// series (floats and stale markers break the chain).
-pub(crate) fn assign_reset_hints(floats: &[(i64, f64)], hists: &mut [(i64, Histogram)]) {
+/// counter reset, at a layout change and at each multiple of
+/// [`CHUNK_RANGE_MS`], reads the first sample of a chunk back as `Unknown`
+/// (`Reset` only where the writer declared it), the others as `NotReset`;
+/// gauge histograms stay `Gauge`. Emulated over a selected series (floats
+/// and stale markers break the chain); `seed` is the histogram sample
+/// just before the selected ones, if the series' previous sample is one.
+pub(crate) fn assign_reset_hints(
+    floats: &[(i64, f64)],
+    hists: &mut [(i64, Histogram)],
+    seed: Option<&(i64, Histogram)>,
+) {
     let mut fi = 0;
-    let mut prev: Option<usize> = None;
+    // The previous histogram of the chain: `usize::MAX` for the seed.
+    let mut prev: Option<usize> = seed.map(|_| usize::MAX);
     for i in 0..hists.len() {
         let t = hists[i].0;
         // A float sample since the previous histogram starts a new chunk.
@@ -100,7 +110,15 @@ pub(crate) fn assign_reset_hints(floats: &[(i64, f64)], hists: &mut [(i64, Histo
             prev = Some(i);
             continue;
         }
-        let new_hint = match prev {
+        let before = match prev {
+            Some(usize::MAX) => seed,
+            Some(p) => Some(&hists[p]),
+            None => None,
+        };
+        let new_hint = match before {
+            Some((bt, _)) if bt.div_euclid(CHUNK_RANGE_MS) != t.div_euclid(CHUNK_RANGE_MS) => {
+                if hint == ResetHint::Reset { ResetHint::Reset } else { ResetHint::Unknown }
+            }
             None => {
                 if hint == ResetHint::Reset {
                     ResetHint::Reset
@@ -108,8 +126,8 @@ pub(crate) fn assign_reset_hints(floats: &[(i64, f64)], hists: &mut [(i64, Histo
                     ResetHint::Unknown
                 }
             }
-            Some(p) => {
-                let (before, cur) = (&hists[p].1, &hists[i].1);
+            Some((_, before)) => {
+                let cur = &hists[i].1;
                 if before.reset_hint == ResetHint::Gauge {
                     ResetHint::Unknown
                 } else if cur.detect_reset(before) {
