@@ -229,8 +229,7 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
             }
             match super::histfn::sum_histograms_noted(g.samples.iter().filter_map(|s| s.h.as_deref()), op == "avg") {
                 Some((h, noted)) => {
-                    // A gauge result has no counter semantics to conflict.
-                    if noted.reset_collision && h.reset_hint != cairn_wire::histogram::ResetHint::Gauge {
+                    if noted.reset_collision {
                         ctx.warn("conflicting counter resets during histogram aggregation".into());
                     }
                     if noted.reconciled {

@@ -100,6 +100,9 @@ pub(crate) struct Ctx<'a> {
     pub group_keys: RefCell<super::FxMap<(usize, u64), Labels>>,
     /// Warnings and infos raised so far.
     pub annotations: RefCell<super::Annotations>,
+    /// Selectors (by address) Prometheus reads through its
+    /// `HistogramStatsIterator` (see [`Ctx::mark_stats`]).
+    pub stats_selectors: std::collections::HashSet<usize>,
 }
 
 impl<'a> Ctx<'a> {
@@ -130,7 +133,57 @@ impl<'a> Ctx<'a> {
             subquery_depth: Cell::new(0),
             group_keys: RefCell::new(Default::default()),
             annotations: RefCell::new(Default::default()),
+            stats_selectors: Default::default(),
         }
+    }
+
+    /// Marks the selectors Prometheus reads with its
+    /// `HistogramStatsIterator` (its `detectHistogramStatsDecoding`): those
+    /// below `histogram_count`, `histogram_sum` or `histogram_avg` and not
+    /// below a subquery or a function needing buckets. That iterator
+    /// resolves `Unknown` counter-reset hints against the previous sample
+    /// it read, which Prometheus's annotations then see.
+    pub fn mark_stats(&mut self, e: &Expr) {
+        fn walk(e: &Expr, stats: bool, set: &mut std::collections::HashSet<usize>) {
+            match e {
+                Expr::VectorSelector(vs) => {
+                    if stats {
+                        set.insert(vs as *const _ as usize);
+                    }
+                }
+                Expr::MatrixSelector(ms) => walk_vs(&ms.vs, stats, set),
+                Expr::Subquery(_) => {}
+                Expr::Call(c) => {
+                    let stats = match c.func.name {
+                        "histogram_count" | "histogram_sum" | "histogram_avg" => true,
+                        "histogram_quantile" | "histogram_quantiles" | "histogram_fraction" => return,
+                        _ => stats,
+                    };
+                    for a in &c.args.args {
+                        walk(a, stats, set);
+                    }
+                }
+                Expr::Paren(p) => walk(&p.expr, stats, set),
+                Expr::Unary(u) => walk(&u.expr, stats, set),
+                Expr::Binary(b) => {
+                    walk(&b.lhs, stats, set);
+                    walk(&b.rhs, stats, set);
+                }
+                Expr::Aggregate(a) => {
+                    walk(&a.expr, stats, set);
+                    if let Some(p) = &a.param {
+                        walk(p, stats, set);
+                    }
+                }
+                Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+            }
+        }
+        fn walk_vs(vs: &VectorSelector, stats: bool, set: &mut std::collections::HashSet<usize>) {
+            if stats {
+                set.insert(vs as *const _ as usize);
+            }
+        }
+        walk(e, false, &mut self.stats_selectors);
     }
 
     /// Records a warning annotation.
@@ -332,6 +385,9 @@ impl Ctx<'_> {
                     (b.samples.last().is_none_or(|f| f.0 < h.0) && !h.1.is_stale()).then_some(h)
                 });
                 super::histfn::assign_reset_hints(&x.samples, &mut x.histograms, seed);
+                if self.stats_selectors.contains(&key) {
+                    super::histfn::resolve_unknown_hints(&x.samples, &mut x.histograms);
+                }
             }
         }
         self.selected = self.selected.saturating_add(s.iter().map(|x| x.samples.len() + x.histograms.len()).sum());

@@ -481,6 +481,9 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
             if notes.reconciled_add {
                 ctx.info("mismatched custom buckets were reconciled during addition".into());
             }
+            if notes.reset_collision {
+                ctx.warn("conflicting counter resets during histogram aggregation".into());
+            }
             if notes.reconciled_agg {
                 ctx.info("mismatched custom buckets were reconciled during aggregation".into());
             }

@@ -22,20 +22,25 @@ pub(crate) fn sum_histograms_noted<'a>(
     let mut acc: Option<Histogram> = None;
     let (mut c_sum, mut c_count) = (0.0, 0.0);
     let mut n = 0.0;
+    // Prometheus warns of conflicting counter resets when the inputs hold
+    // both a `Reset` and a `NotReset` hint, whatever else they hold.
+    let (mut reset_seen, mut not_reset_seen) = (false, false);
     for h in hs.clone() {
         n += 1.0;
+        reset_seen |= h.reset_hint == ResetHint::Reset;
+        not_reset_seen |= h.reset_hint == ResetHint::NotReset;
         match &mut acc {
             None => acc = Some(h.clone()),
             Some(a) => {
                 let (s0, n0) = (a.sum, a.count);
                 let o = a.add(h).ok()?;
-                noted.reset_collision |= o.reset_collision;
                 noted.reconciled |= o.reconciled;
                 (a.sum, c_sum) = kahan_inc(h.sum, s0, c_sum);
                 (a.count, c_count) = kahan_inc(h.count, n0, c_count);
             }
         }
     }
+    noted.reset_collision = reset_seen && not_reset_seen;
     let mut a = acc?;
     if c_sum.is_finite() {
         a.sum += c_sum;
@@ -145,6 +150,36 @@ pub(crate) fn assign_reset_hints(
             }
         };
         hists[i].1.reset_hint = new_hint;
+        prev = Some(i);
+    }
+}
+
+/// Prometheus's `HistogramStatsIterator` hints: an `Unknown` hint becomes
+/// `Reset` or `NotReset` by comparing with the previous histogram read
+/// (floats and stale markers break the chain).
+pub(crate) fn resolve_unknown_hints(floats: &[(i64, f64)], hists: &mut [(i64, Histogram)]) {
+    let mut fi = 0;
+    let mut prev: Option<usize> = None;
+    for i in 0..hists.len() {
+        let t = hists[i].0;
+        let mut after_float = false;
+        while fi < floats.len() && floats[fi].0 < t {
+            after_float = true;
+            fi += 1;
+        }
+        if after_float {
+            prev = None;
+        }
+        if hists[i].1.is_stale() {
+            prev = None;
+            continue;
+        }
+        if hists[i].1.reset_hint == ResetHint::Unknown
+            && let Some(p) = prev
+        {
+            let reset = hists[i].1.detect_reset(&hists[p].1);
+            hists[i].1.reset_hint = if reset { ResetHint::Reset } else { ResetHint::NotReset };
+        }
         prev = Some(i);
     }
 }
@@ -413,6 +448,8 @@ pub(crate) struct RateNotes {
     pub reconciled_agg: bool,
     /// A delta's boundary histograms are not gauges.
     pub not_gauge: bool,
+    /// Summed histograms held both `Reset` and `NotReset` hints.
+    pub reset_collision: bool,
 }
 
 /// Prometheus's `histogramRate`: the increase of histogram counters over
@@ -794,6 +831,7 @@ pub(crate) fn range_function(
             match sum_histograms_noted(hists.iter().map(|p| &p.1), name == "avg_over_time") {
                 Some((h, o)) => {
                     notes.reconciled_agg |= o.reconciled;
+                    notes.reset_collision |= o.reset_collision;
                     Some(HOut::Hist(h))
                 }
                 None => {

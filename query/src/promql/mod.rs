@@ -325,6 +325,7 @@ pub fn instant_query_annotated(
     opts: &QueryOptions,
 ) -> Result<(Value, Annotations), QueryError> {
     let mut ctx = Ctx::new(store, tenant, opts, t, t, 0);
+    ctx.mark_stats(expr);
     ctx.prefetch(expr, t, t)?;
     // Vector results keep the engine's order (as Prometheus's instant
     // queries do: `sort()` and `topk` order must survive).
@@ -394,6 +395,7 @@ fn range_query_with(
         }
     }
     let mut ctx = Ctx::new(store, tenant, opts, start, end, step);
+    ctx.mark_stats(expr);
     ctx.prefetch(expr, start, end)?;
     let steps = fast::Steps { start, step, n: (end.saturating_sub(start) / step + 1) as usize };
     if series_at_a_time && let Some(out) = fast::range_eval(&ctx, expr, steps)? {
