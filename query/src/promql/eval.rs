@@ -491,15 +491,31 @@ impl Ctx<'_> {
                                     continue;
                                 }
                                 Some(Ok(next)) => {
-                                    // Interpolated as a counter unless a gauge.
-                                    let is_counter = h.reset_hint != cairn_wire::histogram::ResetHint::Gauge;
+                                    // Interpolated as a counter unless both are gauges;
+                                    // exponential and custom buckets never interpolate
+                                    // (not even across a reset).
+                                    use cairn_wire::histogram::ResetHint::Gauge;
+                                    let is_counter = h.reset_hint != Gauge || next.1.reset_hint != Gauge;
                                     let mut notes = super::histfn::RateNotes::default();
-                                    let r = super::histfn::interpolate(&(*ht, h), &next, rt, is_counter, &mut notes);
+                                    let r = if h.uses_custom_buckets() != next.1.uses_custom_buckets() {
+                                        notes.schema_mix = true;
+                                        None
+                                    } else {
+                                        super::histfn::interpolate(&(*ht, h), &next, rt, is_counter, &mut notes)
+                                    };
                                     if notes.schema_mix {
                                         self.warn(format!(
                                             "vector contains a mix of histograms with exponential and custom buckets schemas for metric name \"{}\"",
                                             s.labels.get(METRIC_NAME).unwrap_or("")
                                         ));
+                                    }
+                                    if notes.reconciled_sub {
+                                        self.info(
+                                            "mismatched custom buckets were reconciled during subtraction".into(),
+                                        );
+                                    }
+                                    if notes.reconciled_add {
+                                        self.info("mismatched custom buckets were reconciled during addition".into());
                                     }
                                     match r {
                                         Some(r) => h = r,
