@@ -51,29 +51,71 @@ pub(crate) fn sum_histograms_noted<'a>(
     if avg && n > 1.0 {
         let overflow = a.count.is_infinite() || a.sum.is_infinite() || a.zero_count.is_infinite();
         if overflow && hs.clone().all(|h| h.count.is_finite() && h.sum.is_finite()) {
-            // Incremental mean: m_k = m_{k-1} + x_k / k − m_{k-1} / k.
-            let mut mean: Option<Histogram> = None;
-            for (k, h) in hs.enumerate() {
-                let k = (k + 1) as f64;
-                match &mut mean {
-                    None => mean = Some(h.clone()),
-                    Some(m) => {
-                        let mut left = h.clone();
-                        left.div(k);
-                        let mut right = m.clone();
-                        right.div(k);
-                        left.sub(&right).ok()?;
-                        m.add(&left).ok()?;
-                    }
-                }
-            }
-            a = mean?;
+            a = incremental_mean(hs)?;
         } else {
             a.div(n);
         }
     }
     a.compact();
     Some((a, noted))
+}
+
+/// Prometheus's `avg_over_time` mean of histograms whose plain sum
+/// overflows: Kahan-compensated sums (of `sum` and `count`) until the
+/// running sum would overflow, then an incremental mean
+/// `m_k = m_{k-1}·(k−1)/k + x_k/k`, still compensated.
+fn incremental_mean<'a>(hs: impl Iterator<Item = &'a Histogram>) -> Option<Histogram> {
+    use super::functions::kahan_inc;
+    let overflows = |h: &Histogram| {
+        !(h.count.is_finite() && h.sum.is_finite() && h.zero_count.is_finite())
+            || h.positive.iter().chain(&h.negative).any(|b| b.1.is_infinite())
+    };
+    let mut it = hs;
+    let mut sum = it.next()?.clone();
+    let mut mean: Option<Histogram> = None;
+    let (mut c_sum, mut c_count) = (0.0, 0.0);
+    let mut count = 1.0;
+    for h in it {
+        count += 1.0;
+        if mean.is_none() {
+            let mut next = sum.clone();
+            next.add(h).ok()?;
+            let (s, cs) = kahan_inc(h.sum, sum.sum, c_sum);
+            let (n, cn) = kahan_inc(h.count, sum.count, c_count);
+            (next.sum, next.count) = (s, n);
+            if !overflows(&next) {
+                (sum, c_sum, c_count) = (next, cs, cn);
+                continue;
+            }
+            let mut m = sum.clone();
+            m.div(count - 1.0);
+            c_sum /= count - 1.0;
+            c_count /= count - 1.0;
+            mean = Some(m);
+        }
+        let m = mean.as_mut()?;
+        let q = (count - 1.0) / count;
+        let mut to_add = h.clone();
+        to_add.div(count);
+        m.mul(q);
+        let (s0, n0) = (m.sum, m.count);
+        m.add(&to_add).ok()?;
+        (m.sum, c_sum) = kahan_inc(to_add.sum, s0, q * c_sum);
+        (m.count, c_count) = kahan_inc(to_add.count, n0, q * c_count);
+    }
+    Some(match mean {
+        Some(mut m) => {
+            m.sum += c_sum;
+            m.count += c_count;
+            m
+        }
+        None => {
+            sum.div(count);
+            sum.sum += c_sum / count;
+            sum.count += c_count / count;
+            sum
+        }
+    })
 }
 
 /// Prometheus's head chunk range: a chunk never spans a multiple of it.
