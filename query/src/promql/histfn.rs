@@ -930,4 +930,63 @@ mod tests {
         assert_eq!(fraction(0.0, 8.0, &h), 1.0);
         assert!(quantile(0.5, &Histogram::default()).is_nan());
     }
+
+    #[test]
+    fn nan_observations_are_noted() {
+        // 15 observations, 12 of them in (0.5,1], 3 NaN (sum NaN).
+        let h = Histogram { count: 15.0, sum: f64::NAN, positive: vec![(0, 12.0)], ..Default::default() };
+        assert_eq!(quantile_noted(0.8, &h), (1.0, Some(NAN_SKEW)));
+        let (v, note) = quantile_noted(0.81, &h);
+        assert!(v.is_nan());
+        assert_eq!(note, Some(NAN_RESULT));
+        assert_eq!(fraction_noted(f64::NEG_INFINITY, f64::INFINITY, &h), (0.8, Some(NAN_FRACTION)));
+        // A NaN sum from ±Inf observations, all in buckets: nothing to note.
+        let inf = Histogram { count: 12.0, sum: f64::NAN, positive: vec![(0, 12.0)], ..Default::default() };
+        assert_eq!(quantile_noted(0.5, &inf).1, None);
+        assert_eq!(fraction_noted(f64::NEG_INFINITY, f64::INFINITY, &inf), (1.0, None));
+    }
+
+    fn counter(t: i64, count: f64) -> (i64, Histogram) {
+        (t, Histogram { count, sum: count, positive: vec![(0, count)], ..Default::default() })
+    }
+
+    #[test]
+    fn anchored_and_smoothed_increase() {
+        // count +1 every 15 s from 1 at t=0; the window (−10 s, 50 s] plus
+        // the sample after its end.
+        let h: Vec<_> = (0..5).map(|i| counter(i * 15_000, (i + 1) as f64)).collect();
+        let w = Window { end: 50_000, range: 60_000 };
+        let mut notes = RateNotes::default();
+        let anchored = extended_rate(&h[..4], w, false, true, false, &mut notes).map(|h| h.count);
+        assert_eq!(anchored, Some(3.0));
+        let smoothed = extended_rate(&h, w, true, true, false, &mut notes).map(|h| h.count);
+        assert!((smoothed.unwrap_or(0.0) - 10.0 / 3.0).abs() < 1e-12);
+        // A reset to 1 after 4: counted from zero.
+        let reset = vec![counter(0, 4.0), counter(15_000, 1.0)];
+        let r = extended_rate(&reset, Window { end: 15_000, range: 15_000 }, false, true, false, &mut notes);
+        assert_eq!(r.map(|h| h.count), Some(1.0));
+        assert!(!notes.schema_mix);
+    }
+
+    #[test]
+    fn stats_iterator_hints_resolve_unknown_against_the_previous_sample() {
+        let mut hs = vec![counter(0, 5.0), counter(60_000, 6.0), counter(120_000, 2.0)];
+        assign_reset_hints(&[], &mut hs, None);
+        resolve_unknown_hints(&[], &mut hs);
+        let hints: Vec<_> = hs.iter().map(|h| h.1.reset_hint).collect();
+        assert_eq!(hints, [ResetHint::Unknown, ResetHint::NotReset, ResetHint::Reset]);
+    }
+
+    #[test]
+    fn overflowing_mean_stays_accurate() {
+        let hs = [
+            Histogram { count: f64::MAX, sum: 5.3, ..Default::default() },
+            Histogram { count: 1e308, sum: 1e100, ..Default::default() },
+            Histogram { count: 1e-6, sum: 1.0, ..Default::default() },
+            Histogram { count: 1e-6, sum: -1e100, ..Default::default() },
+            Histogram { count: 1e-6, sum: 2.0, ..Default::default() },
+        ];
+        let m = incremental_mean(hs.iter()).map(|m| m.sum);
+        assert!((m.unwrap_or(0.0) - 8.3 / 5.0).abs() < 1e-6, "{m:?}");
+    }
 }
