@@ -29,9 +29,27 @@ enum Op {
     And,
     Or,
     Unless,
+    /// `</` (Prometheus 3.x): a histogram's observations at or below.
+    TrimUpper,
+    /// `>/`: a histogram's observations above.
+    TrimLower,
 }
 
 impl Op {
+    /// The operator of `b` (the trim operators are marked by
+    /// `rewrite::mark_trims`).
+    fn of(b: &BinaryExpr) -> Result<Op, QueryError> {
+        match b.op.id() {
+            super::rewrite::TRIM_UPPER => Ok(Op::TrimUpper),
+            super::rewrite::TRIM_LOWER => Ok(Op::TrimLower),
+            _ => Op::from_str(&b.op.to_string()),
+        }
+    }
+
+    fn is_trim(self) -> bool {
+        matches!(self, Op::TrimUpper | Op::TrimLower)
+    }
+
     fn from_str(s: &str) -> Result<Op, QueryError> {
         Ok(match s {
             "+" => Op::Add,
@@ -59,8 +77,12 @@ impl Op {
     }
 
     /// Arithmetic operators drop the metric name; comparisons keep it.
+    /// (Trim operators drop it between two vectors only.)
     fn drops_name(self) -> bool {
-        matches!(self, Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Mod | Op::Pow | Op::Atan2)
+        matches!(
+            self,
+            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Mod | Op::Pow | Op::Atan2 | Op::TrimUpper | Op::TrimLower
+        )
     }
 }
 
@@ -82,6 +104,8 @@ fn apply(op: Op, a: f64, b: f64) -> (f64, bool) {
         Op::Gt => (a, a > b),
         Op::Ge => (a, a >= b),
         Op::And | Op::Or | Op::Unless => (a, true),
+        // Trimming applies to histograms only.
+        Op::TrimUpper | Op::TrimLower => (a, false),
     }
 }
 
@@ -114,6 +138,8 @@ impl Op {
             Op::And => "and",
             Op::Or => "or",
             Op::Unless => "unless",
+            Op::TrimUpper => "</",
+            Op::TrimLower => ">/",
         }
     }
 }
@@ -157,6 +183,7 @@ fn apply_hist(
         Ok((0.0, Some(Box::new(h)), reconciled))
     };
     match (ah, bh, op) {
+        (Some(h), None, Op::TrimUpper | Op::TrimLower) => done(super::histfn::trim(h, b, op == Op::TrimUpper), false),
         (None, Some(h), Op::Mul) => {
             let mut h = h.clone();
             h.mul(a);
@@ -202,7 +229,7 @@ fn apply_hist(
 }
 
 pub(crate) fn eval_binary(ctx: &Ctx<'_>, b: &BinaryExpr, t: i64) -> Result<Value, QueryError> {
-    let op = Op::from_str(&b.op.to_string())?;
+    let op = Op::of(b)?;
     let modifier = b.modifier.as_ref();
     let return_bool = modifier.is_some_and(|m| m.return_bool);
     let lhs = ctx.eval(&b.lhs, t)?;
@@ -254,7 +281,8 @@ fn vector_scalar(
             match r {
                 Ok(_) if return_bool => annotate_drop(ctx, HistDrop::Types, op, !swap, swap, false),
                 Ok((v, h, _)) => {
-                    if op.drops_name() {
+                    // A trimmed histogram keeps its name.
+                    if op.drops_name() && !op.is_trim() {
                         s.drop_name = true;
                     }
                     s.v = v;
@@ -512,10 +540,10 @@ pub(crate) fn range_binary(
     rhs: super::fast::RangeValue,
 ) -> Result<Option<super::fast::RangeValue>, QueryError> {
     use super::fast::{RangeValue, StepSeries};
-    let Ok(op) = Op::from_str(&b.op.to_string()) else {
+    let Ok(op) = Op::of(b) else {
         return Ok(None);
     };
-    if matches!(op, Op::And | Op::Or | Op::Unless) {
+    if matches!(op, Op::And | Op::Or | Op::Unless | Op::TrimUpper | Op::TrimLower) {
         return Ok(None);
     }
     let modifier = b.modifier.as_ref();

@@ -165,6 +165,8 @@ impl<'a> Ctx<'a> {
                 }
                 Expr::Paren(p) => walk(&p.expr, stats, set),
                 Expr::Unary(u) => walk(&u.expr, stats, set),
+                // The trim operators need the buckets.
+                Expr::Binary(b) if matches!(b.op.id(), super::rewrite::TRIM_UPPER | super::rewrite::TRIM_LOWER) => {}
                 Expr::Binary(b) => {
                     walk(&b.lhs, stats, set);
                     walk(&b.rhs, stats, set);

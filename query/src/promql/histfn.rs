@@ -720,6 +720,138 @@ pub(crate) fn extended_rate(
     Some(result)
 }
 
+/// Prometheus's trim operators: `h </ x` keeps the observations at or
+/// below `x`, `h >/ x` those above. A bucket the cut falls into keeps the
+/// share of its count on the kept side: interpolated linearly for custom
+/// buckets and the zero bucket, logarithmically for exponential buckets;
+/// an unbounded custom bucket keeps all of its count when the kept side
+/// is the unbounded one, none otherwise. A histogram no observation of
+/// which is cut off is returned as it is; otherwise its sum is estimated
+/// from the kept buckets (the midpoint of a custom or zero bucket's kept
+/// bounds, the finite one of an unbounded bucket, the geometric mean of an
+/// exponential bucket's).
+pub(crate) fn trim(h: &Histogram, x: f64, upper: bool) -> Histogram {
+    // Kept count and representative value of a bucket (lower, upper].
+    let cut = |l: f64, u: f64, c: f64, log: bool| -> (f64, f64) {
+        let keep_all = if upper { u <= x } else { l >= x };
+        let keep_none = if upper { l >= x } else { u <= x };
+        if keep_none || c == 0.0 {
+            return (0.0, 0.0);
+        }
+        let (nl, nu) = if keep_all {
+            (l, u)
+        } else if upper {
+            (l, x)
+        } else {
+            (x, u)
+        };
+        let rep = |a: f64, b: f64| {
+            if log {
+                let g = (a * b).sqrt();
+                if b <= 0.0 { -g } else { g }
+            } else if a == f64::NEG_INFINITY && b == f64::INFINITY {
+                0.0
+            } else if a == f64::NEG_INFINITY {
+                b
+            } else if b == f64::INFINITY {
+                a
+            } else {
+                (a + b) / 2.0
+            }
+        };
+        if keep_all {
+            return (c, rep(nl, nu));
+        }
+        if !log && (l == f64::NEG_INFINITY || u == f64::INFINITY) {
+            // An unbounded bucket: all of it on the unbounded side.
+            let kept_unbounded = if upper {
+                l == f64::NEG_INFINITY && u != f64::INFINITY
+            } else {
+                u == f64::INFINITY && l != f64::NEG_INFINITY
+            };
+            return if kept_unbounded { (c, rep(nl, nu)) } else { (0.0, 0.0) };
+        }
+        let frac = if log {
+            let (la, lb) = (l.abs().log2(), u.abs().log2());
+            (nu.abs().log2() - nl.abs().log2()) / (lb - la)
+        } else {
+            (nu - nl) / (u - l)
+        };
+        (c * frac, rep(nl, nu))
+    };
+    let mut out = Histogram {
+        schema: h.schema,
+        zero_threshold: h.zero_threshold,
+        custom_values: h.custom_values.clone(),
+        reset_hint: h.reset_hint,
+        ..Histogram::default()
+    };
+    let (mut count, mut sum) = (0.0, 0.0);
+    let mut changed = false;
+    let mut take = |l: f64, u: f64, c: f64, log: bool| -> f64 {
+        let (k, r) = cut(l, u, c, log);
+        if c != 0.0 && (if upper { u > x } else { l < x }) {
+            changed = true;
+        }
+        if k != 0.0 {
+            count += k;
+            sum += k * r;
+        }
+        k
+    };
+    if h.uses_custom_buckets() {
+        let cv = &h.custom_values;
+        for &(i, c) in &h.positive {
+            let i_us = i.max(0) as usize;
+            let u = cv.get(i_us).copied().unwrap_or(f64::INFINITY);
+            let l = if i_us == 0 {
+                // The first bucket is taken to hold no negative
+                // observations when its upper bound is positive and finite
+                // (as histogram_quantile assumes) — except, as in
+                // Prometheus, for a lower trim below zero.
+                if u > 0.0 && u.is_finite() && (upper || x >= 0.0) { 0.0 } else { f64::NEG_INFINITY }
+            } else {
+                cv.get(i_us - 1).copied().unwrap_or(f64::INFINITY)
+            };
+            let k = take(l, u, c, false);
+            if k != 0.0 {
+                out.positive.push((i, k));
+            }
+        }
+    } else {
+        let bound = |i: i32| cairn_wire::histogram::exponential_bound(i, h.schema);
+        for &(i, c) in &h.negative {
+            // Absolute values in (bound(i-1), bound(i)].
+            let k = take(-bound(i), -bound(i - 1), c, true);
+            if k != 0.0 {
+                out.negative.push((i, k));
+            }
+        }
+        if h.zero_count != 0.0 {
+            let w = h.zero_threshold;
+            let (mut l, mut u) = (-w, w);
+            if h.negative.is_empty() && !h.positive.is_empty() {
+                l = 0.0;
+            } else if h.positive.is_empty() && !h.negative.is_empty() {
+                u = 0.0;
+            }
+            out.zero_count = take(l, u, h.zero_count, false);
+        }
+        for &(i, c) in &h.positive {
+            let k = take(bound(i - 1), bound(i), c, true);
+            if k != 0.0 {
+                out.positive.push((i, k));
+            }
+        }
+    }
+    if !changed {
+        return h.clone();
+    }
+    out.count = count;
+    out.sum = sum;
+    out
+}
+
 /// irate / idelta over the last two samples, both histograms.
 pub(crate) fn instant_value(a: &(i64, Histogram), b: &(i64, Histogram), is_rate: bool) -> Option<Histogram> {
     let mut h = b.1.clone();
@@ -975,6 +1107,42 @@ mod tests {
         resolve_unknown_hints(&[], &mut hs);
         let hints: Vec<_> = hs.iter().map(|h| h.1.reset_hint).collect();
         assert_eq!(hints, [ResetHint::Unknown, ResetHint::NotReset, ResetHint::Reset]);
+    }
+
+    #[test]
+    fn trim_interpolates_and_estimates_the_sum() {
+        // {{schema:0 sum:123.75 count:34 z_bucket:1 z_bucket_w:0.001 buckets:[2 4 8 16] n_buckets:[1 2]}}
+        let h = Histogram {
+            count: 34.0,
+            sum: 123.75,
+            zero_count: 1.0,
+            zero_threshold: 0.001,
+            positive: vec![(0, 2.0), (1, 4.0), (2, 8.0), (3, 16.0)],
+            negative: vec![(0, 1.0), (1, 2.0)],
+            ..Default::default()
+        };
+        // Nothing cut off: unchanged, sum included.
+        assert_eq!(trim(&h, f64::INFINITY, true), h);
+        // Half of (1,2] on the log scale, the zero bucket whole.
+        let t = trim(&h, std::f64::consts::SQRT_2, true);
+        assert!((t.count - 8.0).abs() < 1e-9 && (t.sum - 0.2570938865989847).abs() < 1e-9, "{t:?}");
+        // Above 0: half the zero bucket.
+        let t = trim(&h, 0.0, false);
+        assert!((t.count - 30.5).abs() < 1e-9 && (t.sum - 120.20840280171308).abs() < 1e-9, "{t:?}");
+        assert!(t.negative.is_empty() && t.zero_count == 0.5);
+        // Custom buckets: linear interpolation, +Inf bucket dropped.
+        let c = Histogram {
+            schema: -53,
+            count: 15.0,
+            sum: 172.5,
+            custom_values: vec![5.0, 10.0, 15.0, 20.0],
+            positive: vec![(0, 1.0), (1, 6.0), (2, 4.0), (3, 3.0), (4, 1.0)],
+            ..Default::default()
+        };
+        let t = trim(&c, 13.0, true);
+        assert!((t.count - 9.4).abs() < 1e-9 && (t.sum - 75.1).abs() < 1e-9, "{t:?}");
+        let t = trim(&c, 50.0, true);
+        assert!((t.count - 14.0).abs() < 1e-9 && (t.sum - 150.0).abs() < 1e-9, "{t:?}");
     }
 
     #[test]

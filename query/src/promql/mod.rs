@@ -256,8 +256,8 @@ pub fn parse(q: &str) -> Result<Expr, QueryError> {
 /// start), ms: what `step()` and `range()` in duration expressions stand
 /// for. Errors read as Prometheus's: `line:col: parse error: …`.
 pub fn parse_for(q: &str, step_ms: i64, range_ms: i64) -> Result<Expr, QueryError> {
-    let text = rewrite::rewrite(q, step_ms, range_ms)?;
-    let expr = parser::parse(&text).map_err(|m| {
+    let (text, trims) = rewrite::rewrite_full(q, step_ms, range_ms)?;
+    let mut expr = parser::parse(&text).map_err(|m| {
         // promql-parser gives no position: find one. A syntax error the
         // token scan sees wins over the crate's generic message; otherwise
         // the message names the offending token, found in the query text.
@@ -267,6 +267,9 @@ pub fn parse_for(q: &str, step_ms: i64, range_ms: i64) -> Result<Expr, QueryErro
         let named = m.split('"').nth(1).filter(|n| !n.is_empty()).and_then(|n| q.find(n));
         QueryError::Parse(parse_error_at(q, named.unwrap_or(0), &m))
     })?;
+    if !trims.is_empty() {
+        rewrite::mark_trims(&mut expr, &trims);
+    }
     eval::check_extended(&expr)?;
     Ok(expr)
 }

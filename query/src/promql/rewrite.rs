@@ -5,6 +5,8 @@
 //!   subquery step and `offset` given as arithmetic (`foo[26m+4m]`,
 //!   `foo[step()*2]`, `foo offset -min_of(step(), 1s)`) are evaluated here,
 //!   with the query's step and range known, into plain millisecond durations;
+//! * the trim operators `</` and `>/` become `<` and `>`, and the parsed
+//!   comparison nodes are marked back by operator token ([`mark_trims`]);
 //! * the `anchored` and `smoothed` modifiers of vector and range selectors
 //!   (Prometheus 3.x extended range selectors) are removed from the text and
 //!   recorded as an extra matcher on the selector, named [`EXT_LABEL`], which
@@ -497,33 +499,126 @@ pub(crate) fn parse_number_or_duration(s: &str) -> Option<f64> {
 
 /// Rewrites `q` for the parser (see the module docs); `step_ms` and
 /// `range_ms` are what `step()` and `range()` stand for.
+#[cfg(test)]
 pub(crate) fn rewrite(q: &str, step_ms: i64, range_ms: i64) -> Result<Cow<'_, str>, QueryError> {
+    rewrite_full(q, step_ms, range_ms).map(|(text, _)| text)
+}
+
+/// A trim operator (`</` upper, `>/` lower) found by [`rewrite_full`]:
+/// which of the query's `<` `>` `<=` `>=` operators (in source order) it
+/// became, and whether it trims the upper side.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Trim {
+    pub ordinal: usize,
+    pub upper: bool,
+}
+
+/// [`rewrite`], also turning the trim operators `</` and `>/` (Prometheus
+/// 3.x, which `promql-parser` does not know) into `<` and `>`, reported so
+/// that the parsed comparison nodes can be marked back ([`mark_trims`]):
+/// they share the comparisons' precedence and associativity, so the tree
+/// has the same shape.
+pub(crate) fn rewrite_full(q: &str, step_ms: i64, range_ms: i64) -> Result<(Cow<'_, str>, Vec<Trim>), QueryError> {
     let toks = lex(q).map_err(|e| QueryError::Parse(super::parse_error_at(q, e.pos, &e.msg)))?;
-    let mut rw = Rw {
-        q,
-        t: toks.into_iter().filter(|t| t.kind != Tok::Space).collect(),
-        step_s: step_ms as f64 / 1000.0,
-        range_s: range_ms as f64 / 1000.0,
-        edits: Vec::new(),
-    };
-    rw.run()?;
-    if rw.edits.is_empty() {
-        return Ok(Cow::Borrowed(q));
-    }
-    let mut edits = rw.edits;
-    edits.sort_by_key(|e| (e.0, e.1));
-    let mut out = String::with_capacity(q.len() + 32);
-    let mut at = 0;
-    for (s, e, text) in edits {
-        if s < at {
-            continue;
+    let mut sig: Vec<Token> = toks.into_iter().filter(|t| t.kind != Tok::Space).collect();
+    let mut trims = Vec::new();
+    let mut trim_edits = Vec::new();
+    let mut ordinal = 0;
+    let mut i = 0;
+    while i < sig.len() {
+        let t = sig[i];
+        let s = &q[t.start..t.end];
+        if t.kind == Tok::Punct && matches!(s, "<" | ">" | "<=" | ">=") {
+            if matches!(s, "<" | ">")
+                && let Some(n) = sig.get(i + 1)
+                && n.kind == Tok::Punct
+                && n.start == t.end
+                && &q[n.start..n.end] == "/"
+            {
+                trims.push(Trim { ordinal, upper: s == "<" });
+                trim_edits.push((n.start, n.end, " ".to_string()));
+                sig.remove(i + 1);
+            }
+            ordinal += 1;
         }
-        out.push_str(&q[at..s]);
-        out.push_str(&text);
-        at = e;
+        i += 1;
     }
-    out.push_str(&q[at..]);
-    Ok(Cow::Owned(out))
+    let mut rw =
+        Rw { q, t: sig, step_s: step_ms as f64 / 1000.0, range_s: range_ms as f64 / 1000.0, edits: trim_edits };
+    rw.run()?;
+    Ok((rw.apply(), trims))
+}
+
+/// Marks the comparison nodes [`rewrite_full`] made of trim operators:
+/// their operator becomes [`TRIM_UPPER`] or [`TRIM_LOWER`], token ids the
+/// parser never produces, which the evaluator reads.
+pub(crate) fn mark_trims(e: &mut promql_parser::parser::Expr, trims: &[Trim]) {
+    use promql_parser::parser::Expr;
+    fn walk(e: &mut Expr, trims: &[Trim], n: &mut usize) {
+        match e {
+            Expr::Binary(b) => {
+                walk(&mut b.lhs, trims, n);
+                if matches!(b.op.to_string().as_str(), "<" | ">" | "<=" | ">=") {
+                    if let Some(t) = trims.iter().find(|t| t.ordinal == *n) {
+                        b.op =
+                            promql_parser::parser::token::TokenType::new(if t.upper { TRIM_UPPER } else { TRIM_LOWER });
+                    }
+                    *n += 1;
+                }
+                walk(&mut b.rhs, trims, n);
+            }
+            Expr::Aggregate(a) => {
+                if let Some(p) = &mut a.param {
+                    walk(p, trims, n);
+                }
+                walk(&mut a.expr, trims, n);
+            }
+            Expr::Call(c) => {
+                for a in &mut c.args.args {
+                    walk(a, trims, n);
+                }
+            }
+            Expr::Paren(p) => walk(&mut p.expr, trims, n),
+            Expr::Unary(u) => walk(&mut u.expr, trims, n),
+            Expr::Subquery(s) => walk(&mut s.expr, trims, n),
+            Expr::VectorSelector(_)
+            | Expr::MatrixSelector(_)
+            | Expr::NumberLiteral(_)
+            | Expr::StringLiteral(_)
+            | Expr::Extension(_) => {}
+        }
+    }
+    let mut n = 0;
+    walk(e, trims, &mut n);
+}
+
+/// Token id marking a `</` (trim upper) binary node.
+pub(crate) const TRIM_UPPER: u16 = 0xff01;
+/// Token id marking a `>/` (trim lower) binary node.
+pub(crate) const TRIM_LOWER: u16 = 0xff02;
+
+impl<'a> Rw<'a> {
+    /// The query with the edits applied.
+    fn apply(self) -> Cow<'a, str> {
+        let q = self.q;
+        if self.edits.is_empty() {
+            return Cow::Borrowed(q);
+        }
+        let mut edits = self.edits;
+        edits.sort_by_key(|e| (e.0, e.1));
+        let mut out = String::with_capacity(q.len() + 32);
+        let mut at = 0;
+        for (s, e, text) in edits {
+            if s < at {
+                continue;
+            }
+            out.push_str(&q[at..s]);
+            out.push_str(&text);
+            at = e;
+        }
+        out.push_str(&q[at..]);
+        Cow::Owned(out)
+    }
 }
 
 /// Binary operators (and the keywords that act as one).
@@ -767,5 +862,35 @@ mod tests {
         assert_eq!(rw("{} smoothed"), "{__cairn_ext__=\"smoothed\"} ");
         // A metric called `anchored` is still a metric.
         assert_eq!(rw("anchored + 1"), "anchored + 1");
+    }
+
+    #[test]
+    fn trim_operators_become_marked_comparisons() {
+        use promql_parser::parser::Expr;
+        let q = "a < b >/ 3 and sum(h </ on(x) c) <= 2";
+        let (text, trims) = rewrite_full(q, 0, 0).unwrap();
+        assert_eq!(text, "a < b >  3 and sum(h <  on(x) c) <= 2");
+        assert_eq!(trims, [Trim { ordinal: 1, upper: false }, Trim { ordinal: 2, upper: true }]);
+        let e = crate::promql::parse(q).unwrap();
+        let mut ops = Vec::new();
+        fn collect(e: &Expr, ops: &mut Vec<u16>) {
+            match e {
+                Expr::Binary(b) => {
+                    collect(&b.lhs, ops);
+                    ops.push(b.op.id());
+                    collect(&b.rhs, ops);
+                }
+                Expr::Aggregate(a) => collect(&a.expr, ops),
+                Expr::Paren(p) => collect(&p.expr, ops),
+                _ => {}
+            }
+        }
+        collect(&e, &mut ops);
+        assert_eq!(ops[1], TRIM_LOWER);
+        assert_eq!(ops[3], TRIM_UPPER);
+        assert!(ops[0] != TRIM_LOWER && ops[0] != TRIM_UPPER && ops[4] != TRIM_UPPER);
+        // A `<` then a division is not a trim.
+        assert!(rewrite_full("a < /x/", 0, 0).map(|r| r.1.is_empty()).unwrap_or(true));
+        assert!(rewrite_full("a < b / 2", 0, 0).unwrap().1.is_empty());
     }
 }
