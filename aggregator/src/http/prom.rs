@@ -802,8 +802,8 @@ pub(crate) async fn alerts() -> Response {
 pub(crate) async fn format_query(RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
     let p = Params::parse(q.as_deref(), &headers, &body);
     let qs = try_resp!(query_param(&p));
-    match promql::parse(qs) {
-        Ok(e) => success(json!(e.prettify())),
+    match promql::format_query(qs) {
+        Ok(text) => success(json!(text)),
         Err(e) => api_error(StatusCode::BAD_REQUEST, "bad_data", format!("invalid parameter \"query\": {e}")),
     }
 }

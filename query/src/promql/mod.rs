@@ -274,6 +274,32 @@ pub fn parse_for(q: &str, step_ms: i64, range_ms: i64) -> Result<Expr, QueryErro
     Ok(expr)
 }
 
+/// The canonical (pretty-printed) text of a query, as Prometheus's
+/// `/api/v1/format_query` gives it.
+pub fn format_query(q: &str) -> Result<String, QueryError> {
+    let expr = parse(q)?;
+    let text = expr.prettify();
+    // The parser crate prints the trim operators' marker tokens as
+    // "unknown token": put the operators back, in source order (the
+    // printed order of binary operators).
+    let trims = rewrite::marked_trims(&expr);
+    const MARK: &str = "unknown token";
+    if trims.is_empty() || text.matches(MARK).count() != trims.len() {
+        return Ok(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    for upper in trims {
+        if let Some(i) = rest.find(MARK) {
+            out.push_str(&rest[..i]);
+            out.push_str(if upper { "</" } else { ">/" });
+            rest = &rest[i + MARK.len()..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Prometheus's `ParseErr` text: `line:col: parse error: msg`, where `col`
 /// counts bytes from the start of the line (1-based) up to `pos`.
 pub(crate) fn parse_error_at(q: &str, pos: usize, msg: &str) -> String {

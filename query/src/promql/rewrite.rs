@@ -592,6 +592,38 @@ pub(crate) fn mark_trims(e: &mut promql_parser::parser::Expr, trims: &[Trim]) {
     walk(e, trims, &mut n);
 }
 
+/// The trim nodes of `e` in source order: true for `</`.
+pub(crate) fn marked_trims(e: &promql_parser::parser::Expr) -> Vec<bool> {
+    use promql_parser::parser::Expr;
+    fn walk(e: &Expr, out: &mut Vec<bool>) {
+        match e {
+            Expr::Binary(b) => {
+                walk(&b.lhs, out);
+                match b.op.id() {
+                    TRIM_UPPER => out.push(true),
+                    TRIM_LOWER => out.push(false),
+                    _ => {}
+                }
+                walk(&b.rhs, out);
+            }
+            Expr::Aggregate(a) => {
+                if let Some(p) = &a.param {
+                    walk(p, out);
+                }
+                walk(&a.expr, out);
+            }
+            Expr::Call(c) => c.args.args.iter().for_each(|a| walk(a, out)),
+            Expr::Paren(p) => walk(&p.expr, out),
+            Expr::Unary(u) => walk(&u.expr, out),
+            Expr::Subquery(s) => walk(&s.expr, out),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(e, &mut out);
+    out
+}
+
 /// Token id marking a `</` (trim upper) binary node.
 pub(crate) const TRIM_UPPER: u16 = 0xff01;
 /// Token id marking a `>/` (trim lower) binary node.
@@ -889,6 +921,7 @@ mod tests {
         assert_eq!(ops[1], TRIM_LOWER);
         assert_eq!(ops[3], TRIM_UPPER);
         assert!(ops[0] != TRIM_LOWER && ops[0] != TRIM_UPPER && ops[4] != TRIM_UPPER);
+        assert_eq!(crate::promql::format_query("h </ 3 + x >/ on(a) y").unwrap(), "h </ 3 + x >/ on (a) y");
         // A `<` then a division is not a trim.
         assert!(rewrite_full("a < /x/", 0, 0).map(|r| r.1.is_empty()).unwrap_or(true));
         assert!(rewrite_full("a < b / 2", 0, 0).unwrap().1.is_empty());
