@@ -377,7 +377,9 @@ impl Ctx<'_> {
             // decides the first histogram's reset hint.
             let from = mint.div_euclid(super::histfn::CHUNK_RANGE_MS) * super::histfn::CHUNK_RANGE_MS;
             let before: HashMap<Labels, SelectedSeries> = if from < mint {
-                self.select(vs, from, mint - 1)?.into_iter().map(|x| (x.labels.clone(), x)).collect()
+                // Best effort: only hints depend on it, never whether the
+                // query runs (it may read past the query's budgets).
+                self.select(vs, from, mint - 1).unwrap_or_default().into_iter().map(|x| (x.labels.clone(), x)).collect()
             } else {
                 HashMap::new()
             };
