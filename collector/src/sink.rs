@@ -129,6 +129,7 @@ pub struct HttpSink {
     logs_url: String,
     tenant: Option<String>,
     bearer: Option<Secret>,
+    retry_auth_errors: bool,
 }
 
 /// A header value kept out of `Debug` output.
@@ -185,7 +186,7 @@ impl HttpSink {
             return Err(SinkSetupError::Token("the bearer token must be printable ASCII".into()));
         }
         let bearer = Some(token).filter(|t| !t.is_empty()).map(|t| Secret(format!("Bearer {t}")));
-        Ok(HttpSink { client, metrics_url, logs_url, tenant, bearer })
+        Ok(HttpSink { client, metrics_url, logs_url, tenant, bearer, retry_auth_errors: cfg.retry_auth_errors })
     }
 
     /// The remote_write URL in use.
@@ -229,9 +230,10 @@ impl HttpSink {
             return Err(SinkError::Throttled { msg, retry_after });
         }
         // 401/403: the credentials (collector.push.bearer_token or the
-        // aggregator's [auth]) are wrong, not the data. Keep it queued and
-        // retry until an operator fixes them, rather than drop it.
-        if matches!(status.as_u16(), 401 | 403 | 429) || status.is_server_error() {
+        // aggregator's [auth]) are wrong, not the data; with
+        // `retry_auth_errors` it stays queued until an operator fixes them.
+        let auth = matches!(status.as_u16(), 401 | 403);
+        if status.as_u16() == 429 || status.is_server_error() || (auth && self.retry_auth_errors) {
             Err(SinkError::Retryable(msg))
         } else {
             Err(SinkError::Permanent(msg))
@@ -530,6 +532,9 @@ mod tests {
         for status in [401, 403] {
             let (url, _) = server(status, "invalid bearer token").await;
             let e = HttpSink::new(&cfg(&url)).unwrap().push_metrics(batch()).await.unwrap_err();
+            assert!(!e.is_retryable() && e.to_string().contains("invalid bearer token"), "{e}");
+            let retrying = PushConfig { retry_auth_errors: true, ..cfg(&url) };
+            let e = HttpSink::new(&retrying).unwrap().push_metrics(batch()).await.unwrap_err();
             assert!(e.is_retryable() && e.to_string().contains("invalid bearer token"), "{e}");
         }
 
