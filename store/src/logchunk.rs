@@ -322,6 +322,11 @@ impl Decoded {
         out
     }
 
+    /// True when the body buffer has room (kept from an earlier chunk).
+    pub fn has_buffers(&self) -> bool {
+        self.body.capacity() > 0
+    }
+
     /// Takes back the buffers of a [`Decoded::split_off`] result for reuse.
     pub fn recycle(&mut self, mut other: Decoded) {
         if self.body.capacity() < other.body.capacity() {
