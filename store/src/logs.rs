@@ -85,6 +85,20 @@ pub struct ScanStats {
 /// lengths, and the entries themselves where they carry metadata.
 pub type TimestampSink<'f> = dyn FnMut(&Labels, &[i64], &[u32], Option<&[EntryRef<'_>]>) + 'f;
 
+/// One batch of [`LogStore::scan_counts`].
+#[derive(Debug, Clone, Copy)]
+pub enum TsBatch<'a> {
+    /// Sorted timestamps, with the line lengths when asked for (otherwise
+    /// empty), and the entries themselves where they carry structured
+    /// metadata.
+    Entries { ts: &'a [i64], lens: &'a [u32], entries: Option<&'a [EntryRef<'a>]> },
+    /// A whole block chunk the caller's `whole` test accepted, taken from
+    /// the block index without being read: `count` entries without
+    /// structured metadata, `bytes` bytes of lines, every timestamp in
+    /// `[min_ts, max_ts]`.
+    Whole { min_ts: i64, max_ts: i64, count: u64, bytes: u64 },
+}
+
 /// Which end of a time range a scan starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
@@ -183,6 +197,8 @@ enum Prepared {
     Empty,
     /// Decoded, with the range of entries inside the time range.
     Ready(Box<ReadyChunk>),
+    /// Counted from the block index (`scan_counts`).
+    Whole,
 }
 
 struct ReadyChunk {
@@ -323,8 +339,22 @@ impl Ahead {
 
     /// A worker: prepares sources in order until all are claimed or the
     /// scan stops.
-    fn work(&self, prep: &(dyn Fn(usize, &mut logchunk::Decoded) -> Result<Prepared, StoreError> + Sync)) {
-        let mut scratch = logchunk::Decoded::default();
+    fn work(
+        &self,
+        pool: &DecodePool,
+        prep: &(dyn Fn(usize, &mut logchunk::Decoded) -> Result<Prepared, StoreError> + Sync),
+    ) {
+        let mut scratch = pool.take();
+        self.work_with(pool, &mut scratch, prep);
+        pool.put(scratch);
+    }
+
+    fn work_with(
+        &self,
+        pool: &DecodePool,
+        scratch: &mut logchunk::Decoded,
+        prep: &(dyn Fn(usize, &mut logchunk::Decoded) -> Result<Prepared, StoreError> + Sync),
+    ) {
         loop {
             let i = self.next.fetch_add(1, AtomicOrdering::SeqCst);
             {
@@ -339,7 +369,12 @@ impl Ahead {
             if self.stop.load(AtomicOrdering::SeqCst) {
                 return;
             }
-            let r = prep(i, &mut scratch);
+            if !scratch.has_buffers()
+                && let Some(d) = pool.try_take()
+            {
+                scratch.recycle(d);
+            }
+            let r = prep(i, scratch);
             self.lock().slots[i] = Some(r);
             self.ready.notify_all();
         }
@@ -474,6 +509,35 @@ pub struct LogStore {
     opts: LogStoreOptions,
     /// Newest timestamp per stream (ns), for the out-of-order window.
     newest: std::sync::Mutex<crate::newest::NewestMap>,
+    /// Decode buffers kept between scans.
+    pool: DecodePool,
+}
+
+/// Decode buffers (and zstd contexts) reused from scan to scan. A fresh
+/// 1 MiB body buffer is a fresh mapping whose pages fault in as zstd
+/// writes them and are unmapped again when it is freed: measured on the
+/// PEERS.md rare-token query, that was a third of its CPU time.
+#[derive(Default)]
+struct DecodePool(Mutex<Vec<logchunk::Decoded>>);
+
+/// Buffers the pool keeps: one per chunk a scan can hold at once.
+const POOL_KEEP: usize = SCAN_WORKERS + LOOKAHEAD + 2;
+
+impl DecodePool {
+    fn take(&self) -> logchunk::Decoded {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default()
+    }
+
+    fn try_take(&self) -> Option<logchunk::Decoded> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn put(&self, d: logchunk::Decoded) {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() < POOL_KEEP {
+            v.push(d);
+        }
+    }
 }
 
 /// The refusal of an entry `ts` behind its stream's newest entry `newest`
@@ -838,7 +902,7 @@ impl LogStore {
                 }
             }
         }
-        Ok(LogStore { t, opts, newest: std::sync::Mutex::new(newest) })
+        Ok(LogStore { t, opts, newest: std::sync::Mutex::new(newest), pool: DecodePool::default() })
     }
 
     /// Opens the store in `dir` read-only: for `cairn grep --data-dir`
@@ -849,7 +913,7 @@ impl LogStore {
     /// [`StoreError::ReadOnly`]. See "Read-only open" in `docs/format/wal.md`.
     pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
         let t = Tiered::open_read_only(dir, BlockKind::Logs, RECORD_ENTRIES)?;
-        Ok(LogStore { t, opts: LogStoreOptions::default(), newest: Default::default() })
+        Ok(LogStore { t, opts: LogStoreOptions::default(), newest: Default::default(), pool: DecodePool::default() })
     }
 
     /// What the WAL replay at open found.
@@ -1057,10 +1121,10 @@ impl LogStore {
         };
         std::thread::scope(|scope| {
             for _ in 0..workers {
-                scope.spawn(|| ahead.work(&prep));
+                scope.spawn(|| ahead.work(&self.pool, &prep));
             }
+            let mut scratch = self.pool.take();
             let res = (|| {
-                let mut scratch = logchunk::Decoded::default();
                 for (i, src) in sources.iter().enumerate() {
                     if ahead.beyond(req.order, src) {
                         break;
@@ -1069,7 +1133,7 @@ impl LogStore {
                     let mut batch: Vec<EntryRef<'_>> = Vec::new();
                     let ready = match prepared {
                         Prepared::Beyond => break,
-                        Prepared::Empty => {
+                        Prepared::Empty | Prepared::Whole => {
                             stats.chunks += 1;
                             continue;
                         }
@@ -1106,11 +1170,16 @@ impl LogStore {
                     }
                     drop(batch);
                     if let Some(r) = ready {
-                        scratch.recycle(r.dec);
+                        if workers > 0 {
+                            self.pool.put(r.dec);
+                        } else {
+                            scratch.recycle(r.dec);
+                        }
                     }
                 }
                 Ok::<(), StoreError>(())
             })();
+            self.pool.put(scratch);
             ahead.stop();
             res
         })?;
@@ -1134,63 +1203,139 @@ impl LogStore {
         want_lens: bool,
         f: &mut TimestampSink<'_>,
     ) -> Result<ScanStats, StoreError> {
+        self.scan_counts(tenant, matchers, start, end, want_lens, None, &mut |labels, batch| {
+            if let TsBatch::Entries { ts, lens, entries } = batch {
+                f(labels, ts, lens, entries);
+            }
+        })
+    }
+
+    /// [`LogStore::scan_timestamps`], and with `whole`: a block chunk
+    /// wholly inside `[start, end)` whose entries carry no structured
+    /// metadata and for which `whole(min_ts, max_ts)` is true is handed to
+    /// `f` as [`TsBatch::Whole`] from the block index, unread — for a
+    /// caller that only needs the number and size of entries, and whose
+    /// answer is the same for every timestamp in that span (a range query
+    /// whose step windows do not cut the chunk). Heads are decoded ahead
+    /// by worker threads.
+    ///
+    /// A version 2 chunk carries no metadata exactly when its body is no
+    /// longer than its lines (`payload == raw_bytes` in the index: with
+    /// metadata the body holds at least one count byte per entry after
+    /// the lines; a version 1 chunk's payload always holds more than its
+    /// lines).
+    #[allow(clippy::too_many_arguments)]
+    pub fn scan_counts(
+        &self,
+        tenant: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        want_lens: bool,
+        whole: Option<&(dyn Fn(i64, i64) -> bool + Sync)>,
+        f: &mut dyn FnMut(&Labels, TsBatch<'_>),
+    ) -> Result<ScanStats, StoreError> {
         let start = start.max(self.t.visible_from(tenant));
         let mut stats = ScanStats::default();
         let (persisted, head) = self.t.read();
         let mut sources = Vec::new();
         gather_sources(&persisted, &head, tenant, matchers, start, end, &mut sources);
-        let mut dec = logchunk::Decoded::default();
-        let (mut ts, mut lens) = (Vec::new(), Vec::new());
-        for src in &sources {
-            match src.src {
-                Src::Mem(entries) => {
-                    stats.head_lines += entries.len() as u64;
-                    stats.head_bytes += entries.iter().map(|e| e.line.len() as u64).sum::<u64>();
-                    ts.clear();
-                    lens.clear();
-                    ts.extend(entries.iter().map(|e| e.ts));
-                    lens.extend(entries.iter().map(|e| e.line.len() as u32));
-                    if entries.iter().any(|e| !e.metadata.is_empty()) {
-                        let refs: Vec<EntryRef<'_>> = entries
-                            .iter()
-                            .map(|e| EntryRef { ts: e.ts, line: &e.line, metadata: MetaRef::Owned(&e.metadata) })
-                            .collect();
-                        f(src.labels, &ts, &lens, Some(&refs));
-                    } else {
-                        f(src.labels, &ts, &lens, None);
-                    }
-                }
-                Src::Chunk(b, c) => {
-                    stats.chunks += 1;
-                    let corrupt = |e: crate::codec::DecodeError| b.corrupt(c, format!("chunk: {e}"));
-                    let (lo, hi) = decode_head_range(&mut dec, b, c, start, end)?;
-                    if lo >= hi {
-                        continue;
-                    }
-                    if !dec.may_have_metadata() {
-                        if want_lens {
-                            dec.decode_lens().map_err(corrupt)?;
-                            f(src.labels, &dec.ts[lo..hi], &dec.lens[lo..hi], None);
-                        } else {
-                            f(src.labels, &dec.ts[lo..hi], &[], None);
-                        }
-                        continue;
-                    }
-                    let bytes = b.chunk_slice(c)?;
-                    stats.bytes_read += bytes.len() as u64;
-                    dec.decode_body(bytes, c.payload).map_err(corrupt)?;
-                    stats.bytes_decompressed += dec.body.len() as u64;
-                    let mut refs = Vec::with_capacity(hi - lo);
-                    for i in lo..hi {
-                        let line = std::str::from_utf8(dec.line(i))
-                            .map_err(|_| b.corrupt(c, format!("line {i} is not UTF-8")))?;
-                        let metadata = dec.meta(i).map_or(MetaRef::None, MetaRef::Encoded);
-                        refs.push(EntryRef { ts: dec.ts[i], line, metadata });
-                    }
-                    f(src.labels, &dec.ts[lo..hi], &dec.lens[lo..hi], Some(&refs));
-                }
+        let chunks = sources.iter().filter(|s| matches!(s.src, Src::Chunk(..))).count();
+        let workers = if chunks >= 3 { SCAN_WORKERS } else { 0 };
+        let ahead = Ahead::new(sources.len());
+        let prep = |i: usize, scratch: &mut logchunk::Decoded| -> Result<Prepared, StoreError> {
+            let Src::Chunk(b, c) = sources[i].src else { return Ok(Prepared::Mem) };
+            if let Some(w) = whole
+                && c.min_ts >= start
+                && c.max_ts < end
+                && c.payload == c.raw_bytes
+                && w(c.min_ts, c.max_ts)
+            {
+                return Ok(Prepared::Whole);
             }
-        }
+            let corrupt = |e: crate::codec::DecodeError| b.corrupt(c, format!("chunk: {e}"));
+            let (lo, hi) = decode_head_range(scratch, b, c, start, end)?;
+            if lo >= hi {
+                return Ok(Prepared::Empty);
+            }
+            let mut chunk_len = 0;
+            if scratch.may_have_metadata() {
+                let bytes = b.chunk_slice(c)?;
+                scratch.decode_body(bytes, c.payload).map_err(corrupt)?;
+                chunk_len = bytes.len() as u64;
+            } else if want_lens {
+                scratch.decode_lens().map_err(corrupt)?;
+            }
+            Ok(Prepared::Ready(Box::new(ReadyChunk { dec: scratch.split_off(), lo, hi, chunk_len })))
+        };
+        let (mut ts, mut lens) = (Vec::new(), Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| ahead.work(&self.pool, &prep));
+            }
+            let mut scratch = self.pool.take();
+            let res = (|| {
+                for (i, src) in sources.iter().enumerate() {
+                    let prepared = if workers > 0 { ahead.take(i) } else { prep(i, &mut scratch) }?;
+                    match (prepared, src.src) {
+                        (Prepared::Mem, Src::Mem(entries)) => {
+                            stats.head_lines += entries.len() as u64;
+                            stats.head_bytes += entries.iter().map(|e| e.line.len() as u64).sum::<u64>();
+                            ts.clear();
+                            lens.clear();
+                            ts.extend(entries.iter().map(|e| e.ts));
+                            lens.extend(entries.iter().map(|e| e.line.len() as u32));
+                            let refs: Option<Vec<EntryRef<'_>>> =
+                                entries.iter().any(|e| !e.metadata.is_empty()).then(|| {
+                                    entries
+                                        .iter()
+                                        .map(|e| EntryRef {
+                                            ts: e.ts,
+                                            line: &e.line,
+                                            metadata: MetaRef::Owned(&e.metadata),
+                                        })
+                                        .collect()
+                                });
+                            f(src.labels, TsBatch::Entries { ts: &ts, lens: &lens, entries: refs.as_deref() });
+                        }
+                        (Prepared::Whole, Src::Chunk(_, c)) => {
+                            stats.chunks += 1;
+                            let (min_ts, max_ts, count, bytes) = (c.min_ts, c.max_ts, c.entries, c.raw_bytes);
+                            f(src.labels, TsBatch::Whole { min_ts, max_ts, count, bytes });
+                        }
+                        (Prepared::Ready(r), Src::Chunk(b, c)) => {
+                            stats.chunks += 1;
+                            let (dec, lo, hi) = (&r.dec, r.lo, r.hi);
+                            let lens = if want_lens || r.chunk_len > 0 { &dec.lens[lo..hi] } else { &[][..] };
+                            if r.chunk_len > 0 {
+                                stats.bytes_read += r.chunk_len;
+                                stats.bytes_decompressed += dec.body.len() as u64;
+                                let mut refs = Vec::with_capacity(hi - lo);
+                                for i in lo..hi {
+                                    let line = std::str::from_utf8(dec.line(i))
+                                        .map_err(|_| b.corrupt(c, format!("line {i} is not UTF-8")))?;
+                                    let metadata = dec.meta(i).map_or(MetaRef::None, MetaRef::Encoded);
+                                    refs.push(EntryRef { ts: dec.ts[i], line, metadata });
+                                }
+                                f(src.labels, TsBatch::Entries { ts: &dec.ts[lo..hi], lens, entries: Some(&refs) });
+                            } else {
+                                f(src.labels, TsBatch::Entries { ts: &dec.ts[lo..hi], lens, entries: None });
+                            }
+                            if workers > 0 {
+                                self.pool.put(r.dec);
+                            } else {
+                                scratch.recycle(r.dec);
+                            }
+                        }
+                        _ => stats.chunks += 1, // Empty
+                    }
+                }
+                Ok::<(), StoreError>(())
+            })();
+            self.pool.put(scratch);
+            ahead.stop();
+            res
+        })?;
         Ok(stats)
     }
 

@@ -33,6 +33,11 @@ pub fn open_and_read_all(root: &Path, wal: WalOptions) -> Result<(), StoreError>
     let req = ScanRequest { needles: &[], order: Order::Forward, ..req };
     let _ = logs.scan_entries(&req, &mut |_, _| None);
     let _ = logs.scan_timestamps("t", &[], i64::MIN, i64::MAX, true, &mut |_, _, _, _| {});
+    // every other chunk counted whole from the index, the rest decoded
+    let whole = |a: i64, _: i64| a % 2 == 0;
+    let _ = logs.scan_counts("t", &[], i64::MIN, i64::MAX - 1, false, Some(&whole), &mut |_, b| {
+        std::hint::black_box(b);
+    });
     let _ = logs.streams("t", &[], i64::MIN, i64::MAX);
     drop(logs);
     let metrics = MetricsStore::open(&root.join(crate::layout::METRICS_DIR), wal)?;

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 
-use cairn_store::logs::{EntryRef, LogStore, Order, ScanRequest};
+use cairn_store::logs::{EntryRef, LogStore, Order, ScanRequest, TsBatch};
 use cairn_wire::Labels;
 
 use super::ast::{BinOp, Group, Grouping, LogRange, RangeOp, SampleExpr, Stage, UnwrapConv, VecOp, VectorMatching};
@@ -733,6 +733,28 @@ impl Acc {
         }
     }
 
+    /// Adds `n` samples of total value `sum`, all at timestamps with the
+    /// same step span as `ts` (a whole chunk from the block index), to
+    /// series `key`; false when that would exceed [`MAX_SERIES`]. Only the
+    /// per-step accumulator takes these (the scan is asked for them only
+    /// then).
+    fn add_run(&mut self, key: &Labels, ts: i64, n: i64, sum: f64) -> bool {
+        match self.series(key) {
+            None => false,
+            Some(AccSeries::Cells(grid, c)) => {
+                let (lo, hi) = grid.span(ts);
+                if lo < hi {
+                    c.cnt[lo] += n;
+                    c.cnt[hi] -= n;
+                    c.sum[lo] += sum;
+                    c.sum[hi] -= sum;
+                }
+                true
+            }
+            Some(AccSeries::Points(_)) => true,
+        }
+    }
+
     /// Adds sorted timestamps to series `key`, each with value 1 or, given
     /// `lens`, its line length; false when that would exceed [`MAX_SERIES`].
     fn add_sorted(&mut self, key: &Labels, ts: &[i64], lens: Option<&[u32]>) -> bool {
@@ -804,6 +826,23 @@ impl RangeEval<'_> {
         let bytes = matches!(self.op, RangeOp::Bytes | RangeOp::BytesRate);
         let key = self.key(labels);
         if !self.acc.add_sorted(&key, ts, bytes.then_some(lens)) {
+            self.failure = Some(EvalError::TooManySeries(MAX_SERIES));
+        }
+    }
+
+    /// A whole chunk of `n` entries and `bytes` line bytes whose
+    /// timestamps all share the step span of `ts` (see [`LogStore::scan_counts`]).
+    fn whole(&mut self, labels: &Labels, ts: i64, n: u64, bytes: u64) {
+        let bytes_op = matches!(self.op, RangeOp::Bytes | RangeOp::BytesRate);
+        if self.failure.is_some() || !self.tick(n as usize, if bytes_op { bytes } else { 0 }) {
+            return;
+        }
+        let ctl = self.ctl;
+        let labels = &*ctl.with_implied_level(labels);
+        self.ctl.add_post_filter(n);
+        let key = self.key(labels);
+        let sum = if bytes_op { bytes as f64 } else { n as f64 };
+        if !self.acc.add_run(&key, ts, n as i64, sum) {
             self.failure = Some(EvalError::TooManySeries(MAX_SERIES));
         }
     }
@@ -935,9 +974,10 @@ fn eval_range(
     let static_labels = range.unwrap.is_none() && pipeline_keeps_labels(pipeline);
     let countable = range.unwrap.is_none()
         && matches!(op, RangeOp::Count | RangeOp::Rate | RangeOp::Bytes | RangeOp::BytesRate | RangeOp::Absent);
-    let acc = match Grid::new(steps, range.offset, range.range) {
-        Some(g) if countable => Acc::Cells(g, HashMap::new()),
-        _ => Acc::Points(HashMap::new()),
+    let grid = Grid::new(steps, range.offset, range.range).filter(|_| countable);
+    let acc = match grid {
+        Some(g) => Acc::Cells(g, HashMap::new()),
+        None => Acc::Points(HashMap::new()),
     };
     let mut ev = RangeEval {
         op,
@@ -955,14 +995,19 @@ fn eval_range(
         // Nothing looks at the lines: timestamps and line lengths suffice,
         // and chunks are read without their lines (entries carrying
         // structured metadata, which becomes labels, come whole).
+        // A chunk no step window cuts adds the same to every window
+        // holding it: its count and size come from the block index.
         let bytes = matches!(op, RangeOp::Bytes | RangeOp::BytesRate);
-        store.scan_timestamps(tenant, matchers, scan_start, scan_end, bytes, &mut |labels, ts, lens, entries| {
+        let same_span = |a: i64, b: i64| grid.is_some_and(|g| g.span(a) == g.span(b));
+        let whole: Option<&(dyn Fn(i64, i64) -> bool + Sync)> = grid.is_some().then_some(&same_span);
+        store.scan_counts(tenant, matchers, scan_start, scan_end, bytes, whole, &mut |labels, batch| {
             if ev.failure.is_some() {
                 return;
             }
-            match entries {
-                Some(es) => ev.batch(labels, es),
-                None => ev.plain(labels, ts, lens),
+            match batch {
+                TsBatch::Entries { entries: Some(es), .. } => ev.batch(labels, es),
+                TsBatch::Entries { ts, lens, entries: None } => ev.plain(labels, ts, lens),
+                TsBatch::Whole { min_ts, count, bytes, .. } => ev.whole(labels, min_ts, count, bytes),
             }
         })
     } else {
@@ -1225,6 +1270,74 @@ mod tests {
         match v {
             MetricValue::Matrix(m) => m.into_iter().map(|s| (s.labels.to_string(), s.points)).collect(),
             other => panic!("not a matrix: {other:?}"),
+        }
+    }
+
+    /// Counts and sizes of chunks no step window cuts come from the block
+    /// index (`scan_counts`): the answers equal counting every entry, with
+    /// chunks of every span, structured metadata (which becomes labels, so
+    /// those chunks must be read) on one stream, offsets and steps shorter
+    /// and longer than the range.
+    #[test]
+    fn whole_chunks_count_like_their_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LogStore::open(d.path(), WalOptions::default()).unwrap();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        let mut all: Vec<(&str, i64, usize, bool)> = Vec::new();
+        let mut t = [0i64; 3];
+        for round in 0..40 {
+            let mut batch = Vec::new();
+            for (k, job) in ["a", "b", "m"].into_iter().enumerate() {
+                let mut entries = Vec::new();
+                for _ in 0..rnd(6) {
+                    t[k] += 1 + rnd(40) as i64;
+                    let len = rnd(30) as usize;
+                    let meta = job == "m" && rnd(2) == 0;
+                    let metadata = if meta { vec![("k".to_string(), "v".to_string())] } else { vec![] };
+                    entries.push(Entry { ts: t[k] * S, line: "x".repeat(len), metadata });
+                    all.push((job, t[k], len, meta));
+                }
+                let labels = Labels::from_pairs([("job", job)]).unwrap();
+                batch.push(StreamEntries { labels, entries });
+            }
+            s.push("t", batch).unwrap();
+            if round % 3 != 2 {
+                s.flush().unwrap();
+            }
+        }
+        let end = t.iter().max().copied().unwrap_or(0) + 50;
+        for _ in 0..60 {
+            let (step, range, offset) = (1 + rnd(90) as i64, 1 + rnd(120) as i64, rnd(3) as i64 * rnd(40) as i64);
+            let start = rnd(200) as i64;
+            for (f, bytes) in [("count_over_time", false), ("bytes_over_time", true)] {
+                let q = format!(r#"sum by (job, k) ({f}({{job=~".+"}}[{range}s] offset {offset}s))"#);
+                let got = matrix(run(&s, &q, start, end, step).unwrap());
+                let mut want: std::collections::BTreeMap<String, Vec<(i64, f64)>> = Default::default();
+                let mut at = start;
+                while at <= end {
+                    let (lo, hi) = (at - offset - range, at - offset);
+                    let mut per: std::collections::BTreeMap<String, f64> = Default::default();
+                    for &(job, _, len, meta) in all.iter().filter(|e| e.1 > lo && e.1 <= hi) {
+                        let key =
+                            if meta { format!(r#"{{job="{job}", k="v"}}"#) } else { format!(r#"{{job="{job}"}}"#) };
+                        *per.entry(key).or_default() += if bytes { len as f64 } else { 1.0 };
+                    }
+                    for (k, v) in per {
+                        want.entry(k).or_default().push((at * 1000, v));
+                    }
+                    at += step;
+                }
+                let want: Vec<(String, Vec<(i64, f64)>)> = want.into_iter().collect();
+                let mut got = got;
+                got.sort_by(|a, b| a.0.cmp(&b.0));
+                assert_eq!(got, want, "{q} start {start} step {step}");
+            }
         }
     }
 
