@@ -168,6 +168,9 @@ pub struct LogsStorageConfig {
     /// Delete the oldest log blocks while all log blocks take more than
     /// this; `0` means no size limit.
     pub retention_size: ByteSize,
+    /// Memory for decompressed chunks that line-filter queries read, kept
+    /// for the next query over them; `0` turns it off.
+    pub chunk_cache_size: ByteSize,
 }
 
 impl Default for LogsStorageConfig {
@@ -178,6 +181,7 @@ impl Default for LogsStorageConfig {
             out_of_order_window: ConfigDuration(cairn_store::logs::DEFAULT_OUT_OF_ORDER_WINDOW),
             retention_time: ConfigDuration::from_secs(30 * 86_400),
             retention_size: ByteSize(0),
+            chunk_cache_size: ByteSize(cairn_store::logs::DEFAULT_CHUNK_CACHE_BYTES),
         }
     }
 }

@@ -221,6 +221,7 @@ impl Aggregator {
                 head_max_bytes: config.storage.logs.head_max_size.0,
                 flush_interval: config.storage.logs.flush_interval.0,
                 out_of_order_window: config.storage.logs.out_of_order_window.0,
+                chunk_cache_bytes: config.storage.logs.chunk_cache_size.0,
             },
         )?;
         let (logs_retention, metrics_retention) = config.retention();

@@ -138,6 +138,9 @@ pub struct Postings {
 /// An open block: index in memory, chunks on disk (memory-mapped).
 #[derive(Debug)]
 pub struct Block {
+    /// Unique among the blocks this process has opened (caches key on it:
+    /// a block reopened or rewritten under the same name gets a new one).
+    pub uid: u64,
     path: PathBuf,
     /// The whole file, mapped read-only (see [`Block::open`]).
     map: memmap2::Mmap,
@@ -478,7 +481,9 @@ impl Block {
         if map.len() as u64 != size {
             return Err(corrupt(0, format!("mapped {} bytes of a {size}-byte file", map.len())));
         }
+        static NEXT_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Block {
+            uid: NEXT_UID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             path: path.to_path_buf(),
             map,
             file,

@@ -268,6 +268,29 @@ impl Decoded {
         let res = self.dctx()?.decompress_to_buffer(frame, &mut body).map_err(zstd_err);
         self.body = body;
         res?;
+        self.index_body()
+    }
+
+    /// Like [`Decoded::decode_body`], from a body decompressed before
+    /// (a cached copy of `self.body` after `decode_body` of the same chunk).
+    pub fn set_body(&mut self, body: &[u8]) -> Result<(), DecodeError> {
+        if self.v1 {
+            return Ok(());
+        }
+        self.decode_lens()?;
+        self.body.clear();
+        self.body.extend_from_slice(body);
+        self.index_body()
+    }
+
+    /// True for a version 2 chunk, whose body is decoded apart from its
+    /// head ([`Decoded::decode_body`]).
+    pub fn has_body_frame(&self) -> bool {
+        !self.v1
+    }
+
+    /// Line and metadata slots over a decompressed body.
+    fn index_body(&mut self) -> Result<(), DecodeError> {
         if self.body.len() < self.lines_len {
             return Err(DecodeError { offset: 0, reason: "body shorter than its lines" });
         }

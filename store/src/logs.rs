@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 pub use cairn_wire::{Entry, StreamEntries};
@@ -216,13 +216,25 @@ fn prepare(
     c: &block::ChunkMeta,
     req: &ScanRequest<'_>,
     scratch: &mut logchunk::Decoded,
+    cache: Option<&ChunkCache>,
 ) -> Result<Prepared, StoreError> {
     let (lo, hi) = decode_head_range(scratch, b, c, req.start, req.end)?;
     if lo >= hi {
         return Ok(Prepared::Empty);
     }
     let bytes = b.chunk_slice(c)?;
-    scratch.decode_body(bytes, c.payload).map_err(|e| b.corrupt(c, format!("chunk: {e}")))?;
+    let key = (b.uid, c.offset);
+    let cached = cache.filter(|_| scratch.has_body_frame()).and_then(|cache| cache.get(key));
+    match cached {
+        Some(body) => scratch.set_body(&body),
+        None => scratch.decode_body(bytes, c.payload),
+    }
+    .map_err(|e| b.corrupt(c, format!("chunk: {e}")))?;
+    if let Some(cache) = cache
+        && scratch.has_body_frame()
+    {
+        cache.insert(key, &scratch.body);
+    }
     Ok(Prepared::Ready(Box::new(ReadyChunk { dec: scratch.split_off(), lo, hi, chunk_len: bytes.len() as u64 })))
 }
 
@@ -486,7 +498,13 @@ pub struct LogStoreOptions {
     /// [`RejectReason::TooFarBehind`] (Loki's "entry too far behind"). Zero:
     /// entries must come in order ([`RejectReason::OutOfOrder`]).
     pub out_of_order_window: Duration,
+    /// Bytes of decompressed chunk bodies kept for line-filter queries
+    /// ([`ChunkCache`]); 0: none.
+    pub chunk_cache_bytes: u64,
 }
+
+/// Default of [`LogStoreOptions::chunk_cache_bytes`]: 64 MiB.
+pub const DEFAULT_CHUNK_CACHE_BYTES: u64 = 64 << 20;
 
 /// Default of [`LogStoreOptions::out_of_order_window`]: one hour, Loki's
 /// (half its default `max_chunk_age`).
@@ -499,6 +517,7 @@ impl Default for LogStoreOptions {
             head_max_bytes: 64 << 20,
             flush_interval: Duration::from_secs(600),
             out_of_order_window: DEFAULT_OUT_OF_ORDER_WINDOW,
+            chunk_cache_bytes: DEFAULT_CHUNK_CACHE_BYTES,
         }
     }
 }
@@ -511,6 +530,8 @@ pub struct LogStore {
     newest: std::sync::Mutex<crate::newest::NewestMap>,
     /// Decode buffers kept between scans.
     pool: DecodePool,
+    /// Bodies of chunks line-filter scans decompressed.
+    cache: ChunkCache,
 }
 
 /// Decode buffers (and zstd contexts) reused from scan to scan. A fresh
@@ -537,6 +558,80 @@ impl DecodePool {
         if v.len() < POOL_KEEP {
             v.push(d);
         }
+    }
+}
+
+/// Decompressed chunk bodies that line-filter scans read, least recently
+/// used evicted first. A selective query (`|= "rare token"`) spends most
+/// of its time decompressing the few chunks whose content filter matched;
+/// dashboards and Explore repeat such queries on every refresh. Keyed by
+/// (block uid, chunk offset): blocks are immutable and a block opened
+/// anew gets a new uid, so an entry is never stale, only unused.
+pub struct ChunkCache {
+    cap: usize,
+    inner: Mutex<CacheInner>,
+}
+
+/// A cached body and the tick of its last use.
+type CachedBody = (Arc<[u8]>, u64);
+
+#[derive(Default)]
+struct CacheInner {
+    map: HashMap<(u64, u64), CachedBody>,
+    bytes: usize,
+    tick: u64,
+    hits: u64,
+}
+
+impl ChunkCache {
+    /// A cache holding up to `cap` bytes of bodies (0: off).
+    pub fn new(cap: usize) -> ChunkCache {
+        ChunkCache { cap, inner: Mutex::default() }
+    }
+
+    fn get(&self, key: (u64, u64)) -> Option<Arc<[u8]>> {
+        if self.cap == 0 {
+            return None;
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.tick += 1;
+        let tick = g.tick;
+        let body = g.map.get_mut(&key).map(|(body, used)| {
+            *used = tick;
+            body.clone()
+        });
+        if body.is_some() {
+            g.hits += 1;
+        }
+        body
+    }
+
+    /// Keeps a copy of `body` unless it is there already or larger than a
+    /// quarter of the cache.
+    fn insert(&self, key: (u64, u64), body: &[u8]) {
+        if body.len() > self.cap / 4 {
+            return;
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.map.contains_key(&key) {
+            return;
+        }
+        while g.bytes + body.len() > self.cap {
+            let Some((&oldest, _)) = g.map.iter().min_by_key(|(_, (_, used))| *used) else { break };
+            if let Some((b, _)) = g.map.remove(&oldest) {
+                g.bytes -= b.len();
+            }
+        }
+        g.tick += 1;
+        let tick = g.tick;
+        g.bytes += body.len();
+        g.map.insert(key, (Arc::from(body), tick));
+    }
+
+    /// (bodies held, bytes held, hits so far).
+    pub fn stats(&self) -> (usize, usize, u64) {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (g.map.len(), g.bytes, g.hits)
     }
 }
 
@@ -902,7 +997,8 @@ impl LogStore {
                 }
             }
         }
-        Ok(LogStore { t, opts, newest: std::sync::Mutex::new(newest), pool: DecodePool::default() })
+        let cache = ChunkCache::new(opts.chunk_cache_bytes as usize);
+        Ok(LogStore { t, opts, newest: std::sync::Mutex::new(newest), pool: DecodePool::default(), cache })
     }
 
     /// Opens the store in `dir` read-only: for `cairn grep --data-dir`
@@ -913,7 +1009,9 @@ impl LogStore {
     /// [`StoreError::ReadOnly`]. See "Read-only open" in `docs/format/wal.md`.
     pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
         let t = Tiered::open_read_only(dir, BlockKind::Logs, RECORD_ENTRIES)?;
-        Ok(LogStore { t, opts: LogStoreOptions::default(), newest: Default::default(), pool: DecodePool::default() })
+        let opts = LogStoreOptions::default();
+        let cache = ChunkCache::new(opts.chunk_cache_bytes as usize);
+        Ok(LogStore { t, opts, newest: Default::default(), pool: DecodePool::default(), cache })
     }
 
     /// What the WAL replay at open found.
@@ -1112,11 +1210,14 @@ impl LogStore {
         let chunks = sources.iter().filter(|s| matches!(s.src, Src::Chunk(..))).count();
         let workers = if chunks >= 3 { SCAN_WORKERS } else { 0 };
         let ahead = Ahead::new(sources.len());
+        // Only chunks a line filter picked are cached: a scan of everything
+        // would churn the cache for chunks nobody asks for twice.
+        let cache = (!needles.is_empty()).then_some(&self.cache);
         let prep = |i: usize, scratch: &mut logchunk::Decoded| -> Result<Prepared, StoreError> {
             match sources[i].src {
                 Src::Mem(_) => Ok(Prepared::Mem),
                 Src::Chunk(_, _) if ahead.beyond(req.order, &sources[i]) => Ok(Prepared::Beyond),
-                Src::Chunk(b, c) => prepare(b, c, req, scratch),
+                Src::Chunk(b, c) => prepare(b, c, req, scratch, cache),
             }
         };
         std::thread::scope(|scope| {
@@ -1624,6 +1725,36 @@ mod tests {
         let (got, st) = run(&[], "ok");
         assert_eq!(got.len(), 800);
         assert_eq!(st.chunks_skipped, 0);
+        // Line-filter scans filled the chunk cache (scans without a needle
+        // do not); the same answers come from it the next time.
+        let (held, _, hits) = s.cache.stats();
+        // 4 chunks: the /items/1 scan read block 2's from the cache already
+        assert_eq!((held, hits), (4, 1));
+        let (got, _) = run(&[b"ZQX9rareTOKEN"], "ZQX9rareTOKEN");
+        assert_eq!(got, vec![2500]);
+        let (got, _) = run(&[b"/items/1"], "/items/1");
+        assert_eq!(got.len(), 4 * 111);
+        assert_eq!(s.cache.stats().2, 6);
+    }
+
+    /// The chunk cache stays within its size, drops the least recently
+    /// used body first, and keeps no body over a quarter of its size.
+    #[test]
+    fn chunk_cache_evicts_least_recently_used() {
+        let c = ChunkCache::new(100);
+        let body = |n: u8| vec![n; 20];
+        for k in 0..5u64 {
+            c.insert((1, k), &body(k as u8));
+        }
+        assert_eq!(c.stats().0, 5);
+        assert_eq!(c.get((1, 0)).as_deref(), Some(&body(0)[..]));
+        c.insert((1, 5), &body(5));
+        assert_eq!(c.stats().1, 100);
+        assert!(c.get((1, 1)).is_none(), "least recently used went first");
+        assert!(c.get((1, 0)).is_some(), "recently read stays");
+        c.insert((2, 0), &[0u8; 26]);
+        assert!(c.get((2, 0)).is_none(), "over a quarter: not kept");
+        assert!(ChunkCache::new(0).get((1, 0)).is_none());
     }
 
     /// The needle search over a chunk's concatenated lines finds exactly
