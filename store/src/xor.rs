@@ -516,18 +516,22 @@ fn encode_grid(buf: &mut Vec<u8>, samples: &[(i64, f64)], exp: u32, ms: &[i64]) 
     });
     // values: deltas of the mantissas less their minimum, in a fixed width,
     // each behind a "changed" flag when repeats make that smaller
-    let mut dmin = i64::MAX;
+    // (one pass: U_i = U_{i−1} exactly when the deltas are equal; the U
+    // before sample 1 is 0, i.e. a delta of `dmin`, counted below)
+    let (mut dmin, mut dmax, mut repeats, mut first_d) = (i64::MAX, i64::MIN, 0u64, 0i64);
+    let mut prev_d = None;
     for p in ms.windows(2) {
-        dmin = dmin.min(p[1].wrapping_sub(p[0]));
+        let d = p[1].wrapping_sub(p[0]);
+        dmin = dmin.min(d);
+        dmax = dmax.max(d);
+        match prev_d {
+            Some(pd) => repeats += u64::from(pd == d),
+            None => first_d = d,
+        }
+        prev_d = Some(d);
     }
-    let (mut umax, mut repeats, mut prev_u) = (0u64, 0u64, 0u64);
-    for p in ms.windows(2) {
-        let u = p[1].wrapping_sub(p[0]).wrapping_sub(dmin) as u64;
-        umax = umax.max(u);
-        repeats += u64::from(u == prev_u);
-        prev_u = u;
-    }
-    let vw = bits_for(umax);
+    repeats += u64::from(first_d == dmin);
+    let vw = bits_for(dmax.wrapping_sub(dmin) as u64);
     let flags = (n as u64 - 1) + (n as u64 - 1 - repeats) * u64::from(vw) < (n as u64 - 1) * u64::from(vw);
 
     let start = buf.len();
@@ -1082,6 +1086,63 @@ mod tests {
         let mut buf = Vec::new();
         assert_eq!(encode_chunk_split(&mut buf, &exact).unwrap().ts_bits, 0);
         assert_eq!(round_trip_v2(&exact).0, ENC_GRID);
+    }
+
+    /// Encode and decode speed of the grid and the older decimal encoding
+    /// on bench-like series (`cargo test --release -p cairn-store --lib
+    /// grid_speed -- --ignored --nocapture`); prints, asserts nothing.
+    #[test]
+    #[ignore]
+    fn grid_speed() {
+        let mut x: u64 = 17;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut chunks = Vec::new();
+        for s in 0..3000 {
+            let mut v = 1000i64;
+            chunks.push(
+                (0..240i64)
+                    .map(|i| {
+                        match s % 3 {
+                            0 => v += (rnd() % 3000) as i64,
+                            1 => v += (rnd() % 201) as i64 - 100,
+                            _ => {}
+                        }
+                        (1_700_000_000_000 + i * 15_000 + (rnd() % 7) as i64 - 3, v as f64 / 100.0)
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let n = (chunks.len() * 240) as f64;
+        for (name, enc) in [("grid", 3u8), ("decimal v1", 1), ("grid", 3), ("decimal v1", 1)] {
+            let started = std::time::Instant::now();
+            let mut bufs = Vec::new();
+            for c in &chunks {
+                let mut b = Vec::new();
+                if enc == 3 {
+                    encode_chunk(&mut b, c);
+                } else {
+                    encode_decimal_v1(&mut b, c);
+                }
+                bufs.push(b);
+            }
+            let e = started.elapsed().as_secs_f64() * 1e9 / n;
+            let started = std::time::Instant::now();
+            let mut out = Vec::new();
+            for _ in 0..5 {
+                for b in &bufs {
+                    out.clear();
+                    decode_chunk(b, &mut out).unwrap();
+                }
+            }
+            let d = started.elapsed().as_secs_f64() * 1e9 / n / 5.0;
+            let bytes: usize = bufs.iter().map(Vec::len).sum();
+            eprintln!("{name}: encode {e:.1} ns/sample, decode {d:.2} ns/sample, {:.3} B/sample", bytes as f64 / n);
+        }
     }
 
     #[test]
