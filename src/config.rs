@@ -93,6 +93,9 @@ impl Config {
         self.server.tls.validate().map_err(anyhow::Error::msg)?;
         self.auth.validate()?;
         self.collector.validate().map_err(|e| anyhow::anyhow!("collector: {e}"))?;
+        let agg = self.aggregator();
+        agg.tenant_limits().map_err(anyhow::Error::msg)?;
+        agg.tenant_query().map_err(anyhow::Error::msg)?;
         let metrics = cairn_aggregator::selfmetrics::SelfMetrics::new();
         Pipeline::new(&self.pipeline, self.aggregator().pipeline_limits(), &metrics)?;
         Ok(())
@@ -187,6 +190,35 @@ buckets = [0.1, 1.0]
         .unwrap();
         let e = format!("{:#}", bad.validate().unwrap_err());
         assert!(e.contains("stage 0 (sample)"), "{e}");
+    }
+
+    /// `[tenants."<id>".limits]` and `.query` take any key of their section
+    /// and apply on top of it; bad ones fail validation naming the tenant.
+    #[test]
+    fn tenant_limits_and_query_overlay_the_defaults() {
+        let cfg = Config::parse(
+            "[limits]\nmax_active_streams = 7\n[tenants.\"a\".limits]\nlogs_ingestion_rate = \"1MiB\"\n\
+             [tenants.\"a\".query]\nmax_series = 10\n[tenants.\"b\"]\nlogs_retention_time = \"1d\"\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let agg = cfg.aggregator();
+        let limits = agg.tenant_limits().unwrap();
+        assert_eq!(limits["a"].logs_ingestion_rate.0, 1 << 20);
+        assert_eq!(limits["a"].max_active_streams, 7, "keys the tenant does not set come from [limits]");
+        assert!(!limits.contains_key("b"), "tenants without a limits table use [limits] itself");
+        let query = agg.tenant_query().unwrap();
+        assert_eq!(query["a"].max_series, 10);
+        assert_eq!(query["a"].max_samples, QueryConfig::default().max_samples);
+        for (text, want) in [
+            ("[tenants.\"a\".limits]\nmax_lines = 1\n", "tenants.\"a\".limits: unknown field `max_lines`"),
+            ("[tenants.\"a\".limits]\nmax_line_size = \"big\"\n", "tenants.\"a\".limits: invalid size"),
+            ("[tenants.\"a\".query]\nmax_concurrency = 2\n", "one pool for the whole server"),
+            ("[tenants.\"a\".limits]\nmax_labels_per_series = 0\n", "max_labels_per_series must be at least 1"),
+        ] {
+            let e = format!("{:#}", Config::parse(text).unwrap().validate().unwrap_err());
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

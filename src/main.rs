@@ -287,7 +287,15 @@ fn init_logging(level: Option<&str>) {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Query parsing and evaluation recurse over the syntax tree; the
+        // parsers bound its depth (query::promql::MAX_NESTING, LogQL's
+        // MAX_DEPTH and MAX_NODES) so that it fits in this, with room to
+        // spare in debug builds. Only touched pages use memory.
+        .thread_stack_size(8 << 20)
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// Installs the SIGINT (Ctrl-C) and SIGTERM handlers now and returns a future
@@ -425,18 +433,15 @@ async fn serve(cfg: Config, with_collector: bool, insecure: bool) -> anyhow::Res
     // HTTP server.
     let auth = Arc::new(auth.with_metrics(&agg.self_metrics));
     let app = cairn_aggregator::auth::layer(cairn_aggregator::http::router(agg.clone()), auth);
-    let mut http_stop = stop_rx.clone();
-    let graceful = async move {
-        let _ = http_stop.wait_for(|s| *s).await.map(|_| ());
-    };
     let https = tls.is_some();
+    let read_timeout = cfg.server.read_timeout.0;
     let server = match tls {
         Some((store, config)) => {
             tokio::spawn(store.watch(stop_rx.clone()));
             let listener = cairn_aggregator::tls::listen(listener, config).context("cannot start TLS")?;
-            tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(graceful).await })
+            tokio::spawn(cairn_aggregator::serve::serve(listener, app, read_timeout, stop_rx.clone()))
         }
-        None => tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(graceful).await }),
+        None => tokio::spawn(cairn_aggregator::serve::serve(listener, app, read_timeout, stop_rx.clone())),
     };
 
     // Log flushes and periodic WAL fsync.
@@ -465,8 +470,7 @@ async fn serve(cfg: Config, with_collector: bool, insecure: bool) -> anyhow::Res
         }
     }
     match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!("HTTP connections still open after 5s; closing"),
     }

@@ -18,11 +18,19 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// `[server.tls]`: HTTPS instead of HTTP.
     pub tls: TlsConfig,
+    /// Longest a client may take to send a request's headers, and then its
+    /// body; slower requests are cut off (408), so stalled clients cannot
+    /// hold connections.
+    pub read_timeout: ConfigDuration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 3100)), tls: TlsConfig::default() }
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3100)),
+            tls: TlsConfig::default(),
+            read_timeout: ConfigDuration::from_secs(30),
+        }
     }
 }
 
@@ -200,9 +208,10 @@ impl Default for WalConfig {
     }
 }
 
-/// `[limits]`: what a write may contain. Violations are refused with HTTP
-/// 400/413 and a message naming the limit, and counted in
-/// `cairn_ingest_rejected_total`.
+/// `[limits]`: what a write may contain and how much a tenant may write.
+/// Violations are refused with HTTP 400/413/429 and a message naming the
+/// limit, and counted in `cairn_ingest_rejected_total`. Every key can be set
+/// per tenant in `[tenants."<id>".limits]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -211,8 +220,11 @@ pub struct LimitsConfig {
     /// Largest request body after decompression. Larger: HTTP 413.
     pub max_decompressed_size: ByteSize,
     /// Longest log line accepted; longer entries are refused (the rest of the
-    /// push is stored).
+    /// push is stored), or cut to this size with `max_line_size_truncate`.
     pub max_line_size: ByteSize,
+    /// Store overlong lines cut to `max_line_size` instead of refusing them
+    /// (Loki's `max_line_size_truncate`).
+    pub max_line_size_truncate: bool,
     /// Most labels on one series or stream, including `__name__`.
     pub max_labels_per_series: usize,
     /// Longest label name.
@@ -236,6 +248,37 @@ pub struct LimitsConfig {
     /// instead (counted in `cairn_pipeline_label_limit_hits_total`); 0: no
     /// limit.
     pub pipeline_max_label_values: usize,
+    /// Log bytes (lines plus structured metadata) a tenant may push per
+    /// second, averaged by a token bucket of `logs_ingestion_burst`; a push
+    /// over it gets HTTP 429 with `Retry-After`. `0`: no limit.
+    pub logs_ingestion_rate: ByteSize,
+    /// Bucket size for `logs_ingestion_rate`: the most a tenant may push at
+    /// once after being idle.
+    pub logs_ingestion_burst: ByteSize,
+    /// Samples (floats and native histograms) a tenant may write per second;
+    /// over it: HTTP 429 with `Retry-After`. `0`: no limit.
+    pub metrics_ingestion_rate: u64,
+    /// Bucket size for `metrics_ingestion_rate`, in samples.
+    pub metrics_ingestion_burst: u64,
+    /// Most log streams a tenant may have active (written to within
+    /// `active_window`); entries of further new streams are refused. `0`:
+    /// no limit.
+    pub max_active_streams: usize,
+    /// Most series a tenant may have active (written to within
+    /// `active_window`); samples of further new series are refused. `0`: no
+    /// limit.
+    pub max_active_series: usize,
+    /// How long a stream or series stays active after its last write.
+    pub active_window: ConfigDuration,
+    /// Log entries older than this (by their timestamp, against the clock)
+    /// are refused, Loki's `reject_old_samples_max_age`. `0s`: no limit.
+    pub logs_reject_older_than: ConfigDuration,
+    /// Metric samples older than this are refused. `0s`: no limit (as
+    /// Prometheus: the per-series out-of-order window still applies).
+    pub metrics_reject_older_than: ConfigDuration,
+    /// Entries and samples more than this ahead of the clock are refused,
+    /// Loki's and Mimir's `creation_grace_period`. `0s`: no limit.
+    pub reject_newer_than: ConfigDuration,
 }
 
 impl Default for LimitsConfig {
@@ -251,6 +294,17 @@ impl Default for LimitsConfig {
             discover_log_levels: true,
             log_level_fields: crate::discover::DEFAULT_LEVEL_FIELDS.iter().map(|s| s.to_string()).collect(),
             pipeline_max_label_values: 100,
+            max_line_size_truncate: false,
+            logs_ingestion_rate: ByteSize(0),
+            logs_ingestion_burst: ByteSize::mib(64),
+            metrics_ingestion_rate: 0,
+            metrics_ingestion_burst: 2_000_000,
+            max_active_streams: 10_000,
+            max_active_series: 1_000_000,
+            active_window: ConfigDuration::from_secs(3600),
+            logs_reject_older_than: ConfigDuration::from_secs(7 * 86_400),
+            metrics_reject_older_than: ConfigDuration::from_secs(0),
+            reject_newer_than: ConfigDuration::from_secs(600),
         }
     }
 }
@@ -320,6 +374,24 @@ pub struct TenantConfig {
     pub metrics_retention_time: Option<ConfigDuration>,
     /// This tenant's `limits.pipeline_max_label_values`.
     pub pipeline_max_label_values: Option<usize>,
+    /// `[tenants."<id>".limits]`: any `[limits]` key, for this tenant.
+    #[serde(skip_serializing_if = "toml::Table::is_empty")]
+    pub limits: toml::Table,
+    /// `[tenants."<id>".query]`: any `[query]` key except
+    /// `max_concurrency` (one pool for the whole server), for this tenant.
+    #[serde(skip_serializing_if = "toml::Table::is_empty")]
+    pub query: toml::Table,
+}
+
+/// `base` with the keys of `over` replacing its own: how a tenant's
+/// `[tenants."<id>".limits]` and `.query` tables apply. Unknown keys and
+/// bad values are errors naming `what`.
+fn overlay<T: Serialize + serde::de::DeserializeOwned>(base: &T, over: &toml::Table, what: &str) -> Result<T, String> {
+    let mut t = toml::Table::try_from(base).map_err(|e| format!("{what}: {e}"))?;
+    for (k, v) in over {
+        t.insert(k.clone(), v.clone());
+    }
+    t.try_into().map_err(|e: toml::de::Error| format!("{what}: {}", e.message()))
 }
 
 /// Everything the aggregator needs.
@@ -351,6 +423,46 @@ impl AggregatorConfig {
                 .collect(),
             max_label_value_length: self.limits.max_label_value_length,
         }
+    }
+
+    /// `[limits]` with each configured tenant's `[tenants."<id>".limits]`
+    /// on top, by tenant; tenants not listed use `self.limits`.
+    pub fn tenant_limits(&self) -> Result<std::collections::HashMap<String, LimitsConfig>, String> {
+        let mut out = std::collections::HashMap::new();
+        for (id, t) in &self.tenants {
+            if !t.limits.is_empty() {
+                let l = overlay(&self.limits, &t.limits, &format!("tenants.{id:?}.limits"))?;
+                if l.max_labels_per_series == 0 {
+                    return Err(format!("tenants.{id:?}.limits.max_labels_per_series must be at least 1"));
+                }
+                out.insert(id.clone(), l);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `[query]` with each configured tenant's `[tenants."<id>".query]` on
+    /// top, by tenant; tenants not listed use `self.query`.
+    pub fn tenant_query(&self) -> Result<std::collections::HashMap<String, QueryConfig>, String> {
+        let mut out = std::collections::HashMap::new();
+        for (id, t) in &self.tenants {
+            if t.query.contains_key("max_concurrency") {
+                return Err(format!(
+                    "tenants.{id:?}.query.max_concurrency: the query concurrency limit is one pool for the whole \
+                     server; set query.max_concurrency instead"
+                ));
+            }
+            if !t.query.is_empty() {
+                let q = overlay(&self.query, &t.query, &format!("tenants.{id:?}.query"))?;
+                if q.lookback_delta.0.is_zero() || q.max_series == 0 || q.max_samples == 0 {
+                    return Err(format!(
+                        "tenants.{id:?}.query: lookback_delta, max_series and max_samples must be greater than 0"
+                    ));
+                }
+                out.insert(id.clone(), q);
+            }
+        }
+        Ok(out)
     }
 
     /// The retention of each engine, with the tenants' overrides.

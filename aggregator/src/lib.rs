@@ -20,9 +20,11 @@ pub mod auth;
 pub mod config;
 pub mod discover;
 pub mod http;
+pub mod limits;
 pub mod metadata;
 pub mod pipeline;
 pub mod selfmetrics;
+pub mod serve;
 pub mod tls;
 
 use std::sync::Arc;
@@ -45,6 +47,9 @@ pub enum OpenError {
     /// The `[[pipeline]]` configuration is invalid.
     #[error(transparent)]
     Pipeline(#[from] pipeline::PipelineError),
+    /// A tenant's `[tenants."<id>".limits]` or `.query` is invalid.
+    #[error("{0}")]
+    Tenants(String),
 }
 
 /// Why items of a write were refused before reaching the store.
@@ -61,6 +66,17 @@ pub enum Refusal {
     /// A native histogram sample whose spans, buckets, schema or reset hint
     /// are invalid.
     MalformedHistogram,
+    /// Older than `limits.logs_reject_older_than` /
+    /// `metrics_reject_older_than`.
+    TooFarInPast,
+    /// Newer than `limits.reject_newer_than` ahead of the clock.
+    TooFarInFuture,
+    /// A new stream past `limits.max_active_streams`.
+    StreamLimit,
+    /// A new series past `limits.max_active_series`.
+    SeriesLimit,
+    /// Over the tenant's ingestion rate (the whole write is refused, 429).
+    RateLimited,
 }
 
 impl Refusal {
@@ -72,6 +88,11 @@ impl Refusal {
             Refusal::NoLabels => "no_labels",
             Refusal::LineTooLong => "line_too_long",
             Refusal::MalformedHistogram => "malformed_histogram",
+            Refusal::TooFarInPast => "too_far_in_past",
+            Refusal::TooFarInFuture => "too_far_in_future",
+            Refusal::StreamLimit => "stream_limit",
+            Refusal::SeriesLimit => "series_limit",
+            Refusal::RateLimited => "rate_limited",
         }
     }
 }
@@ -130,6 +151,12 @@ impl IngestReport {
     }
 }
 
+/// Bytes of a log entry as the ingestion rate counts them: line plus
+/// structured metadata names and values (as Loki).
+fn entry_bytes(e: &cairn_wire::Entry) -> u64 {
+    (e.line.len() + e.metadata.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64
+}
+
 /// The running aggregator: stores, limits and self-metrics.
 /// Label sets the remote_write path keeps for reuse: well above a homelab's
 /// active series; past it the table is cleared and refills.
@@ -156,6 +183,12 @@ pub struct Aggregator {
     pub query_slots: Arc<tokio::sync::Semaphore>,
     /// The ingest pipeline (`[[pipeline]]`).
     pub pipeline: pipeline::Pipeline,
+    /// Rate and cardinality state of the per-tenant limits.
+    pub limiter: limits::Limiter,
+    /// Tenants with `[tenants."<id>".limits]`: their resolved limits.
+    tenant_limits: std::collections::HashMap<String, config::LimitsConfig>,
+    /// Tenants with `[tenants."<id>".query]`: their resolved settings.
+    tenant_query: std::collections::HashMap<String, config::QueryConfig>,
     /// Label sets of recent remote_write series, shared between requests
     /// (`cairn_wire::intern`).
     pub(crate) series_labels: std::sync::Mutex<cairn_wire::intern::LabelsInterner>,
@@ -167,6 +200,8 @@ impl Aggregator {
     pub fn open(config: AggregatorConfig) -> Result<Arc<Self>, OpenError> {
         let self_metrics = SelfMetrics::new();
         let pipeline = pipeline::Pipeline::new(&config.pipeline, config.pipeline_limits(), &self_metrics)?;
+        let tenant_limits = config.tenant_limits().map_err(OpenError::Tenants)?;
+        let tenant_query = config.tenant_query().map_err(OpenError::Tenants)?;
         let dir = &config.storage.data_dir;
         let lock = layout::lock_data_dir(dir)?;
         let wal = WalOptions { fsync: config.storage.wal.fsync, segment_bytes: config.storage.wal.segment_size.0 };
@@ -228,12 +263,57 @@ impl Aggregator {
             started_at: std::time::SystemTime::now(),
             query_slots,
             pipeline,
+            limiter: limits::Limiter::default(),
+            tenant_limits,
+            tenant_query,
             _lock: lock,
         }))
     }
 
-    fn check_labels(&self, labels: &Labels) -> Result<(), (Refusal, String)> {
-        let l = &self.config.limits;
+    /// The limits in force for `tenant`: `[limits]` with its
+    /// `[tenants."<id>".limits]` on top.
+    pub fn limits_for(&self, tenant: &str) -> &config::LimitsConfig {
+        self.tenant_limits.get(tenant).unwrap_or(&self.config.limits)
+    }
+
+    /// The largest `limits.max_request_size` of any tenant: the body limit
+    /// of the HTTP layer, before a handler checks its tenant's own.
+    pub fn max_request_size(&self) -> u64 {
+        self.tenant_limits.values().map(|l| l.max_request_size.0).fold(self.config.limits.max_request_size.0, u64::max)
+    }
+
+    /// The query settings for `tenant`: `[query]` with its
+    /// `[tenants."<id>".query]` on top.
+    pub fn query_for(&self, tenant: &str) -> &config::QueryConfig {
+        self.tenant_query.get(tenant).unwrap_or(&self.config.query)
+    }
+
+    /// Admits a Loki push under the tenant's ingestion rate limit, before
+    /// anything of it is stored; refusals are counted.
+    pub fn admit_log_rate(&self, tenant: &str, batch: &[StreamEntries]) -> Result<(), limits::RateLimited> {
+        let limits = self.limits_for(tenant);
+        if limits.logs_ingestion_rate.0 == 0 {
+            return Ok(());
+        }
+        let (mut lines, mut bytes) = (0usize, 0u64);
+        for s in batch {
+            lines += s.entries.len();
+            bytes += s.entries.iter().map(entry_bytes).sum::<u64>();
+        }
+        self.limiter.admit_logs(tenant, limits, lines, bytes).inspect_err(|_| {
+            self.self_metrics.reject("entries", Refusal::RateLimited.as_str(), lines as u64);
+        })
+    }
+
+    /// Admits a remote_write of `samples` samples under the tenant's
+    /// ingestion rate limit; refusals are counted.
+    pub fn admit_sample_rate(&self, tenant: &str, samples: usize) -> Result<(), limits::RateLimited> {
+        self.limiter.admit_samples(tenant, self.limits_for(tenant), samples).inspect_err(|_| {
+            self.self_metrics.reject("samples", Refusal::RateLimited.as_str(), samples as u64);
+        })
+    }
+
+    fn check_labels(l: &config::LimitsConfig, labels: &Labels) -> Result<(), (Refusal, String)> {
         if labels.len() > l.max_labels_per_series {
             return Err((
                 Refusal::TooManyLabels,
@@ -268,21 +348,153 @@ impl Aggregator {
         Ok(())
     }
 
+    /// Keeps the series (or streams) of `batch` whose labels pass the label
+    /// limits and which may be written under the active-series (streams)
+    /// limit; the items of the others are refused into `report` and counted
+    /// as `kind`.
+    fn admit_labels<T>(
+        &self,
+        tenant: &str,
+        engine: limits::Engine,
+        batch: Vec<T>,
+        parts: impl Fn(&T) -> (&Labels, usize),
+        report: &mut IngestReport,
+    ) -> Vec<T> {
+        let l = self.limits_for(tenant);
+        let (kind, max, what) = match engine {
+            limits::Engine::Metrics => ("samples", l.max_active_series, "series"),
+            limits::Engine::Logs => ("entries", l.max_active_streams, "streams"),
+        };
+        let mut refuse = |n: usize, why: Refusal, msg: String| {
+            self.self_metrics.reject(kind, why.as_str(), n as u64);
+            for _ in 0..n {
+                report.refuse(|| msg.clone());
+            }
+        };
+        let mut ok = Vec::with_capacity(batch.len());
+        for s in batch {
+            let (labels, n) = parts(&s);
+            match Self::check_labels(l, labels) {
+                Ok(()) => ok.push(s),
+                Err((why, msg)) => refuse(n, why, msg),
+            }
+        }
+        if max == 0 {
+            return ok;
+        }
+        let keys: Vec<u64> = ok.iter().map(|s| parts(s).0.content_hash()).collect();
+        let admitted = self.limiter.admit_active(tenant, engine, max, &keys);
+        let mut admitted = admitted.into_iter();
+        ok.retain(|s| {
+            if admitted.next().unwrap_or(true) {
+                return true;
+            }
+            let (labels, n) = parts(s);
+            let (why, key) = match engine {
+                limits::Engine::Metrics => (Refusal::SeriesLimit, "max_active_series"),
+                limits::Engine::Logs => (Refusal::StreamLimit, "max_active_streams"),
+            };
+            refuse(
+                n,
+                why,
+                format!(
+                    "{what} {labels} refused: tenant {tenant:?} already has limits.{key} = {max} active {what} \
+                     (written within limits.active_window = {}); reduce the number of {what} (fewer labels or \
+                     label values) or raise the limit",
+                    l.active_window
+                ),
+            );
+            false
+        });
+        ok
+    }
+
+    /// The window of timestamps (ms) `engine` accepts now under `l`.
+    fn time_window_ms(l: &config::LimitsConfig, engine: limits::Engine) -> (i64, i64) {
+        let now = cairn_wire::time::now_ns() / 1_000_000;
+        let older = match engine {
+            limits::Engine::Metrics => l.metrics_reject_older_than,
+            limits::Engine::Logs => l.logs_reject_older_than,
+        };
+        let min = if older.0.is_zero() { i64::MIN } else { now.saturating_sub(older.as_millis()) };
+        let max = if l.reject_newer_than.0.is_zero() {
+            i64::MAX
+        } else {
+            now.saturating_add(l.reject_newer_than.as_millis())
+        };
+        (min, max)
+    }
+
+    /// Drops the samples (timestamps in ms, via `ts`) outside the tenant's
+    /// accepted time window, refusing them into `report` with Loki's and
+    /// Mimir's wording plus the limit's name.
+    fn admit_times<S>(
+        &self,
+        tenant: &str,
+        engine: limits::Engine,
+        labels: &Labels,
+        items: &mut Vec<S>,
+        ts_ms: impl Fn(&S) -> i64,
+        report: &mut IngestReport,
+    ) {
+        let l = self.limits_for(tenant);
+        let (min, max) = Self::time_window_ms(l, engine);
+        if items.iter().all(|s| (min..=max).contains(&ts_ms(s))) {
+            return;
+        }
+        let (kind, what, older_key, older) = match engine {
+            limits::Engine::Metrics => {
+                ("samples", "sample for series", "metrics_reject_older_than", l.metrics_reject_older_than)
+            }
+            limits::Engine::Logs => ("entries", "entry for stream", "logs_reject_older_than", l.logs_reject_older_than),
+        };
+        let fmt = |ms: i64| cairn_wire::time::format_rfc3339_ns(ms.saturating_mul(1_000_000));
+        let (mut old, mut new) = (0u64, 0u64);
+        items.retain(|s| {
+            let t = ts_ms(s);
+            if t < min {
+                old += 1;
+                report.refuse(|| {
+                    format!(
+                        "{what} {labels} has timestamp too old: {}, oldest acceptable timestamp is: {} \
+                         (limits.{older_key} = {older})",
+                        fmt(t),
+                        fmt(min)
+                    )
+                });
+                false
+            } else if t > max {
+                new += 1;
+                report.refuse(|| {
+                    format!(
+                        "{what} {labels} has timestamp too new: {}, newest acceptable timestamp is: {} \
+                         (limits.reject_newer_than = {})",
+                        fmt(t),
+                        fmt(max),
+                        l.reject_newer_than
+                    )
+                });
+                false
+            } else {
+                true
+            }
+        });
+        if old > 0 {
+            self.self_metrics.reject(kind, Refusal::TooFarInPast.as_str(), old);
+        }
+        if new > 0 {
+            self.self_metrics.reject(kind, Refusal::TooFarInFuture.as_str(), new);
+        }
+    }
+
     /// Validates and stores metric samples for `tenant` (blocking: call from
     /// a blocking thread). Invalid series are refused; the rest is stored.
     pub fn ingest_metrics(&self, tenant: &str, batch: Vec<SeriesSamples>) -> Result<IngestReport, StoreError> {
         let mut report = IngestReport::default();
-        let mut ok = Vec::with_capacity(batch.len());
-        for s in batch {
-            match self.check_labels(&s.labels) {
-                Ok(()) => ok.push(s),
-                Err((why, msg)) => {
-                    self.self_metrics.reject("samples", why.as_str(), s.samples.len() as u64);
-                    for _ in 0..s.samples.len() {
-                        report.refuse(|| msg.clone());
-                    }
-                }
-            }
+        let engine = limits::Engine::Metrics;
+        let mut ok = self.admit_labels(tenant, engine, batch, |s| (&s.labels, s.samples.len()), &mut report);
+        for s in &mut ok {
+            self.admit_times(tenant, engine, &s.labels, &mut s.samples, |x| x.0, &mut report);
         }
         let n: usize = ok.iter().map(|s| s.samples.len()).sum();
         let outcome = self.metrics.append(tenant, ok).inspect_err(|e| self.count_store_failure(e, "samples", n))?;
@@ -305,18 +517,12 @@ impl Aggregator {
         batch: Vec<cairn_wire::SeriesHistograms>,
     ) -> Result<IngestReport, StoreError> {
         let mut report = IngestReport::default();
-        let mut ok = Vec::with_capacity(batch.len());
-        for s in batch {
-            match self.check_labels(&s.labels) {
-                Ok(()) => ok.push(s),
-                Err((why, msg)) => {
-                    self.self_metrics.reject("samples", why.as_str(), s.histograms.len() as u64);
-                    for _ in 0..s.histograms.len() {
-                        report.refuse(|| msg.clone());
-                    }
-                }
-            }
+        let engine = limits::Engine::Metrics;
+        let mut ok = self.admit_labels(tenant, engine, batch, |s| (&s.labels, s.histograms.len()), &mut report);
+        for s in &mut ok {
+            self.admit_times(tenant, engine, &s.labels, &mut s.histograms, |x| x.0, &mut report);
         }
+        ok.retain(|s| !s.histograms.is_empty());
         if ok.is_empty() {
             return Ok(report);
         }
@@ -337,52 +543,68 @@ impl Aggregator {
     /// Validates and stores log entries for `tenant` (blocking: call from a
     /// blocking thread). Streams first get Loki 3's `service_name` label and
     /// `detected_level` metadata ([`discover`]). Invalid streams and
-    /// overlong lines are refused; the rest is stored.
+    /// overlong lines are refused (or cut, with `max_line_size_truncate`);
+    /// the rest is stored.
     pub fn ingest_logs(&self, tenant: &str, batch: Vec<StreamEntries>) -> Result<IngestReport, StoreError> {
         // The ingest pipeline (`[[pipeline]]`): its one call on the push path.
         let batch = self.pipeline.apply(tenant, batch, cairn_wire::time::now_ns());
+        let l = self.limits_for(tenant);
         let mut report = IngestReport::default();
-        let max_line = self.config.limits.max_line_size.0 as usize;
-        let mut ok = Vec::with_capacity(batch.len());
-        let mut bytes = 0u64;
+        let max_line = l.max_line_size.0 as usize;
+        let mut named = Vec::with_capacity(batch.len());
         for mut s in batch {
-            let check = if s.labels.is_empty() {
-                Err((Refusal::NoLabels, "error at least one label pair is required per stream".to_string()))
-            } else {
-                // Loki 3: `service_name` and `detected_level`, before validation
-                // as in Loki (the added label counts toward the limits).
-                discover::discover_service_and_level(&self.config.limits, &mut s);
-                self.check_labels(&s.labels)
-            };
-            if let Err((why, msg)) = check {
-                self.self_metrics.reject("entries", why.as_str(), s.entries.len() as u64);
+            if s.labels.is_empty() {
+                let msg = "error at least one label pair is required per stream";
+                self.self_metrics.reject("entries", Refusal::NoLabels.as_str(), s.entries.len() as u64);
                 for _ in 0..s.entries.len() {
-                    report.refuse(|| msg.clone());
+                    report.refuse(|| msg.to_string());
                 }
                 continue;
             }
+            // Loki 3: `service_name` and `detected_level`, before validation
+            // as in Loki (the added label counts toward the limits).
+            discover::discover_service_and_level(l, &mut s);
+            named.push(s);
+        }
+        let engine = limits::Engine::Logs;
+        let mut ok = self.admit_labels(tenant, engine, named, |s| (&s.labels, s.entries.len()), &mut report);
+        let mut bytes = 0u64;
+        let mut truncated = 0u64;
+        for s in &mut ok {
+            self.admit_times(tenant, engine, &s.labels, &mut s.entries, |e| e.ts.div_euclid(1_000_000), &mut report);
             let before = s.entries.len();
             let labels = &s.labels;
-            s.entries.retain(|e| {
+            s.entries.retain_mut(|e| {
                 if e.line.len() > max_line {
-                    report.refuse(|| {
-                        format!(
-                            "line of {} bytes for stream {labels} is longer than limits.max_line_size = {max_line}",
-                            e.line.len()
-                        )
-                    });
-                    false
-                } else {
-                    bytes += e.line.len() as u64;
-                    true
+                    if l.max_line_size_truncate {
+                        let mut cut = max_line;
+                        while !e.line.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        e.line.truncate(cut);
+                        truncated += 1;
+                    } else {
+                        report.refuse(|| {
+                            format!(
+                                "line of {} bytes for stream {labels} is longer than limits.max_line_size = {max_line}",
+                                e.line.len()
+                            )
+                        });
+                        return false;
+                    }
                 }
+                bytes += e.line.len() as u64;
+                true
             });
             let dropped = before - s.entries.len();
             if dropped > 0 {
                 self.self_metrics.reject("entries", Refusal::LineTooLong.as_str(), dropped as u64);
             }
-            ok.push(s);
         }
+        if truncated > 0 {
+            self.self_metrics.lines_truncated.inc_by(truncated);
+        }
+        ok.retain(|s| !s.entries.is_empty());
         let n: usize = ok.iter().map(|s| s.entries.len()).sum();
         let outcome = self.logs.push(tenant, ok).inspect_err(|e| self.count_store_failure(e, "entries", n))?;
         if self.logs.flush_due() {
@@ -551,6 +773,9 @@ impl Aggregator {
             }
             let _ = tokio::task::spawn_blocking(move || {
                 agg.write_pipeline_metrics();
+                if retention_now {
+                    agg.limiter.prune(|t| agg.limits_for(t).active_window.0);
+                }
                 // Retention also runs after each flush: a new block may push
                 // the total over `retention_size`.
                 if agg.flush_if_due() || retention_now {
@@ -600,6 +825,12 @@ impl Aggregator {
         }
         m.head_bytes.get_or_create(&vec![("engine", "logs".into())]).set(self.logs.head_bytes() as i64);
         m.head_bytes.get_or_create(&vec![("engine", "metrics".into())]).set(16 * self.metrics.head_samples() as i64);
+        m.active.clear();
+        for (tenant, streams, series) in self.limiter.active_counts() {
+            for (engine, n) in [("logs", streams), ("metrics", series)] {
+                m.active.get_or_create(&vec![("engine", engine.into()), ("tenant", tenant.clone())]).set(n as i64);
+            }
+        }
         m.encode()
     }
 }

@@ -73,6 +73,11 @@ pub struct SelfMetrics {
     pub pipeline_label_limit_hits: Family<L, Counter>,
     /// Samples written from `metrics` stages.
     pub pipeline_metric_samples: Counter,
+    /// Log lines cut to `limits.max_line_size`.
+    pub lines_truncated: Counter,
+    /// Streams and series active under the cardinality limits, by engine and
+    /// tenant.
+    pub active: Family<L, Gauge>,
     /// Requests refused by `[auth]`, by reason (`missing`, `invalid`,
     /// `forbidden`).
     pub auth_denied: Family<L, Counter>,
@@ -117,6 +122,8 @@ impl SelfMetrics {
             pipeline_label_limit_hits: Family::default(),
             pipeline_metric_samples: Counter::default(),
             auth_denied: Family::default(),
+            lines_truncated: Counter::default(),
+            active: Family::default(),
             registry: Registry::default(),
         };
         registry.register("cairn_ingest_samples", "Metric samples stored", m.samples_ingested.clone());
@@ -131,6 +138,17 @@ impl SelfMetrics {
             "cairn_ingest_rejected",
             "Samples, entries or whole requests refused, by kind and reason",
             m.rejected.clone(),
+        );
+        registry.register(
+            "cairn_ingest_truncated_lines",
+            "Log lines stored cut to limits.max_line_size (limits.max_line_size_truncate)",
+            m.lines_truncated.clone(),
+        );
+        registry.register(
+            "cairn_limits_active",
+            "Streams (engine=logs) and series (engine=metrics) written within limits.active_window, by tenant; \
+             tracked only where max_active_streams / max_active_series is set",
+            m.active.clone(),
         );
         registry.register("cairn_query_requests", "Queries answered, by API", m.queries.clone());
         registry.register(

@@ -485,6 +485,12 @@ pub struct PushConfig {
     /// the system's roots (e.g. a homelab CA or a self-signed aggregator
     /// certificate). Empty trusts the system's roots only.
     pub ca_file: PathBuf,
+    /// Keep retrying a batch the receiver refuses with HTTP 401 or 403
+    /// (wrong or missing credentials) instead of dropping it: nothing is
+    /// lost while an operator fixes the token, but the bounded on-disk
+    /// queue fills and then drops its oldest data. Off (drop, as for other
+    /// 4xx, and as Promtail does) by default.
+    pub retry_auth_errors: bool,
 }
 
 impl Default for PushConfig {
@@ -498,6 +504,7 @@ impl Default for PushConfig {
             bearer_token: String::new(),
             bearer_token_file: PathBuf::new(),
             ca_file: PathBuf::new(),
+            retry_auth_errors: false,
         }
     }
 }

@@ -718,9 +718,10 @@ async fn metrics_loop<S: Sink, M: MetricSource>(
                 queue.clear();
                 backoff = Backoff::new();
             }
-            Err(SinkError::Retryable(msg)) => {
+            Err(e) => {
+                let msg = e.to_string();
                 stats.send_failures.fetch_add(1, Relaxed);
-                let delay = backoff.next_delay();
+                let delay = backoff.next_delay().max(e.retry_after());
                 if backoff.attempts == 1 || backoff.attempts.is_multiple_of(10) {
                     tracing::warn!(error = %msg, attempt = backoff.attempts, retry_in = ?delay, queued = queue.len(), "metrics push failed; retrying");
                 }

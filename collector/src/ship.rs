@@ -391,14 +391,15 @@ async fn send_loop<S: Sink>(
                 lock(&shared).ack(seq, stats);
                 wake_reader.notify_one();
             }
-            Err(SinkError::Retryable(msg)) => {
+            Err(e) => {
+                let msg = e.to_string();
                 stats.send_failures.fetch_add(1, Relaxed);
                 lock(&shared).failing = true;
                 wake_reader.notify_one();
                 if deadline.is_some() {
                     continue;
                 }
-                let delay = backoff.next_delay();
+                let delay = backoff.next_delay().max(e.retry_after());
                 if backoff.attempts == 1 || backoff.attempts.is_multiple_of(10) {
                     tracing::warn!(error = %msg, attempt = backoff.attempts, retry_in = ?delay, "log push failed; retrying");
                 } else {

@@ -26,6 +26,15 @@ pub enum SinkError {
     /// overloaded (HTTP 429) or failed (HTTP 5xx).
     #[error("retryable push failure: {0}")]
     Retryable(String),
+    /// The receiver is rate-limiting (HTTP 429 or 503 with `Retry-After`):
+    /// retry, but not before `retry_after`.
+    #[error("push throttled: {msg}")]
+    Throttled {
+        /// What the receiver said.
+        msg: String,
+        /// Its `Retry-After`, capped at [`MAX_RETRY_AFTER`].
+        retry_after: std::time::Duration,
+    },
     /// The receiver refused the content (HTTP 4xx other than 429); sending it
     /// again would fail again, so the batch is dropped and counted.
     #[error("push refused: {0}")]
@@ -33,10 +42,29 @@ pub enum SinkError {
 }
 
 impl SinkError {
-    /// True for [`SinkError::Retryable`].
+    /// True for [`SinkError::Retryable`] and [`SinkError::Throttled`].
     pub fn is_retryable(&self) -> bool {
-        matches!(self, SinkError::Retryable(_))
+        matches!(self, SinkError::Retryable(_) | SinkError::Throttled { .. })
     }
+
+    /// The least wait before a retry the receiver asked for (zero if none).
+    pub fn retry_after(&self) -> std::time::Duration {
+        match self {
+            SinkError::Throttled { retry_after, .. } => *retry_after,
+            _ => std::time::Duration::ZERO,
+        }
+    }
+}
+
+/// Longest `Retry-After` honoured: a receiver asking for more is retried
+/// after this, so a misconfigured limit cannot park the collector for hours.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by Loki,
+/// Prometheus or Cairn), capped at [`MAX_RETRY_AFTER`].
+fn parse_retry_after(v: Option<&reqwest::header::HeaderValue>) -> Option<std::time::Duration> {
+    let secs: u64 = v?.to_str().ok()?.trim().parse().ok()?;
+    Some(std::time::Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 /// A destination for collected metrics and logs. Implementations must be
@@ -101,6 +129,7 @@ pub struct HttpSink {
     logs_url: String,
     tenant: Option<String>,
     bearer: Option<Secret>,
+    retry_auth_errors: bool,
 }
 
 /// A header value kept out of `Debug` output.
@@ -157,7 +186,7 @@ impl HttpSink {
             return Err(SinkSetupError::Token("the bearer token must be printable ASCII".into()));
         }
         let bearer = Some(token).filter(|t| !t.is_empty()).map(|t| Secret(format!("Bearer {t}")));
-        Ok(HttpSink { client, metrics_url, logs_url, tenant, bearer })
+        Ok(HttpSink { client, metrics_url, logs_url, tenant, bearer, retry_auth_errors: cfg.retry_auth_errors })
     }
 
     /// The remote_write URL in use.
@@ -192,12 +221,19 @@ impl HttpSink {
         if status.is_success() {
             return Ok(());
         }
+        let retry_after = parse_retry_after(resp.headers().get(reqwest::header::RETRY_AFTER));
         let body = resp.bytes().await.map(|b| body_excerpt(&b)).unwrap_or_default();
         let msg = format!("POST {url}: HTTP {status}: {body}");
+        if let Some(retry_after) = retry_after
+            && (status.as_u16() == 429 || status.is_server_error())
+        {
+            return Err(SinkError::Throttled { msg, retry_after });
+        }
         // 401/403: the credentials (collector.push.bearer_token or the
-        // aggregator's [auth]) are wrong, not the data. Keep it queued and
-        // retry until an operator fixes them, rather than drop it.
-        if matches!(status.as_u16(), 401 | 403 | 429) || status.is_server_error() {
+        // aggregator's [auth]) are wrong, not the data; with
+        // `retry_auth_errors` it stays queued until an operator fixes them.
+        let auth = matches!(status.as_u16(), 401 | 403);
+        if status.as_u16() == 429 || status.is_server_error() || (auth && self.retry_auth_errors) {
             Err(SinkError::Retryable(msg))
         } else {
             Err(SinkError::Permanent(msg))
@@ -357,6 +393,11 @@ mod tests {
     /// A minimal HTTP/1.1 server answering every request with `status` and
     /// `reply`, recording what it received. One request per connection.
     async fn server(status: u16, reply: &'static str) -> (String, Arc<Mutex<Vec<Seen>>>) {
+        server_with(status, "", reply).await
+    }
+
+    /// [`server`] adding `extra` (header lines, each ending in `\r\n`).
+    async fn server_with(status: u16, extra: &'static str, reply: &'static str) -> (String, Arc<Mutex<Vec<Seen>>>) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -395,7 +436,7 @@ mod tests {
                     }
                     seen.lock().unwrap().push(Seen { head, body: buf[head_end..].to_vec() });
                     let resp = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n{reply}",
                         reply.len()
                     );
                     let _ = c.write_all(resp.as_bytes()).await;
@@ -471,11 +512,29 @@ mod tests {
         assert!(e.is_retryable() && e.to_string().contains("ingester unavailable"), "{e}");
 
         let (url, _) = server(429, "slow down").await;
-        assert!(HttpSink::new(&cfg(&url)).unwrap().push_metrics(batch()).await.unwrap_err().is_retryable());
+        let e = HttpSink::new(&cfg(&url)).unwrap().push_metrics(batch()).await.unwrap_err();
+        assert!(e.is_retryable() && e.retry_after().is_zero(), "{e}");
+        // Retry-After is honoured (as a lower bound on the backoff), capped.
+        for (header, want) in [("retry-after: 7\r\n", 7), ("Retry-After: 99999\r\n", 300)] {
+            let (url, _) = server_with(429, header, "rate limited").await;
+            let e = HttpSink::new(&cfg(&url)).unwrap().push_logs(vec![]).await;
+            assert!(e.is_ok(), "an empty batch is not sent");
+            let e = HttpSink::new(&cfg(&url)).unwrap().push_metrics(batch()).await.unwrap_err();
+            assert!(matches!(&e, SinkError::Throttled { msg, .. } if msg.contains("rate limited")), "{e}");
+            assert!(e.is_retryable());
+            assert_eq!(e.retry_after(), std::time::Duration::from_secs(want));
+        }
+        // on a 400 it changes nothing: still refused for good
+        let (url, _) = server_with(400, "retry-after: 5\r\n", "bad").await;
+        let e = HttpSink::new(&cfg(&url)).unwrap().push_metrics(batch()).await.unwrap_err();
+        assert!(!e.is_retryable(), "{e}");
 
         for status in [401, 403] {
             let (url, _) = server(status, "invalid bearer token").await;
             let e = HttpSink::new(&cfg(&url)).unwrap().push_metrics(batch()).await.unwrap_err();
+            assert!(!e.is_retryable() && e.to_string().contains("invalid bearer token"), "{e}");
+            let retrying = PushConfig { retry_auth_errors: true, ..cfg(&url) };
+            let e = HttpSink::new(&retrying).unwrap().push_metrics(batch()).await.unwrap_err();
             assert!(e.is_retryable() && e.to_string().contains("invalid bearer token"), "{e}");
         }
 

@@ -15,6 +15,7 @@ mod disk_full;
 mod golden;
 mod grep;
 mod kubernetes;
+mod limits;
 mod logs;
 mod loki_api;
 mod metrics;

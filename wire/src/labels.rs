@@ -148,6 +148,13 @@ impl Labels {
         self.0.binary_search_by(|l| l.name.as_str().cmp(name)).ok().map(|i| self.0[i].value.as_str())
     }
 
+    /// A 64-bit hash of the names and values, the same in every process
+    /// (fixed seed): cheap identity for per-series bookkeeping. Not
+    /// collision-proof; equal sets always hash equal.
+    pub fn content_hash(&self) -> u64 {
+        self.1
+    }
+
     /// Labels in name order.
     pub fn iter(&self) -> impl Iterator<Item = &Label> {
         self.0.iter()

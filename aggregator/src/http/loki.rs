@@ -84,7 +84,12 @@ pub(crate) async fn push(State(agg): State<Arc<Aggregator>>, headers: HeaderMap,
         Ok(t) => t,
         Err(m) => return text_error(StatusCode::BAD_REQUEST, m),
     };
-    let max = agg.config.limits.max_decompressed_size.0 as usize;
+    let limits = agg.limits_for(&tenant);
+    if let Err(r) = super::check_body_size(&body, limits) {
+        sm.reject("requests", "too_large", 1);
+        return r;
+    }
+    let max = limits.max_decompressed_size.0 as usize;
     // Protobuf pushes are snappy-compressed without saying so; JSON is plain
     // unless Content-Encoding says otherwise.
     let raw = match decode_body(&headers, &body, max, !is_json(&headers)) {
@@ -103,6 +108,9 @@ pub(crate) async fn push(State(agg): State<Arc<Aggregator>>, headers: HeaderMap,
     };
     for (n, _) in &pre_refused {
         sm.reject("entries", Refusal::InvalidLabels.as_str(), *n as u64);
+    }
+    if let Err(e) = agg.admit_log_rate(&tenant, &batch) {
+        return super::rate_limited(e);
     }
     let res = try_resp!(blocking(move || agg.ingest_logs(&tenant, batch)).await);
     match res {
@@ -139,13 +147,13 @@ fn categorize(headers: &HeaderMap) -> bool {
         .any(|f| f.trim() == "categorize-labels")
 }
 
-fn param_limit(p: &Params, agg: &Aggregator) -> Result<usize, Response> {
+fn param_limit(p: &Params, agg: &Aggregator, tenant: &str) -> Result<usize, Response> {
     let limit = match p.get("limit").map(str::parse::<u64>) {
         None => 100,
         Some(Ok(l)) => l as usize,
         Some(Err(_)) => return Err(bad("invalid limit parameter: expected a non-negative integer")),
     };
-    let max = agg.config.query.max_entries_limit;
+    let max = agg.query_for(tenant).max_entries_limit;
     if limit > max {
         return Err(bad(format!("max entries limit per query exceeded, limit > max_entries_limit ({limit} > {max})")));
     }
@@ -350,10 +358,10 @@ struct QuerySpec {
 /// The control of a LogQL request that arrived at `started`: its deadline
 /// (`query.logql_timeout`) and, with `limits.discover_log_levels`, the
 /// level fields that imply `detected_level` from stream labels.
-pub(crate) fn logql_ctl(agg: &Aggregator, started: Instant) -> logql::QueryCtl {
-    let t = agg.config.query.logql_timeout.0;
+pub(crate) fn logql_ctl(agg: &Aggregator, tenant: &str, started: Instant) -> logql::QueryCtl {
+    let t = agg.query_for(tenant).logql_timeout.0;
     let ctl = logql::QueryCtl::with_deadline((!t.is_zero()).then(|| started + t));
-    let l = &agg.config.limits;
+    let l = agg.limits_for(tenant);
     if l.discover_log_levels { ctl.with_level_fields(l.log_level_fields.clone()) } else { ctl }
 }
 
@@ -361,7 +369,7 @@ async fn run_query(agg: &Arc<Aggregator>, spec: QuerySpec, api: &'static str) ->
     let started = Instant::now();
     let agg2 = agg.clone();
     let categorize = spec.categorize;
-    let ctl = logql_ctl(agg, started);
+    let ctl = logql_ctl(agg, &spec.tenant, started);
     let res = blocking(move || {
         let out = evaluate(&agg2, &spec, &ctl);
         (out, ctl.stats())
@@ -430,7 +438,7 @@ fn evaluate(agg: &Aggregator, spec: &QuerySpec, ctl: &logql::QueryCtl) -> Result
                 logql::MetricValue::Vector(_, s) => s.len(),
                 logql::MetricValue::Matrix(m) => m.len(),
             };
-            let max = agg.config.query.logql_max_series;
+            let max = agg.query_for(&spec.tenant).logql_max_series;
             if max > 0 && series > max {
                 return Err(QueryFailure(
                     StatusCode::BAD_REQUEST,
@@ -474,7 +482,7 @@ fn range_spec(p: &Params, headers: &HeaderMap, agg: &Aggregator) -> Result<Query
     if step <= 0 {
         return Err(bad("zero or negative query resolution step widths are not accepted. Try a positive integer"));
     }
-    let max_len = agg.config.query.logql_max_query_length.0;
+    let max_len = agg.query_for(&tenant).logql_max_query_length.0;
     if !max_len.is_zero() && end.saturating_sub(start) > i64::try_from(max_len.as_nanos()).unwrap_or(i64::MAX) {
         return Err(bad(format!(
             "the query time range exceeds the limit (query length: {}, limit: {})",
@@ -487,13 +495,14 @@ fn range_spec(p: &Params, headers: &HeaderMap, agg: &Aggregator) -> Result<Query
             "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
         ));
     }
+    let limit = param_limit(p, agg, &tenant)?;
     Ok(QuerySpec {
         query,
         tenant,
         start,
         end,
         step,
-        limit: param_limit(p, agg)?,
+        limit,
         direction: param_direction(p)?,
         categorize: categorize(headers),
         instant: false,
@@ -512,13 +521,14 @@ pub(crate) async fn query(
         let tenant = tenant(&headers).map_err(bad)?;
         let query = p.get("query").ok_or_else(|| bad("query parameter is required"))?.to_string();
         let t = param_ns(&p, "time", time::now_ns())?;
+        let limit = param_limit(&p, &agg, &tenant)?;
         Ok::<_, Response>(QuerySpec {
             query,
             tenant,
             start: t,
             end: t,
             step: 0,
-            limit: param_limit(&p, &agg)?,
+            limit,
             direction: param_direction(&p)?,
             categorize: categorize(&headers),
             instant: true,
@@ -958,12 +968,12 @@ pub(crate) async fn detected_fields(
     let parsed = (|| {
         let (start, end) = meta_range(&r.p)?;
         let sel = log_selector_param(&r.p)?;
-        let line_limit = usize_param(&r.p, &["line_limit"], 1000)?.min(r.agg.config.query.max_entries_limit);
+        let line_limit = usize_param(&r.p, &["line_limit"], 1000)?.min(r.agg.query_for(&r.tenant).max_entries_limit);
         let field_limit = usize_param(&r.p, &["field_limit", "limit"], 1000)?;
         Ok::<_, Response>((start, end, sel, line_limit, field_limit))
     })();
     let (start, end, sel, line_limit, field_limit) = try_resp!(parsed);
-    let ctl = logql_ctl(&r.agg, Instant::now());
+    let ctl = logql_ctl(&r.agg, &r.tenant, Instant::now());
     let res = blocking(move || {
         let q = meta_log_query(&r.tenant, start, end, line_limit, &ctl);
         let fields = logql::detect_fields(&r.agg.logs, &sel, &q, field_limit)
@@ -1016,7 +1026,7 @@ pub(crate) async fn patterns(
         Ok::<_, Response>((start, end, sel, step))
     })();
     let (start, end, sel, step) = try_resp!(parsed);
-    let ctl = logql_ctl(&r.agg, Instant::now());
+    let ctl = logql_ctl(&r.agg, &r.tenant, Instant::now());
     let res = blocking(move || {
         let q = meta_log_query(&r.tenant, start, end, logql::MAX_PATTERN_LINES, &ctl);
         logql::detect_patterns(&r.agg.logs, &sel, &q, step).map_err(|e| QueryFailure::from(e).into_response())
@@ -1045,12 +1055,12 @@ pub(crate) async fn detected_field_values(
     let parsed = (|| {
         let (start, end) = meta_range(&r.p)?;
         let sel = log_selector_param(&r.p)?;
-        let line_limit = usize_param(&r.p, &["line_limit"], 1000)?.min(r.agg.config.query.max_entries_limit);
+        let line_limit = usize_param(&r.p, &["line_limit"], 1000)?.min(r.agg.query_for(&r.tenant).max_entries_limit);
         let limit = usize_param(&r.p, &["limit"], 1000)?;
         Ok::<_, Response>((start, end, sel, line_limit, limit))
     })();
     let (start, end, sel, line_limit, limit) = try_resp!(parsed);
-    let ctl = logql_ctl(&r.agg, Instant::now());
+    let ctl = logql_ctl(&r.agg, &r.tenant, Instant::now());
     let res = blocking(move || {
         let q = meta_log_query(&r.tenant, start, end, line_limit, &ctl);
         let mut v = logql::detected_field_values(&r.agg.logs, &sel, &q, &name)

@@ -37,7 +37,10 @@ pub const CAIRN_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Builds the full router.
 pub fn router(agg: Arc<Aggregator>) -> Router {
-    let body_limit = agg.config.limits.max_request_size.0 as usize;
+    // The largest any tenant may send; each write handler then checks its
+    // own tenant's limit.
+    let body_limit = agg.max_request_size() as usize;
+    let read_timeout = agg.config.server.read_timeout.0;
     Router::new()
         .route("/ready", get(ready))
         .route("/metrics", get(self_metrics))
@@ -83,6 +86,9 @@ pub fn router(agg: Arc<Aggregator>) -> Router {
         .route("/loki/api/v1/status/buildinfo", get(loki::buildinfo))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            crate::serve::body_timeout(read_timeout, body_limit, req, next)
+        }))
         .with_state(agg)
 }
 
@@ -211,6 +217,32 @@ pub(crate) fn text_error(status: StatusCode, msg: impl Into<String>) -> Response
     let mut m = msg.into();
     m.push('\n');
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], m).into_response()
+}
+
+/// HTTP 413 when a write body (as sent) is over the tenant's
+/// `limits.max_request_size`.
+pub(crate) fn check_body_size(body: &[u8], limits: &crate::config::LimitsConfig) -> Result<(), Response> {
+    let max = limits.max_request_size.0;
+    if body.len() as u64 > max {
+        return Err(text_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body of {} bytes exceeds limits.max_request_size = {}",
+                body.len(),
+                limits.max_request_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// HTTP 429 with `Retry-After` for a write over its tenant's ingestion rate.
+pub(crate) fn rate_limited(e: crate::limits::RateLimited) -> Response {
+    let mut resp = text_error(StatusCode::TOO_MANY_REQUESTS, e.message);
+    if let Ok(v) = header::HeaderValue::from_str(&e.retry_after_secs.to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
 }
 
 /// Runs blocking work off the reactor; a panic inside becomes a 500.

@@ -25,7 +25,12 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
         Ok(t) => t,
         Err(m) => return text_error(StatusCode::BAD_REQUEST, m),
     };
-    let raw = match decode_body(&headers, &body, agg.config.limits.max_decompressed_size.0 as usize, true) {
+    let limits = agg.limits_for(&tenant);
+    if let Err(r) = super::check_body_size(&body, limits) {
+        sm.reject("requests", "too_large", 1);
+        return r;
+    }
+    let raw = match decode_body(&headers, &body, limits.max_decompressed_size.0 as usize, true) {
         Ok(r) => r,
         Err(e) => {
             sm.reject("requests", if matches!(e, BodyError::TooLarge(_)) { "too_large" } else { "bad_encoding" }, 1);
@@ -95,6 +100,11 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
                 unit: m.unit.clone(),
             },
         );
+    }
+    let samples = batch.iter().map(|s| s.samples.len()).sum::<usize>()
+        + hbatch.iter().map(|s: &cairn_wire::SeriesHistograms| s.histograms.len()).sum::<usize>();
+    if let Err(e) = agg.admit_sample_rate(&tenant, samples) {
+        return super::rate_limited(e);
     }
     let res = blocking(move || {
         let mut r = agg.ingest_metrics(&tenant, batch)?;
@@ -316,8 +326,13 @@ fn param_timeout(p: &Params) -> Result<Option<std::time::Duration>, Response> {
 
 /// Engine options for a request: `[query]` limits, the deadline from
 /// `query.timeout` shortened by the request's `timeout`.
-fn query_options(agg: &Aggregator, started: Instant, timeout: Option<std::time::Duration>) -> promql::QueryOptions {
-    let cfg = &agg.config.query;
+fn query_options(
+    agg: &Aggregator,
+    tenant: &str,
+    started: Instant,
+    timeout: Option<std::time::Duration>,
+) -> promql::QueryOptions {
+    let cfg = agg.query_for(tenant);
     let limit = std::time::Duration::from_millis(cfg.timeout.as_millis().max(0) as u64);
     let t = match timeout {
         Some(t) if limit.is_zero() => t,
@@ -349,11 +364,12 @@ fn query_param(p: &Params) -> Result<&str, Response> {
 async fn evaluate<T: Send + 'static>(
     agg: &Arc<Aggregator>,
     api: &'static str,
+    tenant: &str,
     timeout: Option<std::time::Duration>,
     f: impl FnOnce(&Aggregator, &promql::QueryOptions) -> Result<T, QueryError> + Send + 'static,
 ) -> Result<Result<T, QueryError>, Response> {
     let started = Instant::now();
-    let opts = query_options(agg, started, timeout);
+    let opts = query_options(agg, tenant, started, timeout);
     let agg2 = agg.clone();
     // Waiting for a slot counts toward the deadline, as in Prometheus.
     let acquire = agg.query_slots.clone().acquire_owned();
@@ -402,7 +418,7 @@ pub(crate) async fn query(
         (Ok(l), Ok(t)) => (l, t),
         (Err(r), _) | (_, Err(r)) => return r,
     };
-    let res = evaluate(&agg, "prometheus_query", timeout, move |agg, opts| {
+    let res = evaluate(&agg, "prometheus_query", &tenant.clone(), timeout, move |agg, opts| {
         let expr = promql::parse(&qs)?;
         promql::instant_query_annotated(&agg.metrics, &tenant, &expr, t, opts)
     })
@@ -457,7 +473,7 @@ pub(crate) async fn query_range(
         (Ok(l), Ok(t)) => (l, t),
         (Err(r), _) | (_, Err(r)) => return r,
     };
-    let res = evaluate(&agg, "prometheus_query_range", timeout, move |agg, opts| {
+    let res = evaluate(&agg, "prometheus_query_range", &tenant.clone(), timeout, move |agg, opts| {
         let expr = promql::parse_for(&qs, step, end.saturating_sub(start))?;
         promql::range_query_annotated(&agg.metrics, &tenant, &expr, start, end, step, opts)
     })

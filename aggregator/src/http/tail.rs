@@ -58,8 +58,8 @@ pub(crate) async fn tail(
     };
     let limit = match p.get("limit").map(str::parse::<usize>) {
         None => 100,
-        Some(Ok(l)) if l <= agg.config.query.max_entries_limit => l,
-        _ => return bad(format!("invalid limit parameter: expected 0..={}", agg.config.query.max_entries_limit)),
+        Some(Ok(l)) if l <= agg.query_for(&tenant).max_entries_limit => l,
+        _ => return bad(format!("invalid limit parameter: expected 0..={}", agg.query_for(&tenant).max_entries_limit)),
     };
     let delay_ns = match p.get("delay_for").map(str::parse::<u64>) {
         None => 0,
@@ -101,10 +101,10 @@ async fn session(
         }
         let to = time::now_ns().saturating_sub(delay_ns).saturating_add(1);
         let (agg2, sel2, tenant2) = (agg.clone(), sel.clone(), tenant.clone());
-        let lim = if first { limit } else { agg.config.query.max_entries_limit };
+        let lim = if first { limit } else { agg.query_for(&tenant).max_entries_limit };
         let direction = if first { Direction::Backward } else { Direction::Forward };
         let res = tokio::task::spawn_blocking(move || {
-            let ctl = super::loki::logql_ctl(&agg2, std::time::Instant::now());
+            let ctl = super::loki::logql_ctl(&agg2, &tenant2, std::time::Instant::now());
             let q = LogQuery {
                 tenant: &tenant2,
                 start: from,

@@ -51,8 +51,17 @@ struct Parser<'a> {
     src: &'a str,
     toks: Vec<Token>,
     i: usize,
+    /// Current nesting of recursive rules, at most [`MAX_DEPTH`].
     depth: usize,
+    /// Binary, unary and label-filter nodes built so far, at most
+    /// [`MAX_NODES`]: chains like `a + b + c …` or `x="1" or x="2" or …`
+    /// parse in a loop but make trees as deep as they are long, which
+    /// evaluation and drop then walk recursively.
+    nodes: usize,
 }
+
+/// Most operator nodes one query may have (see `Parser::nodes`).
+const MAX_NODES: usize = 1000;
 
 /// The message Loki gives for a selector every matcher of which accepts "".
 pub const EMPTY_SELECTOR_MSG: &str = "queries require at least one regexp or equality matcher that does not have an empty-compatible value. For instance, app=~\".*\" does not meet this requirement, but app=~\".+\" will";
@@ -63,7 +72,7 @@ pub fn parse(src: &str) -> Result<Expr, ParseError> {
         let (line, col) = line_col(src, e.pos);
         ParseError { line, col, msg: format!("syntax error: {}", e.msg) }
     })?;
-    let mut p = Parser { src, toks, i: 0, depth: 0 };
+    let mut p = Parser { src, toks, i: 0, depth: 0, nodes: 0 };
     let expr = p.expr()?;
     p.expect_eof()?;
     Ok(expr)
@@ -135,12 +144,30 @@ impl Parser<'_> {
         })
     }
 
-    /// Precedence climbing over binary operators; `^` is right-associative.
-    fn sample_expr(&mut self, min_prec: u8) -> Result<SampleExpr, ParseError> {
+    /// One level deeper into a recursive rule (undo with `self.depth -= 1`).
+    fn enter(&mut self) -> Result<(), ParseError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(self.err_at(self.pos(), "syntax error: expression nested too deeply".into()));
         }
+        Ok(())
+    }
+
+    /// Counts one operator node against [`MAX_NODES`].
+    fn node(&mut self) -> Result<(), ParseError> {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
+            return Err(self.err_at(
+                self.pos(),
+                format!("syntax error: expression too complex (more than {MAX_NODES} operators)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Precedence climbing over binary operators; `^` is right-associative.
+    fn sample_expr(&mut self, min_prec: u8) -> Result<SampleExpr, ParseError> {
+        self.enter()?;
         let mut lhs = self.unary()?;
         while let Some(op) = self.binop() {
             let prec = op.precedence();
@@ -188,6 +215,7 @@ impl Parser<'_> {
             }
             let next_min = if op == BinOp::Pow { prec } else { prec + 1 };
             let rhs = self.sample_expr(next_min)?;
+            self.node()?;
             lhs = fold(op, return_bool, matching, lhs, rhs);
         }
         self.depth -= 1;
@@ -199,7 +227,10 @@ impl Parser<'_> {
             Tok::Sub | Tok::Add => {
                 let neg = *self.peek() == Tok::Sub;
                 self.next();
+                self.node()?;
+                self.enter()?;
                 let e = self.unary()?;
+                self.depth -= 1;
                 if !neg {
                     return Ok(e);
                 }
@@ -806,6 +837,7 @@ impl Parser<'_> {
         while matches!(self.peek(), Tok::Ident(s) if s == "or") {
             self.next();
             let rhs = self.label_filter_and()?;
+            self.node()?;
             lhs = LabelFilter::Or(Box::new(lhs), Box::new(rhs));
         }
         Ok(lhs)
@@ -847,6 +879,7 @@ impl Parser<'_> {
                 return Ok(lhs);
             }
             let rhs = self.label_filter_unary()?;
+            self.node()?;
             lhs = LabelFilter::And(Box::new(lhs), Box::new(rhs));
         }
     }
@@ -854,7 +887,9 @@ impl Parser<'_> {
     fn label_filter_unary(&mut self) -> Result<LabelFilter, ParseError> {
         if *self.peek() == Tok::OpenParen {
             self.next();
+            self.enter()?;
             let f = self.label_filter_or()?;
+            self.depth -= 1;
             self.expect(Tok::CloseParen, ")")?;
             return Ok(f);
         }
@@ -1224,5 +1259,42 @@ mod tests {
                 let _ = e.to_string();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    /// On a thread with the server's 8 MiB stack, pathological nesting of
+    /// every recursive construct is refused (or parsed) without overflowing
+    /// the stack; dropping what was parsed must not overflow either.
+    #[test]
+    fn pathological_nesting_never_overflows() {
+        let r = std::thread::Builder::new()
+            .stack_size(8 << 20)
+            .spawn(|| {
+                let n = 100_000;
+                let ok_sum = format!("{}count_over_time({{a=\"b\"}}[1m]){}", "sum(".repeat(150), ")".repeat(150));
+                assert!(parse(&ok_sum).is_ok());
+                // a flat list, not a tree: any length parses
+                assert!(parse(&format!("{{a=\"b\"}} |= \"a\"{}", " or \"b\"".repeat(n))).is_ok());
+                for q in [
+                    format!("{}count_over_time({{a=\"b\"}}[1m]){}", "sum(".repeat(n), ")".repeat(n)),
+                    format!("{}1{}", "(".repeat(n), ")".repeat(n)),
+                    format!("{}vector(1)", "- ".repeat(n)),
+                    format!("vector(1){}", " + vector(1)".repeat(n)),
+                    format!("{{a=\"b\"}} | x=\"1\"{}", " or x=\"1\"".repeat(n)),
+                    format!("{{a=\"b\"}} | {}x=\"1\"{}", "(".repeat(n), ")".repeat(n)),
+                    format!("{{a=\"b\"}} | line_format \"{{{{ {}.a{} }}}}\"", "(".repeat(n), ")".repeat(n)),
+                    format!("{{a=\"b\"}} | label_format x=\"{{{{ {}.a{} }}}}\"", "(".repeat(n), ")".repeat(n)),
+                ] {
+                    let r = parse(&q);
+                    assert!(r.is_err(), "a query of {} bytes starting {:?} parsed", q.len(), &q[..40]);
+                }
+            })
+            .unwrap()
+            .join();
+        assert!(r.is_ok());
     }
 }

@@ -728,6 +728,7 @@ impl Template {
                         continue;
                     }
                     let toks = ttokens(inner)?;
+                    check_template_nesting(&toks)?;
                     let mut p = 0;
                     let cmds = tpipeline(&toks, &mut p)?;
                     if p != toks.len() {
@@ -864,6 +865,27 @@ fn ttokens(s: &str) -> Result<Vec<TTok>, String> {
         }
     }
     Ok(out)
+}
+
+/// Deepest parenthesis nesting a template action may have: parsing and
+/// evaluating recurse once per level.
+const MAX_TEMPLATE_NESTING: usize = 64;
+
+fn check_template_nesting(toks: &[TTok]) -> Result<(), String> {
+    let mut depth = 0usize;
+    for t in toks {
+        match t {
+            TTok::Open => {
+                depth += 1;
+                if depth > MAX_TEMPLATE_NESTING {
+                    return Err(format!("template: parentheses nested more than {MAX_TEMPLATE_NESTING} deep"));
+                }
+            }
+            TTok::Close => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn tpipeline(toks: &[TTok], p: &mut usize) -> Result<Vec<TCmd>, String> {

@@ -256,6 +256,7 @@ pub fn parse(q: &str) -> Result<Expr, QueryError> {
 /// start), ms: what `step()` and `range()` in duration expressions stand
 /// for. Errors read as Prometheus's: `line:col: parse error: …`.
 pub fn parse_for(q: &str, step_ms: i64, range_ms: i64) -> Result<Expr, QueryError> {
+    check_nesting(q)?;
     let text = rewrite::rewrite(q, step_ms, range_ms)?;
     let expr = parser::parse(&text).map_err(|m| {
         // promql-parser gives no position: find one. A syntax error the
@@ -269,6 +270,49 @@ pub fn parse_for(q: &str, step_ms: i64, range_ms: i64) -> Result<Expr, QueryErro
     })?;
     eval::check_extended(&expr)?;
     Ok(expr)
+}
+
+/// Most parentheses, brackets and operator characters a PromQL query may
+/// hold outside strings and label matchers: a bound on the depth of its
+/// syntax tree, which the parser, the evaluator and even dropping the tree
+/// walk recursively. Far above any dashboard query; without it a query of
+/// 5,000 nested parentheses overflowed a thread's stack and aborted the
+/// server.
+pub const MAX_NESTING: usize = 1000;
+
+/// Refuses a query that might parse into a tree deeper than
+/// [`MAX_NESTING`], by a scan of its text (no recursion).
+fn check_nesting(q: &str) -> Result<(), QueryError> {
+    let b = q.as_bytes();
+    let (mut n, mut braces, mut i) = (0usize, 0usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            q @ (b'"' | b'\'' | b'`') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' && q != b'`' { 2 } else { 1 };
+                }
+            }
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'{' => braces += 1,
+            b'}' => braces = braces.saturating_sub(1),
+            b'(' | b'[' | b'+' | b'-' | b'*' | b'/' | b'%' | b'^' | b'<' | b'>' | b'=' | b'!' if braces == 0 => n += 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    if n > MAX_NESTING {
+        return Err(QueryError::Parse(parse_error_at(
+            q,
+            0,
+            &format!("query too complex: more than {MAX_NESTING} parentheses, brackets and operators"),
+        )));
+    }
+    Ok(())
 }
 
 /// Prometheus's `ParseErr` text: `line:col: parse error: msg`, where `col`

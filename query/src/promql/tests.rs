@@ -377,3 +377,39 @@ fn series_at_a_time_matches_the_step_evaluator() {
         }
     }
 }
+
+/// The server's threads have 8 MiB stacks (`cairn`'s runtime); a query just
+/// under the nesting limit parses and evaluates on one, one over it is
+/// refused without recursing. Debug builds use the most stack.
+#[test]
+fn deep_nesting_is_bounded() {
+    let r = std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(|| {
+            let (_d, s) = store();
+            let n = 450;
+            let parens = format!("{}1{}", "(".repeat(n), ")".repeat(n));
+            assert_eq!(inst(&s, &parens, 5).unwrap(), Value::Scalar(5, 1.0));
+            let chain = format!("1{}", "+1".repeat(MAX_NESTING - 1));
+            assert_eq!(inst(&s, &chain, 5).unwrap(), Value::Scalar(5, MAX_NESTING as f64));
+            let unary = format!("{}up", "-".repeat(MAX_NESTING));
+            assert!(inst(&s, &unary, 30_000).is_ok());
+            for q in [
+                format!("{}1{}", "(".repeat(50_000), ")".repeat(50_000)),
+                format!("1{}", "+1".repeat(MAX_NESTING + 1)),
+                format!("{}up", "-".repeat(100_000)),
+                format!("{}up{}", "sum(".repeat(5_000), ")".repeat(5_000)),
+            ] {
+                match parse(&q) {
+                    Ok(_) => panic!("a query of {} bytes parsed", q.len()),
+                    Err(e) => assert!(e.to_string().contains("query too complex"), "{e}"),
+                }
+            }
+            // strings and label matchers do not count
+            let long = format!(r#"up{{job=~"{}"}}"#, "(a)+".repeat(2_000));
+            assert!(parse(&long).is_ok());
+        })
+        .unwrap()
+        .join();
+    assert!(r.is_ok());
+}
