@@ -209,14 +209,18 @@ fn print_table(results: &[Figures], total: u64) {
     println!(" VictoriaMetrics 3.24-3.28 M/s, 0.45-0.49 µs, 163-218 MB, 2.6-2.8 B/sample)");
 }
 
-/// Where Cairn's block bytes go, and what the chunks would take as plain
-/// Gorilla XOR (re-encoded here from the decoded samples) — the measurement
-/// behind the decimal encoding (`docs/format/tsdb.md`, "Measurements").
+/// Where Cairn's block bytes go: by chunk encoding, and for decimal
+/// series by kind (constant, counter, gauge), the header, timestamp and
+/// value bits per sample of the grid encoding that is written and of the
+/// older decimal encoding (`docs/format/tsdb.md`, "Measurements"), both
+/// re-encoded here from the decoded samples; plus plain Gorilla XOR.
 fn disk_breakdown(blocks: &Path, total: u64) {
     use cairn_store::block::{Block, BlockKind};
     use cairn_store::xor;
     let (mut size, mut data, mut xor_bytes, mut n_blocks) = (0u64, 0u64, 0u64, 0);
-    let mut by_enc = [(0u64, 0u64, 0u64); 2]; // chunks, bytes, samples
+    let mut by_enc = [(0u64, 0u64, 0u64); 4]; // chunks, bytes, samples by encoding byte
+    // by kind: samples, then (header bytes, ts bits, value bits) for grid and decimal v1
+    let mut kinds = [(0u64, [0u64; 3], [0u64; 3]); 3];
     let Ok(rd) = std::fs::read_dir(blocks) else { return };
     for e in rd.flatten() {
         let Ok(b) = Block::open(&e.path(), BlockKind::Metrics) else { continue };
@@ -230,13 +234,33 @@ fn disk_breakdown(blocks: &Path, total: u64) {
                 if xor::decode_chunk(&bytes, &mut samples).is_err() {
                     continue;
                 }
-                let enc = usize::from(bytes[0] == xor::ENC_DECIMAL);
+                let enc = usize::from(bytes[0]).min(3);
                 by_enc[enc].0 += 1;
                 by_enc[enc].1 += c.len;
                 by_enc[enc].2 += samples.len() as u64;
                 let mut x = Vec::new();
                 xor::encode(&mut x, &samples);
                 xor_bytes += x.len() as u64 + 1;
+                let (Some(g), Some(d)) = (
+                    xor::encode_chunk_split(&mut Vec::new(), &samples),
+                    xor::encode_decimal_v1(&mut Vec::new(), &samples),
+                ) else {
+                    continue;
+                };
+                let kind = if samples.iter().all(|p| p.1.to_bits() == samples[0].1.to_bits()) {
+                    0
+                } else if samples.windows(2).all(|w| w[1].1 >= w[0].1) {
+                    1
+                } else {
+                    2
+                };
+                let k = &mut kinds[kind];
+                k.0 += samples.len() as u64;
+                for (acc, split) in [(&mut k.1, g), (&mut k.2, d)] {
+                    acc[0] += split.header_bytes;
+                    acc[1] += split.ts_bits;
+                    acc[2] += split.value_bits;
+                }
             }
         }
     }
@@ -247,11 +271,26 @@ fn disk_breakdown(blocks: &Path, total: u64) {
         per(data),
         per(size - data)
     );
-    for (name, (chunks, bytes, samples)) in ["xor", "decimal"].iter().zip(by_enc) {
-        println!(
-            "  {name:<8} chunks {chunks:>6}, samples {samples:>8}, {:.3} B/sample of those",
-            bytes as f64 / samples.max(1) as f64
-        );
+    for (name, (chunks, bytes, samples)) in ["xor", "decimal", "(2)", "grid"].iter().zip(by_enc) {
+        if chunks > 0 {
+            println!(
+                "  {name:<8} chunks {chunks:>6}, samples {samples:>9}, {:.3} B/sample of those",
+                bytes as f64 / samples.max(1) as f64
+            );
+        }
     }
     println!("  the same chunks all as Gorilla XOR: {:.3} B/sample", per(xor_bytes));
+    println!("  decimal series by kind, per sample: header bytes, timestamp bits, value bits (grid | decimal v1)");
+    for (name, (n, g, d)) in ["constant", "counter", "gauge"].iter().zip(kinds) {
+        let f = |x: u64| x as f64 / n.max(1) as f64;
+        println!(
+            "  {name:<8} samples {n:>9}: {:.3} B {:.2} b {:.2} b | {:.3} B {:.2} b {:.2} b",
+            f(g[0]),
+            f(g[1]),
+            f(g[2]),
+            f(d[0]),
+            f(d[1]),
+            f(d[2])
+        );
+    }
 }

@@ -135,6 +135,13 @@ impl<'a> Reader<'a> {
         cairn_wire::Labels::from_pairs(self.pairs()?).map_err(|_| DecodeError { offset, reason: "invalid label set" })
     }
 
+    /// Reads one byte.
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
+        let b = *self.buf.get(self.pos).ok_or_else(|| self.err("truncated byte"))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
     /// Reads 8 big-endian bytes.
     pub fn u64_be(&mut self) -> Result<u64, DecodeError> {
         Ok(self.u64_le()?.swap_bytes())

@@ -29,7 +29,7 @@ pub use hist::{HIST_CHUNK_SAMPLES, RECORD_HISTOGRAMS};
 pub const RECORD_SAMPLES: u8 = 1;
 
 /// A full chunk of a series in the head, already encoded as it will be in a
-/// block (`xor::encode_chunk`), so the head holds ~1.5 bytes per sample
+/// block (`xor::encode_chunk`), so the head holds ~1 byte per sample
 /// instead of 16.
 struct HeadChunk {
     bytes: Box<[u8]>,
