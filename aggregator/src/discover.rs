@@ -219,41 +219,33 @@ const WORDS: &[(&str, &str)] = &[
     ("info", "info"),
 ];
 
-/// [`level_from_words`] for an ASCII line in one pass, without lower-casing
-/// a copy: the first occurrence of every word is found at once, then the
-/// preference order decides, as nine searches of the lower-cased line do (a
-/// proptest checks they agree). Runs on every pushed line without a level
-/// field.
-fn level_from_words_ascii(b: &[u8]) -> &'static str {
-    let mut first = [usize::MAX; WORDS.len()];
-    let mut missing = WORDS.len();
-    for i in 0..b.len() {
-        // every word starts with one of these letters
-        if !matches!(b[i] | 0x20, b't' | b'd' | b'f' | b'c' | b'e' | b'w' | b'i') {
-            continue;
-        }
-        for (k, (word, _)) in WORDS.iter().enumerate() {
-            let w = word.as_bytes();
-            if first[k] == usize::MAX && b.len() - i >= w.len() && b[i..i + w.len()].eq_ignore_ascii_case(w) {
-                first[k] = i;
-                missing -= 1;
+/// [`level_from_words`] for an ASCII line: the same searches, over a
+/// lower-cased copy in a reused buffer, with SIMD substring finders (a
+/// proptest checks it agrees with [`level_from_words_lowered`]). Runs on
+/// every pushed line without a level field.
+fn level_from_words_ascii(line: &[u8]) -> &'static str {
+    static FINDERS: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>> =
+        std::sync::LazyLock::new(|| WORDS.iter().map(|(w, _)| memchr::memmem::Finder::new(w.as_bytes())).collect());
+    thread_local! {
+        static LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    LOWER.with_borrow_mut(|b| {
+        b.clear();
+        b.extend(line.iter().map(u8::to_ascii_lowercase));
+        let boundary = |i: Option<usize>| match i.and_then(|i| b.get(i)) {
+            None => true,
+            Some(&c) => !(c.is_ascii_alphanumeric() || c == b'_'),
+        };
+        for (f, &(word, level)) in FINDERS.iter().zip(WORDS) {
+            if let Some(pos) = f.find(b)
+                && boundary(pos.checked_sub(1))
+                && boundary(Some(pos + word.len()))
+            {
+                return level;
             }
         }
-        if missing == 0 {
-            break;
-        }
-    }
-    let boundary = |i: Option<usize>| match i.and_then(|i| b.get(i)) {
-        None => true,
-        Some(&c) => !(c.is_ascii_alphanumeric() || c == b'_'),
-    };
-    for (k, &(word, level)) in WORDS.iter().enumerate() {
-        let pos = first[k];
-        if pos != usize::MAX && boundary(pos.checked_sub(1)) && boundary(Some(pos + word.len())) {
-            return level;
-        }
-    }
-    "unknown"
+        "unknown"
+    })
 }
 
 /// [`level_from_words`] for any line: searches of the lower-cased line.
@@ -411,7 +403,7 @@ impl<'de> Visitor<'de> for ValueScan<'_> {
 
 #[cfg(test)]
 mod tests {
-    /// The one-pass ASCII word scan agrees with the searches of the
+    /// The ASCII word scan (reused buffer, SIMD finders) agrees with the searches of the
     /// lower-cased line, on lines made of level words, their near misses
     /// and separators in any case.
     #[test]
