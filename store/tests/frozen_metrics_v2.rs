@@ -1,10 +1,13 @@
 //! Frozen metric files of block format version 2 (symbol table, postings,
-//! `replaces` list, decimal and XOR chunks; `docs/format/tsdb.md`),
-//! committed under `store/tests/frozen/metrics-v2/` and read on every test
-//! run: a compacted block (merged from two flushes, so it lists what it
-//! replaced) and a WAL segment.
+//! `replaces` list, decimal and XOR chunks; `docs/format/tsdb.md`), read on
+//! every test run: a compacted block (merged from two flushes, so it lists
+//! what it replaced) and a WAL segment, the same data in two sets:
+//! - `store/tests/frozen/metrics-v2/`: written with chunk encodings 0 and 1;
+//! - `store/tests/frozen/metrics-v2-grid/`: written after encoding 3 ("grid
+//!   decimal") became the encoding of decimal series.
 //!
-//! Regenerate only for a new format version, into a new directory:
+//! Regenerate only for a new format version, into a new directory (the
+//! writer writes the newest set, [`NEWEST`]):
 //! `CAIRN_WRITE_FROZEN=1 cargo test -p cairn-store --test frozen_metrics_v2 -- --ignored`.
 
 mod common;
@@ -17,9 +20,8 @@ use cairn_store::metrics::MetricsStore;
 use cairn_store::{CompactionPolicy, WalOptions};
 use cairn_wire::{Labels, MatchOp, Matcher, SeriesSamples};
 
-fn frozen() -> PathBuf {
-    common::frozen("metrics-v2")
-}
+/// The set the current code writes.
+const NEWEST: &str = "metrics-v2-grid";
 
 /// (labels, samples): a decimal counter, an XOR series (thirds, a stale
 /// marker), each written in two parts.
@@ -46,7 +48,7 @@ fn write_frozen_files() {
     if std::env::var("CAIRN_WRITE_FROZEN").is_err() {
         return;
     }
-    let root = frozen();
+    let root = common::frozen(NEWEST);
     let _ = std::fs::remove_dir_all(&root);
     let s = MetricsStore::open(&root, WalOptions::default()).unwrap();
     for part in 0..2 {
@@ -60,8 +62,17 @@ fn write_frozen_files() {
 
 #[test]
 fn reads_v2_metrics() {
+    check(common::frozen("metrics-v2"));
+}
+
+#[test]
+fn reads_v2_grid_metrics() {
+    check(common::frozen("metrics-v2-grid"));
+}
+
+fn check(frozen: PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&frozen(), tmp.path());
+    copy_dir(&frozen, tmp.path());
     let s = MetricsStore::open(tmp.path(), WalOptions::default()).unwrap();
     assert_eq!(s.block_stats().0, 1, "one compacted v2 block");
     let got = s.select("t", &[Matcher::new(MatchOp::NotEqual, "mode", "user").unwrap()], i64::MIN, i64::MAX);
