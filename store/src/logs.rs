@@ -224,16 +224,15 @@ fn prepare(
     }
     let bytes = b.chunk_slice(c)?;
     let key = (b.uid, c.offset);
-    let cached = cache.filter(|_| scratch.has_body_frame()).and_then(|cache| cache.get(key));
-    match cached {
-        Some(body) => scratch.set_body(&body),
-        None => scratch.decode_body(bytes, c.payload),
-    }
-    .map_err(|e| b.corrupt(c, format!("chunk: {e}")))?;
-    if let Some(cache) = cache
-        && scratch.has_body_frame()
-    {
-        cache.insert(key, &scratch.body);
+    let cache = cache.filter(|_| scratch.has_body_frame());
+    let corrupt = |e: crate::codec::DecodeError| b.corrupt(c, format!("chunk: {e}"));
+    match cache.map(|cache| (cache, cache.get(key))) {
+        Some((_, Some(body))) => scratch.set_body(&body).map_err(corrupt)?,
+        Some((cache, None)) => {
+            scratch.decode_body(bytes, c.payload).map_err(corrupt)?;
+            cache.insert(key, &scratch.body);
+        }
+        None => scratch.decode_body(bytes, c.payload).map_err(corrupt)?,
     }
     Ok(Prepared::Ready(Box::new(ReadyChunk { dec: scratch.split_off(), lo, hi, chunk_len: bytes.len() as u64 })))
 }
