@@ -200,10 +200,37 @@ fn logfmt_level_field(fields: &[String], line: &str) -> Option<String> {
 /// occurrence in the lower-cased line stands alone (no letter, digit or `_`
 /// on either side), else `unknown`.
 fn level_from_words(line: &str) -> &'static str {
-    if line.is_ascii() {
-        return level_from_words_ascii(line.as_bytes());
+    static FINDERS: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>> =
+        std::sync::LazyLock::new(|| WORDS.iter().map(|(w, _)| memchr::memmem::Finder::new(w.as_bytes())).collect());
+    thread_local! {
+        static LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    level_from_words_lowered(line)
+    // Runs on every pushed line without a level field: an ASCII line is
+    // lower-cased into a reused buffer, and the words are found with SIMD
+    // finders.
+    LOWER.with_borrow_mut(|b| {
+        b.clear();
+        if line.is_ascii() {
+            b.extend(line.bytes().map(|c| c.to_ascii_lowercase()));
+        } else {
+            b.extend_from_slice(line.to_lowercase().as_bytes());
+        }
+        // Go's check reads one byte as a rune: non-ASCII bytes count as
+        // their Latin-1 character.
+        let boundary = |i: Option<usize>| match i.and_then(|i| b.get(i)) {
+            None => true,
+            Some(&c) => !(c.is_ascii_alphanumeric() || c == b'_' || (c >= 0x80 && char::from(c).is_alphabetic())),
+        };
+        for (f, &(word, level)) in FINDERS.iter().zip(WORDS) {
+            if let Some(pos) = f.find(b)
+                && boundary(pos.checked_sub(1))
+                && boundary(Some(pos + word.len()))
+            {
+                return level;
+            }
+        }
+        "unknown"
+    })
 }
 
 /// The level words, in Loki's order of preference, with their level.
@@ -218,56 +245,6 @@ const WORDS: &[(&str, &str)] = &[
     ("warn", "warn"),
     ("info", "info"),
 ];
-
-/// [`level_from_words`] for an ASCII line: the same searches, over a
-/// lower-cased copy in a reused buffer, with SIMD substring finders (a
-/// proptest checks it agrees with [`level_from_words_lowered`]). Runs on
-/// every pushed line without a level field.
-fn level_from_words_ascii(line: &[u8]) -> &'static str {
-    static FINDERS: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>> =
-        std::sync::LazyLock::new(|| WORDS.iter().map(|(w, _)| memchr::memmem::Finder::new(w.as_bytes())).collect());
-    thread_local! {
-        static LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    LOWER.with_borrow_mut(|b| {
-        b.clear();
-        b.extend(line.iter().map(u8::to_ascii_lowercase));
-        let boundary = |i: Option<usize>| match i.and_then(|i| b.get(i)) {
-            None => true,
-            Some(&c) => !(c.is_ascii_alphanumeric() || c == b'_'),
-        };
-        for (f, &(word, level)) in FINDERS.iter().zip(WORDS) {
-            if let Some(pos) = f.find(b)
-                && boundary(pos.checked_sub(1))
-                && boundary(Some(pos + word.len()))
-            {
-                return level;
-            }
-        }
-        "unknown"
-    })
-}
-
-/// [`level_from_words`] for any line: searches of the lower-cased line.
-fn level_from_words_lowered(line: &str) -> &'static str {
-    let lower = line.to_lowercase();
-    let b = lower.as_bytes();
-    // Go's check reads one byte as a rune: non-ASCII bytes count as their
-    // Latin-1 character.
-    let boundary = |i: Option<usize>| match i.and_then(|i| b.get(i)) {
-        None => true,
-        Some(&c) => !(c.is_ascii_alphanumeric() || c == b'_' || (c >= 0x80 && char::from(c).is_alphabetic())),
-    };
-    for &(word, level) in WORDS {
-        if let Some(pos) = lower.find(word)
-            && boundary(pos.checked_sub(1))
-            && boundary(Some(pos + word.len()))
-        {
-            return level;
-        }
-    }
-    "unknown"
-}
 
 /// The first string value (in document order) of a key named in `fields`,
 /// searching the top-level object and objects nested in it down to
@@ -403,19 +380,36 @@ impl<'de> Visitor<'de> for ValueScan<'_> {
 
 #[cfg(test)]
 mod tests {
-    /// The ASCII word scan (reused buffer, SIMD finders) agrees with the searches of the
-    /// lower-cased line, on lines made of level words, their near misses
-    /// and separators in any case.
+    /// The word search (reused buffer, SIMD finders) agrees with plain
+    /// searches of the lower-cased line, on lines made of level words,
+    /// their near misses and separators in any case, ASCII or not.
     #[test]
-    fn ascii_word_scan_agrees_with_searches() {
+    fn word_search_agrees_with_plain_searches() {
         use proptest::prelude::*;
+        fn reference(line: &str) -> &'static str {
+            let lower = line.to_lowercase();
+            let b = lower.as_bytes();
+            let boundary = |i: Option<usize>| match i.and_then(|i| b.get(i)) {
+                None => true,
+                Some(&c) => !(c.is_ascii_alphanumeric() || c == b'_' || (c >= 0x80 && char::from(c).is_alphabetic())),
+            };
+            for &(word, level) in super::WORDS {
+                if let Some(pos) = lower.find(word)
+                    && boundary(pos.checked_sub(1))
+                    && boundary(Some(pos + word.len()))
+                {
+                    return level;
+                }
+            }
+            "unknown"
+        }
         let piece = prop::sample::select(vec![
             "trace", "DEBUG", "Fatal", "critical", "error", "ERR", "errors", "warning", "Warn", "info", "INFOS",
-            "xinfo", "_", " ", "=", "[", "]", "a", "7", "in", "wa", "e", "-", ":", "err_", "trac",
+            "xinfo", "_", " ", "=", "[", "]", "a", "7", "in", "wa", "e", "-", ":", "err_", "trac", "é", "Ä", "İ",
         ]);
         proptest!(ProptestConfig::with_cases(4000), |(parts in prop::collection::vec(piece, 0..12))| {
             let line = parts.concat();
-            prop_assert_eq!(super::level_from_words_ascii(line.as_bytes()), super::level_from_words_lowered(&line), "{}", line);
+            prop_assert_eq!(super::level_from_words(&line), reference(&line), "{}", line);
         });
     }
 
