@@ -24,6 +24,7 @@ use super::aggregate::{Mean, group_labels};
 use super::eval::{Ctx, Window, at_ms, ext_of, offset_ms};
 use super::functions::{kahan_inc, plain_range_fn};
 use super::{FxMap, QueryError, Series, drop_metric_name};
+use cairn_store::metrics::SelectedSeries;
 
 /// One series of a node's value over the query's steps.
 pub(crate) struct StepSeries {
@@ -111,6 +112,24 @@ fn check_deadline(ctx: &Ctx<'_>) -> Result<(), QueryError> {
     Ok(())
 }
 
+/// The series a selector read (prefetched into `ctx.cache`) and, per step,
+/// the time it is read at (`@` and `offset` applied); `None` when it read
+/// native histograms, which the step evaluator handles.
+fn selected<'c>(
+    ctx: &'c Ctx<'_>,
+    vs: &promql_parser::parser::VectorSelector,
+    steps: Steps,
+) -> Option<(&'c [SelectedSeries], Vec<i64>)> {
+    let key = vs as *const _ as usize;
+    let series = ctx.cache.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+    if series.iter().any(|s| !s.histograms.is_empty()) {
+        return None;
+    }
+    let at = at_ms(&vs.at, ctx.start, ctx.end);
+    let off = offset_ms(&vs.offset);
+    Some((series, (0..steps.n).map(|i| at.unwrap_or(steps.at(i)).saturating_sub(off)).collect()))
+}
+
 fn node(ctx: &Ctx<'_>, e: &Expr, steps: Steps) -> Result<Option<RangeValue>, QueryError> {
     check_deadline(ctx)?;
     match e {
@@ -130,14 +149,9 @@ fn node(ctx: &Ctx<'_>, e: &Expr, steps: Steps) -> Result<Option<RangeValue>, Que
             if ext_of(vs).is_some() {
                 return Ok(None);
             }
-            let key = vs as *const _ as usize;
-            let series = ctx.cache.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-            if series.iter().any(|s| !s.histograms.is_empty()) {
+            let Some((series, rts)) = selected(ctx, vs, steps) else {
                 return Ok(None);
-            }
-            let at = at_ms(&vs.at, ctx.start, ctx.end);
-            let off = offset_ms(&vs.offset);
-            let rts: Vec<i64> = (0..steps.n).map(|i| at.unwrap_or(steps.at(i)).saturating_sub(off)).collect();
+            };
             let mut out = Vec::with_capacity(series.len());
             for s in series {
                 let samples = &s.samples;
@@ -170,16 +184,10 @@ fn node(ctx: &Ctx<'_>, e: &Expr, steps: Steps) -> Result<Option<RangeValue>, Que
             if c.args.args.len() != 1 || ext_of(&ms.vs).is_some() {
                 return Ok(None);
             }
-            let vs = &ms.vs;
-            let key = vs as *const _ as usize;
-            let series = ctx.cache.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-            if series.iter().any(|s| !s.histograms.is_empty()) {
+            let Some((series, rts)) = selected(ctx, &ms.vs, steps) else {
                 return Ok(None);
-            }
-            let at = at_ms(&vs.at, ctx.start, ctx.end);
-            let off = offset_ms(&vs.offset);
+            };
             let range = ms.range.as_millis() as i64;
-            let rts: Vec<i64> = (0..steps.n).map(|i| at.unwrap_or(steps.at(i)).saturating_sub(off)).collect();
             let mut out = Vec::with_capacity(series.len());
             let mut buf: Vec<(i64, f64)> = Vec::new();
             for s in series {
