@@ -140,12 +140,7 @@ pub(crate) fn assign_reset_hints(
     for i in 0..hists.len() {
         let t = hists[i].0;
         // A float sample since the previous histogram starts a new chunk.
-        let mut after_float = false;
-        while fi < floats.len() && floats[fi].0 < t {
-            after_float = true;
-            fi += 1;
-        }
-        if after_float {
+        if floats_before(floats, &mut fi, t) {
             prev = None;
         }
         if hists[i].1.is_stale() {
@@ -162,25 +157,19 @@ pub(crate) fn assign_reset_hints(
             Some(p) => Some(&hists[p]),
             None => None,
         };
+        // The first sample of a chunk reads back as unknown (a declared
+        // reset stays one).
+        let first_of_chunk = if hint == ResetHint::Reset { ResetHint::Reset } else { ResetHint::Unknown };
         let new_hint = match before {
-            Some((bt, _)) if bt.div_euclid(CHUNK_RANGE_MS) != t.div_euclid(CHUNK_RANGE_MS) => {
-                if hint == ResetHint::Reset { ResetHint::Reset } else { ResetHint::Unknown }
-            }
-            None => {
-                if hint == ResetHint::Reset {
-                    ResetHint::Reset
-                } else {
-                    ResetHint::Unknown
-                }
-            }
+            Some((bt, _)) if bt.div_euclid(CHUNK_RANGE_MS) != t.div_euclid(CHUNK_RANGE_MS) => first_of_chunk,
+            None => first_of_chunk,
             Some((_, before)) => {
                 let cur = &hists[i].1;
                 if before.reset_hint == ResetHint::Gauge {
                     ResetHint::Unknown
                 } else if cur.detect_reset(before) {
-                    // A new chunk: its first sample reads back as unknown
-                    // (a declared reset stays one).
-                    if hint == ResetHint::Reset { ResetHint::Reset } else { ResetHint::Unknown }
+                    // A reset cuts a new chunk.
+                    first_of_chunk
                 } else if before.schema != cur.schema
                     || before.zero_threshold != cur.zero_threshold
                     || !cairn_wire::histogram::floats_match(&before.custom_values, &cur.custom_values)
@@ -196,6 +185,16 @@ pub(crate) fn assign_reset_hints(
     }
 }
 
+/// Moves `fi` past the floats before `t`; true when there were any (a
+/// float between two histograms breaks their chain).
+fn floats_before(floats: &[(i64, f64)], fi: &mut usize, t: i64) -> bool {
+    let from = *fi;
+    while *fi < floats.len() && floats[*fi].0 < t {
+        *fi += 1;
+    }
+    *fi > from
+}
+
 /// Prometheus's `HistogramStatsIterator` hints: an `Unknown` hint becomes
 /// `Reset` or `NotReset` by comparing with the previous histogram read
 /// (floats and stale markers break the chain).
@@ -203,13 +202,7 @@ pub(crate) fn resolve_unknown_hints(floats: &[(i64, f64)], hists: &mut [(i64, Hi
     let mut fi = 0;
     let mut prev: Option<usize> = None;
     for i in 0..hists.len() {
-        let t = hists[i].0;
-        let mut after_float = false;
-        while fi < floats.len() && floats[fi].0 < t {
-            after_float = true;
-            fi += 1;
-        }
-        if after_float {
+        if floats_before(floats, &mut fi, hists[i].0) {
             prev = None;
         }
         if hists[i].1.is_stale() {
