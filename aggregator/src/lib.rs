@@ -119,6 +119,13 @@ impl IngestReport {
         }
     }
 
+    /// Refuses `n` items for the same reason.
+    fn refuse_n(&mut self, n: usize, msg: &str) {
+        for _ in 0..n {
+            self.refuse(|| msg.to_string());
+        }
+    }
+
     /// Adds another report's counts and messages.
     pub fn merge(&mut self, o: IngestReport) {
         self.accepted += o.accepted;
@@ -368,9 +375,7 @@ impl Aggregator {
         };
         let mut refuse = |n: usize, why: Refusal, msg: String| {
             self.self_metrics.reject(kind, why.as_str(), n as u64);
-            for _ in 0..n {
-                report.refuse(|| msg.clone());
-            }
+            report.refuse_n(n, &msg);
         };
         let mut ok = Vec::with_capacity(batch.len());
         for s in batch {
@@ -557,9 +562,7 @@ impl Aggregator {
             if s.labels.is_empty() {
                 let msg = "error at least one label pair is required per stream";
                 self.self_metrics.reject("entries", Refusal::NoLabels.as_str(), s.entries.len() as u64);
-                for _ in 0..s.entries.len() {
-                    report.refuse(|| msg.to_string());
-                }
+                report.refuse_n(s.entries.len(), msg);
                 continue;
             }
             // Loki 3: `service_name` and `detected_level`, before validation
