@@ -202,12 +202,8 @@ fn main() {
             }
             params.extend(extra.iter().cloned());
             let t = Instant::now();
-            let r = server
-                .client
-                .get(format!("{}/loki/api/v1/{path}", server.url))
-                .query(&params)
-                .send()
-                .expect("query");
+            let r =
+                server.client.get(format!("{}/loki/api/v1/{path}", server.url)).query(&params).send().expect("query");
             let status = r.status();
             let body: serde_json::Value = r.json().unwrap_or_default();
             times.push(t.elapsed().as_secs_f64());

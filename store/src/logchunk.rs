@@ -515,8 +515,10 @@ impl Decoded {
     /// The wanted frames (first frame already in `dict_buf`) and the
     /// metadata frame, appended to `body`, with their slots.
     fn decode_wanted(&mut self, chunk: &[u8], body: &mut Vec<u8>) -> Result<(), DecodeError> {
-        let wanted: usize = self.frames.iter().zip(&self.want).filter(|(_, w)| **w).map(|(f, _)| f.raw).sum();
-        body.reserve(wanted + self.meta_frame.map_or(0, |m| m.raw));
+        // Room for the whole body (at most `payload`, checked against the
+        // table), so a buffer recycled from chunk to chunk grows once.
+        let whole: usize = self.frames.iter().map(|f| f.raw).sum::<usize>() + self.meta_frame.map_or(0, |m| m.raw);
+        body.reserve(whole);
         for k in 0..self.frames.len() {
             if !self.want[k] {
                 continue;

@@ -184,6 +184,9 @@ impl EntryRef<'_> {
 
 /// Worker threads that decompress chunks ahead of a scan.
 const SCAN_WORKERS: usize = 2;
+/// Sources from which a line-filter scan checks the chunk filters on two
+/// threads.
+const PARALLEL_FILTER_CHECK: usize = 256;
 /// How many sources the workers may run ahead of the scan.
 const LOOKAHEAD: usize = 8;
 
@@ -1214,29 +1217,36 @@ impl LogStore {
         needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
         let finder = needles.first().filter(|n| !n.is_empty()).map(memchr::memmem::Finder::new);
         // The content filters first (cheap, no decompression): only chunks
-        // that may hold every needle are handed to the workers.
+        // that may hold every needle are handed to the workers. Many
+        // chunks are checked on two threads: after a restart each filter
+        // is a page fault of its own (they sit after their chunks).
         if !needles.is_empty() {
-            let mut err = None;
-            sources.retain(|src| match src.src {
-                Src::Chunk(b, c) if err.is_none() && c.filter_len > 0 => match b.chunk_filter(c) {
-                    Ok(filter) => {
-                        let keep = needles.iter().all(|n| trigram::may_contain(filter, n));
-                        if !keep {
-                            stats.chunks += 1;
-                            stats.chunks_skipped += 1;
-                        }
-                        keep
+            let check = |src: &Source<'_>| -> Result<bool, StoreError> {
+                match src.src {
+                    Src::Chunk(b, c) if c.filter_len > 0 => {
+                        let filter = b.chunk_filter(c)?;
+                        Ok(needles.iter().all(|n| trigram::may_contain(filter, n)))
                     }
-                    Err(e) => {
-                        err = Some(e);
-                        true
-                    }
-                },
-                _ => true,
-            });
-            if let Some(e) = err {
-                return Err(e);
-            }
+                    _ => Ok(true),
+                }
+            };
+            let check_all = |part: &[Source<'_>]| part.iter().map(check).collect::<Result<Vec<bool>, StoreError>>();
+            let keep = if sources.len() >= PARALLEL_FILTER_CHECK {
+                let (a, b) = sources.split_at(sources.len() / 2);
+                std::thread::scope(|scope| {
+                    let other = scope.spawn(|| check_all(b));
+                    let mut keep = check_all(a)?;
+                    keep.extend(other.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
+                    Ok::<_, StoreError>(keep)
+                })?
+            } else {
+                check_all(&sources)?
+            };
+            let mut it = keep.iter();
+            sources.retain(|_| it.next().copied().unwrap_or(true));
+            let skipped = keep.iter().filter(|k| !**k).count() as u64;
+            stats.chunks += skipped;
+            stats.chunks_skipped += skipped;
         }
         // Chunks are decompressed ahead by worker threads while this one
         // runs `f` (the query's pipeline), unless there are only a few.
