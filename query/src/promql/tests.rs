@@ -64,7 +64,10 @@ fn scalar_and_vector_arithmetic() {
     assert_eq!(vec_of(inst(&s, r#"up == bool 0"#, 120_000).unwrap()), vec![(r#"{job="a"}"#.into(), 1.0)]);
     assert!(matches!(inst(&s, r#"{job="a"} + 1"#, 0), Err(QueryError::Execution(_))));
     // No start timestamps stored: 0, as Prometheus answers.
-    assert_eq!(vec_of(inst(&s, "start_timestamp(up)", 0).unwrap()), vec![(r#"{job="a"}"#.into(), 0.0)]);
+    assert_eq!(
+        vec_of(inst(&s, "start_timestamp(up)", 0).unwrap()),
+        vec![(r#"{job="a"}"#.into(), 0.0), (r#"{job="b"}"#.into(), 0.0)]
+    );
     assert!(matches!(inst(&s, "up{", 0), Err(QueryError::Parse(_))));
 }
 
