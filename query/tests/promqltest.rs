@@ -109,8 +109,19 @@ fn run_file(path: &Path) -> Result<Vec<(usize, CaseResult)>, String> {
                 store = new_store()?;
                 load_notes.clear();
             }
-            Ok(Command::Load { series, hists, skipped }) => {
+            Ok(Command::Load { series, hists, sts, skipped }) => {
                 load_notes.extend(skipped);
+                let st_batch: Vec<cairn_store::metrics::SeriesStartTimestamps> = sts
+                    .into_iter()
+                    .map(|(labels, pairs)| cairn_store::metrics::SeriesStartTimestamps { labels, pairs })
+                    .collect();
+                if !st_batch.is_empty() {
+                    match store.store.append_start_timestamps(TENANT, st_batch) {
+                        Ok(o) if o.rejected.is_empty() => {}
+                        Ok(o) => load_notes.push(format!("line {line}: store rejected {:?}", o.rejected.first())),
+                        Err(e) => load_notes.push(format!("line {line}: store error {e}")),
+                    }
+                }
                 // A series listed twice in one load: the later value at a
                 // timestamp wins, as in Prometheus's test storage.
                 let mut merged: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();
