@@ -1020,8 +1020,8 @@ mod tests {
                 assert!(d.ranges.iter().any(|&(a, z)| (a..z).contains(i)), "entry {i} for {needle:?}");
             }
             for &(a, z) in &d.ranges {
-                for i in a..z {
-                    assert_eq!(d.line(i), lines[i].as_bytes());
+                for (i, line) in lines.iter().enumerate().take(z).skip(a) {
+                    assert_eq!(d.line(i), line.as_bytes());
                     assert_eq!(d.meta(i).is_some(), i % 50 == 0);
                 }
             }
@@ -1066,7 +1066,7 @@ mod tests {
         garble(&out, payload);
         // a framed chunk with metadata and several frames
         let mut enc = Encoder::framed_sized(3, 30, 20).unwrap();
-        let m = vec![("k".to_string(), "v".to_string())];
+        let m = [("k".to_string(), "v".to_string())];
         let lines: Vec<String> = (0..12).map(|i| format!("line {i} of a framed chunk")).collect();
         let it = lines.iter().enumerate().map(|(i, l)| EncEntry {
             ts: i as i64,
