@@ -1120,7 +1120,7 @@ mod tests {
     }
     use cairn_wire::MatchOp;
 
-    fn ls(pairs: &[(&str, &str)]) -> Labels {
+    pub(super) fn ls(pairs: &[(&str, &str)]) -> Labels {
         Labels::from_pairs(pairs.iter().copied()).unwrap()
     }
 
