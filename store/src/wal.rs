@@ -389,15 +389,46 @@ impl Wal {
 
     /// Appends one record; returns once it is durable per the fsync policy.
     pub fn append(&self, typ: u8, payload: &[u8]) -> Result<(), StoreError> {
+        self.append_with(typ, |rec| rec.extend_from_slice(payload))
+    }
+
+    /// Appends one record whose payload `encode` writes (appends) straight
+    /// into the record buffer, so a large payload is neither built in a
+    /// buffer of its own nor copied into the record; returns once the
+    /// record is durable per the fsync policy. `encode` runs under the WAL's
+    /// lock and must only append.
+    pub fn append_with(&self, typ: u8, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), StoreError> {
         self.check_writable()?;
-        if payload.len() > MAX_RECORD_LEN {
+        let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rec = std::mem::take(&mut w.scratch);
+        rec.clear();
+        rec.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+        encode(&mut rec);
+        let len = rec.len() - RECORD_HEADER_LEN;
+        if len > MAX_RECORD_LEN {
+            w.scratch = rec;
             return Err(StoreError::Corrupt {
                 path: self.dir.clone(),
                 offset: 0,
-                reason: format!("record of {} bytes exceeds the maximum {MAX_RECORD_LEN}", payload.len()),
+                reason: format!("record of {len} bytes exceeds the maximum {MAX_RECORD_LEN}"),
             });
         }
-        let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
+        rec[8] = typ;
+        let crc = crc32c::crc32c(&rec[8..]);
+        rec[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        rec[4..8].copy_from_slice(&crc.to_le_bytes());
+        let res = self.write_record(&mut w, &rec);
+        // Keep the buffer for the next record, unless one huge record
+        // would pin its memory for good.
+        if rec.capacity() <= 16 << 20 {
+            w.scratch = rec;
+        }
+        res
+    }
+
+    /// Writes one encoded record (header and payload) to the current
+    /// segment, starting the next segment first when this one is full.
+    fn write_record(&self, w: &mut Writer, rec: &[u8]) -> Result<(), StoreError> {
         if w.len >= self.opts.segment_bytes || w.broken {
             // Seal the current segment durably before starting the next one.
             w.file.sync_data().map_err(StoreError::io("fsync", &w.path))?;
@@ -405,16 +436,8 @@ impl Wal {
             let next = Self::create_segment(&self.dir, w.seq + 1, sealed)?;
             *w = next;
         }
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&[typ]), payload);
-        let mut rec = std::mem::take(&mut w.scratch);
-        rec.clear();
-        rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        rec.extend_from_slice(&crc.to_le_bytes());
-        rec.push(typ);
-        rec.extend_from_slice(payload);
-        let mut res = w.file.write_all(&rec).map_err(StoreError::io("write", &w.path));
+        let mut res = w.file.write_all(rec).map_err(StoreError::io("write", &w.path));
         let written = rec.len() as u64;
-        w.scratch = rec;
         if res.is_ok() && self.opts.fsync == FsyncPolicy::Always {
             res = w.file.sync_data().map_err(StoreError::io("fsync", &w.path));
         }
