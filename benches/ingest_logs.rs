@@ -157,48 +157,70 @@ fn main() {
     let end_s = (now_ns / 1_000_000_000).to_string();
     let first_file = files[0].file_name().unwrap_or_default().to_string_lossy().to_string();
     let one_stream = format!(r#"{{job="bench", source="{first_file}", host="node-0", level="info"}}"#);
-    type Query<'a> = (&'a str, String, Vec<(&'a str, String)>);
+    type Query<'a> = (&'a str, &'a str, String, Vec<(&'a str, String)>);
+    const RANGE: &str = "query_range";
     let queries: Vec<Query> = vec![
-        ("rare token |=", r#"{job="bench"} |= "ZQX9rareTOKEN""#.into(), vec![("limit", "1000".into())]),
+        ("rare token |=", RANGE, r#"{job="bench"} |= "ZQX9rareTOKEN""#.into(), vec![("limit", "1000".into())]),
         (
             "regex |~, limit 100",
+            RANGE,
             r#"{job="bench"} |~ "(?i)exception|timed? ?out""#.into(),
             vec![("limit", "100".into())],
         ),
         (
             "sum by (level) count_over_time 1h",
+            RANGE,
             r#"sum by (level) (count_over_time({job="bench"}[1h]))"#.into(),
             vec![("step", "3600".into())],
         ),
-        ("newest 1000 lines of one stream", one_stream, vec![("limit", "1000".into())]),
-        // Explore's log volume histogram (not in PEERS.md: no peer figure).
+        ("newest 1000 lines of one stream", RANGE, one_stream, vec![("limit", "1000".into())]),
+        // Grafana's other typical queries (not in PEERS.md: no peer figure):
+        // Explore's log volume histogram, the label browser, a `json`
+        // parse with a label filter and a `logfmt` + `unwrap` quantile.
         (
             "log volume: sum by (level, detected_level)",
+            RANGE,
             r#"sum by (level, detected_level) (count_over_time({job="bench"} | drop __error__ [1h]))"#.into(),
+            vec![("step", "3600".into())],
+        ),
+        ("label browser: labels", "labels", String::new(), vec![]),
+        ("label browser: values of source", "label/source/values", String::new(), vec![]),
+        (
+            "json | level=\"info\", count by source 1h",
+            RANGE,
+            r#"sum by (source) (count_over_time({job="bench", source=~".+json.log"} | json | __error__="" | level="info" [1h]))"#.into(),
+            vec![("step", "3600".into())],
+        ),
+        (
+            "logfmt | unwrap duration, p99 by host 1h",
+            RANGE,
+            r#"quantile_over_time(0.99, {job="bench", source="loki-drain-agent-logfmt.log"} | logfmt | unwrap duration(duration) | __error__="" [1h]) by (host)"#.into(),
             vec![("step", "3600".into())],
         ),
     ];
     let mut query_rows = Vec::new();
-    for (name, q, extra) in &queries {
+    for (name, path, q, extra) in &queries {
         let mut times = Vec::new();
         let mut summary = String::new();
         for _ in 0..3 {
-            let mut params: Vec<(&str, String)> =
-                vec![("query", q.clone()), ("start", start_s.clone()), ("end", end_s.clone())];
+            let mut params: Vec<(&str, String)> = vec![("start", start_s.clone()), ("end", end_s.clone())];
+            if !q.is_empty() {
+                params.push(("query", q.clone()));
+            }
             params.extend(extra.iter().cloned());
             let t = Instant::now();
-            let r = server
-                .client
-                .get(format!("{}/loki/api/v1/query_range", server.url))
-                .query(&params)
-                .send()
-                .expect("query");
+            let r =
+                server.client.get(format!("{}/loki/api/v1/{path}", server.url)).query(&params).send().expect("query");
             let status = r.status();
             let body: serde_json::Value = r.json().unwrap_or_default();
             times.push(t.elapsed().as_secs_f64());
-            let result = body["data"]["result"].as_array().cloned().unwrap_or_default();
-            let n: usize = result.iter().map(|s| s["values"].as_array().map(Vec::len).unwrap_or(0)).sum();
-            summary = format!("HTTP {status}, {} series/streams, {n} values", result.len());
+            summary = if let Some(names) = body["data"].as_array() {
+                format!("HTTP {status}, {} names", names.len())
+            } else {
+                let result = body["data"]["result"].as_array().cloned().unwrap_or_default();
+                let n: usize = result.iter().map(|s| s["values"].as_array().map(Vec::len).unwrap_or(0)).sum();
+                format!("HTTP {status}, {} series/streams, {n} values", result.len())
+            };
         }
         let mut warm = [times[1], times[2]];
         warm.sort_by(|a, b| a.total_cmp(b));
@@ -250,8 +272,8 @@ fn main() {
         ("0.47 warm", "6.8 warm"),
         ("0.043 warm", "9.2 warm"),
         ("0.108 warm", "0.023 warm"),
-        ("-", "-"),
     ];
+    let peers = peers.iter().copied().chain(std::iter::repeat(("-", "-")));
     for ((name, first, warm, summary), (vl, loki)) in query_rows.iter().zip(peers) {
         println!("{name:<44} {:>12} {vl:>12} {loki:>12}   ({summary})", format!("{warm:.3} / {first:.3}"));
     }

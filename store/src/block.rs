@@ -166,6 +166,11 @@ pub struct Block {
     pub postings: Option<Postings>,
     /// File size.
     pub size: u64,
+    /// Offsets of the chunks whose content filter passed its CRC check
+    /// already: the file is immutable and mapped, so a filter is checked
+    /// once per process, not on every line-filter query (see
+    /// [`Block::chunk_filter`]).
+    filters_checked: std::sync::RwLock<std::collections::HashSet<u64>>,
 }
 
 /// Writes a block of `series` (tenant, labels, chunks in time order) to
@@ -495,6 +500,7 @@ impl Block {
             replaces,
             postings,
             size,
+            filters_checked: Default::default(),
         })
     }
 
@@ -750,7 +756,11 @@ impl Block {
             return Ok(&[]);
         }
         let buf = self.range(c, c.offset + c.len, c.filter_len)?;
-        self.check(c, "filter", buf, c.filter_crc)?;
+        let checked = |s: &std::collections::HashSet<u64>| s.contains(&c.offset);
+        if !checked(&self.filters_checked.read().unwrap_or_else(|p| p.into_inner())) {
+            self.check(c, "filter", buf, c.filter_crc)?;
+            self.filters_checked.write().unwrap_or_else(|p| p.into_inner()).insert(c.offset);
+        }
         Ok(buf)
     }
 

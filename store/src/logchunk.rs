@@ -13,10 +13,22 @@
 //! buffer and a failure is a [`DecodeError`].
 
 use crate::codec::{DecodeError, Reader, put_uvarint, put_varint};
+use crate::trigram;
 
 /// First byte of a version 2 chunk. A version 1 chunk is a bare zstd frame,
 /// whose first byte is always 0x28 (the frame magic 0xFD2FB528, little-endian).
 pub const V2_TAG: u8 = 0x02;
+/// First byte of a version 3 chunk: the version 2 head, then the lines in
+/// several zstd frames, each with its own content filter, so a line filter
+/// decompresses only the frames that may hold its needle.
+pub const V3_TAG: u8 = 0x03;
+
+/// Bytes of lines (at least) in a version 3 chunk's first frame, which is
+/// also the raw-content dictionary of its other frames. Measured on the
+/// 100-replay PEERS.md set (`docs/format/logs.md`, "Framed chunks").
+pub const FIRST_FRAME_BYTES: usize = 256 << 10;
+/// Bytes of lines (at least) in each further frame of a version 3 chunk.
+pub const FRAME_BYTES: usize = 128 << 10;
 
 /// Largest decoded head or body of one chunk a reader accepts (1 GiB). The
 /// sizes come from the file, so a damaged or hostile one must not make the
@@ -37,6 +49,16 @@ pub(crate) struct Encoder {
     head: Vec<u8>,
     body: Vec<u8>,
     scratch: Vec<u8>,
+    /// Write version 3 (framed) chunks, at this zstd level.
+    framed: Option<i32>,
+    /// Compress with [`COMPACT_PARAMS`] instead of the level (compaction).
+    compact_params: bool,
+    /// Bytes of lines (at least) of the first frame and of the others.
+    frame_bytes: (usize, usize),
+    lens: Vec<usize>,
+    frame_filter: trigram::Builder,
+    frames: Vec<u8>,
+    table: Vec<u8>,
 }
 
 fn zstd_err(e: std::io::Error) -> DecodeError {
@@ -70,28 +92,59 @@ impl Encoder {
             head: Vec::new(),
             body: Vec::new(),
             scratch: Vec::new(),
+            framed: None,
+            compact_params: false,
+            frame_bytes: (FIRST_FRAME_BYTES, FRAME_BYTES),
+            lens: Vec::new(),
+            frame_filter: trigram::Builder::default(),
+            frames: Vec::new(),
+            table: Vec::new(),
         })
     }
 
-    /// The encoder compaction uses (see [`COMPACT_PARAMS`]).
+    /// The encoder compaction uses: version 3 (framed) chunks compressed
+    /// with [`COMPACT_PARAMS`] (the dictionary frames too).
     pub fn for_compaction() -> std::io::Result<Encoder> {
         let mut e = Encoder::new(0)?;
         for p in COMPACT_PARAMS {
             e.cctx.set_parameter(p)?;
         }
+        e.framed = Some(0);
+        e.compact_params = true;
+        Ok(e)
+    }
+
+    /// An encoder of version 3 (framed) chunks at zstd `level` (tests;
+    /// compaction uses [`Encoder::for_compaction`]).
+    #[cfg(test)]
+    pub fn framed(level: i32) -> std::io::Result<Encoder> {
+        let mut e = Encoder::new(level)?;
+        e.framed = Some(level);
+        Ok(e)
+    }
+
+    /// Like [`Encoder::framed`] with other frame sizes (tests).
+    #[cfg(test)]
+    fn framed_sized(level: i32, first: usize, rest: usize) -> std::io::Result<Encoder> {
+        let mut e = Encoder::framed(level)?;
+        e.frame_bytes = (first, rest);
         Ok(e)
     }
 
     /// Encodes `entries` (sorted by timestamp, at least one) into `out`
+    /// (cleared first) and the trigrams of their lines into `filter`
     /// (cleared first); returns the body's decompressed length (the bound
     /// stored in the chunk reference as `payload`).
     pub fn encode<'a>(
         &mut self,
         entries: impl Iterator<Item = EncEntry<'a>> + Clone,
         out: &mut Vec<u8>,
+        filter: &mut trigram::Builder,
     ) -> std::io::Result<u64> {
         self.head.clear();
         self.body.clear();
+        self.lens.clear();
+        filter.clear();
         let n = entries.clone().count();
         put_uvarint(&mut self.head, n as u64);
         let meta = entries.clone().any(|e| !e.metadata.is_empty());
@@ -107,6 +160,10 @@ impl Encoder {
         for e in entries.clone() {
             put_uvarint(&mut self.head, e.line.len() as u64);
             self.body.extend_from_slice(e.line);
+            self.lens.push(e.line.len());
+            if self.framed.is_none() {
+                filter.add(e.line);
+            }
         }
         // Metadata: one pair list per entry when any has some.
         if meta {
@@ -115,6 +172,13 @@ impl Encoder {
             }
         }
         out.clear();
+        if let Some(level) = self.framed {
+            out.push(V3_TAG);
+            put_uvarint(out, self.head.len() as u64);
+            self.compress_head(out)?;
+            self.encode_frames(level, meta, out, filter)?;
+            return Ok(self.body.len() as u64);
+        }
         out.push(V2_TAG);
         put_uvarint(out, self.head.len() as u64);
         self.compress_head(out)?;
@@ -124,6 +188,91 @@ impl Encoder {
         self.cctx.compress_to_buffer(&self.body, &mut self.scratch)?;
         out.extend_from_slice(&self.scratch);
         Ok(body_len)
+    }
+
+    /// The frame table and frames of a version 3 chunk (after its head):
+    /// lines cut at entry boundaries into a first frame of at least
+    /// [`FIRST_FRAME_BYTES`] and further frames of at least [`FRAME_BYTES`],
+    /// each further frame (and the metadata frame) compressed with the
+    /// first frame's bytes as its dictionary; `filter` gets the union of
+    /// the frames' trigrams.
+    fn encode_frames(
+        &mut self,
+        level: i32,
+        meta: bool,
+        out: &mut Vec<u8>,
+        filter: &mut trigram::Builder,
+    ) -> std::io::Result<()> {
+        // (entries, line bytes) of each frame
+        let mut cuts: Vec<(usize, usize)> = Vec::new();
+        let (mut i, mut target) = (0, self.frame_bytes.0);
+        while i < self.lens.len() || cuts.is_empty() {
+            let (start, mut raw) = (i, 0);
+            while i < self.lens.len() && (raw < target || i == start) {
+                raw += self.lens[i];
+                i += 1;
+            }
+            cuts.push((i - start, raw));
+            target = self.frame_bytes.1;
+        }
+        let lines_len: usize = cuts.iter().map(|c| c.1).sum();
+        let dict_len = cuts[0].1;
+        // The later frames are compressed with the first frame's lines as a
+        // prefix (a raw-content dictionary: readers decode them with those
+        // bytes as dictionary), on a context with this encoder's parameters.
+        let dict = &self.body[..dict_len];
+        let mut dctx = zstd::zstd_safe::CCtx::create();
+        let set = |c: &mut zstd::zstd_safe::CCtx<'_>, p| c.set_parameter(p).map_err(zstd_code_err).map(drop);
+        if self.compact_params {
+            for p in COMPACT_PARAMS {
+                set(&mut dctx, p)?;
+            }
+        } else {
+            set(&mut dctx, zstd::zstd_safe::CParameter::CompressionLevel(level))?;
+        }
+        self.frames.clear();
+        self.table.clear();
+        put_uvarint(&mut self.table, cuts.len() as u64);
+        let mut pos = 0;
+        for (k, &(n, raw)) in cuts.iter().enumerate() {
+            let part = &self.body[pos..pos + raw];
+            let z = if k == 0 {
+                compress_frame(&mut self.cctx, part)?
+            } else {
+                compress_with_prefix(&mut dctx, dict, part)?
+            };
+            put_uvarint(&mut self.table, n as u64);
+            put_uvarint(&mut self.table, raw as u64);
+            put_uvarint(&mut self.table, z.len() as u64);
+            self.table.extend_from_slice(&crc32c::crc32c(&z).to_le_bytes());
+            self.frames.extend_from_slice(&z);
+            // the frame's filter, over its lines
+            self.frame_filter.clear();
+            let first = cuts[..k].iter().map(|c| c.0).sum::<usize>();
+            let mut at = pos;
+            for &l in &self.lens[first..first + n] {
+                self.frame_filter.add(&self.body[at..at + l]);
+                at += l;
+            }
+            filter.union(&self.frame_filter);
+            let f = self.frame_filter.finish_sized(trigram::FRAME_MAX_FILL);
+            put_uvarint(&mut self.table, f.len() as u64);
+            self.table.extend_from_slice(&f);
+            pos += raw;
+        }
+        if meta {
+            let part = &self.body[lines_len..];
+            let z = compress_with_prefix(&mut dctx, dict, part)?;
+            put_uvarint(&mut self.table, part.len() as u64);
+            put_uvarint(&mut self.table, z.len() as u64);
+            self.table.extend_from_slice(&crc32c::crc32c(&z).to_le_bytes());
+            self.frames.extend_from_slice(&z);
+        }
+        put_uvarint(out, self.table.len() as u64);
+        out.extend_from_slice(&self.table);
+        out.extend_from_slice(&crc32c::crc32c(&self.table).to_le_bytes());
+        out.extend_from_slice(&self.frames);
+        Ok(())
     }
 
     fn compress_head(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
@@ -139,6 +288,31 @@ impl Encoder {
         out.extend_from_slice(&self.scratch);
         Ok(())
     }
+}
+
+/// One zstd frame of `part`, with `dict` (a prepared raw-content
+/// dictionary) when given.
+fn compress_frame(cctx: &mut zstd::bulk::Compressor<'static>, part: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut z = Vec::with_capacity(zstd::zstd_safe::compress_bound(part.len()));
+    cctx.compress_to_buffer(part, &mut z)?;
+    Ok(z)
+}
+
+/// Compresses `part` with `prefix` as its (single-use, content-only)
+/// dictionary, with `cctx`'s parameters.
+fn compress_with_prefix<'a>(
+    cctx: &mut zstd::zstd_safe::CCtx<'a>,
+    prefix: &'a [u8],
+    part: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let mut z = Vec::with_capacity(zstd::zstd_safe::compress_bound(part.len()));
+    cctx.ref_prefix(prefix).map_err(zstd_code_err)?;
+    cctx.compress2(&mut z, part).map_err(zstd_code_err)?;
+    Ok(z)
+}
+
+fn zstd_code_err(c: usize) -> std::io::Error {
+    std::io::Error::other(zstd::zstd_safe::get_error_name(c))
 }
 
 /// Where one entry's parts are in [`Decoded::body`].
@@ -171,6 +345,34 @@ pub(crate) struct Decoded {
     /// Byte range of the body frame in the chunk (version 2).
     body_frame: (usize, usize),
     dctx: Option<zstd::bulk::Decompressor<'static>>,
+    /// Entry ranges whose lines are in `body` after a body decode, in
+    /// order, each contiguous there (a version 3 chunk may have only some
+    /// of its frames decoded: [`Decoded::decode_frames`]).
+    pub ranges: Vec<(usize, usize)>,
+    /// Bytes the last body decode decompressed.
+    pub decompressed: usize,
+    v3: bool,
+    /// Where the frame table starts in the chunk (version 3).
+    table_at: usize,
+    frames: Vec<Frame>,
+    meta_frame: Option<Frame>,
+    want: Vec<bool>,
+    /// The decoded first frame of a version 3 chunk (the others' dictionary).
+    dict_buf: Vec<u8>,
+    dctx3: Option<zstd::zstd_safe::DCtx<'static>>,
+}
+
+/// One frame of a version 3 chunk, as its table gives it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Frame {
+    /// Entries whose lines it holds (`first..end`); none for the metadata frame.
+    entries: (usize, usize),
+    raw: usize,
+    /// Byte range of the compressed frame in the chunk.
+    z: (usize, usize),
+    crc: u32,
+    /// Byte range of its content filter in the chunk.
+    filter: (usize, usize),
 }
 
 impl Decoded {
@@ -191,11 +393,16 @@ impl Decoded {
         self.body.clear();
         self.lines_len = 0;
         self.has_meta = false;
-        if chunk.first() != Some(&V2_TAG) {
+        self.ranges.clear();
+        self.decompressed = 0;
+        let tag = chunk.first().copied();
+        if tag != Some(V2_TAG) && tag != Some(V3_TAG) {
             self.v1 = true;
+            self.v3 = false;
             return self.decode_v1(chunk, min_ts, payload);
         }
         self.v1 = false;
+        self.v3 = tag == Some(V3_TAG);
         let mut r = Reader::new(&chunk[1..]);
         let head_len = r.uvarint()?;
         if head_len > MAX_DECODED_PART {
@@ -215,6 +422,7 @@ impl Decoded {
         self.head_buf = head;
         self.lens_at = out?;
         self.body_frame = (chunk.len() - rest.len() + zlen, chunk.len());
+        self.table_at = self.body_frame.0;
         Ok(())
     }
 
@@ -282,6 +490,12 @@ impl Decoded {
     /// locates every entry's line and metadata.
     pub fn decode_body(&mut self, chunk: &[u8], payload: u64) -> Result<(), DecodeError> {
         if self.v1 {
+            self.ranges = vec![(0, self.ts.len())];
+            self.decompressed = self.body.len();
+            return Ok(());
+        }
+        if self.v3 {
+            self.decode_frames(chunk, payload, 0, self.ts.len(), &[])?;
             return Ok(());
         }
         self.decode_lens()?;
@@ -299,10 +513,235 @@ impl Decoded {
         self.index_body()
     }
 
+    /// Decodes the lines of the entries in `lo..hi` of the chunk whose head
+    /// was just decoded that may hold every needle (all of them for a
+    /// chunk before version 3), with their metadata: a version 3 chunk
+    /// decompresses only the frames that overlap `lo..hi` and whose filter
+    /// passes every needle, plus its first frame when another frame needs
+    /// it as dictionary. False when no frame needs decoding (nothing in the
+    /// chunk can match). [`Decoded::ranges`] tells which entries have their
+    /// lines decoded.
+    pub fn decode_frames(
+        &mut self,
+        chunk: &[u8],
+        payload: u64,
+        lo: usize,
+        hi: usize,
+        needles: &[&[u8]],
+    ) -> Result<bool, DecodeError> {
+        if !self.v3 {
+            self.decode_body(chunk, payload)?;
+            return Ok(true);
+        }
+        self.decode_lens()?;
+        if payload > MAX_DECODED_PART {
+            return Err(DecodeError { offset: 0, reason: "chunk body larger than the format allows" });
+        }
+        self.parse_table(chunk, payload as usize)?;
+        self.want.clear();
+        for f in &self.frames {
+            let filter = &chunk[f.filter.0..f.filter.1];
+            self.want.push(
+                f.entries.0 < hi && f.entries.1 > lo && needles.iter().all(|n| trigram::may_contain_sized(filter, n)),
+            );
+        }
+        self.slots.clear();
+        self.body.clear();
+        if !self.want.iter().any(|&w| w) {
+            return Ok(false);
+        }
+        // The first frame: wanted itself, or the dictionary of the others
+        // (and of the metadata frame).
+        let f0 = self.frames[0];
+        let mut dict = std::mem::take(&mut self.dict_buf);
+        dict.clear();
+        dict.reserve(f0.raw);
+        let res = self.decompress(chunk, &f0, None, &mut dict);
+        self.dict_buf = dict;
+        res?;
+        self.decompressed = f0.raw;
+        self.slots.resize(self.ts.len(), Slot { line_start: 0, line_end: 0, meta: u32::MAX });
+        let mut body = std::mem::take(&mut self.body);
+        let res = self.decode_wanted(chunk, &mut body);
+        self.body = body;
+        res?;
+        Ok(true)
+    }
+
+    /// The wanted frames (first frame already in `dict_buf`) and the
+    /// metadata frame, appended to `body`, with their slots.
+    fn decode_wanted(&mut self, chunk: &[u8], body: &mut Vec<u8>) -> Result<(), DecodeError> {
+        // Room for the whole body (at most `payload`, checked against the
+        // table), so a buffer recycled from chunk to chunk grows once.
+        let whole: usize = self.frames.iter().map(|f| f.raw).sum::<usize>() + self.meta_frame.map_or(0, |m| m.raw);
+        body.reserve(whole);
+        for k in 0..self.frames.len() {
+            if !self.want[k] {
+                continue;
+            }
+            let f = self.frames[k];
+            let base = body.len();
+            if k == 0 {
+                body.extend_from_slice(&self.dict_buf);
+            } else {
+                self.decompress_into(chunk, &f, body)?;
+                self.decompressed += f.raw;
+            }
+            let mut pos = base as u32;
+            for i in f.entries.0..f.entries.1 {
+                let l = self.lens[i];
+                self.slots[i] = Slot { line_start: pos, line_end: pos + l, meta: u32::MAX };
+                pos += l;
+            }
+            match self.ranges.last_mut() {
+                Some(r) if r.1 == f.entries.0 => r.1 = f.entries.1,
+                _ => self.ranges.push(f.entries),
+            }
+        }
+        if let Some(m) = self.meta_frame {
+            let at = body.len();
+            self.decompress_into(chunk, &m, body)?;
+            self.decompressed += m.raw;
+            let mut r = Reader::new(&body[at..]);
+            for s in &mut self.slots {
+                let off = at + (body.len() - at - r.rest().len());
+                let n = r.uvarint()?;
+                for _ in 0..n {
+                    r.bytes()?;
+                    r.bytes()?;
+                }
+                if n > 0 {
+                    s.meta = off as u32;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decompresses frame `f` (CRC-checked) into `out` (cleared), with
+    /// `dict` as its raw-content dictionary when given.
+    fn decompress(
+        &mut self,
+        chunk: &[u8],
+        f: &Frame,
+        dict: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), DecodeError> {
+        out.clear();
+        let z = &chunk[f.z.0..f.z.1];
+        if !crate::crc_matches(crc32c::crc32c(z), f.crc) {
+            return Err(DecodeError { offset: f.z.0, reason: "frame checksum mismatch" });
+        }
+        let dctx = self.dctx3.get_or_insert_with(zstd::zstd_safe::DCtx::create);
+        let n = match dict {
+            None => dctx.decompress(out, z),
+            Some(d) => dctx.decompress_using_dict(out, z, d),
+        }
+        .map_err(|_| DecodeError { offset: f.z.0, reason: "zstd failed" })?;
+        if n != f.raw {
+            return Err(DecodeError { offset: f.z.0, reason: "frame length differs from its table" });
+        }
+        Ok(())
+    }
+
+    /// Decompresses frame `f` (CRC-checked, the first frame as dictionary)
+    /// at the end of `body`.
+    fn decompress_into(&mut self, chunk: &[u8], f: &Frame, body: &mut Vec<u8>) -> Result<(), DecodeError> {
+        let z = &chunk[f.z.0..f.z.1];
+        if !crate::crc_matches(crc32c::crc32c(z), f.crc) {
+            return Err(DecodeError { offset: f.z.0, reason: "frame checksum mismatch" });
+        }
+        let at = body.len();
+        if body.capacity() - at < f.raw {
+            body.reserve(f.raw);
+        }
+        let dctx = self.dctx3.get_or_insert_with(zstd::zstd_safe::DCtx::create);
+        let mut cur = std::io::Cursor::new(&mut *body);
+        cur.set_position(at as u64);
+        let n = dctx
+            .decompress_using_dict(&mut cur, z, &self.dict_buf)
+            .map_err(|_| DecodeError { offset: f.z.0, reason: "zstd failed" })?;
+        if n != f.raw || body.len() != at + f.raw {
+            return Err(DecodeError { offset: f.z.0, reason: "frame length differs from its table" });
+        }
+        Ok(())
+    }
+
+    /// Reads and checks the frame table of a version 3 chunk (after
+    /// [`Decoded::decode_lens`]): its CRC, that the frames cover every
+    /// entry once with exactly its line bytes, that the metadata frame is
+    /// there exactly when the head says so, and that the frames lie in the
+    /// chunk and add up to `payload`.
+    fn parse_table(&mut self, chunk: &[u8], payload: usize) -> Result<(), DecodeError> {
+        let bad = |reason| DecodeError { offset: self.table_at, reason };
+        let mut r = Reader::new(chunk.get(self.table_at..).ok_or(bad("frame table outside the chunk"))?);
+        let tlen = r.uvarint()? as usize;
+        let rest = r.rest();
+        let t_start = chunk.len() - rest.len();
+        let table = rest.get(..tlen).ok_or(bad("frame table longer than the chunk"))?;
+        let crc = rest.get(tlen..tlen + 4).ok_or(bad("frame table longer than the chunk"))?;
+        let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        if !crate::crc_matches(crc32c::crc32c(table), crc) {
+            return Err(bad("frame table checksum mismatch"));
+        }
+        let mut z_at = t_start + tlen + 4;
+        let n = self.ts.len();
+        let mut t = Reader::new(table);
+        let count = t.uvarint()?;
+        if count == 0 || count > n as u64 {
+            return Err(bad("bad frame count"));
+        }
+        self.frames.clear();
+        let (mut first, mut lines) = (0usize, 0usize);
+        let zframe = |t: &mut Reader<'_>, z_at: &mut usize| -> Result<(usize, (usize, usize), u32), DecodeError> {
+            let raw = t.uvarint()?;
+            let zlen = t.uvarint()?;
+            let crc = t.u32_le()?;
+            let end = (*z_at as u64).checked_add(zlen).filter(|&e| e <= chunk.len() as u64);
+            let end = end.ok_or(DecodeError { offset: *z_at, reason: "frame outside the chunk" })? as usize;
+            if raw > MAX_DECODED_PART {
+                return Err(DecodeError { offset: *z_at, reason: "frame larger than the format allows" });
+            }
+            let z = (*z_at, end);
+            *z_at = end;
+            Ok((raw as usize, z, crc))
+        };
+        for _ in 0..count {
+            let entries = t.uvarint()?;
+            if entries == 0 || entries > (n - first) as u64 {
+                return Err(bad("bad frame entry count"));
+            }
+            let end = first + entries as usize;
+            let (raw, z, crc) = zframe(&mut t, &mut z_at)?;
+            let sum: u64 = self.lens[first..end].iter().map(|&l| u64::from(l)).sum();
+            if sum != raw as u64 {
+                return Err(bad("frame length differs from its lines"));
+            }
+            let f = t.bytes()?;
+            let f_end = t_start + (table.len() - t.rest().len());
+            self.frames.push(Frame { entries: (first, end), raw, z, crc, filter: (f_end - f.len(), f_end) });
+            first = end;
+            lines += raw;
+        }
+        if first != n {
+            return Err(bad("frames do not cover every entry"));
+        }
+        self.meta_frame = None;
+        if self.has_meta {
+            let (raw, z, crc) = zframe(&mut t, &mut z_at)?;
+            self.meta_frame = Some(Frame { entries: (n, n), raw, z, crc, filter: (0, 0) });
+            lines += raw;
+        }
+        if !t.is_empty() || lines != payload {
+            return Err(bad("frame table does not match the chunk"));
+        }
+        Ok(())
+    }
+
     /// Like [`Decoded::decode_body`], from a body decompressed before
     /// (a cached copy of `self.body` after `decode_body` of the same chunk).
     pub fn set_body(&mut self, body: &[u8]) -> Result<(), DecodeError> {
-        if self.v1 {
+        if self.v1 || self.v3 {
             return Ok(());
         }
         self.decode_lens()?;
@@ -311,10 +750,16 @@ impl Decoded {
         self.index_body()
     }
 
-    /// True for a version 2 chunk, whose body is decoded apart from its
-    /// head ([`Decoded::decode_body`]).
+    /// True for a version 3 chunk, whose lines are in several frames
+    /// ([`Decoded::decode_frames`]).
+    pub fn is_framed(&self) -> bool {
+        self.v3
+    }
+
+    /// True for a version 2 chunk, whose body is one frame decoded apart
+    /// from its head ([`Decoded::decode_body`]).
     pub fn has_body_frame(&self) -> bool {
-        !self.v1
+        !self.v1 && !self.v3
     }
 
     /// Line and metadata slots over a decompressed body.
@@ -322,6 +767,9 @@ impl Decoded {
         if self.body.len() < self.lines_len {
             return Err(DecodeError { offset: 0, reason: "body shorter than its lines" });
         }
+        self.ranges.clear();
+        self.ranges.push((0, self.ts.len()));
+        self.decompressed = self.body.len();
         self.slots.clear();
         self.slots.reserve(self.ts.len());
         let mut pos = 0u32;
@@ -389,6 +837,8 @@ impl Decoded {
     pub fn split_off(&mut self) -> Decoded {
         let mut out = std::mem::take(self);
         self.dctx = out.dctx.take();
+        self.dctx3 = out.dctx3.take();
+        self.dict_buf = std::mem::take(&mut out.dict_buf);
         out
     }
 
@@ -408,6 +858,9 @@ impl Decoded {
         }
         if self.dctx.is_none() {
             self.dctx = other.dctx.take();
+        }
+        if self.dctx3.is_none() {
+            self.dctx3 = other.dctx3.take();
         }
     }
 
@@ -476,10 +929,18 @@ mod tests {
     type Case<'a> = (i64, &'a str, Vec<(String, String)>);
 
     fn roundtrip(entries: &[Case<'_>]) -> Decoded {
-        let mut enc = Encoder::new(3).unwrap();
+        roundtrip_with(&mut Encoder::new(3).unwrap(), entries)
+    }
+
+    fn roundtrip_with(enc: &mut Encoder, entries: &[Case<'_>]) -> Decoded {
         let mut out = Vec::new();
         let it = entries.iter().map(|(ts, l, m)| EncEntry { ts: *ts, line: l.as_bytes(), metadata: m });
-        let payload = enc.encode(it, &mut out).unwrap();
+        let mut filter = trigram::Builder::default();
+        let payload = enc.encode(it, &mut out, &mut filter).unwrap();
+        let f = filter.finish();
+        for (_, l, _) in entries {
+            assert!(trigram::may_contain(&f, l.as_bytes()), "the chunk filter holds every line");
+        }
         let mut d = Decoded::default();
         d.decode_head(&out, entries[0].0, payload).unwrap();
         assert_eq!(d.ts, entries.iter().map(|e| e.0).collect::<Vec<_>>());
@@ -531,6 +992,7 @@ mod tests {
             }
             let cases: Vec<Case<'_>> = entries.iter().map(|(t, l, m)| (*t, l.as_str(), m.clone())).collect();
             roundtrip(&cases);
+            roundtrip_with(&mut Encoder::framed_sized(3, 16 + tie, 8).unwrap(), &cases);
         }
     }
 
@@ -554,6 +1016,74 @@ mod tests {
                 .collect();
             roundtrip(&cases);
             roundtrip(&cases[..skip + 1]);
+        }
+    }
+
+    /// Version 3: every frame cut, with and without metadata, decodes to
+    /// the same entries, whole or frame by frame.
+    #[test]
+    fn framed_round_trips() {
+        let lines: Vec<String> = (0..60).map(|i| format!("entry {i} {}", "x".repeat(i % 7))).collect();
+        let m = vec![("trace".to_string(), "t1".to_string())];
+        for (first, rest) in [(1, 1), (10, 5), (50, 200), (1 << 20, 1 << 20)] {
+            for meta_every in [0usize, 1, 4] {
+                let cases: Vec<Case<'_>> = lines
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| {
+                        let md = if meta_every > 0 && i % meta_every == 0 { m.clone() } else { vec![] };
+                        (i as i64 * 10, l.as_str(), md)
+                    })
+                    .collect();
+                let mut enc = Encoder::framed_sized(3, first, rest).unwrap();
+                let d = roundtrip_with(&mut enc, &cases);
+                assert!(d.is_framed() && d.lines_contiguous());
+                assert_eq!(d.ranges, vec![(0, cases.len())]);
+            }
+        }
+    }
+
+    /// Decoding with needles: every entry of `lo..hi` holding the needle
+    /// is decoded (no false negatives), what is decoded is right, and
+    /// frames that cannot match are not decompressed.
+    #[test]
+    fn framed_partial_decode() {
+        let lines: Vec<String> = (0..400)
+            .map(|i| if i == 250 { "find the ZQX9rareTOKEN here".to_string() } else { format!("GET /page/{i} ok") })
+            .collect();
+        let m = vec![("k".to_string(), "v".to_string())];
+        let cases: Vec<Case<'_>> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i as i64, l.as_str(), if i % 50 == 0 { m.clone() } else { vec![] }))
+            .collect();
+        let mut enc = Encoder::framed_sized(3, 600, 300).unwrap();
+        let mut out = Vec::new();
+        let mut filter = trigram::Builder::default();
+        let it = cases.iter().map(|(ts, l, md)| EncEntry { ts: *ts, line: l.as_bytes(), metadata: md });
+        let payload = enc.encode(it, &mut out, &mut filter).unwrap();
+        let mut d = Decoded::default();
+        for (lo, hi, needle) in
+            [(0, 400, &b"ZQX9rareTOKEN"[..]), (0, 200, b"ZQX9rareTOKEN"), (240, 260, b"page/24"), (0, 400, b"ok")]
+        {
+            d.decode_head(&out, 0, payload).unwrap();
+            let any = d.decode_frames(&out, payload, lo, hi, &[needle]).unwrap();
+            let want: Vec<usize> =
+                (lo..hi).filter(|&i| memchr::memmem::find(lines[i].as_bytes(), needle).is_some()).collect();
+            assert_eq!(any, !d.ranges.is_empty());
+            assert!(any || want.is_empty());
+            for i in &want {
+                assert!(d.ranges.iter().any(|&(a, z)| (a..z).contains(i)), "entry {i} for {needle:?}");
+            }
+            for &(a, z) in &d.ranges {
+                for (i, line) in lines.iter().enumerate().take(z).skip(a) {
+                    assert_eq!(d.line(i), line.as_bytes());
+                    assert_eq!(d.meta(i).is_some(), i % 50 == 0);
+                }
+            }
+            if needle == b"ZQX9rareTOKEN" {
+                assert!(d.decompressed < payload as usize / 2, "{} of {payload}", d.decompressed);
+            }
         }
     }
 
@@ -586,12 +1116,29 @@ mod tests {
         let mut out = Vec::new();
         let m = vec![];
         let e = [EncEntry { ts: 1, line: b"hello world", metadata: &m }];
-        let payload =
-            enc.encode(e.iter().map(|e| EncEntry { ts: e.ts, line: e.line, metadata: e.metadata }), &mut out).unwrap();
+        let mut filter = trigram::Builder::default();
+        let it = e.iter().map(|e| EncEntry { ts: e.ts, line: e.line, metadata: e.metadata });
+        let payload = enc.encode(it, &mut out, &mut filter).unwrap();
+        garble(&out, payload);
+        // a framed chunk with metadata and several frames
+        let mut enc = Encoder::framed_sized(3, 30, 20).unwrap();
+        let m = [("k".to_string(), "v".to_string())];
+        let lines: Vec<String> = (0..12).map(|i| format!("line {i} of a framed chunk")).collect();
+        let it = lines.iter().enumerate().map(|(i, l)| EncEntry {
+            ts: i as i64,
+            line: l.as_bytes(),
+            metadata: if i % 3 == 0 { &m[..] } else { &[] },
+        });
+        let payload = enc.encode(it, &mut out, &mut filter).unwrap();
+        assert_eq!(out[0], V3_TAG);
+        garble(&out, payload);
+    }
+
+    fn garble(out: &[u8], payload: u64) {
         let mut d = Decoded::default();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for round in 0..2000 {
-            let mut bad = out.clone();
+            let mut bad = out.to_vec();
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
@@ -604,7 +1151,15 @@ mod tests {
                 _ => bad = (0..(x % 64)).map(|i| (x >> (i % 56)) as u8).collect(),
             }
             if d.decode_head(&bad, 0, payload).is_ok() {
-                let _ = d.decode_body(&bad, payload);
+                if round % 2 == 0 {
+                    let _ = d.decode_body(&bad, payload);
+                } else if let Ok(true) = d.decode_frames(&bad, payload, 1, 5, &[b"line 3"]) {
+                    for &(a, z) in &d.ranges {
+                        for i in a..z {
+                            let _ = (d.line(i), d.meta(i));
+                        }
+                    }
+                }
             }
         }
     }

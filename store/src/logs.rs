@@ -184,6 +184,9 @@ impl EntryRef<'_> {
 
 /// Worker threads that decompress chunks ahead of a scan.
 const SCAN_WORKERS: usize = 2;
+/// Sources from which a line-filter scan checks the chunk filters on two
+/// threads.
+const PARALLEL_FILTER_CHECK: usize = 256;
 /// How many sources the workers may run ahead of the scan.
 const LOOKAHEAD: usize = 8;
 
@@ -222,6 +225,21 @@ fn prepare(
     if lo >= hi {
         return Ok(Prepared::Empty);
     }
+    if scratch.is_framed() {
+        // Version 3: only the frames in range whose filters pass every
+        // needle, each checked against its own CRC.
+        let bytes = b.chunk_unchecked(c)?;
+        let corrupt = |e: crate::codec::DecodeError| b.corrupt(c, format!("chunk: {e}"));
+        if !scratch.decode_frames(bytes, c.payload, lo, hi, req.needles).map_err(corrupt)? {
+            return Ok(Prepared::Empty);
+        }
+        return Ok(Prepared::Ready(Box::new(ReadyChunk {
+            dec: scratch.split_off(),
+            lo,
+            hi,
+            chunk_len: bytes.len() as u64,
+        })));
+    }
     let bytes = b.chunk_slice(c)?;
     let key = (b.uid, c.offset);
     let cache = cache.filter(|_| scratch.has_body_frame());
@@ -246,13 +264,33 @@ fn select<'a>(
     finder: Option<&memchr::memmem::Finder<'_>>,
     batch: &mut Vec<EntryRef<'a>>,
 ) -> Result<(), StoreError> {
-    let (dec, lo, hi) = (&r.dec, r.lo, r.hi);
+    let dec = &r.dec;
     let mut keep = |i: usize| -> Result<(), StoreError> {
         let line = std::str::from_utf8(dec.line(i)).map_err(|_| b.corrupt(c, format!("line {i} is not UTF-8")))?;
         let metadata = dec.meta(i).map_or(MetaRef::None, MetaRef::Encoded);
         batch.push(EntryRef { ts: dec.ts[i], line, metadata });
         Ok(())
     };
+    // The entries of `r.lo..r.hi` whose lines were decoded (all of them,
+    // or those of the frames of a version 3 chunk that were).
+    for &(a, z) in &dec.ranges {
+        let (lo, hi) = (a.max(r.lo), z.min(r.hi));
+        if lo < hi {
+            select_range(dec, lo, hi, needles, finder, &mut keep)?;
+        }
+    }
+    Ok(())
+}
+
+/// [`select`] over the entries `lo..hi`, whose lines are decoded.
+fn select_range(
+    dec: &logchunk::Decoded,
+    lo: usize,
+    hi: usize,
+    needles: &[&[u8]],
+    finder: Option<&memchr::memmem::Finder<'_>>,
+    keep: &mut dyn FnMut(usize) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     match finder {
         Some(fd) if dec.lines_contiguous() => {
             // One search over the chunk's concatenated lines; only lines
@@ -424,7 +462,8 @@ fn decode_head_range(
     end: i64,
 ) -> Result<(usize, usize), StoreError> {
     let raw = b.chunk_unchecked(c)?;
-    let bytes = if raw.first() == Some(&logchunk::V2_TAG) { raw } else { b.chunk_slice(c)? };
+    let tag = raw.first().copied();
+    let bytes = if tag == Some(logchunk::V2_TAG) || tag == Some(logchunk::V3_TAG) { raw } else { b.chunk_slice(c)? };
     dec.decode_head(bytes, c.min_ts, c.payload).map_err(|e| b.corrupt(c, format!("chunk: {e}")))?;
     Ok((dec.ts.partition_point(|&t| t < start), dec.ts.partition_point(|&t| t < end)))
 }
@@ -729,11 +768,7 @@ fn encode_one(
     c: &[Entry],
 ) -> Result<EncodedChunk, StoreError> {
     let it = c.iter().map(|e| logchunk::EncEntry { ts: e.ts, line: e.line.as_bytes(), metadata: &e.metadata });
-    let payload = enc.encode(it, bytes).map_err(zstd_error)?;
-    filter.clear();
-    for e in c {
-        filter.add(e.line.as_bytes());
-    }
+    let payload = enc.encode(it, bytes, filter).map_err(zstd_error)?;
     Ok(EncodedChunk {
         // exact-size copy: the buffer is reused
         bytes: bytes.clone(),
@@ -793,6 +828,8 @@ fn merge_log_chunks(sources: &[(&Block, &block::BlockStream)]) -> Result<Vec<Enc
     let mut all: Vec<(&Block, &block::ChunkMeta)> =
         sources.iter().flat_map(|(b, s)| s.chunks.iter().map(move |c| (*b, c))).collect();
     all.sort_by_key(|(_, c)| (c.min_ts, c.max_ts));
+    // Framed chunks (`logchunk` version 3): a line filter decompresses
+    // only the frames that may hold its needle.
     let mut enc = logchunk::Encoder::for_compaction().map_err(zstd_error)?;
     let mut filter = trigram::Builder::default();
     let mut bytes = Vec::new();
@@ -1182,29 +1219,36 @@ impl LogStore {
         needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
         let finder = needles.first().filter(|n| !n.is_empty()).map(memchr::memmem::Finder::new);
         // The content filters first (cheap, no decompression): only chunks
-        // that may hold every needle are handed to the workers.
+        // that may hold every needle are handed to the workers. Many
+        // chunks are checked on two threads: after a restart each filter
+        // is a page fault of its own (they sit after their chunks).
         if !needles.is_empty() {
-            let mut err = None;
-            sources.retain(|src| match src.src {
-                Src::Chunk(b, c) if err.is_none() && c.filter_len > 0 => match b.chunk_filter(c) {
-                    Ok(filter) => {
-                        let keep = needles.iter().all(|n| trigram::may_contain(filter, n));
-                        if !keep {
-                            stats.chunks += 1;
-                            stats.chunks_skipped += 1;
-                        }
-                        keep
+            let check = |src: &Source<'_>| -> Result<bool, StoreError> {
+                match src.src {
+                    Src::Chunk(b, c) if c.filter_len > 0 => {
+                        let filter = b.chunk_filter(c)?;
+                        Ok(needles.iter().all(|n| trigram::may_contain(filter, n)))
                     }
-                    Err(e) => {
-                        err = Some(e);
-                        true
-                    }
-                },
-                _ => true,
-            });
-            if let Some(e) = err {
-                return Err(e);
-            }
+                    _ => Ok(true),
+                }
+            };
+            let check_all = |part: &[Source<'_>]| part.iter().map(check).collect::<Result<Vec<bool>, StoreError>>();
+            let keep = if sources.len() >= PARALLEL_FILTER_CHECK {
+                let (a, b) = sources.split_at(sources.len() / 2);
+                std::thread::scope(|scope| {
+                    let other = scope.spawn(|| check_all(b));
+                    let mut keep = check_all(a)?;
+                    keep.extend(other.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
+                    Ok::<_, StoreError>(keep)
+                })?
+            } else {
+                check_all(&sources)?
+            };
+            let mut it = keep.iter();
+            sources.retain(|_| it.next().copied().unwrap_or(true));
+            let skipped = keep.iter().filter(|k| !**k).count() as u64;
+            stats.chunks += skipped;
+            stats.chunks_skipped += skipped;
         }
         // Chunks are decompressed ahead by worker threads while this one
         // runs `f` (the query's pipeline), unless there are only a few.
@@ -1258,7 +1302,7 @@ impl LogStore {
                         Prepared::Ready(r) => {
                             stats.chunks += 1;
                             stats.bytes_read += r.chunk_len;
-                            stats.bytes_decompressed += r.dec.body.len() as u64;
+                            stats.bytes_decompressed += r.dec.decompressed as u64;
                             Some(r)
                         }
                     };
@@ -1411,7 +1455,7 @@ impl LogStore {
                             let lens = if want_lens || r.chunk_len > 0 { &dec.lens[lo..hi] } else { &[][..] };
                             if r.chunk_len > 0 {
                                 stats.bytes_read += r.chunk_len;
-                                stats.bytes_decompressed += dec.body.len() as u64;
+                                stats.bytes_decompressed += dec.decompressed as u64;
                                 let mut refs = Vec::with_capacity(hi - lo);
                                 for i in lo..hi {
                                     let line = std::str::from_utf8(dec.line(i))

@@ -17,6 +17,10 @@ pub const MIN_FILTER_BYTES: usize = 64;
 /// Largest fraction of set bits a folded filter may have (see
 /// [`Builder::finish`]).
 pub const MAX_FILL: f64 = 0.4;
+/// Largest fraction of set bits of a frame filter (see
+/// [`Builder::finish_sized`]): it only has to tell apart the frames of a
+/// chunk whose own filter passed, so it can be much fuller.
+pub const FRAME_MAX_FILL: f64 = 0.8;
 
 /// The 16-bit hash of the trigram held in the low 24 bits of `t`; a filter
 /// of 2^k bits uses its top k bits.
@@ -72,6 +76,66 @@ impl Builder {
         }
         cur
     }
+}
+
+impl Builder {
+    /// ORs `other`'s trigrams into this filter (both full size).
+    pub fn union(&mut self, other: &Builder) {
+        for (a, b) in self.map.iter_mut().zip(other.map.iter()) {
+            *a |= *b;
+        }
+    }
+
+    /// The filter at the smallest whole number of bytes (at most
+    /// [`FILTER_BYTES`]) whose share of set bits stays at most `max_fill`.
+    /// A filter of `m = 8 × len` bits sets bit `(h × m) >> 16` for each
+    /// 16-bit trigram hash `h` (for a power-of-two `m` this is the folded
+    /// filter of [`Builder::finish`]); read it with [`may_contain_sized`].
+    pub fn finish_sized(&self, max_fill: f64) -> Vec<u8> {
+        let ones: u32 = self.map.iter().map(|b| b.count_ones()).sum();
+        let mut len = ((f64::from(ones) / -(1.0 - max_fill).ln()) / 8.0).ceil().max(1.0) as usize;
+        loop {
+            len = len.min(FILTER_BYTES);
+            let f = self.reduce(len);
+            let set: u32 = f.iter().map(|b| b.count_ones()).sum();
+            if f64::from(set) <= max_fill * (len * 8) as f64 || len == FILTER_BYTES {
+                return f;
+            }
+            len += len / 8 + 1;
+        }
+    }
+
+    /// The filter reduced to `len` bytes (see [`Builder::finish_sized`]).
+    fn reduce(&self, len: usize) -> Vec<u8> {
+        let m = (len * 8) as u32;
+        let mut out = vec![0u8; len];
+        for (i, &byte) in self.map.iter().enumerate() {
+            let mut bits = byte;
+            while bits != 0 {
+                let h = (i as u32) * 8 + bits.trailing_zeros();
+                bits &= bits - 1;
+                let j = (h * m) >> 16;
+                out[(j >> 3) as usize] |= 1 << (j & 7);
+            }
+        }
+        out
+    }
+}
+
+/// False when no line added to the sized filter `filter` (see
+/// [`Builder::finish_sized`]) can contain `needle`. An empty or oversized
+/// filter never prunes.
+pub fn may_contain_sized(filter: &[u8], needle: &[u8]) -> bool {
+    let n = filter.len();
+    if n == 0 || n > FILTER_BYTES {
+        return true;
+    }
+    let m = (n * 8) as u32;
+    needle.windows(3).all(|w| {
+        let h = hash16((u32::from(w[0]) << 16) | (u32::from(w[1]) << 8) | u32::from(w[2]));
+        let j = (h * m) >> 16;
+        filter[(j >> 3) as usize] & (1 << (j & 7)) != 0
+    })
 }
 
 /// Halves a filter: bit j of the result is bit 2j | bit 2j+1 of `f`.
@@ -170,5 +234,46 @@ mod tests {
         // an empty builder folds to the minimum; unknown sizes never prune
         assert_eq!(Builder::default().finish().len(), MIN_FILTER_BYTES);
         assert!(may_contain(&[0u8; 100], b"abcdef"));
+    }
+
+    #[test]
+    fn sized_filters_keep_every_trigram() {
+        let lines: Vec<String> =
+            (0..400).map(|i| format!("GET /api/v{} user={} status={}", i % 5, i * 7919 % 1000, 200 + i % 3)).collect();
+        let mut b = Builder::default();
+        for l in &lines {
+            b.add(l.as_bytes());
+        }
+        for fill in [0.4, FRAME_MAX_FILL, 0.95] {
+            let f = b.finish_sized(fill);
+            let ones: u32 = f.iter().map(|b| b.count_ones()).sum();
+            assert!(f64::from(ones) <= fill * (f.len() * 8) as f64, "{fill}: {} of {}", ones, f.len() * 8);
+            for l in &lines {
+                let x = l.as_bytes();
+                for i in 0..x.len() {
+                    for j in i..=x.len() {
+                        assert!(may_contain_sized(&f, &x[i..j]), "{:?}", &l[i..j]);
+                    }
+                }
+            }
+        }
+        let f = b.finish_sized(FRAME_MAX_FILL);
+        assert!(!may_contain_sized(&f, b"ZQX9rareTOKEN"));
+        // a power-of-two size is the folded filter
+        let folded = b.finish();
+        assert_eq!(b.reduce(folded.len()), folded);
+        // no trigrams at all: nothing of 3 bytes or more can be in it
+        let e = Builder::default().finish_sized(FRAME_MAX_FILL);
+        assert_eq!(e.len(), 1);
+        assert!(!may_contain_sized(&e, b"abc") && may_contain_sized(&e, b"ab"));
+        assert!(may_contain_sized(&[], b"abcdef"), "no filter never prunes");
+        // the union holds both
+        let mut u = Builder::default();
+        u.add(b"first line");
+        let mut v = Builder::default();
+        v.add(b"second line");
+        u.union(&v);
+        let f = u.finish_sized(FRAME_MAX_FILL);
+        assert!(may_contain_sized(&f, b"first") && may_contain_sized(&f, b"second"));
     }
 }
