@@ -211,7 +211,7 @@ pub(super) fn decode_hist_batch(payload: &[u8]) -> Result<(String, Vec<SeriesHis
     Ok((tenant, out))
 }
 
-fn series_index(th: &mut TenantHead, labels: Labels) -> usize {
+pub(super) fn series_index(th: &mut TenantHead, labels: Labels) -> usize {
     match th.by_labels.get(&labels) {
         Some(&i) => i,
         None => {
