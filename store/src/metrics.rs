@@ -847,6 +847,9 @@ impl MetricsStore {
                     samples.sort_by_key(|p| p.0);
                 }
                 let existing = slot.and_then(|i| th.map(|t| &t.series[i]));
+                // newest held in the head (floats and histograms): a later
+                // sample repeats nothing there
+                let held = existing.and_then(Series::last_ts);
                 let last = newest.and_then(|m| m.get(labels)).copied();
                 // keep the accepted samples in place, in order
                 let mut kept: usize = 0;
@@ -876,11 +879,14 @@ impl MetricsStore {
                     }
                     let prior = match kept.checked_sub(1).map(|k| samples[k]) {
                         Some((lt, lv)) if lt == t => Some(lv),
+                        _ if held.is_none_or(|h| t > h) => None,
                         _ => existing.and_then(|ex| ex.value_at(t)),
                     };
                     // A histogram at that timestamp: another value.
                     let prior = match (prior, existing.and_then(|ex| ex.hist.as_ref())) {
-                        (None, Some(h)) if h.value_at(t).is_some() => Some(f64::from_bits(!v.to_bits())),
+                        (None, Some(h)) if held.is_some_and(|h| t <= h) && h.value_at(t).is_some() => {
+                            Some(f64::from_bits(!v.to_bits()))
+                        }
                         (p, _) => p,
                     };
                     match prior {
