@@ -58,11 +58,21 @@ struct Series {
     /// reference (its index in the tenant's head): the series' labels were
     /// declared in it. 0: none yet.
     declared_in: u64,
+    /// The series' newest timestamp anywhere (blocks, flushing head, this
+    /// head; [`NO_NEWEST`]: none known), the reference of the out-of-order
+    /// window. Kept here while the series is in the head, so ingest reads
+    /// and raises it without probing [`MetricsStore::newest`] (which holds
+    /// it for series not in the head and gets it back when the head is
+    /// frozen for a flush).
+    newest: i64,
 }
+
+/// [`Series::newest`] of a series with no known newest sample.
+const NO_NEWEST: i64 = i64::MIN;
 
 impl Series {
     fn new(labels: Labels) -> Series {
-        Series { labels, sealed: Vec::new(), samples: Vec::new(), hist: None, declared_in: 0 }
+        Series { labels, sealed: Vec::new(), samples: Vec::new(), hist: None, declared_in: 0, newest: NO_NEWEST }
     }
 
     /// Newest timestamp held.
@@ -239,7 +249,14 @@ struct Head {
     tenants: HashMap<String, TenantHead>,
     samples: u64,
     since: Option<Instant>,
+    /// The store's [`MetricsStore::newest`] (set at open, handed on to the
+    /// next head when this one is frozen), which takes the head series'
+    /// [`Series::newest`] when this head is frozen.
+    newest: Option<SharedNewest>,
 }
+
+/// [`MetricsStore::newest`].
+type SharedNewest = std::sync::Arc<Mutex<crate::newest::NewestMap>>;
 
 /// Samples per chunk in a block (one hour at a 15 s scrape interval).
 pub const CHUNK_SAMPLES: usize = 240;
@@ -289,9 +306,12 @@ pub struct MetricsStore {
     t: Tiered<Head>,
     opts: MetricsStoreOptions,
     /// Newest timestamp of every series (head and blocks), per tenant: the
-    /// reference point of the out-of-order window. Written under the write
-    /// lock; survives flushes; rebuilt at open from block indexes and the head.
-    newest: Mutex<crate::newest::NewestMap>,
+    /// reference point of the out-of-order window. For a series in the head,
+    /// [`Series::newest`] is the current value (this one may be older: it
+    /// is brought up to date when the head is frozen). Written under the
+    /// write lock; survives flushes; rebuilt at open from block indexes and
+    /// the head.
+    newest: SharedNewest,
 }
 
 impl HeadData for Head {
@@ -386,7 +406,35 @@ impl HeadData for Head {
                 })
                 .collect();
             hist::apply_hist(self, tenant, hbatch);
+            // series the merge added to this head: their newest from the
+            // map (which the frozen head's went into)
+            if let (Some(shared), Some(cur)) = (&self.newest, self.tenants.get_mut(tenant)) {
+                let map = shared.lock().unwrap_or_else(|p| p.into_inner());
+                let per = map.get(tenant.as_str());
+                for s in &th.series {
+                    if let Some(&i) = cur.by_labels.get(&s.labels) {
+                        let known = per.and_then(|m| m.get(&s.labels)).copied().unwrap_or(NO_NEWEST);
+                        let c = &mut cur.series[i];
+                        c.newest = c.newest.max(known).max(s.newest);
+                    }
+                }
+            }
         }
+    }
+
+    fn freeze(&mut self) -> Self {
+        let shared = self.newest.clone();
+        let frozen = std::mem::take(self);
+        self.newest = shared;
+        if let Some(shared) = &self.newest {
+            let mut map = shared.lock().unwrap_or_else(|p| p.into_inner());
+            for (tenant, th) in &frozen.tenants {
+                for s in th.series.iter().filter(|s| s.newest != NO_NEWEST) {
+                    crate::newest::note(&mut map, tenant, &s.labels, s.newest);
+                }
+            }
+        }
+        frozen
     }
 
     fn count(&self) -> u64 {
@@ -693,8 +741,16 @@ fn replay_series_samples(head: &mut Head, payload: &[u8]) -> Result<(), crate::c
 }
 
 /// Applies a batch written as a type-4 record to WAL segment `seg`
-/// (`slots` as for [`encode_series_batch`]).
-fn apply_slots(head: &mut Head, tenant: &str, batch: Vec<SeriesSamples>, slots: &[Option<usize>], seg: u64) {
+/// (`slots` as for [`encode_series_batch`]; `prior_newest`: each series'
+/// newest timestamp known before this batch, [`NO_NEWEST`] if none).
+fn apply_slots(
+    head: &mut Head,
+    tenant: &str,
+    batch: Vec<SeriesSamples>,
+    slots: &[Option<usize>],
+    prior_newest: &[i64],
+    seg: u64,
+) {
     if head.since.is_none() {
         head.since = Some(Instant::now());
     }
@@ -703,18 +759,23 @@ fn apply_slots(head: &mut Head, tenant: &str, batch: Vec<SeriesSamples>, slots: 
         None => head.tenants.entry(tenant.to_string()).or_default(),
     };
     let mut added = 0u64;
-    for (s, slot) in batch.into_iter().zip(slots) {
+    for ((s, slot), &prior) in batch.into_iter().zip(slots).zip(prior_newest) {
         let idx = match *slot {
             Some(i) => i,
             None => {
                 let i = th.series.len();
                 th.by_labels.insert(s.labels.clone(), i);
-                th.series.push(Series::new(s.labels));
+                let mut series = Series::new(s.labels);
+                series.newest = prior;
+                th.series.push(series);
                 i
             }
         };
         let series = &mut th.series[idx];
         series.declared_in = seg;
+        if let Some(&(max, _)) = s.samples.last() {
+            series.newest = series.newest.max(max);
+        }
         for (t, v) in s.samples {
             added += u64::from(series.insert(t, v));
         }
@@ -769,7 +830,18 @@ impl MetricsStore {
                 }
             }
         }
-        Ok(MetricsStore { t, opts, newest: Mutex::new(newest) })
+        {
+            let mut head = t.head.write().unwrap_or_else(|p| p.into_inner());
+            for (tenant, th) in head.tenants.iter_mut() {
+                let per = newest.get(tenant.as_str());
+                for s in th.series.iter_mut() {
+                    s.newest = per.and_then(|m| m.get(&s.labels)).copied().unwrap_or(NO_NEWEST);
+                }
+            }
+        }
+        let newest = std::sync::Arc::new(Mutex::new(newest));
+        t.head.write().unwrap_or_else(|p| p.into_inner()).newest = Some(newest.clone());
+        Ok(MetricsStore { t, opts, newest })
     }
 
     /// Opens the store in `dir` read-only (see
@@ -778,7 +850,7 @@ impl MetricsStore {
     /// [`StoreError::ReadOnly`].
     pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
         let t: Tiered<Head> = Tiered::open_read_only(dir, BlockKind::Metrics, RECORD_SAMPLES)?;
-        Ok(MetricsStore { t, opts: MetricsStoreOptions::default(), newest: Default::default() })
+        Ok(MetricsStore { t, opts: MetricsStoreOptions::default(), newest: SharedNewest::default() })
     }
 
     /// What the WAL replay at open found.
@@ -801,13 +873,15 @@ impl MetricsStore {
         let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut outcome = WriteOutcome::default();
         let window = i64::try_from(self.opts.out_of_order_window.as_millis()).unwrap_or(i64::MAX);
-        let mut newest_all = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        let newest_all = self.newest.lock().unwrap_or_else(|p| p.into_inner());
         let newest = newest_all.get(tenant);
         // Each series of the batch once (the samples of a repeat are moved
         // to its first entry), with its index in the head if it is there
         // (looked up once: the WAL record and the head update use it).
         let mut to_write: Vec<SeriesSamples> = Vec::with_capacity(batch.len());
         let mut slots: Vec<Option<usize>> = Vec::with_capacity(batch.len());
+        // each entry's newest known timestamp before this batch
+        let mut prior_newest: Vec<i64> = Vec::with_capacity(batch.len());
         {
             let head = self.t.head.read().unwrap_or_else(|p| p.into_inner());
             let th = head.tenants.get(tenant);
@@ -850,7 +924,11 @@ impl MetricsStore {
                 // newest held in the head (floats and histograms): a later
                 // sample repeats nothing there
                 let held = existing.and_then(Series::last_ts);
-                let last = newest.and_then(|m| m.get(labels)).copied();
+                let last = match existing {
+                    Some(ex) => (ex.newest != NO_NEWEST).then_some(ex.newest),
+                    None => newest.and_then(|m| m.get(labels)).copied(),
+                };
+                prior_newest.push(last.unwrap_or(NO_NEWEST));
                 // keep the accepted samples in place, in order
                 let mut kept: usize = 0;
                 for i in 0..samples.len() {
@@ -907,6 +985,11 @@ impl MetricsStore {
         }
         if to_write.iter().any(|s| s.samples.is_empty()) {
             let mut k = 0;
+            prior_newest.retain(|_| {
+                k += 1;
+                !to_write[k - 1].samples.is_empty()
+            });
+            let mut k = 0;
             slots.retain(|_| {
                 k += 1;
                 !to_write[k - 1].samples.is_empty()
@@ -933,17 +1016,25 @@ impl MetricsStore {
         let pos = self.t.wal.append_unsynced_with(RECORD_SERIES_SAMPLES, |seg, buf| {
             encode_series_batch(buf, seg, tenant, head.tenants.get(tenant), &to_write, &slots)
         })?;
-        for s in &to_write {
-            if let Some(&(max, _)) = s.samples.last() {
-                crate::newest::note(&mut newest_all, tenant, &s.labels, max);
-            }
-        }
         drop(newest_all);
-        apply_slots(&mut head, tenant, to_write, &slots, pos.segment());
+        apply_slots(&mut head, tenant, to_write, &slots, &prior_newest, pos.segment());
         drop(head);
         drop(_w);
         self.t.wal.sync_through(pos)?;
         Ok(outcome)
+    }
+
+    /// [`crate::newest::forget_before`] for the head series' own newest
+    /// timestamps (call under the write lock, holding [`Self::newest`]).
+    fn forget_head_newest(&self, cutoff: impl Fn(&str) -> Option<i64>) {
+        let mut head = self.t.head.write().unwrap_or_else(|p| p.into_inner());
+        for (tenant, th) in head.tenants.iter_mut() {
+            if let Some(min_ts) = cutoff(tenant) {
+                for s in th.series.iter_mut().filter(|s| s.newest < min_ts) {
+                    s.newest = NO_NEWEST;
+                }
+            }
+        }
     }
 
     /// True when the head holds `head_max_samples` or its oldest data is
@@ -982,6 +1073,7 @@ impl MetricsStore {
             let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
             crate::newest::forget_before(&mut newest, |tenant| self.t.cutoff(tenant));
+            self.forget_head_newest(|tenant| self.t.cutoff(tenant));
         }
         self.t.apply_retention_policy()
     }
@@ -996,6 +1088,7 @@ impl MetricsStore {
             let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
             crate::newest::forget_before(&mut newest, |_| Some(min_ts));
+            self.forget_head_newest(|_| Some(min_ts));
         }
         self.t.apply_retention(min_ts, max_bytes)
     }
@@ -1480,6 +1573,12 @@ mod tests {
             s.flush().unwrap();
             assert_eq!(put(&s, &m, &[(10_000, 1.0)]).rejected[0].0, RejectReason::TooOld);
             assert_eq!(put(&s, &m, &[(56_000, 1.0)]).accepted, 1);
+            // back in the head, the series keeps the reference from before
+            // the flush, not its newest sample in the head (56 s)
+            assert_eq!(put(&s, &m, &[(54_000, 1.0)]).rejected[0].0, RejectReason::TooOld);
+            // and so does the map after a second flush
+            s.flush().unwrap();
+            assert_eq!(put(&s, &m, &[(54_500, 1.0)]).rejected[0].0, RejectReason::TooOld);
         }
         // ... and a restart (rebuilt from blocks and WAL)
         let s = MetricsStore::open_with(d.path(), opts).unwrap();

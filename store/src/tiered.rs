@@ -40,6 +40,11 @@ pub(crate) trait HeadData: Default + Send + Sync + 'static {
     fn encode(&self) -> Result<Vec<SeriesChunks<'_>>, StoreError>;
     /// Takes back the content of a head whose flush failed.
     fn merge_back(&mut self, failed: &Self);
+    /// Moves the content out for a flush (under the write lock), leaving an
+    /// empty head to write to.
+    fn freeze(&mut self) -> Self {
+        std::mem::take(self)
+    }
     /// Samples or entries held (for flush results and metrics).
     fn count(&self) -> u64;
     /// Compaction: the chunks of one stream that appears in `sources`
@@ -476,7 +481,7 @@ impl<H: HeadData> Tiered<H> {
                 return Ok(0);
             }
             let sealed = self.wal.rotate()?;
-            let frozen = Arc::new(std::mem::take(&mut *head));
+            let frozen = Arc::new(head.freeze());
             persisted.frozen = Some(frozen.clone());
             (frozen, sealed)
         };
