@@ -24,6 +24,9 @@ use crate::{RejectReason, StoreError, WriteOutcome, xor};
 mod hist;
 pub use cairn_wire::{Histogram, SeriesHistograms};
 pub use hist::{HIST_CHUNK_SAMPLES, RECORD_HISTOGRAMS};
+#[path = "metrics_st.rs"]
+mod st;
+pub use st::{SeriesStartTimestamps, st_tenant};
 
 /// WAL record type of a metrics write batch with each series' labels
 /// (written before type 4; still replayed).
@@ -1381,7 +1384,7 @@ mod tests {
     }
     use cairn_wire::MatchOp;
 
-    fn ls(pairs: &[(&str, &str)]) -> Labels {
+    pub(super) fn ls(pairs: &[(&str, &str)]) -> Labels {
         Labels::from_pairs(pairs.iter().copied()).unwrap()
     }
 

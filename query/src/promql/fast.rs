@@ -114,7 +114,7 @@ fn check_deadline(ctx: &Ctx<'_>) -> Result<(), QueryError> {
 
 /// The series a selector read (prefetched into `ctx.cache`) and, per step,
 /// the time it is read at (`@` and `offset` applied); `None` when it read
-/// native histograms, which the step evaluator handles.
+/// native histograms or start timestamps, which the step evaluator handles.
 fn selected<'c>(
     ctx: &'c Ctx<'_>,
     vs: &promql_parser::parser::VectorSelector,
@@ -122,7 +122,7 @@ fn selected<'c>(
 ) -> Option<(&'c [SelectedSeries], Vec<i64>)> {
     let key = vs as *const _ as usize;
     let series = ctx.cache.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-    if series.iter().any(|s| !s.histograms.is_empty()) {
+    if series.iter().any(|s| !s.histograms.is_empty()) || ctx.st.contains_key(&key) {
         return None;
     }
     let at = at_ms(&vs.at, ctx.start, ctx.end);
