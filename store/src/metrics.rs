@@ -24,6 +24,9 @@ use crate::{RejectReason, StoreError, WriteOutcome, xor};
 mod hist;
 pub use cairn_wire::{Histogram, SeriesHistograms};
 pub use hist::{HIST_CHUNK_SAMPLES, RECORD_HISTOGRAMS};
+#[path = "metrics_stream.rs"]
+mod stream;
+pub use stream::{SeriesBuf, SeriesIter, SeriesStream};
 
 /// WAL record type of a metrics write batch.
 pub const RECORD_SAMPLES: u8 = 1;

@@ -469,11 +469,28 @@ fn range_query_with(
     }
     let mut ctx = Ctx::new(store, tenant, opts, start, end, step);
     ctx.mark_stats(expr);
-    ctx.prefetch(expr, start, end)?;
     let steps = fast::Steps { start, step, n: (end.saturating_sub(start) / step + 1) as usize };
-    if series_at_a_time && let Some(out) = fast::range_eval(&ctx, expr, steps)? {
-        warn_sort_in_range(&ctx, expr, start, end);
-        return Ok((out, ctx.annotations.into_inner()));
+    if series_at_a_time && fast::streamable(expr) {
+        // Series-at-a-time, reading each selector's series from the store
+        // as it evaluates them; data it cannot take (native histograms,
+        // series colliding once names drop) sends the query to the step
+        // evaluator, which reads the selections afresh.
+        ctx.stream = true;
+        if let Some(out) = fast::range_eval(&ctx, expr, steps)? {
+            warn_sort_in_range(&ctx, expr, start, end);
+            return Ok((out, ctx.annotations.into_inner()));
+        }
+        ctx.stream = false;
+        ctx.streamed.set(0);
+        ctx.streamed_series.set(0);
+        *ctx.annotations.borrow_mut() = Annotations::default();
+        ctx.prefetch(expr, start, end)?;
+    } else {
+        ctx.prefetch(expr, start, end)?;
+        if series_at_a_time && let Some(out) = fast::range_eval(&ctx, expr, steps)? {
+            warn_sort_in_range(&ctx, expr, start, end);
+            return Ok((out, ctx.annotations.into_inner()));
+        }
     }
     let mut by: FxMap<Labels, Vec<(i64, f64)>> = FxMap::default();
     let mut hby: FxMap<Labels, Vec<(i64, Histogram)>> = FxMap::default();
