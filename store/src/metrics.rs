@@ -283,7 +283,21 @@ pub struct MetricsStore {
     /// reference point of the out-of-order window. Written under the write
     /// lock; survives flushes; rebuilt at open from block indexes and the head.
     newest: Mutex<crate::newest::NewestMap>,
+    /// Told of every change of what queries see (see [`Self::on_change`]).
+    change_hook: std::sync::OnceLock<ChangeHook>,
 }
+
+/// What changed in a [`MetricsStore`], for caches of query answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// Samples of `tenant` with timestamps in `[min_ts, max_ts]` were
+    /// written (floats or histograms); queries see them already.
+    Written { tenant: &'a str, min_ts: i64, max_ts: i64 },
+    /// Data was deleted (retention): any answer may have changed.
+    Removed,
+}
+
+type ChangeHook = Box<dyn Fn(Change<'_>) + Send + Sync>;
 
 impl HeadData for Head {
     fn is_empty(&self) -> bool {
@@ -542,6 +556,15 @@ fn dedup_newest(mut samples: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
     out
 }
 
+/// The oldest and newest timestamps of sorted sample runs (`(MAX, MIN)`
+/// when all are empty).
+fn written_span<'a, T: 'a>(runs: impl Iterator<Item = &'a [(i64, T)]>) -> (i64, i64) {
+    runs.fold((i64::MAX, i64::MIN), |(lo, hi), r| match (r.first(), r.last()) {
+        (Some(f), Some(l)) => (lo.min(f.0), hi.max(l.0)),
+        _ => (lo, hi),
+    })
+}
+
 /// Cuts sorted, unique samples into encoded chunks of [`CHUNK_SAMPLES`].
 fn encode_chunks(samples: &[(i64, f64)]) -> Vec<EncodedChunk> {
     samples.chunks(CHUNK_SAMPLES).map(encode_one).collect()
@@ -641,7 +664,7 @@ impl MetricsStore {
                 }
             }
         }
-        Ok(MetricsStore { t, opts, newest: Mutex::new(newest) })
+        Ok(MetricsStore { t, opts, newest: Mutex::new(newest), change_hook: Default::default() })
     }
 
     /// Opens the store in `dir` read-only (see
@@ -650,7 +673,12 @@ impl MetricsStore {
     /// [`StoreError::ReadOnly`].
     pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
         let t: Tiered<Head> = Tiered::open_read_only(dir, BlockKind::Metrics, RECORD_SAMPLES)?;
-        Ok(MetricsStore { t, opts: MetricsStoreOptions::default(), newest: Default::default() })
+        Ok(MetricsStore {
+            t,
+            opts: MetricsStoreOptions::default(),
+            newest: Default::default(),
+            change_hook: Default::default(),
+        })
     }
 
     /// What the WAL replay at open found.
@@ -773,9 +801,35 @@ impl MetricsStore {
             }
         }
         drop(newest_all);
+        let span = self.change_hook.get().map(|_| written_span(to_write.iter().map(|s| &s.samples[..])));
         let mut head = self.t.head.write().unwrap_or_else(|p| p.into_inner());
         apply(&mut head, tenant, to_write);
+        drop(head);
+        if let Some((min_ts, max_ts)) = span {
+            self.changed(Change::Written { tenant, min_ts, max_ts });
+        }
         Ok(outcome)
+    }
+
+    /// Calls `f` after every change of what queries see, before the change
+    /// is acknowledged: samples written (after they are readable) and data
+    /// deleted. `f` runs on the writer's thread while it holds the store's
+    /// write lock: it must be quick and must not call into the store.
+    /// Returns false (and drops `f`) when a hook is set already.
+    pub fn on_change(&self, f: impl Fn(Change<'_>) + Send + Sync + 'static) -> bool {
+        self.change_hook.set(Box::new(f)).is_ok()
+    }
+
+    fn changed(&self, c: Change<'_>) {
+        if let Some(f) = self.change_hook.get() {
+            f(c);
+        }
+    }
+
+    /// The oldest timestamp `tenant`'s queries see (its retention override
+    /// hides older data at once); `i64::MIN` without one.
+    pub fn visible_from(&self, tenant: &str) -> i64 {
+        self.t.visible_from(tenant)
     }
 
     /// True when the head holds `head_max_samples` or its oldest data is
@@ -815,7 +869,11 @@ impl MetricsStore {
             let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
             crate::newest::forget_before(&mut newest, |tenant| self.t.cutoff(tenant));
         }
-        self.t.apply_retention_policy()
+        let stats = self.t.apply_retention_policy();
+        if stats.as_ref().map_or(true, |s| s.blocks_deleted > 0 || s.blocks_rewritten > 0) {
+            self.changed(Change::Removed);
+        }
+        stats
     }
 
     /// Deletes blocks whose data is all older than `min_ts` (ms; `None`:
@@ -829,7 +887,11 @@ impl MetricsStore {
             let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
             crate::newest::forget_before(&mut newest, |_| Some(min_ts));
         }
-        self.t.apply_retention(min_ts, max_bytes)
+        let res = self.t.apply_retention(min_ts, max_bytes);
+        if res.as_ref().map_or(true, |r| r.0 > 0) {
+            self.changed(Change::Removed);
+        }
+        res
     }
 
     /// Merges adjacent small blocks per `policy` (at most `max_runs`

@@ -357,8 +357,14 @@ impl MetricsStore {
             }
         }
         drop(newest_all);
+        let span = to_write
+            .iter()
+            .flat_map(|s| s.histograms.iter().map(|p| p.0))
+            .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
         let mut head = self.t.head.write().unwrap_or_else(|p| p.into_inner());
         apply_hist(&mut head, tenant, to_write);
+        drop(head);
+        self.changed(super::Change::Written { tenant, min_ts: span.0, max_ts: span.1 });
         Ok(outcome)
     }
 }

@@ -275,12 +275,7 @@ fn as_selector(e: &Expr) -> Option<(&promql_parser::parser::VectorSelector, Read
 /// a selector node's series one at a time as they are read, any other
 /// node's after it is evaluated. `Ok(false)`: `e` needs the step evaluator
 /// (or is a scalar) or `f` declined.
-fn each_series(
-    ctx: &Ctx<'_>,
-    e: &Expr,
-    steps: Steps,
-    f: &mut SeriesSink<'_>,
-) -> Result<bool, QueryError> {
+fn each_series(ctx: &Ctx<'_>, e: &Expr, steps: Steps, f: &mut SeriesSink<'_>) -> Result<bool, QueryError> {
     if let Some((vs, read, drop_name)) = as_selector(e) {
         return selector_series(ctx, vs, read, drop_name, steps, f);
     }

@@ -10,6 +10,7 @@ use promql_parser::parser::{self, Expr};
 
 mod aggregate;
 mod binary;
+pub mod cache;
 mod eval;
 mod fast;
 mod functions;
@@ -436,16 +437,8 @@ pub fn range_query_annotated(
     range_query_with(store, tenant, expr, (start, end, step), opts, true)
 }
 
-/// [`range_query_annotated`]; with `series_at_a_time` false, always the
-/// step evaluator (tests compare the two).
-fn range_query_with(
-    store: &MetricsStore,
-    tenant: &str,
-    expr: &Expr,
-    (start, end, step): (i64, i64, i64),
-    opts: &QueryOptions,
-    series_at_a_time: bool,
-) -> Result<(Vec<Series>, Annotations), QueryError> {
+/// The errors Prometheus gives a range query's parameters and type.
+pub(crate) fn check_range(expr: &Expr, start: i64, end: i64, step: i64) -> Result<(), QueryError> {
     if step <= 0 {
         return Err(QueryError::BadData(
             "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
@@ -467,6 +460,20 @@ fn range_query_with(
             )));
         }
     }
+    Ok(())
+}
+
+/// [`range_query_annotated`]; with `series_at_a_time` false, always the
+/// step evaluator (tests compare the two).
+fn range_query_with(
+    store: &MetricsStore,
+    tenant: &str,
+    expr: &Expr,
+    (start, end, step): (i64, i64, i64),
+    opts: &QueryOptions,
+    series_at_a_time: bool,
+) -> Result<(Vec<Series>, Annotations), QueryError> {
+    check_range(expr, start, end, step)?;
     let mut ctx = Ctx::new(store, tenant, opts, start, end, step);
     ctx.mark_stats(expr);
     let steps = fast::Steps { start, step, n: (end.saturating_sub(start) / step + 1) as usize };
