@@ -27,6 +27,9 @@ pub use hist::{HIST_CHUNK_SAMPLES, RECORD_HISTOGRAMS};
 #[path = "metrics_stream.rs"]
 mod stream;
 pub use stream::{SeriesBuf, SeriesIter, SeriesStream};
+#[path = "metrics_st.rs"]
+mod st;
+pub use st::{SeriesStartTimestamps, st_tenant};
 
 /// WAL record type of a metrics write batch.
 pub const RECORD_SAMPLES: u8 = 1;
@@ -1182,7 +1185,7 @@ mod tests {
     }
     use cairn_wire::MatchOp;
 
-    fn ls(pairs: &[(&str, &str)]) -> Labels {
+    pub(super) fn ls(pairs: &[(&str, &str)]) -> Labels {
         Labels::from_pairs(pairs.iter().copied()).unwrap()
     }
 

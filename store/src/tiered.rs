@@ -117,11 +117,19 @@ pub struct Retention {
     pub size: u64,
 }
 
+/// The tenant whose retention `tenant` follows: a companion tenant
+/// (`"<tenant>|st"`, start timestamps of the metrics engine; `|` is not
+/// allowed in tenant IDs) follows its tenant's, so a sample and its start
+/// timestamp expire together.
+fn retention_tenant(tenant: &str) -> &str {
+    tenant.split_once('|').map_or(tenant, |(t, _)| t)
+}
+
 impl Retention {
     /// Oldest timestamp `tenant` keeps at `now` (both in the engine's unit,
     /// `units_per_sec` of them a second); `None`: kept forever.
     fn cutoff(&self, tenant: &str, now: i64, units_per_sec: i64) -> Option<i64> {
-        let limit = self.tenants.get(tenant).copied().unwrap_or(self.time);
+        let limit = self.tenants.get(retention_tenant(tenant)).copied().unwrap_or(self.time);
         limit.map(|d| now.saturating_sub(duration_units(d, units_per_sec)))
     }
 }
@@ -524,7 +532,7 @@ impl<H: HeadData> Tiered<H> {
     /// Tenants without an override see everything still stored.
     pub fn visible_from(&self, tenant: &str) -> i64 {
         let r = self.retention.read().unwrap_or_else(|p| p.into_inner());
-        match r.tenants.get(tenant) {
+        match r.tenants.get(retention_tenant(tenant)) {
             Some(Some(d)) => self.now().saturating_sub(duration_units(*d, self.units_per_sec())),
             _ => i64::MIN,
         }

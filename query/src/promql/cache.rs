@@ -178,6 +178,9 @@ impl ResultCache {
         let inner = &mut *inner;
         let (tenant, lo, hi) = match c {
             Change::Written { tenant, min_ts, max_ts } => {
+                // A companion tenant ("<tenant>|st", start timestamps) is
+                // data of its tenant's series.
+                let tenant = tenant.split('|').next().unwrap_or(tenant);
                 if inner.newest_read.get(tenant).is_none_or(|&n| min_ts > n) {
                     return;
                 }

@@ -110,6 +110,22 @@ pub(crate) struct Ctx<'a> {
     /// limits with `selected` and `series`).
     pub streamed: Cell<usize>,
     pub streamed_series: Cell<usize>,
+    /// Selectors (by address) whose samples' start timestamps a function
+    /// reads: the range argument of `rate`, `increase`, `irate`, `resets`
+    /// and the argument of `start_timestamp` (not through a subquery or any
+    /// other expression, as in Prometheus).
+    pub want_st: std::collections::HashSet<usize>,
+    /// Start timestamps of those selectors' series that have any: by
+    /// selector address, then labels, (sample time, start time) ascending.
+    pub st: HashMap<usize, HashMap<Labels, Vec<(i64, i64)>>>,
+}
+
+/// Functions that read the start timestamps of their range argument.
+pub(crate) const ST_RANGE_FUNCS: [&str; 4] = ["increase", "irate", "rate", "resets"];
+
+/// The start timestamp of the sample at `t` in `pairs` (0: none).
+pub(crate) fn st_at(pairs: &[(i64, i64)], t: i64) -> i64 {
+    pairs.binary_search_by_key(&t, |p| p.0).map_or(0, |i| pairs[i].1)
 }
 
 impl<'a> Ctx<'a> {
@@ -144,6 +160,8 @@ impl<'a> Ctx<'a> {
             stream: false,
             streamed: Cell::new(0),
             streamed_series: Cell::new(0),
+            want_st: Default::default(),
+            st: HashMap::new(),
         }
     }
 
@@ -413,8 +431,34 @@ impl Ctx<'_> {
         if self.deadline.is_some_and(|d| std::time::Instant::now() > d) {
             return Err(QueryError::Timeout);
         }
+        if self.want_st.contains(&key) && !s.is_empty() {
+            self.fetch_st(vs, key, mint, maxt)?;
+        }
         self.cursors.insert(key, (0..s.len()).map(|_| Cursor::default()).collect());
         self.cache.insert(key, s);
+        Ok(())
+    }
+
+    /// Reads the start timestamps of the series `vs` selects in
+    /// `[mint, maxt]` into [`Ctx::st`] (nothing when they have none),
+    /// counted against the sample budget.
+    fn fetch_st(&mut self, vs: &VectorSelector, key: usize, mint: i64, maxt: i64) -> Result<(), QueryError> {
+        let mut by: HashMap<Labels, Vec<(i64, i64)>> = HashMap::new();
+        for g in matcher_groups(vs)? {
+            let limits = SelectLimits { series: usize::MAX, samples: self.max_samples.saturating_sub(self.selected) };
+            let got = self
+                .store
+                .select_start_timestamps(self.tenant, &g, mint, maxt, limits)
+                .map_err(|_| QueryError::TooManySamples { max_samples: self.max_samples })?;
+            for s in got {
+                self.selected = self.selected.saturating_add(s.pairs.len());
+                by.entry(s.labels).or_insert(s.pairs);
+            }
+        }
+        self.check_samples(0)?;
+        if !by.is_empty() {
+            self.st.insert(key, by);
+        }
         Ok(())
     }
 
@@ -468,6 +512,15 @@ impl Ctx<'_> {
                 }
             }
             Expr::Call(c) => {
+                match (c.func.name, c.args.args.first().map(|a| unparen(a))) {
+                    (name, Some(Expr::MatrixSelector(ms))) if ST_RANGE_FUNCS.contains(&name) => {
+                        self.want_st.insert(&ms.vs as *const _ as usize);
+                    }
+                    ("start_timestamp", Some(Expr::VectorSelector(vs))) => {
+                        self.want_st.insert(vs as *const _ as usize);
+                    }
+                    _ => {}
+                }
                 // info()'s second argument is a label selector for info
                 // series, read by the function itself.
                 let n = if c.func.name == "info" { 1 } else { c.args.args.len() };

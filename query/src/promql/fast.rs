@@ -21,7 +21,7 @@ use cairn_wire::{Labels, METRIC_NAME, is_stale_nan};
 use promql_parser::parser::{AggregateExpr, Expr};
 
 use super::aggregate::{Mean, group_labels};
-use super::eval::{Ctx, Window, at_ms, ext_of, matcher_groups, offset_ms};
+use super::eval::{Ctx, ST_RANGE_FUNCS, Window, at_ms, ext_of, matcher_groups, offset_ms};
 use super::functions::{PlainRangeFn, kahan_inc, plain_range_fn};
 use super::{FxMap, QueryError, Series, drop_metric_name};
 use cairn_store::metrics::SeriesBuf;
@@ -121,8 +121,9 @@ type SeriesSink<'a> = dyn FnMut(&Labels, bool, &[(u32, f64)]) -> Result<bool, Qu
 enum Read {
     /// An instant vector selector: the newest sample in the lookback.
     Instant,
-    /// A range function of a matrix selector.
-    Range { f: PlainRangeFn, range: i64 },
+    /// A range function of a matrix selector; `st`: one that reads start
+    /// timestamps where the series have them.
+    Range { f: PlainRangeFn, range: i64, st: bool },
 }
 
 /// Calls `f(labels, drop_name, points)` with each series of a selector
@@ -168,7 +169,7 @@ fn selector_series(
                     }
                 }
             }
-            Read::Range { f, range } => {
+            Read::Range { f, range, .. } => {
                 // Windows never hold stale markers: drop them once.
                 let samples: &[(i64, f64)] = if samples.iter().any(|p| is_stale_nan(p.1)) {
                     clean.clear();
@@ -198,7 +199,8 @@ fn selector_series(
     };
     let key = vs as *const _ as usize;
     if let Some(series) = ctx.cache.get(&key) {
-        if series.iter().any(|s| !s.histograms.is_empty()) {
+        // Native histograms and start timestamps: the step evaluator.
+        if series.iter().any(|s| !s.histograms.is_empty()) || ctx.st.contains_key(&key) {
             return Ok(false);
         }
         for s in series {
@@ -219,7 +221,14 @@ fn selector_series(
         return Ok(false);
     };
     let (lo, hi) = ctx.effective(&vs.at, off, ctx.start, ctx.end);
-    let stream = ctx.store.stream(ctx.tenant, matchers, lo.saturating_sub(window).saturating_add(1), hi);
+    let (mint, maxt) = (lo.saturating_sub(window).saturating_add(1), hi);
+    if matches!(read, Read::Range { st: true, .. })
+        && !ctx.store.series(&cairn_store::metrics::st_tenant(ctx.tenant), matchers, mint, maxt).is_empty()
+    {
+        // Series with start timestamps (read by the step evaluator).
+        return Ok(false);
+    }
+    let stream = ctx.store.stream(ctx.tenant, matchers, mint, maxt);
     let mut series = stream.iter();
     // A chunk is read when some step's window `(rt - window, rt]` meets it:
     // samples outside every window change no step's value.
@@ -265,7 +274,8 @@ fn as_selector(e: &Expr) -> Option<(&promql_parser::parser::VectorSelector, Read
             if c.args.args.len() != 1 || ext_of(&ms.vs).is_some() {
                 return None;
             }
-            Some((&ms.vs, Read::Range { f, range: ms.range.as_millis() as i64 }, !keep_name))
+            let st = ST_RANGE_FUNCS.contains(&c.func.name);
+            Some((&ms.vs, Read::Range { f, range: ms.range.as_millis() as i64, st }, !keep_name))
         }
         _ => None,
     }

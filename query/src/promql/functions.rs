@@ -98,45 +98,105 @@ fn linear_regression(points: &[(i64, f64)], intercept_time: i64) -> (f64, f64) {
 
 /// Prometheus's `extrapolatedRate`.
 fn extrapolated_rate(p: &[(i64, f64)], w: Window, is_counter: bool, is_rate: bool) -> Option<f64> {
-    if p.len() < 2 {
+    extrapolated_rate_st(p, &[], w, is_counter, is_rate, &mut false)
+}
+
+/// Prometheus's `isStartTimestampReset`: whether the start timestamps of two
+/// consecutive samples say the counter restarted between them (0: none).
+pub(crate) fn is_st_reset(prev_st: i64, prev_t: i64, cur_st: i64, cur_t: i64) -> bool {
+    if cur_st == 0 || cur_st >= cur_t || cur_st < prev_t {
+        // None; invalid or OpenTelemetry's "unknown start" (ST = T); or the
+        // same run (a start before the previous sample).
+        return false;
+    }
+    if cur_st > prev_t {
+        return true;
+    }
+    // The start is the previous sample: a delta point, unless the previous
+    // start was unknown (a cumulative series of unknown start).
+    prev_st <= prev_t && prev_st != 0 && prev_st != prev_t
+}
+
+/// Prometheus's `checkStartTimeOverlap`: a start time inside the previous
+/// sample's interval that is not the previous sample's own start.
+pub(crate) fn st_overlaps(prev_st: i64, prev_t: i64, cur_st: i64) -> bool {
+    cur_st != 0 && cur_st < prev_t && cur_st != prev_st
+}
+
+/// [`extrapolated_rate`] with the samples' start timestamps `sts` (aligned
+/// with `p`, 0 for none; empty when the series has none), as Prometheus
+/// uses them: a start timestamp after the previous sample is a counter
+/// reset, and a first sample whose start lies inside the range counts from
+/// zero at its start instead of extrapolating left (which also lets a single
+/// sample have a rate). Sets `overlap` when start times overlap.
+fn extrapolated_rate_st(
+    p: &[(i64, f64)],
+    sts: &[i64],
+    w: Window,
+    is_counter: bool,
+    is_rate: bool,
+    overlap: &mut bool,
+) -> Option<f64> {
+    if p.len() < 2 && sts.is_empty() {
         return None;
     }
+    let (first_t, first_v) = *p.first()?;
     let range_start = w.end - w.range;
     let range_end = w.end;
     let n1 = (p.len() - 1) as f64;
-    let (first_t, first_v) = p[0];
     let (last_t, last_v) = p[p.len() - 1];
     let mut result = last_v - first_v;
     if is_counter {
         let mut prev = first_v;
-        for &(_, v) in &p[1..] {
-            if v < prev {
-                result += prev;
+        if sts.is_empty() {
+            for &(_, v) in &p[1..] {
+                if v < prev {
+                    result += prev;
+                }
+                prev = v;
             }
-            prev = v;
+        } else {
+            for i in 1..p.len() {
+                let (st0, st1) = (sts[i - 1], sts[i]);
+                *overlap |= st_overlaps(st0, p[i - 1].0, st1);
+                if p[i].1 < prev || is_st_reset(st0, p[i - 1].0, st1, p[i].0) {
+                    result += prev;
+                }
+                prev = p[i].1;
+            }
         }
     }
     let mut to_start = (first_t - range_start) as f64 / 1000.0;
     let mut to_end = (range_end - last_t) as f64 / 1000.0;
-    let sampled = (last_t - first_t) as f64 / 1000.0;
-    let avg = sampled / n1;
+    let mut sampled = (last_t - first_t) as f64 / 1000.0;
+    let avg = if p.len() > 1 { sampled / n1 } else { 0.0 };
     let threshold = avg * 1.1;
-    if to_start >= threshold {
-        to_start = avg / 2.0;
-    }
-    if is_counter {
-        let mut to_zero = to_start;
-        if result > 0.0 && first_v >= 0.0 {
-            to_zero = sampled * (first_v / result);
+    let st0 = sts.first().copied().unwrap_or(0);
+    if is_counter && st0 != 0 && st0 > range_start && st0 < first_t {
+        // A zero at the first sample's start, inside the range.
+        to_start = 0.0;
+        sampled = (last_t - st0) as f64 / 1000.0;
+        result += first_v;
+    } else if p.len() < 2 {
+        return None;
+    } else {
+        if to_start >= threshold {
+            to_start = avg / 2.0;
         }
-        if to_zero < to_start {
-            to_start = to_zero;
+        if is_counter {
+            let mut to_zero = to_start;
+            if result > 0.0 && first_v >= 0.0 {
+                to_zero = sampled * (first_v / result);
+            }
+            if to_zero < to_start {
+                to_start = to_zero;
+            }
         }
     }
     if to_end >= threshold {
         to_end = avg / 2.0;
     }
-    let mut factor = (sampled + to_start + to_end) / sampled;
+    let mut factor = if sampled != 0.0 { (sampled + to_start + to_end) / sampled } else { 1.0 };
     if is_rate {
         factor /= w.range as f64 / 1000.0;
     }
@@ -213,12 +273,19 @@ fn extended_rate(p: &[(i64, f64)], w: Window, smoothed: bool, is_counter: bool, 
 }
 
 fn instant_value(p: &[(i64, f64)], is_rate: bool) -> Option<f64> {
+    instant_value_st(p, &[], is_rate)
+}
+
+/// [`instant_value`] with the samples' start timestamps (see
+/// [`extrapolated_rate_st`]): a start-timestamp reset is a counter reset.
+fn instant_value_st(p: &[(i64, f64)], sts: &[i64], is_rate: bool) -> Option<f64> {
     if p.len() < 2 {
         return None;
     }
     let (pt, pv) = p[p.len() - 2];
     let (lt, lv) = p[p.len() - 1];
-    let mut r = if is_rate && lv < pv { lv } else { lv - pv };
+    let st_reset = sts.len() == p.len() && is_st_reset(sts[p.len() - 2], pt, sts[p.len() - 1], lt);
+    let mut r = if is_rate && (lv < pv || st_reset) { lv } else { lv - pv };
     let interval = lt - pt;
     if interval == 0 {
         return None;
@@ -424,6 +491,27 @@ pub(crate) fn plain_range_fn(name: &str) -> Option<(PlainRangeFn, bool)> {
     Some((f, false))
 }
 
+/// The ST-reading range functions ([`super::eval::ST_RANGE_FUNCS`]) over
+/// float points with their start timestamps (`sts`, aligned, 0: none).
+fn st_range_fn(name: &str, p: &[(i64, f64)], sts: &[i64], w: Window, overlap: &mut bool) -> Option<f64> {
+    match name {
+        "rate" | "increase" => extrapolated_rate_st(p, sts, w, true, name == "rate", overlap),
+        "irate" => instant_value_st(p, sts, true),
+        "resets" => Some(
+            (1..p.len()).filter(|&i| p[i].1 < p[i - 1].1 || is_st_reset(sts[i - 1], p[i - 1].0, sts[i], p[i].0)).count()
+                as f64,
+        ),
+        _ => None,
+    }
+}
+
+/// Prometheus's warning for overlapping start times.
+fn st_overlap_warning(metric: &str) -> String {
+    format!(
+        "PromQL warning: sample has start time that overlaps with previous sample timestamp for metric \"{metric}\""
+    )
+}
+
 /// A function of a range vector's points and window.
 type RangeFn<'a> = dyn Fn(&[(i64, f64)], Window) -> Option<f64> + 'a;
 
@@ -439,6 +527,14 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
         let w = ctx.window(e, t).ok_or_else(|| QueryError::BadData(format!("{name}() expects a range vector")))?;
         let mut out = Vec::new();
         let hist_aware = super::histfn::HIST_AWARE.contains(&name);
+        // Start timestamps of the selector's series, for the functions that
+        // read them (none with `anchored` / `smoothed`, as in Prometheus).
+        let st_map = match unparen(e) {
+            Expr::MatrixSelector(ms) if super::eval::ext_of(&ms.vs).is_none() => {
+                ctx.st.get(&(&ms.vs as *const _ as usize))
+            }
+            _ => None,
+        };
         // A window holding histograms: the function's histogram semantics,
         // or its floats alone for functions of floats only.
         let mut mixed = |labels: &Labels, points: &[(i64, f64)], hists: &[(i64, cairn_wire::Histogram)]| {
@@ -452,20 +548,41 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
             if !hists.is_empty() && hist_aware {
                 super::histfn::annotate_range(ctx, name, points, hists, &metric());
             }
+            let sts = st_map.and_then(|m| m.get(labels));
             if hists.is_empty() || !hist_aware {
-                if !points.is_empty()
-                    && let Some(v) = f(points, w)
-                {
+                if points.is_empty() {
+                    return;
+                }
+                let v = match sts {
+                    Some(pairs) => {
+                        let st: Vec<i64> = points.iter().map(|p| super::eval::st_at(pairs, p.0)).collect();
+                        let mut overlap = false;
+                        let v = st_range_fn(name, points, &st, w, &mut overlap);
+                        if overlap {
+                            ctx.warn(st_overlap_warning(&metric()));
+                        }
+                        v
+                    }
+                    None => f(points, w),
+                };
+                if let Some(v) = v {
                     out.push(Sample { labels: labels.clone(), t, v, drop_name: !keep_name, h: None });
                 }
                 return;
             }
+            let hsts: Vec<i64> = match sts {
+                Some(pairs) => hists.iter().map(|p| super::eval::st_at(pairs, p.0)).collect(),
+                None => Vec::new(),
+            };
             let mut notes = super::histfn::RateNotes::default();
             let ext = match unparen(e) {
                 Expr::MatrixSelector(ms) => super::eval::ext_of(&ms.vs),
                 _ => None,
             };
-            let res = super::histfn::range_function(name, points, hists, w, ext, &mut notes);
+            let res = super::histfn::range_function(name, points, hists, &hsts, w, ext, &mut notes);
+            if notes.st_overlap {
+                ctx.warn(st_overlap_warning(&metric()));
+            }
             if notes.not_gauge {
                 ctx.warn(format!("this native histogram metric is not a gauge: \"{}\"", metric()));
             }
@@ -732,6 +849,30 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
                         s.h = None;
                     });
                     v
+                }
+            };
+            v.iter_mut().for_each(drop_name);
+            check_unique(&v)?;
+            Ok(Value::Vector(v))
+        }
+        "start_timestamp" => {
+            // Each sample's start time in seconds (0 when it has none); only
+            // a selector's samples have them, an expression's result has none.
+            let e = arg(0)?;
+            let mut v: Vec<Sample> = match unparen(e) {
+                Expr::VectorSelector(vs) => {
+                    let sts = ctx.st.get(&(vs as *const _ as usize));
+                    ctx.eval_vs(vs, t, true)
+                        .into_iter()
+                        .map(|s| {
+                            let st = sts.and_then(|m| m.get(&s.labels)).map_or(0, |p| super::eval::st_at(p, s.t));
+                            Sample::new(s.labels, t, st as f64 / 1000.0)
+                        })
+                        .collect()
+                }
+                _ => {
+                    ctx.eval_vector(e, t)?;
+                    Vec::new()
                 }
             };
             v.iter_mut().for_each(drop_name);

@@ -7,6 +7,7 @@ use cairn_wire::Histogram;
 use cairn_wire::histogram::ResetHint;
 
 use super::eval::Window;
+use super::functions::{is_st_reset, st_overlaps};
 
 /// Sum (or mean, with `avg`) of histograms, with what the additions
 /// reported (counter-reset collisions, reconciled custom bounds); `None`
@@ -485,15 +486,26 @@ pub(crate) struct RateNotes {
     pub not_gauge: bool,
     /// Summed histograms held both `Reset` and `NotReset` hints.
     pub reset_collision: bool,
+    /// A start timestamp overlapped the previous sample's interval.
+    pub st_overlap: bool,
 }
 
 /// Prometheus's `histogramRate`: the increase of histogram counters over
 /// `points` (≥ 2), with counter resets; `None` when the histograms cannot
 /// be combined.
-fn histogram_rate(points: &[(i64, Histogram)], is_counter: bool, notes: &mut RateNotes) -> Option<Histogram> {
+fn histogram_rate(
+    points: &[(i64, Histogram)],
+    sts: &[i64],
+    is_counter: bool,
+    notes: &mut RateNotes,
+) -> Option<Histogram> {
+    // A start-timestamp reset between samples i-1 and i (see
+    // `functions::is_st_reset`); `sts` is empty or aligned with `points`.
+    let st_reset =
+        |i: usize| sts.len() == points.len() && is_st_reset(sts[i - 1], points[i - 1].0, sts[i], points[i].0);
     let mut prev = points.first()?.1.clone();
     let last = &points.last()?.1;
-    if is_counter && points.len() > 1 && points[1].1.detect_reset(&prev) {
+    if is_counter && points.len() > 1 && (st_reset(1) || points[1].1.detect_reset(&prev)) {
         let second = &points[1].1;
         prev = Histogram { schema: second.schema, custom_values: second.custom_values.clone(), ..Histogram::default() };
     }
@@ -523,8 +535,11 @@ fn histogram_rate(points: &[(i64, Histogram)], is_counter: bool, notes: &mut Rat
     }
     if is_counter {
         let mut p = &prev;
-        for (_, cur) in &points[1..] {
-            if cur.detect_reset(p) {
+        for (i, (_, cur)) in points.iter().enumerate().skip(1) {
+            if sts.len() == points.len() && st_overlaps(sts[i - 1], points[i - 1].0, sts[i]) {
+                notes.st_overlap = true;
+            }
+            if st_reset(i) || cur.detect_reset(p) {
                 notes.reconciled_add |= h.add(p).ok()?.reconciled;
             }
             p = cur;
@@ -540,33 +555,54 @@ fn histogram_rate(points: &[(i64, Histogram)], is_counter: bool, notes: &mut Rat
 /// histograms ran into.
 pub(crate) fn extrapolated_rate_noted(
     p: &[(i64, Histogram)],
+    sts: &[i64],
     w: Window,
     is_counter: bool,
     is_rate: bool,
     notes: &mut RateNotes,
 ) -> Option<Histogram> {
-    if p.len() < 2 {
+    if p.is_empty() || (p.len() < 2 && sts.is_empty()) {
         return None;
     }
-    let mut h = histogram_rate(p, is_counter, notes)?;
+    let mut h = if p.len() > 1 { Some(histogram_rate(p, sts, is_counter, notes)?) } else { None };
     let range_start = w.end - w.range;
     let (first_t, last_t) = (p[0].0, p[p.len() - 1].0);
     let mut to_start = (first_t - range_start) as f64 / 1000.0;
     let to_end = (w.end - last_t) as f64 / 1000.0;
-    let sampled = (last_t - first_t) as f64 / 1000.0;
-    let avg_between = sampled / (p.len() - 1) as f64;
+    let mut sampled = (last_t - first_t) as f64 / 1000.0;
+    let avg_between = if p.len() > 1 { sampled / (p.len() - 1) as f64 } else { 0.0 };
     let threshold = avg_between * 1.1;
-    if to_start >= threshold {
-        to_start = avg_between / 2.0;
-    }
-    if is_counter && h.count > 0.0 && p[0].1.count >= 0.0 {
-        let to_zero = sampled * (p[0].1.count / h.count);
-        if to_zero < to_start {
-            to_start = to_zero;
+    let st0 = sts.first().copied().unwrap_or(0);
+    if is_counter && st0 != 0 && st0 > range_start && st0 < first_t {
+        // A zero at the first sample's start, inside the range (see
+        // `functions::extrapolated_rate_st`).
+        to_start = 0.0;
+        sampled = (last_t - st0) as f64 / 1000.0;
+        match &mut h {
+            None => h = Some(p[0].1.clone()),
+            Some(h) => match h.add(&p[0].1) {
+                Ok(o) => notes.reconciled_add |= o.reconciled,
+                Err(_) => {
+                    notes.schema_mix = true;
+                    return None;
+                }
+            },
+        }
+    } else {
+        let hh = h.as_ref()?;
+        if to_start >= threshold {
+            to_start = avg_between / 2.0;
+        }
+        if is_counter && hh.count > 0.0 && p[0].1.count >= 0.0 {
+            let to_zero = sampled * (p[0].1.count / hh.count);
+            if to_zero < to_start {
+                to_start = to_zero;
+            }
         }
     }
+    let mut h = h?;
     let to_end = if to_end >= threshold { avg_between / 2.0 } else { to_end };
-    let mut factor = (sampled + to_start + to_end) / sampled;
+    let mut factor = if sampled != 0.0 { (sampled + to_start + to_end) / sampled } else { 1.0 };
     if is_rate {
         factor /= w.range as f64 / 1000.0;
     }
@@ -846,9 +882,14 @@ pub(crate) fn trim(h: &Histogram, x: f64, upper: bool) -> Histogram {
 }
 
 /// irate / idelta over the last two samples, both histograms.
-pub(crate) fn instant_value(a: &(i64, Histogram), b: &(i64, Histogram), is_rate: bool) -> Option<Histogram> {
+pub(crate) fn instant_value(
+    a: &(i64, Histogram),
+    b: &(i64, Histogram),
+    st_reset: bool,
+    is_rate: bool,
+) -> Option<Histogram> {
     let mut h = b.1.clone();
-    if !is_rate || !b.1.detect_reset(&a.1) {
+    if !is_rate || !(st_reset || b.1.detect_reset(&a.1)) {
         h.sub(&a.1).ok()?;
     }
     h.reset_hint = ResetHint::Gauge;
@@ -958,6 +999,7 @@ pub(crate) fn range_function(
     name: &str,
     floats: &[(i64, f64)],
     hists: &[(i64, Histogram)],
+    hsts: &[i64],
     w: Window,
     ext: Option<super::eval::Ext>,
     notes: &mut RateNotes,
@@ -975,7 +1017,7 @@ pub(crate) fn range_function(
             if mixed {
                 return None;
             }
-            let h = extrapolated_rate_noted(hists, w, name != "delta", name == "rate", notes)?;
+            let h = extrapolated_rate_noted(hists, hsts, w, name != "delta", name == "rate", notes)?;
             Some(HOut::Hist(h))
         }
         "irate" | "idelta" => {
@@ -986,7 +1028,10 @@ pub(crate) fn range_function(
             }
             match (&all[n - 2], &all[n - 1]) {
                 ((ta, Ok(a)), (tb, Ok(b))) => {
-                    instant_value(&(*ta, (*a).clone()), &(*tb, (*b).clone()), name == "irate").map(HOut::Hist)
+                    // Both are the last two histograms: their start timestamps.
+                    let k = hists.len();
+                    let st_reset = hsts.len() == k && is_st_reset(hsts[k - 2], *ta, hsts[k - 1], *tb);
+                    instant_value(&(*ta, (*a).clone()), &(*tb, (*b).clone()), st_reset, name == "irate").map(HOut::Hist)
                 }
                 _ => None,
             }
@@ -1021,19 +1066,27 @@ pub(crate) fn range_function(
         "ts_of_first_over_time" => merged(floats, hists).next().map(|(t, _)| HOut::Float(t as f64 / 1000.0)),
         "resets" | "changes" => {
             let mut n = 0usize;
-            let mut prev: Option<Result<&Histogram, f64>> = None;
-            for (_, cur) in merged(floats, hists) {
-                if let Some(p) = prev {
+            let mut prev: Option<(i64, Result<&Histogram, f64>)> = None;
+            let hist_st = |t: i64| {
+                if hsts.len() != hists.len() {
+                    return 0;
+                }
+                hists.binary_search_by_key(&t, |p| p.0).map_or(0, |i| hsts[i])
+            };
+            for (t, cur) in merged(floats, hists) {
+                if let Some((pt, p)) = prev {
                     let hit = match (p, cur) {
                         (Err(a), Err(b)) if name == "resets" => b < a,
                         (Err(a), Err(b)) => !(a == b || (a.is_nan() && b.is_nan())),
-                        (Ok(a), Ok(b)) if name == "resets" => b.detect_reset(a),
+                        (Ok(a), Ok(b)) if name == "resets" => {
+                            is_st_reset(hist_st(pt), pt, hist_st(t), t) || b.detect_reset(a)
+                        }
                         (Ok(a), Ok(b)) => !b.content_equals(a),
                         _ => true,
                     };
                     n += usize::from(hit);
                 }
-                prev = Some(cur);
+                prev = Some((t, cur));
             }
             Some(HOut::Float(n as f64))
         }

@@ -63,7 +63,11 @@ fn scalar_and_vector_arithmetic() {
     assert_eq!(vec_of(inst(&s, r#"up > 0"#, 120_000).unwrap()), vec![]);
     assert_eq!(vec_of(inst(&s, r#"up == bool 0"#, 120_000).unwrap()), vec![(r#"{job="a"}"#.into(), 1.0)]);
     assert!(matches!(inst(&s, r#"{job="a"} + 1"#, 0), Err(QueryError::Execution(_))));
-    assert!(matches!(inst(&s, "start_timestamp(up)", 0), Err(QueryError::Unsupported(_))));
+    // No start timestamps stored: 0, as Prometheus answers.
+    assert_eq!(
+        vec_of(inst(&s, "start_timestamp(up)", 0).unwrap()),
+        vec![(r#"{job="a"}"#.into(), 0.0), (r#"{job="b"}"#.into(), 0.0)]
+    );
     assert!(matches!(inst(&s, "up{", 0), Err(QueryError::Parse(_))));
 }
 
@@ -412,4 +416,45 @@ fn deep_nesting_is_bounded() {
         .unwrap()
         .join();
     assert!(r.is_ok());
+}
+
+#[test]
+fn start_timestamps_are_read_per_tenant_and_only_by_their_functions() {
+    use cairn_store::metrics::SeriesStartTimestamps;
+    let d = tempfile::tempdir().unwrap();
+    let s = MetricsStore::open(d.path(), WalOptions::default()).unwrap();
+    let labels = Labels::from_pairs([("__name__", "c_total"), ("job", "a")]).unwrap();
+    // A counter that restarts every minute from 0 and counts to 60 just
+    // before the next start: values never decrease from sample to sample
+    // (each restart is seen only in the start timestamp).
+    let pts: Vec<(i64, f64)> = (1..=10).map(|i| (i * 60_000, 60.0)).collect();
+    for tenant in ["with", "without"] {
+        s.append(tenant, vec![SeriesSamples { labels: labels.clone(), samples: pts.clone() }]).unwrap();
+    }
+    let sts = pts.iter().map(|p| (p.0, p.0 - 60_000)).collect();
+    s.append_start_timestamps("with", vec![SeriesStartTimestamps { labels: labels.clone(), pairs: sts }]).unwrap();
+    let q = |tenant: &str, q: &str, t: i64| {
+        vec_of(instant_query(&s, tenant, &parse(q).unwrap(), t, &QueryOptions::default()).unwrap())
+    };
+    // Every sample is a delta of 60 over its minute: 5 of them in 5 minutes.
+    assert_eq!(q("with", "increase(c_total[5m])", 600_000), vec![(r#"{job="a"}"#.into(), 300.0)]);
+    // Five samples in the window, four restarts between them.
+    assert_eq!(q("with", "resets(c_total[5m])", 600_000), vec![(r#"{job="a"}"#.into(), 4.0)]);
+    assert_eq!(q("with", "irate(c_total[5m])", 600_000), vec![(r#"{job="a"}"#.into(), 1.0)]);
+    assert_eq!(q("with", "start_timestamp(c_total)", 600_000), vec![(r#"{job="a"}"#.into(), 540.0)]);
+    // The other tenant's identical series has none: a flat counter.
+    assert_eq!(q("without", "increase(c_total[5m])", 600_000), vec![(r#"{job="a"}"#.into(), 0.0)]);
+    assert_eq!(q("without", "start_timestamp(c_total)", 600_000), vec![(r#"{job="a"}"#.into(), 0.0)]);
+    // Through a subquery or an expression they are gone, as in Prometheus.
+    assert_eq!(q("with", "resets(c_total[5m:1m])", 600_000), vec![(r#"{job="a"}"#.into(), 0.0)]);
+    assert_eq!(q("with", "start_timestamp(c_total * 1)", 600_000), vec![]);
+    // A range query with start timestamps runs on the step evaluator and
+    // agrees with the instant queries; the companion tenant is invisible.
+    let e = parse_for("increase(c_total[5m])", 60_000, 120_000).unwrap();
+    let before = fast::ANSWERED.with(|c| c.get());
+    let (m, _) = range_query_with(&s, "with", &e, (480_000, 600_000, 60_000), &QueryOptions::default(), true).unwrap();
+    assert_eq!(fast::ANSWERED.with(|c| c.get()), before);
+    assert_eq!(m[0].points.iter().map(|p| p.1).collect::<Vec<_>>(), vec![300.0, 300.0, 300.0]);
+    let all = [cairn_wire::Matcher::equal("__name__", "c_total")];
+    assert_eq!(s.series("with", &all, 0, i64::MAX), vec![labels]);
 }

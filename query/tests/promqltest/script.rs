@@ -24,7 +24,13 @@ pub enum Val {
 pub enum Command {
     /// `load <interval>`: float and histogram series to append. `skipped`
     /// names series that could not be loaded, with the reason.
-    Load { series: Vec<(Labels, Vec<(i64, f64)>)>, hists: Vec<(Labels, Vec<(i64, Histogram)>)>, skipped: Vec<String> },
+    Load {
+        series: Vec<(Labels, Vec<(i64, f64)>)>,
+        hists: Vec<(Labels, Vec<(i64, Histogram)>)>,
+        /// Start timestamps (`@st` lines): (sample time, start time).
+        sts: Vec<(Labels, Vec<(i64, i64)>)>,
+        skipped: Vec<String>,
+    },
     /// `clear`.
     Clear,
     /// An `eval…` command.
@@ -153,11 +159,19 @@ fn parse_load(word: &str, rest: &str, body: &[(usize, &str)]) -> Result<Command,
     let interval = parse_dur(rest.trim())?;
     let mut series = Vec::new();
     let mut hists = Vec::new();
-    let mut skipped = Vec::new();
+    let mut sts = Vec::new();
+    let skipped = Vec::new();
     for &(ln, b) in body {
         let (desc, vals) = split_series(b).map_err(|e| format!("line {ln}: {e}"))?;
-        if desc.ends_with("@st") {
-            skipped.push(format!("line {ln}: start timestamps (@st) are not stored"));
+        if let Some(desc) = desc.strip_suffix("@st") {
+            let labels = parse_series_desc(desc).map_err(|e| format!("line {ln}: {e}"))?;
+            let offsets = expand_durations(vals).map_err(|e| format!("line {ln}: {e}"))?;
+            let pairs = offsets
+                .into_iter()
+                .enumerate()
+                .filter_map(|(k, o)| o.map(|o| (k as i64 * interval, k as i64 * interval + o)))
+                .collect();
+            sts.push((labels, pairs));
             continue;
         }
         let labels = parse_series_desc(desc).map_err(|e| format!("line {ln}: {e}"))?;
@@ -180,7 +194,44 @@ fn parse_load(word: &str, rest: &str, body: &[(usize, &str)]) -> Result<Command,
     if word == "load_with_nhcb" {
         hists.extend(classic_to_nhcb(&series));
     }
-    Ok(Command::Load { series, hists, skipped })
+    Ok(Command::Load { series, hists, sts, skipped })
+}
+
+/// The offsets of an `@st` line: `_`, `_xN`, `<dur>`, `<dur>xN` (N+1
+/// times), `<dur>+<dur>xN` / `<dur>-<dur>xN` (N+1 values stepping by the
+/// second duration); durations may carry a sign.
+fn expand_durations(vals: &str) -> Result<Vec<Option<i64>>, String> {
+    let mut out = Vec::new();
+    for tok in vals.split_whitespace() {
+        let (body, count) = match tok.rsplit_once('x') {
+            Some((b, n)) => (b, Some(n.parse::<usize>().map_err(|e| format!("bad count in {tok:?}: {e}"))?)),
+            None => (tok, None),
+        };
+        if body == "_" {
+            out.extend(std::iter::repeat_n(None, count.unwrap_or(0) + 1));
+            continue;
+        }
+        // A step operator is a sign after the first character.
+        let split = body.char_indices().skip(1).find(|&(_, c)| c == '+' || c == '-').map(|(i, _)| i);
+        let (start, step) = match split {
+            Some(i) => {
+                let step = parse_signed_dur(&body[i + 1..])?;
+                (parse_signed_dur(&body[..i])?, if &body[i..=i] == "-" { -step } else { step })
+            }
+            None => (parse_signed_dur(body)?, 0),
+        };
+        for k in 0..=count.unwrap_or(0) {
+            out.push(Some(start + step * k as i64));
+        }
+    }
+    Ok(out)
+}
+
+fn parse_signed_dur(s: &str) -> Result<i64, String> {
+    match s.strip_prefix('+') {
+        Some(rest) => parse_dur(rest),
+        None => parse_dur(s),
+    }
 }
 
 /// `load_with_nhcb`: besides the float series, each classic histogram
