@@ -24,6 +24,9 @@ use crate::{RejectReason, StoreError, WriteOutcome, xor};
 mod hist;
 pub use cairn_wire::{Histogram, SeriesHistograms};
 pub use hist::{HIST_CHUNK_SAMPLES, RECORD_HISTOGRAMS};
+#[path = "metrics_stream.rs"]
+mod stream;
+pub use stream::{SeriesBuf, SeriesIter, SeriesStream};
 #[path = "metrics_st.rs"]
 mod st;
 pub use st::{SeriesStartTimestamps, st_tenant};
@@ -315,7 +318,21 @@ pub struct MetricsStore {
     /// write lock; survives flushes; rebuilt at open from block indexes and
     /// the head.
     newest: SharedNewest,
+    /// Told of every change of what queries see (see [`Self::on_change`]).
+    change_hook: std::sync::OnceLock<ChangeHook>,
 }
+
+/// What changed in a [`MetricsStore`], for caches of query answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// Samples of `tenant` with timestamps in `[min_ts, max_ts]` were
+    /// written (floats or histograms); queries see them already.
+    Written { tenant: &'a str, min_ts: i64, max_ts: i64 },
+    /// Data was deleted (retention): any answer may have changed.
+    Removed,
+}
+
+type ChangeHook = Box<dyn Fn(Change<'_>) + Send + Sync>;
 
 impl HeadData for Head {
     fn is_empty(&self) -> bool {
@@ -605,6 +622,15 @@ fn dedup_newest(mut samples: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
     out
 }
 
+/// The oldest and newest timestamps of sorted sample runs (`(MAX, MIN)`
+/// when all are empty).
+fn written_span<'a, T: 'a>(runs: impl Iterator<Item = &'a [(i64, T)]>) -> (i64, i64) {
+    runs.fold((i64::MAX, i64::MIN), |(lo, hi), r| match (r.first(), r.last()) {
+        (Some(f), Some(l)) => (lo.min(f.0), hi.max(l.0)),
+        _ => (lo, hi),
+    })
+}
+
 /// Cuts sorted, unique samples into encoded chunks of [`CHUNK_SAMPLES`].
 fn encode_chunks(samples: &[(i64, f64)]) -> Vec<EncodedChunk> {
     samples.chunks(CHUNK_SAMPLES).map(encode_one).collect()
@@ -844,7 +870,7 @@ impl MetricsStore {
         }
         let newest = std::sync::Arc::new(Mutex::new(newest));
         t.head.write().unwrap_or_else(|p| p.into_inner()).newest = Some(newest.clone());
-        Ok(MetricsStore { t, opts, newest })
+        Ok(MetricsStore { t, opts, newest, change_hook: Default::default() })
     }
 
     /// Opens the store in `dir` read-only (see
@@ -853,7 +879,12 @@ impl MetricsStore {
     /// [`StoreError::ReadOnly`].
     pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
         let t: Tiered<Head> = Tiered::open_read_only(dir, BlockKind::Metrics, RECORD_SAMPLES)?;
-        Ok(MetricsStore { t, opts: MetricsStoreOptions::default(), newest: SharedNewest::default() })
+        Ok(MetricsStore {
+            t,
+            opts: MetricsStoreOptions::default(),
+            newest: SharedNewest::default(),
+            change_hook: Default::default(),
+        })
     }
 
     /// What the WAL replay at open found.
@@ -1020,8 +1051,12 @@ impl MetricsStore {
             encode_series_batch(buf, seg, tenant, head.tenants.get(tenant), &to_write, &slots)
         })?;
         drop(newest_all);
+        let span = self.change_hook.get().map(|_| written_span(to_write.iter().map(|s| &s.samples[..])));
         apply_slots(&mut head, tenant, to_write, &slots, &prior_newest, pos.segment());
         drop(head);
+        if let Some((min_ts, max_ts)) = span {
+            self.changed(Change::Written { tenant, min_ts, max_ts });
+        }
         drop(_w);
         self.t.wal.sync_through(pos)?;
         Ok(outcome)
@@ -1038,6 +1073,27 @@ impl MetricsStore {
                 }
             }
         }
+    }
+
+    /// Calls `f` after every change of what queries see, before the change
+    /// is acknowledged: samples written (after they are readable) and data
+    /// deleted. `f` runs on the writer's thread while it holds the store's
+    /// write lock: it must be quick and must not call into the store.
+    /// Returns false (and drops `f`) when a hook is set already.
+    pub fn on_change(&self, f: impl Fn(Change<'_>) + Send + Sync + 'static) -> bool {
+        self.change_hook.set(Box::new(f)).is_ok()
+    }
+
+    fn changed(&self, c: Change<'_>) {
+        if let Some(f) = self.change_hook.get() {
+            f(c);
+        }
+    }
+
+    /// The oldest timestamp `tenant`'s queries see (its retention override
+    /// hides older data at once); `i64::MIN` without one.
+    pub fn visible_from(&self, tenant: &str) -> i64 {
+        self.t.visible_from(tenant)
     }
 
     /// True when the head holds `head_max_samples` or its oldest data is
@@ -1078,7 +1134,11 @@ impl MetricsStore {
             crate::newest::forget_before(&mut newest, |tenant| self.t.cutoff(tenant));
             self.forget_head_newest(|tenant| self.t.cutoff(tenant));
         }
-        self.t.apply_retention_policy()
+        let stats = self.t.apply_retention_policy();
+        if stats.as_ref().map_or(true, |s| s.blocks_deleted > 0 || s.blocks_rewritten > 0) {
+            self.changed(Change::Removed);
+        }
+        stats
     }
 
     /// Deletes blocks whose data is all older than `min_ts` (ms; `None`:
@@ -1093,7 +1153,11 @@ impl MetricsStore {
             crate::newest::forget_before(&mut newest, |_| Some(min_ts));
             self.forget_head_newest(|_| Some(min_ts));
         }
-        self.t.apply_retention(min_ts, max_bytes)
+        let res = self.t.apply_retention(min_ts, max_bytes);
+        if res.as_ref().map_or(true, |r| r.0 > 0) {
+            self.changed(Change::Removed);
+        }
+        res
     }
 
     /// Merges adjacent small blocks per `policy` (at most `max_runs`

@@ -361,6 +361,10 @@ impl MetricsStore {
                 crate::newest::note(&mut newest_all, tenant, &s.labels, *max);
             }
         }
+        let span = to_write
+            .iter()
+            .flat_map(|s| s.histograms.iter().map(|p| p.0))
+            .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
         let mut head = self.t.head.write().unwrap_or_else(|p| p.into_inner());
         // the series' newest (what the map holds now, noted above, is at
         // least what the series had)
@@ -380,6 +384,8 @@ impl MetricsStore {
                 }
             }
         }
+        drop(head);
+        self.changed(super::Change::Written { tenant, min_ts: span.0, max_ts: span.1 });
         Ok(outcome)
     }
 }
