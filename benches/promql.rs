@@ -11,10 +11,11 @@
 //! (Cairn is restarted so its head is flushed and its blocks compacted;
 //! Prometheus is waited for until its head compaction has cut blocks;
 //! VictoriaMetrics is flushed), then every query runs once ("first") and
-//! three more times ("warm", the median). VictoriaMetrics caches range-query
-//! results, so its warm runs are also measured with `nocache=1`. Printed:
-//! per query, ms per server, series and points answered, and Cairn's ratio
-//! to each peer.
+//! three more times ("warm", the median). VictoriaMetrics and Cairn cache
+//! range-query results (warm runs are then cache hits), so both are also
+//! measured with `nocache=1` (the evaluators' own speed). Printed: per
+//! query, ms per server, series and points answered, and the ratio of each
+//! Cairn column to each peer column.
 //!
 //! Run: `cargo bench --bench promql`. `CAIRN_BENCH_PEERS=0` skips the peers;
 //! `CAIRN_BENCH_RUNS=N` sets the warm runs (default 3). Profiling: start
@@ -168,6 +169,11 @@ fn main() {
     });
     println!("cairn: {last}");
     results.push(Run { name: "Cairn", timings: run_queries(&server.client, &server.url, start, end, runs, &[]) });
+    // Without the result cache: the evaluator's own speed.
+    results.push(Run {
+        name: "Cairn nocache=1",
+        timings: run_queries(&server.client, &server.url, start, end, runs, &[("nocache", "1")]),
+    });
     server.stop();
 
     let peers = std::env::var("CAIRN_BENCH_PEERS").map(|v| v != "0").unwrap_or(true);
@@ -226,8 +232,12 @@ fn print_table(results: &[Run]) {
     for r in results {
         print!(" {:>17}", r.name);
     }
-    for r in &results[1..] {
-        print!(" {:>22}", format!("warm cairn/{}", r.name));
+    let ours: Vec<&Run> = results.iter().filter(|r| r.name.starts_with("Cairn")).collect();
+    let peers: Vec<&Run> = results.iter().filter(|r| !r.name.starts_with("Cairn")).collect();
+    for o in &ours {
+        for r in &peers {
+            print!(" {:>22}", format!("{}/{}", o.name.replace("Cairn", "cairn"), r.name));
+        }
     }
     println!();
     for (i, (name, _)) in QUERIES.iter().enumerate() {
@@ -239,9 +249,10 @@ fn print_table(results: &[Run]) {
                 None => print!(" {:>17}", format!("{:.1} / {:.1}", t.first, t.warm)),
             }
         }
-        let c = results[0].timings[i].warm;
-        for r in &results[1..] {
-            print!(" {:>22.2}", c / r.timings[i].warm);
+        for o in &ours {
+            for r in &peers {
+                print!(" {:>22.2}", o.timings[i].warm / r.timings[i].warm);
+            }
         }
         println!();
     }
@@ -265,8 +276,10 @@ fn print_table(results: &[Run]) {
     for r in results {
         print!(" {:>17.1}", total(r));
     }
-    for r in &results[1..] {
-        print!(" {:>22.2}", total(&results[0]) / total(r));
+    for o in &ours {
+        for r in &peers {
+            print!(" {:>22.2}", total(o) / total(r));
+        }
     }
     println!();
 }

@@ -347,6 +347,14 @@ pub struct QueryConfig {
     /// evaluate before it fails with Loki's timeout error (HTTP 504), Loki's
     /// `query_timeout`; `0s` disables it.
     pub logql_timeout: ConfigDuration,
+    /// Memory for cached PromQL range-query answers (VictoriaMetrics's
+    /// rollup result cache); `0` turns the cache off. One cache for the
+    /// whole server.
+    pub result_cache_size: ByteSize,
+    /// Range-query steps newer than this before the query's time are not
+    /// cached (they may still fill in), VictoriaMetrics's
+    /// `-search.cacheTimestampOffset`.
+    pub result_cache_timestamp_offset: ConfigDuration,
 }
 
 impl Default for QueryConfig {
@@ -361,6 +369,8 @@ impl Default for QueryConfig {
             logql_max_query_length: ConfigDuration::from_secs(721 * 3600),
             logql_max_series: 500,
             logql_timeout: ConfigDuration::from_secs(60),
+            result_cache_size: ByteSize::mib(64),
+            result_cache_timestamp_offset: ConfigDuration::from_secs(300),
         }
     }
 }
@@ -455,6 +465,14 @@ impl AggregatorConfig {
                     "tenants.{id:?}.query.max_concurrency: the query concurrency limit is one pool for the whole \
                      server; set query.max_concurrency instead"
                 ));
+            }
+            for key in ["result_cache_size", "result_cache_timestamp_offset"] {
+                if t.query.contains_key(key) {
+                    return Err(format!(
+                        "tenants.{id:?}.query.{key}: the result cache is one for the whole server; set query.{key} \
+                         instead"
+                    ));
+                }
             }
             if !t.query.is_empty() {
                 let q = overlay(&self.query, &t.query, &format!("tenants.{id:?}.query"))?;

@@ -31,10 +31,10 @@
 //! `detected_level` *label* gets no `detected_level` metadata (Loki would add
 //! both, and queries would then see `detected_level_extracted`).
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
 
-use cairn_query::logql::pipeline::logfmt_pairs;
 use cairn_query::logql::{DETECTED_LEVEL, known_level, level_from_labels, normalize_level};
 use cairn_wire::{Labels, StreamEntries};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -167,7 +167,7 @@ fn otlp_level(n: &str) -> &'static str {
 fn level_of_line(fields: &[String], line: &str) -> &'static str {
     let t = line.trim();
     let field = if t.starts_with('{') && t.ends_with('}') {
-        json_level_field(fields, t)
+        json_level_field(fields, t).map(Cow::Owned)
     } else if line.contains('=') {
         logfmt_level_field(fields, line)
     } else {
@@ -177,23 +177,96 @@ fn level_of_line(fields: &[String], line: &str) -> &'static str {
 }
 
 /// The value of the logfmt field whose name matches (case-insensitively)
-/// the earliest of `fields`; the scan stops at a malformed pair.
-fn logfmt_level_field(fields: &[String], line: &str) -> Option<String> {
-    let (mut pairs, err) = logfmt_pairs(line);
-    if let Some((at, _)) = err {
-        pairs.truncate(at);
-    }
-    let mut best: Option<(usize, String)> = None;
-    for (k, v) in pairs {
-        let Some(rank) = fields.iter().position(|f| f.eq_ignore_ascii_case(&k)) else { continue };
-        if best.as_ref().is_none_or(|(r, _)| rank < *r) {
-            best = Some((rank, v.unwrap_or_default()));
+/// the earliest of `fields`; the scan stops at a malformed pair. The same
+/// grammar as `cairn_query::logql::pipeline::logfmt_pairs` (a test compares
+/// them), without building the pairs, nor an error message for a line that
+/// is not logfmt: this runs on every pushed line that holds a `=`. Only
+/// the chosen value is copied, and only when it holds an escape.
+fn logfmt_level_field<'a>(fields: &[String], line: &'a str) -> Option<Cow<'a, str>> {
+    let b = line.as_bytes();
+    let mut i = 0;
+    // (rank in `fields`, value: start and end in `line`, quoted)
+    let mut best: Option<(usize, usize, usize, bool)> = None;
+    loop {
+        while i < b.len() && b[i] <= b' ' {
+            i += 1;
+        }
+        if i >= b.len() {
+            break;
+        }
+        let ks = i;
+        while i < b.len() && b[i] > b' ' && b[i] != b'=' && b[i] != b'"' {
+            i += 1;
+        }
+        if i == ks || (i < b.len() && b[i] == b'"') {
+            break; // malformed pair: the pairs before it count
+        }
+        let key = &line[ks..i];
+        let (vs, ve, quoted) = if i >= b.len() || b[i] != b'=' {
+            (i, i, false) // a bare key: its value is empty
+        } else {
+            i += 1;
+            if i < b.len() && b[i] == b'"' {
+                let vs = i;
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return best.and_then(|v| logfmt_value(line, v)),
+                        Some(b'"') => break,
+                        // an escape takes the next character whole; its
+                        // first byte is never a continuation byte
+                        Some(b'\\') => i += 2,
+                        Some(_) => i += 1,
+                    }
+                }
+                i += 1;
+                (vs, i, true)
+            } else {
+                let vs = i;
+                while i < b.len() && b[i] > b' ' && b[i] != b'"' && b[i] != b'=' {
+                    i += 1;
+                }
+                if i < b.len() && (b[i] == b'"' || b[i] == b'=') {
+                    break;
+                }
+                (vs, i, false)
+            }
+        };
+        let Some(rank) = fields.iter().position(|f| f.eq_ignore_ascii_case(key)) else { continue };
+        if best.is_none_or(|(r, ..)| rank < r) {
+            best = Some((rank, vs, ve, quoted));
             if rank == 0 {
                 break;
             }
         }
     }
-    best.map(|(_, v)| v)
+    best.and_then(|v| logfmt_value(line, v))
+}
+
+/// The value [`logfmt_level_field`] chose, unquoted as `logfmt_pairs`
+/// does (`\n`, `\t`, `\r`, else the escaped character itself).
+fn logfmt_value(line: &str, (_, vs, ve, quoted): (usize, usize, usize, bool)) -> Option<Cow<'_, str>> {
+    if !quoted {
+        return Some(Cow::Borrowed(&line[vs..ve]));
+    }
+    let inner = &line[vs + 1..ve - 1];
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    let mut v = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next()? {
+                'n' => v.push('\n'),
+                't' => v.push('\t'),
+                'r' => v.push('\r'),
+                e => v.push(e),
+            },
+            c => v.push(c),
+        }
+    }
+    Some(Cow::Owned(v))
 }
 
 /// Loki's last resort: the first of these words (in this order) whose first
@@ -410,6 +483,41 @@ mod tests {
         proptest!(ProptestConfig::with_cases(4000), |(parts in prop::collection::vec(piece, 0..12))| {
             let line = parts.concat();
             prop_assert_eq!(super::level_from_words(&line), reference(&line), "{}", line);
+        });
+    }
+
+    /// The logfmt level scan (no pairs built) agrees with choosing from
+    /// the pairs of `logfmt_pairs`, as it did before, on lines of keys,
+    /// values, quotes, escapes and separators.
+    #[test]
+    fn logfmt_level_scan_agrees_with_pairs() {
+        use proptest::prelude::*;
+        fn reference(fields: &[String], line: &str) -> Option<String> {
+            let (mut pairs, err) = cairn_query::logql::pipeline::logfmt_pairs(line);
+            if let Some((at, _)) = err {
+                pairs.truncate(at);
+            }
+            let mut best: Option<(usize, String)> = None;
+            for (k, v) in pairs {
+                let Some(rank) = fields.iter().position(|f| f.eq_ignore_ascii_case(&k)) else { continue };
+                if best.as_ref().is_none_or(|(r, _)| rank < *r) {
+                    best = Some((rank, v.unwrap_or_default()));
+                    if rank == 0 {
+                        break;
+                    }
+                }
+            }
+            best.map(|(_, v)| v)
+        }
+        let fields: Vec<String> = super::DEFAULT_LEVEL_FIELDS.iter().map(|s| s.to_string()).collect();
+        let piece = prop::sample::select(vec![
+            "level", "LEVEL", "lvl", "Severity", "msg", "a", "=", "\"", "\\", "\\\"", "\\n", " ", "\t", "info",
+            "warn x", "é", "ü=", "-", "[", "1",
+        ]);
+        proptest!(ProptestConfig::with_cases(4000), |(parts in prop::collection::vec(piece, 0..14))| {
+            let line = parts.concat();
+            let got = super::logfmt_level_field(&fields, &line).map(|c| c.into_owned());
+            prop_assert_eq!(got, reference(&fields, &line), "{:?}", line);
         });
     }
 

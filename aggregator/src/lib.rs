@@ -188,6 +188,9 @@ pub struct Aggregator {
     pub started_at: std::time::SystemTime,
     /// Slots for concurrent PromQL evaluations (`query.max_concurrency`).
     pub query_slots: Arc<tokio::sync::Semaphore>,
+    /// Cached PromQL range-query answers (`query.result_cache_size`); the
+    /// metrics store tells it of every write.
+    pub query_cache: Arc<cairn_query::promql::cache::ResultCache>,
     /// The ingest pipeline (`[[pipeline]]`).
     pub pipeline: pipeline::Pipeline,
     /// Rate and cardinality state of the per-tenant limits.
@@ -259,6 +262,14 @@ impl Aggregator {
             }
         }
         let query_slots = Arc::new(tokio::sync::Semaphore::new(config.query.max_concurrency.max(1)));
+        let query_cache = Arc::new(cairn_query::promql::cache::ResultCache::new(
+            usize::try_from(config.query.result_cache_size.0).unwrap_or(usize::MAX),
+            i64::try_from(config.query.result_cache_timestamp_offset.0.as_millis()).unwrap_or(i64::MAX),
+        ));
+        if query_cache.enabled() {
+            let c = query_cache.clone();
+            metrics.on_change(move |change| c.changed(change));
+        }
         Ok(Arc::new(Aggregator {
             metrics,
             logs,
@@ -270,6 +281,7 @@ impl Aggregator {
             series_labels: std::sync::Mutex::new(cairn_wire::intern::LabelsInterner::new(INTERNED_SERIES_MAX)),
             started_at: std::time::SystemTime::now(),
             query_slots,
+            query_cache,
             pipeline,
             limiter: limits::Limiter::default(),
             tenant_limits,
@@ -829,6 +841,18 @@ impl Aggregator {
         }
         m.head_bytes.get_or_create(&vec![("engine", "logs".into())]).set(self.logs.head_bytes() as i64);
         m.head_bytes.get_or_create(&vec![("engine", "metrics".into())]).set(16 * self.metrics.head_samples() as i64);
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = self.query_cache.stats();
+        for (result, n) in
+            [("hit", c.hits), ("partial_hit", c.partial_hits), ("miss", c.misses), ("bypass", c.bypassed)]
+        {
+            // The cache counts; the counters show its counts.
+            m.query_cache_requests.get_or_create(&vec![("result", result.into())]).inner().store(n, Relaxed);
+        }
+        m.query_cache_invalidations.inner().store(c.invalidations, Relaxed);
+        m.query_cache_evictions.inner().store(c.evictions, Relaxed);
+        m.query_cache_entries.set(c.entries as i64);
+        m.query_cache_bytes.set(c.bytes as i64);
         m.active.clear();
         for (tenant, streams, series) in self.limiter.active_counts() {
             for (engine, n) in [("logs", streams), ("metrics", series)] {

@@ -81,6 +81,15 @@ pub struct SelfMetrics {
     /// Requests refused by `[auth]`, by reason (`missing`, `invalid`,
     /// `forbidden`).
     pub auth_denied: Family<L, Counter>,
+    /// PromQL range queries by how they used the result cache.
+    pub query_cache_requests: Family<L, Counter>,
+    /// Result-cache entries dropped by writes into their range or deletions.
+    pub query_cache_invalidations: Counter,
+    /// Result-cache entries dropped for space.
+    pub query_cache_evictions: Counter,
+    /// Result-cache entries and their bytes.
+    pub query_cache_entries: Gauge,
+    pub query_cache_bytes: Gauge,
 }
 
 impl Default for SelfMetrics {
@@ -122,6 +131,11 @@ impl SelfMetrics {
             pipeline_label_limit_hits: Family::default(),
             pipeline_metric_samples: Counter::default(),
             auth_denied: Family::default(),
+            query_cache_requests: Family::default(),
+            query_cache_invalidations: Counter::default(),
+            query_cache_evictions: Counter::default(),
+            query_cache_entries: Gauge::default(),
+            query_cache_bytes: Gauge::default(),
             lines_truncated: Counter::default(),
             active: Family::default(),
             registry: Registry::default(),
@@ -230,6 +244,33 @@ impl SelfMetrics {
             "cairn_pipeline_metric_samples",
             "Samples written to the metrics store by pipeline metrics stages",
             m.pipeline_metric_samples.clone(),
+        );
+        registry.register(
+            "cairn_query_result_cache_requests",
+            "PromQL range queries by how they used the result cache (query.result_cache_size): hit (all steps \
+             cached), partial_hit (older steps cached, newer evaluated), miss, bypass (nocache=1, cache off, or \
+             a query that is never cached)",
+            m.query_cache_requests.clone(),
+        );
+        registry.register(
+            "cairn_query_result_cache_invalidations",
+            "Result-cache entries dropped because data was written into or deleted from the range they read",
+            m.query_cache_invalidations.clone(),
+        );
+        registry.register(
+            "cairn_query_result_cache_evictions",
+            "Result-cache entries dropped to stay within query.result_cache_size",
+            m.query_cache_evictions.clone(),
+        );
+        registry.register(
+            "cairn_query_result_cache_entries",
+            "Result-cache entries held",
+            m.query_cache_entries.clone(),
+        );
+        registry.register(
+            "cairn_query_result_cache_bytes",
+            "Estimated memory of the result-cache entries",
+            m.query_cache_bytes.clone(),
         );
         SelfMetrics { registry, ..m }
     }

@@ -115,6 +115,28 @@ impl Server {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
+    /// SIGTERM (flushes heads to blocks) and wait; returns the server's
+    /// CPU seconds over its whole life, shutdown flush included (read
+    /// from `/proc` once it has exited and before it is reaped; `None` for
+    /// an external server).
+    pub fn stop_cpu(mut self) -> Option<f64> {
+        let child = self.child.as_mut()?;
+        let pid = child.id();
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let mut cpu = None;
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_none_or(|s| s == "Z") {
+                cpu = Some(proc_usage(pid).0).filter(|c| *c > 0.0).or(cpu);
+                break;
+            }
+            cpu = Some(proc_usage(pid).0);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.wait();
+        cpu
+    }
+
     /// SIGTERM (flushes heads to blocks) and wait.
     pub fn stop(mut self) {
         if let Some(child) = self.child.as_mut() {

@@ -93,6 +93,16 @@ fn new_store() -> Result<Store, String> {
     Ok(Store { _dir: dir, store })
 }
 
+/// Notes what a load's write refused or failed on (it explains later
+/// failures).
+fn note_write(notes: &mut Vec<String>, line: usize, r: Result<cairn_store::WriteOutcome, cairn_store::StoreError>) {
+    match r {
+        Ok(o) if o.rejected.is_empty() => {}
+        Ok(o) => notes.push(format!("line {line}: store rejected {:?}", o.rejected.first())),
+        Err(e) => notes.push(format!("line {line}: store error {e}")),
+    }
+}
+
 /// Outcome of one case: `Ok` or the reason it failed.
 type CaseResult = Result<(), String>;
 
@@ -116,11 +126,7 @@ fn run_file(path: &Path) -> Result<Vec<(usize, CaseResult)>, String> {
                     .map(|(labels, pairs)| cairn_store::metrics::SeriesStartTimestamps { labels, pairs })
                     .collect();
                 if !st_batch.is_empty() {
-                    match store.store.append_start_timestamps(TENANT, st_batch) {
-                        Ok(o) if o.rejected.is_empty() => {}
-                        Ok(o) => load_notes.push(format!("line {line}: store rejected {:?}", o.rejected.first())),
-                        Err(e) => load_notes.push(format!("line {line}: store error {e}")),
-                    }
+                    note_write(&mut load_notes, line, store.store.append_start_timestamps(TENANT, st_batch));
                 }
                 // A series listed twice in one load: the later value at a
                 // timestamp wins, as in Prometheus's test storage.
@@ -132,11 +138,7 @@ fn run_file(path: &Path) -> Result<Vec<(usize, CaseResult)>, String> {
                     .into_iter()
                     .map(|(labels, samples)| SeriesSamples { labels, samples: samples.into_iter().collect() })
                     .collect();
-                match store.store.append(TENANT, batch) {
-                    Ok(o) if o.rejected.is_empty() => {}
-                    Ok(o) => load_notes.push(format!("line {line}: store rejected {:?}", o.rejected.first())),
-                    Err(e) => load_notes.push(format!("line {line}: store error {e}")),
-                }
+                note_write(&mut load_notes, line, store.store.append(TENANT, batch));
                 let mut hmerged: BTreeMap<Labels, BTreeMap<i64, cairn_wire::Histogram>> = BTreeMap::new();
                 for (labels, samples) in hists {
                     hmerged.entry(labels).or_default().extend(samples);
@@ -146,11 +148,7 @@ fn run_file(path: &Path) -> Result<Vec<(usize, CaseResult)>, String> {
                     .map(|(labels, h)| cairn_wire::SeriesHistograms { labels, histograms: h.into_iter().collect() })
                     .collect();
                 if !hbatch.is_empty() {
-                    match store.store.append_histograms(TENANT, hbatch) {
-                        Ok(o) if o.rejected.is_empty() => {}
-                        Ok(o) => load_notes.push(format!("line {line}: store rejected {:?}", o.rejected.first())),
-                        Err(e) => load_notes.push(format!("line {line}: store error {e}")),
-                    }
+                    note_write(&mut load_notes, line, store.store.append_histograms(TENANT, hbatch));
                 }
             }
             Ok(Command::Eval(e)) => {

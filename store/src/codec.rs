@@ -61,7 +61,7 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
-    fn err(&self, reason: &'static str) -> DecodeError {
+    pub(crate) fn err(&self, reason: &'static str) -> DecodeError {
         DecodeError { offset: self.pos, reason }
     }
 

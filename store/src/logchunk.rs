@@ -51,6 +51,8 @@ pub(crate) struct Encoder {
     scratch: Vec<u8>,
     /// Write version 3 (framed) chunks, at this zstd level.
     framed: Option<i32>,
+    /// Compress with [`COMPACT_PARAMS`] instead of the level (compaction).
+    compact_params: bool,
     /// Bytes of lines (at least) of the first frame and of the others.
     frame_bytes: (usize, usize),
     lens: Vec<usize>,
@@ -64,7 +66,26 @@ fn zstd_err(e: std::io::Error) -> DecodeError {
     DecodeError { offset: 0, reason: "zstd failed" }
 }
 
+/// zstd parameters of the chunks compaction rewrites: level 9's lazy2
+/// match finder with a minimum match of 6 bytes instead of 5 and smaller
+/// tables. On the PEERS.md lines (1 MiB chunks) this compresses slightly
+/// better than level 9 (0.1391 vs 0.1403 of raw) for about four fifths of
+/// its CPU (`store/tests/zstd_params.rs`; `docs/format/logs.md`, "Choices
+/// and measurements"). Readers do not depend on it: any zstd frame decodes.
+const COMPACT_PARAMS: [zstd::zstd_safe::CParameter; 6] = {
+    use zstd::zstd_safe::{CParameter as P, Strategy};
+    [
+        P::Strategy(Strategy::ZSTD_lazy2),
+        P::HashLog(19),
+        P::ChainLog(18),
+        P::SearchLog(3),
+        P::MinMatch(6),
+        P::TargetLength(16),
+    ]
+};
+
 impl Encoder {
+    /// An encoder compressing at zstd `level`.
     pub fn new(level: i32) -> std::io::Result<Encoder> {
         Ok(Encoder {
             cctx: zstd::bulk::Compressor::new(level)?,
@@ -72,6 +93,7 @@ impl Encoder {
             body: Vec::new(),
             scratch: Vec::new(),
             framed: None,
+            compact_params: false,
             frame_bytes: (FIRST_FRAME_BYTES, FRAME_BYTES),
             lens: Vec::new(),
             frame_filter: trigram::Builder::default(),
@@ -80,7 +102,21 @@ impl Encoder {
         })
     }
 
-    /// An encoder of version 3 (framed) chunks.
+    /// The encoder compaction uses: version 3 (framed) chunks compressed
+    /// with [`COMPACT_PARAMS`] (the dictionary frames too).
+    pub fn for_compaction() -> std::io::Result<Encoder> {
+        let mut e = Encoder::new(0)?;
+        for p in COMPACT_PARAMS {
+            e.cctx.set_parameter(p)?;
+        }
+        e.framed = Some(0);
+        e.compact_params = true;
+        Ok(e)
+    }
+
+    /// An encoder of version 3 (framed) chunks at zstd `level` (tests;
+    /// compaction uses [`Encoder::for_compaction`]).
+    #[cfg(test)]
     pub fn framed(level: i32) -> std::io::Result<Encoder> {
         let mut e = Encoder::new(level)?;
         e.framed = Some(level);
@@ -181,14 +217,30 @@ impl Encoder {
         }
         let lines_len: usize = cuts.iter().map(|c| c.1).sum();
         let dict_len = cuts[0].1;
-        let dict = (cuts.len() > 1 || meta).then(|| zstd::zstd_safe::CDict::create(&self.body[..dict_len], level));
+        // The later frames are compressed with the first frame's lines as a
+        // prefix (a raw-content dictionary: readers decode them with those
+        // bytes as dictionary), on a context with this encoder's parameters.
+        let dict = &self.body[..dict_len];
+        let mut dctx = zstd::zstd_safe::CCtx::create();
+        let set = |c: &mut zstd::zstd_safe::CCtx<'_>, p| c.set_parameter(p).map_err(zstd_code_err).map(drop);
+        if self.compact_params {
+            for p in COMPACT_PARAMS {
+                set(&mut dctx, p)?;
+            }
+        } else {
+            set(&mut dctx, zstd::zstd_safe::CParameter::CompressionLevel(level))?;
+        }
         self.frames.clear();
         self.table.clear();
         put_uvarint(&mut self.table, cuts.len() as u64);
         let mut pos = 0;
         for (k, &(n, raw)) in cuts.iter().enumerate() {
             let part = &self.body[pos..pos + raw];
-            let z = compress_frame(&mut self.cctx, part, if k == 0 { None } else { dict.as_ref() })?;
+            let z = if k == 0 {
+                compress_frame(&mut self.cctx, part)?
+            } else {
+                compress_with_prefix(&mut dctx, dict, part)?
+            };
             put_uvarint(&mut self.table, n as u64);
             put_uvarint(&mut self.table, raw as u64);
             put_uvarint(&mut self.table, z.len() as u64);
@@ -210,7 +262,7 @@ impl Encoder {
         }
         if meta {
             let part = &self.body[lines_len..];
-            let z = compress_frame(&mut self.cctx, part, dict.as_ref())?;
+            let z = compress_with_prefix(&mut dctx, dict, part)?;
             put_uvarint(&mut self.table, part.len() as u64);
             put_uvarint(&mut self.table, z.len() as u64);
             self.table.extend_from_slice(&crc32c::crc32c(&z).to_le_bytes());
@@ -240,23 +292,27 @@ impl Encoder {
 
 /// One zstd frame of `part`, with `dict` (a prepared raw-content
 /// dictionary) when given.
-fn compress_frame(
-    cctx: &mut zstd::bulk::Compressor<'static>,
+fn compress_frame(cctx: &mut zstd::bulk::Compressor<'static>, part: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut z = Vec::with_capacity(zstd::zstd_safe::compress_bound(part.len()));
+    cctx.compress_to_buffer(part, &mut z)?;
+    Ok(z)
+}
+
+/// Compresses `part` with `prefix` as its (single-use, content-only)
+/// dictionary, with `cctx`'s parameters.
+fn compress_with_prefix<'a>(
+    cctx: &mut zstd::zstd_safe::CCtx<'a>,
+    prefix: &'a [u8],
     part: &[u8],
-    dict: Option<&zstd::zstd_safe::CDict<'_>>,
 ) -> std::io::Result<Vec<u8>> {
     let mut z = Vec::with_capacity(zstd::zstd_safe::compress_bound(part.len()));
-    match dict {
-        None => {
-            cctx.compress_to_buffer(part, &mut z)?;
-        }
-        Some(d) => {
-            cctx.context_mut()
-                .compress_using_cdict(&mut z, part, d)
-                .map_err(|c| std::io::Error::other(zstd::zstd_safe::get_error_name(c)))?;
-        }
-    }
+    cctx.ref_prefix(prefix).map_err(zstd_code_err)?;
+    cctx.compress2(&mut z, part).map_err(zstd_code_err)?;
     Ok(z)
+}
+
+fn zstd_code_err(c: usize) -> std::io::Error {
+    std::io::Error::other(zstd::zstd_safe::get_error_name(c))
 }
 
 /// Where one entry's parts are in [`Decoded::body`].

@@ -24,12 +24,20 @@ use crate::{RejectReason, StoreError, WriteOutcome, xor};
 mod hist;
 pub use cairn_wire::{Histogram, SeriesHistograms};
 pub use hist::{HIST_CHUNK_SAMPLES, RECORD_HISTOGRAMS};
+#[path = "metrics_stream.rs"]
+mod stream;
+pub use stream::{SeriesBuf, SeriesIter, SeriesStream};
 #[path = "metrics_st.rs"]
 mod st;
 pub use st::{SeriesStartTimestamps, st_tenant};
 
-/// WAL record type of a metrics write batch.
+/// WAL record type of a metrics write batch with each series' labels
+/// (written before type 4; still replayed).
 pub const RECORD_SAMPLES: u8 = 1;
+
+/// WAL record type of a metrics write batch that names series by a
+/// reference declared (with the labels) once per WAL segment.
+pub const RECORD_SERIES_SAMPLES: u8 = 4;
 
 /// A full chunk of a series in the head, already encoded as it will be in a
 /// block (`xor::encode_chunk`), so the head holds ~1 byte per sample
@@ -52,11 +60,25 @@ struct Series {
     samples: Vec<(i64, f64)>,
     /// Native-histogram samples, if the series ever had one.
     hist: Option<Box<hist::HistPart>>,
+    /// The WAL segment whose type-4 records may name this series by its
+    /// reference (its index in the tenant's head): the series' labels were
+    /// declared in it. 0: none yet.
+    declared_in: u64,
+    /// The series' newest timestamp anywhere (blocks, flushing head, this
+    /// head; [`NO_NEWEST`]: none known), the reference of the out-of-order
+    /// window. Kept here while the series is in the head, so ingest reads
+    /// and raises it without probing [`MetricsStore::newest`] (which holds
+    /// it for series not in the head and gets it back when the head is
+    /// frozen for a flush).
+    newest: i64,
 }
+
+/// [`Series::newest`] of a series with no known newest sample.
+const NO_NEWEST: i64 = i64::MIN;
 
 impl Series {
     fn new(labels: Labels) -> Series {
-        Series { labels, sealed: Vec::new(), samples: Vec::new(), hist: None }
+        Series { labels, sealed: Vec::new(), samples: Vec::new(), hist: None, declared_in: 0, newest: NO_NEWEST }
     }
 
     /// Newest timestamp held.
@@ -222,6 +244,9 @@ impl HeadChunk {
 struct TenantHead {
     series: Vec<Series>,
     by_labels: crate::LabelMap<usize>,
+    /// Replay only: series reference of the type-4 records read so far →
+    /// index in `series`.
+    replay_refs: HashMap<u64, usize>,
 }
 
 /// In-memory samples not yet in a block.
@@ -230,7 +255,14 @@ struct Head {
     tenants: HashMap<String, TenantHead>,
     samples: u64,
     since: Option<Instant>,
+    /// The store's [`MetricsStore::newest`] (set at open, handed on to the
+    /// next head when this one is frozen), which takes the head series'
+    /// [`Series::newest`] when this head is frozen.
+    newest: Option<SharedNewest>,
 }
+
+/// [`MetricsStore::newest`].
+type SharedNewest = std::sync::Arc<Mutex<crate::newest::NewestMap>>;
 
 /// Samples per chunk in a block (one hour at a 15 s scrape interval).
 pub const CHUNK_SAMPLES: usize = 240;
@@ -280,10 +312,27 @@ pub struct MetricsStore {
     t: Tiered<Head>,
     opts: MetricsStoreOptions,
     /// Newest timestamp of every series (head and blocks), per tenant: the
-    /// reference point of the out-of-order window. Written under the write
-    /// lock; survives flushes; rebuilt at open from block indexes and the head.
-    newest: Mutex<crate::newest::NewestMap>,
+    /// reference point of the out-of-order window. For a series in the head,
+    /// [`Series::newest`] is the current value (this one may be older: it
+    /// is brought up to date when the head is frozen). Written under the
+    /// write lock; survives flushes; rebuilt at open from block indexes and
+    /// the head.
+    newest: SharedNewest,
+    /// Told of every change of what queries see (see [`Self::on_change`]).
+    change_hook: std::sync::OnceLock<ChangeHook>,
 }
+
+/// What changed in a [`MetricsStore`], for caches of query answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// Samples of `tenant` with timestamps in `[min_ts, max_ts]` were
+    /// written (floats or histograms); queries see them already.
+    Written { tenant: &'a str, min_ts: i64, max_ts: i64 },
+    /// Data was deleted (retention): any answer may have changed.
+    Removed,
+}
+
+type ChangeHook = Box<dyn Fn(Change<'_>) + Send + Sync>;
 
 impl HeadData for Head {
     fn is_empty(&self) -> bool {
@@ -297,6 +346,9 @@ impl HeadData for Head {
     }
 
     fn replay_other(&mut self, typ: u8, payload: &[u8]) -> Option<Result<(), crate::codec::DecodeError>> {
+        if typ == RECORD_SERIES_SAMPLES {
+            return Some(replay_series_samples(self, payload));
+        }
         (typ == RECORD_HISTOGRAMS).then(|| {
             let (tenant, batch) = hist::decode_hist_batch(payload)?;
             hist::apply_hist(self, &tenant, batch);
@@ -374,7 +426,35 @@ impl HeadData for Head {
                 })
                 .collect();
             hist::apply_hist(self, tenant, hbatch);
+            // series the merge added to this head: their newest from the
+            // map (which the frozen head's went into)
+            if let (Some(shared), Some(cur)) = (&self.newest, self.tenants.get_mut(tenant)) {
+                let map = shared.lock().unwrap_or_else(|p| p.into_inner());
+                let per = map.get(tenant.as_str());
+                for s in &th.series {
+                    if let Some(&i) = cur.by_labels.get(&s.labels) {
+                        let known = per.and_then(|m| m.get(&s.labels)).copied().unwrap_or(NO_NEWEST);
+                        let c = &mut cur.series[i];
+                        c.newest = c.newest.max(known).max(s.newest);
+                    }
+                }
+            }
         }
+    }
+
+    fn freeze(&mut self) -> Self {
+        let shared = self.newest.clone();
+        let frozen = std::mem::take(self);
+        self.newest = shared;
+        if let Some(shared) = &self.newest {
+            let mut map = shared.lock().unwrap_or_else(|p| p.into_inner());
+            for (tenant, th) in &frozen.tenants {
+                for s in th.series.iter().filter(|s| s.newest != NO_NEWEST) {
+                    crate::newest::note(&mut map, tenant, &s.labels, s.newest);
+                }
+            }
+        }
+        frozen
     }
 
     fn count(&self) -> u64 {
@@ -542,6 +622,15 @@ fn dedup_newest(mut samples: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
     out
 }
 
+/// The oldest and newest timestamps of sorted sample runs (`(MAX, MIN)`
+/// when all are empty).
+fn written_span<'a, T: 'a>(runs: impl Iterator<Item = &'a [(i64, T)]>) -> (i64, i64) {
+    runs.fold((i64::MAX, i64::MIN), |(lo, hi), r| match (r.first(), r.last()) {
+        (Some(f), Some(l)) => (lo.min(f.0), hi.max(l.0)),
+        _ => (lo, hi),
+    })
+}
+
 /// Cuts sorted, unique samples into encoded chunks of [`CHUNK_SAMPLES`].
 fn encode_chunks(samples: &[(i64, f64)]) -> Vec<EncodedChunk> {
     samples.chunks(CHUNK_SAMPLES).map(encode_one).collect()
@@ -562,6 +651,9 @@ fn encode_one(c: &[(i64, f64)]) -> EncodedChunk {
     }
 }
 
+/// Encodes a type-1 record (written by builds before type 4; replay still
+/// reads it).
+#[cfg(test)]
 fn encode_batch(buf: &mut Vec<u8>, tenant: &str, batch: &[SeriesSamples]) {
     put_bytes(buf, tenant.as_bytes());
     put_uvarint(buf, batch.len() as u64);
@@ -592,6 +684,132 @@ fn decode_batch(payload: &[u8]) -> Result<(String, Vec<SeriesSamples>), crate::c
         out.push(SeriesSamples { labels, samples });
     }
     Ok((tenant, out))
+}
+
+/// Encodes a type-4 record (`docs/format/wal.md`) of `batch` for WAL
+/// segment `seg`: `slots[i]` is the head index of `batch[i]`'s series, or
+/// `None` for a series not in the head yet, which [`apply_slots`] will add
+/// in batch order after the `existing` ones. Series not declared in `seg`
+/// yet are declared first.
+fn encode_series_batch(
+    buf: &mut Vec<u8>,
+    seg: u64,
+    tenant: &str,
+    th: Option<&TenantHead>,
+    batch: &[SeriesSamples],
+    slots: &[Option<usize>],
+) {
+    let existing = th.map_or(0, |t| t.series.len());
+    let refs = slots.iter().scan(existing, |next, slot| {
+        Some(match *slot {
+            Some(i) => (i, th.is_some_and(|t| t.series[i].declared_in == seg)),
+            None => {
+                *next += 1;
+                (*next - 1, false)
+            }
+        })
+    });
+    put_bytes(buf, tenant.as_bytes());
+    put_uvarint(buf, 0); // flags
+    let undeclared = refs.clone().filter(|r| !r.1).count();
+    put_uvarint(buf, undeclared as u64);
+    for (s, (r, _)) in batch.iter().zip(refs.clone()).filter(|(_, r)| !r.1) {
+        put_uvarint(buf, r as u64);
+        put_labels(buf, &s.labels);
+    }
+    put_uvarint(buf, batch.len() as u64);
+    for (s, (r, _)) in batch.iter().zip(refs) {
+        put_uvarint(buf, r as u64);
+        put_uvarint(buf, s.samples.len() as u64);
+        let mut prev = 0i64;
+        for &(t, v) in &s.samples {
+            put_varint(buf, t.wrapping_sub(prev));
+            prev = t;
+            buf.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+    }
+}
+
+/// Applies a type-4 record at replay.
+fn replay_series_samples(head: &mut Head, payload: &[u8]) -> Result<(), crate::codec::DecodeError> {
+    let mut r = Reader::new(payload);
+    let tenant = r.str()?;
+    let flags = r.uvarint()?;
+    if flags != 0 {
+        return Err(r.err("unknown flags in a series samples record"));
+    }
+    if head.since.is_none() {
+        head.since = Some(Instant::now());
+    }
+    let th = match head.tenants.get_mut(tenant) {
+        Some(th) => th,
+        None => head.tenants.entry(tenant.to_string()).or_default(),
+    };
+    for _ in 0..r.count(2)? {
+        let re = r.uvarint()?;
+        let labels = r.labels()?;
+        let idx = hist::series_index(th, labels);
+        th.replay_refs.insert(re, idx);
+    }
+    let mut added = 0u64;
+    for _ in 0..r.count(2)? {
+        let re = r.uvarint()?;
+        let Some(&idx) = th.replay_refs.get(&re) else {
+            return Err(r.err("series reference not declared in this WAL segment"));
+        };
+        let series = &mut th.series[idx];
+        let mut t = 0i64;
+        for _ in 0..r.count(9)? {
+            t = t.wrapping_add(r.varint()?);
+            let v = f64::from_bits(r.u64_le()?);
+            added += u64::from(series.insert(t, v));
+        }
+    }
+    head.samples += added;
+    Ok(())
+}
+
+/// Applies a batch written as a type-4 record to WAL segment `seg`
+/// (`slots` as for [`encode_series_batch`]; `prior_newest`: each series'
+/// newest timestamp known before this batch, [`NO_NEWEST`] if none).
+fn apply_slots(
+    head: &mut Head,
+    tenant: &str,
+    batch: Vec<SeriesSamples>,
+    slots: &[Option<usize>],
+    prior_newest: &[i64],
+    seg: u64,
+) {
+    if head.since.is_none() {
+        head.since = Some(Instant::now());
+    }
+    let th = match head.tenants.get_mut(tenant) {
+        Some(th) => th,
+        None => head.tenants.entry(tenant.to_string()).or_default(),
+    };
+    let mut added = 0u64;
+    for ((s, slot), &prior) in batch.into_iter().zip(slots).zip(prior_newest) {
+        let idx = match *slot {
+            Some(i) => i,
+            None => {
+                let i = th.series.len();
+                th.by_labels.insert(s.labels.clone(), i);
+                let mut series = Series::new(s.labels);
+                series.newest = prior;
+                th.series.push(series);
+                i
+            }
+        };
+        let series = &mut th.series[idx];
+        series.declared_in = seg;
+        if let Some(&(max, _)) = s.samples.last() {
+            series.newest = series.newest.max(max);
+        }
+        for (t, v) in s.samples {
+            added += u64::from(series.insert(t, v));
+        }
+    }
+    head.samples += added;
 }
 
 fn apply(head: &mut Head, tenant: &str, batch: Vec<SeriesSamples>) {
@@ -641,7 +859,18 @@ impl MetricsStore {
                 }
             }
         }
-        Ok(MetricsStore { t, opts, newest: Mutex::new(newest) })
+        {
+            let mut head = t.head.write().unwrap_or_else(|p| p.into_inner());
+            for (tenant, th) in head.tenants.iter_mut() {
+                let per = newest.get(tenant.as_str());
+                for s in th.series.iter_mut() {
+                    s.newest = per.and_then(|m| m.get(&s.labels)).copied().unwrap_or(NO_NEWEST);
+                }
+            }
+        }
+        let newest = std::sync::Arc::new(Mutex::new(newest));
+        t.head.write().unwrap_or_else(|p| p.into_inner()).newest = Some(newest.clone());
+        Ok(MetricsStore { t, opts, newest, change_hook: Default::default() })
     }
 
     /// Opens the store in `dir` read-only (see
@@ -650,7 +879,12 @@ impl MetricsStore {
     /// [`StoreError::ReadOnly`].
     pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
         let t: Tiered<Head> = Tiered::open_read_only(dir, BlockKind::Metrics, RECORD_SAMPLES)?;
-        Ok(MetricsStore { t, opts: MetricsStoreOptions::default(), newest: Default::default() })
+        Ok(MetricsStore {
+            t,
+            opts: MetricsStoreOptions::default(),
+            newest: SharedNewest::default(),
+            change_hook: Default::default(),
+        })
     }
 
     /// What the WAL replay at open found.
@@ -672,41 +906,63 @@ impl MetricsStore {
         self.t.wait_for_flush_while(|| self.head_samples() >= limit, crate::logs::BACKPRESSURE_MAX_WAIT);
         let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut outcome = WriteOutcome::default();
-        // Merge series that appear more than once in the batch (samples are
-        // moved, not copied: this is the ingest hot path).
-        let mut index: crate::LabelMap<usize> =
-            crate::LabelMap::with_capacity_and_hasher(batch.len(), Default::default());
-        let mut to_write: Vec<SeriesSamples> = Vec::with_capacity(batch.len());
-        for mut s in batch {
-            if s.labels.get(cairn_wire::METRIC_NAME).is_none() {
-                outcome.rejected.extend(
-                    s.samples
-                        .iter()
-                        .map(|_| (RejectReason::MissingMetricName, format!("series {} has no metric name", s.labels))),
-                );
-                continue;
-            }
-            match index.get(&s.labels) {
-                Some(&i) => to_write[i].samples.append(&mut s.samples),
-                None => {
-                    index.insert(s.labels.clone(), to_write.len());
-                    to_write.push(s);
-                }
-            }
-        }
-        drop(index);
         let window = i64::try_from(self.opts.out_of_order_window.as_millis()).unwrap_or(i64::MAX);
-        let mut newest_all = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        let newest_all = self.newest.lock().unwrap_or_else(|p| p.into_inner());
         let newest = newest_all.get(tenant);
+        // Each series of the batch once (the samples of a repeat are moved
+        // to its first entry), with its index in the head if it is there
+        // (looked up once: the WAL record and the head update use it).
+        let mut to_write: Vec<SeriesSamples> = Vec::with_capacity(batch.len());
+        let mut slots: Vec<Option<usize>> = Vec::with_capacity(batch.len());
+        // each entry's newest known timestamp before this batch
+        let mut prior_newest: Vec<i64> = Vec::with_capacity(batch.len());
         {
             let head = self.t.head.read().unwrap_or_else(|p| p.into_inner());
             let th = head.tenants.get(tenant);
-            for SeriesSamples { labels, samples } in to_write.iter_mut() {
+            let mut seen: HashMap<usize, usize, foldhash::fast::RandomState> =
+                HashMap::with_capacity_and_hasher(batch.len(), Default::default());
+            let mut seen_new: crate::LabelMap<usize> = Default::default();
+            for mut s in batch {
+                let slot = th.and_then(|t| t.by_labels.get(&s.labels).copied());
+                let first = match slot {
+                    Some(i) => *seen.entry(i).or_insert(to_write.len()),
+                    None => {
+                        // (every series in the head has a name)
+                        if s.labels.get(cairn_wire::METRIC_NAME).is_none() {
+                            outcome.rejected.extend(s.samples.iter().map(|_| {
+                                (RejectReason::MissingMetricName, format!("series {} has no metric name", s.labels))
+                            }));
+                            continue;
+                        }
+                        match seen_new.get(&s.labels) {
+                            Some(&k) => k,
+                            None => {
+                                seen_new.insert(s.labels.clone(), to_write.len());
+                                to_write.len()
+                            }
+                        }
+                    }
+                };
+                if first < to_write.len() {
+                    to_write[first].samples.append(&mut s.samples);
+                } else {
+                    to_write.push(s);
+                    slots.push(slot);
+                }
+            }
+            for (SeriesSamples { labels, samples }, slot) in to_write.iter_mut().zip(&slots) {
                 if !samples.is_sorted_by_key(|p| p.0) {
                     samples.sort_by_key(|p| p.0);
                 }
-                let existing = th.and_then(|t| t.by_labels.get(labels).map(|&i| &t.series[i]));
-                let last = newest.and_then(|m| m.get(labels)).copied();
+                let existing = slot.and_then(|i| th.map(|t| &t.series[i]));
+                // newest held in the head (floats and histograms): a later
+                // sample repeats nothing there
+                let held = existing.and_then(Series::last_ts);
+                let last = match existing {
+                    Some(ex) => (ex.newest != NO_NEWEST).then_some(ex.newest),
+                    None => newest.and_then(|m| m.get(labels)).copied(),
+                };
+                prior_newest.push(last.unwrap_or(NO_NEWEST));
                 // keep the accepted samples in place, in order
                 let mut kept: usize = 0;
                 for i in 0..samples.len() {
@@ -735,11 +991,14 @@ impl MetricsStore {
                     }
                     let prior = match kept.checked_sub(1).map(|k| samples[k]) {
                         Some((lt, lv)) if lt == t => Some(lv),
+                        _ if held.is_none_or(|h| t > h) => None,
                         _ => existing.and_then(|ex| ex.value_at(t)),
                     };
                     // A histogram at that timestamp: another value.
                     let prior = match (prior, existing.and_then(|ex| ex.hist.as_ref())) {
-                        (None, Some(h)) if h.value_at(t).is_some() => Some(f64::from_bits(!v.to_bits())),
+                        (None, Some(h)) if held.is_some_and(|h| t <= h) && h.value_at(t).is_some() => {
+                            Some(f64::from_bits(!v.to_bits()))
+                        }
                         (p, _) => p,
                     };
                     match prior {
@@ -758,24 +1017,83 @@ impl MetricsStore {
                 samples.truncate(kept);
             }
         }
-        to_write.retain(|s| !s.samples.is_empty());
+        if to_write.iter().any(|s| s.samples.is_empty()) {
+            let mut k = 0;
+            prior_newest.retain(|_| {
+                k += 1;
+                !to_write[k - 1].samples.is_empty()
+            });
+            let mut k = 0;
+            slots.retain(|_| {
+                k += 1;
+                !to_write[k - 1].samples.is_empty()
+            });
+            to_write.retain(|s| !s.samples.is_empty());
+        }
         if to_write.is_empty() {
+            // Duplicates are acknowledged like the write they repeat, which
+            // may still wait for its group fsync: wait for it too.
+            let pos = self.t.wal.written_pos()?;
+            drop(newest_all);
+            drop(_w);
+            self.t.wal.sync_through(pos)?;
             return Ok(outcome);
         }
-        // sized for the usual case (labels of ~150 bytes, 10-byte samples) so
-        // the encoder does not reallocate
-        let mut buf = Vec::with_capacity(to_write.iter().map(|s| 192 + 12 * s.samples.len()).sum());
-        encode_batch(&mut buf, tenant, &to_write);
-        self.t.wal.append(RECORD_SAMPLES, &buf)?;
-        for s in &to_write {
-            if let Some(&(max, _)) = s.samples.last() {
-                crate::newest::note(&mut newest_all, tenant, &s.labels, max);
+        // Group commit: write the record now, publish the samples in the
+        // head, and wait for the fsync (`wal.fsync = always`) after the
+        // write lock is released, so the writers queued behind this one
+        // share that fsync instead of each taking the lock for one. A
+        // failed group fsync makes the WAL refuse every later write (see
+        // `Wal::sync_through`), so samples published here but not durable
+        // are never acknowledged, not even as a repeated write.
+        let mut head = self.t.head.write().unwrap_or_else(|p| p.into_inner());
+        let pos = self.t.wal.append_unsynced_with(RECORD_SERIES_SAMPLES, |seg, buf| {
+            encode_series_batch(buf, seg, tenant, head.tenants.get(tenant), &to_write, &slots)
+        })?;
+        drop(newest_all);
+        let span = self.change_hook.get().map(|_| written_span(to_write.iter().map(|s| &s.samples[..])));
+        apply_slots(&mut head, tenant, to_write, &slots, &prior_newest, pos.segment());
+        drop(head);
+        if let Some((min_ts, max_ts)) = span {
+            self.changed(Change::Written { tenant, min_ts, max_ts });
+        }
+        drop(_w);
+        self.t.wal.sync_through(pos)?;
+        Ok(outcome)
+    }
+
+    /// [`crate::newest::forget_before`] for the head series' own newest
+    /// timestamps (call under the write lock, holding [`Self::newest`]).
+    fn forget_head_newest(&self, cutoff: impl Fn(&str) -> Option<i64>) {
+        let mut head = self.t.head.write().unwrap_or_else(|p| p.into_inner());
+        for (tenant, th) in head.tenants.iter_mut() {
+            if let Some(min_ts) = cutoff(tenant) {
+                for s in th.series.iter_mut().filter(|s| s.newest < min_ts) {
+                    s.newest = NO_NEWEST;
+                }
             }
         }
-        drop(newest_all);
-        let mut head = self.t.head.write().unwrap_or_else(|p| p.into_inner());
-        apply(&mut head, tenant, to_write);
-        Ok(outcome)
+    }
+
+    /// Calls `f` after every change of what queries see, before the change
+    /// is acknowledged: samples written (after they are readable) and data
+    /// deleted. `f` runs on the writer's thread while it holds the store's
+    /// write lock: it must be quick and must not call into the store.
+    /// Returns false (and drops `f`) when a hook is set already.
+    pub fn on_change(&self, f: impl Fn(Change<'_>) + Send + Sync + 'static) -> bool {
+        self.change_hook.set(Box::new(f)).is_ok()
+    }
+
+    fn changed(&self, c: Change<'_>) {
+        if let Some(f) = self.change_hook.get() {
+            f(c);
+        }
+    }
+
+    /// The oldest timestamp `tenant`'s queries see (its retention override
+    /// hides older data at once); `i64::MIN` without one.
+    pub fn visible_from(&self, tenant: &str) -> i64 {
+        self.t.visible_from(tenant)
     }
 
     /// True when the head holds `head_max_samples` or its oldest data is
@@ -814,8 +1132,13 @@ impl MetricsStore {
             let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
             crate::newest::forget_before(&mut newest, |tenant| self.t.cutoff(tenant));
+            self.forget_head_newest(|tenant| self.t.cutoff(tenant));
         }
-        self.t.apply_retention_policy()
+        let stats = self.t.apply_retention_policy();
+        if stats.as_ref().map_or(true, |s| s.blocks_deleted > 0 || s.blocks_rewritten > 0) {
+            self.changed(Change::Removed);
+        }
+        stats
     }
 
     /// Deletes blocks whose data is all older than `min_ts` (ms; `None`:
@@ -828,8 +1151,13 @@ impl MetricsStore {
             let _w = self.t.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
             crate::newest::forget_before(&mut newest, |_| Some(min_ts));
+            self.forget_head_newest(|_| Some(min_ts));
         }
-        self.t.apply_retention(min_ts, max_bytes)
+        let res = self.t.apply_retention(min_ts, max_bytes);
+        if res.as_ref().map_or(true, |r| r.0 > 0) {
+            self.changed(Change::Removed);
+        }
+        res
     }
 
     /// Merges adjacent small blocks per `policy` (at most `max_runs`
@@ -1120,8 +1448,57 @@ mod tests {
     }
     use cairn_wire::MatchOp;
 
-    fn ls(pairs: &[(&str, &str)]) -> Labels {
+    pub(super) fn ls(pairs: &[(&str, &str)]) -> Labels {
         Labels::from_pairs(pairs.iter().copied()).unwrap()
+    }
+
+    /// Type-4 records name series by references declared once per WAL
+    /// segment: replay across many segments (tiny ones: most records start
+    /// one), restarts in between, repeats inside a batch, and a type-1
+    /// record of an older build in front must give back every sample.
+    #[test]
+    fn series_references_replay_across_segments_and_restarts() {
+        let d = tempfile::tempdir().unwrap();
+        let wal = WalOptions { fsync: crate::wal::FsyncPolicy::Never, segment_bytes: 300 };
+        let opts = MetricsStoreOptions { wal: wal.clone(), ..MetricsStoreOptions::default() };
+        let name = |i: usize| ls(&[("__name__", "m"), ("inst", &format!("i{i}"))]);
+        let mut want: std::collections::BTreeMap<Labels, Vec<(i64, u64)>> = Default::default();
+        {
+            let (w, _) = crate::wal::Wal::open(&d.path().join(crate::layout::WAL_DIR), wal, 0, |_, _| Ok(())).unwrap();
+            let mut buf = Vec::new();
+            encode_batch(&mut buf, "t", &[SeriesSamples { labels: name(0), samples: vec![(5, 0.5)] }]);
+            w.append(RECORD_SAMPLES, &buf).unwrap();
+            want.entry(name(0)).or_default().push((5, 0.5f64.to_bits()));
+        }
+        let mut t = 10;
+        for round in 0..4 {
+            let s = MetricsStore::open_with(d.path(), opts.clone()).unwrap();
+            assert_eq!(snapshot_all(&s), want, "after restart {round}");
+            for k in 0..12usize {
+                t += 10;
+                // a few old series, one new series per batch, one repeat
+                let mut batch = Vec::new();
+                for i in [k % 3, 3 + round * 12 + k, k % 3] {
+                    let v = (t + i as i64) as f64;
+                    let ts = if batch.is_empty() { t } else { t + batch.len() as i64 };
+                    batch.push(SeriesSamples { labels: name(i), samples: vec![(ts, v)] });
+                    want.entry(name(i)).or_default().push((ts, v.to_bits()));
+                }
+                let out = s.append("t", batch).unwrap();
+                assert_eq!((out.accepted, out.rejected.len()), (3, 0));
+                if k == 6 && round % 2 == 1 {
+                    s.flush().unwrap();
+                }
+            }
+            assert_eq!(snapshot_all(&s), want);
+        }
+    }
+
+    fn snapshot_all(s: &MetricsStore) -> std::collections::BTreeMap<Labels, Vec<(i64, u64)>> {
+        s.select("t", &[], i64::MIN, i64::MAX)
+            .into_iter()
+            .map(|x| (x.labels, x.samples.iter().map(|p| (p.0, p.1.to_bits())).collect()))
+            .collect()
     }
 
     #[test]
@@ -1263,6 +1640,12 @@ mod tests {
             s.flush().unwrap();
             assert_eq!(put(&s, &m, &[(10_000, 1.0)]).rejected[0].0, RejectReason::TooOld);
             assert_eq!(put(&s, &m, &[(56_000, 1.0)]).accepted, 1);
+            // back in the head, the series keeps the reference from before
+            // the flush, not its newest sample in the head (56 s)
+            assert_eq!(put(&s, &m, &[(54_000, 1.0)]).rejected[0].0, RejectReason::TooOld);
+            // and so does the map after a second flush
+            s.flush().unwrap();
+            assert_eq!(put(&s, &m, &[(54_500, 1.0)]).rejected[0].0, RejectReason::TooOld);
         }
         // ... and a restart (rebuilt from blocks and WAL)
         let s = MetricsStore::open_with(d.path(), opts).unwrap();

@@ -211,7 +211,7 @@ pub(super) fn decode_hist_batch(payload: &[u8]) -> Result<(String, Vec<SeriesHis
     Ok((tenant, out))
 }
 
-fn series_index(th: &mut TenantHead, labels: Labels) -> usize {
+pub(super) fn series_index(th: &mut TenantHead, labels: Labels) -> usize {
     match th.by_labels.get(&labels) {
         Some(&i) => i,
         None => {
@@ -310,7 +310,12 @@ impl MetricsStore {
             for (labels, mut samples) in merged {
                 samples.sort_by_key(|p| p.0);
                 let existing = th.and_then(|t| t.by_labels.get(&labels).map(|&i| &t.series[i]));
-                let last = newest.and_then(|m| m.get(&labels)).copied();
+                // the series' own newest while it is in the head (the map's
+                // may be older then)
+                let last = newest
+                    .and_then(|m| m.get(&labels))
+                    .copied()
+                    .max(existing.and_then(|s| (s.newest != super::NO_NEWEST).then_some(s.newest)));
                 let mut keep: Vec<(i64, Histogram)> = Vec::with_capacity(samples.len());
                 for (t, h) in samples {
                     if let Some(last) = last
@@ -356,9 +361,31 @@ impl MetricsStore {
                 crate::newest::note(&mut newest_all, tenant, &s.labels, *max);
             }
         }
-        drop(newest_all);
+        let span = to_write
+            .iter()
+            .flat_map(|s| s.histograms.iter().map(|p| p.0))
+            .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
         let mut head = self.t.head.write().unwrap_or_else(|p| p.into_inner());
+        // the series' newest (what the map holds now, noted above, is at
+        // least what the series had)
+        let known: Vec<(Labels, i64)> = to_write
+            .iter()
+            .map(|s| {
+                let n = newest_all.get(tenant).and_then(|m| m.get(&s.labels)).copied();
+                (s.labels.clone(), n.unwrap_or(super::NO_NEWEST))
+            })
+            .collect();
+        drop(newest_all);
         apply_hist(&mut head, tenant, to_write);
+        if let Some(th) = head.tenants.get_mut(tenant) {
+            for (labels, n) in known {
+                if let Some(&i) = th.by_labels.get(&labels) {
+                    th.series[i].newest = th.series[i].newest.max(n);
+                }
+            }
+        }
+        drop(head);
+        self.changed(super::Change::Written { tenant, min_ts: span.0, max_ts: span.1 });
         Ok(outcome)
     }
 }

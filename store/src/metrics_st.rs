@@ -100,11 +100,8 @@ impl MetricsStore {
 mod tests {
     use super::*;
     use crate::metrics::MetricsStoreOptions;
+    use crate::metrics::tests::ls as labels;
     use cairn_wire::SeriesSamples;
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        Labels::from_pairs(pairs.iter().copied()).unwrap()
-    }
 
     #[test]
     fn start_timestamps_round_trip_per_tenant_and_survive_a_restart() {

@@ -40,6 +40,11 @@ pub(crate) trait HeadData: Default + Send + Sync + 'static {
     fn encode(&self) -> Result<Vec<SeriesChunks<'_>>, StoreError>;
     /// Takes back the content of a head whose flush failed.
     fn merge_back(&mut self, failed: &Self);
+    /// Moves the content out for a flush (under the write lock), leaving an
+    /// empty head to write to.
+    fn freeze(&mut self) -> Self {
+        std::mem::take(self)
+    }
     /// Samples or entries held (for flush results and metrics).
     fn count(&self) -> u64;
     /// Compaction: the chunks of one stream that appears in `sources`
@@ -176,7 +181,20 @@ pub struct CompactionStats {
 /// whose data together spans less than a level's range (smallest level
 /// first) and whose sizes add up to at most `max_block_bytes`. Returns
 /// indexes into `blocks`.
-pub(crate) fn plan_compaction(blocks: &[Arc<Block>], policy: &CompactionPolicy) -> Option<std::ops::Range<usize>> {
+///
+/// The newest run of a level may still grow with the next flush. Unless
+/// the engine is `settled` (nothing in the head: no flush is coming), only
+/// its newest blocks are merged that together are at least as large as the
+/// block before them, like the carries of a binary counter: merging the
+/// whole run after every flush copied the oldest data of the run once per
+/// flush (quadratic; a fifth of the metrics ingest CPU of a 24 h backfill),
+/// this copies each block about log₂(flushes) times. A run followed by a
+/// block that does not fit it is complete and merged whole.
+pub(crate) fn plan_compaction(
+    blocks: &[Arc<Block>],
+    policy: &CompactionPolicy,
+    settled: bool,
+) -> Option<std::ops::Range<usize>> {
     for &range in policy.ranges.iter().filter(|&&r| r > 0) {
         let mut i = 0;
         while i < blocks.len() {
@@ -194,7 +212,14 @@ pub(crate) fn plan_compaction(blocks: &[Arc<Block>], policy: &CompactionPolicy) 
                 j += 1;
             }
             if j - i >= 2 {
-                return Some(i..j);
+                if j < blocks.len() || settled {
+                    return Some(i..j);
+                }
+                let tail = |k: usize| blocks[k + 1..j].iter().map(|b| b.size).sum::<u64>();
+                if let Some(k) = (i..j - 1).find(|&k| blocks[k].size <= tail(k)) {
+                    return Some(k..j);
+                }
+                break; // every later start lies in this same newest run
             }
             i += 1;
         }
@@ -464,7 +489,7 @@ impl<H: HeadData> Tiered<H> {
                 return Ok(0);
             }
             let sealed = self.wal.rotate()?;
-            let frozen = Arc::new(std::mem::take(&mut *head));
+            let frozen = Arc::new(head.freeze());
             persisted.frozen = Some(frozen.clone());
             (frozen, sealed)
         };
@@ -665,7 +690,8 @@ impl<H: HeadData> Tiered<H> {
         for _ in 0..max_runs {
             let sources: Vec<Arc<Block>> = {
                 let p = self.persisted.read().unwrap_or_else(|p| p.into_inner());
-                match plan_compaction(&p.blocks, policy) {
+                let settled = p.frozen.is_none() && self.head.read().unwrap_or_else(|p| p.into_inner()).is_empty();
+                match plan_compaction(&p.blocks, policy, settled) {
                     Some(r) => p.blocks[r].to_vec(),
                     None => break,
                 }

@@ -27,6 +27,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::{StoreError, layout};
@@ -119,6 +120,31 @@ pub struct Wal {
     w: Mutex<Writer>,
     /// Opened by [`Wal::read_only`]: every write is refused.
     read_only: bool,
+    /// Group commit ([`Wal::sync_through`]): the position known durable.
+    /// Held while syncing, so callers queue behind the sync in progress
+    /// and then usually find their record covered by it. Taken before `w`.
+    synced: Mutex<Option<WalPos>>,
+    /// A group `fdatasync` failed: every later write is refused (see
+    /// [`Wal::sync_through`]). Checked without taking a lock.
+    failed: AtomicBool,
+    /// That failure's kind and message (taken last, never held while
+    /// waiting for another lock).
+    failure: Mutex<Option<(std::io::ErrorKind, String)>>,
+}
+
+/// Where a record written by [`Wal::append_unsynced`] ends; pass it to
+/// [`Wal::sync_through`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WalPos {
+    seq: u64,
+    end: u64,
+}
+
+impl WalPos {
+    /// Number of the segment the record went to.
+    pub fn segment(&self) -> u64 {
+        self.seq
+    }
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
@@ -286,7 +312,18 @@ impl Wal {
         }
         let seq = next_after_skipped + 1;
         let w = Self::create_segment(dir, seq, sealed_bytes)?;
-        Ok((Wal { dir: dir.to_path_buf(), opts, w: Mutex::new(w), read_only: false }, stats))
+        Ok((
+            Wal {
+                dir: dir.to_path_buf(),
+                opts,
+                w: Mutex::new(w),
+                read_only: false,
+                synced: Mutex::new(None),
+                failed: AtomicBool::new(false),
+                failure: Mutex::new(None),
+            },
+            stats,
+        ))
     }
 
     /// Replays the WAL in `dir` without changing anything on disk (the
@@ -352,7 +389,15 @@ impl Wal {
             sealed_bytes: 0,
             scratch: Vec::new(),
         };
-        Ok(Wal { dir: dir.to_path_buf(), opts: WalOptions::default(), w: Mutex::new(w), read_only: true })
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            opts: WalOptions::default(),
+            w: Mutex::new(w),
+            read_only: true,
+            synced: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+        })
     }
 
     /// True for a handle from [`Wal::read_only`].
@@ -361,7 +406,31 @@ impl Wal {
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
-        if self.read_only { Err(StoreError::ReadOnly { path: self.dir.clone() }) } else { Ok(()) }
+        if self.read_only {
+            return Err(StoreError::ReadOnly { path: self.dir.clone() });
+        }
+        if self.failed.load(Ordering::Acquire) {
+            return Err(self.sync_failure());
+        }
+        Ok(())
+    }
+
+    /// Records a failed `fdatasync` that may have lost published records.
+    fn fail(&self, e: &std::io::Error) {
+        tracing::error!(dir = %self.dir.display(), error = %e, "WAL fsync failed; refusing writes until restart");
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((e.kind(), e.to_string()));
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// The error every write gets once a group `fdatasync` failed.
+    fn sync_failure(&self) -> StoreError {
+        let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (kind, msg) = failure.unwrap_or((std::io::ErrorKind::Other, String::new()));
+        StoreError::Io {
+            op: "fsync failed earlier (the WAL refuses writes until restart)",
+            path: self.dir.clone(),
+            source: std::io::Error::new(kind, msg),
+        }
     }
 
     fn create_segment(dir: &Path, seq: u64, sealed_bytes: u64) -> Result<Writer, StoreError> {
@@ -389,34 +458,144 @@ impl Wal {
 
     /// Appends one record; returns once it is durable per the fsync policy.
     pub fn append(&self, typ: u8, payload: &[u8]) -> Result<(), StoreError> {
+        self.append_with(typ, |rec| rec.extend_from_slice(payload))
+    }
+
+    /// Appends one record whose payload `encode` writes (appends) straight
+    /// into the WAL's reused record buffer, so a large payload is neither
+    /// built in a buffer of its own nor copied into the record; returns once
+    /// the record is durable per the fsync policy. `encode` runs under the
+    /// WAL's lock and must only append.
+    pub fn append_with(&self, typ: u8, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), StoreError> {
+        self.write_record_with(typ, self.opts.fsync == FsyncPolicy::Always, |_, rec| encode(rec)).map(|_| ())
+    }
+
+    /// Appends one record without waiting for the disk: the record is in
+    /// the segment file (the OS page cache) when this returns. Call
+    /// [`Wal::sync_through`] with the returned position before
+    /// acknowledging it. Lets concurrent writers share one `fdatasync`
+    /// (group commit) instead of taking turns at one each.
+    pub fn append_unsynced(&self, typ: u8, payload: &[u8]) -> Result<WalPos, StoreError> {
+        self.write_record(typ, payload, false)
+    }
+
+    /// [`Wal::append_unsynced`] of the payload `encode(segment, buf)`
+    /// appends to `buf`, where `segment` is the number of the segment the
+    /// record goes to (a writer that refers back to earlier records, such
+    /// as the metrics series declarations, must do so within one segment:
+    /// older segments are deleted once persisted elsewhere).
+    pub fn append_unsynced_with(&self, typ: u8, encode: impl FnOnce(u64, &mut Vec<u8>)) -> Result<WalPos, StoreError> {
+        self.write_record_with(typ, false, encode)
+    }
+
+    /// Position after the last record written: what [`Wal::sync_through`]
+    /// must reach before anything read from records written so far (e.g. a
+    /// write found to repeat them) is acknowledged.
+    pub fn written_pos(&self) -> Result<WalPos, StoreError> {
         self.check_writable()?;
-        if payload.len() > MAX_RECORD_LEN {
-            return Err(StoreError::Corrupt {
-                path: self.dir.clone(),
-                offset: 0,
-                reason: format!("record of {} bytes exceeds the maximum {MAX_RECORD_LEN}", payload.len()),
-            });
+        let w = self.w.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(WalPos { seq: w.seq, end: w.len })
+    }
+
+    /// Returns once every record up to `pos` is durable per the fsync
+    /// policy: with [`FsyncPolicy::Always`], after an `fdatasync` that
+    /// started after the record was written (one sync covers every writer
+    /// waiting here); otherwise at once. If that `fdatasync` fails, the
+    /// records written since the last good one may be lost while their
+    /// writers may have published them (e.g. into the metrics head), so
+    /// from then on every write is refused until restart, when replay reads
+    /// what really is on disk.
+    pub fn sync_through(&self, pos: WalPos) -> Result<(), StoreError> {
+        if self.opts.fsync != FsyncPolicy::Always {
+            return Ok(());
         }
+        let mut st = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_writable()?;
+        if st.is_some_and(|s| s >= pos) {
+            return Ok(());
+        }
+        let (file, now) = {
+            let w = self.w.lock().unwrap_or_else(|p| p.into_inner());
+            if w.seq > pos.seq {
+                // sealed (and synced) when the next segment was started
+                return Ok(());
+            }
+            (w.file.try_clone().map_err(StoreError::io("dup", &w.path))?, WalPos { seq: w.seq, end: w.len })
+        };
+        if let Err(e) = file.sync_data() {
+            self.fail(&e);
+            return Err(self.sync_failure());
+        }
+        *st = Some(now);
+        let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
+        if w.seq == now.seq && w.len == now.end {
+            w.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// `fdatasync` of the current segment under the writer lock. If it
+    /// fails while records of [`Wal::append_unsynced`] wait for a group
+    /// sync (`dirty` under [`FsyncPolicy::Always`]), those may be lost
+    /// although already published: refuse writes from now on, as
+    /// [`Wal::sync_through`] does.
+    fn sync_writer(&self, w: &mut Writer) -> Result<(), StoreError> {
+        w.file.sync_data().map_err(|e| {
+            if w.dirty && self.opts.fsync == FsyncPolicy::Always {
+                self.fail(&e);
+            }
+            StoreError::io("fsync", &w.path)(e)
+        })
+    }
+
+    /// Writes one record, with `fdatasync` when `sync`; returns where it ends.
+    fn write_record(&self, typ: u8, payload: &[u8], sync: bool) -> Result<WalPos, StoreError> {
+        self.write_record_with(typ, sync, |_, rec| rec.extend_from_slice(payload))
+    }
+
+    /// Writes one record whose payload `encode(segment, buf)` appends to
+    /// `buf`, with `fdatasync` when `sync`; returns where it ends.
+    fn write_record_with(
+        &self,
+        typ: u8,
+        sync: bool,
+        encode: impl FnOnce(u64, &mut Vec<u8>),
+    ) -> Result<WalPos, StoreError> {
+        self.check_writable()?;
         let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
         if w.len >= self.opts.segment_bytes || w.broken {
             // Seal the current segment durably before starting the next one.
-            w.file.sync_data().map_err(StoreError::io("fsync", &w.path))?;
+            self.sync_writer(&mut w)?;
             let sealed = w.sealed_bytes + w.len;
             let next = Self::create_segment(&self.dir, w.seq + 1, sealed)?;
             *w = next;
         }
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&[typ]), payload);
         let mut rec = std::mem::take(&mut w.scratch);
         rec.clear();
-        rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        rec.extend_from_slice(&crc.to_le_bytes());
-        rec.push(typ);
-        rec.extend_from_slice(payload);
+        rec.extend_from_slice(&[0; RECORD_HEADER_LEN]);
+        encode(w.seq, &mut rec);
+        let len = rec.len() - RECORD_HEADER_LEN;
+        if len > MAX_RECORD_LEN {
+            w.scratch = rec;
+            return Err(StoreError::Corrupt {
+                path: self.dir.clone(),
+                offset: 0,
+                reason: format!("record of {len} bytes exceeds the maximum {MAX_RECORD_LEN}"),
+            });
+        }
+        rec[8] = typ;
+        let crc = crc32c::crc32c(&rec[8..]);
+        rec[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        rec[4..8].copy_from_slice(&crc.to_le_bytes());
         let mut res = w.file.write_all(&rec).map_err(StoreError::io("write", &w.path));
         let written = rec.len() as u64;
-        w.scratch = rec;
-        if res.is_ok() && self.opts.fsync == FsyncPolicy::Always {
-            res = w.file.sync_data().map_err(StoreError::io("fsync", &w.path));
+        // Keep the buffer for the next record, unless one huge record would
+        // pin its memory for good.
+        if rec.capacity() <= 16 << 20 {
+            w.scratch = rec;
+        }
+        if res.is_ok() && sync {
+            res = self.sync_writer(&mut w);
         }
         if let Err(e) = res {
             // Not acknowledged, so it must not come back at replay either:
@@ -428,8 +607,8 @@ impl Wal {
             return Err(e);
         }
         w.len += written;
-        w.dirty = self.opts.fsync != FsyncPolicy::Always;
-        Ok(())
+        w.dirty = !sync;
+        Ok(WalPos { seq: w.seq, end: w.len })
     }
 
     /// Seals the current segment (fsync) and starts the next one; returns the
@@ -438,7 +617,7 @@ impl Wal {
     pub fn rotate(&self) -> Result<u64, StoreError> {
         self.check_writable()?;
         let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
-        w.file.sync_data().map_err(StoreError::io("fsync", &w.path))?;
+        self.sync_writer(&mut w)?;
         let sealed_seq = w.seq;
         let sealed = w.sealed_bytes + w.len;
         let next = Self::create_segment(&self.dir, w.seq + 1, sealed)?;
@@ -475,7 +654,7 @@ impl Wal {
     pub fn sync(&self) -> Result<(), StoreError> {
         let mut w = self.w.lock().unwrap_or_else(|p| p.into_inner());
         if w.dirty {
-            w.file.sync_data().map_err(StoreError::io("fsync", &w.path))?;
+            self.sync_writer(&mut w)?;
             w.dirty = false;
         }
         Ok(())
@@ -529,6 +708,39 @@ mod tests {
         let (_, got, stats) = collect(d.path(), WalOptions::default());
         assert_eq!(got.len(), 4);
         assert_eq!(stats.segments, 2);
+    }
+
+    #[test]
+    fn group_commit_covers_every_writer() {
+        let d = tempfile::tempdir().unwrap();
+        // small segments: some records wait for a sync across a rotation
+        let opts = WalOptions { fsync: FsyncPolicy::Always, segment_bytes: 4096 };
+        let (wal, _, _) = collect(d.path(), opts.clone());
+        std::thread::scope(|sc| {
+            for k in 0..4u8 {
+                let wal = &wal;
+                sc.spawn(move || {
+                    for i in 0..50u8 {
+                        let pos = wal.append_unsynced(1, &[k, i, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+                        assert!(wal.written_pos().unwrap() >= pos);
+                        wal.sync_through(pos).unwrap();
+                        // durable: covered by a group sync or sealed by a rotation
+                        let synced = *wal.synced.lock().unwrap();
+                        assert!(synced.is_some_and(|s| s >= pos) || wal.current_segment() > pos.seq);
+                    }
+                });
+            }
+        });
+        wal.append(2, b"synced").unwrap();
+        drop(wal);
+        let (_, got, stats) = collect(d.path(), opts);
+        assert_eq!(stats.torn_tail_bytes, 0);
+        assert_eq!(got.len(), 201);
+        for k in 0..4u8 {
+            // each writer's records replay in its order
+            let mine: Vec<u8> = got.iter().filter(|(t, p)| *t == 1 && p[0] == k).map(|(_, p)| p[1]).collect();
+            assert_eq!(mine, (0..50).collect::<Vec<u8>>());
+        }
     }
 
     #[test]

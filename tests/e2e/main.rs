@@ -26,6 +26,7 @@ mod pipeline;
 mod prom_api;
 mod prom_compare;
 mod promtool;
+mod query_cache;
 mod recovery;
 mod restart;
 mod retention;

@@ -473,9 +473,19 @@ pub(crate) async fn query_range(
         (Ok(l), Ok(t)) => (l, t),
         (Err(r), _) | (_, Err(r)) => return r,
     };
+    // VictoriaMetrics's switch for its result cache.
+    let nocache = matches!(p.get("nocache"), Some("1" | "true"));
     let res = evaluate(&agg, "prometheus_query_range", &tenant.clone(), timeout, move |agg, opts| {
-        let expr = promql::parse_for(&qs, step, end.saturating_sub(start))?;
-        promql::range_query_annotated(&agg.metrics, &tenant, &expr, start, end, step, opts)
+        let (m, ann, _) = agg.query_cache.range_query(
+            &agg.metrics,
+            &tenant,
+            &qs,
+            (start, end, step),
+            opts,
+            time::now_ms(),
+            nocache,
+        )?;
+        Ok((m, ann))
     })
     .await;
     match res {

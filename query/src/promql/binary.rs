@@ -534,6 +534,12 @@ fn result_labels(
 /// one-to-one matching. `None` for what the step evaluator must do
 /// (set operators, `group_left`/`group_right`, fill modifiers, scalar
 /// comparisons, match groups that are not unique on a side).
+/// Whether [`range_binary`] can take `b` at all (its operator; the
+/// operands' data may still send it to the step evaluator).
+pub(crate) fn range_supported(b: &BinaryExpr) -> bool {
+    Op::of(b).is_ok_and(|op| !matches!(op, Op::And | Op::Or | Op::Unless | Op::TrimUpper | Op::TrimLower))
+}
+
 pub(crate) fn range_binary(
     b: &BinaryExpr,
     lhs: super::fast::RangeValue,

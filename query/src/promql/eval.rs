@@ -103,6 +103,13 @@ pub(crate) struct Ctx<'a> {
     /// Selectors (by address) Prometheus reads through its
     /// `HistogramStatsIterator` (see [`Ctx::mark_stats`]).
     pub stats_selectors: std::collections::HashSet<usize>,
+    /// Selectors not in `cache` are read from the store series by series
+    /// while they are evaluated (`fast.rs`) instead of prefetched.
+    pub stream: bool,
+    /// Samples and series read that way so far (counted against the
+    /// limits with `selected` and `series`).
+    pub streamed: Cell<usize>,
+    pub streamed_series: Cell<usize>,
     /// Selectors (by address) whose samples' start timestamps a function
     /// reads: the range argument of `rate`, `increase`, `irate`, `resets`
     /// and the argument of `start_timestamp` (not through a subquery or any
@@ -150,6 +157,9 @@ impl<'a> Ctx<'a> {
             group_keys: RefCell::new(Default::default()),
             annotations: RefCell::new(Default::default()),
             stats_selectors: Default::default(),
+            stream: false,
+            streamed: Cell::new(0),
+            streamed_series: Cell::new(0),
             want_st: Default::default(),
             st: HashMap::new(),
         }
@@ -218,7 +228,7 @@ impl<'a> Ctx<'a> {
 
     /// Fails when the selected samples plus `extra` exceed the limit.
     pub fn check_samples(&self, extra: usize) -> Result<(), QueryError> {
-        if self.selected.saturating_add(extra) > self.max_samples {
+        if self.selected.saturating_add(self.streamed.get()).saturating_add(extra) > self.max_samples {
             return Err(QueryError::TooManySamples { max_samples: self.max_samples });
         }
         Ok(())
@@ -454,7 +464,7 @@ impl Ctx<'_> {
 
     /// Evaluation times `[lo, hi]` of a node with `@`/`offset` → the
     /// effective times its data is read at.
-    fn effective(&self, at: &Option<AtModifier>, off: i64, lo: i64, hi: i64) -> (i64, i64) {
+    pub(crate) fn effective(&self, at: &Option<AtModifier>, off: i64, lo: i64, hi: i64) -> (i64, i64) {
         match at_ms(at, self.start, self.end) {
             Some(t) => (t.saturating_sub(off), t.saturating_sub(off)),
             None => (lo.saturating_sub(off), hi.saturating_sub(off)),

@@ -21,10 +21,10 @@ use cairn_wire::{Labels, METRIC_NAME, is_stale_nan};
 use promql_parser::parser::{AggregateExpr, Expr};
 
 use super::aggregate::{Mean, group_labels};
-use super::eval::{Ctx, Window, at_ms, ext_of, offset_ms};
-use super::functions::{kahan_inc, plain_range_fn};
+use super::eval::{Ctx, ST_RANGE_FUNCS, Window, at_ms, ext_of, matcher_groups, offset_ms};
+use super::functions::{PlainRangeFn, kahan_inc, plain_range_fn};
 use super::{FxMap, QueryError, Series, drop_metric_name};
-use cairn_store::metrics::SelectedSeries;
+use cairn_store::metrics::SeriesBuf;
 
 /// One series of a node's value over the query's steps.
 pub(crate) struct StepSeries {
@@ -112,22 +112,219 @@ fn check_deadline(ctx: &Ctx<'_>) -> Result<(), QueryError> {
     Ok(())
 }
 
-/// The series a selector read (prefetched into `ctx.cache`) and, per step,
-/// the time it is read at (`@` and `offset` applied); `None` when it read
-/// native histograms or start timestamps, which the step evaluator handles.
-fn selected<'c>(
-    ctx: &'c Ctx<'_>,
+/// Takes one series of a node's value, `(labels, drop_name, points)`;
+/// `Ok(false)` stops the evaluation (the step evaluator takes over).
+type SeriesSink<'a> = dyn FnMut(&Labels, bool, &[(u32, f64)]) -> Result<bool, QueryError> + 'a;
+
+/// How a selector node reads its samples at each step.
+#[derive(Clone, Copy)]
+enum Read {
+    /// An instant vector selector: the newest sample in the lookback.
+    Instant,
+    /// A range function of a matrix selector; `st`: one that reads start
+    /// timestamps where the series have them.
+    Range { f: PlainRangeFn, range: i64, st: bool },
+}
+
+/// Calls `f(labels, drop_name, points)` with each series of a selector
+/// node's value over the steps, in label order. The series come from the
+/// prefetched selection (`ctx.cache`) or, when the query streams, from the
+/// store one at a time: each series' chunks are decoded into one reused
+/// buffer and only chunks some step reads are decoded. `Ok(false)`: the
+/// data needs the step evaluator (native histograms) or `f` declined.
+fn selector_series(
+    ctx: &Ctx<'_>,
     vs: &promql_parser::parser::VectorSelector,
+    read: Read,
+    drop_name: bool,
     steps: Steps,
-) -> Option<(&'c [SelectedSeries], Vec<i64>)> {
-    let key = vs as *const _ as usize;
-    let series = ctx.cache.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-    if series.iter().any(|s| !s.histograms.is_empty()) || ctx.st.contains_key(&key) {
-        return None;
-    }
+    f: &mut SeriesSink<'_>,
+) -> Result<bool, QueryError> {
     let at = at_ms(&vs.at, ctx.start, ctx.end);
     let off = offset_ms(&vs.offset);
-    Some((series, (0..steps.n).map(|i| at.unwrap_or(steps.at(i)).saturating_sub(off)).collect()))
+    // Per step, the time the selector is read at (ascending).
+    let rts: Vec<i64> = (0..steps.n).map(|i| at.unwrap_or(steps.at(i)).saturating_sub(off)).collect();
+    let window = match read {
+        Read::Instant => ctx.lookback,
+        Read::Range { range, .. } => range,
+    };
+    let mut pts: Vec<(u32, f64)> = Vec::with_capacity(steps.n);
+    let mut clean: Vec<(i64, f64)> = Vec::new();
+    let mut eval = |samples: &[(i64, f64)], pts: &mut Vec<(u32, f64)>| {
+        pts.clear();
+        match read {
+            Read::Instant => {
+                // Index of the first sample after the step's time.
+                let mut j = 0usize;
+                for (i, &rt) in rts.iter().enumerate() {
+                    while j < samples.len() && samples[j].0 <= rt {
+                        j += 1;
+                    }
+                    if j == 0 {
+                        continue;
+                    }
+                    let (st, sv) = samples[j - 1];
+                    if st > rt.saturating_sub(window) && !is_stale_nan(sv) {
+                        pts.push((i as u32, sv));
+                    }
+                }
+            }
+            Read::Range { f, range, .. } => {
+                // Windows never hold stale markers: drop them once.
+                let samples: &[(i64, f64)] = if samples.iter().any(|p| is_stale_nan(p.1)) {
+                    clean.clear();
+                    clean.extend(samples.iter().copied().filter(|p| !is_stale_nan(p.1)));
+                    &clean
+                } else {
+                    samples
+                };
+                let (mut lo, mut hi) = (0usize, 0usize);
+                for (i, &rt) in rts.iter().enumerate() {
+                    let from = rt.saturating_sub(range);
+                    while lo < samples.len() && samples[lo].0 <= from {
+                        lo += 1;
+                    }
+                    hi = hi.max(lo);
+                    while hi < samples.len() && samples[hi].0 <= rt {
+                        hi += 1;
+                    }
+                    if hi > lo
+                        && let Some(v) = f(&samples[lo..hi], Window { end: rt, range })
+                    {
+                        pts.push((i as u32, v));
+                    }
+                }
+            }
+        }
+    };
+    let key = vs as *const _ as usize;
+    if let Some(series) = ctx.cache.get(&key) {
+        // Native histograms and start timestamps: the step evaluator.
+        if series.iter().any(|s| !s.histograms.is_empty()) || ctx.st.contains_key(&key) {
+            return Ok(false);
+        }
+        for s in series {
+            check_deadline(ctx)?;
+            eval(&s.samples, &mut pts);
+            if !f(&s.labels, drop_name, &pts)? {
+                return Ok(false);
+            }
+        }
+        return Ok(true);
+    }
+    if !ctx.stream {
+        return Ok(true); // selected nothing
+    }
+    // The range `Ctx::prefetch` would have read.
+    let groups = matcher_groups(vs)?;
+    let [matchers] = groups.as_slice() else {
+        return Ok(false);
+    };
+    let (lo, hi) = ctx.effective(&vs.at, off, ctx.start, ctx.end);
+    let (mint, maxt) = (lo.saturating_sub(window).saturating_add(1), hi);
+    if matches!(read, Read::Range { st: true, .. })
+        && !ctx.store.series(&cairn_store::metrics::st_tenant(ctx.tenant), matchers, mint, maxt).is_empty()
+    {
+        // Series with start timestamps (read by the step evaluator).
+        return Ok(false);
+    }
+    let stream = ctx.store.stream(ctx.tenant, matchers, mint, maxt);
+    let mut series = stream.iter();
+    // A chunk is read when some step's window `(rt - window, rt]` meets it:
+    // samples outside every window change no step's value.
+    let wanted = |min_ts: i64, max_ts: i64| {
+        let i = rts.partition_point(|&t| t < min_ts);
+        i < rts.len() && rts[i].saturating_sub(window) < max_ts
+    };
+    let mut buf = SeriesBuf::default();
+    loop {
+        check_deadline(ctx)?;
+        let labels = match series.next_into(&wanted, &mut buf) {
+            Ok(Some(l)) => l,
+            Ok(None) => return Ok(true),
+            Err(e) => return Err(QueryError::Execution(format!("reading metric blocks: {e}"))),
+        };
+        if !buf.histograms.is_empty() {
+            return Ok(false);
+        }
+        ctx.streamed_series.set(ctx.streamed_series.get() + 1);
+        ctx.streamed.set(ctx.streamed.get().saturating_add(buf.samples.len()));
+        if ctx.series.saturating_add(ctx.streamed_series.get()) > ctx.max_series {
+            return Err(QueryError::TooManySeries { max_series: ctx.max_series });
+        }
+        ctx.check_samples(0)?;
+        eval(&buf.samples, &mut pts);
+        if !f(labels, drop_name, &pts)? {
+            return Ok(false);
+        }
+    }
+}
+
+/// A selector node's read: the selector, how it reads, and whether the
+/// result drops the metric name; `None` for other nodes.
+fn as_selector(e: &Expr) -> Option<(&promql_parser::parser::VectorSelector, Read, bool)> {
+    match e {
+        Expr::Paren(p) => as_selector(&p.expr),
+        Expr::VectorSelector(vs) => ext_of(vs).is_none().then_some((vs, Read::Instant, false)),
+        Expr::Call(c) => {
+            let (f, keep_name) = plain_range_fn(c.func.name)?;
+            let Some(Expr::MatrixSelector(ms)) = c.args.args.first().map(|a| unparen(a)) else {
+                return None;
+            };
+            if c.args.args.len() != 1 || ext_of(&ms.vs).is_some() {
+                return None;
+            }
+            let st = ST_RANGE_FUNCS.contains(&c.func.name);
+            Some((&ms.vs, Read::Range { f, range: ms.range.as_millis() as i64, st }, !keep_name))
+        }
+        _ => None,
+    }
+}
+
+/// Calls `f(labels, drop_name, points)` with each series of `e`'s value:
+/// a selector node's series one at a time as they are read, any other
+/// node's after it is evaluated. `Ok(false)`: `e` needs the step evaluator
+/// (or is a scalar) or `f` declined.
+fn each_series(ctx: &Ctx<'_>, e: &Expr, steps: Steps, f: &mut SeriesSink<'_>) -> Result<bool, QueryError> {
+    if let Some((vs, read, drop_name)) = as_selector(e) {
+        return selector_series(ctx, vs, read, drop_name, steps, f);
+    }
+    match node(ctx, e, steps)? {
+        Some(RangeValue::Vector(series)) => {
+            for s in &series {
+                if !f(&s.labels, s.drop_name, &s.pts)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Whether `e` has a shape this module evaluates, with every selector
+/// readable as one stream (one matcher group): then the query need not
+/// prefetch its selections (the data may still send it to the step
+/// evaluator).
+pub(crate) fn streamable(e: &Expr) -> bool {
+    // (Checked on the parsed selector: building the matchers compiles
+    // their regexes, which the evaluation does once more.)
+    let one_group = |vs: &promql_parser::parser::VectorSelector| vs.matchers.or_matchers.is_empty();
+    if let Some((vs, _, _)) = as_selector(e) {
+        return one_group(vs);
+    }
+    match e {
+        Expr::NumberLiteral(_) => true,
+        Expr::Paren(p) => streamable(&p.expr),
+        Expr::Unary(u) => streamable(&u.expr),
+        Expr::Aggregate(a) => {
+            a.param.is_none()
+                && ["sum", "avg", "count", "group", "min", "max"].contains(&a.op.to_string().as_str())
+                && streamable(&a.expr)
+        }
+        Expr::Binary(b) => super::binary::range_supported(b) && streamable(&b.lhs) && streamable(&b.rhs),
+        _ => false,
+    }
 }
 
 fn node(ctx: &Ctx<'_>, e: &Expr, steps: Steps) -> Result<Option<RangeValue>, QueryError> {
@@ -145,81 +342,16 @@ fn node(ctx: &Ctx<'_>, e: &Expr, steps: Steps) -> Result<Option<RangeValue>, Que
                 RangeValue::Vector(series)
             }
         })),
-        Expr::VectorSelector(vs) => {
-            if ext_of(vs).is_some() {
-                return Ok(None);
-            }
-            let Some((series, rts)) = selected(ctx, vs, steps) else {
+        Expr::VectorSelector(_) | Expr::Call(_) => {
+            let Some((vs, read, drop_name)) = as_selector(e) else {
                 return Ok(None);
             };
-            let mut out = Vec::with_capacity(series.len());
-            for s in series {
-                let samples = &s.samples;
-                let mut pts = Vec::with_capacity(steps.n);
-                // Index of the first sample after the step's time.
-                let mut j = 0usize;
-                for (i, &rt) in rts.iter().enumerate() {
-                    while j < samples.len() && samples[j].0 <= rt {
-                        j += 1;
-                    }
-                    if j == 0 {
-                        continue;
-                    }
-                    let (st, sv) = samples[j - 1];
-                    if st > rt.saturating_sub(ctx.lookback) && !is_stale_nan(sv) {
-                        pts.push((i as u32, sv));
-                    }
-                }
-                out.push(StepSeries { labels: s.labels.clone(), drop_name: false, pts });
-            }
-            Ok(Some(RangeValue::Vector(out)))
-        }
-        Expr::Call(c) => {
-            let Some((f, keep_name)) = plain_range_fn(c.func.name) else {
-                return Ok(None);
-            };
-            let Some(Expr::MatrixSelector(ms)) = c.args.args.first().map(|a| unparen(a)) else {
-                return Ok(None);
-            };
-            if c.args.args.len() != 1 || ext_of(&ms.vs).is_some() {
-                return Ok(None);
-            }
-            let Some((series, rts)) = selected(ctx, &ms.vs, steps) else {
-                return Ok(None);
-            };
-            let range = ms.range.as_millis() as i64;
-            let mut out = Vec::with_capacity(series.len());
-            let mut buf: Vec<(i64, f64)> = Vec::new();
-            for s in series {
-                check_deadline(ctx)?;
-                // Windows never hold stale markers: drop them once.
-                let samples: &[(i64, f64)] = if s.samples.iter().any(|p| is_stale_nan(p.1)) {
-                    buf.clear();
-                    buf.extend(s.samples.iter().copied().filter(|p| !is_stale_nan(p.1)));
-                    &buf
-                } else {
-                    &s.samples
-                };
-                let mut pts = Vec::with_capacity(steps.n);
-                let (mut lo, mut hi) = (0usize, 0usize);
-                for (i, &rt) in rts.iter().enumerate() {
-                    let from = rt.saturating_sub(range);
-                    while lo < samples.len() && samples[lo].0 <= from {
-                        lo += 1;
-                    }
-                    hi = hi.max(lo);
-                    while hi < samples.len() && samples[hi].0 <= rt {
-                        hi += 1;
-                    }
-                    if hi > lo
-                        && let Some(v) = f(&samples[lo..hi], Window { end: rt, range })
-                    {
-                        pts.push((i as u32, v));
-                    }
-                }
-                out.push(StepSeries { labels: s.labels.clone(), drop_name: !keep_name, pts });
-            }
-            Ok(Some(RangeValue::Vector(out)))
+            let mut out = Vec::new();
+            let done = selector_series(ctx, vs, read, drop_name, steps, &mut |labels, drop_name, pts| {
+                out.push(StepSeries { labels: labels.clone(), drop_name, pts: pts.to_vec() });
+                Ok(true)
+            })?;
+            Ok(done.then_some(RangeValue::Vector(out)))
         }
         Expr::Aggregate(a) => aggregate(ctx, a, steps),
         Expr::Binary(b) => {
@@ -256,18 +388,15 @@ fn aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, steps: Steps) -> Result<Option<Ra
     if a.param.is_some() || !["sum", "avg", "count", "group", "min", "max"].contains(&op.as_str()) {
         return Ok(None);
     }
-    let Some(RangeValue::Vector(input)) = node(ctx, &a.expr, steps)? else {
-        return Ok(None);
-    };
     let m = a.modifier.as_ref();
     let mut index: FxMap<Labels, usize> = FxMap::default();
     // (labels, drop_name, any member present at the step, accumulators)
     let mut groups: Vec<(Labels, Option<bool>, Vec<bool>, Acc)> = Vec::new();
-    for s in input {
-        if s.pts.is_empty() {
-            continue;
+    let done = each_series(ctx, &a.expr, steps, &mut |labels, drop_name, pts| {
+        if pts.is_empty() {
+            return Ok(true);
         }
-        let key = group_labels(&s.labels, m);
+        let key = group_labels(labels, m);
         let g = match index.get(&key) {
             Some(&g) => g,
             None => {
@@ -288,16 +417,16 @@ fn aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, steps: Steps) -> Result<Option<Ra
         // uniform members make it the same at every step (it matters only
         // when the key keeps the name).
         match drop {
-            None => *drop = Some(s.drop_name),
-            Some(d) if *d != s.drop_name => {
+            None => *drop = Some(drop_name),
+            Some(d) if *d != drop_name => {
                 if key.get(METRIC_NAME).is_some() {
-                    return Ok(None);
+                    return Ok(false);
                 }
-                *d |= s.drop_name;
+                *d |= drop_name;
             }
             Some(_) => {}
         }
-        for &(i, v) in &s.pts {
+        for &(i, v) in pts {
             let i = i as usize;
             let first = !has[i];
             has[i] = true;
@@ -314,6 +443,10 @@ fn aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, steps: Steps) -> Result<Option<Ra
                 }
             }
         }
+        Ok(true)
+    })?;
+    if !done {
+        return Ok(None);
     }
     let out = groups
         .into_iter()

@@ -10,6 +10,7 @@ use promql_parser::parser::{self, Expr};
 
 mod aggregate;
 mod binary;
+pub mod cache;
 mod eval;
 mod fast;
 mod functions;
@@ -436,16 +437,8 @@ pub fn range_query_annotated(
     range_query_with(store, tenant, expr, (start, end, step), opts, true)
 }
 
-/// [`range_query_annotated`]; with `series_at_a_time` false, always the
-/// step evaluator (tests compare the two).
-fn range_query_with(
-    store: &MetricsStore,
-    tenant: &str,
-    expr: &Expr,
-    (start, end, step): (i64, i64, i64),
-    opts: &QueryOptions,
-    series_at_a_time: bool,
-) -> Result<(Vec<Series>, Annotations), QueryError> {
+/// The errors Prometheus gives a range query's parameters and type.
+pub(crate) fn check_range(expr: &Expr, start: i64, end: i64, step: i64) -> Result<(), QueryError> {
     if step <= 0 {
         return Err(QueryError::BadData(
             "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
@@ -467,13 +460,44 @@ fn range_query_with(
             )));
         }
     }
+    Ok(())
+}
+
+/// [`range_query_annotated`]; with `series_at_a_time` false, always the
+/// step evaluator (tests compare the two).
+fn range_query_with(
+    store: &MetricsStore,
+    tenant: &str,
+    expr: &Expr,
+    (start, end, step): (i64, i64, i64),
+    opts: &QueryOptions,
+    series_at_a_time: bool,
+) -> Result<(Vec<Series>, Annotations), QueryError> {
+    check_range(expr, start, end, step)?;
     let mut ctx = Ctx::new(store, tenant, opts, start, end, step);
     ctx.mark_stats(expr);
-    ctx.prefetch(expr, start, end)?;
     let steps = fast::Steps { start, step, n: (end.saturating_sub(start) / step + 1) as usize };
-    if series_at_a_time && let Some(out) = fast::range_eval(&ctx, expr, steps)? {
-        warn_sort_in_range(&ctx, expr, start, end);
-        return Ok((out, ctx.annotations.into_inner()));
+    if series_at_a_time && fast::streamable(expr) {
+        // Series-at-a-time, reading each selector's series from the store
+        // as it evaluates them; data it cannot take (native histograms,
+        // series colliding once names drop) sends the query to the step
+        // evaluator, which reads the selections afresh.
+        ctx.stream = true;
+        if let Some(out) = fast::range_eval(&ctx, expr, steps)? {
+            warn_sort_in_range(&ctx, expr, start, end);
+            return Ok((out, ctx.annotations.into_inner()));
+        }
+        ctx.stream = false;
+        ctx.streamed.set(0);
+        ctx.streamed_series.set(0);
+        *ctx.annotations.borrow_mut() = Annotations::default();
+        ctx.prefetch(expr, start, end)?;
+    } else {
+        ctx.prefetch(expr, start, end)?;
+        if series_at_a_time && let Some(out) = fast::range_eval(&ctx, expr, steps)? {
+            warn_sort_in_range(&ctx, expr, start, end);
+            return Ok((out, ctx.annotations.into_inner()));
+        }
     }
     let mut by: FxMap<Labels, Vec<(i64, f64)>> = FxMap::default();
     let mut hby: FxMap<Labels, Vec<(i64, Histogram)>> = FxMap::default();
