@@ -357,8 +357,6 @@ pub(crate) struct Decoded {
     frames: Vec<Frame>,
     meta_frame: Option<Frame>,
     want: Vec<bool>,
-    /// The decoded first frame of a version 3 chunk (the others' dictionary).
-    dict_buf: Vec<u8>,
     dctx3: Option<zstd::zstd_safe::DCtx<'static>>,
 }
 
@@ -390,7 +388,6 @@ impl Decoded {
         self.ts.clear();
         self.lens.clear();
         self.slots.clear();
-        self.body.clear();
         self.lines_len = 0;
         self.has_meta = false;
         self.ranges.clear();
@@ -546,65 +543,58 @@ impl Decoded {
             );
         }
         self.slots.clear();
-        self.body.clear();
         if !self.want.iter().any(|&w| w) {
+            self.body.clear();
             return Ok(false);
         }
-        // The first frame: wanted itself, or the dictionary of the others
-        // (and of the metadata frame).
-        let f0 = self.frames[0];
-        let mut dict = std::mem::take(&mut self.dict_buf);
-        dict.clear();
-        dict.reserve(f0.raw);
-        let res = self.decompress(chunk, &f0, None, &mut dict);
-        self.dict_buf = dict;
-        res?;
-        self.decompressed = f0.raw;
-        self.slots.resize(self.ts.len(), Slot { line_start: 0, line_end: 0, meta: u32::MAX });
+        // Every frame goes to its own place in a body of `payload` bytes
+        // (the table adds up to it), as if the whole body were decoded;
+        // bytes of frames not decoded are left from earlier chunks and
+        // never read (`ranges`). The body is not cleared between chunks,
+        // so a recycled buffer is zero-filled only where it grows.
         let mut body = std::mem::take(&mut self.body);
+        body.resize(payload as usize, 0);
         let res = self.decode_wanted(chunk, &mut body);
         self.body = body;
         res?;
         Ok(true)
     }
 
-    /// The wanted frames (first frame already in `dict_buf`) and the
-    /// metadata frame, appended to `body`, with their slots.
-    fn decode_wanted(&mut self, chunk: &[u8], body: &mut Vec<u8>) -> Result<(), DecodeError> {
-        // Room for the whole body (at most `payload`, checked against the
-        // table), so a buffer recycled from chunk to chunk grows once.
-        let whole: usize = self.frames.iter().map(|f| f.raw).sum::<usize>() + self.meta_frame.map_or(0, |m| m.raw);
-        body.reserve(whole);
+    /// Frame 0 (wanted itself, or the dictionary of the others and of the
+    /// metadata frame), the wanted frames and the metadata frame into
+    /// their places in `body`, each checked against its CRC, with the
+    /// entries' slots.
+    fn decode_wanted(&mut self, chunk: &[u8], body: &mut [u8]) -> Result<(), DecodeError> {
+        let f0 = self.frames[0];
+        self.decompress(chunk, &f0, &mut body[..f0.raw], 0)?;
+        self.decompressed = f0.raw;
+        self.slots.reserve(self.ts.len());
+        let mut pos = 0u32;
+        for &l in &self.lens {
+            self.slots.push(Slot { line_start: pos, line_end: pos + l, meta: u32::MAX });
+            pos += l;
+        }
+        let mut at = 0;
         for k in 0..self.frames.len() {
-            if !self.want[k] {
-                continue;
-            }
             let f = self.frames[k];
-            let base = body.len();
-            if k == 0 {
-                body.extend_from_slice(&self.dict_buf);
-            } else {
-                self.decompress_into(chunk, &f, body)?;
-                self.decompressed += f.raw;
+            if self.want[k] {
+                if k > 0 {
+                    self.decompress(chunk, &f, &mut body[..at + f.raw], at)?;
+                    self.decompressed += f.raw;
+                }
+                match self.ranges.last_mut() {
+                    Some(r) if r.1 == f.entries.0 => r.1 = f.entries.1,
+                    _ => self.ranges.push(f.entries),
+                }
             }
-            let mut pos = base as u32;
-            for i in f.entries.0..f.entries.1 {
-                let l = self.lens[i];
-                self.slots[i] = Slot { line_start: pos, line_end: pos + l, meta: u32::MAX };
-                pos += l;
-            }
-            match self.ranges.last_mut() {
-                Some(r) if r.1 == f.entries.0 => r.1 = f.entries.1,
-                _ => self.ranges.push(f.entries),
-            }
+            at += f.raw;
         }
         if let Some(m) = self.meta_frame {
-            let at = body.len();
-            self.decompress_into(chunk, &m, body)?;
+            self.decompress(chunk, &m, &mut body[..at + m.raw], at)?;
             self.decompressed += m.raw;
             let mut r = Reader::new(&body[at..]);
             for s in &mut self.slots {
-                let off = at + (body.len() - at - r.rest().len());
+                let off = body.len() - r.rest().len();
                 let n = r.uvarint()?;
                 for _ in 0..n {
                     r.bytes()?;
@@ -618,50 +608,24 @@ impl Decoded {
         Ok(())
     }
 
-    /// Decompresses frame `f` (CRC-checked) into `out` (cleared), with
-    /// `dict` as its raw-content dictionary when given.
-    fn decompress(
-        &mut self,
-        chunk: &[u8],
-        f: &Frame,
-        dict: Option<&[u8]>,
-        out: &mut Vec<u8>,
-    ) -> Result<(), DecodeError> {
-        out.clear();
+    /// Decompresses frame `f` (CRC-checked) into `buf[at..]`, which must be
+    /// exactly its length; a frame after the first (`at > 0`) has frame 0,
+    /// `buf[..frames[0].raw]`, as its raw-content dictionary (right before
+    /// it for frame 1, which zstd then reads as one contiguous prefix).
+    fn decompress(&mut self, chunk: &[u8], f: &Frame, buf: &mut [u8], at: usize) -> Result<(), DecodeError> {
         let z = &chunk[f.z.0..f.z.1];
         if !crate::crc_matches(crc32c::crc32c(z), f.crc) {
             return Err(DecodeError { offset: f.z.0, reason: "frame checksum mismatch" });
         }
         let dctx = self.dctx3.get_or_insert_with(zstd::zstd_safe::DCtx::create);
-        let n = match dict {
-            None => dctx.decompress(out, z),
-            Some(d) => dctx.decompress_using_dict(out, z, d),
+        let (before, out) = buf.split_at_mut(at);
+        let n = if at == 0 {
+            dctx.decompress(out, z)
+        } else {
+            dctx.decompress_using_dict(out, z, &before[..self.frames[0].raw])
         }
         .map_err(|_| DecodeError { offset: f.z.0, reason: "zstd failed" })?;
         if n != f.raw {
-            return Err(DecodeError { offset: f.z.0, reason: "frame length differs from its table" });
-        }
-        Ok(())
-    }
-
-    /// Decompresses frame `f` (CRC-checked, the first frame as dictionary)
-    /// at the end of `body`.
-    fn decompress_into(&mut self, chunk: &[u8], f: &Frame, body: &mut Vec<u8>) -> Result<(), DecodeError> {
-        let z = &chunk[f.z.0..f.z.1];
-        if !crate::crc_matches(crc32c::crc32c(z), f.crc) {
-            return Err(DecodeError { offset: f.z.0, reason: "frame checksum mismatch" });
-        }
-        let at = body.len();
-        if body.capacity() - at < f.raw {
-            body.reserve(f.raw);
-        }
-        let dctx = self.dctx3.get_or_insert_with(zstd::zstd_safe::DCtx::create);
-        let mut cur = std::io::Cursor::new(&mut *body);
-        cur.set_position(at as u64);
-        let n = dctx
-            .decompress_using_dict(&mut cur, z, &self.dict_buf)
-            .map_err(|_| DecodeError { offset: f.z.0, reason: "zstd failed" })?;
-        if n != f.raw || body.len() != at + f.raw {
             return Err(DecodeError { offset: f.z.0, reason: "frame length differs from its table" });
         }
         Ok(())
@@ -838,7 +802,6 @@ impl Decoded {
         let mut out = std::mem::take(self);
         self.dctx = out.dctx.take();
         self.dctx3 = out.dctx3.take();
-        self.dict_buf = std::mem::take(&mut out.dict_buf);
         out
     }
 

@@ -36,13 +36,16 @@ impl LogSelector {
     /// form: the patterns of single-pattern `|=` filters that come before
     /// any stage rewriting the line. Passed to the store's content index,
     /// which only prunes; the filters themselves still decide.
-    pub fn required_substrings(&self) -> Vec<&[u8]> {
+    pub fn required_substrings(&self) -> Vec<std::borrow::Cow<'_, [u8]>> {
         let mut out = Vec::new();
         for stage in &self.pipeline {
             match stage {
                 Stage::LineFormat(_) | Stage::Decolorize => break,
                 Stage::LineFilter(f) if f.op == FilterOp::Contains && f.patterns.len() == 1 => {
-                    out.push(f.patterns[0].as_bytes());
+                    out.push(std::borrow::Cow::Borrowed(f.patterns[0].as_bytes()));
+                }
+                Stage::LineFilter(f) if f.op == FilterOp::Match && f.patterns.len() == 1 => {
+                    out.extend(regex_literal(&f.patterns[0]).map(std::borrow::Cow::Owned));
                 }
                 _ => {}
             }
@@ -57,6 +60,27 @@ impl LogSelector {
             _ => None,
         })
     }
+}
+
+/// The longest literal every match of `re` contains (case-sensitive bytes
+/// of a top-level concatenation: `error: (\d+) timed out` gives
+/// ` timed out`), if any; none for alternations, case-insensitive parts or
+/// a regex that does not parse.
+fn regex_literal(re: &str) -> Option<Vec<u8>> {
+    use regex_syntax::hir::{Hir, HirKind};
+    fn required(h: &Hir, out: &mut Vec<Vec<u8>>) {
+        match h.kind() {
+            HirKind::Literal(l) => out.push(l.0.to_vec()),
+            HirKind::Capture(c) => required(&c.sub, out),
+            HirKind::Repetition(r) if r.min >= 1 => required(&r.sub, out),
+            HirKind::Concat(subs) => subs.iter().for_each(|s| required(s, out)),
+            _ => {}
+        }
+    }
+    let hir = regex_syntax::Parser::new().parse(re).ok()?;
+    let mut lits = Vec::new();
+    required(&hir, &mut lits);
+    lits.into_iter().filter(|l| !l.is_empty()).max_by_key(Vec::len)
 }
 
 /// Kind of line filter.
@@ -555,12 +579,27 @@ mod tests {
 
     fn needles(q: &str) -> Vec<String> {
         let Ok(Expr::Log(sel)) = parse(q) else { panic!("{q} is not a log query") };
-        sel.required_substrings().into_iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect()
+        sel.required_substrings().into_iter().map(|b| String::from_utf8_lossy(&b).into_owned()).collect()
+    }
+
+    /// `|~` contributes the longest literal every match must contain;
+    /// `!~`, alternations and case-insensitive regexes contribute nothing.
+    #[test]
+    fn regex_filters_give_their_required_literal() {
+        assert_eq!(needles(r#"{a="b"} |~ "error: (\\d+) timed out""#), [" timed out"]);
+        assert_eq!(needles(r#"{a="b"} |~ "ZQX9rare(TOKEN)+""#), ["ZQX9rare"]);
+        assert_eq!(needles(r#"{a="b"} |~ "(?i)exception""#), Vec::<String>::new());
+        assert_eq!(needles(r#"{a="b"} |~ "foo|bar""#), Vec::<String>::new());
+        assert_eq!(needles(r#"{a="b"} |~ "(foo)?bar""#), ["bar"]);
+        assert_eq!(needles(r#"{a="b"} |~ "x*""#), Vec::<String>::new());
+        assert_eq!(needles(r#"{a="b"} !~ "foo""#), Vec::<String>::new());
+        assert_eq!(needles(r#"{a="b"} |~ "foo" or "bar""#), Vec::<String>::new());
+        assert_eq!(needles(r#"{a="b"} |~ "é+x""#), ["é"]);
     }
 
     #[test]
     fn required_substrings_stop_at_line_rewrites() {
-        assert_eq!(needles(r#"{a="b"} |= "x" != "y" |~ "z" |= "w""#), ["x", "w"]);
+        assert_eq!(needles(r#"{a="b"} |= "x" != "y" |~ "z" |= "w""#), ["x", "z", "w"]);
         assert_eq!(needles(r#"{a="b"} |= "x" or "y""#), Vec::<String>::new(), "alternatives are not required");
         assert_eq!(needles(r#"{a="b"} | json | line_format "{{.a}}" |= "x""#), Vec::<String>::new());
         assert_eq!(needles(r#"{a="b"} |= "x" | logfmt |= "y" | decolorize |= "z""#), ["x", "y"]);

@@ -106,7 +106,8 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
     let mut state = PipelineState::default();
     let mut seq: u64 = 0;
     let prefix = sel.pipeline.iter().take_while(|s| matches!(s, Stage::LineFilter(_))).count();
-    let needles = sel.required_substrings();
+    let owned = sel.required_substrings();
+    let needles: Vec<&[u8]> = owned.iter().map(|n| &n[..]).collect();
     let order = if backward { Order::Backward } else { Order::Forward };
     let req =
         ScanRequest { tenant: q.tenant, matchers: &sel.matchers, start: q.start, end: q.end, needles: &needles, order };

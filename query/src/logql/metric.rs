@@ -1011,7 +1011,8 @@ fn eval_range(
             }
         })
     } else {
-        let needles = range.selector.required_substrings();
+        let owned = range.selector.required_substrings();
+        let needles: Vec<&[u8]> = owned.iter().map(|n| &n[..]).collect();
         let req = ScanRequest {
             tenant,
             matchers,
