@@ -49,10 +49,8 @@ pub(crate) struct Encoder {
     head: Vec<u8>,
     body: Vec<u8>,
     scratch: Vec<u8>,
-    /// Write version 3 (framed) chunks, at this zstd level.
-    framed: Option<i32>,
-    /// Compress with [`COMPACT_PARAMS`] instead of the level (compaction).
-    compact_params: bool,
+    /// Write version 3 (framed) chunks.
+    framed: bool,
     /// Bytes of lines (at least) of the first frame and of the others.
     frame_bytes: (usize, usize),
     lens: Vec<usize>,
@@ -92,8 +90,7 @@ impl Encoder {
             head: Vec::new(),
             body: Vec::new(),
             scratch: Vec::new(),
-            framed: None,
-            compact_params: false,
+            framed: false,
             frame_bytes: (FIRST_FRAME_BYTES, FRAME_BYTES),
             lens: Vec::new(),
             frame_filter: trigram::Builder::default(),
@@ -109,8 +106,7 @@ impl Encoder {
         for p in COMPACT_PARAMS {
             e.cctx.set_parameter(p)?;
         }
-        e.framed = Some(0);
-        e.compact_params = true;
+        e.framed = true;
         Ok(e)
     }
 
@@ -119,7 +115,7 @@ impl Encoder {
     #[cfg(test)]
     pub fn framed(level: i32) -> std::io::Result<Encoder> {
         let mut e = Encoder::new(level)?;
-        e.framed = Some(level);
+        e.framed = true;
         Ok(e)
     }
 
@@ -161,7 +157,7 @@ impl Encoder {
             put_uvarint(&mut self.head, e.line.len() as u64);
             self.body.extend_from_slice(e.line);
             self.lens.push(e.line.len());
-            if self.framed.is_none() {
+            if !self.framed {
                 filter.add(e.line);
             }
         }
@@ -172,11 +168,11 @@ impl Encoder {
             }
         }
         out.clear();
-        if let Some(level) = self.framed {
+        if self.framed {
             out.push(V3_TAG);
             put_uvarint(out, self.head.len() as u64);
             self.compress_head(out)?;
-            self.encode_frames(level, meta, out, filter)?;
+            self.encode_frames(meta, out, filter)?;
             return Ok(self.body.len() as u64);
         }
         out.push(V2_TAG);
@@ -196,13 +192,17 @@ impl Encoder {
     /// each further frame (and the metadata frame) compressed with the
     /// first frame's bytes as its dictionary; `filter` gets the union of
     /// the frames' trigrams.
-    fn encode_frames(
-        &mut self,
-        level: i32,
-        meta: bool,
-        out: &mut Vec<u8>,
-        filter: &mut trigram::Builder,
-    ) -> std::io::Result<()> {
+    fn encode_frames(&mut self, meta: bool, out: &mut Vec<u8>, filter: &mut trigram::Builder) -> std::io::Result<()> {
+        let res = self.write_frames(meta, out, filter);
+        // The dictionary loaded for the later frames must reach neither the
+        // next chunk nor its head.
+        let cleared = self.cctx.context_mut().load_dictionary(&[]).map(drop).map_err(zstd_code_err);
+        res.and(cleared)
+    }
+
+    /// [`Encoder::encode_frames`], leaving frame 0's lines loaded as the
+    /// compression context's dictionary when there is a later frame.
+    fn write_frames(&mut self, meta: bool, out: &mut Vec<u8>, filter: &mut trigram::Builder) -> std::io::Result<()> {
         // (entries, line bytes) of each frame
         let mut cuts: Vec<(usize, usize)> = Vec::new();
         let (mut i, mut target) = (0, self.frame_bytes.0);
@@ -217,30 +217,19 @@ impl Encoder {
         }
         let lines_len: usize = cuts.iter().map(|c| c.1).sum();
         let dict_len = cuts[0].1;
-        // The later frames are compressed with the first frame's lines as a
-        // prefix (a raw-content dictionary: readers decode them with those
-        // bytes as dictionary), on a context with this encoder's parameters.
-        let dict = &self.body[..dict_len];
-        let mut dctx = zstd::zstd_safe::CCtx::create();
-        let set = |c: &mut zstd::zstd_safe::CCtx<'_>, p| c.set_parameter(p).map_err(zstd_code_err).map(drop);
-        if self.compact_params {
-            for p in COMPACT_PARAMS {
-                set(&mut dctx, p)?;
-            }
-        } else {
-            set(&mut dctx, zstd::zstd_safe::CParameter::CompressionLevel(level))?;
-        }
         self.frames.clear();
         self.table.clear();
         put_uvarint(&mut self.table, cuts.len() as u64);
         let mut pos = 0;
         for (k, &(n, raw)) in cuts.iter().enumerate() {
             let part = &self.body[pos..pos + raw];
-            let z = if k == 0 {
-                compress_frame(&mut self.cctx, part)?
-            } else {
-                compress_with_prefix(&mut dctx, dict, part)?
-            };
+            if k == 1 {
+                // The later frames (and the metadata frame) are compressed
+                // with the first frame's lines as a raw-content dictionary
+                // (copied into the context), with this encoder's parameters.
+                self.cctx.context_mut().load_dictionary(&self.body[..dict_len]).map_err(zstd_code_err)?;
+            }
+            let z = compress_frame(&mut self.cctx, part)?;
             put_uvarint(&mut self.table, n as u64);
             put_uvarint(&mut self.table, raw as u64);
             put_uvarint(&mut self.table, z.len() as u64);
@@ -261,8 +250,11 @@ impl Encoder {
             pos += raw;
         }
         if meta {
+            if cuts.len() == 1 {
+                self.cctx.context_mut().load_dictionary(&self.body[..dict_len]).map_err(zstd_code_err)?;
+            }
             let part = &self.body[lines_len..];
-            let z = compress_with_prefix(&mut dctx, dict, part)?;
+            let z = compress_frame(&mut self.cctx, part)?;
             put_uvarint(&mut self.table, part.len() as u64);
             put_uvarint(&mut self.table, z.len() as u64);
             self.table.extend_from_slice(&crc32c::crc32c(&z).to_le_bytes());
@@ -290,24 +282,10 @@ impl Encoder {
     }
 }
 
-/// One zstd frame of `part`, with `dict` (a prepared raw-content
-/// dictionary) when given.
+/// One zstd frame of `part`, with the context's dictionary if one is loaded.
 fn compress_frame(cctx: &mut zstd::bulk::Compressor<'static>, part: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut z = Vec::with_capacity(zstd::zstd_safe::compress_bound(part.len()));
     cctx.compress_to_buffer(part, &mut z)?;
-    Ok(z)
-}
-
-/// Compresses `part` with `prefix` as its (single-use, content-only)
-/// dictionary, with `cctx`'s parameters.
-fn compress_with_prefix<'a>(
-    cctx: &mut zstd::zstd_safe::CCtx<'a>,
-    prefix: &'a [u8],
-    part: &[u8],
-) -> std::io::Result<Vec<u8>> {
-    let mut z = Vec::with_capacity(zstd::zstd_safe::compress_bound(part.len()));
-    cctx.ref_prefix(prefix).map_err(zstd_code_err)?;
-    cctx.compress2(&mut z, part).map_err(zstd_code_err)?;
     Ok(z)
 }
 
@@ -999,9 +977,13 @@ mod tests {
                     })
                     .collect();
                 let mut enc = Encoder::framed_sized(3, first, rest).unwrap();
-                let d = roundtrip_with(&mut enc, &cases);
-                assert!(d.is_framed() && d.lines_contiguous());
-                assert_eq!(d.ranges, vec![(0, cases.len())]);
+                // Twice with one encoder: the dictionary of the first
+                // chunk's later frames must not leak into the second chunk.
+                for _ in 0..2 {
+                    let d = roundtrip_with(&mut enc, &cases);
+                    assert!(d.is_framed() && d.lines_contiguous());
+                    assert_eq!(d.ranges, vec![(0, cases.len())]);
+                }
             }
         }
     }
