@@ -128,6 +128,11 @@ pub(crate) fn st_at(pairs: &[(i64, i64)], t: i64) -> i64 {
     pairs.binary_search_by_key(&t, |p| p.0).map_or(0, |i| pairs[i].1)
 }
 
+/// The start timestamps of `samples` (0: none), aligned with them.
+pub(crate) fn st_aligned<T>(pairs: &[(i64, i64)], samples: &[(i64, T)]) -> Vec<i64> {
+    samples.iter().map(|p| st_at(pairs, p.0)).collect()
+}
+
 impl<'a> Ctx<'a> {
     pub fn new(
         store: &'a MetricsStore,

@@ -119,8 +119,20 @@ pub(crate) fn is_st_reset(prev_st: i64, prev_t: i64, cur_st: i64, cur_t: i64) ->
 
 /// Prometheus's `checkStartTimeOverlap`: a start time inside the previous
 /// sample's interval that is not the previous sample's own start.
-pub(crate) fn st_overlaps(prev_st: i64, prev_t: i64, cur_st: i64) -> bool {
+fn st_overlaps(prev_st: i64, prev_t: i64, cur_st: i64) -> bool {
     cur_st != 0 && cur_st < prev_t && cur_st != prev_st
+}
+
+/// [`is_st_reset`] between samples `i - 1` and `i` of `p`, whose start
+/// timestamps are `sts` (aligned with `p`; empty: none).
+pub(crate) fn st_reset_at<T>(p: &[(i64, T)], sts: &[i64], i: usize) -> bool {
+    sts.len() == p.len() && is_st_reset(sts[i - 1], p[i - 1].0, sts[i], p[i].0)
+}
+
+/// [`st_overlaps`] between samples `i - 1` and `i` of `p` (as
+/// [`st_reset_at`]).
+pub(crate) fn st_overlap_at<T>(p: &[(i64, T)], sts: &[i64], i: usize) -> bool {
+    sts.len() == p.len() && st_overlaps(sts[i - 1], p[i - 1].0, sts[i])
 }
 
 /// [`extrapolated_rate`] with the samples' start timestamps `sts` (aligned
@@ -148,22 +160,12 @@ fn extrapolated_rate_st(
     let mut result = last_v - first_v;
     if is_counter {
         let mut prev = first_v;
-        if sts.is_empty() {
-            for &(_, v) in &p[1..] {
-                if v < prev {
-                    result += prev;
-                }
-                prev = v;
+        for i in 1..p.len() {
+            *overlap |= st_overlap_at(p, sts, i);
+            if p[i].1 < prev || st_reset_at(p, sts, i) {
+                result += prev;
             }
-        } else {
-            for i in 1..p.len() {
-                let (st0, st1) = (sts[i - 1], sts[i]);
-                *overlap |= st_overlaps(st0, p[i - 1].0, st1);
-                if p[i].1 < prev || is_st_reset(st0, p[i - 1].0, st1, p[i].0) {
-                    result += prev;
-                }
-                prev = p[i].1;
-            }
+            prev = p[i].1;
         }
     }
     let mut to_start = (first_t - range_start) as f64 / 1000.0;
@@ -284,8 +286,7 @@ fn instant_value_st(p: &[(i64, f64)], sts: &[i64], is_rate: bool) -> Option<f64>
     }
     let (pt, pv) = p[p.len() - 2];
     let (lt, lv) = p[p.len() - 1];
-    let st_reset = sts.len() == p.len() && is_st_reset(sts[p.len() - 2], pt, sts[p.len() - 1], lt);
-    let mut r = if is_rate && (lv < pv || st_reset) { lv } else { lv - pv };
+    let mut r = if is_rate && (lv < pv || st_reset_at(p, sts, p.len() - 1)) { lv } else { lv - pv };
     let interval = lt - pt;
     if interval == 0 {
         return None;
@@ -497,10 +498,7 @@ fn st_range_fn(name: &str, p: &[(i64, f64)], sts: &[i64], w: Window, overlap: &m
     match name {
         "rate" | "increase" => extrapolated_rate_st(p, sts, w, true, name == "rate", overlap),
         "irate" => instant_value_st(p, sts, true),
-        "resets" => Some(
-            (1..p.len()).filter(|&i| p[i].1 < p[i - 1].1 || is_st_reset(sts[i - 1], p[i - 1].0, sts[i], p[i].0)).count()
-                as f64,
-        ),
+        "resets" => Some((1..p.len()).filter(|&i| p[i].1 < p[i - 1].1 || st_reset_at(p, sts, i)).count() as f64),
         _ => None,
     }
 }
@@ -555,7 +553,7 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
                 }
                 let v = match sts {
                     Some(pairs) => {
-                        let st: Vec<i64> = points.iter().map(|p| super::eval::st_at(pairs, p.0)).collect();
+                        let st = super::eval::st_aligned(pairs, points);
                         let mut overlap = false;
                         let v = st_range_fn(name, points, &st, w, &mut overlap);
                         if overlap {
@@ -571,7 +569,7 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
                 return;
             }
             let hsts: Vec<i64> = match sts {
-                Some(pairs) => hists.iter().map(|p| super::eval::st_at(pairs, p.0)).collect(),
+                Some(pairs) => super::eval::st_aligned(pairs, hists),
                 None => Vec::new(),
             };
             let mut notes = super::histfn::RateNotes::default();

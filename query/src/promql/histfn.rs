@@ -7,7 +7,7 @@ use cairn_wire::Histogram;
 use cairn_wire::histogram::ResetHint;
 
 use super::eval::Window;
-use super::functions::{is_st_reset, st_overlaps};
+use super::functions::{is_st_reset, st_overlap_at, st_reset_at};
 
 /// Sum (or mean, with `avg`) of histograms, with what the additions
 /// reported (counter-reset collisions, reconciled custom bounds); `None`
@@ -499,13 +499,9 @@ fn histogram_rate(
     is_counter: bool,
     notes: &mut RateNotes,
 ) -> Option<Histogram> {
-    // A start-timestamp reset between samples i-1 and i (see
-    // `functions::is_st_reset`); `sts` is empty or aligned with `points`.
-    let st_reset =
-        |i: usize| sts.len() == points.len() && is_st_reset(sts[i - 1], points[i - 1].0, sts[i], points[i].0);
     let mut prev = points.first()?.1.clone();
     let last = &points.last()?.1;
-    if is_counter && points.len() > 1 && (st_reset(1) || points[1].1.detect_reset(&prev)) {
+    if is_counter && points.len() > 1 && (st_reset_at(points, sts, 1) || points[1].1.detect_reset(&prev)) {
         let second = &points[1].1;
         prev = Histogram { schema: second.schema, custom_values: second.custom_values.clone(), ..Histogram::default() };
     }
@@ -536,10 +532,8 @@ fn histogram_rate(
     if is_counter {
         let mut p = &prev;
         for (i, (_, cur)) in points.iter().enumerate().skip(1) {
-            if sts.len() == points.len() && st_overlaps(sts[i - 1], points[i - 1].0, sts[i]) {
-                notes.st_overlap = true;
-            }
-            if st_reset(i) || cur.detect_reset(p) {
+            notes.st_overlap |= st_overlap_at(points, sts, i);
+            if st_reset_at(points, sts, i) || cur.detect_reset(p) {
                 notes.reconciled_add |= h.add(p).ok()?.reconciled;
             }
             p = cur;
@@ -1029,8 +1023,7 @@ pub(crate) fn range_function(
             match (&all[n - 2], &all[n - 1]) {
                 ((ta, Ok(a)), (tb, Ok(b))) => {
                     // Both are the last two histograms: their start timestamps.
-                    let k = hists.len();
-                    let st_reset = hsts.len() == k && is_st_reset(hsts[k - 2], *ta, hsts[k - 1], *tb);
+                    let st_reset = st_reset_at(hists, hsts, hists.len() - 1);
                     instant_value(&(*ta, (*a).clone()), &(*tb, (*b).clone()), st_reset, name == "irate").map(HOut::Hist)
                 }
                 _ => None,
