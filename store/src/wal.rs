@@ -476,7 +476,7 @@ impl Wal {
     /// acknowledging it. Lets concurrent writers share one `fdatasync`
     /// (group commit) instead of taking turns at one each.
     pub fn append_unsynced(&self, typ: u8, payload: &[u8]) -> Result<WalPos, StoreError> {
-        self.write_record(typ, payload, false)
+        self.write_record_with(typ, false, |_, rec| rec.extend_from_slice(payload))
     }
 
     /// [`Wal::append_unsynced`] of the payload `encode(segment, buf)`
@@ -546,11 +546,6 @@ impl Wal {
             }
             StoreError::io("fsync", &w.path)(e)
         })
-    }
-
-    /// Writes one record, with `fdatasync` when `sync`; returns where it ends.
-    fn write_record(&self, typ: u8, payload: &[u8], sync: bool) -> Result<WalPos, StoreError> {
-        self.write_record_with(typ, sync, |_, rec| rec.extend_from_slice(payload))
     }
 
     /// Writes one record whose payload `encode(segment, buf)` appends to
