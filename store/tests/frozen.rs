@@ -37,9 +37,7 @@ fn samples(base: i64) -> Vec<(i64, f64)> {
     s
 }
 
-fn stream() -> Labels {
-    Labels::from_pairs([("job", "frozen")]).unwrap()
-}
+use common::frozen_stream as stream;
 
 fn series() -> Labels {
     Labels::from_pairs([("__name__", "frozen_metric"), ("job", "frozen")]).unwrap()
@@ -67,15 +65,8 @@ fn write_frozen_files() {
 
 #[test]
 fn reads_v1_logs() {
-    let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&frozen().join("logs"), tmp.path());
-    let s = LogStore::open(tmp.path(), WalOptions::default()).unwrap();
-    let mut got = Vec::new();
-    s.try_scan("t", &[Matcher::equal("job", "frozen")], 0, i64::MAX, &mut |l, es| {
-        assert_eq!(l, &stream());
-        got.extend_from_slice(es);
-    })
-    .unwrap();
+    let (_tmp, s) = common::open_logs_copy(&frozen().join("logs"));
+    let got = common::read_frozen_stream(&s);
     let mut want = entries("block", 1_000);
     want.extend(entries("wal", 2_000));
     assert_eq!(got, want);

@@ -10,11 +10,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::copy_dir;
-
 use cairn_store::WalOptions;
-use cairn_store::logs::{LogStore, Order, ScanRequest};
-use cairn_wire::{Entry, Labels, Matcher, StreamEntries};
+use cairn_store::logs::{LogStore, Order};
+use cairn_wire::{Entry, StreamEntries};
 
 fn frozen() -> PathBuf {
     common::frozen("logs-v2")
@@ -30,9 +28,7 @@ fn entries() -> Vec<Entry> {
         .collect()
 }
 
-fn stream() -> Labels {
-    Labels::from_pairs([("job", "frozen")]).unwrap()
-}
+use common::frozen_stream as stream;
 
 #[test]
 #[ignore]
@@ -49,32 +45,10 @@ fn write_frozen_files() {
 
 #[test]
 fn reads_v2_log_chunks() {
-    let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&frozen(), tmp.path());
-    let s = LogStore::open(tmp.path(), WalOptions::default()).unwrap();
+    let (_tmp, s) = common::open_logs_copy(&frozen());
     assert_eq!(s.block_stats().0, 1, "one block");
-    let mut got = Vec::new();
-    s.try_scan("t", &[Matcher::equal("job", "frozen")], 0, i64::MAX, &mut |l, es| {
-        assert_eq!(l, &stream());
-        got.extend_from_slice(es);
-    })
-    .unwrap();
-    assert_eq!(got, entries());
-    let mut hits = Vec::new();
-    let req = ScanRequest {
-        tenant: "t",
-        matchers: &[],
-        start: 0,
-        end: i64::MAX,
-        needles: &[b"request 42 "],
-        order: Order::Backward,
-    };
-    let st = s
-        .scan_entries(&req, &mut |_, b| {
-            hits.extend(b.iter().map(|e| e.to_owned()));
-            None
-        })
-        .unwrap();
+    assert_eq!(common::read_frozen_stream(&s), entries());
+    let (hits, st) = common::needle_hits(&s, b"request 42 ", Order::Backward);
     assert_eq!(hits, vec![entries()[42].clone()]);
     assert_eq!(st.chunks, 1);
 }

@@ -11,11 +11,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::copy_dir;
-
-use cairn_store::logs::{LogStore, Order, ScanRequest};
+use cairn_store::logs::{LogStore, Order};
 use cairn_store::{CompactionPolicy, WalOptions};
-use cairn_wire::{Entry, Labels, Matcher, StreamEntries};
+use cairn_wire::{Entry, StreamEntries};
 
 fn frozen() -> PathBuf {
     common::frozen("logs-v3")
@@ -43,9 +41,7 @@ fn entries() -> Vec<Entry> {
         .collect()
 }
 
-fn stream() -> Labels {
-    Labels::from_pairs([("job", "frozen")]).unwrap()
-}
+use common::frozen_stream as stream;
 
 #[test]
 #[ignore]
@@ -67,16 +63,9 @@ fn write_frozen_files() {
 
 #[test]
 fn reads_v3_log_chunks() {
-    let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&frozen(), tmp.path());
-    let s = LogStore::open(tmp.path(), WalOptions::default()).unwrap();
+    let (_tmp, s) = common::open_logs_copy(&frozen());
     assert_eq!(s.block_stats().0, 1, "one block");
-    let mut got = Vec::new();
-    s.try_scan("t", &[Matcher::equal("job", "frozen")], 0, i64::MAX, &mut |l, es| {
-        assert_eq!(l, &stream());
-        got.extend_from_slice(es);
-    })
-    .unwrap();
+    let got = common::read_frozen_stream(&s);
     let all = entries();
     assert_eq!(got, all);
     let raw: u64 = all.iter().map(|e| e.line.len() as u64).sum();
@@ -88,21 +77,7 @@ fn reads_v3_log_chunks() {
         (b"level=info", (0..8000).collect()),
         (b"QQJ7otherTOKEN ZQX9", vec![]),
     ] {
-        let mut hits = Vec::new();
-        let req = ScanRequest {
-            tenant: "t",
-            matchers: &[],
-            start: 0,
-            end: i64::MAX,
-            needles: &[needle],
-            order: Order::Forward,
-        };
-        let st = s
-            .scan_entries(&req, &mut |_, b| {
-                hits.extend(b.iter().map(|e| e.to_owned()));
-                None
-            })
-            .unwrap();
+        let (hits, st) = common::needle_hits(&s, needle, Order::Forward);
         let want: Vec<Entry> = want.into_iter().map(|i| all[i].clone()).collect();
         assert_eq!(hits, want, "{}", String::from_utf8_lossy(needle));
         if hits.len() <= 1 {
