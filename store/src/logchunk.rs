@@ -293,6 +293,24 @@ fn zstd_code_err(c: usize) -> std::io::Error {
     std::io::Error::other(zstd::zstd_safe::get_error_name(c))
 }
 
+/// Points each slot with metadata at its pair list in `body[start..]` (one
+/// list per entry, in entry order).
+fn meta_slots(slots: &mut [Slot], body: &[u8], start: usize) -> Result<(), DecodeError> {
+    let mut r = Reader::new(&body[start..]);
+    for s in slots {
+        let off = body.len() - r.rest().len();
+        let n = r.uvarint()?;
+        for _ in 0..n {
+            r.bytes()?;
+            r.bytes()?;
+        }
+        if n > 0 {
+            s.meta = off as u32;
+        }
+    }
+    Ok(())
+}
+
 /// Where one entry's parts are in [`Decoded::body`].
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Slot {
@@ -546,12 +564,7 @@ impl Decoded {
         let f0 = self.frames[0];
         self.decompress(chunk, &f0, &mut body[..f0.raw], 0)?;
         self.decompressed = f0.raw;
-        self.slots.reserve(self.ts.len());
-        let mut pos = 0u32;
-        for &l in &self.lens {
-            self.slots.push(Slot { line_start: pos, line_end: pos + l, meta: u32::MAX });
-            pos += l;
-        }
+        self.line_slots();
         let mut at = 0;
         for k in 0..self.frames.len() {
             let f = self.frames[k];
@@ -570,18 +583,7 @@ impl Decoded {
         if let Some(m) = self.meta_frame {
             self.decompress(chunk, &m, &mut body[..at + m.raw], at)?;
             self.decompressed += m.raw;
-            let mut r = Reader::new(&body[at..]);
-            for s in &mut self.slots {
-                let off = body.len() - r.rest().len();
-                let n = r.uvarint()?;
-                for _ in 0..n {
-                    r.bytes()?;
-                    r.bytes()?;
-                }
-                if n > 0 {
-                    s.meta = off as u32;
-                }
-            }
+            meta_slots(&mut self.slots, body, at)?;
         }
         Ok(())
     }
@@ -713,27 +715,22 @@ impl Decoded {
         self.ranges.push((0, self.ts.len()));
         self.decompressed = self.body.len();
         self.slots.clear();
+        self.line_slots();
+        if self.has_meta {
+            meta_slots(&mut self.slots, &self.body, self.lines_len)?;
+        }
+        Ok(())
+    }
+
+    /// Appends a slot per entry for its line (the lines are contiguous from
+    /// the body's start), with no metadata yet.
+    fn line_slots(&mut self) {
         self.slots.reserve(self.ts.len());
         let mut pos = 0u32;
         for &l in &self.lens {
             self.slots.push(Slot { line_start: pos, line_end: pos + l, meta: u32::MAX });
             pos += l;
         }
-        if self.has_meta {
-            let mut r = Reader::new(&self.body[self.lines_len..]);
-            for s in &mut self.slots {
-                let at = self.lines_len + (self.body.len() - self.lines_len - r.rest().len());
-                let n = r.uvarint()?;
-                for _ in 0..n {
-                    r.bytes()?;
-                    r.bytes()?;
-                }
-                if n > 0 {
-                    s.meta = at as u32;
-                }
-            }
-        }
-        Ok(())
     }
 
     fn decode_v1(&mut self, chunk: &[u8], min_ts: i64, payload: u64) -> Result<(), DecodeError> {
