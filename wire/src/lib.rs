@@ -62,37 +62,84 @@ pub fn format_float(v: f64) -> String {
 /// [`format_float`] appended to `out` (no allocation for the common cases:
 /// the query API writes millions of values per response).
 pub fn format_float_into(out: &mut String, v: f64) {
-    use std::fmt::Write;
     if v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
         // integral: counters, byte counts, most gauges; exact in an i64
         out.push_str(itoa::Buffer::new().format(v as i64));
-    } else if v.is_finite() && (v == 0.0 || (1e-6..1e21).contains(&v.abs())) {
-        let _ = write!(out, "{v}");
+    } else if (1e-5..1e16).contains(&v.abs()) {
+        // Ryu writes this range without an exponent (`12.5`, `0.00012`,
+        // `1e15 + 0.5` as `1000000000000000.5`, integers with `.0`).
+        let mut b = ryu::Buffer::new();
+        let s = b.format_finite(v);
+        out.push_str(s.strip_suffix(".0").unwrap_or(s));
     } else {
-        out.push_str(&format_float_slow(v));
+        format_float_general(out, v);
     }
 }
 
-fn format_float_slow(v: f64) -> String {
+/// Every float, from Ryu's shortest digits (the digits Go's `strconv`
+/// picks: Ryu, ties to even) laid out as Go's `'f'` / `'e'` formats.
+fn format_float_general(out: &mut String, v: f64) {
     if v.is_nan() {
-        return "NaN".into();
+        return out.push_str("NaN");
     }
     if v.is_infinite() {
-        return if v > 0.0 { "+Inf".into() } else { "-Inf".into() };
+        return out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
     }
+    if v == 0.0 {
+        return out.push_str(if v.is_sign_negative() { "-0" } else { "0" });
+    }
+    if v < 0.0 {
+        out.push('-');
+    }
+    let mut b = ryu::Buffer::new();
+    let s = b.format_finite(v.abs());
+    let (mant, exp) = match s.split_once('e') {
+        Some((m, e)) => (m, e.parse::<i32>().unwrap_or(0)),
+        None => (s, 0),
+    };
+    let (int, frac) = mant.split_once('.').unwrap_or((mant, ""));
+    // digits d1 d2 … with the decimal point after `point` of them
+    let mut digits = [0u8; 40];
+    let mut n = 0;
+    let mut point = int.len() as i32 + exp;
+    for &c in int.as_bytes().iter().chain(frac.as_bytes()) {
+        if n == 0 && c == b'0' {
+            point -= 1;
+        } else if n < digits.len() {
+            digits[n] = c;
+            n += 1;
+        }
+    }
+    while n > 1 && digits[n - 1] == b'0' {
+        n -= 1;
+    }
+    let d = std::str::from_utf8(&digits[..n]).unwrap_or("0");
     let a = v.abs();
-    if a != 0.0 && !(1e-6..1e21).contains(&a) {
-        // Rust: "1.5e-7"; Go: "1.5e-07".
-        let s = format!("{v:e}");
-        let (mant, exp) = s.split_once('e').unwrap_or((&s, "0"));
-        let (sign, digits) = match exp.strip_prefix('-') {
-            Some(d) => ('-', d),
-            None => ('+', exp),
-        };
-        return if digits.len() < 2 { format!("{mant}e{sign}0{digits}") } else { format!("{mant}e{sign}{digits}") };
+    if !(1e-6..1e21).contains(&a) {
+        // Go: `1.5e-07`, `1e+21`: at least two exponent digits.
+        let e = point - 1;
+        out.push_str(&d[..1]);
+        if n > 1 {
+            out.push('.');
+            out.push_str(&d[1..]);
+        }
+        out.push_str(if e < 0 { "e-" } else { "e+" });
+        if e.abs() < 10 {
+            out.push('0');
+        }
+        out.push_str(itoa::Buffer::new().format(e.abs()));
+    } else if point <= 0 {
+        out.push_str("0.");
+        (0..-point).for_each(|_| out.push('0'));
+        out.push_str(d);
+    } else if point as usize >= n {
+        out.push_str(d);
+        (0..point as usize - n).for_each(|_| out.push('0'));
+    } else {
+        out.push_str(&d[..point as usize]);
+        out.push('.');
+        out.push_str(&d[point as usize..]);
     }
-    let s = format!("{v}");
-    if s == "-0" { "-0".into() } else { s }
 }
 
 #[cfg(test)]
@@ -103,7 +150,8 @@ mod tests {
     fn fast_float_paths_match_the_general_one() {
         // random bit patterns, small integers, decimals and their negatives
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut vals = vec![0.0, -0.0, 1e15, 1e15 - 1.0, -1e15, 0.1, 1e-6, 9.99e20, 1e21];
+        let mut vals =
+            vec![0.0, -0.0, 1e15, 1e15 - 1.0, -1e15, 0.1, 1e-6, 1e-5, 9.99e-6, 1e16, 1e16 - 2.0, 9.99e20, 1e21];
         for i in 0..20_000u64 {
             x ^= x << 13;
             x ^= x >> 7;
@@ -111,10 +159,49 @@ mod tests {
             vals.push(f64::from_bits(x));
             vals.push((x % 100_000) as f64 / [1.0, 10.0, 100.0, 1000.0][(i % 4) as usize]);
             vals.push(-((x >> 20) as f64));
+            // uniform mantissas across the decades around the ryu range
+            let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+            vals.push(unit * 10f64.powi((i % 24) as i32 - 7));
+            vals.push(-unit * 10f64.powi((i % 24) as i32 - 7));
         }
         for v in vals {
-            assert_eq!(format_float(v), format_float_slow(v), "{v:e} ({:#x})", v.to_bits());
+            let mut general = String::new();
+            format_float_general(&mut general, v);
+            assert_eq!(format_float(v), general, "{v:e} ({:#x})", v.to_bits());
+            // Against Rust's own shortest formatting: the same layout and
+            // length, and the same value back. The digits may differ in the
+            // last place on exact ties (Rust rounds half up, Go and Ryu to
+            // even: 780057396987758.25 is `…758.2` in Go).
+            let std = format_float_std(v);
+            assert_eq!(general.len(), std.len(), "{general} vs {std}");
+            if v.is_finite() {
+                assert_eq!(general.parse::<f64>().ok(), Some(v), "{general}");
+            } else {
+                assert_eq!(general, std);
+            }
         }
+        assert_eq!(format_float(f64::from_bits(0x4306_2baa_206a_3b72)), "780057396987758.2");
+    }
+
+    /// The layout of Go's `'f'`/`'e'` formats from Rust's `{}` and `{:e}`.
+    fn format_float_std(v: f64) -> String {
+        if v.is_nan() {
+            return "NaN".into();
+        }
+        if v.is_infinite() {
+            return if v > 0.0 { "+Inf".into() } else { "-Inf".into() };
+        }
+        let a = v.abs();
+        if a != 0.0 && !(1e-6..1e21).contains(&a) {
+            let s = format!("{v:e}");
+            let (mant, exp) = s.split_once('e').unwrap_or((&s, "0"));
+            let (sign, digits) = match exp.strip_prefix('-') {
+                Some(d) => ('-', d),
+                None => ('+', exp),
+            };
+            return if digits.len() < 2 { format!("{mant}e{sign}0{digits}") } else { format!("{mant}e{sign}{digits}") };
+        }
+        format!("{v}")
     }
 
     #[test]

@@ -540,7 +540,7 @@ fn query_success(v: &Value, truncated: bool, ann: promql::Annotations) -> Respon
         return success_annotated(QueryData(v), truncated, ann);
     }
     let points: usize = ms.iter().map(|s| s.points.len()).sum();
-    let mut out = String::with_capacity(64 + ms.len() * 256 + points * 28);
+    let mut out = String::with_capacity(64 + ms.len() * 256 + points * 36);
     out.push_str(r#"{"status":"success","data":{"resultType":"matrix","result":["#);
     for (i, s) in ms.iter().enumerate() {
         if i > 0 {
