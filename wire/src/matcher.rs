@@ -37,6 +37,31 @@ pub enum MatcherError {
     BadRegex { name: String, pattern: String, reason: String },
 }
 
+/// `pattern` compiled anchored at both ends with `.` matching newlines
+/// (`^(?s:pattern)$`, PromQL's and LogQL's label-regex semantics), from a
+/// process-wide cache: a dashboard sends the same few patterns on every
+/// refresh, and `label_replace` in a range query asks at every step, while
+/// compiling one costs tens of microseconds (its DFA is built up front).
+pub fn anchored_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    /// Patterns kept; past it the cache starts over (patterns come from
+    /// queries, so their number is not bounded otherwise).
+    const MAX: usize = 1024;
+    static CACHE: OnceLock<Mutex<HashMap<String, Regex>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(re) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(pattern) {
+        return Ok(re.clone());
+    }
+    let re = Regex::new(&format!("^(?s:{pattern})$"))?;
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if c.len() >= MAX {
+        c.clear();
+    }
+    c.insert(pattern.to_string(), re.clone());
+    Ok(re)
+}
+
 /// One label matcher: `name op "value"`.
 #[derive(Clone, Debug)]
 pub struct Matcher {
@@ -60,12 +85,13 @@ impl Matcher {
     pub fn new(op: MatchOp, name: impl Into<String>, value: impl Into<String>) -> Result<Self, MatcherError> {
         let name = name.into();
         let value = value.into();
-        let re = match op {
-            MatchOp::Regex | MatchOp::NotRegex => Some(Regex::new(&format!("^(?s:{value})$")).map_err(|e| {
-                MatcherError::BadRegex { name: name.clone(), pattern: value.clone(), reason: e.to_string() }
-            })?),
-            _ => None,
-        };
+        let re =
+            match op {
+                MatchOp::Regex | MatchOp::NotRegex => Some(anchored_regex(&value).map_err(|e| {
+                    MatcherError::BadRegex { name: name.clone(), pattern: value.clone(), reason: e.to_string() }
+                })?),
+                _ => None,
+            };
         Ok(Matcher { name, op, value, re })
     }
 
@@ -110,6 +136,21 @@ impl fmt::Display for Matcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_regexes_keep_their_pattern_and_anchoring() {
+        // more distinct patterns than the cache holds, each asked twice
+        for i in 0..1500 {
+            let p = format!("x{i}|y.*");
+            for _ in 0..2 {
+                let re = anchored_regex(&p).unwrap();
+                assert!(re.is_match(&format!("x{i}")) && re.is_match("y\nz"));
+                assert!(!re.is_match(&format!("ax{i}")) && !re.is_match(&format!("x{}", i + 1)));
+            }
+        }
+        assert!(anchored_regex("(").is_err(), "errors are not cached as answers");
+        assert!(anchored_regex("(").is_err());
+    }
 
     #[test]
     fn four_kinds() {

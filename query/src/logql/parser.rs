@@ -378,7 +378,7 @@ impl Parser<'_> {
         if !cairn_wire::labels::is_valid_label_name(&dst) {
             return Err(self.err_at(positions[0], format!("invalid destination label name in label_replace(): {dst}")));
         }
-        let regex = Regex::new(&format!("^(?s:{regex_src})$")).map_err(|e| {
+        let regex = cairn_wire::matcher::anchored_regex(&regex_src).map_err(|e| {
             self.err_at(positions[3], format!("invalid regular expression in label_replace(): {regex_src}: {e}"))
         })?;
         Ok(SampleExpr::LabelReplace { inner: Box::new(inner), dst, replacement, src, regex_src, regex })

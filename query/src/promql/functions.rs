@@ -925,7 +925,7 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, t: i64) -> Result<Value, QueryE
             let repl = ctx.eval_string(arg(2)?, t)?;
             let src = ctx.eval_string(arg(3)?, t)?;
             let re_s = ctx.eval_string(arg(4)?, t)?;
-            let re = regex::Regex::new(&format!("^(?s:{re_s})$")).map_err(|e| {
+            let re = cairn_wire::matcher::anchored_regex(&re_s).map_err(|e| {
                 QueryError::Execution(format!("invalid regular expression in label_replace(): {re_s}: {e}"))
             })?;
             if !is_valid_label_name(&dst) {

@@ -257,6 +257,29 @@ pub fn parse(q: &str) -> Result<Expr, QueryError> {
 /// start), ms: what `step()` and `range()` in duration expressions stand
 /// for. Errors read as Prometheus's: `line:col: parse error: …`.
 pub fn parse_for(q: &str, step_ms: i64, range_ms: i64) -> Result<Expr, QueryError> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    /// Parsed queries kept: a dashboard's panels are parsed again on every
+    /// refresh, and parsing one compiles its regexes. Past this many the
+    /// cache starts over.
+    const MAX: usize = 512;
+    type Cache = Mutex<HashMap<(String, i64, i64), Expr>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (q.to_string(), step_ms, range_ms);
+    if let Some(e) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(e.clone());
+    }
+    let expr = parse_uncached(q, step_ms, range_ms)?;
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if c.len() >= MAX {
+        c.clear();
+    }
+    c.insert(key, expr.clone());
+    Ok(expr)
+}
+
+fn parse_uncached(q: &str, step_ms: i64, range_ms: i64) -> Result<Expr, QueryError> {
     check_nesting(q)?;
     let (text, trims) = rewrite::rewrite_full(q, step_ms, range_ms)?;
     let mut expr = parser::parse(&text).map_err(|m| {
