@@ -24,8 +24,8 @@ use super::ast::{BinOp, Group, Grouping, LogRange, RangeOp, SampleExpr, Stage, U
 use super::ctl::QueryCtl;
 use super::eval::CHECK_EVERY;
 use super::pipeline::{
-    ERROR_DETAILS_LABEL, ERROR_LABEL, LabelsBuilder, PipelineState, decolorize, metadata_names_any, parse_bytes,
-    parse_go_duration, run_stages, stream_rejects,
+    Category, ERROR_DETAILS_LABEL, ERROR_LABEL, LabelsBuilder, PipelineState, decolorize, metadata_names_any,
+    parse_bytes, parse_go_duration, required_labels, run_stages, stream_rejects,
 };
 
 /// Most steps a query may have, as in Loki.
@@ -946,6 +946,20 @@ impl RangeEval<'_> {
             (None, _) => 1.0,
         };
         let mut out_labels = lbs.labels();
+        if out_labels.get(ERROR_LABEL).is_some() && self.state.reads_some() {
+            // The error names the whole series: parse it again in full.
+            let mut full = LabelsBuilder::new(labels, e.metadata.iter());
+            let _ = run_stages(&pipeline[self.prefix..], &mut PipelineState::default(), &mut full, e.line, e.ts);
+            // the error itself is this run's (an unwrap's conversion error
+            // comes after the stages)
+            for name in [ERROR_LABEL, ERROR_DETAILS_LABEL] {
+                full.del(name);
+                if let Some(v) = out_labels.get(name) {
+                    full.set(name.to_string(), v.to_string(), Category::Parsed);
+                }
+            }
+            out_labels = full.labels();
+        }
         if let Some(err) = out_labels.get(ERROR_LABEL) {
             self.failure = Some(EvalError::Pipeline {
                 error: err.to_string(),
@@ -993,7 +1007,14 @@ fn eval_range(
         grouping,
         static_labels,
         prefix: pipeline.iter().take_while(|s| matches!(s, Stage::LineFilter(_))).count(),
-        state: PipelineState::default(),
+        state: PipelineState::reading(
+            // A `by` grouping decides the series' labels: parsers need set
+            // only what it and the pipeline read.
+            grouping.filter(|g| !g.without).and_then(|g| {
+                let unwrap = range.unwrap.as_ref().map(|u| (u.label.as_str(), &u.post_filters[..]));
+                required_labels(pipeline, &g.labels, unwrap)
+            }),
+        ),
         acc,
         failure: None,
         ctl: q.ctl,
@@ -1280,6 +1301,28 @@ mod tests {
             MetricValue::Matrix(m) => m.into_iter().map(|s| (s.labels.to_string(), s.points)).collect(),
             other => panic!("not a matrix: {other:?}"),
         }
+    }
+
+    /// A `by` grouping lets parsers set only the labels it and the pipeline
+    /// read; a pipeline error still names the whole series, and an unwrap's
+    /// conversion error still fails the query.
+    #[test]
+    fn grouped_parsing_keeps_answers_and_errors() {
+        let (_d, s) = store();
+        let m = matrix(
+            run(&s, r#"sum by (job) (count_over_time({job=~".+"} | logfmt | level="error" [100s]))"#, 100, 100, 10)
+                .unwrap(),
+        );
+        assert_eq!(
+            m,
+            vec![("{job=\"a\"}".to_string(), vec![(100_000, 1.0)]), ("{job=\"b\"}".to_string(), vec![(100_000, 2.0)])]
+        );
+        let err = run(&s, r#"max_over_time({job="b"} | logfmt | unwrap d [100s]) by (job)"#, 100, 100, 10).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("SampleExtractionErr") && text.contains(r#"level="error""#), "{text}");
+        let err = run(&s, r#"sum by (job) (count_over_time({job="a"} | json [100s]))"#, 100, 100, 10).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("JSONParserErr") && text.contains(r#"job="a""#), "{text}");
     }
 
     /// Counts and sizes of chunks no step window cuts come from the block

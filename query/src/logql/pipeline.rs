@@ -82,6 +82,17 @@ impl LabelsBuilder {
         self.labels.iter().any(|e| e.0 == name && e.2 == Category::Stream)
     }
 
+    /// Whether a parsed label `name` would be one of `required` (after the
+    /// `_extracted` renaming); everything is wanted without a list.
+    pub fn wants(&self, name: &str, required: Option<&[String]>) -> bool {
+        let Some(r) = required else { return true };
+        if self.is_stream_label(name) {
+            r.iter().any(|x| x.strip_suffix("_extracted") == Some(name))
+        } else {
+            r.iter().any(|x| x == name)
+        }
+    }
+
     /// Sets a parsed label, renaming it `<name>_extracted` when it clashes
     /// with a stream label.
     pub fn set_parsed(&mut self, name: &str, value: String) {
@@ -1373,10 +1384,79 @@ pub fn metadata_names_any<'m>(metadata: impl IntoIterator<Item = (&'m str, &'m s
     metadata.into_iter().any(|(k, _)| names.iter().any(|n| sanitize_label_name(k) == *n))
 }
 
-/// Per-query state of stateful stages (`distinct`).
+/// Per-query state of stateful stages (`distinct`), and what the query
+/// reads of the labels parsers extract.
 #[derive(Debug, Default)]
 pub struct PipelineState {
     distinct: Vec<HashSet<Vec<String>>>,
+    /// The only labels anything after the parsers reads (see
+    /// [`required_labels`]); `None`: all of them.
+    required: Option<Vec<String>>,
+}
+
+impl PipelineState {
+    /// State for a query whose later stages read only `required` of the
+    /// parsed labels (`None`: all).
+    pub fn reading(required: Option<Vec<String>>) -> Self {
+        PipelineState { required, ..Default::default() }
+    }
+
+    /// True when parsers set only some labels.
+    pub fn reads_some(&self) -> bool {
+        self.required.is_some()
+    }
+}
+
+/// The label names a metric query can read after its parsers, when that
+/// set is known: the labels of a `by` grouping that decides the result's
+/// labels, plus every label the stages and the unwrap name. `None` when a
+/// template (`line_format`, `label_format`) could read any label. Parsers
+/// then set only these (a clashing name counts as `<name>_extracted`);
+/// errors are recorded as before, so `__error__` handling is unchanged.
+pub fn required_labels(stages: &[Stage], by: &[String], unwrap: Option<(&str, &[LabelFilter])>) -> Option<Vec<String>> {
+    fn filter_names(f: &LabelFilter, out: &mut Vec<String>) {
+        match f {
+            LabelFilter::And(a, b) | LabelFilter::Or(a, b) => {
+                filter_names(a, out);
+                filter_names(b, out);
+            }
+            LabelFilter::String(m) => out.push(m.name.clone()),
+            LabelFilter::Ip { name, .. } | LabelFilter::Numeric { name, .. } => out.push(name.clone()),
+        }
+    }
+    let mut out: Vec<String> = by.to_vec();
+    for st in stages {
+        match st {
+            Stage::LabelFilter(f) => filter_names(f, &mut out),
+            Stage::Drop(items) | Stage::Keep(items) => out.extend(items.iter().map(|it| it.name.clone())),
+            Stage::Distinct(names) => out.extend(names.iter().cloned()),
+            Stage::LineFormat(_) => return None,
+            Stage::LabelFormat(items) => {
+                for it in items {
+                    match it {
+                        LabelFmt::Rename { dst, src } => out.extend([dst.clone(), src.clone()]),
+                        LabelFmt::Template { .. } => return None,
+                    }
+                }
+            }
+            Stage::LineFilter(_)
+            | Stage::Json(_)
+            | Stage::Logfmt { .. }
+            | Stage::Regexp(_)
+            | Stage::Pattern(_)
+            | Stage::Unpack
+            | Stage::Decolorize => {}
+        }
+    }
+    if let Some((label, post)) = unwrap {
+        out.push(label.to_string());
+        for f in post {
+            filter_names(f, &mut out);
+        }
+    }
+    out.sort();
+    out.dedup();
+    Some(out)
 }
 
 /// Runs `stages` over one entry. Returns the (possibly rewritten) line, or
@@ -1397,8 +1477,10 @@ pub fn run_stages(
                     return None;
                 }
             }
-            Stage::Json(params) => json_stage(params, &line, lbs),
-            Stage::Logfmt { strict, keep_empty, params } => logfmt_stage(*strict, *keep_empty, params, &line, lbs),
+            Stage::Json(params) => json_stage(params, &line, lbs, state.required.as_deref()),
+            Stage::Logfmt { strict, keep_empty, params } => {
+                logfmt_stage(*strict, *keep_empty, params, &line, lbs, state.required.as_deref())
+            }
             Stage::Regexp(re) => {
                 if let Some(caps) = re.captures(&line) {
                     for name in re.capture_names().flatten() {
@@ -1492,9 +1574,19 @@ fn matches_named(it: &NamedMatcher, lbs: &LabelsBuilder) -> bool {
     }
 }
 
-fn json_stage(params: &[(String, Vec<JsonPathPart>)], line: &str, lbs: &mut LabelsBuilder) {
+fn json_stage(
+    params: &[(String, Vec<JsonPathPart>)],
+    line: &str,
+    lbs: &mut LabelsBuilder,
+    required: Option<&[String]>,
+) {
     if params.is_empty() {
-        if let Err(e) = super::extract::flatten_json(line, &mut |k, v| lbs.set_parsed(k, v.to_string())) {
+        let mut emit = |k: &str, v: &str| {
+            if lbs.wants(k, required) {
+                lbs.set_parsed(k, v.to_string())
+            }
+        };
+        if let Err(e) = super::extract::flatten_json(line, &mut emit) {
             lbs.set_err("JSONParserErr", e.to_string());
         }
         return;
@@ -1618,7 +1710,14 @@ pub fn logfmt_pairs(line: &str) -> (Vec<LogfmtPair>, Option<(usize, String)>) {
     }
 }
 
-fn logfmt_stage(strict: bool, keep_empty: bool, params: &[(String, String)], line: &str, lbs: &mut LabelsBuilder) {
+fn logfmt_stage(
+    strict: bool,
+    keep_empty: bool,
+    params: &[(String, String)],
+    line: &str,
+    lbs: &mut LabelsBuilder,
+    required: Option<&[String]>,
+) {
     let (mut pairs, err) = logfmt_pairs(line);
     if let Some((at, e)) = err
         && strict
@@ -1634,7 +1733,10 @@ fn logfmt_stage(strict: bool, keep_empty: bool, params: &[(String, String)], lin
                 None if keep_empty => String::new(),
                 None => continue,
             };
-            lbs.set_parsed(&sanitize_label_name(&k), v);
+            let k = sanitize_label_name(&k);
+            if lbs.wants(&k, required) {
+                lbs.set_parsed(&k, v);
+            }
         }
     } else {
         for (label, key) in params {
@@ -1726,6 +1828,55 @@ mod tests {
         }
     }
 
+    /// Parsers that set only the required labels give the same verdicts,
+    /// lines, errors and required labels as parsers that set them all.
+    #[test]
+    fn required_labels_change_nothing_that_is_read() {
+        let pipelines = [
+            r#"{job="x"} | json | __error__="" | level="info""#,
+            r#"{job="x"} | json | status >= 300"#,
+            r#"{job="x"} | logfmt | msg=~"m.*" | drop app"#,
+            r#"{job="x"} | logfmt --keep-empty | keep app, msg"#,
+            r#"{job="x"} | json | label_format lvl=level_extracted | lvl!="""#,
+            r#"{job="x"} | json | distinct msg"#,
+            r#"{job="x"} | json | line_format "{{.msg}}""#,
+        ];
+        let stream = Labels::from_pairs([("job", "x"), ("level", "warn")]).unwrap();
+        let lines = [
+            r#"{"level":"info","msg":"m1","status":500,"app":"a","nested":{"k":"v"}}"#,
+            r#"{"msg":"m1","status":"x"}"#,
+            "level=info msg=m2 app=b status=200 bare",
+            "not json",
+            r#"{"level":"debug","msg":"","app":"c"}"#,
+        ];
+        let mut checked = 0;
+        for q in pipelines {
+            let Ok(super::super::ast::Expr::Log(sel)) = super::super::parser::parse(q) else { panic!("{q}") };
+            for by in [vec![], vec!["app".to_string()], vec!["source".to_string(), "msg".to_string()]] {
+                let required = required_labels(&sel.pipeline, &by, None);
+                if required.is_some() {
+                    checked += 1;
+                }
+                let (mut all, mut some) = (PipelineState::default(), PipelineState::reading(required.clone()));
+                for line in lines {
+                    let (mut a, mut b) = (LabelsBuilder::new(&stream, []), LabelsBuilder::new(&stream, []));
+                    let ra = run_stages(&sel.pipeline, &mut all, &mut a, line, 0);
+                    let rb = run_stages(&sel.pipeline, &mut some, &mut b, line, 0);
+                    assert_eq!(ra, rb, "{q} {line}");
+                    let read = |l: &LabelsBuilder| -> Vec<(String, Option<String>)> {
+                        let mut names: Vec<String> = required.clone().unwrap_or_else(|| l.names());
+                        names.extend([ERROR_LABEL.to_string(), "job".into(), "level".into()]);
+                        names.into_iter().map(|n| (n.clone(), l.get(&n).map(str::to_string))).collect()
+                    };
+                    assert_eq!(read(&a), read(&b), "{q} by {by:?} on {line}");
+                }
+            }
+        }
+        assert!(checked >= 12, "most pipelines have a known set ({checked})");
+        let Ok(super::super::ast::Expr::Log(sel)) = super::super::parser::parse(pipelines[6]) else { panic!() };
+        assert_eq!(required_labels(&sel.pipeline, &[], None), None, "templates read any label");
+    }
+
     fn b() -> LabelsBuilder {
         LabelsBuilder::new(&Labels::from_pairs([("job", "x"), ("level", "info")]).unwrap(), [])
     }
@@ -1777,20 +1928,20 @@ mod tests {
     #[test]
     fn parsers_and_errors() {
         let mut l = b();
-        json_stage(&[], r#"{"level":"error","a":{"b":1.5,"c":[1]},"n":null,"t":true}"#, &mut l);
+        json_stage(&[], r#"{"level":"error","a":{"b":1.5,"c":[1]},"n":null,"t":true}"#, &mut l, None);
         assert_eq!(l.get("level_extracted"), Some("error"));
         assert_eq!(l.get("a_b"), Some("1.5"));
         assert_eq!(l.get("t"), Some("true"));
         assert_eq!(l.get("a_c"), None);
         let mut l = b();
-        json_stage(&[], "not json", &mut l);
+        json_stage(&[], "not json", &mut l, None);
         assert_eq!(l.get(ERROR_LABEL), Some("JSONParserErr"));
         let mut l = b();
-        logfmt_stage(false, false, &[], r#"a=1 b="x y" c d=" "#, &mut l);
+        logfmt_stage(false, false, &[], r#"a=1 b="x y" c d=" "#, &mut l, None);
         assert_eq!((l.get("a"), l.get("b"), l.get("c")), (Some("1"), Some("x y"), None));
         assert!(!l.has_err());
         let mut l = b();
-        logfmt_stage(true, false, &[], r#"a=1 b="x"#, &mut l);
+        logfmt_stage(true, false, &[], r#"a=1 b="x"#, &mut l, None);
         assert_eq!(l.get(ERROR_LABEL), Some("LogfmtParserErr"));
         assert_eq!(parse_go_duration("1m30s"), Some(90.0));
         assert_eq!(parse_go_duration("250ms"), Some(0.25));
