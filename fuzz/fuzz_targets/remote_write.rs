@@ -1,7 +1,8 @@
 #![no_main]
 //! The remote_write ingest path: snappy, then the zero-copy decoder the
 //! server uses, checked against prost on the same bytes (both accept and
-//! agree, or both refuse), then label interning.
+//! agree, or both refuse), then label interning; and the Remote-Write 2.0
+//! decoder on the same bytes.
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
@@ -43,9 +44,25 @@ fn check(buf: &[u8]) {
     }
 }
 
+/// Remote-Write 2.0 (same endpoint, chosen by content type): decoding and
+/// resolving symbol references either succeeds or errors, and every
+/// resolved label is one of the request's symbols.
+fn check_v2(buf: &[u8]) {
+    if let Ok(series) = cairn_wire::remote_write_v2::decode(buf) {
+        let req = cairn_wire::remote_write_v2::Request::decode(buf).expect("decoded once already");
+        for s in &series {
+            for (n, v) in &s.labels {
+                assert!(req.symbols.contains(n) && req.symbols.contains(v));
+            }
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     if let Ok(raw) = cairn_wire::proto::snappy_decompress(data, 1 << 20) {
         check(&raw);
+        check_v2(&raw);
     }
     check(data);
+    check_v2(data);
 });

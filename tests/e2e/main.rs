@@ -28,6 +28,7 @@ mod prom_compare;
 mod promtool;
 mod query_cache;
 mod recovery;
+mod remote_write_v2;
 mod restart;
 mod retention;
 mod tail;

@@ -40,6 +40,7 @@ fn int_hist(k: i64, t: i64) -> proto::Histogram {
         reset_hint: 0,
         timestamp: t,
         custom_values: vec![],
+        start_timestamp: 0,
     }
 }
 

@@ -9,7 +9,9 @@
 //!   Loki HTTP APIs.
 //! - [`proto`] holds the protobuf messages of Prometheus remote_write 1.0 and
 //!   the Loki push API, byte-compatible with `../shared/proto/`, and
-//!   [`loki_json`] the JSON form of a Loki push.
+//!   [`loki_json`] the JSON form of a Loki push; [`remote_write`] decodes
+//!   1.0 requests without copying, [`remote_write_v2`] reads 2.0 requests
+//!   (symbol table, start timestamps).
 //! - [`model`] holds the write batches (series samples, stream entries) that
 //!   travel from collector to aggregator to store.
 //!
@@ -27,6 +29,7 @@ pub mod matcher;
 pub mod model;
 pub mod proto;
 pub mod remote_write;
+pub mod remote_write_v2;
 pub mod time;
 
 pub use histogram::Histogram;

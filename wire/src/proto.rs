@@ -114,6 +114,11 @@ pub struct Histogram {
     pub timestamp: i64,
     #[prost(double, repeated, tag = "16")]
     pub custom_values: Vec<f64>,
+    /// Remote-Write 2.0 only (`io.prometheus.write.v2.Histogram`, whose
+    /// fields 1–16 are these): the counter's start timestamp, ms; 0 when
+    /// unknown.
+    #[prost(int64, tag = "17")]
+    pub start_timestamp: i64,
 }
 
 /// `prometheus.BucketSpan`.
@@ -192,6 +197,7 @@ impl Histogram {
             reset_hint: h.reset_hint as i32,
             timestamp,
             custom_values: h.custom_values.clone(),
+            start_timestamp: 0,
         }
     }
 }

@@ -30,6 +30,27 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
         sm.reject("requests", "too_large", 1);
         return r;
     }
+    // `Content-Type: application/x-protobuf;proto=…` names the message
+    // (none: 1.0), as the Remote-Write 2.0 spec has receivers do.
+    let proto = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').find_map(|p| p.trim().strip_prefix("proto=")))
+        .map(|p| p.trim_matches('"').to_string());
+    let v2 = match proto.as_deref() {
+        None | Some("prometheus.WriteRequest") => false,
+        Some("io.prometheus.write.v2.Request") => true,
+        Some(other) => {
+            sm.reject("requests", "bad_encoding", 1);
+            return text_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "unknown remote write message {other:?}: this receiver reads prometheus.WriteRequest (1.0) and \
+                     io.prometheus.write.v2.Request (2.0)"
+                ),
+            );
+        }
+    };
     let raw = match decode_body(&headers, &body, limits.max_decompressed_size.0 as usize, true) {
         Ok(r) => r,
         Err(e) => {
@@ -37,6 +58,9 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
             return text_error(e.status(), e.message());
         }
     };
+    if v2 {
+        return write_v2(agg, tenant, &raw).await;
+    }
     let req = match cairn_wire::remote_write::decode(raw.as_slice()) {
         Ok(r) => r,
         Err(e) => {
@@ -126,6 +150,115 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
         }
         other => ingest_response(other),
     }
+}
+
+/// Remote-Write 2.0 (`io.prometheus.write.v2.Request`): the same ingest
+/// as 1.0, plus start timestamps (stored before the samples, so a query
+/// after the acknowledgement sees both) and per-series metadata; the
+/// answer carries the `X-Prometheus-Remote-Write-*-Written` counts the
+/// spec asks for.
+async fn write_v2(agg: Arc<Aggregator>, tenant: String, raw: &[u8]) -> Response {
+    let sm = &agg.self_metrics;
+    let series = match cairn_wire::remote_write_v2::decode(raw) {
+        Ok(s) => s,
+        Err(e) => {
+            sm.reject("requests", "bad_protobuf", 1);
+            return text_error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    let (mut batch, mut hbatch, mut st_batch) = (Vec::new(), Vec::new(), Vec::new());
+    let mut pre_refused = Vec::new();
+    for s in series {
+        let n = s.samples.len() + s.histograms.len();
+        let labels = match Labels::from_pairs(s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+            Ok(l) => l,
+            Err(e) => {
+                sm.reject("samples", Refusal::InvalidLabels.as_str(), n as u64);
+                pre_refused.push(format!("series refused: {e}"));
+                continue;
+            }
+        };
+        if let Some((kind, help, unit)) = s.metadata {
+            let name = labels.get(cairn_wire::METRIC_NAME).unwrap_or("");
+            // a classic histogram's or summary's series name its family
+            let family = match kind {
+                "histogram" | "gaugehistogram" | "summary" => ["_bucket", "_count", "_sum", "_created"]
+                    .iter()
+                    .find_map(|suf| name.strip_suffix(suf))
+                    .unwrap_or(name),
+                _ => name,
+            };
+            agg.metadata.record(&tenant, family, crate::metadata::MetricMeta { kind: kind.to_string(), help, unit });
+        }
+        let mut histograms = Vec::with_capacity(s.histograms.len());
+        for h in &s.histograms {
+            match h.to_model() {
+                Ok(m) => histograms.push((h.timestamp, m)),
+                Err(e) => {
+                    sm.reject("samples", Refusal::MalformedHistogram.as_str(), 1);
+                    pre_refused.push(format!("native histogram at {} for {labels} refused: {e}", h.timestamp));
+                }
+            }
+        }
+        if !s.start_timestamps.is_empty() {
+            st_batch.push(cairn_store::metrics::SeriesStartTimestamps {
+                labels: labels.clone(),
+                pairs: s.start_timestamps,
+            });
+        }
+        if !histograms.is_empty() {
+            hbatch.push(cairn_wire::SeriesHistograms { labels: labels.clone(), histograms });
+        }
+        if !s.samples.is_empty() {
+            batch.push(SeriesSamples { labels, samples: s.samples });
+        }
+    }
+    let floats = batch.iter().map(|s| s.samples.len()).sum::<usize>();
+    let hists = hbatch.iter().map(|s: &cairn_wire::SeriesHistograms| s.histograms.len()).sum::<usize>();
+    if let Err(e) = agg.admit_sample_rate(&tenant, floats + hists) {
+        return super::rate_limited(e);
+    }
+    let res = blocking(move || {
+        if !st_batch.is_empty() {
+            // companion data: a refused start timestamp leaves the sample
+            // as a plain sample, it does not refuse it
+            agg.metrics.append_start_timestamps(&tenant, st_batch)?;
+        }
+        let mut f = agg.ingest_metrics(&tenant, batch)?;
+        let h =
+            if hbatch.is_empty() { crate::IngestReport::default() } else { agg.ingest_histograms(&tenant, hbatch)? };
+        f.refused += h.refused;
+        let hist_written = h.accepted;
+        f.messages.extend(h.messages);
+        Ok::<_, cairn_store::StoreError>((f, hist_written))
+    })
+    .await;
+    let res = try_resp!(res);
+    let (res, written) = match res {
+        Ok((mut report, hist_written)) => {
+            let written = (report.accepted, hist_written);
+            if !pre_refused.is_empty() {
+                report.refused += pre_refused.len();
+                pre_refused.extend(report.messages);
+                report.messages = pre_refused;
+                report.messages.truncate(5);
+            }
+            (Ok(report), Some(written))
+        }
+        Err(e) => (Err(e), None),
+    };
+    let mut resp = ingest_response(res);
+    if let Some((samples, histograms)) = written {
+        let h = resp.headers_mut();
+        for (name, n) in [
+            ("x-prometheus-remote-write-samples-written", samples),
+            ("x-prometheus-remote-write-histograms-written", histograms),
+            ("x-prometheus-remote-write-exemplars-written", 0),
+        ] {
+            h.insert(name, axum::http::HeaderValue::from(n as u64));
+        }
+    }
+    resp
 }
 
 /// Prometheus API error body, fields in Prometheus's order.
