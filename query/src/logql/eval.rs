@@ -8,7 +8,7 @@ use cairn_wire::Labels;
 use super::ast::{Direction, LogSelector, Stage};
 use super::ctl::QueryCtl;
 use super::metric::EvalError;
-use super::pipeline::{Category, LabelsBuilder, PipelineState, run_stages};
+use super::pipeline::{Category, LabelsBuilder, PipelineState, metadata_names_any, run_stages, stream_rejects};
 
 /// Parameters of a log query, in Loki's terms.
 #[derive(Debug, Clone)]
@@ -120,6 +120,9 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
         let n = entries.len();
         // Stored `detected_level` metadata (later in the chain) overrides it.
         let implied = q.ctl.implied_level(labels).map(|l| (super::ctl::DETECTED_LEVEL, l));
+        // Entries a label filter rejects on the stream's own labels.
+        let rejects = stream_rejects(&sel.pipeline[prefix..], labels)
+            .filter(|names| implied.is_none() || !names.contains(&super::ctl::DETECTED_LEVEL));
         q.ctl.add_lines(n as u64, entries.iter().map(|e| e.line.len() as u64).sum());
         for i in 0..n {
             if i % CHECK_EVERY == 0 && q.ctl.expired() {
@@ -132,6 +135,11 @@ pub fn eval_log_query(store: &LogStore, sel: &LogSelector, q: &LogQuery<'_>) -> 
             }
             // Leading line filters need no labels: reject early, cheaply.
             if !sel.pipeline[..prefix].iter().all(|s| matches!(s, Stage::LineFilter(f) if f.keep(e.line))) {
+                continue;
+            }
+            if let Some(names) = &rejects
+                && !metadata_names_any(e.metadata.iter(), names)
+            {
                 continue;
             }
             let mut lbs = LabelsBuilder::new(labels, implied.into_iter().chain(e.metadata.iter()));

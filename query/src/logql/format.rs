@@ -17,32 +17,7 @@ use super::ast::{
     SampleExpr, Stage, UnwrapConv, VecOp, VectorMatching,
 };
 use super::pipeline::{CmpOp, LabelFilter, NumKind};
-
-/// Quotes a string as Go's `strconv.Quote` does for the characters LogQL
-/// queries contain (printable Unicode kept, controls escaped).
-pub fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            '\x07' => out.push_str("\\a"),
-            '\x08' => out.push_str("\\b"),
-            '\x0c' => out.push_str("\\f"),
-            '\x0b' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\x7f' => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+pub use crate::go_quote;
 
 /// A finite number as LogQL reads it back: Go's `FormatFloat(v, 'f', -1)`,
 /// which is Rust's `Display` (never an exponent).

@@ -24,8 +24,8 @@ use super::ast::{BinOp, Group, Grouping, LogRange, RangeOp, SampleExpr, Stage, U
 use super::ctl::QueryCtl;
 use super::eval::CHECK_EVERY;
 use super::pipeline::{
-    ERROR_DETAILS_LABEL, ERROR_LABEL, LabelsBuilder, PipelineState, decolorize, parse_bytes, parse_go_duration,
-    run_stages,
+    ERROR_DETAILS_LABEL, ERROR_LABEL, LabelsBuilder, PipelineState, decolorize, metadata_names_any, parse_bytes,
+    parse_go_duration, run_stages, stream_rejects,
 };
 
 /// Most steps a query may have, as in Loki.
@@ -864,7 +864,15 @@ impl RangeEval<'_> {
         // Fast path: entries without structured metadata through a pipeline
         // that cannot change labels all land in one series per stream.
         let mut fast: Vec<(i64, f64)> = Vec::new();
+        // Entries a label filter rejects on the stream's own labels.
+        let pipeline = &self.range.selector.pipeline;
+        let rejects = if self.static_labels { None } else { stream_rejects(&pipeline[self.prefix..], labels) };
         for e in entries {
+            if let Some(names) = &rejects
+                && !metadata_names_any(e.metadata.iter(), names)
+            {
+                continue;
+            }
             if self.static_labels && e.metadata.is_empty() {
                 let mut line = std::borrow::Cow::Borrowed(e.line);
                 let mut keep = true;

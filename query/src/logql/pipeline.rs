@@ -23,7 +23,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
-use cairn_wire::{Labels, Matcher};
+use cairn_wire::{Labels, MatchOp, Matcher};
 use regex::Regex;
 
 use super::ast::{JsonPathPart, LabelFmt, NamedMatcher, Stage};
@@ -1298,6 +1298,81 @@ pub fn decolorize(line: &str) -> String {
     out
 }
 
+/// The label names a stream-decided rejection rests on, when `stages` drop
+/// every entry of a stream with labels `stream` whatever its line: a label
+/// filter false on the stream's labels, reached with no pipeline error
+/// possible (a filter passes entries that carry one) and before any stage
+/// that can change or remove labels or that keeps state. Parsers never
+/// overwrite a stream label (a clashing one becomes `<name>_extracted`), but
+/// an entry's structured metadata does: entries with metadata named like
+/// one of the returned names must still run the pipeline.
+pub fn stream_rejects<'a>(stages: &'a [Stage], stream: &Labels) -> Option<Vec<&'a str>> {
+    fn decide(f: &LabelFilter, stream: &Labels) -> Option<bool> {
+        match f {
+            LabelFilter::String(m) if m.name != ERROR_LABEL && m.name != ERROR_DETAILS_LABEL => {
+                stream.get(&m.name).map(|v| m.matches(v))
+            }
+            LabelFilter::And(a, b) => match (decide(a, stream), decide(b, stream)) {
+                (Some(false), _) | (_, Some(false)) => Some(false),
+                (Some(true), Some(true)) => Some(true),
+                _ => None,
+            },
+            LabelFilter::Or(a, b) => match (decide(a, stream), decide(b, stream)) {
+                (Some(true), _) | (_, Some(true)) => Some(true),
+                (Some(false), Some(false)) => Some(false),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    /// True when the filter rejects every entry that carries an error.
+    fn requires_no_error(f: &LabelFilter) -> bool {
+        match f {
+            LabelFilter::String(m) if m.name == ERROR_LABEL => m.op == MatchOp::Equal && m.value.is_empty(),
+            LabelFilter::And(a, b) => requires_no_error(a) || requires_no_error(b),
+            _ => false,
+        }
+    }
+    fn names<'a>(f: &'a LabelFilter, out: &mut Vec<&'a str>) {
+        match f {
+            LabelFilter::And(a, b) | LabelFilter::Or(a, b) => {
+                names(a, out);
+                names(b, out);
+            }
+            LabelFilter::String(m) => out.push(&m.name),
+            LabelFilter::Ip { name, .. } | LabelFilter::Numeric { name, .. } => out.push(name),
+        }
+    }
+    let mut may_err = false;
+    for st in stages {
+        match st {
+            Stage::LabelFilter(f) => {
+                if !may_err && decide(f, stream) == Some(false) {
+                    let mut out = Vec::new();
+                    names(f, &mut out);
+                    return Some(out);
+                }
+                if requires_no_error(f) {
+                    may_err = false;
+                } else if !matches!(f, LabelFilter::String(_)) {
+                    // numeric and ip filters may record a conversion error
+                    may_err = true;
+                }
+            }
+            Stage::LineFilter(_) | Stage::Regexp(_) | Stage::Pattern(_) | Stage::Decolorize => {}
+            Stage::Json(_) | Stage::Logfmt { .. } | Stage::Unpack | Stage::LineFormat(_) => may_err = true,
+            Stage::LabelFormat(_) | Stage::Drop(_) | Stage::Keep(_) | Stage::Distinct(_) => return None,
+        }
+    }
+    None
+}
+
+/// True when an entry's structured metadata names one of `names` (it then
+/// overrides the stream label of that name, see [`stream_rejects`]).
+pub fn metadata_names_any<'m>(metadata: impl IntoIterator<Item = (&'m str, &'m str)>, names: &[&str]) -> bool {
+    metadata.into_iter().any(|(k, _)| names.iter().any(|n| sanitize_label_name(k) == *n))
+}
+
 /// Per-query state of stateful stages (`distinct`).
 #[derive(Debug, Default)]
 pub struct PipelineState {
@@ -1595,6 +1670,61 @@ fn scan_quoted(s: &str, open: usize) -> Option<(String, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whenever `stream_rejects` says a stream's entries are dropped, the
+    /// pipeline drops every one of them, lines and metadata alike (unless
+    /// the metadata names a label the decision rests on).
+    #[test]
+    fn stream_rejections_agree_with_the_pipeline() {
+        let queries = [
+            r#"{job="x"} | json | __error__="" | level="info""#,
+            r#"{job="x"} | json | level="info""#,
+            r#"{job="x"} | level="info" or level="warn""#,
+            r#"{job="x"} | level=~"i.*" and app!="a""#,
+            r#"{job="x"} |= "a" | logfmt | __error__="" | level!="info", app="b""#,
+            r#"{job="x"} | label_format level="info" | level="info""#,
+            r#"{job="x"} | drop level | level="""#,
+            r#"{job="x"} | distinct msg | level="info""#,
+            r#"{job="x"} | json | __error__="JSONParserErr" | level="info""#,
+            r#"{job="x"} | json | __error__!="x" | level="info""#,
+            r#"{job="x"} | line_format "{{.level}}" | __error__="" | level="warn""#,
+            r#"{job="x"} | regexp `(?P<level>\w+)` | level="info""#,
+            r#"{job="x"} | status > 200 | level="info""#,
+        ];
+        let streams = [
+            Labels::from_pairs([("job", "x"), ("level", "info")]).unwrap(),
+            Labels::from_pairs([("job", "x"), ("level", "warn"), ("app", "a")]).unwrap(),
+            Labels::from_pairs([("job", "x"), ("app", "b")]).unwrap(),
+        ];
+        let lines = [r#"{"level":"info","msg":"m"}"#, "level=warn app=b msg=m", "not json", r#"{"status":500}"#];
+        let metas: [&[(&str, &str)]; 3] = [&[], &[("level", "info")], &[("trace", "t")]];
+        let mut pruned = 0;
+        for q in queries {
+            let Ok(super::super::ast::Expr::Log(sel)) = super::super::parser::parse(q) else { panic!("{q}") };
+            for st in &streams {
+                let Some(names) = stream_rejects(&sel.pipeline, st) else { continue };
+                for meta in metas {
+                    if metadata_names_any(meta.iter().copied(), &names) {
+                        continue;
+                    }
+                    pruned += 1;
+                    for line in lines {
+                        let mut lbs = LabelsBuilder::new(st, meta.iter().copied());
+                        let mut state = PipelineState::default();
+                        let out = run_stages(&sel.pipeline, &mut state, &mut lbs, line, 0);
+                        assert!(out.is_none(), "{q} on {st:?} {meta:?} {line}: kept as {:?}", lbs.labels());
+                    }
+                }
+            }
+        }
+        assert!(pruned >= 10, "the cases exercise the pruning ({pruned})");
+        // what must not be decided per stream
+        let warn = &streams[1];
+        for q in [&queries[1], &queries[5], &queries[6], &queries[7], &queries[8], &queries[9], &queries[12]] {
+            let Ok(super::super::ast::Expr::Log(sel)) = super::super::parser::parse(q) else { panic!("{q}") };
+            assert_eq!(stream_rejects(&sel.pipeline, warn), None, "{q}");
+        }
+    }
 
     fn b() -> LabelsBuilder {
         LabelsBuilder::new(&Labels::from_pairs([("job", "x"), ("level", "info")]).unwrap(), [])

@@ -135,7 +135,7 @@ pub(crate) fn eval_aggregate(ctx: &Ctx<'_>, a: &AggregateExpr, t: i64) -> Result
             None => return Err(QueryError::BadData("count_values needs a label name".into())),
         };
         if !is_valid_label_name(&name) {
-            return Err(QueryError::Execution(format!("invalid label name {name:?}")));
+            return Err(QueryError::Execution(format!("invalid label name {}", crate::go_quote(&name))));
         }
         count_values_label = Some(name);
     }

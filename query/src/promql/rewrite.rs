@@ -12,6 +12,13 @@
 //!   recorded as an extra matcher on the selector, named [`EXT_LABEL`], which
 //!   the evaluator reads back (and never matches against the store).
 //!
+//! * string escapes of bytes from 0x80 (`"\xc5"`, `"\305"`): Go reads
+//!   them as raw bytes, the crate as the code points U+0080–U+00FF. A run
+//!   of them that is valid UTF-8 becomes its characters (`"\xc3\x85"` is
+//!   `Å`, as in Go); a byte that is not becomes [`crate::RAW_BYTE_BASE`] + byte, a
+//!   private-use character that error messages quote back as `\xNN`
+//!   ([`crate::go_quote`]), since a Rust string cannot hold the byte itself.
+//!
 //! The grammar follows Prometheus's `generated_parser.y`: inside brackets a
 //! full duration expression (`+ - * / % ^`, unary sign, parentheses,
 //! `step()`, `range()`, `min_of`, `max_of`; bare numbers are seconds); after
@@ -21,6 +28,71 @@
 use std::borrow::Cow;
 
 use super::QueryError;
+use crate::RAW_BYTE_BASE;
+
+/// The literal `lit` (with its quotes) with its escapes of bytes from 0x80
+/// decoded as Go does (see the module doc), or `None` when it has none.
+fn high_byte_escapes(lit: &str) -> Option<String> {
+    let b = lit.as_bytes();
+    if b.len() < 2 || b[0] == b'`' {
+        return None;
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut run: Vec<u8> = Vec::new();
+    let mut changed = false;
+    fn flush(run: &mut Vec<u8>, out: &mut Vec<u8>) {
+        let mut rest = &run[..];
+        while !rest.is_empty() {
+            match std::str::from_utf8(rest) {
+                Ok(v) => {
+                    out.extend_from_slice(v.as_bytes());
+                    break;
+                }
+                Err(e) => {
+                    let ok = e.valid_up_to();
+                    out.extend_from_slice(&rest[..ok]);
+                    let bad = e.error_len().unwrap_or(rest.len() - ok);
+                    for &x in &rest[ok..ok + bad] {
+                        let c = char::from_u32(RAW_BYTE_BASE + u32::from(x)).unwrap_or('\u{fffd}');
+                        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                    }
+                    rest = &rest[ok + bad..];
+                }
+            }
+        }
+        run.clear();
+    }
+    let hex = |c: u8| (c as char).to_digit(16);
+    let oct = |c: u8| (b'0'..=b'7').contains(&c).then(|| u32::from(c - b'0'));
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            let e = b[i + 1];
+            let v = match (e, b.get(i + 2).copied(), b.get(i + 3).copied()) {
+                (b'x', Some(h), Some(l)) => hex(h).zip(hex(l)).map(|(h, l)| h * 16 + l),
+                (b'0'..=b'7', Some(m), Some(l)) => {
+                    oct(m).zip(oct(l)).map(|(m, l)| u32::from(e - b'0') * 64 + m * 8 + l).filter(|v| *v <= 0xFF)
+                }
+                _ => None,
+            };
+            if let Some(v) = v.filter(|v| *v >= 0x80) {
+                run.push(v as u8);
+                changed = true;
+                i += 4;
+                continue;
+            }
+            flush(&mut run, &mut out);
+            out.extend_from_slice(&b[i..i + 2]);
+            i += 2;
+            continue;
+        }
+        flush(&mut run, &mut out);
+        out.push(b[i]);
+        i += 1;
+    }
+    flush(&mut run, &mut out);
+    if changed { String::from_utf8(out).ok() } else { None }
+}
 
 /// Name of the synthetic matcher carrying `anchored` / `smoothed`.
 pub const EXT_LABEL: &str = "__cairn_ext__";
@@ -543,6 +615,11 @@ pub(crate) fn rewrite_full(q: &str, step_ms: i64, range_ms: i64) -> Result<(Cow<
         }
         i += 1;
     }
+    for t in sig.iter().filter(|t| t.kind == Tok::Str) {
+        if let Some(lit) = high_byte_escapes(&q[t.start..t.end]) {
+            trim_edits.push((t.start, t.end, lit));
+        }
+    }
     let mut rw =
         Rw { q, t: sig, step_s: step_ms as f64 / 1000.0, range_s: range_ms as f64 / 1000.0, edits: trim_edits };
     rw.run()?;
@@ -834,6 +911,23 @@ pub(crate) fn locate_syntax_error(q: &str) -> Option<(usize, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn high_byte_escapes_read_as_go_bytes() {
+        let raw = |b: u32| char::from_u32(RAW_BYTE_BASE + b).unwrap();
+        // a valid UTF-8 run is its character; an invalid byte its stand-in
+        assert_eq!(high_byte_escapes(r#""a\xc3\x85z""#).as_deref(), Some("\"aÅz\""));
+        assert_eq!(high_byte_escapes(r#""a\xc5z""#), Some(format!("\"a{}z\"", raw(0xc5))));
+        assert_eq!(high_byte_escapes(r#"'\305\x41'"#), Some(format!("'{}\\x41'", raw(0xc5))));
+        assert_eq!(high_byte_escapes(r#""\xe2\x82""#), Some(format!("\"{}{}\"", raw(0xe2), raw(0x82))));
+        // nothing to do: low bytes, an escaped backslash, raw strings
+        for lit in [r#""\x41\n""#, r#""\\xc5""#, r#"`\xc5`"#, r#""é""#] {
+            assert_eq!(high_byte_escapes(lit), None, "{lit}");
+        }
+        assert_eq!(crate::go_quote(&format!("a{}z\u{85}\"", raw(0xc5))), r#""a\xc5z\u0085\"""#);
+        let q = rewrite(r#"count_values("a\xc5z", x)"#, 0, 0).unwrap();
+        assert_eq!(q, format!("count_values(\"a{}z\", x)", raw(0xc5)));
+    }
 
     fn rw(q: &str) -> String {
         rewrite(q, 5000, 10_000).unwrap().into_owned()
