@@ -108,7 +108,8 @@ impl Default for CompactionConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsStorageConfig {
     /// Flush the in-memory head to a block of compressed chunks once it holds
-    /// this many samples (16 bytes each in memory).
+    /// this many samples (full chunks are kept encoded, ~1 byte per sample;
+    /// each series' open chunk of up to 256 samples at 16 bytes each).
     pub head_max_samples: u64,
     /// Flush the head once its oldest sample was written this long ago.
     pub flush_interval: ConfigDuration,
@@ -127,7 +128,7 @@ pub struct MetricsStorageConfig {
 impl Default for MetricsStorageConfig {
     fn default() -> Self {
         MetricsStorageConfig {
-            head_max_samples: 4 << 20,
+            head_max_samples: cairn_store::metrics::DEFAULT_HEAD_MAX_SAMPLES,
             flush_interval: ConfigDuration::from_secs(3600),
             out_of_order_window: ConfigDuration(cairn_store::metrics::DEFAULT_OUT_OF_ORDER_WINDOW),
             retention_time: ConfigDuration::from_secs(15 * 86_400),
