@@ -28,16 +28,7 @@ pub struct MetricMeta {
 
 /// Name of a remote_write `MetricMetadata.type` value.
 pub fn type_name(t: i32) -> &'static str {
-    match t {
-        1 => "counter",
-        2 => "gauge",
-        3 => "histogram",
-        4 => "gaugehistogram",
-        5 => "summary",
-        6 => "info",
-        7 => "stateset",
-        _ => "unknown",
-    }
+    cairn_wire::remote_write_v2::type_name(t)
 }
 
 /// The in-memory metadata cache.

@@ -92,8 +92,9 @@ pub struct Series {
 #[error("invalid remote write 2.0 request: {0}")]
 pub struct DecodeError(pub String);
 
-/// The metadata API's name of a 2.0 `MetricType`.
-fn type_name(t: i32) -> &'static str {
+/// The metadata API's name of a `MetricType` (1.0's
+/// `MetricMetadata.type` and 2.0's `Metadata.type` number them alike).
+pub fn type_name(t: i32) -> &'static str {
     match t {
         1 => "counter",
         2 => "gauge",
