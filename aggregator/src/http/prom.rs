@@ -83,21 +83,9 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
             });
             match labels {
                 Ok(labels) => {
-                    if n_hist > 0 {
-                        let mut histograms = Vec::with_capacity(n_hist);
-                        for h in &ts.histograms {
-                            match h.to_model() {
-                                Ok(m) => histograms.push((h.timestamp, m)),
-                                Err(e) => {
-                                    sm.reject("samples", Refusal::MalformedHistogram.as_str(), 1);
-                                    pre_refused
-                                        .push(format!("native histogram at {} for {labels} refused: {e}", h.timestamp));
-                                }
-                            }
-                        }
-                        if !histograms.is_empty() {
-                            hbatch.push(cairn_wire::SeriesHistograms { labels: labels.clone(), histograms });
-                        }
+                    let histograms = histogram_samples(&agg, &labels, &ts.histograms, &mut pre_refused);
+                    if !histograms.is_empty() {
+                        hbatch.push(cairn_wire::SeriesHistograms { labels: labels.clone(), histograms });
                     }
                     batch.push(SeriesSamples { labels, samples: req.samples(ts).to_vec() })
                 }
@@ -125,31 +113,68 @@ pub(crate) async fn write(State(agg): State<Arc<Aggregator>>, headers: HeaderMap
             },
         );
     }
-    let samples = batch.iter().map(|s| s.samples.len()).sum::<usize>()
-        + hbatch.iter().map(|s: &cairn_wire::SeriesHistograms| s.histograms.len()).sum::<usize>();
-    if let Err(e) = agg.admit_sample_rate(&tenant, samples) {
+    if let Err(e) = agg.admit_sample_rate(&tenant, sample_count(&batch, &hbatch)) {
         return super::rate_limited(e);
     }
-    let res = blocking(move || {
-        let mut r = agg.ingest_metrics(&tenant, batch)?;
-        if !hbatch.is_empty() {
-            let h = agg.ingest_histograms(&tenant, hbatch)?;
-            r.merge(h);
-        }
-        Ok::<_, cairn_store::StoreError>(r)
-    })
-    .await;
+    let res = blocking(move || store_samples(&agg, &tenant, batch, hbatch)).await;
     let res = try_resp!(res);
-    match res {
-        Ok(mut report) if !pre_refused.is_empty() => {
-            report.refused += pre_refused.len();
-            pre_refused.extend(report.messages);
-            report.messages = pre_refused;
-            report.messages.truncate(5);
-            ingest_response(Ok(report))
+    ingest_response(res.map(|(report, _)| with_refusals(report, pre_refused)))
+}
+
+/// The native histogram samples of one series as Cairn's model; each
+/// malformed one is counted and its refusal noted in `refused`.
+fn histogram_samples(
+    agg: &Aggregator,
+    labels: &Labels,
+    hs: &[cairn_wire::proto::Histogram],
+    refused: &mut Vec<String>,
+) -> Vec<(i64, cairn_wire::Histogram)> {
+    let mut out = Vec::with_capacity(hs.len());
+    for h in hs {
+        match h.to_model() {
+            Ok(m) => out.push((h.timestamp, m)),
+            Err(e) => {
+                agg.self_metrics.reject("samples", Refusal::MalformedHistogram.as_str(), 1);
+                refused.push(format!("native histogram at {} for {labels} refused: {e}", h.timestamp));
+            }
         }
-        other => ingest_response(other),
     }
+    out
+}
+
+/// Float and histogram samples of a write, for the rate limit.
+fn sample_count(batch: &[SeriesSamples], hbatch: &[cairn_wire::SeriesHistograms]) -> usize {
+    batch.iter().map(|s| s.samples.len()).sum::<usize>() + hbatch.iter().map(|s| s.histograms.len()).sum::<usize>()
+}
+
+/// Stores a write's float then histogram samples: the merged report, and
+/// how many histogram samples of it were stored.
+fn store_samples(
+    agg: &Aggregator,
+    tenant: &str,
+    batch: Vec<SeriesSamples>,
+    hbatch: Vec<cairn_wire::SeriesHistograms>,
+) -> Result<(crate::IngestReport, usize), cairn_store::StoreError> {
+    let mut r = agg.ingest_metrics(tenant, batch)?;
+    let mut hist_written = 0;
+    if !hbatch.is_empty() {
+        let h = agg.ingest_histograms(tenant, hbatch)?;
+        hist_written = h.accepted;
+        r.merge(h);
+    }
+    Ok((r, hist_written))
+}
+
+/// `report` with the refusals found before the store (bad labels,
+/// malformed histograms) counted and listed first.
+fn with_refusals(mut report: crate::IngestReport, mut refused: Vec<String>) -> crate::IngestReport {
+    if !refused.is_empty() {
+        report.refused += refused.len();
+        refused.extend(report.messages);
+        report.messages = refused;
+        report.messages.truncate(5);
+    }
+    report
 }
 
 /// Remote-Write 2.0 (`io.prometheus.write.v2.Request`): the same ingest
@@ -190,16 +215,7 @@ async fn write_v2(agg: Arc<Aggregator>, tenant: String, raw: &[u8]) -> Response 
             };
             agg.metadata.record(&tenant, family, crate::metadata::MetricMeta { kind: kind.to_string(), help, unit });
         }
-        let mut histograms = Vec::with_capacity(s.histograms.len());
-        for h in &s.histograms {
-            match h.to_model() {
-                Ok(m) => histograms.push((h.timestamp, m)),
-                Err(e) => {
-                    sm.reject("samples", Refusal::MalformedHistogram.as_str(), 1);
-                    pre_refused.push(format!("native histogram at {} for {labels} refused: {e}", h.timestamp));
-                }
-            }
-        }
+        let histograms = histogram_samples(&agg, &labels, &s.histograms, &mut pre_refused);
         if !s.start_timestamps.is_empty() {
             st_batch.push(cairn_store::metrics::SeriesStartTimestamps {
                 labels: labels.clone(),
@@ -213,9 +229,7 @@ async fn write_v2(agg: Arc<Aggregator>, tenant: String, raw: &[u8]) -> Response 
             batch.push(SeriesSamples { labels, samples: s.samples });
         }
     }
-    let floats = batch.iter().map(|s| s.samples.len()).sum::<usize>();
-    let hists = hbatch.iter().map(|s: &cairn_wire::SeriesHistograms| s.histograms.len()).sum::<usize>();
-    if let Err(e) = agg.admit_sample_rate(&tenant, floats + hists) {
+    if let Err(e) = agg.admit_sample_rate(&tenant, sample_count(&batch, &hbatch)) {
         return super::rate_limited(e);
     }
     let res = blocking(move || {
@@ -224,30 +238,13 @@ async fn write_v2(agg: Arc<Aggregator>, tenant: String, raw: &[u8]) -> Response 
             // as a plain sample, it does not refuse it
             agg.metrics.append_start_timestamps(&tenant, st_batch)?;
         }
-        let mut f = agg.ingest_metrics(&tenant, batch)?;
-        let h =
-            if hbatch.is_empty() { crate::IngestReport::default() } else { agg.ingest_histograms(&tenant, hbatch)? };
-        f.refused += h.refused;
-        let hist_written = h.accepted;
-        f.messages.extend(h.messages);
-        Ok::<_, cairn_store::StoreError>((f, hist_written))
+        store_samples(&agg, &tenant, batch, hbatch)
     })
     .await;
     let res = try_resp!(res);
-    let (res, written) = match res {
-        Ok((mut report, hist_written)) => {
-            let written = (report.accepted, hist_written);
-            if !pre_refused.is_empty() {
-                report.refused += pre_refused.len();
-                pre_refused.extend(report.messages);
-                report.messages = pre_refused;
-                report.messages.truncate(5);
-            }
-            (Ok(report), Some(written))
-        }
-        Err(e) => (Err(e), None),
-    };
-    let mut resp = ingest_response(res);
+    // floats written: all accepted items but the histograms
+    let written = res.as_ref().ok().map(|(r, hists)| (r.accepted - hists, *hists));
+    let mut resp = ingest_response(res.map(|(report, _)| with_refusals(report, pre_refused)));
     if let Some((samples, histograms)) = written {
         let h = resp.headers_mut();
         for (name, n) in [
