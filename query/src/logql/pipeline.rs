@@ -276,6 +276,18 @@ pub enum LabelFilter {
 }
 
 impl LabelFilter {
+    /// Appends the label names the filter reads.
+    pub fn names<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            LabelFilter::And(a, b) | LabelFilter::Or(a, b) => {
+                a.names(out);
+                b.names(out);
+            }
+            LabelFilter::String(m) => out.push(&m.name),
+            LabelFilter::Ip { name, .. } | LabelFilter::Numeric { name, .. } => out.push(name),
+        }
+    }
+
     /// Runs the filter; may set an error label on conversion failures.
     pub fn process(&self, lbs: &mut LabelsBuilder) -> bool {
         match self {
@@ -1344,23 +1356,13 @@ pub fn stream_rejects<'a>(stages: &'a [Stage], stream: &Labels) -> Option<Vec<&'
             _ => false,
         }
     }
-    fn names<'a>(f: &'a LabelFilter, out: &mut Vec<&'a str>) {
-        match f {
-            LabelFilter::And(a, b) | LabelFilter::Or(a, b) => {
-                names(a, out);
-                names(b, out);
-            }
-            LabelFilter::String(m) => out.push(&m.name),
-            LabelFilter::Ip { name, .. } | LabelFilter::Numeric { name, .. } => out.push(name),
-        }
-    }
     let mut may_err = false;
     for st in stages {
         match st {
             Stage::LabelFilter(f) => {
                 if !may_err && decide(f, stream) == Some(false) {
                     let mut out = Vec::new();
-                    names(f, &mut out);
+                    f.names(&mut out);
                     return Some(out);
                 }
                 if requires_no_error(f) {
@@ -1414,27 +1416,17 @@ impl PipelineState {
 /// then set only these (a clashing name counts as `<name>_extracted`);
 /// errors are recorded as before, so `__error__` handling is unchanged.
 pub fn required_labels(stages: &[Stage], by: &[String], unwrap: Option<(&str, &[LabelFilter])>) -> Option<Vec<String>> {
-    fn filter_names(f: &LabelFilter, out: &mut Vec<String>) {
-        match f {
-            LabelFilter::And(a, b) | LabelFilter::Or(a, b) => {
-                filter_names(a, out);
-                filter_names(b, out);
-            }
-            LabelFilter::String(m) => out.push(m.name.clone()),
-            LabelFilter::Ip { name, .. } | LabelFilter::Numeric { name, .. } => out.push(name.clone()),
-        }
-    }
-    let mut out: Vec<String> = by.to_vec();
+    let mut names: Vec<&str> = by.iter().map(String::as_str).collect();
     for st in stages {
         match st {
-            Stage::LabelFilter(f) => filter_names(f, &mut out),
-            Stage::Drop(items) | Stage::Keep(items) => out.extend(items.iter().map(|it| it.name.clone())),
-            Stage::Distinct(names) => out.extend(names.iter().cloned()),
+            Stage::LabelFilter(f) => f.names(&mut names),
+            Stage::Drop(items) | Stage::Keep(items) => names.extend(items.iter().map(|it| it.name.as_str())),
+            Stage::Distinct(ds) => names.extend(ds.iter().map(String::as_str)),
             Stage::LineFormat(_) => return None,
             Stage::LabelFormat(items) => {
                 for it in items {
                     match it {
-                        LabelFmt::Rename { dst, src } => out.extend([dst.clone(), src.clone()]),
+                        LabelFmt::Rename { dst, src } => names.extend([dst.as_str(), src.as_str()]),
                         LabelFmt::Template { .. } => return None,
                     }
                 }
@@ -1449,14 +1441,14 @@ pub fn required_labels(stages: &[Stage], by: &[String], unwrap: Option<(&str, &[
         }
     }
     if let Some((label, post)) = unwrap {
-        out.push(label.to_string());
+        names.push(label);
         for f in post {
-            filter_names(f, &mut out);
+            f.names(&mut names);
         }
     }
-    out.sort();
-    out.dedup();
-    Some(out)
+    names.sort_unstable();
+    names.dedup();
+    Some(names.into_iter().map(str::to_string).collect())
 }
 
 /// Runs `stages` over one entry. Returns the (possibly rewritten) line, or
